@@ -1,0 +1,36 @@
+"""Test helpers shared by several test modules (importable as `helpers`)."""
+
+import numpy as np
+
+from tf_langdml import keras
+
+
+def tiny_backbone(input_shape=(16, 16, 3)):
+    """Two conv + BatchNorm blocks: a functional backbone that trains in milliseconds."""
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            keras.layers.Conv2D(8, 3, padding="same"),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+            keras.layers.Conv2D(16, 3, strides=2, padding="same"),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+        ],
+        name="tiny_backbone",
+    )
+
+
+def synthetic_problem(num_classes=6, per_class=4, size=16, seed=0):
+    """Images = a random prototype per class + noise, values in [0, 255]."""
+    rng = np.random.default_rng(seed)
+    prototypes = rng.uniform(0, 255, (num_classes, size, size, 3))
+    labels = np.repeat(np.arange(num_classes), per_class)
+    noise = rng.normal(0, 20, (labels.size, size, size, 3))
+    images = np.clip(prototypes[labels] + noise, 0, 255).astype("float32")
+    return images, labels.astype("int32")
+
+
+def unit_rows(array):
+    array = np.asarray(array, dtype=np.float64)
+    return array / np.linalg.norm(array, axis=-1, keepdims=True)

@@ -1,0 +1,131 @@
+"""Registry of TensorFlow-Similarity DML losses, built by name.
+
+Every loss here takes ``(labels, embeddings)`` and is a TF-Similarity ``MetricLoss``,
+so ``loss.call(labels, embeddings)`` gives one value per anchor, shape (B, 1).
+
+Multi-similarity (Wang et al., CVPR 2019) with the paper's names
+----------------------------------------------------------------
+The paper's code names the hyper-parameters ``pos_weight=2, neg_weight=40,
+margin=0.1, thresh=0.5`` and works on cosine similarities s. TF-Similarity works on
+cosine *distances* d = 1 - s and calls them ``alpha, beta, epsilon, lmda, center``.
+With ``center=1`` its shifted distance is ``d + lmda - center = lmda - s``, so
+
+=====================  =======================  ==============================
+paper name             TF-Similarity argument   meaning
+=====================  =======================  ==============================
+``positive_weight`` 2  ``alpha``                (1/α) log(1 + Σ_p exp(-α (s_p - λ)))
+``negative_weight`` 40 ``beta``                 (1/β) log(1 + Σ_n exp( β (s_n - λ)))
+``margin`` 0.1         ``epsilon``              keep positives with s_p < max_n s_n + ε
+                                                and negatives with s_n > min_p s_p - ε
+``threshold`` 0.5      ``lmda``                 λ
+(cosine)               ``distance="cosine"``,   d = 1 - s, so ``center=1`` maps back
+                       ``center=1``
+=====================  =======================  ==============================
+
+An anchor left with no positive or no negative after mining contributes 0, and the
+batch loss is the mean over *all* B anchors (TF-Similarity's convention). The
+paper's PyTorch code averages over the anchors that survived mining instead; the two
+differ by the factor (valid anchors / B), which is 1 early in training.
+"""
+
+import inspect
+
+from tf_langdml._keras import keras  # noqa: F401  (binds tf.keras to tf-keras first)
+
+
+def _tfsim_losses():
+    # Imported lazily: tensorflow_similarity pulls in several heavy modules.
+    from tensorflow_similarity import losses
+
+    return losses
+
+
+def _multisimilarity(positive_weight=2.0, negative_weight=40.0, margin=0.1, threshold=0.5):
+    return _tfsim_losses().MultiSimilarityLoss(
+        distance="cosine",
+        alpha=float(positive_weight),
+        beta=float(negative_weight),
+        epsilon=float(margin),
+        lmda=float(threshold),
+        center=1.0,
+    )
+
+
+def _triplet(margin=0.2, positive_mining_strategy="hard", negative_mining_strategy="semi-hard", distance="cosine"):
+    return _tfsim_losses().TripletLoss(
+        distance=distance,
+        margin=margin,
+        positive_mining_strategy=positive_mining_strategy,
+        negative_mining_strategy=negative_mining_strategy,
+    )
+
+
+def _circle(gamma=80.0, margin=0.4, distance="cosine"):
+    return _tfsim_losses().CircleLoss(distance=distance, gamma=gamma, margin=margin)
+
+
+def _pn(margin=0.2, positive_mining_strategy="hard", negative_mining_strategy="semi-hard", distance="cosine"):
+    return _tfsim_losses().PNLoss(
+        distance=distance,
+        margin=margin,
+        positive_mining_strategy=positive_mining_strategy,
+        negative_mining_strategy=negative_mining_strategy,
+    )
+
+
+def _soft_nearest_neighbor(temperature=1.0, distance="sql2"):
+    return _tfsim_losses().SoftNearestNeighborLoss(distance=distance, temperature=temperature)
+
+
+DML_LOSSES = {
+    "multisimilarity": _multisimilarity,
+    "triplet": _triplet,
+    "circle": _circle,
+    "pn": _pn,
+    "soft_nearest_neighbor": _soft_nearest_neighbor,
+}
+
+
+def dml_loss_arguments(name):
+    """The keyword arguments (with defaults) that ``build_dml_loss(name, ...)`` accepts."""
+    factory = _lookup(name)
+    return {key: param.default for key, param in inspect.signature(factory).parameters.items()}
+
+
+def _lookup(name):
+    key = str(name).lower()
+    if key not in DML_LOSSES:
+        raise ValueError(f"Unknown DML loss {name!r}; known losses: {sorted(DML_LOSSES)}.")
+    return DML_LOSSES[key]
+
+
+def build_dml_loss(name, xbm_memory_size=None, xbm_warmup_steps=0, **kwargs):
+    """Build a TF-Similarity DML loss by name.
+
+    Args:
+        name: one of ``DML_LOSSES`` (``multisimilarity``, ``triplet``, ``circle``,
+            ``pn``, ``soft_nearest_neighbor``).
+        xbm_memory_size: if set, wrap the loss in cross-batch memory (XBM, Wang et
+            al. 2020) holding this many past embeddings.
+        xbm_warmup_steps: steps before the memory is used.
+        **kwargs: the loss's own arguments; see :func:`dml_loss_arguments`.
+
+    Returns:
+        A ``tensorflow_similarity.losses.MetricLoss``; ``loss(labels, embeddings)``
+        is the batch mean and ``loss.call(labels, embeddings)`` the per-anchor values.
+    """
+    factory = _lookup(name)
+    accepted = dml_loss_arguments(name)
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"Unknown argument(s) {unknown} for DML loss {name!r}; it accepts {sorted(accepted)}."
+        )
+    loss = factory(**kwargs)
+    if xbm_memory_size is not None:
+        if int(xbm_memory_size) <= 0:
+            raise ValueError(f"xbm_memory_size must be a positive number of embeddings, got {xbm_memory_size!r}.")
+        if int(xbm_warmup_steps) < 0:
+            raise ValueError(f"xbm_warmup_steps must be >= 0, got {xbm_warmup_steps!r}.")
+        loss = _tfsim_losses().XBM(loss, memory_size=int(xbm_memory_size), warmup_steps=int(xbm_warmup_steps))
+    return loss

@@ -1,0 +1,19 @@
+"""Models: backbones, the embedder and LanguageGuidedModel."""
+
+from tf_langdml.models.backbones import BACKBONES, build_backbone, freeze_batchnorm_statistics
+from tf_langdml.models.embedder import POOLINGS, build_embedder
+from tf_langdml.models.language_guided_model import LanguageGuidedModel, prepare_language_table
+from tf_langdml.models.layers import FrozenStatisticsBatchNormalization, ImageNormalization, L2Normalize
+
+__all__ = [
+    "BACKBONES",
+    "FrozenStatisticsBatchNormalization",
+    "ImageNormalization",
+    "L2Normalize",
+    "LanguageGuidedModel",
+    "POOLINGS",
+    "build_backbone",
+    "build_embedder",
+    "freeze_batchnorm_statistics",
+    "prepare_language_table",
+]

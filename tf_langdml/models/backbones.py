@@ -1,0 +1,143 @@
+"""Image backbones by name, with their ImageNet weights resolved offline-first."""
+
+import dataclasses
+import os
+
+from tf_langdml._keras import keras
+from tf_langdml.models.layers import FrozenStatisticsBatchNormalization
+
+_KERAS_APPLICATIONS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsFile:
+    """An ImageNet weights file that keras.applications downloads into ~/.keras/models."""
+
+    file_name: str
+    origin: str
+    md5: str
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """How to build a named backbone and what input normalisation its weights expect."""
+
+    build: object  # callable(input_shape, include_top) -> keras.Model with weights=None
+    normalization: str
+    imagenet_weights: dict  # include_top (bool) -> WeightsFile
+
+
+def _build_resnet50(input_shape, include_top):
+    if include_top:
+        return keras.applications.ResNet50(weights=None, include_top=True, input_shape=input_shape)
+    return keras.applications.ResNet50(weights=None, include_top=False, input_shape=input_shape, pooling=None)
+
+
+BACKBONES = {
+    "resnet50": BackboneSpec(
+        build=_build_resnet50,
+        normalization="caffe",
+        imagenet_weights={
+            False: WeightsFile(
+                "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                _KERAS_APPLICATIONS_URL + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                "4d473c1dd8becc155b73f8504c6f6626",
+            ),
+            True: WeightsFile(
+                "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
+                _KERAS_APPLICATIONS_URL + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels.h5",
+                "2cb95161c43110f7111970584f804107",
+            ),
+        },
+    ),
+}
+
+
+def backbone_spec(name):
+    """The :class:`BackboneSpec` registered under ``name``; ValueError listing the known ones."""
+    if name not in BACKBONES:
+        raise ValueError(f"Unknown backbone {name!r}; known backbones: {sorted(BACKBONES)}.")
+    return BACKBONES[name]
+
+
+def resolve_imagenet_weights(name, include_top=False):
+    """Local path of a backbone's ImageNet weights, downloading them only if not cached.
+
+    Raises:
+        RuntimeError: the file is not in ``~/.keras/models`` and cannot be
+            downloaded (no network); the message names the local alternative.
+    """
+    weights_file = backbone_spec(name).imagenet_weights[include_top]
+    cached = os.path.join(os.path.expanduser("~"), ".keras", "models", weights_file.file_name)
+    try:
+        return keras.utils.get_file(
+            weights_file.file_name, weights_file.origin, cache_subdir="models", file_hash=weights_file.md5
+        )
+    except Exception as error:  # keras wraps URLError and HTTPError in a bare Exception
+        raise RuntimeError(
+            f"Could not get the ImageNet weights of {name!r} ({weights_file.file_name}): {error}. "
+            f"This machine may be offline. Download {weights_file.origin} elsewhere and either "
+            f"pass weights='/path/to/{weights_file.file_name}', or copy it to {cached}. "
+            f"weights=None trains from a random initialisation."
+        ) from error
+
+
+def resolve_weights(name, weights, include_top=False):
+    """Turn a ``weights`` argument ("imagenet", None or a path) into a local path or None."""
+    if weights is None:
+        return None
+    if weights == "imagenet":
+        return resolve_imagenet_weights(name, include_top=include_top)
+    path = os.fspath(weights)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Weights file {path!r} for backbone {name!r} does not exist. Pass an existing "
+            f"weights file (.h5 or .weights.h5), 'imagenet' to use the cached or downloaded "
+            f"ImageNet weights, or None for a random initialisation."
+        )
+    return path
+
+
+def build_backbone(name, weights="imagenet", input_shape=(224, 224, 3), include_top=False):
+    """Build a named backbone and load its weights.
+
+    Returns:
+        (model, normalization): ``model`` maps normalised images to feature maps (or
+        to logits when ``include_top``); ``normalization`` is the
+        :class:`~tf_langdml.models.layers.ImageNormalization` mode its weights expect.
+    """
+    spec = backbone_spec(name)
+    weights_path = resolve_weights(name, weights, include_top=include_top)
+    model = spec.build(tuple(input_shape), include_top)
+    if weights_path is not None:
+        try:
+            model.load_weights(weights_path)
+        except (ValueError, OSError) as error:
+            raise ValueError(
+                f"Could not load weights file {weights_path!r} into backbone {name!r} "
+                f"(include_top={include_top}): {error}. Is it the weights file of this architecture?"
+            ) from error
+    return model, spec.normalization
+
+
+def freeze_batchnorm_statistics(model):
+    """Copy of ``model`` whose BatchNormalization layers never update their statistics.
+
+    Each ``BatchNormalization`` becomes a :class:`FrozenStatisticsBatchNormalization`
+    with the same config and weights, so γ and β still train.
+    """
+    if not getattr(model, "_is_graph_network", False) and not isinstance(model, keras.Sequential):
+        raise ValueError(
+            f"freeze_bn_statistics=True needs a functional or Sequential backbone to rewrite; "
+            f"{type(model).__name__} is a subclassed model. Build its BatchNormalization layers "
+            f"as FrozenStatisticsBatchNormalization yourself, or pass freeze_bn_statistics=False."
+        )
+
+    def clone_layer(layer):
+        if type(layer) is keras.layers.BatchNormalization:
+            return FrozenStatisticsBatchNormalization.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    frozen = keras.models.clone_model(model, clone_function=clone_layer)
+    frozen.set_weights(model.get_weights())
+    return frozen

@@ -1,0 +1,87 @@
+"""The image embedder: backbone -> global pool -> Dense(embed_dim) -> L2 normalise."""
+
+from tf_langdml._keras import keras
+from tf_langdml.models.backbones import build_backbone, freeze_batchnorm_statistics, resolve_weights
+from tf_langdml.models.layers import NORMALIZATION_MODES, ImageNormalization, L2Normalize
+
+POOLINGS = ("avg", "max", "avg+max")
+
+
+def _pool(feature_maps, pooling):
+    if pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D(name="avg_pool")(feature_maps)
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(name="max_pool")(feature_maps)
+    # "avg+max" is the sum of both, as the paper's code does for its "double pool" backbones.
+    average = keras.layers.GlobalAveragePooling2D(name="avg_pool")(feature_maps)
+    maximum = keras.layers.GlobalMaxPooling2D(name="max_pool")(feature_maps)
+    return keras.layers.Add(name="avg_plus_max_pool")([average, maximum])
+
+
+def build_embedder(
+    backbone="resnet50",
+    weights="imagenet",
+    embed_dim=128,
+    pooling="avg",
+    freeze_bn_statistics=True,
+    input_shape=(224, 224, 3),
+    normalization=None,
+    name="embedder",
+):
+    """Build the DML embedder of DESIGN.md §2 / §5.
+
+    Args:
+        backbone: a registered name (``"resnet50"``) or a functional / Sequential
+            ``keras.Model`` mapping normalised images to feature maps (B, h, w, c).
+        weights: for a named backbone, ``"imagenet"`` (cached in ~/.keras/models or
+            downloaded), ``None`` (random) or the path of a local weights file.
+        embed_dim: size of the embedding (the paper uses 128 and 512).
+        pooling: ``"avg"``, ``"max"`` or ``"avg+max"`` (their sum).
+        freeze_bn_statistics: BatchNorm moving statistics never change while γ/β train.
+        input_shape: (height, width, 3) of the images fed to the embedder.
+        normalization: input normalisation mode; defaults to what the named
+            backbone's weights expect (``"caffe"`` for ResNet50) and to ``"none"``
+            for a model passed in.
+        name: name of the returned model.
+
+    Returns:
+        A functional ``keras.Model`` mapping float RGB images with values in [0, 255]
+        to L2-normalised float32 embeddings of shape (B, embed_dim).
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"Unknown pooling {pooling!r}; expected one of {list(POOLINGS)}.")
+    if int(embed_dim) <= 0:
+        raise ValueError(f"embed_dim must be a positive integer, got {embed_dim!r} (the paper uses 128 or 512).")
+    input_shape = tuple(int(size) for size in input_shape)
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(f"input_shape must be (height, width, 3) for RGB images, got {input_shape}.")
+
+    if isinstance(backbone, keras.Model):
+        if weights == "imagenet":
+            raise ValueError(
+                "weights='imagenet' applies to named backbones only; for a model you pass in, "
+                "use weights=None (keep its weights) or the path of a local weights file."
+            )
+        if weights is not None:
+            backbone.load_weights(resolve_weights(backbone.name, weights))
+        feature_extractor, default_normalization = backbone, "none"
+    else:
+        feature_extractor, default_normalization = build_backbone(backbone, weights, input_shape)
+    normalization = default_normalization if normalization is None else normalization
+    if normalization not in NORMALIZATION_MODES:
+        raise ValueError(f"Unknown normalization {normalization!r}; expected one of {list(NORMALIZATION_MODES)}.")
+    if freeze_bn_statistics:
+        feature_extractor = freeze_batchnorm_statistics(feature_extractor)
+
+    images = keras.Input(shape=input_shape, name="images")
+    normalized = ImageNormalization(normalization, name="normalization")(images)
+    feature_maps = feature_extractor(normalized)
+    if len(feature_maps.shape) != 4:
+        raise ValueError(
+            f"The backbone must output feature maps (batch, height, width, channels); got shape "
+            f"{feature_maps.shape}. Build it without its classification head."
+        )
+    pooled = _pool(feature_maps, pooling)
+    projected = keras.layers.Dense(int(embed_dim), name="projection")(pooled)
+    embeddings = L2Normalize(name="l2_normalize")(projected)
+    return keras.Model(images, embeddings, name=name)
