@@ -21,8 +21,8 @@ _HOW_TO_FIX = (
 )
 
 
-def _bound_keras_module_name():
-    """Name of the module TensorFlow has bound as ``tf.keras``; None if not bound yet."""
+def _bound_keras_module():
+    """(name, is_tf_keras) of the module TensorFlow has bound as ``tf.keras``; None if unbound."""
     tensorflow = sys.modules.get("tensorflow")
     if tensorflow is None:
         return None
@@ -35,19 +35,32 @@ def _bound_keras_module_name():
         initialized = True  # the lazy loader has already replaced itself by the module
     if not initialized:
         return None  # tf.keras will resolve on first use, after our variable is set
-    return types.ModuleType.__getattribute__(bound, "__name__")
+    name = types.ModuleType.__getattribute__(bound, "__name__")
+    # After `from tensorflow.keras import X` the module is named "tensorflow.keras"
+    # whichever Keras it is, so look at where its file lives.
+    path = bound.__dict__.get("__file__") or ""
+    return name, name.startswith("tf_keras") or f"{os.sep}tf_keras{os.sep}" in path
 
 
 def check_keras_binding():
-    """Raise ImportError if ``tf.keras`` is already Keras 3 (or anything but tf-keras)."""
-    name = _bound_keras_module_name()
-    if name is not None and not name.startswith("tf_keras"):
+    """Raise ImportError if ``tf.keras`` is, or will resolve to, anything but tf-keras."""
+    bound = _bound_keras_module()
+    if bound is not None and not bound[1]:
         keras3 = sys.modules.get("keras")
         version = getattr(keras3, "__version__", "unknown")
         raise ImportError(
             f"tf_langdml needs Keras 2 (tf-keras), but TensorFlow has already bound "
-            f"tf.keras to '{name}' (keras {version}): something used tf.keras before "
+            f"tf.keras to '{bound[0]}' (keras {version}): something used tf.keras before "
             f"tf_langdml was imported, without TF_USE_LEGACY_KERAS=1. {_HOW_TO_FIX}"
+        )
+    tensorflow = sys.modules.get("tensorflow")
+    if tensorflow is not None and tensorflow.__dict__.get("_tf_uses_legacy_keras") is False:
+        # TensorFlow decides at import time where `import tensorflow.keras.X` looks
+        # (TF-Similarity imports that way), so setting the variable now is too late.
+        raise ImportError(
+            "tf_langdml needs Keras 2 (tf-keras), but TensorFlow was imported before "
+            "tf_langdml without TF_USE_LEGACY_KERAS=1, so `tensorflow.keras` already resolves "
+            f"to Keras 3. {_HOW_TO_FIX}"
         )
 
 
@@ -61,7 +74,5 @@ except ImportError as error:  # pragma: no cover - depends on the installation
 import tensorflow as tf  # noqa: E402
 
 check_keras_binding()
-if not tf.keras.__name__.startswith("tf_keras"):  # pragma: no cover - defensive
-    raise ImportError(f"tf.keras resolved to '{tf.keras.__name__}', not tf-keras. {_HOW_TO_FIX}")
 
 __all__ = ["keras", "tf", "check_keras_binding"]

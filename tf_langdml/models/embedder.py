@@ -64,6 +64,12 @@ def build_embedder(
             )
         if weights is not None:
             backbone.load_weights(resolve_weights(backbone.name, weights))
+        expected = tuple(getattr(backbone, "input_shape", (None,))[1:])
+        if all(size is not None for size in expected) and expected != input_shape:
+            raise ValueError(
+                f"The backbone model takes inputs of shape {expected}, but input_shape={input_shape}; "
+                f"pass input_shape={expected}."
+            )
         feature_extractor, default_normalization = backbone, "none"
     else:
         feature_extractor, default_normalization = build_backbone(backbone, weights, input_shape)

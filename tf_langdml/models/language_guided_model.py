@@ -123,6 +123,12 @@ class LanguageGuidedModel(keras.Model):
                 "LanguageGuidedModel computes its own loss: pass dml_loss=... (a name such as "
                 "'multisimilarity' or a TF-Similarity loss) instead of loss=..."
             )
+        if kwargs.get("metrics") or kwargs.get("weighted_metrics"):
+            raise ValueError(
+                "LanguageGuidedModel reports loss, dml_loss and language_loss; Keras metrics on "
+                "(labels, embeddings) are not meaningful. Measure retrieval (Recall@k, mAP@R) on "
+                "held-out classes instead, and drop metrics=... from compile()."
+            )
         language_weight = float(language_weight)
         if not math.isfinite(language_weight) or language_weight < 0:
             raise ValueError(f"language_weight must be a finite number >= 0, got {language_weight!r}.")
@@ -154,7 +160,7 @@ class LanguageGuidedModel(keras.Model):
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.dml_loss_tracker, self.language_loss_tracker] + super().metrics
+        return [self.loss_tracker, self.dml_loss_tracker, self.language_loss_tracker]
 
     def call(self, inputs, training=None):
         return self.embedder(inputs, training=training)
@@ -176,9 +182,11 @@ class LanguageGuidedModel(keras.Model):
 
     def _dml_loss_per_anchor(self, labels, embeddings, training):
         loss = self.dml_loss
-        # Cross-batch memory must only remember training batches.
-        if not training and hasattr(loss, "loss") and hasattr(loss, "memory_size"):
-            loss = loss.loss
+        if not training:
+            from tensorflow_similarity.losses import XBM
+
+            if isinstance(loss, XBM):
+                loss = loss.loss  # cross-batch memory must only remember training batches
         # TF-Similarity's losses branch in Python on tensors; AutoGraph converts them,
         # exactly as keras.losses.Loss.__call__ does, so they also work in a tf.function.
         call = tf.__internal__.autograph.tf_convert(loss.call, tf.__internal__.autograph.control_status_ctx())

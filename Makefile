@@ -1,0 +1,35 @@
+# Set-up and entry points. Every install step lives here, so a fresh clone needs only
+# `make quickstart` or `make test` (Python 3.11 and network access to PyPI).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: install quickstart test test-slow benchmarks clean
+
+$(BIN)/.installed: setup.cfg setup.py
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
+		{ echo "tf_langdml needs Python 3.11 (TensorFlow 2.21 wheels); run: make PYTHON=/path/to/python3.11 ..."; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[test]"
+	touch $@
+
+install: $(BIN)/.installed
+
+# The main job on the built-in offline default: model.fit with language guidance on toy data.
+quickstart: install
+	$(BIN)/python -m tf_langdml.quickstart
+
+# The test suite (CI runs this through .ci/run); long checks are marked slow.
+test: install
+	$(BIN)/python -m pytest -m "not slow"
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow
+
+benchmarks: install
+	$(BIN)/python benchmarks/language_overhead.py
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,220 @@
+"""LanguageGuidedModel: the training step, the delay gate, tables, weight decay, errors."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import synthetic_problem, tiny_backbone, unit_rows
+from tf_langdml import keras
+from tf_langdml.losses import build_dml_loss, language_matching_loss
+from tf_langdml.models import LanguageGuidedModel, build_embedder
+
+
+def tiny_model(language_table=None, embed_dim=8, seed=0, **kwargs):
+    keras.utils.set_random_seed(seed)
+    embedder = build_embedder(tiny_backbone(), weights=None, embed_dim=embed_dim, input_shape=(16, 16, 3))
+    return LanguageGuidedModel(embedder, language_table, **kwargs)
+
+
+def language_table_for(num_classes, num_names=1, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (num_classes, 12) if num_names == 1 else (num_classes, num_names, 12)
+    return rng.normal(size=shape).astype("float32")
+
+
+def dataset(images, labels, batch_size, *extra):
+    return tf.data.Dataset.from_tensor_slices((images, labels, *extra)).batch(batch_size)
+
+
+@pytest.mark.parametrize("run_eagerly", [False, True])
+def test_delay_gate_switches_on_at_the_right_step(run_eagerly):
+    images, labels = synthetic_problem(num_classes=4, per_class=2)
+    model = tiny_model(language_table_for(4))
+    weight, delay = 3.0, 2
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01),
+        language_weight=weight,
+        language_delay=delay,
+        run_eagerly=run_eagerly,
+    )
+    # One step per epoch, so each epoch's logs are exactly one step's values.
+    history = model.fit(dataset(images, labels, 8).repeat(), steps_per_epoch=1, epochs=5, verbose=0).history
+    for step in range(5):
+        gate = 1.0 if step >= delay else 0.0
+        assert history["language_loss"][step] > 0
+        expected = history["dml_loss"][step] + weight * gate * history["language_loss"][step]
+        assert history["loss"][step] == pytest.approx(expected, rel=1e-5), step
+    assert int(model.optimizer.iterations) == 5
+
+
+def test_losses_match_the_loss_functions_on_one_batch():
+    images, labels = synthetic_problem(num_classes=4, per_class=2)
+    table = language_table_for(4, num_names=5)
+    model = tiny_model(table)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), language_weight=2.0)
+    logs = model.evaluate(images, labels, batch_size=8, verbose=0, return_dict=True)
+    embeddings = model(images, training=False)
+    dml = float(build_dml_loss("multisimilarity")(labels, embeddings))
+    language = float(language_matching_loss(embeddings, labels, table))
+    assert logs["dml_loss"] == pytest.approx(dml, rel=1e-5)
+    assert logs["language_loss"] == pytest.approx(language, rel=1e-5)
+    assert logs["loss"] == pytest.approx(dml + 2.0 * language, rel=1e-5)
+
+
+@pytest.mark.parametrize("with_language", [False, True])
+def test_fit_lowers_the_loss(with_language):
+    images, labels = synthetic_problem(num_classes=6, per_class=4)
+    model = tiny_model(language_table_for(6) if with_language else None, embed_dim=16)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), language_weight=1.0 if with_language else 0.0)
+    data = dataset(images, labels, 24).shuffle(24, seed=0).cache()
+    before = model.evaluate(data, verbose=0, return_dict=True)
+    model.fit(data, epochs=30, verbose=0)
+    after = model.evaluate(data, verbose=0, return_dict=True)
+    assert after["loss"] < 0.7 * before["loss"]
+    if with_language:
+        assert after["language_loss"] < before["language_loss"]
+    else:
+        assert before["language_loss"] == after["language_loss"] == 0.0
+
+
+def test_sample_level_table_is_indexed_by_sample_ids():
+    images, labels = synthetic_problem(num_classes=4, per_class=2)
+    sample_ids = np.arange(8, dtype="int32")[::-1].copy()
+    table = language_table_for(8, num_names=3)
+    model = tiny_model(table, table_index="sample_id")
+    model.compile(optimizer=keras.optimizers.SGD(0.0), language_weight=1.0)
+    logs = model.evaluate(dataset(images, labels, 8, sample_ids), verbose=0, return_dict=True)
+    embeddings = model(images, training=False)
+    expected = float(language_matching_loss(embeddings, labels, table, table_indices=sample_ids))
+    assert logs["language_loss"] == pytest.approx(expected, rel=1e-5)
+    model.fit(dataset(images, labels, 8, sample_ids), epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"needs batches of \(images, labels, sample_ids\)"):
+        model.fit(dataset(images, labels, 8), epochs=1, verbose=0)
+
+
+def test_weight_zero_and_no_table_are_the_plain_baseline():
+    images, labels = synthetic_problem(num_classes=4, per_class=2)
+    results = []
+    for table in (None, language_table_for(4)):
+        model = tiny_model(table, seed=3)
+        model.compile(optimizer=keras.optimizers.SGD(0.05), language_weight=0.0)
+        history = model.fit(dataset(images, labels, 8), epochs=3, verbose=0).history
+        results.append((history, [w.numpy() for w in model.embedder.weights]))
+    (plain, plain_weights), (zero_weight, zero_weights) = results
+    np.testing.assert_allclose(plain["loss"], zero_weight["loss"], rtol=1e-6)
+    np.testing.assert_allclose(zero_weight["loss"], zero_weight["dml_loss"], rtol=1e-6)
+    for a, b in zip(plain_weights, zero_weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_table_is_a_normalised_constant_not_a_weight():
+    table = language_table_for(4, num_names=2) * 7
+    model = tiny_model(table)
+    assert isinstance(model.language_table, tf.Tensor) and not isinstance(model.language_table, tf.Variable)
+    np.testing.assert_allclose(np.linalg.norm(model.language_table.numpy(), axis=-1), 1.0, rtol=1e-6)
+    assert model.language_table.shape == (4, 2, 12)
+    model.compile(language_weight=1.0)
+    model(np.zeros((1, 16, 16, 3), "float32"))
+    assert all(variable.shape != (4, 2, 12) for variable in model.weights)
+
+
+def test_coupled_weight_decay_adds_decay_times_weight_to_the_gradient():
+    images, labels = synthetic_problem(num_classes=4, per_class=2)
+    learning_rate, decay = 0.1, 4e-4
+    updated = []
+    for weight_decay in (0.0, decay):
+        model = tiny_model(seed=5)
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate), weight_decay=weight_decay)
+        initial = [v.numpy().copy() for v in model.trainable_variables]
+        model.fit(dataset(images, labels, 8), epochs=1, verbose=0)
+        updated.append([v.numpy() for v in model.trainable_variables])
+    # SGD: w1 = w0 - lr (g + decay w0)  =>  w1(decay) - w1(no decay) = -lr decay w0.
+    for without, with_decay, start in zip(updated[0], updated[1], initial):
+        np.testing.assert_allclose(with_decay - without, -learning_rate * decay * start, atol=1e-6)
+
+
+def test_evaluate_changes_no_weights_and_reports_the_same_metrics():
+    images, labels = synthetic_problem(num_classes=4, per_class=2)
+    model = tiny_model(language_table_for(4))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), language_weight=1.0)
+    train_logs = model.fit(dataset(images, labels, 8), epochs=1, verbose=0).history
+    before = [w.numpy().copy() for w in model.embedder.weights]
+    logs = model.evaluate(dataset(images, labels, 8), verbose=0, return_dict=True)
+    assert set(logs) == set(train_logs) == {"loss", "dml_loss", "language_loss"}
+    for a, w in zip(before, model.embedder.weights):
+        np.testing.assert_array_equal(a, w.numpy())
+
+
+def test_xbm_memory_only_sees_training_batches():
+    images, labels = synthetic_problem(num_classes=4, per_class=2)
+    model = tiny_model()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), dml_loss={"name": "multisimilarity", "xbm_memory_size": 16})
+    model.fit(dataset(images, labels, 8), epochs=3, verbose=0)
+    memory = model.dml_loss._y_pred_memory.numpy().copy()
+    assert memory.shape == (16, 8)
+    model.evaluate(dataset(images[::-1], labels[::-1], 8), verbose=0)
+    np.testing.assert_array_equal(memory, model.dml_loss._y_pred_memory.numpy())
+
+
+def test_config_round_trips_and_reproduces_embeddings():
+    model = tiny_model(language_table_for(4), table_index="label")
+    config = json.loads(json.dumps(model.get_config()))
+    restored = LanguageGuidedModel.from_config(config)
+    restored.set_weights(model.get_weights())
+    images, _ = synthetic_problem(num_classes=2, per_class=2)
+    np.testing.assert_allclose(restored(images).numpy(), model(images).numpy(), atol=1e-6)
+    assert restored.language_table is None  # training-time data, never part of the config
+
+
+def test_label_outside_the_table_fails_before_any_weight_changes():
+    images, labels = synthetic_problem(num_classes=4, per_class=2)
+    model = tiny_model(language_table_for(3))  # labels go up to 3, the table has 3 rows
+    model.compile(optimizer=keras.optimizers.SGD(0.1), language_weight=1.0)
+    before = [w.numpy().copy() for w in model.embedder.weights]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="outside the language table"):
+        model.fit(dataset(images, labels, 8), epochs=1, verbose=0)
+    for a, w in zip(before, model.embedder.weights):
+        np.testing.assert_array_equal(a, w.numpy())
+
+
+def test_bad_configuration_is_rejected_before_training():
+    bad_table = language_table_for(4)
+    bad_table[1, 3] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or Inf values in row\(s\) \[1\]"):
+        tiny_model(bad_table)
+    with pytest.raises(ValueError, match=r"all-zero embedding\(s\) in row\(s\) \[0\]"):
+        tiny_model(np.zeros((2, 4), "float32") + np.array([[0], [1]], "float32"))
+    with pytest.raises(ValueError, match="Unknown table_index 'class'"):
+        tiny_model(table_index="class")
+    model = tiny_model(language_table_for(4))
+    with pytest.raises(ValueError, match="Unknown DML loss 'contrastive'"):
+        model.compile(dml_loss="contrastive")
+    with pytest.raises(ValueError, match="Unknown direction 'backward'"):
+        model.compile(language_direction="backward")
+    with pytest.raises(ValueError, match="language_weight must be a finite number >= 0"):
+        model.compile(language_weight=-1.0)
+    with pytest.raises(ValueError, match="language_delay must be a whole number"):
+        model.compile(language_delay=-3)
+    with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0"):
+        model.compile(weight_decay=float("nan"))
+    with pytest.raises(ValueError, match="pass dml_loss="):
+        model.compile(loss="mse")
+    with pytest.raises(ValueError, match="drop metrics=... from compile"):
+        model.compile(metrics=["accuracy"])
+    with pytest.raises(RuntimeError, match="Call compile"):
+        LanguageGuidedModel(model.embedder).compute_losses((np.zeros((2, 16, 16, 3), "float32"), [0, 1]), False)
+
+
+def test_scaling_table_rows_does_not_change_the_loss():
+    # The table is normalised inside; scaling a row must not change the loss.
+    images, labels = synthetic_problem(num_classes=4, per_class=2)
+    table = language_table_for(4)
+    values = []
+    for scale in (1.0, 5.0):
+        model = tiny_model(table * scale, seed=9)
+        model.compile(optimizer=keras.optimizers.SGD(0.0), language_weight=1.0)
+        values.append(model.evaluate(images, labels, batch_size=8, verbose=0, return_dict=True)["language_loss"])
+    assert values[0] == pytest.approx(values[1], rel=1e-6)
+    np.testing.assert_allclose(unit_rows(table), unit_rows(table * 5.0))
