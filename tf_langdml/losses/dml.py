@@ -51,26 +51,22 @@ def _multisimilarity(positive_weight=2.0, negative_weight=40.0, margin=0.1, thre
     )
 
 
-def _triplet(margin=0.2, positive_mining_strategy="hard", negative_mining_strategy="semi-hard", distance="cosine"):
-    return _tfsim_losses().TripletLoss(
-        distance=distance,
-        margin=margin,
-        positive_mining_strategy=positive_mining_strategy,
-        negative_mining_strategy=negative_mining_strategy,
-    )
+def _mined_pair_loss(class_name):
+    """Factory for TF-Similarity's pair losses with positive / negative mining."""
+
+    def build(margin=0.2, positive_mining_strategy="hard", negative_mining_strategy="semi-hard", distance="cosine"):
+        return getattr(_tfsim_losses(), class_name)(
+            distance=distance,
+            margin=margin,
+            positive_mining_strategy=positive_mining_strategy,
+            negative_mining_strategy=negative_mining_strategy,
+        )
+
+    return build
 
 
 def _circle(gamma=80.0, margin=0.4, distance="cosine"):
     return _tfsim_losses().CircleLoss(distance=distance, gamma=gamma, margin=margin)
-
-
-def _pn(margin=0.2, positive_mining_strategy="hard", negative_mining_strategy="semi-hard", distance="cosine"):
-    return _tfsim_losses().PNLoss(
-        distance=distance,
-        margin=margin,
-        positive_mining_strategy=positive_mining_strategy,
-        negative_mining_strategy=negative_mining_strategy,
-    )
 
 
 def _soft_nearest_neighbor(temperature=1.0, distance="sql2"):
@@ -79,9 +75,9 @@ def _soft_nearest_neighbor(temperature=1.0, distance="sql2"):
 
 DML_LOSSES = {
     "multisimilarity": _multisimilarity,
-    "triplet": _triplet,
+    "triplet": _mined_pair_loss("TripletLoss"),  # semi-hard negatives, as FaceNet
     "circle": _circle,
-    "pn": _pn,
+    "pn": _mined_pair_loss("PNLoss"),
     "soft_nearest_neighbor": _soft_nearest_neighbor,
 }
 
