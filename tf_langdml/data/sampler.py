@@ -87,4 +87,4 @@ def class_balanced_indices(labels, batch_size, examples_per_class=2, seed=0, sta
         indices = tf.gather(samples_by_class, tf.gather(class_starts, classes)[:, tf.newaxis] + positions)
         return tf.reshape(indices, [batch_size])
 
-    return tf.data.Dataset.range(int(start_batch), _INT64_MAX).map(batch_indices, deterministic=True)
+    return tf.data.Dataset.range(int(start_batch), _INT64_MAX).map(batch_indices)

@@ -1,0 +1,70 @@
+"""Decoding (JPEG RGB / grayscale / CMYK, PNG with alpha) and the train / eval transforms."""
+
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tf_langdml.data.preprocessing import decode_rgb, eval_preprocess, random_resized_crop, train_preprocess
+
+
+def encode(array, mode, fmt):
+    buffer = io.BytesIO()
+    Image.fromarray(array).convert(mode).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def photo():
+    rng = np.random.default_rng(0)
+    gradient = np.linspace(0, 255, 120, dtype=np.float64)
+    base = np.stack([np.tile(gradient, (90, 1)), np.tile(gradient[::-1], (90, 1)), np.full((90, 120), 128.0)], -1)
+    return np.clip(base + rng.normal(0, 3, base.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    "mode,fmt,tolerance",
+    [("RGB", "JPEG", 12), ("L", "JPEG", 12), ("CMYK", "JPEG", 20), ("RGB", "PNG", 0), ("RGBA", "PNG", 0)],
+)
+def test_decode_gives_rgb_uint8(photo, mode, fmt, tolerance, run_mode):
+    decoded = run_mode(decode_rgb)(tf.constant(encode(photo, mode, fmt))).numpy()
+    assert decoded.shape == (90, 120, 3) and decoded.dtype == np.uint8
+    expected = np.asarray(Image.fromarray(photo).convert(mode).convert("RGB"), dtype=np.int32)
+    assert np.abs(decoded.astype(np.int32) - expected).mean() <= tolerance
+
+
+def test_decode_of_bytes_that_are_not_an_image_fails():
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        decode_rgb(tf.constant(b"this is not an image"))
+
+
+def test_train_preprocess_shape_range_and_randomness(photo):
+    image = tf.constant(photo)
+    outputs = [train_preprocess(image, 64, seed=[0, step]).numpy() for step in range(6)]
+    for output in outputs:
+        assert output.shape == (64, 64, 3) and output.dtype == np.float32
+        assert output.min() >= 0 and output.max() <= 255
+    assert len({output.tobytes() for output in outputs}) == 6
+    np.testing.assert_array_equal(outputs[0], train_preprocess(image, 64, seed=[0, 0]).numpy())
+    assert train_preprocess(image, 32).shape == (32, 32, 3)
+
+
+def test_random_resized_crop_covers_the_requested_area(photo):
+    # A crop of the full area with the image's own aspect is the resized image.
+    image = tf.constant(photo)
+    crop = random_resized_crop(image, 60, scale=(1.0, 1.0), ratio=(120 / 90, 120 / 90), seed=tf.constant([1, 2], tf.int64))
+    full = tf.image.resize(tf.cast(image, tf.float32), [60, 60], antialias=True)
+    np.testing.assert_allclose(crop.numpy(), full.numpy(), atol=1e-3)
+
+
+def test_eval_preprocess_is_the_centre_crop_and_deterministic(photo, run_mode):
+    image = tf.constant(photo)
+    first = run_mode(lambda x: eval_preprocess(x, 80, 64))(image).numpy()
+    second = eval_preprocess(image, 80, 64).numpy()
+    assert first.shape == (64, 64, 3) and first.dtype == np.float32
+    np.testing.assert_allclose(first, second, atol=1e-4)
+    # Shorter side 90 -> 80: the image becomes 80 x 107; the centre 64 x 64 starts at (8, 21).
+    resized = tf.image.resize(tf.cast(image, tf.float32), [80, 107], antialias=True).numpy()
+    np.testing.assert_allclose(first, resized[8:72, 21:85], atol=1e-3)

@@ -1,0 +1,15 @@
+"""Data: class names, the class-balanced sampler and image preprocessing."""
+
+from tf_langdml._keras import keras  # noqa: F401  (binds tf.keras to tf-keras first)
+from tf_langdml.data.class_names import clean_class_name
+from tf_langdml.data.preprocessing import decode_rgb, eval_preprocess, random_resized_crop, train_preprocess
+from tf_langdml.data.sampler import class_balanced_indices
+
+__all__ = [
+    "class_balanced_indices",
+    "clean_class_name",
+    "decode_rgb",
+    "eval_preprocess",
+    "random_resized_crop",
+    "train_preprocess",
+]
