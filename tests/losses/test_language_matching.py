@@ -180,7 +180,7 @@ def test_bad_inputs_raise_clear_errors(run_mode):
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="outside the language table"):
         loss_fn(embeddings, bad_labels, table)
     nan_table = table.copy()
-    nan_table[2, 0] = np.nan
+    nan_table[labels[0], 0] = np.nan
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="NaN or Inf"):
         loss_fn(embeddings, labels, nan_table)
     with pytest.raises(ValueError, match="Unknown direction 'forward'"):

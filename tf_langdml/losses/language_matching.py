@@ -32,25 +32,32 @@ def validate_shift_and_temperature(shift, temperature):
         raise ValueError(f"temperature must be a positive number, got {temperature!r}; the paper uses 1.0.")
 
 
-def normalize_language_table(language_table):
-    """Return the table as float32 (C, K, D) with L2-normalised rows.
-
-    Args:
-        language_table: (C, D) for expert labels (one embedding per class) or
-            (C, K, D) for top-k pseudo-labels.
+def as_language_table(language_table):
+    """Return the table as float32 (C, K, D); a (C, D) table gets K = 1.
 
     Raises:
-        ValueError: the table is not 2-D or 3-D, or (eagerly) holds NaN or Inf.
+        ValueError: the table is not 2-D or 3-D.
     """
     table = tf.cast(tf.convert_to_tensor(language_table), tf.float32)
     rank = table.shape.rank
     if rank == 2:
-        table = table[:, tf.newaxis, :]
-    elif rank != 3:
+        return table[:, tf.newaxis, :]
+    if rank != 3:
         raise ValueError(
             f"language_table must be (C, D) for expert labels or (C, K, D) for top-k "
             f"pseudo-labels; got shape {table.shape}."
         )
+    return table
+
+
+def normalize_language_table(language_table):
+    """Return the table as float32 (C, K, D) with L2-normalised rows.
+
+    Raises:
+        ValueError: the table is not 2-D or 3-D, or (eagerly) holds NaN or Inf; in a
+            ``tf.function`` the NaN check fails the step instead.
+    """
+    table = as_language_table(language_table)
     checks = tensor_check(
         tf.reduce_all(tf.math.is_finite(table)),
         "language_table contains NaN or Inf values; recompute the language embeddings "
@@ -108,7 +115,7 @@ def language_matching_loss(
         )
     labels = _as_index_vector(labels, "labels")
     rows = labels if table_indices is None else _as_index_vector(table_indices, "table_indices")
-    table = tf.stop_gradient(normalize_language_table(language_table))
+    table = tf.stop_gradient(as_language_table(language_table))
 
     static_lengths = {embeddings.shape[0], labels.shape[0], rows.shape[0]} - {None}
     if len(static_lengths) > 1:
@@ -132,7 +139,9 @@ def language_matching_loss(
         )
     with tf.control_dependencies(checks):
         image_sims = tf.matmul(embeddings, embeddings, transpose_b=True)
-        batch_table = tf.gather(table, rows)  # (B, K, D)
+        # Only the batch's rows are checked and normalised: a sample-level table can
+        # hold millions of rows, and normalising them all every step is wasted work.
+        batch_table = normalize_language_table(tf.gather(table, rows))  # (B, K, D)
     num_names = tf.cast(tf.shape(table)[1], tf.float32)
     language_sims = tf.einsum("ikd,jkd->ij", batch_table, batch_table) / num_names
 
