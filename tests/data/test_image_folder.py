@@ -1,0 +1,98 @@
+"""load_image_folder on a generated folder, and the train / eval pipelines built on it."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tf_langdml.data import load_image_folder, make_eval_dataset, make_train_dataset
+
+CLASSES = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross", "004.Groove_billed_Ani"]
+
+
+def write_image(path, mode, fmt, seed, size=(40, 30)):
+    rng = np.random.default_rng(seed)
+    array = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(array).convert(mode).save(path, format=fmt)
+
+
+@pytest.fixture
+def image_root(tmp_path):
+    kinds = [("RGB", "JPEG", ".jpg"), ("RGB", "PNG", ".png"), ("L", "JPEG", ".jpeg"), ("CMYK", "JPEG", ".JPG")]
+    for class_index, name in enumerate(CLASSES):
+        folder = tmp_path / name
+        folder.mkdir()
+        for image_index, (mode, fmt, extension) in enumerate(kinds):
+            write_image(folder / f"img_{image_index}{extension}", mode, fmt, seed=10 * class_index + image_index)
+    good = io.BytesIO()
+    write_image(good, "RGB", "JPEG", seed=99)
+    (tmp_path / CLASSES[0] / "truncated.jpg").write_bytes(good.getvalue()[:200])
+    (tmp_path / CLASSES[1] / "not_an_image.png").write_bytes(b"plain text, not a PNG")
+    (tmp_path / CLASSES[2] / "notes.txt").write_text("annotations")
+    (tmp_path / ".hidden").mkdir()
+    return tmp_path
+
+
+def test_loads_splits_by_class_and_skips_bad_files(image_root):
+    with pytest.warns(UserWarning, match="Skipped 3 file"):
+        data = load_image_folder(image_root)
+    assert data.train_class_names == ["black footed albatross", "laysan albatross"]
+    assert data.test_class_names == ["sooty albatross", "groove billed ani"]
+    assert data.train_split.raw_class_names == tuple(CLASSES[:2])
+    assert sorted(os.path.basename(path) for path in data.skipped_files) == ["not_an_image.png", "notes.txt", "truncated.jpg"]
+    for split in (data.train_split, data.test_split):
+        assert split.labels.tolist() == [0] * 4 + [1] * 4
+    images = list(data.train.as_numpy_iterator())
+    assert len(images) == 8 and images[0][1] == 0 and images[-1][2] == 7
+
+
+def test_explicit_test_classes(image_root):
+    with pytest.warns(UserWarning):
+        data = load_image_folder(image_root, test_classes=[CLASSES[0]])
+    assert data.test_class_names == ["black footed albatross"]
+    assert len(data.train_class_names) == 3
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"\['999.Dodo'\] are not class folders"):
+        load_image_folder(image_root, test_classes=["999.Dodo"])
+
+
+def test_class_without_readable_images_is_an_error_naming_the_folder(image_root):
+    empty = image_root / "005.Empty_Class"
+    empty.mkdir()
+    (empty / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(ValueError, match="005.Empty_Class' has no readable image"):
+        load_image_folder(image_root)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_image_folder(image_root / "missing")
+
+
+def test_train_pipeline_gives_class_balanced_augmented_batches(image_root):
+    with pytest.warns(UserWarning):
+        data = load_image_folder(image_root, test_classes=[CLASSES[3]])
+    dataset = make_train_dataset(data.train_split, batch_size=6, examples_per_class=2, seed=1, image_size=32, with_sample_ids=True)
+    batches = list(dataset.take(4).as_numpy_iterator())
+    for images, labels, sample_ids in batches:
+        assert images.shape == (6, 32, 32, 3) and images.dtype == np.float32
+        assert 0 <= images.min() and images.max() <= 255
+        assert sorted(set(labels)) == [0, 1, 2] and (labels.reshape(3, 2)[:, 0] == labels.reshape(3, 2)[:, 1]).all()
+        np.testing.assert_array_equal(data.train_split.labels[sample_ids], labels)
+    again = list(make_train_dataset(data.train_split, 6, 2, seed=1, image_size=32, with_sample_ids=True).take(4).as_numpy_iterator())
+    resumed = list(make_train_dataset(data.train_split, 6, 2, seed=1, image_size=32, with_sample_ids=True, start_batch=2).take(2).as_numpy_iterator())
+    for first, second in zip(batches, again):
+        np.testing.assert_array_equal(first[0], second[0])
+    for first, second in zip(batches[2:], resumed):
+        np.testing.assert_array_equal(first[0], second[0])
+        np.testing.assert_array_equal(first[2], second[2])
+
+
+def test_eval_pipeline_covers_the_split_in_order_deterministically(image_root):
+    with pytest.warns(UserWarning):
+        data = load_image_folder(image_root)
+    first = list(make_eval_dataset(data.test_split, batch_size=3, image_size=24, resize=28).as_numpy_iterator())
+    second = list(make_eval_dataset(data.test_split, batch_size=3, image_size=24, resize=28).as_numpy_iterator())
+    labels = np.concatenate([labels for _, labels in first])
+    np.testing.assert_array_equal(labels, data.test_split.labels)
+    assert first[0][0].shape == (3, 24, 24, 3)
+    for (a, _), (b, _) in zip(first, second):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,83 @@
+"""Class-disjoint splits held as image sources with labels 0..C-1, and their pipelines."""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from tf_langdml.data.preprocessing import decode_rgb, eval_preprocess, train_preprocess
+from tf_langdml.data.sampler import class_balanced_indices
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split: encoded images or image file paths, labels 0..C-1, class names by label.
+
+    Attributes:
+        sources: (N,) file paths (``from_files``) or encoded image bytes.
+        labels: (N,) int64 labels numbered 0..C-1 within this split.
+        class_names: cleaned names, index = label ("black footed albatross").
+        raw_class_names: the dataset's own labels, index = label ("001.Black_footed_Albatross").
+        from_files: whether ``sources`` are paths to read.
+    """
+
+    sources: np.ndarray
+    labels: np.ndarray
+    class_names: tuple
+    raw_class_names: tuple
+    from_files: bool = True
+
+    def __post_init__(self):
+        if len(self.sources) != len(self.labels):
+            raise ValueError(f"{len(self.sources)} images but {len(self.labels)} labels.")
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
+            raise ValueError(f"labels must be 0..{len(self.class_names) - 1}; got {self.labels.min()}..{self.labels.max()}.")
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    def encoded(self, sources):
+        """Map a tensor of sources to encoded image bytes."""
+        return tf.io.read_file(sources) if self.from_files else sources
+
+    def dataset(self):
+        """``tf.data`` of (encoded image bytes, label, sample id), in order."""
+        ids = np.arange(len(self.labels), dtype=np.int64)
+        data = tf.data.Dataset.from_tensor_slices((self.sources, self.labels.astype(np.int64), ids))
+        return data.map(lambda source, label, sample_id: (self.encoded(source), label, sample_id))
+
+
+def make_train_dataset(split, batch_size, examples_per_class=2, seed=0, image_size=224, with_sample_ids=False, start_batch=0):
+    """Infinite class-balanced training batches of (images, labels[, sample_ids]).
+
+    Each batch holds ``batch_size / examples_per_class`` classes x ``examples_per_class``
+    images (see :func:`~tf_langdml.data.class_balanced_indices`), decoded and augmented
+    with random resized crop + horizontal flip in parallel. Batch ``b`` depends only on
+    ``(seed, b)``; pass ``start_batch`` to resume. Images are float32 RGB in [0, 255].
+    """
+    sources = tf.constant(split.sources)
+    labels = tf.constant(split.labels.astype(np.int64))
+    indices = class_balanced_indices(split.labels, batch_size, examples_per_class, seed=seed, start_batch=start_batch)
+
+    def load(position, index):
+        image = decode_rgb(split.encoded(tf.gather(sources, index)))
+        image = train_preprocess(image, image_size, seed=tf.stack([tf.constant(int(seed), tf.int64), position]))
+        if with_sample_ids:
+            return image, tf.gather(labels, index), index
+        return image, tf.gather(labels, index)
+
+    data = indices.unbatch().enumerate(start=int(start_batch) * int(batch_size))
+    data = data.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return data.batch(int(batch_size), drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def make_eval_dataset(split, batch_size, image_size=224, resize=256, with_sample_ids=False):
+    """Batches of (images, labels[, sample_ids]) over the whole split, in order, with eval preprocessing."""
+
+    def load(encoded, label, sample_id):
+        image = eval_preprocess(decode_rgb(encoded), resize, image_size)
+        return (image, label, sample_id) if with_sample_ids else (image, label)
+
+    data = split.dataset().map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return data.batch(int(batch_size)).prefetch(tf.data.AUTOTUNE)
