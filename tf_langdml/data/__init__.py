@@ -1,6 +1,7 @@
 """Data: class names, the class-balanced sampler and image preprocessing."""
 
 from tf_langdml._keras import keras  # noqa: F401  (binds tf.keras to tf-keras first)
+from tf_langdml.data.benchmarks import BENCHMARKS, load_benchmark
 from tf_langdml.data.class_names import clean_class_name
 from tf_langdml.data.image_folder import SplitDataset, load_image_folder, unreadable_images
 from tf_langdml.data.preprocessing import decode_rgb, eval_preprocess, random_resized_crop, train_preprocess
@@ -8,6 +9,8 @@ from tf_langdml.data.sampler import class_balanced_indices
 from tf_langdml.data.splits import Split, make_eval_dataset, make_train_dataset
 
 __all__ = [
+    "BENCHMARKS",
+    "load_benchmark",
     "Split",
     "SplitDataset",
     "load_image_folder",
