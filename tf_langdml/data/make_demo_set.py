@@ -1,0 +1,105 @@
+"""Build the offline demo set (emoji in two designs) from the packed npm packages.
+
+    npm pack emoji-datasource-google@16.0.0 emoji-datasource-twitter@16.0.0
+    python -m tf_langdml.data.make_demo_set \\
+        --google emoji-datasource-google-16.0.0.tgz --twitter emoji-datasource-twitter-16.0.0.tgz
+
+Writes ``tf_langdml/data/demo_emoji/``: ``classes.json`` (name, group, sub-group, split
+of each class), ``google/<code>.png`` and ``twitter/<code>.png`` (64 x 64 RGB, the
+transparent background composited onto white), and the licence notes. Classes: the
+emoji of the groups "Animals & Nature" and "Food & Drink" that both designs draw
+(skin-tone variants are separate entries in ``emoji.json`` and are not used).
+Split: within every sub-group, in the packages' sort order, alternate classes go to
+train and test (train gets the odd one out), so every unseen class has relatives
+among the seen ones.
+"""
+
+import argparse
+import json
+import os
+import tarfile
+
+import tf_langdml  # noqa: F401  # isort: skip
+import tensorflow as tf
+
+GROUPS = ("Animals & Nature", "Food & Drink")
+DEMO_DIR = os.path.join(os.path.dirname(__file__), "demo_emoji")
+DESIGNS = {
+    "google": ("Google Noto Color Emoji", "Apache License 2.0", "https://github.com/googlefonts/noto-emoji"),
+    "twitter": ("Twitter Twemoji", "Creative Commons Attribution 4.0 (CC-BY-4.0)", "https://github.com/jdecked/twemoji"),
+}
+
+
+def on_white(png_bytes):
+    """Composite an RGBA PNG onto a white background and return RGB PNG bytes."""
+    rgba = tf.cast(tf.io.decode_png(png_bytes, channels=4), tf.float32)
+    alpha = rgba[..., 3:] / 255.0
+    rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
+    return tf.io.encode_png(tf.cast(tf.round(rgb), tf.uint8), compression=9).numpy()
+
+
+def select_classes(emoji):
+    """The demo's classes with their split, in the packages' sort order."""
+    chosen = [
+        entry for entry in emoji
+        if entry["category"] in GROUPS and entry.get("has_img_google") and entry.get("has_img_twitter")
+    ]
+    chosen.sort(key=lambda entry: entry["sort_order"])
+    position_in_subgroup = {}
+    classes = []
+    for entry in chosen:
+        position = position_in_subgroup.get(entry["subcategory"], 0)
+        position_in_subgroup[entry["subcategory"]] = position + 1
+        classes.append(
+            {
+                "code": entry["unified"].lower(),
+                "image": entry["image"],
+                "name": entry["name"].lower(),
+                "group": entry["category"],
+                "subgroup": entry["subcategory"],
+                "split": "train" if position % 2 == 0 else "test",
+            }
+        )
+    return classes
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--google", required=True, help="emoji-datasource-google-*.tgz from npm pack")
+    parser.add_argument("--twitter", required=True, help="emoji-datasource-twitter-*.tgz from npm pack")
+    parser.add_argument("--out", default=DEMO_DIR)
+    args = parser.parse_args()
+
+    archives = {"google": tarfile.open(args.google), "twitter": tarfile.open(args.twitter)}
+    emoji = json.load(archives["google"].extractfile("package/emoji.json"))
+    classes = select_classes(emoji)
+    for design, archive in archives.items():
+        os.makedirs(os.path.join(args.out, design), exist_ok=True)
+        for entry in classes:
+            png = archive.extractfile(f"package/img/{design}/64/{entry['image']}").read()
+            with open(os.path.join(args.out, design, f"{entry['code']}.png"), "wb") as file:
+                file.write(on_white(png))
+    version = json.load(archives["google"].extractfile("package/package.json"))["version"]
+    for entry in classes:
+        del entry["image"]
+    with open(os.path.join(args.out, "classes.json"), "w") as file:
+        json.dump({"source": f"emoji-datasource-google / -twitter {version}", "classes": classes}, file, indent=1)
+    with open(os.path.join(args.out, "ATTRIBUTION.md"), "w") as file:
+        file.write("# Demo images: licences and attribution\n\n")
+        file.write(f"Made by `python -m tf_langdml.data.make_demo_set` from the npm packages "
+                   f"emoji-datasource-google and emoji-datasource-twitter {version} (the 64 x 64 PNGs under "
+                   f"`img/*/64/`, composited onto white). Names, groups and sub-groups come from their "
+                   f"`emoji.json` (emoji-data, MIT licence, Copyright (c) 2013 Cal Henderson).\n\n")
+        for design, (title, licence, url) in DESIGNS.items():
+            file.write(f"- `{design}/`: {title}, {licence}, {url}\n")
+        file.write("\nTwemoji graphics: Copyright 2019 Twitter, Inc and other contributors; "
+                   "Copyright 2024 jdecked and other contributors. Licensed under CC-BY 4.0: "
+                   "https://creativecommons.org/licenses/by/4.0/\n"
+                   "Noto Emoji images: Copyright Google Inc., licensed under the Apache License, "
+                   "Version 2.0: https://www.apache.org/licenses/LICENSE-2.0\n")
+    counts = {split: sum(entry["split"] == split for entry in classes) for split in ("train", "test")}
+    print(f"wrote {len(classes)} classes x 2 designs to {args.out}: {counts}")
+
+
+if __name__ == "__main__":
+    main()
