@@ -7,7 +7,13 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tf_langdml.data.preprocessing import decode_rgb, eval_preprocess, random_resized_crop, train_preprocess
+from tf_langdml.data.preprocessing import (
+    decode_rgb,
+    eval_preprocess,
+    random_resized_crop,
+    train_image_from_bytes,
+    train_preprocess,
+)
 
 
 def encode(array, mode, fmt):
@@ -68,3 +74,14 @@ def test_eval_preprocess_is_the_centre_crop_and_deterministic(photo, run_mode):
     # Shorter side 90 -> 80: the image becomes 80 x 107; the centre 64 x 64 starts at (8, 21).
     resized = tf.image.resize(tf.cast(image, tf.float32), [80, 107], antialias=True).numpy()
     np.testing.assert_allclose(first, resized[8:72, 21:85], atol=1e-3)
+
+
+@pytest.mark.parametrize("mode,fmt,tolerance", [("RGB", "JPEG", 3.0), ("CMYK", "JPEG", 3.0), ("RGBA", "PNG", 0.0)])
+def test_train_image_from_bytes_matches_decode_then_crop(photo, mode, fmt, tolerance, run_mode):
+    encoded = tf.constant(encode(photo, mode, fmt))
+    for step in range(4):
+        seed = tf.constant([3, step], tf.int64)
+        windowed = run_mode(lambda data, s: train_image_from_bytes(data, 48, seed=s))(encoded, seed).numpy()
+        full = train_preprocess(decode_rgb(encoded), 48, seed=seed).numpy()
+        assert windowed.shape == (48, 48, 3) and windowed.dtype == np.float32
+        assert np.abs(windowed - full).mean() <= tolerance

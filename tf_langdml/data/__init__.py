@@ -5,7 +5,13 @@ from tf_langdml.data.benchmarks import BENCHMARKS, load_benchmark
 from tf_langdml.data.class_names import clean_class_name
 from tf_langdml.data.demo import demo_classes, load_demo
 from tf_langdml.data.image_folder import SplitDataset, load_image_folder, unreadable_images
-from tf_langdml.data.preprocessing import decode_rgb, eval_preprocess, random_resized_crop, train_preprocess
+from tf_langdml.data.preprocessing import (
+    decode_rgb,
+    eval_preprocess,
+    random_resized_crop,
+    train_image_from_bytes,
+    train_preprocess,
+)
 from tf_langdml.data.sampler import class_balanced_indices
 from tf_langdml.data.splits import Split, make_eval_dataset, make_train_dataset
 
@@ -25,5 +31,6 @@ __all__ = [
     "decode_rgb",
     "eval_preprocess",
     "random_resized_crop",
+    "train_image_from_bytes",
     "train_preprocess",
 ]

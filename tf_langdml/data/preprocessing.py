@@ -15,17 +15,10 @@ def decode_rgb(encoded):
     return image
 
 
-def random_resized_crop(image, size=224, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), seed=None):
-    """Crop a random area fraction ``scale`` and aspect ``ratio`` of the image, resize to ``size``.
-
-    As torchvision's ``RandomResizedCrop`` used by the paper: the crop box is drawn
-    by ``tf.image.sample_distorted_bounding_box`` (falls back to the whole image after
-    its attempts fail). ``seed`` is a stateless seed of shape (2,) or None.
-    """
-    shape = tf.shape(image)
-    whole_image = tf.constant([[[0.0, 0.0, 1.0, 1.0]]])
+def _sample_crop_window(shape, scale, ratio, seed):
+    """(begin, size) of a random crop box, as torchvision's RandomResizedCrop draws it."""
     arguments = dict(
-        bounding_boxes=whole_image,
+        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
         min_object_covered=0.0,
         aspect_ratio_range=ratio,
         area_range=scale,
@@ -33,25 +26,59 @@ def random_resized_crop(image, size=224, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
         use_image_if_no_bounding_boxes=True,
     )
     if seed is None:
-        begin, crop_size, _ = tf.image.sample_distorted_bounding_box(shape, **arguments)
+        begin, size, _ = tf.image.sample_distorted_bounding_box(shape, **arguments)
     else:
-        begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(shape, seed=seed, **arguments)
-    crop = tf.slice(image, begin, crop_size)
-    return tf.image.resize(tf.cast(crop, tf.float32), [size, size], method="bilinear", antialias=True)
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(shape, seed=seed, **arguments)
+    return begin, size
+
+
+def _resize(image, size):
+    return tf.image.resize(tf.cast(image, tf.float32), [size, size], method="bilinear", antialias=True)
+
+
+def random_resized_crop(image, size=224, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), seed=None):
+    """Crop a random area fraction ``scale`` and aspect ``ratio`` of the image, resize to ``size``.
+
+    As torchvision's ``RandomResizedCrop`` used by the paper: the crop box is drawn
+    by ``tf.image.sample_distorted_bounding_box`` (falls back to the whole image after
+    its attempts fail). ``seed`` is a stateless seed of shape (2,) or None.
+    """
+    begin, crop_size = _sample_crop_window(tf.shape(image), scale, ratio, seed)
+    return _resize(tf.slice(image, begin, crop_size), size)
+
+
+def _flip(image, seed):
+    if seed is None:
+        return tf.image.random_flip_left_right(image)
+    return tf.image.stateless_random_flip_left_right(image, seed=tf.random.experimental.stateless_fold_in(seed, 1))
 
 
 def train_preprocess(image, size=224, seed=None):
     """Random resized crop to ``size`` and a random horizontal flip; float32 in [0, 255]."""
-    if seed is None:
-        crop = random_resized_crop(image, size)
-        flipped = tf.image.random_flip_left_right(crop)
-    else:
-        seed = tf.convert_to_tensor(seed, tf.int64)
-        crop = random_resized_crop(image, size, seed=seed)
-        flipped = tf.image.stateless_random_flip_left_right(
-            crop, seed=tf.random.experimental.stateless_fold_in(seed, 1)
-        )
-    return tf.clip_by_value(flipped, 0.0, 255.0)
+    seed = None if seed is None else tf.convert_to_tensor(seed, tf.int64)
+    return tf.clip_by_value(_flip(random_resized_crop(image, size, seed=seed), seed), 0.0, 255.0)
+
+
+def train_image_from_bytes(encoded, size=224, seed=None):
+    """:func:`train_preprocess` of encoded bytes; JPEGs decode only the crop window.
+
+    Same crop box and flip as ``train_preprocess(decode_rgb(encoded), size, seed)``
+    (JPEG decoding of a window may differ from a full decode by rounding), at a
+    fraction of the decoding cost.
+    """
+    seed = None if seed is None else tf.convert_to_tensor(seed, tf.int64)
+
+    def jpeg_window():
+        begin, crop_size = _sample_crop_window(tf.io.extract_jpeg_shape(encoded), (0.08, 1.0), (3 / 4, 4 / 3), seed)
+        window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
+        return _resize(tf.image.decode_and_crop_jpeg(encoded, window, channels=3), size)
+
+    def other_format():
+        return random_resized_crop(decode_rgb(encoded), size, seed=seed)
+
+    crop = tf.cond(tf.io.is_jpeg(encoded), jpeg_window, other_format)
+    crop.set_shape([size, size, 3])
+    return tf.clip_by_value(_flip(crop, seed), 0.0, 255.0)
 
 
 def eval_preprocess(image, resize=256, size=224):

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from tf_langdml.data.preprocessing import decode_rgb, eval_preprocess, train_preprocess
+from tf_langdml.data.preprocessing import decode_rgb, eval_preprocess, train_image_from_bytes
 from tf_langdml.data.sampler import class_balanced_indices
 
 
@@ -61,8 +61,8 @@ def make_train_dataset(split, batch_size, examples_per_class=2, seed=0, image_si
     indices = class_balanced_indices(split.labels, batch_size, examples_per_class, seed=seed, start_batch=start_batch)
 
     def load(position, index):
-        image = decode_rgb(split.encoded(tf.gather(sources, index)))
-        image = train_preprocess(image, image_size, seed=tf.stack([tf.constant(int(seed), tf.int64), position]))
+        image_seed = tf.stack([tf.constant(int(seed), tf.int64), position])
+        image = train_image_from_bytes(split.encoded(tf.gather(sources, index)), image_size, seed=image_seed)
         if with_sample_ids:
             return image, tf.gather(labels, index), index
         return image, tf.gather(labels, index)
