@@ -25,8 +25,9 @@ quickstart: install
 test: install
 	$(BIN)/python -m pytest -m "not slow"
 
+# pytest exits 5 when no test is marked slow; that is not a failure here.
 test-slow: install
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -m slow || [ $$? -eq 5 ]
 
 benchmarks: install
 	$(BIN)/python benchmarks/language_overhead.py
