@@ -69,7 +69,16 @@ def make_train_dataset(split, batch_size, examples_per_class=2, seed=0, image_si
 
     data = indices.unbatch().enumerate(start=int(start_batch) * int(batch_size))
     data = data.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return data.batch(int(batch_size), drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    data = data.batch(int(batch_size), drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return data.with_options(_one_thread_per_image())
+
+
+def _one_thread_per_image():
+    # Images are processed in parallel by the map; letting each image's ops also
+    # spread over the cores makes them fight for the same few cores.
+    options = tf.data.Options()
+    options.threading.max_intra_op_parallelism = 1
+    return options
 
 
 def make_eval_dataset(split, batch_size, image_size=224, resize=256, with_sample_ids=False):
@@ -80,4 +89,4 @@ def make_eval_dataset(split, batch_size, image_size=224, resize=256, with_sample
         return (image, label, sample_id) if with_sample_ids else (image, label)
 
     data = split.dataset().map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return data.batch(int(batch_size)).prefetch(tf.data.AUTOTUNE)
+    return data.batch(int(batch_size)).prefetch(tf.data.AUTOTUNE).with_options(_one_thread_per_image())
