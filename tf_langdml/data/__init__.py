@@ -4,7 +4,7 @@ from tf_langdml._keras import keras  # noqa: F401  (binds tf.keras to tf-keras f
 from tf_langdml.data.benchmarks import BENCHMARKS, load_benchmark
 from tf_langdml.data.class_names import clean_class_name
 from tf_langdml.data.demo import demo_classes, load_demo
-from tf_langdml.data.image_folder import SplitDataset, load_image_folder, unreadable_images
+from tf_langdml.data.image_folder import load_image_folder, unreadable_images
 from tf_langdml.data.preprocessing import (
     decode_rgb,
     eval_preprocess,
@@ -13,7 +13,7 @@ from tf_langdml.data.preprocessing import (
     train_preprocess,
 )
 from tf_langdml.data.sampler import class_balanced_indices
-from tf_langdml.data.splits import Split, make_eval_dataset, make_train_dataset
+from tf_langdml.data.splits import Split, SplitDataset, make_eval_dataset, make_train_dataset
 
 __all__ = [
     "demo_classes",

@@ -6,8 +6,7 @@ import os
 import numpy as np
 
 from tf_langdml.data.class_names import clean_class_name
-from tf_langdml.data.image_folder import SplitDataset
-from tf_langdml.data.splits import Split
+from tf_langdml.data.splits import Split, SplitDataset
 
 
 @dataclasses.dataclass(frozen=True)

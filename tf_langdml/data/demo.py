@@ -11,8 +11,7 @@ import os
 
 import numpy as np
 
-from tf_langdml.data.image_folder import SplitDataset
-from tf_langdml.data.splits import Split
+from tf_langdml.data.splits import Split, SplitDataset
 
 DEMO_DIR = os.path.join(os.path.dirname(__file__), "demo_emoji")
 DESIGNS = ("google", "twitter")

@@ -1,6 +1,5 @@
 """Datasets in the paper's folder layout: root/<class>/<image files>."""
 
-import dataclasses
 import os
 import warnings
 
@@ -9,34 +8,9 @@ import tensorflow as tf
 
 from tf_langdml.data.class_names import clean_class_name
 from tf_langdml.data.preprocessing import decode_rgb
-from tf_langdml.data.splits import Split
+from tf_langdml.data.splits import Split, SplitDataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
-
-
-@dataclasses.dataclass(frozen=True)
-class SplitDataset:
-    """A dataset with class-disjoint train and test splits (see :class:`Split`)."""
-
-    train_split: Split
-    test_split: Split
-    skipped_files: tuple = ()
-
-    @property
-    def train(self):
-        return self.train_split.dataset()
-
-    @property
-    def test(self):
-        return self.test_split.dataset()
-
-    @property
-    def train_class_names(self):
-        return list(self.train_split.class_names)
-
-    @property
-    def test_class_names(self):
-        return list(self.test_split.class_names)
 
 
 def unreadable_images(paths):

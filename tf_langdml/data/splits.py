@@ -48,6 +48,31 @@ class Split:
         return data.map(lambda source, label, sample_id: (self.encoded(source), label, sample_id))
 
 
+@dataclasses.dataclass(frozen=True)
+class SplitDataset:
+    """A dataset with class-disjoint train and test splits (see :class:`Split`)."""
+
+    train_split: Split
+    test_split: Split
+    skipped_files: tuple = ()
+
+    @property
+    def train(self):
+        return self.train_split.dataset()
+
+    @property
+    def test(self):
+        return self.test_split.dataset()
+
+    @property
+    def train_class_names(self):
+        return list(self.train_split.class_names)
+
+    @property
+    def test_class_names(self):
+        return list(self.test_split.class_names)
+
+
 def make_train_dataset(split, batch_size, examples_per_class=2, seed=0, image_size=224, with_sample_ids=False, start_batch=0):
     """Infinite class-balanced training batches of (images, labels[, sample_ids]).
 
