@@ -5,11 +5,15 @@ sides decode, random-resized-crop to 224, flip and produce float32 arrays for th
 same sampled indices; tf.data uses `make_train_dataset` (parallel map, prefetch),
 the loop uses PIL + numpy, one image at a time. Then one ResNet50 training step at
 batch 32 is timed, so the reader sees whether the input pipeline can starve training.
+Both resize settings are measured: antialiased (the default, as the paper's
+torchvision/PIL pipeline) and ``antialias=False`` (TensorFlow's default resize),
+each against a loop doing the same.
 
     .venv/bin/python benchmarks/input_pipeline.py [--images 2000] [--batches 30]
 """
 
 import argparse
+import gc
 import math
 import os
 import tempfile
@@ -36,8 +40,12 @@ def write_folder(root, num_images, num_classes=50, seed=0):
         Image.fromarray(noisy).save(os.path.join(folder, f"{index:05d}.jpg"), quality=90)
 
 
-def plain_loop_image(path, rng, size=224):
-    """Decode, random resized crop (scale 0.08-1, ratio 3/4-4/3), flip, float32 -- in PIL + numpy."""
+def plain_loop_image(path, rng, size=224, antialias=True):
+    """Decode, random resized crop (scale 0.08-1, ratio 3/4-4/3), flip, float32 -- in PIL + numpy.
+
+    PIL's bilinear ``resize`` is antialiased (as torchvision's RandomResizedCrop); its
+    ``transform`` with an extent box samples bilinearly without antialiasing.
+    """
     image = Image.open(path).convert("RGB")
     width, height = image.size
     area = width * height
@@ -50,56 +58,90 @@ def plain_loop_image(path, rng, size=224):
             break
     else:
         left, top, crop_w, crop_h = 0, 0, width, height
-    crop = image.crop((left, top, left + crop_w, top + crop_h)).resize((size, size), Image.BILINEAR)
+    box = (left, top, left + crop_w, top + crop_h)
+    if antialias:
+        crop = image.crop(box).resize((size, size), Image.BILINEAR)
+    else:
+        crop = image.transform((size, size), Image.EXTENT, box, Image.BILINEAR)
     array = np.asarray(crop, dtype=np.float32)
     return array[:, ::-1] if rng.uniform() < 0.5 else array
+
+
+def compare(split, args, antialias):
+    """Alternating timed rounds of tf.data and the loop; returns rates and CPU times per image."""
+    rng = np.random.default_rng(0)
+    loop_images = args.loop_images // args.rounds
+    indices = np.concatenate([batch.numpy() for batch in class_balanced_indices(split.labels, 90, 2, seed=0).take(
+        math.ceil(args.loop_images / 90))])
+    result = {"tfdata": [], "loop": [], "tfdata_cpu": [], "loop_cpu": []}
+    # Alternating rounds, so a slow spell of the machine hits both sides alike. Each
+    # tf.data round gets a fresh iterator (one warm-up batch, untimed) that is dropped
+    # before the loop runs, so no batch is prefetched while the loop is timed.
+    per_round = args.batches // args.rounds
+    for round_index in range(args.rounds):
+        dataset = iter(make_train_dataset(
+            split, 90, 2, seed=0, start_batch=round_index * (per_round + 1), antialias=antialias))
+        next(dataset)
+        start, cpu = time.perf_counter(), time.process_time()
+        for _ in range(per_round):
+            next(dataset)
+        result["tfdata"].append(per_round * 90 / (time.perf_counter() - start))
+        result["tfdata_cpu"].append((time.process_time() - cpu) / (per_round * 90) * 1e3)
+        del dataset
+        gc.collect()
+
+        start, cpu = time.perf_counter(), time.process_time()
+        for index in indices[round_index * loop_images : (round_index + 1) * loop_images]:
+            plain_loop_image(split.sources[index], rng, antialias=antialias)
+        result["loop"].append(loop_images / (time.perf_counter() - start))
+        result["loop_cpu"].append((time.process_time() - cpu) / loop_images * 1e3)
+    return result
+
+
+def resnet50_train_rate():
+    embedder = tf_langdml.build_embedder("resnet50", weights=None, embed_dim=128)
+    model = tf_langdml.LanguageGuidedModel(embedder)
+    model.compile(optimizer=keras.optimizers.Adam(1e-5))
+    batch = tf.random.uniform((32, 224, 224, 3), 0, 255)
+    labels = tf.repeat(tf.range(16), 2)
+    model.train_on_batch(batch, labels)
+    start = time.perf_counter()
+    for _ in range(2):
+        model.train_on_batch(batch, labels)
+    return 2 * 32 / (time.perf_counter() - start)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--batches", type=int, default=30, help="batches of 90 timed for tf.data")
-    parser.add_argument("--loop-images", type=int, default=900, help="images timed for the plain loop")
+    parser.add_argument("--batches", type=int, default=30, help="batches of 90 timed for tf.data, per setting")
+    parser.add_argument("--loop-images", type=int, default=900, help="images timed for the plain loop, per setting")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of both sides")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as root:
         start = time.perf_counter()
         write_folder(root, args.images)
         print(f"generated {args.images} JPEGs of 500x375 in {time.perf_counter() - start:.0f} s")
-        data = load_image_folder(root, test_fraction=0.1)
-        split = data.train_split
+        split = load_image_folder(root, test_fraction=0.1).train_split
+        results = {antialias: compare(split, args, antialias) for antialias in (True, False)}
+        train_rate = resnet50_train_rate()
 
-        dataset = iter(make_train_dataset(split, batch_size=90, examples_per_class=2, seed=0))
-        next(dataset)  # warm up
-        start = time.perf_counter()
-        for _ in range(args.batches):
-            images, _ = next(dataset)
-        tfdata_rate = args.batches * 90 / (time.perf_counter() - start)
-
-        rng = np.random.default_rng(0)
-        indices = np.concatenate([batch.numpy() for batch in class_balanced_indices(split.labels, 90, 2, seed=0).take(
-            math.ceil(args.loop_images / 90))])[: args.loop_images]
-        start = time.perf_counter()
-        for index in indices:
-            plain_loop_image(split.sources[index], rng)
-        loop_rate = len(indices) / (time.perf_counter() - start)
-
-        embedder = tf_langdml.build_embedder("resnet50", weights=None, embed_dim=128)
-        model = tf_langdml.LanguageGuidedModel(embedder)
-        model.compile(optimizer=keras.optimizers.Adam(1e-5))
-        batch = tf.random.uniform((32, 224, 224, 3), 0, 255)
-        labels = tf.repeat(tf.range(16), 2)
-        model.train_on_batch(batch, labels)
-        start = time.perf_counter()
-        for _ in range(2):
-            model.train_on_batch(batch, labels)
-        train_rate = 2 * 32 / (time.perf_counter() - start)
-
-    print(f"tf.data train pipeline : {tfdata_rate:8.1f} images/s  ({args.batches} batches of 90)")
-    print(f"plain PIL + numpy loop : {loop_rate:8.1f} images/s  ({len(indices)} images)")
-    print(f"ratio tf.data / loop   : {tfdata_rate / loop_rate:8.2f}  (target >= 2)")
-    print(f"ResNet50 train step    : {train_rate:8.1f} images/s  (batch 32, 224 x 224) -> "
-          f"{'input keeps up' if tfdata_rate > train_rate else 'input would starve training'}")
+    print(f"{args.rounds} alternating rounds per setting; images/s as best | median; CPU time per image (all threads)")
+    for antialias, result in results.items():
+        tfdata, loop = result["tfdata"], result["loop"]
+        title = ("antialiased resize (default; the paper's PIL resize)" if antialias
+                 else "antialias=False (TensorFlow's default resize; PIL transform in the loop)")
+        print(title)
+        print(f"  tf.data train pipeline : {max(tfdata):7.1f} | {np.median(tfdata):7.1f} images/s   "
+              f"{min(result['tfdata_cpu']):5.2f} ms CPU")
+        print(f"  plain PIL + numpy loop : {max(loop):7.1f} | {np.median(loop):7.1f} images/s   "
+              f"{min(result['loop_cpu']):5.2f} ms CPU")
+        print(f"  ratio tf.data / loop   : {max(tfdata) / max(loop):7.2f} | {np.median(tfdata) / np.median(loop):7.2f}"
+              "  (target >= 2)")
+    slowest = min(float(np.median(result["tfdata"])) for result in results.values())
+    print(f"ResNet50 train step      : {train_rate:7.1f} images/s  (batch 32, 224 x 224) -> "
+          f"{'input keeps up' if slowest > train_rate else 'input would starve training'}")
 
 
 if __name__ == "__main__":

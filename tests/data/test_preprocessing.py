@@ -11,6 +11,7 @@ from tf_langdml.data.preprocessing import (
     decode_rgb,
     eval_preprocess,
     random_resized_crop,
+    resize_bilinear,
     train_image_from_bytes,
     train_preprocess,
 )
@@ -55,6 +56,37 @@ def test_train_preprocess_shape_range_and_randomness(photo):
     assert len({output.tobytes() for output in outputs}) == 6
     np.testing.assert_array_equal(outputs[0], train_preprocess(image, 64, seed=[0, 0]).numpy())
     assert train_preprocess(image, 32).shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("shape", [(90, 120), (30, 20), (64, 64), (20, 100), (100, 20), (1, 1), (65, 64)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_resize_bilinear_equals_the_antialiased_op(shape, dtype, run_mode):
+    # Growing sides take the cheap non-antialiased op; the values must not change.
+    image = np.random.default_rng(1).integers(0, 256, shape + (3,)).astype(dtype)
+    resized = run_mode(lambda x: resize_bilinear(x, 64))(tf.constant(image)).numpy()
+    expected = tf.image.resize(tf.constant(image, tf.float32), [64, 64], antialias=True).numpy()
+    assert resized.shape == (64, 64, 3) and resized.dtype == np.float32
+    np.testing.assert_allclose(resized, expected, atol=2e-3)
+    plain = run_mode(lambda x: resize_bilinear(x, 64, antialias=False))(tf.constant(image)).numpy()
+    np.testing.assert_allclose(plain, tf.image.resize(tf.constant(image, tf.float32), [64, 64]).numpy(), atol=2e-3)
+    if max(shape) > 64:  # shrinking: without antialiasing the values differ
+        assert np.abs(plain - resized).max() > 1.0
+
+
+def test_train_preprocess_is_the_random_resized_crop_flipped_or_not(photo):
+    # The flip is applied to the crop before resizing; it must equal flipping the resized crop.
+    image = tf.constant(photo)
+    flipped = []
+    for step in range(8):
+        seed = tf.constant([5, step], tf.int64)
+        output = train_preprocess(image, 48, seed=seed).numpy()
+        crop = random_resized_crop(image, 48, seed=seed).numpy()
+        if np.allclose(output, crop, atol=1e-3):
+            flipped.append(False)
+        else:
+            np.testing.assert_allclose(output, crop[:, ::-1], atol=1e-3)
+            flipped.append(True)
+    assert any(flipped) and not all(flipped)
 
 
 def test_random_resized_crop_covers_the_requested_area(photo):

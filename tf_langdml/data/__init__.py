@@ -9,6 +9,7 @@ from tf_langdml.data.preprocessing import (
     decode_rgb,
     eval_preprocess,
     random_resized_crop,
+    resize_bilinear,
     train_image_from_bytes,
     train_preprocess,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "clean_class_name",
     "decode_rgb",
     "eval_preprocess",
+    "resize_bilinear",
     "random_resized_crop",
     "train_image_from_bytes",
     "train_preprocess",

@@ -73,13 +73,16 @@ class SplitDataset:
         return list(self.test_split.class_names)
 
 
-def make_train_dataset(split, batch_size, examples_per_class=2, seed=0, image_size=224, with_sample_ids=False, start_batch=0):
+def make_train_dataset(
+    split, batch_size, examples_per_class=2, seed=0, image_size=224, with_sample_ids=False, start_batch=0, antialias=True
+):
     """Infinite class-balanced training batches of (images, labels[, sample_ids]).
 
     Each batch holds ``batch_size / examples_per_class`` classes x ``examples_per_class``
     images (see :func:`~tf_langdml.data.class_balanced_indices`), decoded and augmented
     with random resized crop + horizontal flip in parallel. Batch ``b`` depends only on
     ``(seed, b)``; pass ``start_batch`` to resume. Images are float32 RGB in [0, 255].
+    ``antialias``: see :func:`~tf_langdml.data.resize_bilinear` (True: the paper's resize).
     """
     sources = tf.constant(split.sources)
     labels = tf.constant(split.labels.astype(np.int64))
@@ -87,7 +90,8 @@ def make_train_dataset(split, batch_size, examples_per_class=2, seed=0, image_si
 
     def load(position, index):
         image_seed = tf.stack([tf.constant(int(seed), tf.int64), position])
-        image = train_image_from_bytes(split.encoded(tf.gather(sources, index)), image_size, seed=image_seed)
+        encoded = split.encoded(tf.gather(sources, index))
+        image = train_image_from_bytes(encoded, image_size, seed=image_seed, antialias=antialias)
         if with_sample_ids:
             return image, tf.gather(labels, index), index
         return image, tf.gather(labels, index)
@@ -106,11 +110,11 @@ def _one_thread_per_image():
     return options
 
 
-def make_eval_dataset(split, batch_size, image_size=224, resize=256, with_sample_ids=False):
+def make_eval_dataset(split, batch_size, image_size=224, resize=256, with_sample_ids=False, antialias=True):
     """Batches of (images, labels[, sample_ids]) over the whole split, in order, with eval preprocessing."""
 
     def load(encoded, label, sample_id):
-        image = eval_preprocess(decode_rgb(encoded), resize, image_size)
+        image = eval_preprocess(decode_rgb(encoded), resize, image_size, antialias)
         return (image, label, sample_id) if with_sample_ids else (image, label)
 
     data = split.dataset().map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
