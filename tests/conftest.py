@@ -19,3 +19,24 @@ def run_mode(request):
         return function if request.param == "eager" else tf.function(function)
 
     return wrap
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_cache(tmp_path_factory):
+    """Every test writes models and embeddings to a throw-away cache, never to ~/.cache."""
+    path = tmp_path_factory.mktemp("tf_langdml_cache")
+    previous = os.environ.get("TF_LANGDML_CACHE")
+    os.environ["TF_LANGDML_CACHE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("TF_LANGDML_CACHE", None)
+    else:
+        os.environ["TF_LANGDML_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def minilm_encoder(isolated_cache):
+    """The offline MiniLM encoder, built once per test session into the isolated cache."""
+    from tf_langdml.language import build_text_encoder
+
+    return build_text_encoder("minilm")
