@@ -7,7 +7,7 @@ Deep Metric Learning", CVPR 2022. Importing this package sets
 
 from tf_langdml._keras import keras  # noqa: F401  (must run before TensorFlow loads)
 from tf_langdml import language, losses, models
-from tf_langdml.language import build_text_encoder, expert_language_table
+from tf_langdml.language import build_text_encoder, expert_language_table, pseudo_label_table
 from tf_langdml.losses import LanguageMatchingLoss, build_dml_loss, language_matching_loss
 from tf_langdml.models import LanguageGuidedModel, build_embedder
 
@@ -25,4 +25,5 @@ __all__ = [
     "language_matching_loss",
     "losses",
     "models",
+    "pseudo_label_table",
 ]

