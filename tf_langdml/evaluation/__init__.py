@@ -1,0 +1,38 @@
+"""Evaluation: exact chunked retrieval metrics, clustering, semantic consistency, Keras/TensorBoard callbacks."""
+
+from tf_langdml._keras import keras  # noqa: F401  (binds tf.keras to tf-keras first)
+from tf_langdml.evaluation.callbacks import (
+    LanguageGuidanceTensorBoard,
+    RetrievalEvaluation,
+    embed_split,
+    language_similarity,
+    similarity_heatmap,
+)
+from tf_langdml.evaluation.clustering import clustering_metrics, pairwise_f1
+from tf_langdml.evaluation.retrieval import (
+    DEFAULT_KS,
+    metrics_from_ranks,
+    nearest_neighbors,
+    positive_ranks,
+    retrieval_metrics,
+)
+from tf_langdml.evaluation.semantic import group_recall_at_1, make_recall_at_1, nearest_classes, semantic_consistency
+
+__all__ = [
+    "DEFAULT_KS",
+    "LanguageGuidanceTensorBoard",
+    "RetrievalEvaluation",
+    "clustering_metrics",
+    "embed_split",
+    "group_recall_at_1",
+    "language_similarity",
+    "make_recall_at_1",
+    "metrics_from_ranks",
+    "nearest_classes",
+    "nearest_neighbors",
+    "pairwise_f1",
+    "positive_ranks",
+    "retrieval_metrics",
+    "semantic_consistency",
+    "similarity_heatmap",
+]

@@ -90,7 +90,7 @@ def split_fingerprint(split):
 
 def _classifier_logits(classifier, split, level, k, batch_size, verbose):
     from tf_langdml.data.splits import make_eval_dataset
-    from tf_langdml.models.classifier import predict_logits
+    from tf_langdml.models.classifier import inference_outputs
 
     image_size = int(classifier.input_shape[1])
     dataset = make_eval_dataset(split, batch_size, image_size=image_size, resize=round(image_size * 256 / 224))
@@ -99,7 +99,7 @@ def _classifier_logits(classifier, split, level, k, batch_size, verbose):
     num_classes = split.num_classes
     sums, counts, per_image = np.zeros((num_classes, 1000)), np.zeros(num_classes, np.int64), []
     for step, (images, labels) in enumerate(dataset):
-        logits = predict_logits(classifier, images).numpy().astype(np.float64)
+        logits = inference_outputs(classifier, images).numpy().astype(np.float64)
         if logits.shape[1] != 1000:
             raise ValueError(f"The classifier gives {logits.shape[1]} outputs; pseudo-labels need the 1000 ImageNet logits.")
         if level == "class":

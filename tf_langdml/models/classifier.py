@@ -48,10 +48,15 @@ def classifier_fingerprint(model):
     return getattr(model, "classifier_id", None) or f"{model.name}:{_weights_fingerprint(model)}"
 
 
-def predict_logits(model, images):
-    """Logits of a batch of images in [0, 255] (uint8 or float), as float32; one traced graph per model."""
+def inference_outputs(model, images):
+    """Outputs (logits, or embeddings for an embedder) of a batch of images in [0, 255], float32.
+
+    One traced graph per model, reused across calls.
+    """
     function = _PREDICT_FUNCTIONS.get(model)
     if function is None:
-        function = tf.function(lambda batch: model(tf.cast(batch, tf.float32), training=False), reduce_retracing=True)
+        function = tf.function(
+            lambda batch: tf.cast(model(tf.cast(batch, tf.float32), training=False), tf.float32), reduce_retracing=True
+        )
         _PREDICT_FUNCTIONS[model] = function
     return function(images)

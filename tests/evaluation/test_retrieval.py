@@ -1,0 +1,128 @@
+"""Retrieval metrics: hand-computed tiny cases, a brute-force reference on clustered data, the chunked kNN."""
+
+import numpy as np
+import pytest
+
+from tf_langdml.evaluation import metrics_from_ranks, nearest_neighbors, positive_ranks, retrieval_metrics
+
+
+def angles(*degrees):
+    """Unit vectors in the plane at the given angles: cosine similarity = cos(angle difference)."""
+    radians = np.deg2rad(np.asarray(degrees, np.float64))
+    return np.stack([np.cos(radians), np.sin(radians)], axis=1).astype(np.float32)
+
+
+def test_hand_computed_case():
+    # Items at 0, 10, 20, 100, 110 degrees; labels a a b b a.
+    # Query 0 (a): neighbours 1 (a), 2 (b), 3 (b), 4 (a) -> positives at ranks 1, 4.
+    # Query 1 (a): 0 (a) and 2 (b) tie at 10 degrees -> pessimistic: 2, 0; then 3 (b), 4 (a):
+    #   positives at ranks 2, 4.   [90 deg from 4 vs 80 deg from 3: 3 first]
+    # Query 2 (b): 1 (a, 10), 0 (a, 20), 3 (b, 80), 4 (a, 90) -> positive at rank 3.
+    # Query 3 (b): 4 (a, 10), 2 (b, 80), 1 (a, 90), 0 (a, 100) -> positive at rank 2.
+    # Query 4 (a): 3 (b, 10), 2 (b, 90), 1 (a, 100), 0 (a, 110) -> positives at ranks 3, 4.
+    embeddings = angles(0, 10, 20, 100, 110)
+    labels = np.array([0, 0, 1, 1, 0])
+    ranks, positives = positive_ranks(embeddings, labels)
+    np.testing.assert_array_equal(positives, [2, 2, 1, 1, 2])
+    np.testing.assert_array_equal(ranks, [[1, 4], [2, 4], [3, 0], [2, 0], [3, 4]])
+    metrics = retrieval_metrics(embeddings, labels, ks=(1, 2, 4, 8))
+    assert metrics["recall@1"] == pytest.approx(1 / 5)
+    assert metrics["recall@2"] == pytest.approx(3 / 5)
+    assert metrics["recall@4"] == pytest.approx(1.0) and metrics["recall@8"] == pytest.approx(1.0)  # k > gallery
+    # map@r: R = 2, 2, 1, 1, 2: q0 (1/1)/2, q1 (1/2)/2, q2 0, q3 0, q4 0.
+    assert metrics["map@r"] == pytest.approx((0.5 + 0.25) / 5)
+    # map@1000, divided by the class size (3, 3, 2, 2, 3):
+    # q0 (1 + 2/4)/3, q1 (1/2 + 2/4)/3, q2 (1/3)/2, q3 (1/2)/2, q4 (1/3 + 2/4)/3.
+    expected = (1.5 / 3 + 1.0 / 3 + (1 / 3) / 2 + 0.5 / 2 + (1 / 3 + 0.5) / 3) / 5
+    assert metrics["map@1000"] == pytest.approx(expected)
+
+
+def test_singleton_classes_are_misses_and_left_out_of_map_r():
+    embeddings = angles(0, 5, 90)
+    labels = np.array(["cat", "cat", "dog"])  # any label values
+    metrics = retrieval_metrics(embeddings, labels, ks=(1,))
+    assert metrics["recall@1"] == pytest.approx(2 / 3)  # the dog has no other member: a miss
+    assert metrics["map@r"] == pytest.approx(1.0)  # only the two cats count
+    assert metrics["map@1000"] == pytest.approx((0.5 + 0.5 + 0.0) / 3)  # 1 hit / class size 2; dog 0
+
+
+def test_a_collapsed_embedder_scores_nothing():
+    embeddings = np.ones((6, 4), np.float32)  # every similarity ties
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    metrics = retrieval_metrics(embeddings, labels, ks=(1,))
+    assert metrics["recall@1"] == 0.0  # ties go against the query
+
+
+def brute_force(embeddings, labels, ks):
+    embeddings = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    similarity = embeddings.astype(np.float64) @ embeddings.T.astype(np.float64)
+    count = len(labels)
+    recall = {k: 0.0 for k in ks}
+    map_r, map_1000 = [], []
+    for query in range(count):
+        others = [item for item in range(count) if item != query]
+        order = sorted(others, key=lambda item: (-similarity[query, item], labels[item] == labels[query]))
+        relevant = np.array([labels[item] == labels[query] for item in order])
+        positives = int(relevant.sum())
+        for k in ks:
+            recall[k] += relevant[:k].any() / count
+        precision = np.cumsum(relevant) / np.arange(1, count)
+        if positives:
+            map_r.append(np.sum(precision[:positives] * relevant[:positives]) / positives)
+        map_1000.append(np.sum(precision[:1000] * relevant[:1000]) / (positives + 1))
+    return {**{f"recall@{k}": recall[k] for k in ks}, "map@r": np.mean(map_r), "map@1000": np.mean(map_1000)}
+
+
+@pytest.mark.parametrize("block_elements", [200, 5000, 32 * 1024 * 1024])
+def test_against_brute_force_on_clustered_data(block_elements):
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 30, 240)
+    centres = rng.normal(size=(30, 6))
+    embeddings = (centres[labels] + 0.8 * rng.normal(size=(240, 6))).astype(np.float32)
+    metrics = retrieval_metrics(embeddings, labels, ks=(1, 2, 4, 8, 16), block_elements=block_elements)
+    expected = brute_force(embeddings, labels, (1, 2, 4, 8, 16))
+    for name, value in expected.items():
+        assert metrics[name] == pytest.approx(value, abs=1e-9), name
+
+
+def test_map_1000_cuts_at_1000():
+    # One class of 3 items far apart from each other, among 1100 distractors nearer to the query.
+    rng = np.random.default_rng(0)
+    distractors = rng.normal(size=(1100, 3)) * 0.01 + np.array([1.0, 0.0, 0.0])
+    embeddings = np.concatenate([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], distractors]).astype(np.float32)
+    labels = np.concatenate([[0, 0, 0], np.arange(1, 1101)])
+    ranks, positives = positive_ranks(embeddings, labels)
+    assert 1000 < ranks[0, 0] < ranks[0, 1]  # both of query 0's positives sit behind the distractors
+    assert metrics_from_ranks(ranks[:1], positives[:1])["map@1000"] == 0.0
+    # Had the first one been at rank 1000 exactly, it would count: 1 / 1000 / class size 3.
+    assert metrics_from_ranks([[1000, 1500]], [2])["map@1000"] == pytest.approx(1 / 1000 / 3)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="3 embeddings but 2 labels"):
+        retrieval_metrics(np.ones((3, 2)), [0, 1])
+    with pytest.raises(ValueError, match="NaN"):
+        retrieval_metrics(np.array([[np.nan, 1.0], [1.0, 0.0]]), [0, 0])
+    with pytest.raises(ValueError, match="positive integers"):
+        retrieval_metrics(np.eye(3), [0, 0, 1], ks=(0,))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 1000])
+def test_chunked_knn_equals_brute_force(chunk_size):
+    rng = np.random.default_rng(1)
+    embeddings = rng.normal(size=(150, 5)).astype(np.float32)
+    indices, similarities = nearest_neighbors(embeddings, k=6, chunk_size=chunk_size)
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    full = unit @ unit.T
+    np.fill_diagonal(full, -np.inf)
+    expected = np.argsort(-full, axis=1, kind="stable")[:, :6]
+    np.testing.assert_array_equal(indices, expected)
+    np.testing.assert_allclose(similarities, np.take_along_axis(full, expected, axis=1), atol=1e-5)
+
+
+def test_knn_ties_go_to_the_lower_index_and_self_is_left_out():
+    embeddings = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], np.float32)
+    indices, _ = nearest_neighbors(embeddings, k=2)
+    np.testing.assert_array_equal(indices[:3], [[1, 2], [0, 2], [0, 1]])
+    with pytest.raises(ValueError, match="k must be in 1..3"):
+        nearest_neighbors(embeddings, k=4)
