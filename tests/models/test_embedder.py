@@ -99,7 +99,7 @@ def test_imagenet_weights_offline_names_the_local_alternative(tmp_path, monkeypa
 
 
 def test_bad_arguments_are_clear_errors():
-    with pytest.raises(ValueError, match="Unknown backbone 'vgg'; known backbones: \\['efficientnet_lite0', 'resnet50'\\]"):
+    with pytest.raises(ValueError, match="Unknown backbone 'vgg'; known backbones: \\['efficientnet_lite0', 'resnet50', 'toy_cnn'\\]"):
         build_embedder("vgg", weights=None)
     with pytest.raises(ValueError, match="embed_dim must be a positive integer"):
         build_embedder(tiny_backbone(), weights=None, embed_dim=0, input_shape=(16, 16, 3))

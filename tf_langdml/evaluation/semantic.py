@@ -24,7 +24,8 @@ def semantic_consistency(
     the query class's ``nearest`` most similar classes in language space
     (``mistakes_in_5_nearest_classes`` for nearest=5). For reading them:
     ``chance_language_similarity`` is the mean over all pairs of distinct classes and
-    ``chance_in_nearest_classes`` = nearest / (C - 1).
+    ``chance_in_<nearest>_nearest_classes`` = nearest / (C - 1). With fewer than
+    ``nearest`` other classes, all of them count (the keys keep the requested number).
     """
     labels = np.asarray(labels).reshape(-1)
     class_names = list(class_names)
@@ -38,21 +39,21 @@ def semantic_consistency(
     text = text_embeddings(class_names, encoder, template, cache_dir)
     language = text @ text.T
     mistakes = neighbor_labels != labels
-    nearest = min(nearest, len(class_names) - 1)
+    requested, nearest = nearest, min(nearest, len(class_names) - 1)  # keys keep the requested number
     close = nearest_classes(language, nearest)
     off_diagonal = language[~np.eye(len(class_names), dtype=bool)]
     results = {
         "nn_mistakes": int(mistakes.sum()),
         "chance_language_similarity": float(off_diagonal.mean()),
-        f"chance_in_{nearest}_nearest_classes": nearest / (len(class_names) - 1),
+        f"chance_in_{requested}_nearest_classes": nearest / (len(class_names) - 1),
     }
     if mistakes.any():
         query, found = labels[mistakes], neighbor_labels[mistakes]
         results["mistake_language_similarity"] = float(language[query, found].mean())
-        results[f"mistakes_in_{nearest}_nearest_classes"] = float(np.mean(np.any(close[query] == found[:, None], axis=1)))
+        results[f"mistakes_in_{requested}_nearest_classes"] = float(np.mean(np.any(close[query] == found[:, None], axis=1)))
     else:
         results["mistake_language_similarity"] = float("nan")
-        results[f"mistakes_in_{nearest}_nearest_classes"] = float("nan")
+        results[f"mistakes_in_{requested}_nearest_classes"] = float("nan")
     return results
 
 

@@ -35,6 +35,23 @@ def _build_resnet50(input_shape, include_top):
     return keras.applications.ResNet50(weights=None, include_top=False, input_shape=input_shape, pooling=None)
 
 
+def _build_toy_cnn(input_shape, include_top):
+    """Three small conv blocks: for smoke tests and CI runs in seconds; no ImageNet weights."""
+    inputs = keras.Input(shape=input_shape)
+    x = inputs
+    for index, filters in enumerate((16, 32, 64)):
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"toy_conv{index}")(x)
+        x = keras.layers.BatchNormalization(name=f"toy_bn{index}")(x)
+        x = keras.layers.ReLU(name=f"toy_relu{index}")(x)
+    if include_top:
+        x = keras.layers.Dense(1000, name="predictions")(keras.layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, x, name="toy_cnn")
+
+
+def _no_imagenet_weights(include_top):
+    raise ValueError("Backbone 'toy_cnn' has no ImageNet weights (it is for smoke tests); use weights=None.")
+
+
 BACKBONES = {
     "resnet50": BackboneSpec(
         build=_build_resnet50,
@@ -52,6 +69,7 @@ BACKBONES = {
             ),
         },
     ),
+    "toy_cnn": BackboneSpec(build=_build_toy_cnn, normalization="tf", imagenet_resolver=_no_imagenet_weights),
     "efficientnet_lite0": BackboneSpec(
         build=lambda input_shape, include_top: build_efficientnet_lite0(input_shape, include_top),
         normalization="efficientnet_lite",

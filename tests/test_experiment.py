@@ -1,0 +1,132 @@
+"""tf-langdml train end to end on a generated image folder; kill -9 mid-epoch and resume; the CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from tf_langdml.cli import main
+from tf_langdml.config import ConfigError, load_config
+from tf_langdml.experiment import RUN_FILES, train
+
+METRICS = ["recall@1", "recall@2", "recall@4", "recall@8", "map@r", "map@1000", "nmi", "f1",
+           "mistake_language_similarity", "mistakes_in_5_nearest_classes", "epochs", "optimizer_steps"]
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """8 named classes x 6 noisy solid-colour PNGs (4 train classes, 4 test classes)."""
+    root = tmp_path_factory.mktemp("folder")
+    rng = np.random.default_rng(0)
+    names = ["red_apple", "green_apple", "blue_whale", "grey_whale", "red_car", "blue_car", "green_frog", "grey_mouse"]
+    for index, name in enumerate(names):
+        colour = rng.integers(0, 256, 3)
+        (root / f"{index:02d}.{name}").mkdir()
+        for image in range(6):
+            pixels = np.clip(colour + rng.integers(-30, 31, (24, 24, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / f"{index:02d}.{name}" / f"{image}.png")
+    return root
+
+
+def tiny_overrides(folder, runs, name, guidance="elg", epochs=2, steps=3, every=1):
+    return [
+        f"name={name}", f"runs_dir={runs}", "data.dataset=folder", f"data.data_dir={folder}", "data.image_size=16",
+        "data.batch_size=8", "model.backbone=toy_cnn", "model.weights=null", "model.embed_dim=8",
+        f"language.guidance={guidance}", f"loss.language_weight={0 if guidance == 'none' else 1.0}",
+        "optimizer.learning_rate=0.01", f"training.epochs={epochs}", f"training.steps_per_epoch={steps}",
+        f"training.eval_every={every}", "training.checkpoint_every=2", "evaluation.batch_size=16",
+    ]
+
+
+def test_train_writes_the_whole_run_directory(image_folder, tmp_path, minilm_encoder):
+    config = load_config(None, tiny_overrides(image_folder, tmp_path, "tiny"))
+    metrics = train(config, verbose=0)
+    folder = tmp_path / "tiny"
+    for name in RUN_FILES:
+        assert (folder / name).exists(), name
+    assert set(METRICS) <= set(metrics)
+    assert metrics["epochs"] == 2 and metrics["optimizer_steps"] == 6
+    assert json.loads((folder / "metrics.json").read_text()) == pytest.approx(metrics)
+    assert np.load(folder / "language_table.npy").shape == (4, 1, 384)
+    assert json.loads((folder / "train_class_names.json").read_text())[0] == "red apple"
+    assert yaml.safe_load((folder / "config.yaml").read_text())["model"]["backbone"] == "toy_cnn"
+    assert sorted(json.loads((folder / "history.json").read_text())) == ["1", "2"]
+    assert list((folder / "logs" / "train").glob("events.out.tfevents.*"))
+    assert (folder / "logs" / "projector_config.pbtxt").exists()
+    assert list((folder / "checkpoints").glob("ckpt-6.index"))
+    # The CLI exports it for TF Serving, and evaluates it again.
+    assert main(["export", "--run", str(folder), "--name", "tiny", "--saved-models", str(tmp_path / "saved")]) == 0
+    assert (tmp_path / "saved" / "tiny" / "1" / "saved_model.pb").exists()
+    assert main(["evaluate", "--run", str(folder)]) == 0
+    # A finished run is not trained again; another config under the same name is refused.
+    assert train(config, verbose=0) == pytest.approx(metrics)
+    with pytest.raises(ConfigError, match="changed: training.epochs"):
+        train(load_config(None, tiny_overrides(image_folder, tmp_path, "tiny", epochs=3)), verbose=0)
+
+
+def test_plg_run_saves_pseudo_label_names(image_folder, tmp_path, minilm_encoder):
+    overrides = tiny_overrides(image_folder, tmp_path, "plg", guidance="plg", epochs=1, steps=2) + [
+        "language.classifier=efficientnet_lite0", "language.classifier_image_size=32", "evaluation.semantic=false",
+        "evaluation.clustering=false"]
+    train(load_config(None, overrides), verbose=0)
+    names = json.loads((tmp_path / "plg" / "pseudo_labels.json").read_text())
+    assert names["level"] == "class" and len(names["rows"]) == 4 and len(names["rows"][0]["pseudo_labels"]) == 5
+
+
+def _checkpoint_steps(folder):
+    return sorted(int(path.name.split("-")[1].split(".")[0]) for path in (folder / "checkpoints").glob("ckpt-*.index"))
+
+
+def test_a_run_killed_mid_epoch_resumes_and_counts_every_step_once(image_folder, tmp_path):
+    steps_per_epoch, epochs = 40, 3
+    overrides = tiny_overrides(image_folder, tmp_path, "resume", guidance="none", epochs=epochs, steps=steps_per_epoch,
+                               every=3) + ["evaluation.semantic=false", "evaluation.clustering=false"]
+    command = [sys.executable, "-m", "tf_langdml", "train", "--quiet"] + [f"--set={item}" for item in overrides]
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    folder = tmp_path / "resume"
+    first = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and first.poll() is None:
+        if (folder / "checkpoints").exists() and _checkpoint_steps(folder):
+            break
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert first.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = _checkpoint_steps(folder)[-1]
+    assert 0 < killed_at < steps_per_epoch * epochs and not (folder / "metrics.json").exists()
+    assert killed_at % steps_per_epoch, "killed at an epoch boundary: not the mid-epoch case"
+
+    second = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["epochs"] == epochs and metrics["optimizer_steps"] == steps_per_epoch * epochs
+    assert sorted(json.loads((folder / "history.json").read_text()), key=int) == ["1", "2", "3"]
+    starts = [json.loads(line)["optimizer_step"] for line in (folder / "run_log.jsonl").read_text().splitlines()]
+    assert starts == [0, killed_at]  # the second process began where the first one's last checkpoint was
+
+
+def test_cli_help_and_errors(capsys, tmp_path):
+    for command in ("demo", "train", "evaluate", "embed-classes", "pseudolabel", "export"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert "Example:" in capsys.readouterr().out
+    assert main(["train", "--set", "training.epoch=3"]) == 2
+    assert "did you mean 'training.epochs'" in capsys.readouterr().err
+    assert main(["evaluate", "--run", str(tmp_path)]) == 2
+
+
+def test_cli_embed_classes(tmp_path, minilm_encoder, capsys):
+    out = tmp_path / "table.npz"
+    assert main(["embed-classes", "--names", "sparrow, finch", "--out", str(out)]) == 0
+    data = np.load(out)
+    assert list(data["names"]) == ["sparrow", "finch"] and data["embeddings"].shape == (2, 384)
+    assert list(data["texts"]) == ["a photo of a sparrow", "a photo of a finch"]

@@ -1,0 +1,148 @@
+"""The ``tf-langdml`` command line (also ``python -m tf_langdml``)."""
+
+import argparse
+import json
+import sys
+
+EXAMPLES = {
+    "demo": "tf-langdml demo\n  tf-langdml demo --set training.epochs=4 --runs-dir /tmp/runs",
+    "train": "tf-langdml train --config configs/cub200_plg_128.yaml --set data.manual_dir=~/downloads",
+    "evaluate": "tf-langdml evaluate --run runs/cub200_plg_128",
+    "embed-classes": 'tf-langdml embed-classes --names "black footed albatross,laysan albatross" --out table.npz',
+    "pseudolabel": "tf-langdml pseudolabel --config configs/cub200_plg_128.yaml --out pseudo_labels.json",
+    "export": "tf-langdml export --run runs/cub200_plg_128 --name cub200_plg_128\n"
+              "  tensorflow_model_server --rest_api_port=8501 --model_name=cub200_plg_128 "
+              "--model_base_path=$PWD/saved_models/cub200_plg_128",
+}
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="tf-langdml",
+        description="Language guidance for deep metric learning (Roth, Vinyals, Akata, CVPR 2022) in TensorFlow.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    def command(name, summary):
+        return commands.add_parser(
+            name, help=summary, description=f"{summary}\n\nExample:\n  {EXAMPLES[name]}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    demo = command("demo", "Train baseline, ELG and PLG on the offline emoji demo set and print one comparison "
+                           "table (EfficientNet-Lite0 + MiniLM, fully offline, about 15 minutes on 2 cores).")
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a demo setting")
+    demo.add_argument("--runs-dir", default=None, help="where the three run directories go (default: runs)")
+
+    train = command("train", "Train (or resume) the run a YAML config describes; writes a run directory with the "
+                             "resolved config, TensorBoard logs, checkpoints, the language table and metrics.json.")
+    train.add_argument("--config", required=False, help="a YAML file from configs/ (default: all defaults)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. training.epochs=10 (repeatable)")
+    train.add_argument("--quiet", action="store_true")
+
+    evaluate = command("evaluate", "Recompute the test-split metrics of a finished run's embedder and print them as JSON.")
+    evaluate.add_argument("--run", required=True, help="a run directory")
+
+    embed = command("embed-classes", "Embed class names with a text encoder (the ELG table) and save them as .npz "
+                                     "(texts, embeddings).")
+    embed.add_argument("--names", help="comma-separated class names")
+    embed.add_argument("--file", help="a text file with one class name per line")
+    embed.add_argument("--encoder", default="minilm", help="minilm | hub:<handle>[|<preprocessor>] | precomputed:<npz>")
+    embed.add_argument("--template", default="a photo of a {}")
+    embed.add_argument("--out", required=True, help="output .npz")
+
+    pseudo = command("pseudolabel", "Run PLG pseudo-labelling for a config's training split and write the chosen "
+                                    "ImageNet names per class (JSON) and the table (.npy beside it).")
+    pseudo.add_argument("--config", required=True)
+    pseudo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    pseudo.add_argument("--out", required=True, help="output .json (the table goes to the same name with .npy)")
+    export = command("export", "Export a finished run's embedder as a SavedModel for TF Serving: "
+                               "saved_models/<name>/<version>/ with serving_default (JPEG/PNG bytes -> embeddings) "
+                               "and embed_images (preprocessed float images -> embeddings).")
+    export.add_argument("--run", required=True, help="a finished run directory")
+    export.add_argument("--name", required=True, help="the model name (folder under saved_models/)")
+    export.add_argument("--version", type=int, default=None, help="default: the next integer")
+    export.add_argument("--saved-models", default="saved_models", help="base folder (default: saved_models)")
+    return parser
+
+
+def main(argv=None):
+    arguments = _parser().parse_args(argv)
+    from tf_langdml.config import ConfigError, load_config
+
+    try:
+        if arguments.command == "demo":
+            from tf_langdml.demo import run_demo
+
+            run_demo(overrides=arguments.set, runs_dir=arguments.runs_dir)
+        elif arguments.command == "train":
+            from tf_langdml.experiment import train
+
+            metrics = train(load_config(arguments.config, arguments.set), verbose=0 if arguments.quiet else 1)
+            print(json.dumps(metrics, indent=1, default=float))
+        elif arguments.command == "evaluate":
+            from tf_langdml.experiment import evaluate
+
+            print(json.dumps(evaluate(arguments.run), indent=1, default=float))
+        elif arguments.command == "embed-classes":
+            _embed_classes(arguments)
+        elif arguments.command == "pseudolabel":
+            _pseudolabel(arguments)
+        elif arguments.command == "export":
+            from tf_langdml.export import export_run
+
+            path = export_run(arguments.run, arguments.name, arguments.saved_models, arguments.version)
+            print(f"exported {path} (signatures serving_default, embed_images)")
+    except (ConfigError, FileNotFoundError, FileExistsError, ModuleNotFoundError) as error:
+        print(f"tf-langdml {arguments.command}: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _embed_classes(arguments):
+    import numpy as np
+
+    from tf_langdml.cache import atomic_file
+    from tf_langdml.language import prime, text_embeddings
+
+    if bool(arguments.names) == bool(arguments.file):
+        raise FileNotFoundError("Give the class names with exactly one of --names or --file.")
+    if arguments.names:
+        names = [name.strip() for name in arguments.names.split(",")]
+    else:
+        with open(arguments.file, encoding="utf-8") as handle:
+            names = [line.strip() for line in handle if line.strip()]
+    vectors = text_embeddings(names, arguments.encoder, arguments.template, verbose=True)
+    with atomic_file(arguments.out) as temporary:
+        with open(temporary, "wb") as handle:
+            np.savez(handle, names=np.array(names), texts=np.array(prime(names, arguments.template)), embeddings=vectors)
+    print(f"wrote {arguments.out}: {vectors.shape[0]} names x {vectors.shape[1]} dims")
+
+
+def _pseudolabel(arguments):
+    import pathlib
+
+    import numpy as np
+
+    from tf_langdml.config import load_config
+    from tf_langdml.experiment import load_data
+    from tf_langdml.language import build_text_encoder, pseudo_label_table
+    from tf_langdml.models import build_imagenet_classifier
+
+    config = load_config(arguments.config, arguments.set)
+    language = config.language
+    classifier = build_imagenet_classifier(language.classifier, weights=language.classifier_weights,
+                                           image_size=language.classifier_image_size)
+    table, labels = pseudo_label_table(
+        classifier, load_data(config).train_split, build_text_encoder(language.encoder, output_key=language.output_key),
+        k=language.top_k, level=language.level, template=language.template, output_path=arguments.out,
+    )
+    np.save(pathlib.Path(arguments.out).with_suffix(".npy"), table)
+    for row_name, names in list(zip(labels.row_names, labels.names))[:10]:
+        print(f"{row_name}: {', '.join(names)}")
+    print(f"wrote {arguments.out} and the {table.shape} table beside it")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
