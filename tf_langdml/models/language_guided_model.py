@@ -198,6 +198,7 @@ class LanguageGuidedModel(keras.Model):
             raise RuntimeError("Call compile() before fit/evaluate.")
         images, labels, sample_ids = self._unpack(data)
         embeddings = tf.cast(self(images, training=training), tf.float32)
+        embeddings, labels, sample_ids = _gather_global_batch(embeddings, labels, sample_ids)
         dml = tf.reduce_mean(self._dml_loss_per_anchor(labels, embeddings, training))
         if self._language_table is None:
             language = tf.zeros([], tf.float32)
@@ -219,13 +220,24 @@ class LanguageGuidedModel(keras.Model):
         return {metric.name: metric.result() for metric in self.metrics}
 
     def train_step(self, data):
+        # Every replica computes the loss of the whole global batch; the gradient of
+        # all_gather sums what all replicas send back to each one's own images, and the
+        # optimizer sums the replicas' gradients, so dividing by the replica count gives
+        # exactly the single-device gradient of the global batch.
+        replicas = _num_replicas()
+        scaled_optimizer = isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer)
         with tf.GradientTape() as tape:
             total, dml, language = self.compute_losses(data, training=True)
+            objective = total / replicas
+            if scaled_optimizer:
+                objective = self.optimizer.get_scaled_loss(objective)
         variables = self.trainable_variables
-        gradients = tape.gradient(total, variables)
+        gradients = tape.gradient(objective, variables)
+        if scaled_optimizer:
+            gradients = self.optimizer.get_unscaled_gradients(gradients)
         if self.weight_decay:
             gradients = [
-                None if gradient is None else gradient + self.weight_decay * tf.cast(variable, gradient.dtype)
+                None if gradient is None else gradient + self.weight_decay / replicas * tf.cast(variable, gradient.dtype)
                 for gradient, variable in zip(gradients, variables)
             ]
         self.optimizer.apply_gradients(
@@ -248,3 +260,24 @@ class LanguageGuidedModel(keras.Model):
         config = dict(config)
         embedder = keras.utils.deserialize_keras_object(config.pop("embedder"), custom_objects=custom_objects)
         return cls(embedder, **config)
+
+
+def _num_replicas():
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
+
+
+def _gather_global_batch(embeddings, labels, sample_ids):
+    """Under tf.distribute: every replica's embeddings, labels and sample ids, concatenated in replica order.
+
+    The losses are then those of the global batch, whatever the number of replicas
+    (DESIGN §3); ``all_gather`` passes gradients back to each replica's own slice.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return embeddings, labels, sample_ids
+    embeddings = context.all_gather(embeddings, axis=0)
+    labels = context.all_gather(labels, axis=0)
+    if sample_ids is not None:
+        sample_ids = context.all_gather(tf.reshape(sample_ids, [-1]), axis=0)
+    return embeddings, labels, sample_ids

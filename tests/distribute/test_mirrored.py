@@ -1,0 +1,60 @@
+"""Global-batch losses under tf.distribute: MirroredStrategy on 2 logical CPUs equals one device."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = r"""
+import json, sys
+import tf_langdml
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tf_langdml import keras
+from tf_langdml.models import LanguageGuidedModel, build_embedder
+
+rng = np.random.default_rng(0)
+labels = np.repeat(np.arange(4), 2).astype("int32")           # 4 classes x 2 images: a global batch of 8
+images = rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32")
+table = rng.normal(size=(6, 2, 5)).astype("float32")          # PLG-like, K = 2
+
+def make(strategy):
+    with strategy.scope():
+        keras.utils.set_random_seed(1)
+        embedder = build_embedder("toy_cnn", weights=None, embed_dim=8, input_shape=(16, 16, 3))
+        model = LanguageGuidedModel(embedder, language_table=table)
+        model.compile(optimizer=keras.optimizers.SGD(1.0), language_weight=2.0, weight_decay=1e-3)
+    return model
+
+single = make(tf.distribute.OneDeviceStrategy("/cpu:0"))
+mirrored = make(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+mirrored.embedder.set_weights(single.embedder.get_weights())
+before = [w.copy() for w in single.embedder.get_weights()]
+data = tf.data.Dataset.from_tensors((images, labels))
+single_logs = single.fit(data, epochs=1, verbose=0).history
+mirrored_logs = mirrored.fit(data, epochs=1, verbose=0).history
+after_single, after_mirrored = single.embedder.get_weights(), mirrored.embedder.get_weights()
+deltas = [np.abs((a - b0) - (c - b0)).max() for a, c, b0 in zip(after_single, after_mirrored, before)]
+moved = max(np.abs(a - b0).max() for a, b0 in zip(after_single, before))
+print(json.dumps({"single": {k: v[0] for k, v in single_logs.items()},
+                  "mirrored": {k: v[0] for k, v in mirrored_logs.items()},
+                  "replicas": mirrored.distribute_strategy.num_replicas_in_sync,
+                  "max_update_difference": float(max(deltas)), "max_update": float(moved)}))
+"""
+
+
+def test_mirrored_strategy_gives_the_single_device_loss_and_update():
+    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == 2
+    for name in ("loss", "dml_loss", "language_loss"):
+        assert report["mirrored"][name] == pytest.approx(report["single"][name], abs=1e-5), name
+    assert report["single"]["language_loss"] > 0
+    assert report["max_update"] > 1e-4  # the step did move the weights (SGD, learning rate 1)
+    assert report["max_update_difference"] <= 1e-5, report
