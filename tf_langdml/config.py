@@ -83,6 +83,8 @@ class TrainingConfig:
     eval_every: int = 5  # epochs between retrieval evaluations
     checkpoint_every: int = 100  # optimizer steps between resume checkpoints (and every epoch end)
     seed: int = 0
+    mixed_precision: bool = False  # mixed_float16 layers; losses and similarity matrices stay float32
+    jit_compile: bool = False  # XLA-compile the train step
 
 
 @dataclasses.dataclass(frozen=True)

@@ -122,6 +122,16 @@ def build_language_table(config, data, folder, verbose=1):
 
 
 def build_model(config, table):
+    """The compiled LanguageGuidedModel (under ``training.mixed_precision``: mixed_float16 layers)."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16" if config.training.mixed_precision else "float32")
+    try:
+        return _build_model(config, table)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _build_model(config, table):
     from tf_langdml.models import LanguageGuidedModel, build_embedder
 
     model_config, image_size = config.model, config.data.image_size
@@ -146,6 +156,7 @@ def build_model(config, table):
         language_delay=loss.delay,
         language_direction=loss.direction,
         weight_decay=optimizer_config.weight_decay,
+        jit_compile=config.training.jit_compile,
     )
     optimizer.build(model.trainable_variables)
     return model

@@ -190,7 +190,9 @@ class LanguageGuidedModel(keras.Model):
         # TF-Similarity's losses branch in Python on tensors; AutoGraph converts them,
         # exactly as keras.losses.Loss.__call__ does, so they also work in a tf.function.
         call = tf.__internal__.autograph.tf_convert(loss.call, tf.__internal__.autograph.control_status_ctx())
-        return call(labels, embeddings)
+        # Labels as (B, 1): TF-Similarity reshapes rank-1 labels under `if tf.rank(...) == 1`,
+        # a cond whose branches differ in rank, which XLA (jit_compile) cannot compile.
+        return call(tf.reshape(labels, [-1, 1]), embeddings)
 
     def compute_losses(self, data, training):
         """Return (total, dml, language) for one batch; shared by train and test steps."""
