@@ -70,3 +70,35 @@ def atomic_file(final_path):
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def read_cached_arrays(path, check, what):
+    """The arrays of a cached ``.npz`` (a dict), or None when it is missing.
+
+    ``check(arrays)`` raises when the contents do not fit the request; a file that
+    cannot be read or fails the check is not trusted: a warning, and None (recompute).
+    """
+    import warnings
+
+    import numpy as np
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+        check(arrays)
+        return arrays
+    except Exception as error:  # noqa: BLE001  (any damage means: recompute)
+        warnings.warn(f"Ignoring damaged {what} cache file {path} ({error}); recomputing it.", stacklevel=3)
+        return None
+
+
+def write_cached_arrays(path, **arrays):
+    """Write arrays to a ``.npz`` atomically."""
+    import numpy as np
+
+    with atomic_file(path) as temporary:
+        with open(temporary, "wb") as handle:
+            np.savez(handle, **arrays)

@@ -23,7 +23,7 @@ import tempfile
 
 import tensorflow as tf
 
-from tf_langdml.data.preprocessing import decode_rgb, eval_preprocess
+from tf_langdml.data.preprocessing import decode_rgb, eval_preprocess, eval_resize
 
 ASSET_NAME = "tf_langdml_export.json"
 
@@ -49,7 +49,7 @@ class _EmbedderModule(tf.Module):
         size = self.image_size
 
         def preprocess(encoded):
-            return eval_preprocess(decode_rgb(encoded), round(size * 256 / 224), size)
+            return eval_preprocess(decode_rgb(encoded), size=size)
 
         batch = tf.map_fn(preprocess, images, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
         return {"embeddings": self._embed(batch)}
@@ -88,7 +88,7 @@ def export_embedder(embedder, model_dir, version=None, class_names=None, config=
             "image_size": image_size,
             "preprocessing": {
                 "serving_default": f"decode JPEG/PNG/GIF/BMP to RGB, resize the shorter side to "
-                                   f"{round(image_size * 256 / 224)} (bilinear, antialiased), centre crop "
+                                   f"{eval_resize(image_size)} (bilinear, antialiased), centre crop "
                                    f"{image_size} x {image_size}, float32 in [0, 255]",
                 "embed_images": f"float32 RGB in [0, 255], shape (batch, {image_size}, {image_size}, 3)",
                 "inside_the_model": "the backbone's own normalisation",

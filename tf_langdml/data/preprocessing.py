@@ -111,8 +111,14 @@ def train_image_from_bytes(encoded, size=224, seed=None, antialias=True):
     return image
 
 
-def eval_preprocess(image, resize=256, size=224, antialias=True):
-    """Resize the shorter side to ``resize`` and take the centre ``size`` x ``size`` crop."""
+def eval_resize(size):
+    """The shorter side before the centre crop: 256 for 224, in the same proportion for other sizes."""
+    return round(size * 256 / 224)
+
+
+def eval_preprocess(image, resize=None, size=224, antialias=True):
+    """Resize the shorter side to ``resize`` (default :func:`eval_resize` of ``size``), take the centre crop."""
+    resize = eval_resize(size) if resize is None else resize
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = float(resize) / tf.reduce_min(shape)
     new_shape = tf.cast(tf.round(shape * scale), tf.int32)

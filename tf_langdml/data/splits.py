@@ -110,8 +110,11 @@ def _one_thread_per_image():
     return options
 
 
-def make_eval_dataset(split, batch_size, image_size=224, resize=256, with_sample_ids=False, antialias=True):
-    """Batches of (images, labels[, sample_ids]) over the whole split, in order, with eval preprocessing."""
+def make_eval_dataset(split, batch_size, image_size=224, resize=None, with_sample_ids=False, antialias=True):
+    """Batches of (images, labels[, sample_ids]) over the whole split, in order, with eval preprocessing.
+
+    ``resize`` is the shorter side before the centre crop (default 256 for 224, in proportion otherwise).
+    """
 
     def load(encoded, label, sample_id):
         image = eval_preprocess(decode_rgb(encoded), resize, image_size, antialias)

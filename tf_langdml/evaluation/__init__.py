@@ -4,7 +4,6 @@ from tf_langdml._keras import keras  # noqa: F401  (binds tf.keras to tf-keras f
 from tf_langdml.evaluation.callbacks import (
     LanguageGuidanceTensorBoard,
     RetrievalEvaluation,
-    embed_split,
     language_similarity,
     similarity_heatmap,
 )
@@ -16,6 +15,7 @@ from tf_langdml.evaluation.retrieval import (
     positive_ranks,
     retrieval_metrics,
 )
+from tf_langdml.inference import embed_split
 from tf_langdml.evaluation.semantic import group_recall_at_1, make_recall_at_1, nearest_classes, semantic_consistency
 
 __all__ = [

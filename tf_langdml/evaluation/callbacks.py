@@ -7,26 +7,7 @@ import tensorflow as tf
 
 from tf_langdml._keras import keras
 from tf_langdml.evaluation.retrieval import DEFAULT_KS, retrieval_metrics
-
-
-def embed_split(model, split, batch_size=64, image_size=224, verbose=1):
-    """Embeddings (N, D) float32 of a :class:`~tf_langdml.data.Split` with eval preprocessing, in order.
-
-    Runs its own traced loop with a progress bar rather than ``model.predict``, which
-    would replace ``model.history`` when called from a callback during ``fit``.
-    """
-    from tf_langdml.data.splits import make_eval_dataset
-    from tf_langdml.models.classifier import inference_outputs
-
-    dataset = make_eval_dataset(split, batch_size, image_size=image_size, resize=round(image_size * 256 / 224))
-    steps = -(-len(split.labels) // batch_size)
-    progress = keras.utils.Progbar(steps, unit_name="batch") if verbose else None
-    outputs = []
-    for step, (images, _) in enumerate(dataset):
-        outputs.append(inference_outputs(model, images).numpy())
-        if progress is not None:
-            progress.update(step + 1)
-    return np.concatenate(outputs).astype(np.float32)
+from tf_langdml.inference import embed_split
 
 
 class RetrievalEvaluation(keras.callbacks.Callback):

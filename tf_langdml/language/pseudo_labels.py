@@ -13,12 +13,10 @@ import dataclasses
 import hashlib
 import json
 import sys
-import warnings
 
 import numpy as np
 
-from tf_langdml._keras import keras
-from tf_langdml.cache import atomic_file
+from tf_langdml.cache import atomic_file, read_cached_arrays, write_cached_arrays
 from tf_langdml.cache import cache_dir as resolve_cache_dir
 from tf_langdml.language.imagenet import IMAGENET_CLASS_NAMES, first_synonym
 from tf_langdml.language.tables import DEFAULT_TEMPLATE, text_embeddings
@@ -89,27 +87,21 @@ def split_fingerprint(split):
 
 
 def _classifier_logits(classifier, split, level, k, batch_size, verbose):
-    from tf_langdml.data.splits import make_eval_dataset
-    from tf_langdml.models.classifier import inference_outputs
+    """Top-k ImageNet indices per class (mean logits) or per image, from one forward pass."""
+    from tf_langdml.inference import forward_batches
 
-    image_size = int(classifier.input_shape[1])
-    dataset = make_eval_dataset(split, batch_size, image_size=image_size, resize=round(image_size * 256 / 224))
-    steps = -(-len(split.labels) // batch_size)
-    progress = keras.utils.Progbar(steps, unit_name="batch") if verbose else None
     num_classes = split.num_classes
     sums, counts, per_image = np.zeros((num_classes, 1000)), np.zeros(num_classes, np.int64), []
-    for step, (images, labels) in enumerate(dataset):
-        logits = inference_outputs(classifier, images).numpy().astype(np.float64)
+    image_size = int(classifier.input_shape[1])
+    for logits, labels in forward_batches(classifier, split, batch_size, image_size, verbose):
         if logits.shape[1] != 1000:
             raise ValueError(f"The classifier gives {logits.shape[1]} outputs; pseudo-labels need the 1000 ImageNet logits.")
+        logits = logits.astype(np.float64)
         if level == "class":
-            one_hot = np.eye(num_classes, dtype=np.float64)[labels.numpy()]  # (batch, C)
-            sums += one_hot.T @ logits
-            counts += np.bincount(labels.numpy(), minlength=num_classes)
+            sums += np.eye(num_classes, dtype=np.float64)[labels].T @ logits  # per-class sums of this batch
+            counts += np.bincount(labels, minlength=num_classes)
         else:
             per_image.append(top_k_pseudo_labels(logits, k=k, level="sample"))
-        if progress is not None:
-            progress.update(step + 1)
     if level == "sample":
         return np.concatenate(per_image)
     if np.any(counts == 0):
@@ -117,18 +109,13 @@ def _classifier_logits(classifier, split, level, k, batch_size, verbose):
     return top_k_pseudo_labels(sums / counts[:, None], k=k, level="sample")
 
 
-def _read_cached_indices(path, rows, k):
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            indices = data["indices"]
+def _check_indices(rows, k):
+    def check(arrays):
+        indices = arrays["indices"]
         if indices.shape != (rows, k) or indices.min() < 0 or indices.max() >= 1000:
             raise ValueError(f"shape {indices.shape} or values do not fit ({rows}, {k}) ImageNet indices")
-        return indices.astype(np.int64)
-    except Exception as error:  # noqa: BLE001  (any damage means: recompute)
-        warnings.warn(f"Ignoring damaged pseudo-label cache file {path} ({error}); recomputing it.", stacklevel=3)
-        return None
+
+    return check
 
 
 def pseudo_label_table(
@@ -169,15 +156,14 @@ def pseudo_label_table(
     )
     key = hashlib.sha256(key_text.encode()).hexdigest()[:32]
     path = resolve_cache_dir(cache_dir) / "pseudo_labels" / f"{key}.npz"
-    indices = _read_cached_indices(path, rows, k)
+    cached = read_cached_arrays(path, _check_indices(rows, k), "pseudo-label")
+    indices = None if cached is None else cached["indices"].astype(np.int64)
     if indices is None:
         if verbose:
             print(f"tf_langdml: pseudo-labelling {len(split.labels)} images ({level} level, top-{k}) ...",
                   file=sys.stderr, flush=True)
         indices = _classifier_logits(classifier, split, level, k, batch_size, verbose)
-        with atomic_file(path) as temporary:
-            with open(temporary, "wb") as handle:
-                np.savez(handle, indices=indices, key=np.array(key_text))
+        write_cached_arrays(path, indices=indices, key=np.array(key_text))
     used = np.unique(indices)
     vectors = text_embeddings(
         [first_synonym(IMAGENET_CLASS_NAMES[index]) for index in used], encoder, template, cache_dir, verbose

@@ -3,11 +3,10 @@
 import hashlib
 import json
 import sys
-import warnings
 
 import numpy as np
 
-from tf_langdml.cache import atomic_file, cache_dir
+from tf_langdml.cache import cache_dir, read_cached_arrays, write_cached_arrays
 from tf_langdml.language.encoders import build_text_encoder
 
 DEFAULT_TEMPLATE = "a photo of a {}"
@@ -33,21 +32,17 @@ def _cache_path(encoder_id, template, names, cache):
     return cache_dir(cache) / "text_embeddings" / f"{key[:32]}.npz", key
 
 
-def _read_cached(path, key, texts):
-    """The cached vectors, or None when the file is missing, unreadable or not what was asked for."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            stored_key, stored_texts, vectors = str(data["key"]), [str(t) for t in data["texts"]], data["embeddings"]
-        norms = np.linalg.norm(vectors, axis=1)
-        if (stored_key != key or stored_texts != texts or vectors.ndim != 2 or vectors.dtype != np.float32
-                or not np.all(np.isfinite(vectors)) or not np.allclose(norms, 1.0, atol=1e-3)):
-            raise ValueError("contents do not match the request")
-        return vectors
-    except Exception as error:  # noqa: BLE001  (any damage means: recompute)
-        warnings.warn(f"Ignoring damaged text-embedding cache file {path} ({error}); recomputing it.", stacklevel=3)
-        return None
+def _check_cached(key, texts):
+    def check(arrays):
+        vectors = arrays["embeddings"]
+        if str(arrays["key"]) != key or [str(text) for text in arrays["texts"]] != texts:
+            raise ValueError("it holds other texts")
+        if vectors.ndim != 2 or vectors.dtype != np.float32 or not np.all(np.isfinite(vectors)):
+            raise ValueError(f"embeddings of shape {vectors.shape} and dtype {vectors.dtype}")
+        if not np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3):
+            raise ValueError("rows are not unit length")
+
+    return check
 
 
 def text_embeddings(names, encoder="minilm", template=DEFAULT_TEMPLATE, cache_dir=None, verbose=False):
@@ -59,14 +54,13 @@ def text_embeddings(names, encoder="minilm", template=DEFAULT_TEMPLATE, cache_di
     encoder = build_text_encoder(encoder, cache_dir=cache_dir)
     texts = prime(names, template)
     path, key = _cache_path(encoder.id, template, [str(name).strip() for name in names], cache_dir)
-    vectors = _read_cached(path, key, texts)
+    cached = read_cached_arrays(path, _check_cached(key, texts), "text-embedding")
+    vectors = None if cached is None else cached["embeddings"]
     if vectors is None:
         if verbose:
             print(f"tf_langdml: embedding {len(texts)} texts with {encoder.id} ...", file=sys.stderr, flush=True)
         vectors = encoder.encode(texts)
-        with atomic_file(path) as temporary:
-            with open(temporary, "wb") as handle:
-                np.savez(handle, key=np.array(key), texts=np.array(texts), embeddings=vectors)
+        write_cached_arrays(path, key=np.array(key), texts=np.array(texts), embeddings=vectors)
     return vectors
 
 

@@ -1,16 +1,12 @@
 """ImageNet classifiers for pseudo-labelling: RGB images in [0, 255] -> 1000 logits."""
 
 import hashlib
-import weakref
-
-import tensorflow as tf
 
 from tf_langdml._keras import keras
 from tf_langdml.models.backbones import build_backbone
 from tf_langdml.models.layers import ImageNormalization
 
 CLASSIFIERS = ("resnet50", "efficientnet_lite0")
-_PREDICT_FUNCTIONS = weakref.WeakKeyDictionary()  # model -> its traced forward pass
 
 
 def build_imagenet_classifier(name, weights="imagenet", image_size=224):
@@ -46,17 +42,3 @@ def _weights_fingerprint(model):
 def classifier_fingerprint(model):
     """A stable id of a classifier: the one set by :func:`build_imagenet_classifier`, else a hash of its weights."""
     return getattr(model, "classifier_id", None) or f"{model.name}:{_weights_fingerprint(model)}"
-
-
-def inference_outputs(model, images):
-    """Outputs (logits, or embeddings for an embedder) of a batch of images in [0, 255], float32.
-
-    One traced graph per model, reused across calls.
-    """
-    function = _PREDICT_FUNCTIONS.get(model)
-    if function is None:
-        function = tf.function(
-            lambda batch: tf.cast(model(tf.cast(batch, tf.float32), training=False), tf.float32), reduce_retracing=True
-        )
-        _PREDICT_FUNCTIONS[model] = function
-    return function(images)

@@ -1,0 +1,42 @@
+"""Forward passes for inference: a model's outputs batch by batch over a split, with a progress bar."""
+
+import weakref
+
+import numpy as np
+import tensorflow as tf
+
+from tf_langdml._keras import keras
+
+_TRACED = weakref.WeakKeyDictionary()  # model -> its traced forward pass
+
+
+def inference_outputs(model, images):
+    """Outputs (logits of a classifier, embeddings of an embedder) of images in [0, 255], as float32.
+
+    One traced graph per model, reused across calls. Not ``model.predict``, which
+    replaces ``model.history`` when called from a callback during ``fit``.
+    """
+    function = _TRACED.get(model)
+    if function is None:
+        function = tf.function(
+            lambda batch: tf.cast(model(tf.cast(batch, tf.float32), training=False), tf.float32), reduce_retracing=True
+        )
+        _TRACED[model] = function
+    return function(images)
+
+
+def forward_batches(model, split, batch_size=64, image_size=224, verbose=1):
+    """Yield (outputs, labels) as numpy for each eval-preprocessed batch of a split, in order."""
+    from tf_langdml.data.splits import make_eval_dataset
+
+    dataset = make_eval_dataset(split, batch_size, image_size=image_size)
+    progress = keras.utils.Progbar(-(-len(split.labels) // batch_size), unit_name="batch") if verbose else None
+    for step, (images, labels) in enumerate(dataset):
+        yield inference_outputs(model, images).numpy(), labels.numpy()
+        if progress is not None:
+            progress.update(step + 1)
+
+
+def embed_split(model, split, batch_size=64, image_size=224, verbose=1):
+    """Embeddings (N, D) float32 of a :class:`~tf_langdml.data.Split` with eval preprocessing, in order."""
+    return np.concatenate([outputs for outputs, _ in forward_batches(model, split, batch_size, image_size, verbose)])
