@@ -34,12 +34,12 @@ def cache_dir(path=None):
 
 
 @contextlib.contextmanager
-def atomic_directory(final_path):
+def atomic_directory(final_path, exist_ok=True):
     """Yield a temporary folder beside ``final_path``; on success it is renamed to ``final_path``.
 
     On an exception the temporary folder is removed and nothing appears under
     ``final_path``. If ``final_path`` appeared meanwhile (another process built it),
-    that one is kept.
+    that one is kept, or with ``exist_ok=False`` a FileExistsError is raised.
     """
     final_path = pathlib.Path(final_path)
     final_path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,6 +51,8 @@ def atomic_directory(final_path):
         except OSError:
             if not final_path.exists():
                 raise
+            if not exist_ok:
+                raise FileExistsError(f"{final_path} appeared while it was being written; it was left as it is.")
     finally:
         if temporary.exists():
             shutil.rmtree(temporary, ignore_errors=True)
@@ -70,6 +72,31 @@ def atomic_file(final_path):
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def json_safe(value):
+    """JSON-safe copy: numpy scalars to Python numbers, NaN to null (standard JSON has no NaN)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def write_json(path, payload):
+    """Write ``payload`` (made :func:`json_safe`) as indented UTF-8 JSON, atomically."""
+    import json
+
+    with atomic_file(path) as temporary:
+        temporary.write_text(json.dumps(json_safe(payload), indent=1, ensure_ascii=False), encoding="utf-8")
 
 
 def read_cached_arrays(path, check, what):
@@ -96,7 +123,7 @@ def read_cached_arrays(path, check, what):
 
 
 def write_cached_arrays(path, **arrays):
-    """Write arrays to a ``.npz`` atomically."""
+    """Write arrays to a ``.npz`` atomically (also for outputs that are not a cache)."""
     import numpy as np
 
     with atomic_file(path) as temporary:

@@ -103,7 +103,7 @@ def main(argv=None):
 def _embed_classes(arguments):
     import numpy as np
 
-    from tf_langdml.cache import atomic_file
+    from tf_langdml.cache import write_cached_arrays
     from tf_langdml.language import prime, text_embeddings
 
     if bool(arguments.names) == bool(arguments.file):
@@ -114,9 +114,8 @@ def _embed_classes(arguments):
         with open(arguments.file, encoding="utf-8") as handle:
             names = [line.strip() for line in handle if line.strip()]
     vectors = text_embeddings(names, arguments.encoder, arguments.template, verbose=True)
-    with atomic_file(arguments.out) as temporary:
-        with open(temporary, "wb") as handle:
-            np.savez(handle, names=np.array(names), texts=np.array(prime(names, arguments.template)), embeddings=vectors)
+    write_cached_arrays(arguments.out, names=np.array(names), texts=np.array(prime(names, arguments.template)),
+                        embeddings=vectors)
     print(f"wrote {arguments.out}: {vectors.shape[0]} names x {vectors.shape[1]} dims")
 
 

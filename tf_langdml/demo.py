@@ -5,10 +5,10 @@ PLG classifier, MiniLM as the text encoder; everything builds offline on first u
 The printed numbers are whatever the runs measure.
 """
 
-import json
 import pathlib
 import sys
 
+from tf_langdml.cache import write_json
 from tf_langdml.config import config_from_dict, config_to_dict
 
 VARIANTS = {
@@ -90,7 +90,7 @@ def run_demo(overrides=(), runs_dir=None, verbose=1):
     print(f"(err. = queries whose nearest neighbour has another class; chance of 'in 5 nearest' = {chance:.4f})")
     print(f"TensorBoard: tensorboard --logdir {pathlib.Path(example.runs_dir)}")
     summary = pathlib.Path(example.runs_dir) / f"{DEMO['name']}_results.json"
-    summary.write_text(json.dumps(results, indent=1, default=float))
+    write_json(summary, results)
     return results
 
 

@@ -28,29 +28,11 @@ import tensorflow as tf
 import yaml
 
 from tf_langdml._keras import keras
-from tf_langdml.cache import atomic_file
+from tf_langdml.cache import atomic_file, json_safe, write_json
 from tf_langdml.config import ConfigError, config_to_dict
 
 RUN_FILES = ("config.yaml", "language_table.npy", "train_class_names.json", "history.json", "embedder.weights.h5",
              "metrics.json")
-
-
-def _plain(value):
-    """JSON-safe: numpy scalars to Python numbers, NaN to null (standard JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    if isinstance(value, (float, np.floating)):
-        return None if math.isnan(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def _write_json(path, payload):
-    with atomic_file(path) as temporary:
-        temporary.write_text(json.dumps(_plain(payload), indent=1, ensure_ascii=False), encoding="utf-8")
 
 
 def _flatten(values, prefix=""):
@@ -131,15 +113,21 @@ def build_model(config, table):
         keras.mixed_precision.set_global_policy(previous)
 
 
-def _build_model(config, table):
-    from tf_langdml.models import LanguageGuidedModel, build_embedder
+def build_config_embedder(config, weights):
+    """The embedder the ``model`` and ``data.image_size`` sections describe, with ``weights``."""
+    from tf_langdml.models import build_embedder
 
     model_config, image_size = config.model, config.data.image_size
-    embedder = build_embedder(
-        model_config.backbone, weights=model_config.weights, embed_dim=model_config.embed_dim,
-        pooling=model_config.pooling, freeze_bn_statistics=model_config.freeze_bn_statistics,
-        input_shape=(image_size, image_size, 3),
+    return build_embedder(
+        model_config.backbone, weights=weights, embed_dim=model_config.embed_dim, pooling=model_config.pooling,
+        freeze_bn_statistics=model_config.freeze_bn_statistics, input_shape=(image_size, image_size, 3),
     )
+
+
+def _build_model(config, table):
+    from tf_langdml.models import LanguageGuidedModel
+
+    embedder = build_config_embedder(config, config.model.weights)
     index = "sample_id" if config.language.guidance == "plg" and config.language.level == "sample" else "label"
     model = LanguageGuidedModel(embedder, language_table=table, table_index=index)
     optimizer_config = config.optimizer
@@ -199,7 +187,7 @@ class HistoryFile(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.epochs[str(epoch + 1)] = {key: float(value) for key, value in (logs or {}).items()}
-        _write_json(self.path, self.epochs)
+        write_json(self.path, self.epochs)
 
 
 def final_metrics(config, model, data, verbose=1):
@@ -240,7 +228,7 @@ def train(config, verbose=1):
             f"data.batch_size {batch_size} / examples_per_class {per_class} = {batch_size // per_class} classes per "
             f"batch, but the training split has only {split.num_classes}; lower data.batch_size."
         )
-    _write_json(folder / "train_class_names.json", list(split.class_names))
+    write_json(folder / "train_class_names.json", list(split.class_names))
     table = build_language_table(config, data, folder, verbose)
     model = build_model(config, table)
     checkpoint, manager = _checkpoint_manager(model, folder)
@@ -280,8 +268,8 @@ def train(config, verbose=1):
     metrics = final_metrics(config, model, data, verbose=verbose)
     metrics.update({"epochs": math.ceil(step / steps_per_epoch), "optimizer_steps": step,
                     "steps_per_epoch": steps_per_epoch})
-    metrics = _plain(metrics)  # what metrics.json holds (NaN -> None), also on a later call
-    _write_json(folder / "metrics.json", metrics)
+    metrics = json_safe(metrics)  # what metrics.json holds (NaN -> None), also on a later call
+    write_json(folder / "metrics.json", metrics)
     if verbose:
         print(f"tf_langdml: run {folder} done; TensorBoard logs: tensorboard --logdir {log_dir}", file=sys.stderr)
     return metrics
@@ -290,17 +278,13 @@ def train(config, verbose=1):
 def restore_embedder(folder):
     """The trained embedder of a finished run directory (config + embedder.weights.h5)."""
     from tf_langdml.config import config_from_dict
-    from tf_langdml.models import build_embedder
 
     folder = pathlib.Path(folder)
     weights = folder / "embedder.weights.h5"
     if not weights.exists():
         raise FileNotFoundError(f"{folder} has no embedder.weights.h5: the run has not finished (run train again).")
     config = config_from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
-    size = config.data.image_size
-    embedder = build_embedder(config.model.backbone, weights=None, embed_dim=config.model.embed_dim,
-                              pooling=config.model.pooling, freeze_bn_statistics=config.model.freeze_bn_statistics,
-                              input_shape=(size, size, 3))
+    embedder = build_config_embedder(config, weights=None)
     embedder.load_weights(str(weights))
     return config, embedder
 

@@ -16,13 +16,13 @@ the language table are training-time only and are not exported.
 """
 
 import json
-import os
 import pathlib
 import shutil
 import tempfile
 
 import tensorflow as tf
 
+from tf_langdml.cache import atomic_directory
 from tf_langdml.data.preprocessing import decode_rgb, eval_preprocess, eval_resize
 
 ASSET_NAME = "tf_langdml_export.json"
@@ -81,8 +81,7 @@ def export_embedder(embedder, model_dir, version=None, class_names=None, config=
     if final.exists():
         raise FileExistsError(f"{final} exists; exported versions are never overwritten. Pass another version= "
                               "(or none for the next number).")
-    temporary = pathlib.Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_dir))
-    try:
+    with atomic_directory(final, exist_ok=False) as temporary:
         metadata = {
             "embed_dim": int(embedder.output_shape[-1]),
             "image_size": image_size,
@@ -110,10 +109,6 @@ def export_embedder(embedder, model_dir, version=None, class_names=None, config=
             tf.saved_model.save(module, str(temporary), signatures=signatures)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        os.rename(temporary, final)
-    finally:
-        if temporary.exists():
-            shutil.rmtree(temporary, ignore_errors=True)
     return final
 
 

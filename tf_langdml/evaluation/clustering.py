@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from tf_langdml.evaluation.retrieval import normalized_embeddings
+
 
 def pairwise_f1(labels, clusters):
     """F1 over pairs of items (Oh Song et al., 2017): a pair is predicted together when in one cluster.
@@ -36,8 +38,7 @@ def clustering_metrics(embeddings, labels, seed=0, max_iter=100):
     from sklearn.cluster import KMeans
     from sklearn.metrics import normalized_mutual_info_score
 
-    embeddings = np.asarray(embeddings, dtype=np.float32)
-    embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    embeddings = normalized_embeddings(embeddings)
     labels = np.asarray(labels).reshape(-1)
     if len(labels) != len(embeddings):
         raise ValueError(f"{len(embeddings)} embeddings but {len(labels)} labels.")

@@ -29,7 +29,8 @@ DEFAULT_KS = (1, 2, 4, 8)
 _BLOCK_ELEMENTS = 32 * 1024 * 1024  # block^2 x P_max: bounds the memory of one block's candidate test
 
 
-def _normalized(embeddings):
+def normalized_embeddings(embeddings):
+    """(N, D) float32 unit rows; a clear error for an empty, non-2-D or non-finite array."""
     embeddings = np.asarray(embeddings, dtype=np.float32)
     if embeddings.ndim != 2 or embeddings.shape[0] == 0:
         raise ValueError(f"embeddings must be a non-empty (N, D) array; got shape {embeddings.shape}.")
@@ -98,7 +99,7 @@ def positive_ranks(embeddings, labels, block_elements=_BLOCK_ELEMENTS):
         (ranks, num_positives): ranks (N, P_max) int64, entry i of row q is the rank of
         q's i-th most similar positive (0 beyond ``num_positives[q]``).
     """
-    embeddings = _normalized(embeddings)
+    embeddings = normalized_embeddings(embeddings)
     labels = _labels(labels, embeddings.shape[0])
     positive_index, num_positives = _positive_index(labels)
     count, max_positives = positive_index.shape
@@ -174,7 +175,7 @@ def nearest_neighbors(embeddings, k=1, chunk_size=1024, exclude_self=True):
 
     With ``exclude_self`` each item is left out of its own list (leave-one-out).
     """
-    embeddings = _normalized(embeddings)
+    embeddings = normalized_embeddings(embeddings)
     count = embeddings.shape[0]
     limit = count - 1 if exclude_self else count
     if not 1 <= k <= limit:

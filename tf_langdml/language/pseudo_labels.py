@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from tf_langdml.cache import atomic_file, read_cached_arrays, write_cached_arrays
+from tf_langdml.cache import read_cached_arrays, write_cached_arrays, write_json
 from tf_langdml.cache import cache_dir as resolve_cache_dir
 from tf_langdml.language.imagenet import IMAGENET_CLASS_NAMES, first_synonym
 from tf_langdml.language.tables import DEFAULT_TEMPLATE, text_embeddings
@@ -72,8 +72,7 @@ class PseudoLabels:
 
     def save(self, path):
         """Write the chosen names as JSON (atomically), so a user can read what each class was called."""
-        with atomic_file(path) as temporary:
-            temporary.write_text(json.dumps(self.to_json(), indent=1, ensure_ascii=False), encoding="utf-8")
+        write_json(path, self.to_json())
 
 
 def split_fingerprint(split):
