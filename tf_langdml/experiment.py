@@ -202,7 +202,10 @@ def final_metrics(config, model, data, verbose=1):
         metrics.update(clustering_metrics(embeddings, split.labels, seed=config.training.seed))
     if config.evaluation.semantic:
         neighbors = nearest_neighbors(embeddings, k=1)[0][:, 0]
-        metrics.update(semantic_consistency(embeddings, split.labels, split.class_names, config.language.encoder,
+        from tf_langdml.language import build_text_encoder
+
+        encoder = build_text_encoder(config.language.encoder, output_key=config.language.output_key)
+        metrics.update(semantic_consistency(embeddings, split.labels, split.class_names, encoder,
                                             config.language.template, neighbors=neighbors))
         if config.data.dataset == "cars196":
             metrics["make_recall@1"] = make_recall_at_1(embeddings, split.labels, split.class_names, neighbors)
