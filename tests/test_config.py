@@ -79,3 +79,18 @@ def test_missing_and_broken_files(tmp_path):
     (tmp_path / "list.yaml").write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ConfigError, match="mapping"):
         load_config(tmp_path / "list.yaml")
+
+
+def test_background_and_max_pixels_are_checked_and_reach_the_split():
+    from tf_langdml.experiment import load_data
+
+    assert load_config(overrides=["data.background=[1, 2, 3]"]).data.background == [1, 2, 3]
+    assert load_config().data.background == "white" and load_config().data.max_pixels == 64_000_000
+    for override, message in [("data.background=grey", "'data.background'.*'grey'"),
+                              ("data.background=[0, 0, 300]", "'data.background'.*300"),
+                              ("data.max_pixels=0", "'data.max_pixels'")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(overrides=[override])
+    config = load_config(overrides=["data.dataset=demo", "data.background=black", "data.max_pixels=5000"])
+    split = load_data(config).train_split
+    assert split.background == (0, 0, 0) and split.max_pixels == 5000

@@ -13,6 +13,7 @@ import typing
 import yaml
 
 from tf_langdml.data.benchmarks import BENCHMARKS
+from tf_langdml.data.preprocessing import parse_background
 from tf_langdml.losses.dml import DML_LOSSES
 from tf_langdml.models.backbones import BACKBONES
 from tf_langdml.models.classifier import CLASSIFIERS
@@ -34,6 +35,8 @@ class DataConfig:
     batch_size: int = 90
     examples_per_class: int = 2
     antialias: bool = True
+    background: typing.Any = "white"  # transparent pixels composited onto: white | black | [r, g, b]
+    max_pixels: typing.Optional[int] = 64_000_000  # larger images (by their header) are skipped, never decoded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +122,8 @@ def _closest(key, choices, prefix=""):
 
 def _coerce(value, annotation, path):
     origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is typing.Any:  # checked by validate()
+        return list(value) if isinstance(value, tuple) else value
     if origin is typing.Union:  # Optional[X]
         if value is None:
             return None
@@ -251,6 +256,12 @@ def validate(config):
         )
     if data.batch_size // data.examples_per_class < 2:
         raise ConfigError("A batch must hold at least 2 classes (data.batch_size / data.examples_per_class >= 2).")
+    try:
+        parse_background(data.background)
+    except ValueError as error:
+        raise ConfigError(f"'data.background': {error}") from None
+    if data.max_pixels is not None and data.max_pixels < 1:
+        raise ConfigError(f"'data.max_pixels' must be a positive number of pixels (or null: no limit); got {data.max_pixels}.")
     if not 0.0 < data.test_fraction < 1.0:
         raise ConfigError(f"'data.test_fraction' must be between 0 and 1; got {data.test_fraction}.")
     if training.steps_per_epoch is not None and training.steps_per_epoch < 1:

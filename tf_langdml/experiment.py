@@ -71,11 +71,12 @@ def load_data(config):
     from tf_langdml.data import load_benchmark, load_demo, load_image_folder
 
     data = config.data
+    decoding = {"background": data.background, "max_pixels": data.max_pixels}
     if data.dataset == "demo":
-        return load_demo()
+        return load_demo(**decoding)
     if data.dataset == "folder":
-        return load_image_folder(data.data_dir, test_fraction=data.test_fraction)
-    return load_benchmark(data.dataset, data_dir=data.data_dir, manual_dir=data.manual_dir)
+        return load_image_folder(data.data_dir, test_fraction=data.test_fraction, **decoding)
+    return load_benchmark(data.dataset, data_dir=data.data_dir, manual_dir=data.manual_dir, **decoding)
 
 
 def build_language_table(config, data, folder, verbose=1):

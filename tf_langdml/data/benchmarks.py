@@ -6,6 +6,7 @@ import os
 import numpy as np
 
 from tf_langdml.data.class_names import clean_class_name
+from tf_langdml.data.preprocessing import DEFAULT_BACKGROUND, DEFAULT_MAX_PIXELS
 from tf_langdml.data.splits import Split, SplitDataset
 
 
@@ -83,7 +84,7 @@ def _class_names(spec, builder, labels, names):
     return [by_class[c].decode() if isinstance(by_class.get(c), bytes) else by_class.get(c, "") for c in range(spec.num_classes)]
 
 
-def load_benchmark(name, data_dir=None, manual_dir=None):
+def load_benchmark(name, data_dir=None, manual_dir=None, background=DEFAULT_BACKGROUND, max_pixels=DEFAULT_MAX_PIXELS):
     """Load CUB-200-2011 (``cub200``), Cars196 (``cars196``) or SOP (``sop``) split by class.
 
     Both TFDS splits are read once (images stay encoded, in memory) and re-split:
@@ -97,6 +98,7 @@ def load_benchmark(name, data_dir=None, manual_dir=None):
         name: ``"cub200"``, ``"cars196"`` or ``"sop"``.
         data_dir: TFDS data directory (default ``~/tensorflow_datasets``).
         manual_dir: folder with the downloaded archives, to build the TFDS data offline.
+        background, max_pixels: how the splits' images are decoded (see :class:`~tf_langdml.data.Split`).
 
     Returns:
         :class:`~tf_langdml.data.SplitDataset`.
@@ -137,6 +139,8 @@ def load_benchmark(name, data_dir=None, manual_dir=None):
                 class_names=tuple(clean_class_name(class_name) for class_name in class_names),
                 raw_class_names=class_names,
                 from_files=False,
+                background=background,
+                max_pixels=max_pixels,
             )
         )
     return SplitDataset(splits[0], splits[1])

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from tf_langdml.data.preprocessing import DEFAULT_BACKGROUND, DEFAULT_MAX_PIXELS
 from tf_langdml.data.splits import Split, SplitDataset
 
 DEMO_DIR = os.path.join(os.path.dirname(__file__), "demo_emoji")
@@ -29,12 +30,15 @@ def demo_classes():
         return json.load(file)["classes"]
 
 
-def load_demo():
+def load_demo(background=DEFAULT_BACKGROUND, max_pixels=DEFAULT_MAX_PIXELS):
     """The demo set as a :class:`~tf_langdml.data.SplitDataset` (2 images per class).
+
+    ``background`` and ``max_pixels``: how the images are decoded (see :class:`~tf_langdml.data.Split`).
 
     Returns:
         148 training and 142 test classes; labels 0..C-1 within each split, images
-        are 64 x 64 PNG files (RGB on white); class names such as "fox face".
+        are 64 x 64 RGBA PNG files (transparent background, composited onto ``background``
+        when decoded); class names such as "fox face".
     """
     classes = demo_classes()
     splits = []
@@ -51,6 +55,8 @@ def load_demo():
                 class_names=tuple(entry["name"] for entry in chosen),
                 raw_class_names=tuple(entry["name"] for entry in chosen),
                 from_files=True,
+                background=background,
+                max_pixels=max_pixels,
             )
         )
     return SplitDataset(splits[0], splits[1])

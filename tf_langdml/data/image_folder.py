@@ -7,25 +7,39 @@ import numpy as np
 import tensorflow as tf
 
 from tf_langdml.data.class_names import clean_class_name
-from tf_langdml.data.preprocessing import decode_rgb
+from tf_langdml.data.preprocessing import DEFAULT_BACKGROUND, DEFAULT_MAX_PIXELS, decode_rgb, header_image_size
 from tf_langdml.data.splits import Split, SplitDataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
 
-def unreadable_images(paths):
-    """Paths among ``paths`` that TensorFlow cannot decode (corrupt, truncated, not images)."""
+def unreadable_images(paths, max_pixels=DEFAULT_MAX_PIXELS):
+    """Paths among ``paths`` that :func:`~tf_langdml.data.decode_rgb` refuses.
+
+    That is: corrupt or truncated data, files that are not JPEG / PNG / GIF / BMP
+    images, and images whose header declares more than ``max_pixels`` pixels (those
+    are refused from the header alone, never decoded).
+    """
     if not paths:
         return []
     data = tf.data.Dataset.from_tensor_slices((list(paths), np.arange(len(paths))))
-    data = data.map(lambda path, index: (tf.shape(decode_rgb(tf.io.read_file(path)))[0], index),
+    data = data.map(lambda path, index: (tf.shape(decode_rgb(tf.io.read_file(path), max_pixels=max_pixels))[0], index),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     data = data.ignore_errors()
     readable = {int(index) for _, index in data.as_numpy_iterator()}
     return [path for index, path in enumerate(paths) if index not in readable]
 
 
-def _split_from(class_folders, files_by_class):
+def _declared_pixels(path):
+    """Height x width from the file's header, or None when the header cannot be read."""
+    try:
+        height, width = header_image_size(tf.io.read_file(path)).numpy()
+    except tf.errors.OpError:
+        return None
+    return int(height) * int(width)
+
+
+def _split_from(class_folders, files_by_class, background, max_pixels):
     sources, labels = [], []
     for label, folder in enumerate(class_folders):
         sources += files_by_class[folder]
@@ -36,15 +50,19 @@ def _split_from(class_folders, files_by_class):
         class_names=tuple(clean_class_name(folder) for folder in class_folders),
         raw_class_names=tuple(class_folders),
         from_files=True,
+        background=background,
+        max_pixels=max_pixels,
     )
 
 
-def load_image_folder(root, test_classes=None, test_fraction=0.5):
+def load_image_folder(root, test_classes=None, test_fraction=0.5, background=DEFAULT_BACKGROUND,
+                      max_pixels=DEFAULT_MAX_PIXELS):
     """Load ``root/<class>/<images>`` and split it by class.
 
-    Every file is decoded once up front: files without an image extension, and
-    images TensorFlow cannot decode (corrupt, truncated), are skipped with one
-    warning that counts them and lists the first few; they are also returned in
+    Every file is decoded once up front: files without an image extension, images
+    TensorFlow cannot decode (corrupt, truncated), and images whose header declares
+    more than ``max_pixels`` pixels (not decoded) are skipped with one warning that
+    counts them by reason and lists the first few; they are also returned in
     ``skipped_files``. A class folder left with no readable image is an error.
 
     Args:
@@ -53,6 +71,9 @@ def load_image_folder(root, test_classes=None, test_fraction=0.5):
             ``round(C * test_fraction)`` of the sorted class folders (the paper
             splits CUB's 200 classes 1-100 / 101-200 this way).
         test_fraction: share of classes held out when ``test_classes`` is None.
+        background: ``"white"``, ``"black"`` or (r, g, b): what transparent pixels
+            are composited onto, by every pipeline over the splits.
+        max_pixels: the largest image (height x width, from the header) that is decoded.
 
     Returns:
         :class:`SplitDataset` with labels 0..C-1 within each split.
@@ -72,8 +93,11 @@ def load_image_folder(root, test_classes=None, test_fraction=0.5):
         paths = [os.path.join(root, folder, name) for name in names if not name.startswith(".")]
         files_by_class[folder] = [path for path in paths if os.path.isfile(path) and path.lower().endswith(IMAGE_EXTENSIONS)]
         skipped += [path for path in paths if os.path.isfile(path) and not path.lower().endswith(IMAGE_EXTENSIONS)]
+    not_images = len(skipped)
     all_images = [path for folder in class_folders for path in files_by_class[folder]]
-    unreadable = set(unreadable_images(all_images))
+    unreadable = set(unreadable_images(all_images, max_pixels))
+    too_large = [] if max_pixels is None else [
+        path for path in sorted(unreadable) if (_declared_pixels(path) or 0) > max_pixels]
     skipped += sorted(unreadable)
     for folder in class_folders:
         files_by_class[folder] = [path for path in files_by_class[folder] if path not in unreadable]
@@ -83,9 +107,13 @@ def load_image_folder(root, test_classes=None, test_fraction=0.5):
                 f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder."
             )
     if skipped:
+        reasons = [f"{not_images} without an image extension ({', '.join(IMAGE_EXTENSIONS)})",
+                   f"{len(unreadable) - len(too_large)} not decodable (corrupt, truncated or another format)",
+                   f"{len(too_large)} above max_pixels={max_pixels} by their header, e.g. "
+                   f"{[os.path.relpath(path, root) for path in too_large[:3]]}"]
         warnings.warn(
-            f"Skipped {len(skipped)} file(s) under {root!r} that are not readable images, e.g. "
-            f"{[os.path.relpath(path, root) for path in skipped[:5]]}.",
+            f"Skipped {len(skipped)} file(s) under {root!r} that are not readable images: {'; '.join(reasons)}. "
+            f"Skipped files, e.g. {[os.path.relpath(path, root) for path in skipped[:5]]}.",
             stacklevel=2,
         )
 
@@ -102,4 +130,5 @@ def load_image_folder(root, test_classes=None, test_fraction=0.5):
         if len(test_folders) == len(class_folders):
             raise ValueError("test_classes covers every class; leave at least one class for training.")
     train_folders = [folder for folder in class_folders if folder not in set(test_folders)]
-    return SplitDataset(_split_from(train_folders, files_by_class), _split_from(test_folders, files_by_class), tuple(skipped))
+    splits = [_split_from(folders, files_by_class, background, max_pixels) for folders in (train_folders, test_folders)]
+    return SplitDataset(*splits, tuple(skipped))

@@ -5,8 +5,9 @@
         --google emoji-datasource-google-16.0.0.tgz --twitter emoji-datasource-twitter-16.0.0.tgz
 
 Writes ``tf_langdml/data/demo_emoji/``: ``classes.json`` (name, group, sub-group, split
-of each class), ``google/<code>.png`` and ``twitter/<code>.png`` (64 x 64 RGB, the
-transparent background composited onto white), and the licence notes. Classes: the
+of each class), ``google/<code>.png`` and ``twitter/<code>.png`` (the packages' 64 x 64
+RGBA PNGs, byte for byte: decoding composites their transparent background onto
+``data.background``, white by default), and the licence notes. Classes: the
 emoji of the groups "Animals & Nature" and "Food & Drink" that both designs draw
 (skin-tone variants are separate entries in ``emoji.json`` and are not used).
 Split: within every sub-group, in the packages' sort order, alternate classes go to
@@ -19,23 +20,12 @@ import json
 import os
 import tarfile
 
-import tf_langdml  # noqa: F401  # isort: skip
-import tensorflow as tf
-
 GROUPS = ("Animals & Nature", "Food & Drink")
 DEMO_DIR = os.path.join(os.path.dirname(__file__), "demo_emoji")
 DESIGNS = {
     "google": ("Google Noto Color Emoji", "Apache License 2.0", "https://github.com/googlefonts/noto-emoji"),
     "twitter": ("Twitter Twemoji", "Creative Commons Attribution 4.0 (CC-BY-4.0)", "https://github.com/jdecked/twemoji"),
 }
-
-
-def on_white(png_bytes):
-    """Composite an RGBA PNG onto a white background and return RGB PNG bytes."""
-    rgba = tf.cast(tf.io.decode_png(png_bytes, channels=4), tf.float32)
-    alpha = rgba[..., 3:] / 255.0
-    rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
-    return tf.io.encode_png(tf.cast(tf.round(rgb), tf.uint8), compression=9).numpy()
 
 
 def select_classes(emoji):
@@ -78,7 +68,7 @@ def main():
         for entry in classes:
             png = archive.extractfile(f"package/img/{design}/64/{entry['image']}").read()
             with open(os.path.join(args.out, design, f"{entry['code']}.png"), "wb") as file:
-                file.write(on_white(png))
+                file.write(png)
     version = json.load(archives["google"].extractfile("package/package.json"))["version"]
     for entry in classes:
         del entry["image"]
@@ -88,7 +78,7 @@ def main():
         file.write("# Demo images: licences and attribution\n\n")
         file.write(f"Made by `python -m tf_langdml.data.make_demo_set` from the npm packages "
                    f"emoji-datasource-google and emoji-datasource-twitter {version} (the 64 x 64 PNGs under "
-                   f"`img/*/64/`, composited onto white). Names, groups and sub-groups come from their "
+                   f"`img/*/64/`, unchanged). Names, groups and sub-groups come from their "
                    f"`emoji.json` (emoji-data, MIT licence, Copyright (c) 2013 Cal Henderson).\n\n")
         for design, (title, licence, url) in DESIGNS.items():
             file.write(f"- `{design}/`: {title}, {licence}, {url}\n")

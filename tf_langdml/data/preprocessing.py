@@ -3,14 +3,208 @@
 Outputs are float32 RGB with values in [0, 255]: the embedder applies its backbone's
 own normalisation (caffe-style for ResNet50, (x - 127) / 128 for EfficientNet-Lite),
 so the pipeline does not need to know the backbone.
+
+Decoding (:func:`decode_rgb`) shows an image as a viewer would: transparent pixels
+(PNG alpha, a PNG palette or grey/RGB colour marked transparent by ``tRNS``, a GIF's
+transparent colour) are composited onto a background colour (white by default), and
+16-bit PNGs are scaled to 8 bits (rounded, not truncated). Before anything is decoded,
+the image size is read from the file header and an image above ``max_pixels`` is
+refused, so a small file that claims to be 100,000 x 100,000 cannot exhaust memory.
 """
 
+import numbers
+
+import numpy as np
 import tensorflow as tf
 
+BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
+DEFAULT_BACKGROUND = BACKGROUNDS["white"]
+DEFAULT_MAX_PIXELS = 64_000_000  # 64 megapixels: a 8000 x 8000 photo; 192 MB as uint8 RGB
 
-def decode_rgb(encoded):
-    """Decode JPEG (RGB, grayscale or CMYK), PNG (with or without alpha), GIF or BMP to uint8 RGB."""
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+# Format codes of image_format().
+UNKNOWN, JPEG, PNG, GIF, BMP = 0, 1, 2, 3, 4
+FORMAT_NAMES = {UNKNOWN: "unknown", JPEG: "JPEG", PNG: "PNG", GIF: "GIF", BMP: "BMP"}
+_HEADER_BYTES = 32
+
+
+def parse_background(background):
+    """An (r, g, b) tuple of ints in 0..255 from ``"white"``, ``"black"`` or ``[r, g, b]``."""
+    if isinstance(background, str):
+        if background not in BACKGROUNDS:
+            raise ValueError(f"Unknown background {background!r}; expected 'white', 'black' or [r, g, b] in 0..255.")
+        return BACKGROUNDS[background]
+    values = tuple(background) if isinstance(background, (list, tuple, np.ndarray)) else None
+    if (values is None or len(values) != 3
+            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v <= 255 for v in values)):
+        raise ValueError(f"background must be 'white', 'black' or [r, g, b] with integers in 0..255; got {background!r}.")
+    return tuple(int(v) for v in values)
+
+
+def _header(encoded):
+    """The first 32 bytes of ``encoded`` (zero-padded) as int32 values; works on a batch of strings too."""
+    padded = tf.strings.substr(tf.strings.join([encoded, "\0" * _HEADER_BYTES]), 0, _HEADER_BYTES)
+    return tf.cast(tf.io.decode_raw(padded, tf.uint8), tf.int32)
+
+
+def _starts_with(header, signature):
+    return tf.reduce_all(tf.equal(header[..., : len(signature)], list(signature)), axis=-1)
+
+
+def image_format(encoded):
+    """The format code (JPEG, PNG, GIF, BMP or UNKNOWN) of encoded image bytes, from the magic number."""
+    header = _header(encoded)
+    gif = _starts_with(header, b"GIF87a") | _starts_with(header, b"GIF89a")
+    codes = [(_starts_with(header, b"\xff\xd8\xff"), JPEG), (_starts_with(header, b"\x89PNG\r\n\x1a\n"), PNG),
+             (gif, GIF), (_starts_with(header, b"BM"), BMP)]
+    code = tf.fill(tf.shape(header)[:-1], UNKNOWN)
+    for match, value in codes:
+        code = tf.where(match, value, code)
+    return code
+
+
+def _uint(header, offsets, little_endian):
+    total = tf.zeros_like(header[..., 0], dtype=tf.int64)
+    for position, offset in enumerate(offsets if little_endian else offsets[::-1]):
+        total += tf.cast(header[..., offset], tf.int64) * (256**position)
+    return total
+
+
+def header_image_size(encoded):
+    """(height, width) int64 of encoded image bytes as their header declares, without decoding.
+
+    PNG, GIF and BMP: the fixed header fields; JPEG: ``tf.io.extract_jpeg_shape``
+    (which reads only the markers). Unknown formats give (0, 0); a damaged JPEG header
+    raises ``InvalidArgumentError`` as decoding would.
+    """
+    header = _header(encoded)
+    code = image_format(encoded)
+    png = tf.stack([_uint(header, [20, 21, 22, 23], False), _uint(header, [16, 17, 18, 19], False)])
+    gif = tf.stack([_uint(header, [8, 9], True), _uint(header, [6, 7], True)])
+    # BMP: int32 width and height; a negative height means rows stored top-down.
+    bmp_width, bmp_height = _uint(header, [18, 19, 20, 21], True), _uint(header, [22, 23, 24, 25], True)
+    signed = lambda value: tf.where(value >= 2**31, value - 2**32, value)  # noqa: E731
+    bmp = tf.stack([tf.abs(signed(bmp_height)), tf.abs(signed(bmp_width))])
+    branches = {
+        JPEG: lambda: tf.cast(tf.io.extract_jpeg_shape(encoded)[:2], tf.int64),
+        PNG: lambda: png,
+        GIF: lambda: gif,
+        BMP: lambda: bmp,
+    }
+    return tf.switch_case(code, [lambda: tf.zeros([2], tf.int64)] + [branches[key] for key in (JPEG, PNG, GIF, BMP)])
+
+
+def check_image_size(encoded, max_pixels=DEFAULT_MAX_PIXELS):
+    """An assertion op that fails when the header declares more than ``max_pixels`` pixels (None: no limit)."""
+    if max_pixels is None:
+        return tf.no_op()
+    return _check_pixels(header_image_size(encoded), max_pixels)
+
+
+def _check_pixels(size, max_pixels):
+    size = tf.cast(size, tf.int64)
+    message = tf.strings.format(
+        "The image header declares {} x {} pixels (height x width), above max_pixels = " + str(int(max_pixels))
+        + " (data.max_pixels); the image is not decoded. Resize it, or raise max_pixels if it is genuine.",
+        (size[0], size[1]))
+    return tf.debugging.Assert(size[0] * size[1] <= int(max_pixels), [message])
+
+
+def _composite(rgba, background, scale):
+    """RGB uint8 of a (H, W, 4) image composited onto ``background``; ``scale`` = the channels' maximum."""
+    rgba = tf.cast(rgba, tf.float32)
+    alpha = rgba[..., 3:] / scale
+    rgb = rgba[..., :3] * (255.0 / scale)
+    composited = rgb * alpha + tf.constant(background, tf.float32) * (1.0 - alpha)
+    return tf.cast(tf.round(tf.clip_by_value(composited, 0.0, 255.0)), tf.uint8)
+
+
+def _decode_png(encoded, background):
+    bit_depth = _header(encoded)[24]
+    return tf.cond(
+        tf.equal(bit_depth, 16),
+        lambda: _composite(tf.io.decode_png(encoded, channels=4, dtype=tf.uint16), background, 65535.0),
+        lambda: _composite(tf.io.decode_png(encoded, channels=4), background, 255.0),
+    )
+
+
+def _gif_transparency_to_background(encoded, background):
+    """GIF bytes whose first frame's transparent colour is drawn as ``background`` (transparency flag cleared).
+
+    TensorFlow's GIF decoder leaves transparent pixels black; the colour table and the
+    Graphic Control Extension are found by walking the blocks before the first image.
+    """
+    data = tf.cast(tf.io.decode_raw(encoded, tf.uint8), tf.int32)
+    size = tf.size(data)
+
+    def byte(index):
+        return tf.where(index < size, tf.gather(data, tf.clip_by_value(index, 0, size - 1)), 0)
+
+    def table_bytes(packed):
+        return tf.where(packed >= 128, 3 * tf.bitwise.left_shift(2, packed % 8), 0)
+
+    screen_packed = byte(10)
+    global_table = tf.where(screen_packed >= 128, 13, -1)
+
+    def not_image(position, _):
+        return (position < size) & tf.not_equal(byte(position), 0x2C) & tf.not_equal(byte(position), 0x3B)
+
+    def skip_block(position, control):
+        is_extension = tf.equal(byte(position), 0x21)
+        control = tf.where(is_extension & tf.equal(byte(position + 1), 0xF9) & (control < 0), position, control)
+        sub_block = tf.while_loop(lambda q: (q < size) & tf.not_equal(byte(q), 0), lambda q: [q + byte(q) + 1],
+                                  [position + 2])[0]
+        return tf.where(is_extension, sub_block + 1, size), control
+
+    image, control = tf.while_loop(not_image, skip_block, [13 + table_bytes(screen_packed), tf.constant(-1)])
+    local_packed = byte(image + 9)
+    table = tf.where(local_packed >= 128, image + 10, global_table)
+    transparent = (control >= 0) & tf.equal(byte(control + 3) % 2, 1) & (image < size) & (table >= 0)
+    entry = table + 3 * byte(control + 6)
+
+    def patched():
+        indices = tf.stack([control + 3, entry, entry + 1, entry + 2])[:, None]
+        values = tf.stack([byte(control + 3) - 1, *[tf.constant(channel) for channel in background]])
+        updated = tf.tensor_scatter_nd_update(data, tf.clip_by_value(indices, 0, size - 1), values)
+        byte_strings = tf.constant([bytes([value]) for value in range(256)])
+        return tf.strings.reduce_join(tf.gather(byte_strings, updated))
+
+    return tf.cond(transparent & (entry + 2 < size), patched, lambda: encoded)
+
+
+def _refuse_unknown_format(encoded):
+    message = tf.cond(
+        tf.equal(tf.strings.length(encoded), 0),
+        lambda: tf.constant("The image is empty (0 bytes)."),
+        lambda: tf.strings.format("Not a JPEG, PNG, GIF or BMP image: it is {} bytes long and starts with {}.",
+                                  (tf.strings.length(encoded), _header(encoded)[:8]), summarize=8),
+    )
+    with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
+        return tf.zeros([1, 1, 3], tf.uint8)
+
+
+def decode_rgb(encoded, background=DEFAULT_BACKGROUND, max_pixels=DEFAULT_MAX_PIXELS):
+    """Decode JPEG (RGB, grayscale, CMYK), PNG, GIF (first frame) or BMP bytes to uint8 RGB (H, W, 3).
+
+    Transparent pixels are composited onto ``background`` (see the module docstring);
+    BMP alpha is not used (most 32-bit BMPs leave it zero). The header is checked
+    against ``max_pixels`` before decoding (None: no limit).
+
+    Raises:
+        tf.errors.InvalidArgumentError: empty, not one of these formats (WebP and JPEG XL
+            are refused: their size is not read from the header), corrupt or truncated
+            data, or more than ``max_pixels`` pixels.
+    """
+    background = parse_background(background)
+    with tf.control_dependencies([check_image_size(encoded, max_pixels)]):
+        code = tf.identity(image_format(encoded))
+    branches = [
+        lambda: _refuse_unknown_format(encoded),
+        lambda: tf.io.decode_jpeg(encoded, channels=3),
+        lambda: _decode_png(encoded, background),
+        lambda: tf.io.decode_gif(_gif_transparency_to_background(encoded, background))[0],
+        lambda: tf.io.decode_bmp(encoded, channels=3),
+    ]
+    image = tf.switch_case(code, branches)
     image.set_shape([None, None, 3])
     return image
 
@@ -89,22 +283,27 @@ def train_preprocess(image, size=224, seed=None, antialias=True):
     return _flip_and_resize(tf.slice(image, begin, crop_size), size, seed, antialias)
 
 
-def train_image_from_bytes(encoded, size=224, seed=None, antialias=True):
+def train_image_from_bytes(encoded, size=224, seed=None, antialias=True, background=DEFAULT_BACKGROUND,
+                           max_pixels=DEFAULT_MAX_PIXELS):
     """:func:`train_preprocess` of encoded bytes; JPEGs decode only the crop window.
 
-    Same crop box and flip as ``train_preprocess(decode_rgb(encoded), size, seed)``
+    Same crop box and flip as ``train_preprocess(decode_rgb(encoded, background, max_pixels), size, seed)``
     (JPEG decoding of a window may differ from a full decode by rounding), at a
     fraction of the decoding cost.
     """
     seed = None if seed is None else tf.convert_to_tensor(seed, tf.int64)
 
     def jpeg_window():
-        begin, crop_size = _sample_crop_window(tf.io.extract_jpeg_shape(encoded), (0.08, 1.0), (3 / 4, 4 / 3), seed)
+        shape = tf.io.extract_jpeg_shape(encoded)
+        if max_pixels is not None:
+            with tf.control_dependencies([_check_pixels(shape[:2], max_pixels)]):
+                shape = tf.identity(shape)
+        begin, crop_size = _sample_crop_window(shape, (0.08, 1.0), (3 / 4, 4 / 3), seed)
         window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
         return _flip_and_resize(tf.image.decode_and_crop_jpeg(encoded, window, channels=3), size, seed, antialias)
 
     def other_format():
-        return train_preprocess(decode_rgb(encoded), size, seed, antialias)
+        return train_preprocess(decode_rgb(encoded, background, max_pixels), size, seed, antialias)
 
     image = tf.cond(tf.io.is_jpeg(encoded), jpeg_window, other_format)
     image.set_shape([size, size, 3])

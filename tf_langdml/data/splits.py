@@ -1,11 +1,19 @@
 """Class-disjoint splits held as image sources with labels 0..C-1, and their pipelines."""
 
 import dataclasses
+import typing
 
 import numpy as np
 import tensorflow as tf
 
-from tf_langdml.data.preprocessing import decode_rgb, eval_preprocess, train_image_from_bytes
+from tf_langdml.data.preprocessing import (
+    DEFAULT_BACKGROUND,
+    DEFAULT_MAX_PIXELS,
+    decode_rgb,
+    eval_preprocess,
+    parse_background,
+    train_image_from_bytes,
+)
 from tf_langdml.data.sampler import class_balanced_indices
 
 
@@ -19,6 +27,9 @@ class Split:
         class_names: cleaned names, index = label ("black footed albatross").
         raw_class_names: the dataset's own labels, index = label ("001.Black_footed_Albatross").
         from_files: whether ``sources`` are paths to read.
+        background: (r, g, b) that transparent pixels are composited onto, in every
+            pipeline that decodes this split (training, evaluation, pseudo-labels).
+        max_pixels: images whose header declares more pixels are not decoded (None: no limit).
     """
 
     sources: np.ndarray
@@ -26,8 +37,14 @@ class Split:
     class_names: tuple
     raw_class_names: tuple
     from_files: bool = True
+    background: tuple = DEFAULT_BACKGROUND
+    max_pixels: typing.Optional[int] = DEFAULT_MAX_PIXELS
 
     def __post_init__(self):
+        object.__setattr__(self, "background", parse_background(self.background))
+        if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int)
+                                            or self.max_pixels < 1):
+            raise ValueError(f"max_pixels must be a positive integer or None (no limit); got {self.max_pixels!r}.")
         if len(self.sources) != len(self.labels):
             raise ValueError(f"{len(self.sources)} images but {len(self.labels)} labels.")
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
@@ -40,6 +57,14 @@ class Split:
     def encoded(self, sources):
         """Map a tensor of sources to encoded image bytes."""
         return tf.io.read_file(sources) if self.from_files else sources
+
+    def decode(self, encoded):
+        """Encoded image bytes -> uint8 RGB, as every pipeline over this split decodes them."""
+        return decode_rgb(encoded, self.background, self.max_pixels)
+
+    def subset(self, indices):
+        """The images at ``indices`` (same classes, labels and decoding)."""
+        return dataclasses.replace(self, sources=self.sources[indices], labels=self.labels[indices])
 
     def dataset(self):
         """``tf.data`` of (encoded image bytes, label, sample id), in order."""
@@ -91,7 +116,8 @@ def make_train_dataset(
     def load(position, index):
         image_seed = tf.stack([tf.constant(int(seed), tf.int64), position])
         encoded = split.encoded(tf.gather(sources, index))
-        image = train_image_from_bytes(encoded, image_size, seed=image_seed, antialias=antialias)
+        image = train_image_from_bytes(encoded, image_size, seed=image_seed, antialias=antialias,
+                                       background=split.background, max_pixels=split.max_pixels)
         if with_sample_ids:
             return image, tf.gather(labels, index), index
         return image, tf.gather(labels, index)
@@ -117,7 +143,7 @@ def make_eval_dataset(split, batch_size, image_size=224, resize=None, with_sampl
     """
 
     def load(encoded, label, sample_id):
-        image = eval_preprocess(decode_rgb(encoded), resize, image_size, antialias)
+        image = eval_preprocess(split.decode(encoded), resize, image_size, antialias)
         return (image, label, sample_id) if with_sample_ids else (image, label)
 
     data = split.dataset().map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -163,12 +163,10 @@ class LanguageGuidanceTensorBoard(keras.callbacks.Callback):
     # -- embedding projector ---------------------------------------------------------------
     def write_projector(self):
         """Checkpoint of a subsample of test embeddings + metadata.tsv + projector_config.pbtxt."""
-        from tf_langdml.data.splits import Split
-
         split = self.projector_split
         count = len(split.labels)
         chosen = np.sort(np.random.default_rng(0).choice(count, min(count, self.projector_size), replace=False))
-        subset = Split(split.sources[chosen], split.labels[chosen], split.class_names, split.raw_class_names, split.from_files)
+        subset = split.subset(chosen)
         embeddings = embed_split(self.model, subset, image_size=self.image_size, verbose=0)
         folder = self.log_dir
         os.makedirs(folder, exist_ok=True)

@@ -76,12 +76,13 @@ class PseudoLabels:
 
 
 def split_fingerprint(split):
-    """A hash of a split's sources and labels (file paths, or the encoded bytes themselves)."""
+    """A hash of a split's sources, labels and background (file paths, or the encoded bytes themselves)."""
     digest = hashlib.sha256()
     for source in split.sources:
         digest.update(source if isinstance(source, bytes) else str(source).encode())
         digest.update(b"\0")
     digest.update(np.asarray(split.labels, np.int64).tobytes())
+    digest.update(bytes(split.background))  # transparent pixels decode to this colour: it changes the logits
     return digest.hexdigest()[:32]
 
 
