@@ -66,8 +66,12 @@ def test_resize_bilinear_equals_the_antialiased_op(shape, dtype, run_mode):
     resized = run_mode(lambda x: resize_bilinear(x, 64))(tf.constant(image)).numpy()
     expected = tf.image.resize(tf.constant(image, tf.float32), [64, 64], antialias=True).numpy()
     assert resized.shape == (64, 64, 3) and resized.dtype == np.float32
+    # Growing: two different float32 ops. Sample positions up to 64 px carry ~half an ulp (3.8e-6 px)
+    # of rounding, times neighbour differences up to 255 in two passes: <= ~2e-3 (4.6e-4 seen).
+    # Shrinking: the same op on the same values (bit-identical).
     np.testing.assert_allclose(resized, expected, atol=2e-3)
     plain = run_mode(lambda x: resize_bilinear(x, 64, antialias=False))(tf.constant(image)).numpy()
+    # The same op on the same float32 values (uint8 -> float32 is exact): bit-identical here; same bound.
     np.testing.assert_allclose(plain, tf.image.resize(tf.constant(image, tf.float32), [64, 64]).numpy(), atol=2e-3)
     if max(shape) > 64:  # shrinking: without antialiasing the values differ
         assert np.abs(plain - resized).max() > 1.0
@@ -81,6 +85,9 @@ def test_train_preprocess_is_the_random_resized_crop_flipped_or_not(photo):
         seed = tf.constant([5, step], tf.int64)
         output = train_preprocess(image, 48, seed=seed).numpy()
         crop = random_resized_crop(image, 48, seed=seed).numpy()
+        # Flipping before the resize mirrors the float32 sample positions (< 120 px, half an ulp
+        # 3.8e-6 px) times pixel differences < 255: <= ~1e-3 (7.6e-5 seen); unflipped vs flipped
+        # differ by tens.
         if np.allclose(output, crop, atol=1e-3):
             flipped.append(False)
         else:
@@ -94,6 +101,8 @@ def test_random_resized_crop_covers_the_requested_area(photo):
     image = tf.constant(photo)
     crop = random_resized_crop(image, 60, scale=(1.0, 1.0), ratio=(120 / 90, 120 / 90), seed=tf.constant([1, 2], tf.int64))
     full = tf.image.resize(tf.cast(image, tf.float32), [60, 60], antialias=True)
+    # The same op on the same pixels: bit-identical here; 1e-3 is the float32 bound should the sample
+    # positions be computed differently (a box off by one pixel would differ by tens).
     np.testing.assert_allclose(crop.numpy(), full.numpy(), atol=1e-3)
 
 
@@ -102,10 +111,11 @@ def test_eval_preprocess_is_the_centre_crop_and_deterministic(photo, run_mode):
     first = run_mode(lambda x: eval_preprocess(x, 80, 64))(image).numpy()
     second = eval_preprocess(image, 80, 64).numpy()
     assert first.shape == (64, 64, 3) and first.dtype == np.float32
+    # tf.function vs eager: the same ops, bit-identical here; 1e-4 is ~7 ulps at 255.
     np.testing.assert_allclose(first, second, atol=1e-4)
     # Shorter side 90 -> 80: the image becomes 80 x 107; the centre 64 x 64 starts at (8, 21).
     resized = tf.image.resize(tf.cast(image, tf.float32), [80, 107], antialias=True).numpy()
-    np.testing.assert_allclose(first, resized[8:72, 21:85], atol=1e-3)
+    np.testing.assert_allclose(first, resized[8:72, 21:85], atol=1e-3)  # same op (bit-identical here), as above
 
 
 @pytest.mark.parametrize("mode,fmt,tolerance", [("RGB", "JPEG", 3.0), ("CMYK", "JPEG", 3.0), ("RGBA", "PNG", 0.0)])

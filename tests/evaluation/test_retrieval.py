@@ -26,24 +26,29 @@ def test_hand_computed_case():
     np.testing.assert_array_equal(positives, [2, 2, 1, 1, 2])
     np.testing.assert_array_equal(ranks, [[1, 4], [2, 4], [3, 0], [2, 0], [3, 4]])
     metrics = retrieval_metrics(embeddings, labels, ks=(1, 2, 4, 8))
-    assert metrics["recall@1"] == pytest.approx(1 / 5)
-    assert metrics["recall@2"] == pytest.approx(3 / 5)
-    assert metrics["recall@4"] == pytest.approx(1.0) and metrics["recall@8"] == pytest.approx(1.0)  # k > gallery
+    # The metrics are float64 arithmetic on integer ranks, as are the expected values: rel=1e-12.
+    # (The tie of query 1 holds in float32 too: its exact sims differ by 8e-10, far below half an ulp,
+    # and every FMA / non-FMA order rounds both to the same float32.)
+    assert metrics["recall@1"] == pytest.approx(1 / 5, rel=1e-12)
+    assert metrics["recall@2"] == pytest.approx(3 / 5, rel=1e-12)
+    assert metrics["recall@4"] == pytest.approx(1.0, rel=1e-12)  # k > gallery
+    assert metrics["recall@8"] == pytest.approx(1.0, rel=1e-12)
     # map@r: R = 2, 2, 1, 1, 2: q0 (1/1)/2, q1 (1/2)/2, q2 0, q3 0, q4 0.
-    assert metrics["map@r"] == pytest.approx((0.5 + 0.25) / 5)
+    assert metrics["map@r"] == pytest.approx((0.5 + 0.25) / 5, rel=1e-12)
     # map@1000, divided by the class size (3, 3, 2, 2, 3):
     # q0 (1 + 2/4)/3, q1 (1/2 + 2/4)/3, q2 (1/3)/2, q3 (1/2)/2, q4 (1/3 + 2/4)/3.
     expected = (1.5 / 3 + 1.0 / 3 + (1 / 3) / 2 + 0.5 / 2 + (1 / 3 + 0.5) / 3) / 5
-    assert metrics["map@1000"] == pytest.approx(expected)
+    assert metrics["map@1000"] == pytest.approx(expected, rel=1e-12)
 
 
 def test_singleton_classes_are_misses_and_left_out_of_map_r():
     embeddings = angles(0, 5, 90)
     labels = np.array(["cat", "cat", "dog"])  # any label values
     metrics = retrieval_metrics(embeddings, labels, ks=(1,))
-    assert metrics["recall@1"] == pytest.approx(2 / 3)  # the dog has no other member: a miss
-    assert metrics["map@r"] == pytest.approx(1.0)  # only the two cats count
-    assert metrics["map@1000"] == pytest.approx((0.5 + 0.5 + 0.0) / 3)  # 1 hit / class size 2; dog 0
+    # float64 on both sides (metrics from integer ranks): rel=1e-12.
+    assert metrics["recall@1"] == pytest.approx(2 / 3, rel=1e-12)  # the dog has no other member: a miss
+    assert metrics["map@r"] == pytest.approx(1.0, rel=1e-12)  # only the two cats count
+    assert metrics["map@1000"] == pytest.approx((0.5 + 0.5 + 0.0) / 3, rel=1e-12)  # 1 hit / class size 2; dog 0
 
 
 def test_a_collapsed_embedder_scores_nothing():
@@ -81,8 +86,11 @@ def test_against_brute_force_on_clustered_data(block_elements):
     embeddings = (centres[labels] + 0.8 * rng.normal(size=(240, 6))).astype(np.float32)
     metrics = retrieval_metrics(embeddings, labels, ks=(1, 2, 4, 8, 16), block_elements=block_elements)
     expected = brute_force(embeddings, labels, (1, 2, 4, 8, 16))
+    # Metrics from ranks: float64 on both sides (1e-12). The ranks themselves come from float32 sims
+    # here and float64 sims there; the closest positive / negative pair of any query is 1.5e-6 apart,
+    # ~24 x 2^-24, beyond the <= ~6 x 2^-24 error of a 6-term float32 dot product.
     for name, value in expected.items():
-        assert metrics[name] == pytest.approx(value, abs=1e-9), name
+        assert metrics[name] == pytest.approx(value, rel=1e-12, abs=1e-12), name
 
 
 def test_map_1000_cuts_at_1000():
@@ -95,7 +103,7 @@ def test_map_1000_cuts_at_1000():
     assert 1000 < ranks[0, 0] < ranks[0, 1]  # both of query 0's positives sit behind the distractors
     assert metrics_from_ranks(ranks[:1], positives[:1])["map@1000"] == 0.0
     # Had the first one been at rank 1000 exactly, it would count: 1 / 1000 / class size 3.
-    assert metrics_from_ranks([[1000, 1500]], [2])["map@1000"] == pytest.approx(1 / 1000 / 3)
+    assert metrics_from_ranks([[1000, 1500]], [2])["map@1000"] == pytest.approx(1 / 1000 / 3, rel=1e-12)  # float64
 
 
 def test_bad_inputs():
@@ -116,8 +124,11 @@ def test_chunked_knn_equals_brute_force(chunk_size):
     full = unit @ unit.T
     np.fill_diagonal(full, -np.inf)
     expected = np.argsort(-full, axis=1, kind="stable")[:, :6]
+    # Exact indices from two float32 paths (TF matmul + top_k vs numpy): safe because neighbouring
+    # sims in each top 7 are >= 1.3e-4 apart, ~2000 ulps.
     np.testing.assert_array_equal(indices, expected)
-    np.testing.assert_allclose(similarities, np.take_along_axis(full, expected, axis=1), atol=1e-5)
+    # Cosines of 5-d unit vectors, float32 on both sides: <= ~5 x 2^-24 = 3e-7 per path.
+    np.testing.assert_allclose(similarities, np.take_along_axis(full, expected, axis=1), atol=1e-6)
 
 
 def test_knn_ties_go_to_the_lower_index_and_self_is_left_out():

@@ -102,6 +102,7 @@ def test_class_level_table_and_names(colour_folder, encoder_file, tmp_path, monk
         classifier, colour_folder, encoder_file, k=2, level="class", cache_dir=tmp_path, output_path=tmp_path / "pl.json"
     )
     assert table.shape == (4, 2, 6) and table.dtype == np.float32
+    # float32 normalisation then norm of 6 terms: <= ~2 x (6/2 + 2) x 2^-24 = 6e-7.
     np.testing.assert_allclose(np.linalg.norm(table, axis=-1), 1.0, atol=1e-6)
     names = dict(zip(colour_folder.class_names, labels.names))
     assert names["red"][0] == "goldfish" and names["green"][0] == "tree frog" and names["blue"][0] == "jellyfish"
@@ -111,6 +112,7 @@ def test_class_level_table_and_names(colour_folder, encoder_file, tmp_path, monk
     # The rows of the table are the embeddings of the chosen names.
     from tf_langdml.language import text_embeddings
 
+    # The same float32 unit vectors, at most renormalised once more: a few ulps of entries <= 1.
     np.testing.assert_allclose(table[0], text_embeddings(labels.names[0], encoder_file, cache_dir=tmp_path), atol=1e-6)
 
     # A second call reads the cache: no classifier pass.

@@ -65,6 +65,9 @@ def test_matches_reference_loop(num_names, direction, shift, temperature, run_mo
     value = float(loss_fn(embeddings, labels, table))
     expected = reference_loss(embeddings, labels, table, shift, temperature, direction)
     assert expected > 0
+    # float32 TF vs a float64 loop. The KL is a small difference: sum p (|log p| + |log q|) is up to
+    # kappa ~ 70x the loss in these 16 cases (T = 0.5, K = 5), and log_softmax rounds each entry by
+    # ~2 x 2^-24 x |log p|: relative error <= ~2 kappa 2^-24 ~ 8e-6 (6.6e-7 seen).
     assert value == pytest.approx(expected, rel=1e-5)
 
 
@@ -86,10 +89,13 @@ def test_hand_derived_three_samples():
     row1 = (e**2 / z_p1) * math.log(z_q1 / z_p1) + (1 / z_p1) * math.log(z_q1 / (z_p1 * e**2)) + (
         e / z_p1
     ) * math.log(z_q1 / z_p1)
-    assert row1 == pytest.approx(kl([2, 0, 1], [2, 2, 1]))
+    assert row1 == pytest.approx(kl([2, 0, 1], [2, 2, 1]), rel=1e-12)  # float64 on both sides
     expected = (row1 + kl([0, 2, 0], [2, 2, 1]) + kl([1, 0, 2], [1, 1, 2])) / 3
-    assert expected == pytest.approx(0.21035499, rel=1e-7)
-    assert float(language_matching_loss(embeddings, labels, table)) == pytest.approx(expected, rel=1e-6)
+    assert expected == pytest.approx(0.21035499, rel=1e-7)  # the literal has 8 significant digits
+    # Exact inputs (logits 0, 1, 2); only float32 exp / log round: sum p (|log p| + |log q|) = 1.76,
+    # kappa = 8.4x the loss, so ~2 kappa 2^-24 = 1e-6, with nothing to average over 3 rows (2.4e-7
+    # seen, 0.5 kappa 2^-24): 2e-6.
+    assert float(language_matching_loss(embeddings, labels, table)) == pytest.approx(expected, rel=2e-6)
 
 
 def test_zero_when_images_reproduce_language_geometry():
@@ -97,6 +103,8 @@ def test_zero_when_images_reproduce_language_geometry():
     table = unit_rows(rng.normal(size=(4, 8))).astype("float32")
     labels = np.array([0, 1, 2, 3, 0, 2])
     embeddings = table[labels]
+    # P = Q up to float32 rounding: the float32 KL is the rounding of sum p (log p - log q), terms of
+    # size ~log 6 ~ 1.8: <= ~2 x 2^-24 x 3.6 ~ 4e-7 absolute (1.2e-8 seen).
     assert float(language_matching_loss(embeddings, labels, table, shift=0.0)) == pytest.approx(0.0, abs=1e-6)
     assert float(language_matching_loss(embeddings, labels, table, shift=1.0)) > 1e-3
 
@@ -121,7 +129,11 @@ def test_gradient_matches_finite_differences(direction):
             reference_loss(plus, labels, table, **kwargs) - reference_loss(minus, labels, table, **kwargs)
         ) / (2 * step)
     assert np.abs(numeric).max() > 1e-3
-    np.testing.assert_allclose(gradient, numeric, atol=2e-5, rtol=1e-3)
+    # Central differences in float64 are exact to ~1e-10 here (steps 1e-5 and 1e-4 agree to 4e-11).
+    # The float32 gradient: ~2^-24 |log p| per entry of dL/dlogits (~p T / B <= 0.1), summed over
+    # 2 x 6 pairs, plus float32 sims off by ~4 ulps through the Hessian: <= ~2e-7 absolute
+    # (5e-9 seen, also with the inputs perturbed by 1-2 ulps), against entries of 2e-4 .. 2e-2.
+    np.testing.assert_allclose(gradient, numeric, rtol=0, atol=5e-7)
 
 
 def test_eager_and_tf_function_agree():
@@ -129,7 +141,9 @@ def test_eager_and_tf_function_agree():
     eager = language_matching_loss(embeddings, labels, table)
     graph = tf.function(language_matching_loss)(embeddings, labels, table)
     assert eager.dtype == tf.float32 and eager.shape == ()
-    assert float(eager) == pytest.approx(float(graph), rel=1e-6)
+    # Two float32 paths (grappler rewrites the graph): kappa = 32 here, ~2 kappa 2^-24 per path,
+    # so up to ~8e-6 relative between them (2.3e-7 seen).
+    assert float(eager) == pytest.approx(float(graph), rel=1e-5)
 
 
 def test_no_gradient_reaches_the_table():
@@ -165,6 +179,8 @@ def test_sample_level_table_indices():
         log_q = b - np.log(np.exp(b).sum(1, keepdims=True))
         return float((np.exp(log_p) * (log_p - log_q)).sum() / 6)
 
+    # The reference is float64 for the images but float32 for the language sims; kappa = 26 here:
+    # ~2 kappa 2^-24 = 3e-6 per side (4e-7 seen).
     assert float(value) == pytest.approx(reference_by_position(), rel=1e-5)
 
 
@@ -201,5 +217,7 @@ def test_loss_class_round_trips_through_json():
     assert isinstance(deserialized, LanguageMatchingLoss)
     embeddings, labels, table = random_case(seed=4, num_names=5)
     expected = reference_loss(embeddings, labels, table, 0.5, 2.0, "language_to_image")
-    assert float(deserialized(embeddings, labels, table)) == pytest.approx(expected, rel=1e-5)
-    assert float(loss(embeddings, labels, table)) == pytest.approx(expected, rel=1e-5)
+    # float32 vs float64 at T = 2: logits within 0.75 of each other, so P ~ Q ~ uniform and the KL
+    # (0.05) is kappa ~ 400x smaller than sum q (|log q| + |log p|): <= ~2 kappa 2^-24 ~ 5e-5 (4e-6 seen).
+    assert float(deserialized(embeddings, labels, table)) == pytest.approx(expected, rel=5e-5)
+    assert float(loss(embeddings, labels, table)) == pytest.approx(expected, rel=5e-5)

