@@ -257,3 +257,25 @@ def test_folder_scan_skips_huge_headers_with_the_counted_warning(tmp_path):
     assert len(data.train_split.sources) == 2
     with pytest.raises(ValueError, match="max_pixels"):
         Split(np.array(["x"]), np.array([0]), ("a",), ("a",), max_pixels=0)
+
+
+def test_a_split_decodes_with_only_the_formats_it_holds(tmp_path):
+    from tf_langdml.data.preprocessing import source_formats
+
+    jpeg, png = encode(Image.new("RGB", (6, 4), (9, 99, 199)), "JPEG"), encode(Image.new("RGBA", (6, 4)))
+    assert source_formats([jpeg, png, b"BMxx", b"GIF89a..", b"??"], from_files=False) == (
+        "BMP", "GIF", "JPEG", "PNG", "unknown")
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "0.jpg").write_bytes(jpeg)
+    (tmp_path / "c" / "1.png").write_bytes(png)
+    data = load_image_folder(tmp_path, test_classes=["c"])
+    assert data.train_split.formats == ("JPEG",) and data.test_split.formats == ("JPEG", "PNG")
+    # The JPEG-only decoder has no PNG branch: a PNG fails in the decode op, which names the format.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="JPEG"):
+        decode_rgb(tf.constant(png), formats=("JPEG",))
+    for formats in (("JPEG",), ("JPEG", "PNG"), None):
+        np.testing.assert_array_equal(decode_rgb(tf.constant(jpeg), formats=formats).numpy(),
+                                      tf.io.decode_jpeg(jpeg, channels=3).numpy())
+    images, _ = next(iter(make_eval_dataset(data.test_split, 2, image_size=8)))
+    np.testing.assert_allclose(images[1].numpy(), 255.0, atol=1e-3)  # the transparent PNG, on white

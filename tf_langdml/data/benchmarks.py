@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from tf_langdml.data.class_names import clean_class_name
-from tf_langdml.data.preprocessing import DEFAULT_BACKGROUND, DEFAULT_MAX_PIXELS
+from tf_langdml.data.preprocessing import DEFAULT_BACKGROUND, DEFAULT_MAX_PIXELS, source_formats
 from tf_langdml.data.splits import Split, SplitDataset
 
 
@@ -132,15 +132,17 @@ def load_benchmark(name, data_dir=None, manual_dir=None, background=DEFAULT_BACK
                 f"{spec.tfds_name}: {len(missing)} class(es) have no images to name them "
                 f"(e.g. label {missing[0]}); the TFDS data is incomplete -- rebuild it."
             )
+        sources = [images[index] for index in np.flatnonzero(keep)]
         splits.append(
             Split(
-                sources=np.asarray([images[index] for index in np.flatnonzero(keep)], dtype=object),
+                sources=np.asarray(sources, dtype=object),
                 labels=labels[keep] - first,
                 class_names=tuple(clean_class_name(class_name) for class_name in class_names),
                 raw_class_names=class_names,
                 from_files=False,
                 background=background,
                 max_pixels=max_pixels,
+                formats=source_formats(sources, from_files=False),
             )
         )
     return SplitDataset(splits[0], splits[1])

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from tf_langdml.data.preprocessing import DEFAULT_BACKGROUND, DEFAULT_MAX_PIXELS
+from tf_langdml.data.preprocessing import DEFAULT_BACKGROUND, DEFAULT_MAX_PIXELS, source_formats
 from tf_langdml.data.splits import Split, SplitDataset
 
 DEMO_DIR = os.path.join(os.path.dirname(__file__), "demo_emoji")
@@ -57,6 +57,7 @@ def load_demo(background=DEFAULT_BACKGROUND, max_pixels=DEFAULT_MAX_PIXELS):
                 from_files=True,
                 background=background,
                 max_pixels=max_pixels,
+                formats=source_formats(sources),
             )
         )
     return SplitDataset(splits[0], splits[1])

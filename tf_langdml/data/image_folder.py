@@ -7,7 +7,13 @@ import numpy as np
 import tensorflow as tf
 
 from tf_langdml.data.class_names import clean_class_name
-from tf_langdml.data.preprocessing import DEFAULT_BACKGROUND, DEFAULT_MAX_PIXELS, decode_rgb, header_image_size
+from tf_langdml.data.preprocessing import (
+    DEFAULT_BACKGROUND,
+    DEFAULT_MAX_PIXELS,
+    decode_rgb,
+    header_image_size,
+    source_formats,
+)
 from tf_langdml.data.splits import Split, SplitDataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
@@ -52,6 +58,7 @@ def _split_from(class_folders, files_by_class, background, max_pixels):
         from_files=True,
         background=background,
         max_pixels=max_pixels,
+        formats=source_formats(sources),
     )
 
 

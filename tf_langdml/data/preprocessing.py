@@ -24,6 +24,7 @@ DEFAULT_MAX_PIXELS = 64_000_000  # 64 megapixels: a 8000 x 8000 photo; 192 MB as
 # Format codes of image_format().
 UNKNOWN, JPEG, PNG, GIF, BMP = 0, 1, 2, 3, 4
 FORMAT_NAMES = {UNKNOWN: "unknown", JPEG: "JPEG", PNG: "PNG", GIF: "GIF", BMP: "BMP"}
+FORMAT_CODES = {name: code for code, name in FORMAT_NAMES.items()}
 _HEADER_BYTES = 32
 
 
@@ -69,6 +70,21 @@ def _uint(header, offsets, little_endian):
     return total
 
 
+def _fixed_header_size(encoded, code):
+    """(height, width) int64 from the fixed PNG / GIF / BMP header fields ((0, 0) for other formats)."""
+    header = _header(encoded)
+    png = tf.stack([_uint(header, [20, 21, 22, 23], False), _uint(header, [16, 17, 18, 19], False)], -1)
+    gif = tf.stack([_uint(header, [8, 9], True), _uint(header, [6, 7], True)], -1)
+    # BMP: int32 width and height; a negative height means rows stored top-down.
+    bmp_width, bmp_height = _uint(header, [18, 19, 20, 21], True), _uint(header, [22, 23, 24, 25], True)
+    signed = lambda value: tf.where(value >= 2**31, value - 2**32, value)  # noqa: E731
+    bmp = tf.stack([tf.abs(signed(bmp_height)), tf.abs(signed(bmp_width))], -1)
+    size = tf.zeros_like(png)
+    for format_code, format_size in ((PNG, png), (GIF, gif), (BMP, bmp)):
+        size = tf.where(tf.equal(code, format_code)[..., None], format_size, size)
+    return size
+
+
 def header_image_size(encoded):
     """(height, width) int64 of encoded image bytes as their header declares, without decoding.
 
@@ -76,21 +92,8 @@ def header_image_size(encoded):
     (which reads only the markers). Unknown formats give (0, 0); a damaged JPEG header
     raises ``InvalidArgumentError`` as decoding would.
     """
-    header = _header(encoded)
-    code = image_format(encoded)
-    png = tf.stack([_uint(header, [20, 21, 22, 23], False), _uint(header, [16, 17, 18, 19], False)])
-    gif = tf.stack([_uint(header, [8, 9], True), _uint(header, [6, 7], True)])
-    # BMP: int32 width and height; a negative height means rows stored top-down.
-    bmp_width, bmp_height = _uint(header, [18, 19, 20, 21], True), _uint(header, [22, 23, 24, 25], True)
-    signed = lambda value: tf.where(value >= 2**31, value - 2**32, value)  # noqa: E731
-    bmp = tf.stack([tf.abs(signed(bmp_height)), tf.abs(signed(bmp_width))])
-    branches = {
-        JPEG: lambda: tf.cast(tf.io.extract_jpeg_shape(encoded)[:2], tf.int64),
-        PNG: lambda: png,
-        GIF: lambda: gif,
-        BMP: lambda: bmp,
-    }
-    return tf.switch_case(code, [lambda: tf.zeros([2], tf.int64)] + [branches[key] for key in (JPEG, PNG, GIF, BMP)])
+    return tf.cond(tf.io.is_jpeg(encoded), lambda: tf.cast(tf.io.extract_jpeg_shape(encoded)[:2], tf.int64),
+                   lambda: _fixed_header_size(encoded, image_format(encoded)))
 
 
 def check_image_size(encoded, max_pixels=DEFAULT_MAX_PIXELS):
@@ -112,99 +115,139 @@ def _check_pixels(size, max_pixels):
 def _composite(rgba, background, scale):
     """RGB uint8 of a (H, W, 4) image composited onto ``background``; ``scale`` = the channels' maximum."""
     rgba = tf.cast(rgba, tf.float32)
-    alpha = rgba[..., 3:] / scale
-    rgb = rgba[..., :3] * (255.0 / scale)
-    composited = rgb * alpha + tf.constant(background, tf.float32) * (1.0 - alpha)
+    rgb, alpha = rgba[..., :3] * (255.0 / scale), rgba[..., 3:] * (1.0 / scale)
+    background = tf.constant(background, tf.float32)
+    # rgb * alpha + background * (1 - alpha), with one product fewer.
+    composited = background + (rgb - background) * alpha
     return tf.cast(tf.round(tf.clip_by_value(composited, 0.0, 255.0)), tf.uint8)
 
 
 def _decode_png(encoded, background):
-    bit_depth = _header(encoded)[24]
-    return tf.cond(
-        tf.equal(bit_depth, 16),
-        lambda: _composite(tf.io.decode_png(encoded, channels=4, dtype=tf.uint16), background, 65535.0),
-        lambda: _composite(tf.io.decode_png(encoded, channels=4), background, 255.0),
-    )
+    """uint8 RGB of any PNG: grey, palette, RGB, with alpha or ``tRNS``, 8 or 16 bits.
+
+    Decoded as 16-bit RGBA (8-bit values become v * 257 exactly, a missing alpha is
+    opaque), so one path serves every PNG without control flow: composited onto the
+    background and rounded to 8 bits (x / 257), not truncated to the high byte.
+    """
+    return _composite(tf.io.decode_png(encoded, channels=4, dtype=tf.uint16), background, 65535.0)
 
 
 def _gif_transparency_to_background(encoded, background):
     """GIF bytes whose first frame's transparent colour is drawn as ``background`` (transparency flag cleared).
 
-    TensorFlow's GIF decoder leaves transparent pixels black; the colour table and the
-    Graphic Control Extension are found by walking the blocks before the first image.
+    TensorFlow's GIF decoder leaves transparent pixels black. The first frame's Graphic
+    Control Extension is the first run of bytes with its fixed layout (21 F9 04, four
+    bytes, a 00 terminator, then an image descriptor 2C or another extension 21) after
+    the global colour table; its transparent colour is rewritten in the local colour
+    table of the image descriptor that follows it, else in the global one. Found by
+    vectorised byte comparisons, without loops, so the decode graph stays free of
+    control flow.
     """
-    data = tf.cast(tf.io.decode_raw(encoded, tf.uint8), tf.int32)
-    size = tf.size(data)
-
-    def byte(index):
-        return tf.where(index < size, tf.gather(data, tf.clip_by_value(index, 0, size - 1)), 0)
-
-    def table_bytes(packed):
-        return tf.where(packed >= 128, 3 * tf.bitwise.left_shift(2, packed % 8), 0)
-
-    screen_packed = byte(10)
-    global_table = tf.where(screen_packed >= 128, 13, -1)
-
-    def not_image(position, _):
-        return (position < size) & tf.not_equal(byte(position), 0x2C) & tf.not_equal(byte(position), 0x3B)
-
-    def skip_block(position, control):
-        is_extension = tf.equal(byte(position), 0x21)
-        control = tf.where(is_extension & tf.equal(byte(position + 1), 0xF9) & (control < 0), position, control)
-        sub_block = tf.while_loop(lambda q: (q < size) & tf.not_equal(byte(q), 0), lambda q: [q + byte(q) + 1],
-                                  [position + 2])[0]
-        return tf.where(is_extension, sub_block + 1, size), control
-
-    image, control = tf.while_loop(not_image, skip_block, [13 + table_bytes(screen_packed), tf.constant(-1)])
-    local_packed = byte(image + 9)
-    table = tf.where(local_packed >= 128, image + 10, global_table)
-    transparent = (control >= 0) & tf.equal(byte(control + 3) % 2, 1) & (image < size) & (table >= 0)
-    entry = table + 3 * byte(control + 6)
-
-    def patched():
-        indices = tf.stack([control + 3, entry, entry + 1, entry + 2])[:, None]
-        values = tf.stack([byte(control + 3) - 1, *[tf.constant(channel) for channel in background]])
-        updated = tf.tensor_scatter_nd_update(data, tf.clip_by_value(indices, 0, size - 1), values)
-        byte_strings = tf.constant([bytes([value]) for value in range(256)])
-        return tf.strings.reduce_join(tf.gather(byte_strings, updated))
-
-    return tf.cond(transparent & (entry + 2 < size), patched, lambda: encoded)
+    data = tf.cast(tf.io.decode_raw(tf.strings.join([encoded, "\0" * 24]), tf.uint8), tf.int32)
+    size = tf.strings.length(encoded)
+    start = tf.where(data[10] >= 128, 13 + 3 * tf.bitwise.left_shift(2, data[10] % 8), 13)
+    positions = tf.range(tf.size(data) - 24)
+    at = lambda offset: data[offset : tf.size(data) - 24 + offset]  # noqa: E731  (byte at position + offset)
+    control_block = ((positions >= start) & tf.equal(at(0), 0x21) & tf.equal(at(1), 0xF9) & tf.equal(at(2), 4)
+                     & tf.equal(at(7), 0) & (tf.equal(at(8), 0x2C) | tf.equal(at(8), 0x21)))
+    found = tf.reduce_any(control_block)
+    control = tf.cast(tf.argmax(tf.cast(control_block, tf.int32)), tf.int32)
+    image = control + 8
+    local_table = tf.equal(data[image], 0x2C) & (data[image + 9] >= 128)
+    table = tf.where(local_table, image + 10, tf.where(data[10] >= 128, 13, -1))
+    entry = table + 3 * data[control + 6]
+    patch = found & tf.equal(data[control + 3] % 2, 1) & (table >= 0) & (entry + 2 < size)
+    # Rewrite four bytes (the flag, then the colour's r, g, b); unchanged when there is nothing to patch.
+    indices = tf.stack([control + 3, entry, entry + 1, entry + 2])
+    indices = tf.where(patch, indices, tf.range(4))
+    values = tf.where(patch, tf.stack([data[control + 3] - 1, *background]), data[:4])
+    order = tf.argsort(indices)
+    indices, values = tf.gather(indices, order), tf.gather(values, order)
+    bounds = tf.concat([[-1], indices, [size]], 0)
+    pieces = [tf.strings.substr(encoded, bounds[i] + 1, bounds[i + 1] - bounds[i] - 1) for i in range(5)]
+    byte_strings = tf.constant([bytes([value]) for value in range(256)])
+    patched = [pieces[0]]
+    for i in range(4):
+        patched += [tf.gather(byte_strings, values[i]), pieces[i + 1]]
+    return tf.strings.join(patched)
 
 
 def _refuse_unknown_format(encoded):
-    message = tf.cond(
-        tf.equal(tf.strings.length(encoded), 0),
-        lambda: tf.constant("The image is empty (0 bytes)."),
-        lambda: tf.strings.format("Not a JPEG, PNG, GIF or BMP image: it is {} bytes long and starts with {}.",
-                                  (tf.strings.length(encoded), _header(encoded)[:8]), summarize=8),
+    length = tf.strings.length(encoded)
+    message = tf.where(
+        tf.equal(length, 0),
+        "The image is empty (0 bytes).",
+        tf.strings.format("Not a JPEG, PNG, GIF or BMP image: it is {} bytes long and starts with {}.",
+                          (length, _header(encoded)[:8]), summarize=8),
     )
     with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
         return tf.zeros([1, 1, 3], tf.uint8)
 
 
-def decode_rgb(encoded, background=DEFAULT_BACKGROUND, max_pixels=DEFAULT_MAX_PIXELS):
+def source_formats(sources, from_files=True):
+    """The format names (``"JPEG"``, ``"PNG"``, ``"GIF"``, ``"BMP"``, ``"unknown"``) among image sources.
+
+    Read from the first bytes only (file paths, or encoded bytes when ``from_files`` is
+    False). A split that knows its formats gets a decoder with only those branches.
+    """
+    signatures = [(b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+                  (b"BM", "BMP")]
+    found = set()
+    for source in sources:
+        if from_files:
+            with open(source, "rb") as handle:
+                head = handle.read(8)
+        else:
+            head = bytes(source[:8])
+        found.add(next((name for signature, name in signatures if head.startswith(signature)), "unknown"))
+    return tuple(sorted(found))
+
+
+def _decoder(code, encoded, background, max_pixels):
+    """The decode of one format (JPEG, PNG, GIF, BMP, UNKNOWN), with its header size check."""
+    if code == UNKNOWN:
+        return _refuse_unknown_format(encoded)
+    if code == JPEG:
+        size = tf.io.extract_jpeg_shape(encoded)[:2] if max_pixels is not None else None
+    else:
+        size = _fixed_header_size(encoded, code) if max_pixels is not None else None
+    with tf.control_dependencies([] if max_pixels is None else [_check_pixels(size, max_pixels)]):
+        if code == JPEG:
+            return tf.io.decode_jpeg(encoded, channels=3)
+        if code == PNG:
+            return _decode_png(encoded, background)
+        if code == GIF:
+            return tf.io.decode_gif(_gif_transparency_to_background(encoded, background))[0]
+        return tf.io.decode_bmp(encoded, channels=3)
+
+
+def decode_rgb(encoded, background=DEFAULT_BACKGROUND, max_pixels=DEFAULT_MAX_PIXELS, formats=None):
     """Decode JPEG (RGB, grayscale, CMYK), PNG, GIF (first frame) or BMP bytes to uint8 RGB (H, W, 3).
 
     Transparent pixels are composited onto ``background`` (see the module docstring);
     BMP alpha is not used (most 32-bit BMPs leave it zero). The header is checked
     against ``max_pixels`` before decoding (None: no limit).
 
+    ``formats``: the format names the caller expects (see :func:`source_formats`), or
+    None for any. Every branch of a data-dependent choice costs time per image in a
+    ``tf.data`` map even when it is not taken (about 2.5 us per graph node here), so
+    a split of only JPEGs decodes without the PNG / GIF / BMP machinery; an image of
+    another format then fails in the decode op, whose error names both formats.
+
     Raises:
         tf.errors.InvalidArgumentError: empty, not one of these formats (WebP and JPEG XL
-            are refused: their size is not read from the header), corrupt or truncated
-            data, or more than ``max_pixels`` pixels.
+            are refused: their size is not read from the header), not one of
+            ``formats``, corrupt or truncated data, or more than ``max_pixels`` pixels.
     """
     background = parse_background(background)
-    with tf.control_dependencies([check_image_size(encoded, max_pixels)]):
-        code = tf.identity(image_format(encoded))
-    branches = [
-        lambda: _refuse_unknown_format(encoded),
-        lambda: tf.io.decode_jpeg(encoded, channels=3),
-        lambda: _decode_png(encoded, background),
-        lambda: tf.io.decode_gif(_gif_transparency_to_background(encoded, background))[0],
-        lambda: tf.io.decode_bmp(encoded, channels=3),
-    ]
-    image = tf.switch_case(code, branches)
+    expected = sorted({FORMAT_CODES[name] for name in formats}) if formats is not None else None
+    if expected is not None and len(expected) == 1:
+        # An image of another format fails in the decode op ("Trying to decode PNG format using DecodeJpeg").
+        image = _decoder(expected[0], encoded, background, max_pixels)
+    else:
+        code = image_format(encoded)
+        branches = [lambda code=code_: _decoder(code, encoded, background, max_pixels) for code_ in FORMAT_NAMES]
+        image = tf.switch_case(code, branches)
     image.set_shape([None, None, 3])
     return image
 
@@ -284,12 +327,12 @@ def train_preprocess(image, size=224, seed=None, antialias=True):
 
 
 def train_image_from_bytes(encoded, size=224, seed=None, antialias=True, background=DEFAULT_BACKGROUND,
-                           max_pixels=DEFAULT_MAX_PIXELS):
+                           max_pixels=DEFAULT_MAX_PIXELS, formats=None):
     """:func:`train_preprocess` of encoded bytes; JPEGs decode only the crop window.
 
     Same crop box and flip as ``train_preprocess(decode_rgb(encoded, background, max_pixels), size, seed)``
     (JPEG decoding of a window may differ from a full decode by rounding), at a
-    fraction of the decoding cost.
+    fraction of the decoding cost. ``formats``: as for :func:`decode_rgb`.
     """
     seed = None if seed is None else tf.convert_to_tensor(seed, tf.int64)
 
@@ -303,9 +346,15 @@ def train_image_from_bytes(encoded, size=224, seed=None, antialias=True, backgro
         return _flip_and_resize(tf.image.decode_and_crop_jpeg(encoded, window, channels=3), size, seed, antialias)
 
     def other_format():
-        return train_preprocess(decode_rgb(encoded, background, max_pixels), size, seed, antialias)
+        others = None if formats is None else [name for name in formats if name != "JPEG"]
+        return train_preprocess(decode_rgb(encoded, background, max_pixels, others), size, seed, antialias)
 
-    image = tf.cond(tf.io.is_jpeg(encoded), jpeg_window, other_format)
+    if formats is not None and tuple(formats) == ("JPEG",):
+        image = jpeg_window()
+    elif formats is not None and "JPEG" not in formats:
+        image = other_format()
+    else:
+        image = tf.cond(tf.io.is_jpeg(encoded), jpeg_window, other_format)
     image.set_shape([size, size, 3])
     return image
 

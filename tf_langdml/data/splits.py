@@ -30,6 +30,9 @@ class Split:
         background: (r, g, b) that transparent pixels are composited onto, in every
             pipeline that decodes this split (training, evaluation, pseudo-labels).
         max_pixels: images whose header declares more pixels are not decoded (None: no limit).
+        formats: the image formats among ``sources`` (see
+            :func:`~tf_langdml.data.preprocessing.source_formats`), so the pipelines
+            decode with only those branches; None: any format.
     """
 
     sources: np.ndarray
@@ -39,6 +42,7 @@ class Split:
     from_files: bool = True
     background: tuple = DEFAULT_BACKGROUND
     max_pixels: typing.Optional[int] = DEFAULT_MAX_PIXELS
+    formats: typing.Optional[tuple] = None
 
     def __post_init__(self):
         object.__setattr__(self, "background", parse_background(self.background))
@@ -60,7 +64,7 @@ class Split:
 
     def decode(self, encoded):
         """Encoded image bytes -> uint8 RGB, as every pipeline over this split decodes them."""
-        return decode_rgb(encoded, self.background, self.max_pixels)
+        return decode_rgb(encoded, self.background, self.max_pixels, self.formats)
 
     def subset(self, indices):
         """The images at ``indices`` (same classes, labels and decoding)."""
@@ -117,7 +121,8 @@ def make_train_dataset(
         image_seed = tf.stack([tf.constant(int(seed), tf.int64), position])
         encoded = split.encoded(tf.gather(sources, index))
         image = train_image_from_bytes(encoded, image_size, seed=image_seed, antialias=antialias,
-                                       background=split.background, max_pixels=split.max_pixels)
+                                       background=split.background, max_pixels=split.max_pixels,
+                                       formats=split.formats)
         if with_sample_ids:
             return image, tf.gather(labels, index), index
         return image, tf.gather(labels, index)
