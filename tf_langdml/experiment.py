@@ -15,6 +15,15 @@ A run killed at any point and restarted with the same command resumes from its l
 checkpoint: the data pipeline's batch b depends only on (seed, b), so it restarts at
 the restored optimizer step, and a partial epoch is finished before the next begins;
 the run ends with the same epochs and optimizer steps as an unbroken one.
+
+NaN or Inf: a step whose loss or gradients are not finite is not applied and stops the
+run with :class:`~tf_langdml.models.NonFiniteLossError` (see
+``LanguageGuidedModel.train_step``), at that step; ``run_log.jsonl`` gets a line
+``{"event": "nonfinite", "optimizer_step": N, ...}`` before the error propagates.
+Nothing written holds NaN or Inf: a checkpoint, a ``history.json`` line or
+``embedder.weights.h5`` whose values are not all finite is refused (the same error). A
+restart resumes from the newest checkpoint whose variables are all finite (an older one,
+or a fresh start, with a message, when the newest is not).
 """
 
 import json
@@ -161,6 +170,8 @@ class ResumeCheckpoints(keras.callbacks.Callback):
     def _save(self):
         step = int(self.model.optimizer.iterations.numpy())
         if step != self.last_saved:
+            _refuse_nonfinite(self.model.variables + list(self.model.optimizer.variables), step,
+                              f"checkpoint ckpt-{step}")
             self.manager.save(checkpoint_number=step)  # numbered by optimizer step
             self.last_saved = step
 
@@ -178,6 +189,62 @@ def _checkpoint_manager(model, folder):
     return checkpoint, manager
 
 
+def _nonfinite_tensors(path):
+    """Names of a checkpoint's floating-point tensors holding NaN or Inf."""
+    reader = tf.train.load_checkpoint(path)
+    return [name for name, dtype in sorted(reader.get_variable_to_dtype_map().items())
+            if dtype.is_floating and not np.isfinite(reader.get_tensor(name)).all()]
+
+
+def _latest_finite_checkpoint(manager):
+    """The newest of the manager's checkpoints whose tensors are all finite (None if none), with a message per skipped one."""
+    for path in reversed(manager.checkpoints):
+        bad = _nonfinite_tensors(path)
+        if not bad:
+            return path
+        print(f"tf_langdml: checkpoint {path} holds NaN or Inf ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
+              "not resuming from it.", file=sys.stderr)
+    if manager.checkpoints:
+        print("tf_langdml: no checkpoint with finite values; starting this run from scratch.", file=sys.stderr)
+    return None
+
+
+def _refuse_nonfinite(variables, step, what):
+    """NonFiniteLossError instead of writing ``what`` when a variable holds NaN or Inf."""
+    from tf_langdml.models.language_guided_model import NonFiniteLossError, nonfinite_variables
+
+    bad = nonfinite_variables(variables)
+    if bad:
+        raise NonFiniteLossError(
+            f"Not writing {what}: after optimizer step {step} variable(s) {', '.join(bad[:5])}"
+            f"{' ...' if len(bad) > 5 else ''} hold NaN or Inf (an update overflowed: lower the learning rate, "
+            "or check mixed precision without loss scaling, the language table and the input images).", step=step)
+
+
+def _log_event(folder, record):
+    with open(folder / "run_log.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({**record, "time": time.time()}) + "\n")
+
+
+def _fit(model, folder, *args, **kwargs):
+    """``model.fit``; a NonFiniteLossError is logged to ``run_log.jsonl`` before it propagates."""
+    from tf_langdml.models import NonFiniteLossError
+
+    try:
+        return model.fit(*args, **kwargs)
+    except NonFiniteLossError as error:
+        _log_nonfinite(folder, model, error)
+        raise
+
+
+def _log_nonfinite(folder, model, error):
+    step = error.step if error.step is not None else int(model.optimizer.iterations.numpy())
+    values = {key: value if not isinstance(value, float) or math.isfinite(value) else str(value)
+              for key, value in error.values.items()}
+    _log_event(folder, {"event": "nonfinite", "optimizer_step": int(step), **values,
+                        "learning_rate": error.learning_rate, "message": str(error)})
+
+
 class HistoryFile(keras.callbacks.Callback):
     """``history.json``: the logs of each finished epoch, keyed by epoch (a repeated epoch overwrites)."""
 
@@ -187,13 +254,22 @@ class HistoryFile(keras.callbacks.Callback):
         self.epochs = json.loads(path.read_text()) if path.exists() else {}
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epochs[str(epoch + 1)] = {key: float(value) for key, value in (logs or {}).items()}
+        line = {key: float(value) for key, value in (logs or {}).items()}
+        bad = sorted(key for key, value in line.items() if not math.isfinite(value))
+        if bad:
+            from tf_langdml.models import NonFiniteLossError
+
+            step = int(self.model.optimizer.iterations.numpy())
+            raise NonFiniteLossError(f"Not writing epoch {epoch + 1} to {self.path.name}: {', '.join(bad)} "
+                                     f"{'is' if len(bad) == 1 else 'are'} NaN or Inf (optimizer step {step}).",
+                                     step=step)
+        self.epochs[str(epoch + 1)] = line
         write_json(self.path, self.epochs)
 
 
 def final_metrics(config, model, data, verbose=1):
     """Retrieval, clustering and semantic-consistency metrics on the test split."""
-    from tf_langdml.evaluation import (clustering_metrics, embed_split, make_recall_at_1, nearest_neighbors,
+    from tf_langdml.evaluation import (clustering_metrics, embed_split, make_level_recall_at_1, nearest_neighbors,
                                        retrieval_metrics, semantic_consistency)
 
     split = data.test_split
@@ -209,7 +285,7 @@ def final_metrics(config, model, data, verbose=1):
         metrics.update(semantic_consistency(embeddings, split.labels, split.class_names, encoder,
                                             config.language.template, neighbors=neighbors))
         if config.data.dataset == "cars196":
-            metrics["make_recall@1"] = make_recall_at_1(embeddings, split.labels, split.class_names, neighbors)
+            metrics["make_recall@1"] = make_level_recall_at_1(embeddings, split.labels, split.class_names, neighbors)
     return metrics
 
 
@@ -236,15 +312,15 @@ def train(config, verbose=1):
     table = build_language_table(config, data, folder, verbose)
     model = build_model(config, table)
     checkpoint, manager = _checkpoint_manager(model, folder)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    resume_from = _latest_finite_checkpoint(manager)
+    if resume_from:
+        checkpoint.restore(resume_from).assert_existing_objects_matched()
         if verbose:
             print(f"tf_langdml: resuming {folder} from optimizer step {int(model.optimizer.iterations.numpy())}.")
     steps_per_epoch = config.training.steps_per_epoch or max(1, len(split.labels) // batch_size)
     total_steps = steps_per_epoch * config.training.epochs
     step = int(model.optimizer.iterations.numpy())
-    with open(folder / "run_log.jsonl", "a", encoding="utf-8") as handle:  # one line per (re)start
-        handle.write(json.dumps({"event": "start", "optimizer_step": step, "time": time.time()}) + "\n")
+    _log_event(folder, {"event": "start", "optimizer_step": step})  # one line per (re)start
     sample_ids = model.table_index == "sample_id"
     log_dir = str(folder / "logs")
     fixed_batch = next(iter(make_train_dataset(split, batch_size, per_class, seed=config.training.seed + 1,
@@ -264,10 +340,15 @@ def train(config, verbose=1):
                                         start_batch=step, antialias=config.data.antialias)
         # A partial epoch first (after a resume), then whole epochs.
         last_epoch = epoch + 1 if done_in_epoch else config.training.epochs
-        model.fit(train_data, initial_epoch=epoch, epochs=last_epoch,
-                  steps_per_epoch=steps_per_epoch - done_in_epoch if done_in_epoch else steps_per_epoch,
-                  callbacks=callbacks, verbose=2 if verbose else 0)
+        _fit(model, folder, train_data, initial_epoch=epoch, epochs=last_epoch,
+             steps_per_epoch=steps_per_epoch - done_in_epoch if done_in_epoch else steps_per_epoch,
+             callbacks=callbacks, verbose=2 if verbose else 0)
         step = int(model.optimizer.iterations.numpy())
+    try:
+        _refuse_nonfinite(model.embedder.variables, step, "embedder.weights.h5")
+    except FloatingPointError as error:  # NonFiniteLossError
+        _log_nonfinite(folder, model, error)
+        raise
     model.embedder.save_weights(str(folder / "embedder.weights.h5"))
     metrics = final_metrics(config, model, data, verbose=verbose)
     metrics.update({"epochs": math.ceil(step / steps_per_epoch), "optimizer_steps": step,

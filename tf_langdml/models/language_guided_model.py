@@ -1,6 +1,7 @@
 """LanguageGuidedModel: a Keras model whose train_step adds language guidance to DML."""
 
 import math
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -10,6 +11,45 @@ from tf_langdml.losses.dml import build_dml_loss
 from tf_langdml.losses.language_matching import LanguageMatchingLoss
 
 TABLE_INDEXES = ("label", "sample_id")
+
+# Starts the message of the in-graph check that stops a non-finite step (see train_step).
+NONFINITE_MARKER = "tf_langdml-nonfinite"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training step's loss or gradients were NaN or Inf; its update was not applied.
+
+    Attributes:
+        step: the optimizer step of the failed update, 0-based: ``optimizer.iterations``
+            before it (so also the number of updates applied before it).
+        values: ``{"loss", "dml_loss", "language_loss": float, "gradients_finite": bool or
+            None}`` of the failed step (None: not checked, as under loss scaling); may be
+            empty when the error comes from a guard on written files.
+        learning_rate: the optimizer's learning rate when it failed (or None).
+    """
+
+    def __init__(self, message, step=None, values=None, learning_rate=None):
+        super().__init__(message)
+        self.step, self.values, self.learning_rate = step, dict(values or {}), learning_rate
+
+
+class _NonFiniteRecord:
+    """Holds the XLA path's sticky record outside Keras' tracking (so not in weights or checkpoints)."""
+
+    def __init__(self):
+        self.record = None  # tf.Variable float64 [step, loss, dml_loss, language_loss, gradients_finite]
+
+
+_CLEAR_RECORD = [-1.0, 0.0, 0.0, 0.0, 1.0]
+
+
+def nonfinite_variables(variables):
+    """Names of the floating-point variables holding NaN or Inf (eager; one reduction per variable)."""
+    floats = [variable for variable in variables if variable.dtype.is_floating]
+    if not floats:
+        return []
+    flags = tf.stack([tf.reduce_all(tf.math.is_finite(variable)) for variable in floats]).numpy()
+    return [variable.name for variable, finite in zip(floats, flags) if not finite]
 
 
 def prepare_language_table(language_table):
@@ -46,7 +86,7 @@ def prepare_language_table(language_table):
 
 @keras.utils.register_keras_serializable(package="tf_langdml")
 class LanguageGuidedModel(keras.Model):
-    """An embedder trained with a DML loss plus language guidance (DESIGN.md §3).
+    """An embedder trained with a DML loss plus language guidance (docs/loss.md, "The training step").
 
     ``call`` returns the embedder's embeddings. ``fit`` takes datasets of
     ``(images, labels)`` or ``(images, labels, sample_ids)``; the table is indexed by
@@ -62,6 +102,7 @@ class LanguageGuidedModel(keras.Model):
 
     def __init__(self, embedder, language_table=None, table_index="label", **kwargs):
         super().__init__(**kwargs)
+        self._nonfinite = _NonFiniteRecord()
         if table_index not in TABLE_INDEXES:
             raise ValueError(f"Unknown table_index {table_index!r}; expected one of {list(TABLE_INDEXES)}.")
         self.embedder = embedder
@@ -222,12 +263,40 @@ class LanguageGuidedModel(keras.Model):
         return {metric.name: metric.result() for metric in self.metrics}
 
     def train_step(self, data):
-        # Every replica computes the loss of the whole global batch; the gradient of
-        # all_gather sums what all replicas send back to each one's own images, and the
-        # optimizer sums the replicas' gradients, so dividing by the replica count gives
-        # exactly the single-device gradient of the global batch.
+        """One optimizer step; a step whose loss or gradients are NaN or Inf is not applied.
+
+        Global batch: every replica computes the loss of the whole global batch; the
+        gradient of all_gather sums what all replicas send back to each one's own images,
+        and the optimizer sums the replicas' gradients, so dividing by the replica count
+        gives exactly the single-device gradient of the global batch.
+
+        Non-finite steps: before the update, one check asks whether ``loss``, ``dml_loss``,
+        ``language_loss`` and every gradient are finite (one ``is_finite`` reduction per
+        gradient; under tf.distribute the replicas' flags are summed, so all replicas agree).
+        If not, nothing changes: the weights and optimizer slots keep their values after
+        the last finite step, the state variables the forward pass moved (the ON_READ ones:
+        BatchNorm moving statistics) are put back, and ``fit`` / ``train_on_batch`` raise
+        :class:`NonFiniteLossError` naming the optimizer step (0-based: the value of
+        ``optimizer.iterations`` before the failed update, which stays at that value).
+        With a ``LossScaleOptimizer`` (mixed_float16) only the losses are checked:
+        non-finite *scaled* gradients are normal there, and the optimizer itself skips
+        those steps and lowers its loss scale.
+
+        How the step stops: run eagerly, it raises the error itself; in a tf.function a
+        ``tf.debugging.Assert`` runs before ``apply_gradients`` (which depends on it), and
+        :meth:`make_train_function` turns its ``InvalidArgumentError`` into
+        ``NonFiniteLossError``; with ``jit_compile=True`` on one replica (XLA ignores
+        Assert) the update runs under ``tf.cond`` and a sticky flag, read after each call
+        of the train function, raises the error. A custom loop that calls ``train_step``
+        in its own tf.function gets the ``InvalidArgumentError`` (its message contains
+        ``tf_langdml-nonfinite [step loss dml_loss language_loss gradients_finite]``).
+        """
         replicas = _num_replicas()
         scaled_optimizer = isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer)
+        step = self.optimizer.iterations
+        # BatchNorm statistics before the forward pass, to put back after a non-finite step
+        # (reading a variable copies it only because the forward pass then writes it).
+        saved = _forward_state(self.non_trainable_variables)
         with tf.GradientTape() as tape:
             total, dml, language = self.compute_losses(data, training=True)
             objective = total / replicas
@@ -242,10 +311,99 @@ class LanguageGuidedModel(keras.Model):
                 None if gradient is None else gradient + self.weight_decay / replicas * tf.cast(variable, gradient.dtype)
                 for gradient, variable in zip(gradients, variables)
             ]
-        self.optimizer.apply_gradients(
-            (gradient, variable) for gradient, variable in zip(gradients, variables) if gradient is not None
-        )
+        finite, report = _finiteness(step, total, dml, language, None if scaled_optimizer else gradients, replicas)
+        pairs = [(gradient, variable) for gradient, variable in zip(gradients, variables) if gradient is not None]
+        record = self._nonfinite.record
+        if tf.executing_eagerly():
+            if not bool(finite):
+                _restore(saved)
+                raise self.nonfinite_error(report.numpy())
+            self.optimizer.apply_gradients(pairs)
+        elif record is not None and self.jit_compile and replicas == 1:
+            proceed = tf.logical_and(finite, record[0] < 0)  # sticky over steps_per_execution
+
+            def update():
+                self.optimizer.apply_gradients(pairs)
+                self._record(total, dml, language)
+                return tf.constant(True)
+
+            def skip():
+                _restore(saved)
+                record.assign(tf.where(record[0] < 0, report, record))  # keep the first failure
+                return tf.constant(False)
+
+            tf.cond(proceed, update, skip)
+            return {metric.name: metric.result() for metric in self.metrics}
+        else:
+            restored = tf.cond(finite, lambda: tf.constant(True), lambda: _restore(saved))
+            with tf.control_dependencies([restored]):
+                check = tf.debugging.Assert(finite, [NONFINITE_MARKER, report], summarize=8)
+            with tf.control_dependencies([check]):  # MirroredStrategy carries it into merge_call
+                self.optimizer.apply_gradients(pairs)
+                return self._record(total, dml, language)
         return self._record(total, dml, language)
+
+    def make_train_function(self, force=False):
+        """Keras' train function, wrapped so that a non-finite step raises :class:`NonFiniteLossError`."""
+        if self.train_function is not None and not force:
+            return self.train_function
+        if (self.jit_compile and not self.run_eagerly and self._nonfinite.record is None
+                and self.distribute_strategy.num_replicas_in_sync == 1):
+            with tf.init_scope():
+                self._nonfinite.record = tf.Variable(_CLEAR_RECORD, dtype=tf.float64, trainable=False,
+                                                     name="nonfinite_record")
+        function = super().make_train_function(force)
+
+        def train_function(iterator):
+            try:
+                logs = function(iterator)
+            except tf.errors.InvalidArgumentError as error:
+                report = _parse_report(str(error))
+                if report is None:
+                    raise
+                raise self.nonfinite_error(report) from None
+            record = self._nonfinite.record
+            if record is not None and self.jit_compile:
+                values = record.numpy()
+                if values[0] >= 0:
+                    record.assign(_CLEAR_RECORD)
+                    raise self.nonfinite_error(values)
+            return logs
+
+        self.train_function = train_function
+        return train_function
+
+    def nonfinite_error(self, report):
+        """The :class:`NonFiniteLossError` for ``report`` = [step, loss, dml_loss, language_loss, gradients_finite]."""
+        step, total, dml, language, gradients_finite = (float(value) for value in report)
+        step = int(step)
+        values = {"loss": total, "dml_loss": dml, "language_loss": language,
+                  "gradients_finite": None if gradients_finite < 0 else bool(gradients_finite)}
+        bad = [name for name in ("loss", "dml_loss", "language_loss") if not math.isfinite(values[name])]
+        if values["gradients_finite"] is False:
+            bad.append("gradients")
+        gradients = {None: "not checked (the loss scale optimizer skips such steps)", True: "finite",
+                     False: "NaN/Inf"}[values["gradients_finite"]]
+        learning_rate = _learning_rate(self.optimizer)
+        broken = nonfinite_variables(self.trainable_variables)
+        if broken:
+            state = (f"The update was not applied, but the weights were already NaN or Inf before it "
+                     f"({', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}): an earlier update overflowed them.")
+        else:
+            state = ("The update was not applied: the weights and optimizer state are those after the last "
+                     "finite step.")
+        rate = f"{learning_rate:g}" if learning_rate is not None else "unknown"
+        message = (
+            f"Non-finite training step at optimizer step {step} (0-based optimizer.iterations; the "
+            f"{_ordinal(step + 1)} update): {', '.join(bad) or 'the loss'} "
+            f"{'is' if len(bad) == 1 else 'are'} NaN or Inf (loss={total:g}, dml_loss={dml:g}, "
+            f"language_loss={language:g}, gradients {gradients}). {state} Likely causes: the learning rate "
+            f"is too high (current learning rate {rate}); mixed precision (float16 layers) without loss "
+            f"scaling (use a keras.mixed_precision.LossScaleOptimizer, which compile() adds under the "
+            f"mixed_float16 policy); a broken language table (NaN or all-zero rows); bad input images "
+            f"(NaN or Inf pixels, a failed decode)."
+        )
+        return NonFiniteLossError(message, step=step, values=values, learning_rate=learning_rate)
 
     def test_step(self, data):
         return self._record(*self.compute_losses(data, training=False))
@@ -273,7 +431,7 @@ def _gather_global_batch(embeddings, labels, sample_ids):
     """Under tf.distribute: every replica's embeddings, labels and sample ids, concatenated in replica order.
 
     The losses are then those of the global batch, whatever the number of replicas
-    (DESIGN §3); ``all_gather`` passes gradients back to each replica's own slice.
+    (docs/loss.md); ``all_gather`` passes gradients back to each replica's own slice.
     """
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
@@ -283,3 +441,74 @@ def _gather_global_batch(embeddings, labels, sample_ids):
     if sample_ids is not None:
         sample_ids = context.all_gather(tf.reshape(sample_ids, [-1]), axis=0)
     return embeddings, labels, sample_ids
+
+
+def _forward_state(variables):
+    """(variable, value) of the state variables a forward pass may move.
+
+    Those are the ON_READ ones, as Keras creates BatchNorm moving statistics (and metric
+    accumulators): replicas assign them locally, so they can be put back inside a replica,
+    and frozen weights (ON_READ is not theirs) are never copied or written back.
+    """
+    return [
+        (variable, tf.identity(variable))
+        for variable in variables
+        if variable.dtype.is_floating and getattr(variable, "synchronization", None) == tf.VariableSynchronization.ON_READ
+    ]
+
+
+def _restore(saved):
+    for variable, value in saved:
+        variable.assign(value)
+    return tf.constant(False)
+
+
+def _finiteness(step, total, dml, language, gradients, replicas):
+    """(finite, report): one flag for the losses and gradients, and [step, loss, dml, language, gradients_finite].
+
+    gradients=None skips the gradient check (loss scaling); report[4] is then -1.
+    """
+    losses_finite = tf.reduce_all(tf.math.is_finite(tf.stack([tf.cast(value, tf.float32)
+                                                              for value in (total, dml, language)])))
+    if gradients is None:
+        gradients_finite = tf.constant(True)
+    else:
+        flags = [tf.reduce_all(tf.math.is_finite(getattr(gradient, "values", gradient)))
+                 for gradient in gradients if gradient is not None]
+        gradients_finite = tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
+    if replicas > 1:  # all replicas must agree: sum their failures
+        failures = tf.cast(tf.logical_not(tf.stack([losses_finite, gradients_finite])), tf.float32)
+        failures = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, failures)
+        losses_finite, gradients_finite = failures[0] == 0, failures[1] == 0
+    gradient_flag = tf.constant(-1.0, tf.float64) if gradients is None else tf.cast(gradients_finite, tf.float64)
+    report = tf.stack([tf.cast(step, tf.float64)] + [tf.cast(value, tf.float64) for value in (total, dml, language)]
+                      + [gradient_flag])
+    return tf.logical_and(losses_finite, gradients_finite), report
+
+
+def _parse_report(message):
+    """The report of :func:`_finiteness` from an Assert's error message, or None."""
+    match = re.search(re.escape(NONFINITE_MARKER) + r"\]\s*\[([^\]]*)\]", message)
+    if not match:
+        return None
+    try:
+        values = [float(value) for value in match.group(1).split()]
+    except ValueError:
+        return None
+    return values if len(values) == 5 else None
+
+
+def _learning_rate(optimizer):
+    """The optimizer's current learning rate as a float, or None."""
+    try:
+        value = optimizer.learning_rate
+        if isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
+            value = value(optimizer.iterations)
+        return float(keras.backend.get_value(value))
+    except Exception:  # noqa: BLE001  (only for the message)
+        return None
+
+
+def _ordinal(number):
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
