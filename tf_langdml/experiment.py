@@ -269,7 +269,7 @@ class HistoryFile(keras.callbacks.Callback):
 
 def final_metrics(config, model, data, verbose=1):
     """Retrieval, clustering and semantic-consistency metrics on the test split."""
-    from tf_langdml.evaluation import (clustering_metrics, embed_split, make_level_recall_at_1, nearest_neighbors,
+    from tf_langdml.evaluation import (clustering_metrics, embed_split, make_recall_at_1, nearest_neighbors,
                                        retrieval_metrics, semantic_consistency)
 
     split = data.test_split
@@ -285,7 +285,7 @@ def final_metrics(config, model, data, verbose=1):
         metrics.update(semantic_consistency(embeddings, split.labels, split.class_names, encoder,
                                             config.language.template, neighbors=neighbors))
         if config.data.dataset == "cars196":
-            metrics["make_recall@1"] = make_level_recall_at_1(embeddings, split.labels, split.class_names, neighbors)
+            metrics["make_recall@1"] = make_recall_at_1(embeddings, split.labels, split.class_names, neighbors)
     return metrics
 
 
