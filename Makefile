@@ -26,7 +26,7 @@ demo: install
 
 # The README's model.fit quick-start (ELG on the demo set, about a minute).
 quickstart: install
-	$(BIN)/python -m tf_langdml.quickstart
+	$(BIN)/python examples/quickstart.py
 
 # The test suite (CI runs this through .ci/run); long checks are marked slow.
 test: install

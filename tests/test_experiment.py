@@ -13,8 +13,9 @@ import yaml
 from PIL import Image
 
 from tf_langdml.cli import main
-from tf_langdml.config import ConfigError, load_config
-from tf_langdml.experiment import RUN_FILES, train
+from tf_langdml.runs.run_dir import RUN_FILES
+from tf_langdml.runs.schema import ConfigError, load_config
+from tf_langdml.runs.train import train
 
 METRICS = ["recall@1", "recall@2", "recall@4", "recall@8", "map@r", "map@1000", "nmi", "f1",
            "mistake_language_similarity", "mistakes_in_5_nearest_classes", "epochs", "optimizer_steps"]

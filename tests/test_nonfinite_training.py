@@ -12,9 +12,10 @@ import tensorflow as tf
 from PIL import Image
 
 from tf_langdml import keras
-from tf_langdml.config import load_config
-from tf_langdml.experiment import (HistoryFile, ResumeCheckpoints, _checkpoint_manager, _latest_finite_checkpoint,
-                                   build_model, train)
+from tf_langdml.runs import builders
+from tf_langdml.runs.run_dir import HistoryFile, ResumeCheckpoints, checkpoint_manager, latest_finite_checkpoint
+from tf_langdml.runs.schema import load_config
+from tf_langdml.runs.train import train
 from tf_langdml.models import LanguageGuidedModel, NonFiniteLossError, build_embedder
 
 RNG = np.random.default_rng(0)
@@ -149,7 +150,7 @@ def test_loss_scaling_still_stops_on_a_nonfinite_loss(mixed_policy):
     assert int(model.optimizer.iterations.numpy()) == 2
 
 
-# -- experiment.train -------------------------------------------------------------------------
+# -- runs.train.train --------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -210,8 +211,8 @@ def test_a_diverging_run_writes_only_finite_files_and_resumes_from_a_finite_chec
     assert "learning rate" in events[1]["message"]
 
     # Corrupt the newest checkpoint (NaN weights one step later): a restart skips it.
-    model = build_model(config, None)
-    checkpoint, manager = _checkpoint_manager(model, folder)
+    model = builders.guided_model(config.model, config.data.image_size, config.loss, config.optimizer, config.training)
+    checkpoint, manager = checkpoint_manager(model, folder)
     checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
     kernel = model.embedder.trainable_variables[0]
     kernel.assign(tf.fill(kernel.shape, float("nan")))
@@ -234,17 +235,17 @@ def test_without_a_finite_checkpoint_a_run_starts_from_scratch(tmp_path, capsys)
     manager.save(checkpoint_number=1)
     variable.assign([1.0, float("inf")])
     manager.save(checkpoint_number=2)
-    assert _latest_finite_checkpoint(manager).endswith("ckpt-1")
+    assert latest_finite_checkpoint(manager).endswith("ckpt-1")
     variable.assign([float("nan"), 0.0])
     manager.save(checkpoint_number=3)
-    assert _latest_finite_checkpoint(manager) is None
+    assert latest_finite_checkpoint(manager) is None
     assert "starting this run from scratch" in capsys.readouterr().err
 
 
 def test_checkpoints_and_history_refuse_nonfinite_values(tmp_path):
     model = toy_model(keras.optimizers.Adam(1e-3))
     model.optimizer.build(model.trainable_variables)
-    _, manager = _checkpoint_manager(model, tmp_path)
+    _, manager = checkpoint_manager(model, tmp_path)
     checkpoints = ResumeCheckpoints(manager, every=1)
     history = HistoryFile(tmp_path / "history.json")
     for callback in (checkpoints, history):

@@ -1,4 +1,4 @@
-"""The README's quick-start is tf_langdml/quickstart.py, and it runs as written."""
+"""The README's quick-start is examples/quickstart.py, and it runs as written."""
 
 import os
 import pathlib
@@ -11,7 +11,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def test_readme_quickstart_is_the_module():
     readme = (ROOT / "README.md").read_text()
-    module = (ROOT / "tf_langdml" / "quickstart.py").read_text()
+    module = (ROOT / "examples" / "quickstart.py").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
     code = module[module.index("import tf_langdml") :]
     assert code in blocks
@@ -21,7 +21,7 @@ def test_quickstart_trains_offline():
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("TF_USE_LEGACY_KERAS", None)
     result = subprocess.run(
-        [sys.executable, "-m", "tf_langdml.quickstart"], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT
+        [sys.executable, "examples/quickstart.py"], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT
     )
     assert result.returncode == 0, result.stderr[-3000:]
     match = re.search(r"final loss ([0-9.]+) embeddings \(4, 128\)", result.stdout)

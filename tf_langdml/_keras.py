@@ -4,7 +4,11 @@ TensorFlow-Similarity 0.17.1 and TF-Hub 0.16 are Keras-2 libraries: under Keras 
 (the default ``tf.keras`` since TF 2.16) ``MultiSimilarityLoss()`` fails with
 ``Invalid value for argument reduction``. ``TF_USE_LEGACY_KERAS=1`` routes
 ``tf.keras`` to tf-keras, but TensorFlow reads it only when ``tf.keras`` is first
-touched, so this module must run before that happens (DESIGN.md §1).
+touched, so this module must run before that happens (docs/README.md, "Keras 2 and import order").
+
+Importing this module sets the variable and checks that nothing has bound Keras 3
+yet, without importing TensorFlow; its ``keras`` and ``tf`` attributes import tf-keras
+and TensorFlow on first use (and check again).
 """
 
 import os
@@ -66,13 +70,28 @@ def check_keras_binding():
 
 check_keras_binding()
 
-try:
-    import tf_keras as keras  # noqa: E402
-except ImportError as error:  # pragma: no cover - depends on the installation
-    raise ImportError(f"tf_langdml needs the tf-keras package (Keras 2). {_HOW_TO_FIX}") from error
 
-import tensorflow as tf  # noqa: E402
+def _load():
+    """Import tf-keras and TensorFlow (bound to it), then check the binding again."""
+    global keras, tf
+    try:
+        import tf_keras as keras
+    except ImportError as error:  # pragma: no cover - depends on the installation
+        raise ImportError(f"tf_langdml needs the tf-keras package (Keras 2). {_HOW_TO_FIX}") from error
 
-check_keras_binding()
+    import tensorflow as tf
+
+    check_keras_binding()
+
+
+def __getattr__(name):
+    # PEP 562: importing this module binds the variable and checks what is already
+    # loaded, without loading TensorFlow; ``from tf_langdml._keras import keras`` (or
+    # ``tf``) loads tf-keras and TensorFlow then, after the variable is set.
+    if name in ("keras", "tf"):
+        _load()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["keras", "tf", "check_keras_binding"]

@@ -6,16 +6,23 @@ else ``$XDG_CACHE_HOME/tf_langdml`` (``~/.cache/tf_langdml``). Writes are atomic
 a folder or file appears complete under its final name or not at all.
 """
 
+from __future__ import annotations
+
 import contextlib
 import os
 import pathlib
 import shutil
 import tempfile
+import typing
+from collections.abc import Callable, Iterator
+
+if typing.TYPE_CHECKING:
+    import numpy as np
 
 CACHE_ENV = "TF_LANGDML_CACHE"
 
 
-def cache_dir(path=None):
+def cache_dir(path: str | os.PathLike | None = None) -> pathlib.Path:
     """The cache folder (created if missing): ``path``, else ``$TF_LANGDML_CACHE``, else ``~/.cache/tf_langdml``."""
     if path is None:
         path = os.environ.get(CACHE_ENV)
@@ -34,7 +41,7 @@ def cache_dir(path=None):
 
 
 @contextlib.contextmanager
-def atomic_directory(final_path, exist_ok=True):
+def atomic_directory(final_path: str | os.PathLike, exist_ok: bool = True) -> Iterator[pathlib.Path]:
     """Yield a temporary folder beside ``final_path``; on success it is renamed to ``final_path``.
 
     On an exception the temporary folder is removed and nothing appears under
@@ -59,7 +66,7 @@ def atomic_directory(final_path, exist_ok=True):
 
 
 @contextlib.contextmanager
-def atomic_file(final_path):
+def atomic_file(final_path: str | os.PathLike) -> Iterator[pathlib.Path]:
     """Yield a temporary file path beside ``final_path``; on success it replaces ``final_path``."""
     final_path = pathlib.Path(final_path)
     final_path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +81,7 @@ def atomic_file(final_path):
             temporary.unlink()
 
 
-def json_safe(value):
+def json_safe(value: typing.Any) -> typing.Any:
     """JSON-safe copy: numpy scalars to Python numbers, NaN to null (standard JSON has no NaN)."""
     import math
 
@@ -91,7 +98,7 @@ def json_safe(value):
     return value
 
 
-def write_json(path, payload):
+def write_json(path: str | os.PathLike, payload: typing.Any) -> None:
     """Write ``payload`` (made :func:`json_safe`) as indented UTF-8 JSON, atomically."""
     import json
 
@@ -99,7 +106,9 @@ def write_json(path, payload):
         temporary.write_text(json.dumps(json_safe(payload), indent=1, ensure_ascii=False), encoding="utf-8")
 
 
-def read_cached_arrays(path, check, what):
+def read_cached_arrays(
+    path: str | os.PathLike, check: Callable[[dict[str, np.ndarray]], None], what: str
+) -> dict[str, np.ndarray] | None:
     """The arrays of a cached ``.npz`` (a dict), or None when it is missing.
 
     ``check(arrays)`` raises when the contents do not fit the request; a file that
@@ -122,7 +131,7 @@ def read_cached_arrays(path, check, what):
         return None
 
 
-def write_cached_arrays(path, **arrays):
+def write_cached_arrays(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     """Write arrays to a ``.npz`` atomically (also for outputs that are not a cache)."""
     import numpy as np
 

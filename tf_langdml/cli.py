@@ -1,8 +1,20 @@
-"""The ``tf-langdml`` command line (also ``python -m tf_langdml``)."""
+"""The ``tf-langdml`` command line (also ``python -m tf_langdml``).
+
+Parsing the command line and reading the config import no TensorFlow, so ``--help``
+and config errors answer at once. Quiet by default: TensorFlow's C++ log level is set
+to 3 (``TF_CPP_MIN_LOG_LEVEL=3``: no C++ log lines; failures still raise Python
+errors) and what native libraries print while they load (TensorFlow's log lines from
+before its logging starts, the NMSLIB banner) is hidden unless the import fails.
+``--verbose`` sets the level to 0 and hides nothing. Keras progress lines stay
+(``train --quiet`` turns them off).
+"""
 
 import argparse
+import importlib
 import json
+import os
 import sys
+import tempfile
 
 EXAMPLES = {
     "demo": "tf-langdml demo\n  tf-langdml demo --set training.epochs=4 --runs-dir /tmp/runs",
@@ -17,8 +29,11 @@ EXAMPLES = {
 
 
 def _parser():
+    verbosity = argparse.ArgumentParser(add_help=False)
+    verbosity.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                           help="show TensorFlow's log lines and native libraries' start-up messages")
     parser = argparse.ArgumentParser(
-        prog="tf-langdml",
+        prog="tf-langdml", parents=[verbosity],
         description="Language guidance for deep metric learning (Roth, Vinyals, Akata, CVPR 2022) in TensorFlow.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -26,7 +41,7 @@ def _parser():
     def command(name, summary):
         return commands.add_parser(
             name, help=summary, description=f"{summary}\n\nExample:\n  {EXAMPLES[name]}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=argparse.RawDescriptionHelpFormatter, parents=[verbosity],
         )
 
     demo = command("demo", "Train baseline, ELG and PLG on the offline emoji demo set and print one comparison "
@@ -39,7 +54,7 @@ def _parser():
     train.add_argument("--config", required=False, help="a YAML file from configs/ (default: all defaults)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. training.epochs=10 (repeatable)")
-    train.add_argument("--quiet", action="store_true")
+    train.add_argument("--quiet", action="store_true", help="no Keras progress lines and no messages")
 
     evaluate = command("evaluate", "Recompute the test-split metrics of a finished run's embedder and print them as JSON.")
     evaluate.add_argument("--run", required=True, help="a run directory")
@@ -67,29 +82,79 @@ def _parser():
     return parser
 
 
+def _import_quietly(modules):
+    """Import ``modules`` with the process's stderr (file descriptor 2) captured.
+
+    Native libraries print there while they load (TensorFlow's log lines from before
+    its logging starts, NMSLIB's CPU banner), below Python's ``sys.stderr``. What they
+    printed is shown after all if an import fails. A module that is not installed is
+    skipped.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            for module in modules:
+                try:
+                    importlib.import_module(module)
+                except ModuleNotFoundError as error:
+                    if error.name != module:
+                        raise
+        except BaseException:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _load_tensorflow(verbose):
+    """Import TensorFlow (and NMSLIB, which TF-Similarity loads) quietly unless ``verbose``."""
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else "3"
+    if not verbose:
+        _import_quietly(["tensorflow", "nmslib"])
+
+
 def main(argv=None):
     arguments = _parser().parse_args(argv)
-    from tf_langdml.config import ConfigError, load_config
+    verbose = getattr(arguments, "verbose", False)
+    from tf_langdml.runs.schema import ConfigError, load_config
 
     try:
         if arguments.command == "demo":
+            from tf_langdml.demo import demo_configs
+
+            demo_configs(overrides=arguments.set, runs_dir=arguments.runs_dir)  # the config errors, before TensorFlow
+            _load_tensorflow(verbose)
             from tf_langdml.demo import run_demo
 
             run_demo(overrides=arguments.set, runs_dir=arguments.runs_dir)
         elif arguments.command == "train":
-            from tf_langdml.experiment import train
+            config = load_config(arguments.config, arguments.set)
+            _load_tensorflow(verbose)
+            from tf_langdml.runs.train import train
 
-            metrics = train(load_config(arguments.config, arguments.set), verbose=0 if arguments.quiet else 1)
+            metrics = train(config, verbose=0 if arguments.quiet else 1)
             print(json.dumps(metrics, indent=1, default=float))
         elif arguments.command == "evaluate":
-            from tf_langdml.experiment import evaluate
+            _load_tensorflow(verbose)
+            from tf_langdml.runs.train import evaluate
 
             print(json.dumps(evaluate(arguments.run), indent=1, default=float))
         elif arguments.command == "embed-classes":
+            _load_tensorflow(verbose)
             _embed_classes(arguments)
         elif arguments.command == "pseudolabel":
-            _pseudolabel(arguments)
+            config = load_config(arguments.config, arguments.set)
+            _load_tensorflow(verbose)
+            _pseudolabel(config, arguments.out)
         elif arguments.command == "export":
+            _load_tensorflow(verbose)
             from tf_langdml.export import export_run
 
             path = export_run(arguments.run, arguments.name, arguments.saved_models, arguments.version)
@@ -119,28 +184,21 @@ def _embed_classes(arguments):
     print(f"wrote {arguments.out}: {vectors.shape[0]} names x {vectors.shape[1]} dims")
 
 
-def _pseudolabel(arguments):
+def _pseudolabel(config, out):
     import pathlib
 
     import numpy as np
 
-    from tf_langdml.config import load_config
-    from tf_langdml.experiment import load_data
-    from tf_langdml.language import build_text_encoder, pseudo_label_table
-    from tf_langdml.models import build_imagenet_classifier
+    from tf_langdml.runs import builders
 
-    config = load_config(arguments.config, arguments.set)
-    language = config.language
-    classifier = build_imagenet_classifier(language.classifier, weights=language.classifier_weights,
-                                           image_size=language.classifier_image_size)
-    table, labels = pseudo_label_table(
-        classifier, load_data(config).train_split, build_text_encoder(language.encoder, output_key=language.output_key),
-        k=language.top_k, level=language.level, template=language.template, output_path=arguments.out,
-    )
-    np.save(pathlib.Path(arguments.out).with_suffix(".npy"), table)
+    builders.check_language(config.language)
+    split = builders.dataset(config.data).train_split
+    table, labels = builders.pseudo_labels(config.language, split, builders.text_encoder(config.language),
+                                           config.evaluation.batch_size, output_path=out)
+    np.save(pathlib.Path(out).with_suffix(".npy"), table)
     for row_name, names in list(zip(labels.row_names, labels.names))[:10]:
         print(f"{row_name}: {', '.join(names)}")
-    print(f"wrote {arguments.out} and the {table.shape} table beside it")
+    print(f"wrote {out} and the {table.shape} table beside it")
 
 
 if __name__ == "__main__":

@@ -9,26 +9,15 @@ import pathlib
 import sys
 
 from tf_langdml.cache import write_json
-from tf_langdml.config import config_from_dict, config_to_dict
+from tf_langdml.runs.schema import apply_overrides, config_from_dict, read_yaml
+
+# The demo's base config: package data, the one copy (configs/demo.yaml links to it).
+DEMO_CONFIG = pathlib.Path(__file__).resolve().parent / "runs" / "demo.yaml"
 
 VARIANTS = {
     "baseline": {"language": {"guidance": "none"}, "loss": {"language_weight": 0.0}},
     "elg": {"language": {"guidance": "elg"}, "loss": {"language_weight": 7.5}},
     "plg": {"language": {"guidance": "plg"}, "loss": {"language_weight": 7.5}},
-}
-
-# configs/demo.yaml holds exactly this (a test checks it).
-DEMO = {
-    "name": "demo",
-    "runs_dir": "runs",
-    "data": {"dataset": "demo", "image_size": 96, "batch_size": 32, "examples_per_class": 2},
-    "model": {"backbone": "efficientnet_lite0", "weights": "imagenet", "embed_dim": 128},
-    "loss": {"dml": "multisimilarity", "language_weight": 7.5},
-    "language": {"guidance": "elg", "encoder": "minilm", "template": "a photo of a {}",
-                 "classifier": "efficientnet_lite0", "classifier_weights": "imagenet", "top_k": 5},
-    "optimizer": {"name": "adam", "learning_rate": 1.0e-4, "weight_decay": 4.0e-4},
-    "training": {"epochs": 30, "eval_every": 10, "checkpoint_every": 50, "seed": 0},
-    "evaluation": {"batch_size": 64, "clustering": True, "semantic": True},
 }
 
 
@@ -40,10 +29,8 @@ def _merge(base, update):
 
 
 def demo_configs(base=None, overrides=(), runs_dir=None):
-    """The three configs: the demo base (or ``base``) with each variant's guidance, named demo_<variant>."""
-    from tf_langdml.config import apply_overrides
-
-    base = apply_overrides(DEMO if base is None else base, overrides)
+    """The three configs: the demo base (``DEMO_CONFIG``, or ``base``) with each variant's guidance, named demo_<variant>."""
+    base = apply_overrides(read_yaml(DEMO_CONFIG) if base is None else base, overrides)
     configs = {}
     for variant, update in VARIANTS.items():
         values = _merge(base, update)
@@ -75,7 +62,7 @@ def results_table(results):
 
 def run_demo(overrides=(), runs_dir=None, verbose=1):
     """Train the three variants (resuming any that were interrupted) and print the comparison."""
-    from tf_langdml.experiment import train
+    from tf_langdml.runs.train import train
 
     configs = demo_configs(overrides=overrides, runs_dir=runs_dir)
     results = {}
@@ -89,16 +76,9 @@ def run_demo(overrides=(), runs_dir=None, verbose=1):
     print(results_table(results))
     print(f"(err. = queries whose nearest neighbour has another class; chance of 'in 5 nearest' = {chance:.4f})")
     print(f"TensorBoard: tensorboard --logdir {pathlib.Path(example.runs_dir)}")
-    summary = pathlib.Path(example.runs_dir) / f"{DEMO['name']}_results.json"
+    summary = pathlib.Path(example.runs_dir) / f"{read_yaml(DEMO_CONFIG)['name']}_results.json"
     write_json(summary, results)
     return results
 
 
-def demo_yaml():
-    """configs/demo.yaml's contents."""
-    import yaml
-
-    return yaml.safe_dump(config_to_dict(config_from_dict(DEMO)), sort_keys=False)
-
-
-__all__ = ["DEMO", "VARIANTS", "demo_configs", "demo_yaml", "results_table", "run_demo"]
+__all__ = ["DEMO_CONFIG", "VARIANTS", "demo_configs", "results_table", "run_demo"]

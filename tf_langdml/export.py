@@ -1,4 +1,4 @@
-"""SavedModel export of a trained embedder for TF Serving (DESIGN §6).
+"""SavedModel export of a trained embedder for TF Serving (docs/export.md).
 
 ``export_embedder(embedder, "saved_models/<name>")`` writes ``saved_models/<name>/<version>/``:
 
@@ -193,8 +193,8 @@ def export_embedder(embedder, model_dir, version=None, class_names=None, config=
 
 def export_run(run_dir, name, saved_models_dir="saved_models", version=None):
     """Export a finished run directory's embedder to ``<saved_models_dir>/<name>/<version>/``."""
-    from tf_langdml.config import config_to_dict
-    from tf_langdml.experiment import restore_embedder
+    from tf_langdml.runs.run_dir import restore_embedder
+    from tf_langdml.runs.schema import config_to_dict
 
     run_dir = pathlib.Path(run_dir)
     config, embedder = restore_embedder(run_dir)

@@ -1,16 +1,23 @@
 """Forward passes for inference: a model's outputs batch by batch over a split, with a progress bar."""
 
+from __future__ import annotations
+
+import typing
 import weakref
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow as tf
 
 from tf_langdml._keras import keras
 
+if typing.TYPE_CHECKING:
+    from tf_langdml.data.splits import Split
+
 _TRACED = weakref.WeakKeyDictionary()  # model -> its traced forward pass
 
 
-def inference_outputs(model, images):
+def inference_outputs(model: keras.Model, images: tf.Tensor | np.ndarray) -> tf.Tensor:
     """Outputs (logits of a classifier, embeddings of an embedder) of images in [0, 255], as float32.
 
     One traced graph per model, reused across calls. Not ``model.predict``, which
@@ -25,7 +32,9 @@ def inference_outputs(model, images):
     return function(images)
 
 
-def forward_batches(model, split, batch_size=64, image_size=224, verbose=1):
+def forward_batches(
+    model: keras.Model, split: Split, batch_size: int = 64, image_size: int = 224, verbose: int = 1
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (outputs, labels) as numpy for each eval-preprocessed batch of a split, in order."""
     from tf_langdml.data.splits import make_eval_dataset
 
@@ -37,6 +46,6 @@ def forward_batches(model, split, batch_size=64, image_size=224, verbose=1):
             progress.update(step + 1)
 
 
-def embed_split(model, split, batch_size=64, image_size=224, verbose=1):
+def embed_split(model: keras.Model, split: Split, batch_size: int = 64, image_size: int = 224, verbose: int = 1) -> np.ndarray:
     """Embeddings (N, D) float32 of a :class:`~tf_langdml.data.Split` with eval preprocessing, in order."""
     return np.concatenate([outputs for outputs, _ in forward_batches(model, split, batch_size, image_size, verbose)])

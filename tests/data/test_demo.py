@@ -3,6 +3,9 @@
 import collections
 import json
 import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 
@@ -42,3 +45,23 @@ def test_attribution_sits_beside_the_images():
     assert "Apache License 2.0" in text and "CC-BY 4.0" in text
     with open(os.path.join(DEMO_DIR, "classes.json")) as file:
         assert json.load(file)["source"].startswith("emoji-datasource-google")
+
+
+def test_the_build_script_writes_where_load_demo_reads_without_tensorflow(tmp_path):
+    script = pathlib.Path(__file__).resolve().parents[2] / "tools" / "make_demo_set.py"
+    code = (
+        "import runpy, sys; found = runpy.run_path(sys.argv[1]); "  # defines, does not run main()
+        "print(found['DEMO_DIR']); print('tensorflow' in sys.modules); "
+        "entries = [dict(category=g, subcategory=s, sort_order=o, unified=f'{o:X}', image=f'{o}.png', name=f'E{o}', "
+        "has_img_google=True, has_img_twitter=o != 4) for o, g, s in "
+        "[(1, 'Food & Drink', 'fruit'), (2, 'Food & Drink', 'fruit'), (3, 'Food & Drink', 'fruit'), "
+        "(4, 'Food & Drink', 'fruit'), (5, 'Smileys & Emotion', 'face'), (0, 'Animals & Nature', 'bird')]]; "
+        "print([(c['code'], c['split']) for c in found['select_classes'](entries)])"
+    )
+    # Another working directory: the default output comes from the script's own location.
+    result = subprocess.run([sys.executable, "-c", code, str(script)], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    demo_dir, imports_tensorflow, classes = result.stdout.splitlines()
+    assert os.path.samefile(demo_dir, DEMO_DIR) and imports_tensorflow == "False"
+    # Sorted; other groups and emoji one design lacks are left out; alternate per sub-group, train first.
+    assert classes == "[('0', 'train'), ('1', 'train'), ('2', 'test'), ('3', 'train')]"

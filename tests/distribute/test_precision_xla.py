@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from tf_langdml import keras
-from tf_langdml.config import load_config
-from tf_langdml.experiment import build_model
+from tf_langdml.runs import builders
+from tf_langdml.runs.schema import load_config
 from tf_langdml.models import LanguageGuidedModel, build_embedder
 
 RNG = np.random.default_rng(0)
@@ -65,7 +65,8 @@ def test_config_options_reach_the_model():
     config = load_config(None, ["training.mixed_precision=true", "training.jit_compile=true", "model.backbone=toy_cnn",
                                 "model.weights=null", "data.image_size=32", "language.guidance=elg",
                                 "loss.language_weight=1"])
-    model = build_model(config, TABLE)
+    model = builders.guided_model(config.model, config.data.image_size, config.loss, config.optimizer, config.training,
+                                  TABLE)
     assert isinstance(model.optimizer, keras.mixed_precision.LossScaleOptimizer)
     assert model._jit_compile is True
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after building

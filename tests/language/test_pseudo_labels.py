@@ -119,7 +119,7 @@ def test_class_level_table_and_names(colour_folder, encoder_file, tmp_path, monk
     def no_forward_pass(*args, **kwargs):
         raise AssertionError("the classifier ran again")
 
-    monkeypatch.setattr(pseudo_labels, "_classifier_logits", no_forward_pass)
+    monkeypatch.setattr(pseudo_labels, "_classifier_top_k_indices", no_forward_pass)
     again, _ = pseudo_label_table(classifier, colour_folder, encoder_file, k=2, level="class", cache_dir=tmp_path, verbose=False)
     np.testing.assert_array_equal(again, table)
 

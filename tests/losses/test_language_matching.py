@@ -1,4 +1,4 @@
-"""The language-matching loss against DESIGN.md §3, a numpy loop and a hand-derived case."""
+"""The language-matching loss against docs/loss.md, a numpy loop and a hand-derived case."""
 
 import json
 import math
@@ -13,7 +13,7 @@ from tf_langdml.losses import LanguageMatchingLoss, language_matching_loss
 
 
 def reference_loss(embeddings, labels, table, shift, temperature, direction):
-    """Independent float64 loop over DESIGN.md §3, one matrix entry at a time."""
+    """Independent float64 loop over docs/loss.md ("Step by step"), one matrix entry at a time."""
     table = np.asarray(table, dtype=np.float64)
     if table.ndim == 2:
         table = table[:, None, :]

@@ -103,7 +103,7 @@ def test_legacy_reader_refuses_code_and_other_formats(tmp_path):
         read_torch_legacy_state_dict(evil)
     zipped = tmp_path / "new.pth"
     zipped.write_bytes(b"PK\x03\x04" + b"\0" * 100)
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match=r"new\.pth is a zip archive: files written by torch >= 1\.6 are, and this reader"):
         read_torch_legacy_state_dict(zipped)
 
 

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from helpers import synthetic_problem, tiny_backbone, unit_rows
 from tf_langdml import keras
+from tf_langdml.language import LanguageTable
 from tf_langdml.losses import build_dml_loss, language_matching_loss
 from tf_langdml.models import LanguageGuidedModel, build_embedder
 
@@ -124,9 +125,10 @@ def test_weight_zero_and_no_table_are_the_plain_baseline():
 def test_table_is_a_normalised_constant_not_a_weight():
     table = language_table_for(4, num_names=2) * 7
     model = tiny_model(table)
-    assert isinstance(model.language_table, tf.Tensor) and not isinstance(model.language_table, tf.Variable)
+    assert isinstance(model.language_table, LanguageTable)
+    assert isinstance(model.language_table.tensor, tf.Tensor) and not isinstance(model.language_table.tensor, tf.Variable)
     # float32 normalisation then a float32 norm of 12 terms: each <= ~(12/2 + 1) ulps, < 1e-6 together.
-    np.testing.assert_allclose(np.linalg.norm(model.language_table.numpy(), axis=-1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(model.language_table.rows, axis=-1), 1.0, rtol=1e-6)
     assert model.language_table.shape == (4, 2, 12)
     model.compile(language_weight=1.0)
     model(np.zeros((1, 16, 16, 3), "float32"))

@@ -1,7 +1,6 @@
 """Data: class names, the class-balanced sampler and image preprocessing."""
 
 from tf_langdml._keras import keras  # noqa: F401  (binds tf.keras to tf-keras first)
-from tf_langdml.data.benchmarks import BENCHMARKS, load_benchmark
 from tf_langdml.data.class_names import clean_class_name
 from tf_langdml.data.demo import demo_classes, load_demo
 from tf_langdml.data.image_folder import load_image_folder, unreadable_images
@@ -15,12 +14,13 @@ from tf_langdml.data.preprocessing import (
 )
 from tf_langdml.data.sampler import class_balanced_indices
 from tf_langdml.data.splits import Split, SplitDataset, make_eval_dataset, make_train_dataset
+from tf_langdml.data.tfds_datasets import TFDS_DATASETS, load_tfds_dataset
 
 __all__ = [
     "demo_classes",
     "load_demo",
-    "BENCHMARKS",
-    "load_benchmark",
+    "TFDS_DATASETS",
+    "load_tfds_dataset",
     "Split",
     "SplitDataset",
     "load_image_folder",

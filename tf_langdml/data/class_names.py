@@ -6,7 +6,7 @@ _LEADING_NUMBER = re.compile(r"^\s*\d+\s*[._\-)]\s*")
 _SEPARATORS = re.compile(r"[_\s]+")
 
 
-def clean_class_name(raw_name):
+def clean_class_name(raw_name: str) -> str:
     """Turn a dataset's class label into words a text encoder understands.
 
     ``"001.Black_footed_Albatross"`` -> ``"black footed albatross"``: the leading

@@ -2,6 +2,7 @@
 
 import os
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -10,6 +11,7 @@ from tf_langdml.data.class_names import clean_class_name
 from tf_langdml.data.preprocessing import (
     DEFAULT_BACKGROUND,
     DEFAULT_MAX_PIXELS,
+    Background,
     decode_rgb,
     header_image_size,
     source_formats,
@@ -19,7 +21,7 @@ from tf_langdml.data.splits import Split, SplitDataset
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
 
-def unreadable_images(paths, max_pixels=DEFAULT_MAX_PIXELS):
+def unreadable_images(paths: Sequence[str], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[str]:
     """Paths among ``paths`` that :func:`~tf_langdml.data.decode_rgb` refuses.
 
     That is: corrupt or truncated data, files that are not JPEG / PNG / GIF / BMP
@@ -62,8 +64,13 @@ def _split_from(class_folders, files_by_class, background, max_pixels):
     )
 
 
-def load_image_folder(root, test_classes=None, test_fraction=0.5, background=DEFAULT_BACKGROUND,
-                      max_pixels=DEFAULT_MAX_PIXELS):
+def load_image_folder(
+    root: str | os.PathLike,
+    test_classes: Sequence[str] | None = None,
+    test_fraction: float = 0.5,
+    background: Background = DEFAULT_BACKGROUND,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> SplitDataset:
     """Load ``root/<class>/<images>`` and split it by class.
 
     Every file is decoded once up front: files without an image extension, images

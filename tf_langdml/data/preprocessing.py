@@ -13,10 +13,13 @@ refused, so a small file that claims to be 100,000 x 100,000 cannot exhaust memo
 """
 
 import numbers
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 
+# What transparent pixels are composited onto: "white", "black" or (r, g, b) in 0..255.
+Background = str | Sequence[int]
 BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
 DEFAULT_BACKGROUND = BACKGROUNDS["white"]
 DEFAULT_MAX_PIXELS = 64_000_000  # 64 megapixels: a 8000 x 8000 photo; 192 MB as uint8 RGB
@@ -28,7 +31,7 @@ FORMAT_CODES = {name: code for code, name in FORMAT_NAMES.items()}
 _HEADER_BYTES = 32
 
 
-def parse_background(background):
+def parse_background(background: Background) -> tuple[int, int, int]:
     """An (r, g, b) tuple of ints in 0..255 from ``"white"``, ``"black"`` or ``[r, g, b]``."""
     if isinstance(background, str):
         if background not in BACKGROUNDS:
@@ -51,7 +54,7 @@ def _starts_with(header, signature):
     return tf.reduce_all(tf.equal(header[..., : len(signature)], list(signature)), axis=-1)
 
 
-def image_format(encoded):
+def image_format(encoded: tf.Tensor) -> tf.Tensor:
     """The format code (JPEG, PNG, GIF, BMP or UNKNOWN) of encoded image bytes, from the magic number."""
     header = _header(encoded)
     gif = _starts_with(header, b"GIF87a") | _starts_with(header, b"GIF89a")
@@ -85,7 +88,7 @@ def _fixed_header_size(encoded, code):
     return size
 
 
-def header_image_size(encoded):
+def header_image_size(encoded: tf.Tensor) -> tf.Tensor:
     """(height, width) int64 of encoded image bytes as their header declares, without decoding.
 
     PNG, GIF and BMP: the fixed header fields; JPEG: ``tf.io.extract_jpeg_shape``
@@ -96,7 +99,7 @@ def header_image_size(encoded):
                    lambda: _fixed_header_size(encoded, image_format(encoded)))
 
 
-def check_image_size(encoded, max_pixels=DEFAULT_MAX_PIXELS):
+def check_image_size(encoded: tf.Tensor, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tf.Operation:
     """An assertion op that fails when the header declares more than ``max_pixels`` pixels (None: no limit)."""
     if max_pixels is None:
         return tf.no_op()
@@ -184,7 +187,7 @@ def _refuse_unknown_format(encoded):
         return tf.zeros([1, 1, 3], tf.uint8)
 
 
-def source_formats(sources, from_files=True):
+def source_formats(sources: Sequence[str | bytes] | np.ndarray, from_files: bool = True) -> tuple[str, ...]:
     """The format names (``"JPEG"``, ``"PNG"``, ``"GIF"``, ``"BMP"``, ``"unknown"``) among image sources.
 
     Read from the first bytes only (file paths, or encoded bytes when ``from_files`` is
@@ -221,7 +224,12 @@ def _decoder(code, encoded, background, max_pixels):
         return tf.io.decode_bmp(encoded, channels=3)
 
 
-def decode_rgb(encoded, background=DEFAULT_BACKGROUND, max_pixels=DEFAULT_MAX_PIXELS, formats=None):
+def decode_rgb(
+    encoded: tf.Tensor,
+    background: Background = DEFAULT_BACKGROUND,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    formats: Sequence[str] | None = None,
+) -> tf.Tensor:
     """Decode JPEG (RGB, grayscale, CMYK), PNG, GIF (first frame) or BMP bytes to uint8 RGB (H, W, 3).
 
     Transparent pixels are composited onto ``background`` (see the module docstring);
@@ -269,7 +277,7 @@ def _sample_crop_window(shape, scale, ratio, seed):
     return begin, size
 
 
-def resize_bilinear(image, size, antialias=True):
+def resize_bilinear(image: tf.Tensor, size: int | Sequence[int | tf.Tensor], antialias: bool = True) -> tf.Tensor:
     """Bilinear resize of an (H, W, C) image to ``size`` (int: square, or (height, width)); float32.
 
     ``antialias=True`` is PIL's (and so torchvision's, the paper's) bilinear resize:
@@ -292,7 +300,14 @@ def resize_bilinear(image, size, antialias=True):
     return resized
 
 
-def random_resized_crop(image, size=224, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), seed=None, antialias=True):
+def random_resized_crop(
+    image: tf.Tensor,
+    size: int = 224,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    seed: tf.Tensor | None = None,
+    antialias: bool = True,
+) -> tf.Tensor:
     """Crop a random area fraction ``scale`` and aspect ``ratio`` of the image, resize to ``size``.
 
     As torchvision's ``RandomResizedCrop`` used by the paper: the crop box is drawn
@@ -316,7 +331,7 @@ def _flip_and_resize(crop, size, seed, antialias):
     return tf.clip_by_value(resized, 0.0, 255.0)
 
 
-def train_preprocess(image, size=224, seed=None, antialias=True):
+def train_preprocess(image: tf.Tensor, size: int = 224, seed: tf.Tensor | None = None, antialias: bool = True) -> tf.Tensor:
     """Random resized crop to ``size`` and a random horizontal flip; float32 in [0, 255].
 
     ``antialias``: see :func:`resize_bilinear` (True = the paper's PIL resize).
@@ -326,8 +341,15 @@ def train_preprocess(image, size=224, seed=None, antialias=True):
     return _flip_and_resize(tf.slice(image, begin, crop_size), size, seed, antialias)
 
 
-def train_image_from_bytes(encoded, size=224, seed=None, antialias=True, background=DEFAULT_BACKGROUND,
-                           max_pixels=DEFAULT_MAX_PIXELS, formats=None):
+def train_image_from_bytes(
+    encoded: tf.Tensor,
+    size: int = 224,
+    seed: tf.Tensor | None = None,
+    antialias: bool = True,
+    background: Background = DEFAULT_BACKGROUND,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    formats: Sequence[str] | None = None,
+) -> tf.Tensor:
     """:func:`train_preprocess` of encoded bytes; JPEGs decode only the crop window.
 
     Same crop box and flip as ``train_preprocess(decode_rgb(encoded, background, max_pixels), size, seed)``
@@ -359,12 +381,12 @@ def train_image_from_bytes(encoded, size=224, seed=None, antialias=True, backgro
     return image
 
 
-def eval_resize(size):
+def eval_resize(size: int) -> int:
     """The shorter side before the centre crop: 256 for 224, in the same proportion for other sizes."""
     return round(size * 256 / 224)
 
 
-def eval_preprocess(image, resize=None, size=224, antialias=True):
+def eval_preprocess(image: tf.Tensor, resize: int | None = None, size: int = 224, antialias: bool = True) -> tf.Tensor:
     """Resize the shorter side to ``resize`` (default :func:`eval_resize` of ``size``), take the centre crop."""
     resize = eval_resize(size) if resize is None else resize
     shape = tf.cast(tf.shape(image)[:2], tf.float32)

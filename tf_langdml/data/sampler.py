@@ -1,6 +1,7 @@
 """Class-balanced batches: k classes x m images each, as a pure function of the step."""
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -8,7 +9,9 @@ import tensorflow as tf
 _INT64_MAX = np.iinfo(np.int64).max
 
 
-def class_balanced_indices(labels, batch_size, examples_per_class=2, seed=0, start_batch=0):
+def class_balanced_indices(
+    labels: np.ndarray | Sequence[int], batch_size: int, examples_per_class: int = 2, seed: int = 0, start_batch: int = 0
+) -> tf.data.Dataset:
     """An infinite dataset of index batches with ``batch_size / examples_per_class`` classes each.
 
     Classes are dealt out from a fresh seeded permutation every pass of

@@ -55,22 +55,22 @@ class Split:
             raise ValueError(f"labels must be 0..{len(self.class_names) - 1}; got {self.labels.min()}..{self.labels.max()}.")
 
     @property
-    def num_classes(self):
+    def num_classes(self) -> int:
         return len(self.class_names)
 
-    def encoded(self, sources):
+    def encoded(self, sources: tf.Tensor) -> tf.Tensor:
         """Map a tensor of sources to encoded image bytes."""
         return tf.io.read_file(sources) if self.from_files else sources
 
-    def decode(self, encoded):
+    def decode(self, encoded: tf.Tensor) -> tf.Tensor:
         """Encoded image bytes -> uint8 RGB, as every pipeline over this split decodes them."""
         return decode_rgb(encoded, self.background, self.max_pixels, self.formats)
 
-    def subset(self, indices):
+    def subset(self, indices: np.ndarray | slice) -> "Split":
         """The images at ``indices`` (same classes, labels and decoding)."""
         return dataclasses.replace(self, sources=self.sources[indices], labels=self.labels[indices])
 
-    def dataset(self):
+    def dataset(self) -> tf.data.Dataset:
         """``tf.data`` of (encoded image bytes, label, sample id), in order."""
         ids = np.arange(len(self.labels), dtype=np.int64)
         data = tf.data.Dataset.from_tensor_slices((self.sources, self.labels.astype(np.int64), ids))
@@ -86,25 +86,32 @@ class SplitDataset:
     skipped_files: tuple = ()
 
     @property
-    def train(self):
+    def train(self) -> tf.data.Dataset:
         return self.train_split.dataset()
 
     @property
-    def test(self):
+    def test(self) -> tf.data.Dataset:
         return self.test_split.dataset()
 
     @property
-    def train_class_names(self):
+    def train_class_names(self) -> list[str]:
         return list(self.train_split.class_names)
 
     @property
-    def test_class_names(self):
+    def test_class_names(self) -> list[str]:
         return list(self.test_split.class_names)
 
 
 def make_train_dataset(
-    split, batch_size, examples_per_class=2, seed=0, image_size=224, with_sample_ids=False, start_batch=0, antialias=True
-):
+    split: Split,
+    batch_size: int,
+    examples_per_class: int = 2,
+    seed: int = 0,
+    image_size: int = 224,
+    with_sample_ids: bool = False,
+    start_batch: int = 0,
+    antialias: bool = True,
+) -> tf.data.Dataset:
     """Infinite class-balanced training batches of (images, labels[, sample_ids]).
 
     Each batch holds ``batch_size / examples_per_class`` classes x ``examples_per_class``
@@ -141,7 +148,14 @@ def _one_thread_per_image():
     return options
 
 
-def make_eval_dataset(split, batch_size, image_size=224, resize=None, with_sample_ids=False, antialias=True):
+def make_eval_dataset(
+    split: Split,
+    batch_size: int,
+    image_size: int = 224,
+    resize: int | None = None,
+    with_sample_ids: bool = False,
+    antialias: bool = True,
+) -> tf.data.Dataset:
     """Batches of (images, labels[, sample_ids]) over the whole split, in order, with eval preprocessing.
 
     ``resize`` is the shorter side before the centre crop (default 256 for 224, in proportion otherwise).

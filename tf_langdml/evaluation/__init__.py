@@ -16,7 +16,12 @@ from tf_langdml.evaluation.retrieval import (
     retrieval_metrics,
 )
 from tf_langdml.inference import embed_split
-from tf_langdml.evaluation.semantic import group_recall_at_1, make_recall_at_1, nearest_classes, semantic_consistency
+from tf_langdml.evaluation.semantic import (
+    group_recall_at_1,
+    make_level_recall_at_1,
+    nearest_classes,
+    semantic_consistency,
+)
 
 __all__ = [
     "DEFAULT_KS",
@@ -26,7 +31,7 @@ __all__ = [
     "embed_split",
     "group_recall_at_1",
     "language_similarity",
-    "make_recall_at_1",
+    "make_level_recall_at_1",
     "metrics_from_ranks",
     "nearest_classes",
     "nearest_neighbors",

@@ -1,13 +1,17 @@
 """Keras callbacks: retrieval metrics on the unseen classes, and TensorBoard views of language guidance."""
 
+from __future__ import annotations
+
 import os
 
 import numpy as np
 import tensorflow as tf
+from numpy.typing import ArrayLike
 
 from tf_langdml._keras import keras
 from tf_langdml.evaluation.retrieval import DEFAULT_KS, retrieval_metrics
 from tf_langdml.inference import embed_split
+from tf_langdml.language.table import LanguageTable
 
 
 class RetrievalEvaluation(keras.callbacks.Callback):
@@ -75,11 +79,12 @@ def side_by_side(left, right, gap=4):
     return np.concatenate([left, spacer, right], axis=1)
 
 
-def language_similarity(table, indices):
-    """S_lang of DESIGN §3 for table rows ``indices``: mean over K of the cosine-similarity matrices."""
-    rows = np.asarray(table, np.float64)[np.asarray(indices)]
-    rows = rows / np.linalg.norm(rows, axis=-1, keepdims=True)
-    return np.einsum("ikd,jkd->ij", rows, rows) / rows.shape[1]
+def language_similarity(table: LanguageTable | ArrayLike, indices: ArrayLike) -> np.ndarray:
+    """S_lang of docs/loss.md for table rows ``indices``: (B, B) float32, :meth:`LanguageTable.similarities`.
+
+    ``table`` is a :class:`~tf_langdml.language.LanguageTable`, or an array made into one.
+    """
+    return LanguageTable.coerce(table).similarities(np.asarray(indices).reshape(-1)).numpy()
 
 
 class LanguageGuidanceTensorBoard(keras.callbacks.Callback):
@@ -144,7 +149,7 @@ class LanguageGuidanceTensorBoard(keras.callbacks.Callback):
             language = np.zeros_like(image_similarity)
         else:
             indices = labels if self.model.table_index == "label" else np.asarray(self.fixed_batch[2]).reshape(-1)
-            language = language_similarity(table.numpy(), indices)
+            language = table.similarities(indices).numpy()  # the training step's S_lang, same rows
         return side_by_side(similarity_heatmap(image_similarity), similarity_heatmap(language))[None]
 
     def on_epoch_end(self, epoch, logs=None):

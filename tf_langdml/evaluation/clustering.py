@@ -5,7 +5,7 @@ import numpy as np
 from tf_langdml.evaluation.retrieval import normalized_embeddings
 
 
-def pairwise_f1(labels, clusters):
+def pairwise_f1(labels: np.ndarray, clusters: np.ndarray) -> float:
     """F1 over pairs of items (Oh Song et al., 2017): a pair is predicted together when in one cluster.
 
     precision = same-class pairs among same-cluster pairs; recall = same-cluster pairs
@@ -28,7 +28,7 @@ def pairwise_f1(labels, clusters):
     return 2 * precision * recall / (precision + recall)
 
 
-def clustering_metrics(embeddings, labels, seed=0, max_iter=100):
+def clustering_metrics(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0, max_iter: int = 100) -> dict[str, float]:
     """``nmi`` and ``f1`` of k-means (scikit-learn, k-means++, as many clusters as classes, seeded).
 
     Embeddings are L2-normalised first (k-means on the unit sphere, as the retrieval

@@ -22,6 +22,8 @@ one point scores 0, not 1.
 the lower index), used for the 1-nearest-neighbour analyses.
 """
 
+from collections.abc import Sequence
+
 import numpy as np
 import tensorflow as tf
 
@@ -29,7 +31,7 @@ DEFAULT_KS = (1, 2, 4, 8)
 _BLOCK_ELEMENTS = 32 * 1024 * 1024  # block^2 x P_max: bounds the memory of one block's candidate test
 
 
-def normalized_embeddings(embeddings):
+def normalized_embeddings(embeddings: np.ndarray) -> np.ndarray:
     """(N, D) float32 unit rows; a clear error for an empty, non-2-D or non-finite array."""
     embeddings = np.asarray(embeddings, dtype=np.float32)
     if embeddings.ndim != 2 or embeddings.shape[0] == 0:
@@ -89,7 +91,9 @@ def _block_counts(rows, columns, row_labels, column_labels, row_thresholds, colu
     return row_counts, column_counts
 
 
-def positive_ranks(embeddings, labels, block_elements=_BLOCK_ELEMENTS):
+def positive_ranks(
+    embeddings: np.ndarray, labels: np.ndarray, block_elements: int = _BLOCK_ELEMENTS
+) -> tuple[np.ndarray, np.ndarray]:
     """Ranks (1-based, ascending, 0-padded) of each query's positives among all other items; and P per query.
 
     The similarity matrix is symmetric, so each off-diagonal block is computed once
@@ -138,7 +142,9 @@ def positive_ranks(embeddings, labels, block_elements=_BLOCK_ELEMENTS):
     return ranks, num_positives
 
 
-def metrics_from_ranks(ranks, num_positives, ks=DEFAULT_KS, map_cutoff=1000):
+def metrics_from_ranks(
+    ranks: np.ndarray, num_positives: np.ndarray, ks: Sequence[int] = DEFAULT_KS, map_cutoff: int = 1000
+) -> dict[str, float]:
     """recall@k, map@r and map@<cutoff> from :func:`positive_ranks` output."""
     ranks = np.asarray(ranks, np.float64)
     num_positives = np.asarray(num_positives)
@@ -156,7 +162,9 @@ def metrics_from_ranks(ranks, num_positives, ks=DEFAULT_KS, map_cutoff=1000):
     return results
 
 
-def retrieval_metrics(embeddings, labels, ks=DEFAULT_KS, block_elements=_BLOCK_ELEMENTS):
+def retrieval_metrics(
+    embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = DEFAULT_KS, block_elements: int = _BLOCK_ELEMENTS
+) -> dict[str, float]:
     """``recall@k`` for each k, ``map@r`` and ``map@1000`` of leave-one-out cosine retrieval (see module doc)."""
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
@@ -170,7 +178,9 @@ def _top_k_block(queries, gallery, k):
     return tf.math.top_k(tf.matmul(queries, gallery, transpose_b=True), k)
 
 
-def nearest_neighbors(embeddings, k=1, chunk_size=1024, exclude_self=True):
+def nearest_neighbors(
+    embeddings: np.ndarray, k: int = 1, chunk_size: int = 1024, exclude_self: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact cosine kNN in chunks of queries: (indices (N, k), similarities (N, k)); ties -> lower index.
 
     With ``exclude_self`` each item is left out of its own list (leave-one-out).

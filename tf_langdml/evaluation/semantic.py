@@ -1,12 +1,17 @@
 """How retrieval errs: are the wrong nearest neighbours at least semantically close? (the paper's §5 analysis)."""
 
+import os
+from collections.abc import Sequence
+
 import numpy as np
 
 from tf_langdml.evaluation.retrieval import nearest_neighbors
+from tf_langdml.language.encoders import TextEncoder, build_text_encoder
+from tf_langdml.language.table import LanguageTable
 from tf_langdml.language.tables import DEFAULT_TEMPLATE, text_embeddings
 
 
-def nearest_classes(similarity, count=5):
+def nearest_classes(similarity: np.ndarray, count: int = 5) -> np.ndarray:
     """(C, count) indices of each class's most similar other classes (ties -> lower index)."""
     similarity = np.array(similarity, dtype=np.float64)
     np.fill_diagonal(similarity, -np.inf)
@@ -14,8 +19,15 @@ def nearest_classes(similarity, count=5):
 
 
 def semantic_consistency(
-    embeddings, labels, class_names, encoder="minilm", template=DEFAULT_TEMPLATE, nearest=5, cache_dir=None, neighbors=None
-):
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    encoder: str | TextEncoder = "minilm",
+    template: str = DEFAULT_TEMPLATE,
+    nearest: int = 5,
+    cache_dir: str | os.PathLike | None = None,
+    neighbors: np.ndarray | None = None,
+) -> dict[str, float | int]:
     """Language similarity of 1-NN mistakes.
 
     For every query whose nearest neighbour (leave-one-out, cosine) belongs to another
@@ -36,8 +48,10 @@ def semantic_consistency(
     if neighbors is None:
         neighbors = nearest_neighbors(embeddings, k=1)[0][:, 0]
     neighbor_labels = labels[neighbors]
-    text = text_embeddings(class_names, encoder, template, cache_dir)
-    language = text @ text.T
+    encoder = build_text_encoder(encoder, cache_dir=cache_dir)
+    table = LanguageTable.from_array(text_embeddings(class_names, encoder, template, cache_dir),
+                                     names=class_names, encoder_id=encoder.id)
+    language = table.similarities(np.arange(table.num_rows)).numpy()  # (C, C) S_lang, as in the loss
     mistakes = neighbor_labels != labels
     requested, nearest = nearest, min(nearest, len(class_names) - 1)  # keys keep the requested number
     close = nearest_classes(language, nearest)
@@ -57,7 +71,9 @@ def semantic_consistency(
     return results
 
 
-def group_recall_at_1(embeddings, labels, groups, neighbors=None):
+def group_recall_at_1(
+    embeddings: np.ndarray | None, labels: np.ndarray, groups: Sequence, neighbors: np.ndarray | None = None
+) -> float:
     """Recall@1 where a neighbour counts when its class is in the query class's group (``groups[label]``)."""
     labels = np.asarray(labels).reshape(-1)
     groups = np.asarray(groups)
@@ -66,7 +82,9 @@ def group_recall_at_1(embeddings, labels, groups, neighbors=None):
     return float(np.mean(groups[labels] == groups[labels[neighbors]]))
 
 
-def make_recall_at_1(embeddings, labels, class_names, neighbors=None):
+def make_level_recall_at_1(
+    embeddings: np.ndarray | None, labels: np.ndarray, class_names: Sequence[str], neighbors: np.ndarray | None = None
+) -> float:
     """Cars196 make-level Recall@1: the make is the first word of the class name ("bmw m3 coupe 2012" -> "bmw")."""
     makes = [name.split()[0] if name.split() else name for name in class_names]
     return group_recall_at_1(embeddings, labels, makes, neighbors)

@@ -22,6 +22,7 @@ cache hit never loads the encoder.
 import hashlib
 import os
 import pathlib
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -108,7 +109,7 @@ class TextEncoder:
 
     id = None
 
-    def encode(self, texts):
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
         texts = _check_texts(texts)
         chunks = [self._encode(texts[start : start + _BATCH_SIZE]) for start in range(0, len(texts), _BATCH_SIZE)]
         return _l2_normalize(np.concatenate(chunks, axis=0), f"Text encoder {self.id}")
@@ -123,7 +124,9 @@ class TextEncoder:
 class HubTextEncoder(TextEncoder):
     """A TF-Hub model (handle or local folder), optionally with a BERT-style preprocessor; loaded on first use."""
 
-    def __init__(self, handle, preprocessor=None, output_key=None, id_prefix="hub"):
+    def __init__(
+        self, handle: str, preprocessor: str | None = None, output_key: str | None = None, id_prefix: str = "hub"
+    ) -> None:
         self.handle, self.preprocessor_handle, self.output_key = handle, preprocessor, output_key
         parts = []
         for part in (handle, preprocessor):
@@ -166,7 +169,7 @@ class HubTextEncoder(TextEncoder):
 class MiniLMTextEncoder(HubTextEncoder):
     """The offline all-MiniLM-L6-v2 encoder: built into the cache on first use, then loaded through TF-Hub."""
 
-    def __init__(self, cache_dir=None):
+    def __init__(self, cache_dir: str | os.PathLike | None = None) -> None:
         minilm.wheel_model_dir()  # fail early, with the install command, when the wheel is missing
         self.cache_dir = cache_dir
         self.handle, self.preprocessor_handle, self.output_key = None, None, None
@@ -183,7 +186,7 @@ class MiniLMTextEncoder(HubTextEncoder):
 class PrecomputedTextEncoder(TextEncoder):
     """Vectors looked up by text in an ``.npz`` with ``texts`` (or ``names``) and ``embeddings``."""
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike) -> None:
         self.path = pathlib.Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"Precomputed embeddings file {self.path} does not exist.")
@@ -216,7 +219,9 @@ class PrecomputedTextEncoder(TextEncoder):
         return np.stack([self._table[text] for text in texts])
 
 
-def build_text_encoder(spec=DEFAULT_ENCODER, output_key=None, cache_dir=None):
+def build_text_encoder(
+    spec: str | TextEncoder = DEFAULT_ENCODER, output_key: str | None = None, cache_dir: str | os.PathLike | None = None
+) -> TextEncoder:
     """A :class:`TextEncoder` from a spec string (see the module docstring for the forms)."""
     if isinstance(spec, TextEncoder):
         return spec

@@ -10,10 +10,12 @@ import pathlib
 
 _NAMES_FILE = pathlib.Path(__file__).with_name("imagenet_class_names.txt")
 
+# ImageNet-1k: the logits of every classifier here, and the top-k limit of pseudo-labels.
+NUM_IMAGENET_CLASSES = 1000
 IMAGENET_CLASS_NAMES = tuple(_NAMES_FILE.read_text(encoding="utf-8").splitlines())
-assert len(IMAGENET_CLASS_NAMES) == 1000, f"{_NAMES_FILE} must hold 1000 lines"
+assert len(IMAGENET_CLASS_NAMES) == NUM_IMAGENET_CLASSES, f"{_NAMES_FILE} must hold {NUM_IMAGENET_CLASSES} lines"
 
 
-def first_synonym(name):
+def first_synonym(name: str) -> str:
     """The first of a class's comma-separated synonyms: "tench, Tinca tinca" -> "tench"."""
     return name.split(",")[0].strip()

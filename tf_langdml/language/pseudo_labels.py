@@ -1,4 +1,4 @@
-"""Pseudo-label guidance (PLG, DESIGN §4): ImageNet top-k names of each class or image -> a (C|N, K, D) table.
+"""Pseudo-label guidance (PLG, docs/protocol.md): ImageNet top-k names of each class or image -> a (C|N, K, D) table.
 
 One forward pass of an ImageNet classifier over the training split (eval
 preprocessing) gives 1000 logits per image. ``level="class"`` averages the logits of
@@ -9,22 +9,33 @@ The top-k indices are cached on disk (keyed by classifier, split, image size, le
 and k), and so are the text embeddings, so a second call runs no network at all.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import hashlib
 import json
+import os
 import sys
+import typing
 
 import numpy as np
 
 from tf_langdml.cache import read_cached_arrays, write_cached_arrays, write_json
 from tf_langdml.cache import cache_dir as resolve_cache_dir
-from tf_langdml.language.imagenet import IMAGENET_CLASS_NAMES, first_synonym
+from tf_langdml.language.imagenet import IMAGENET_CLASS_NAMES, NUM_IMAGENET_CLASSES, first_synonym
 from tf_langdml.language.tables import DEFAULT_TEMPLATE, text_embeddings
+
+if typing.TYPE_CHECKING:
+    from tf_langdml._keras import keras
+    from tf_langdml.data.splits import Split
+    from tf_langdml.language.encoders import TextEncoder
 
 LEVELS = ("class", "sample")
 
 
-def top_k_pseudo_labels(logits, labels=None, k=5, level="class", num_classes=None):
+def top_k_pseudo_labels(
+    logits: np.ndarray, labels: np.ndarray | None = None, k: int = 5, level: str = "class", num_classes: int | None = None
+) -> np.ndarray:
     """Indices of the top-k ImageNet classes: (C, k) per class (mean logits) or (N, k) per image.
 
     Ranked by descending logit; ties go to the lower ImageNet index. ``labels`` (N,)
@@ -44,7 +55,7 @@ def top_k_pseudo_labels(logits, labels=None, k=5, level="class", num_classes=Non
     return np.argsort(-logits, axis=1, kind="stable")[:, :k].astype(np.int64)
 
 
-def _check_k_level(k, level, num_logits=1000):
+def _check_k_level(k, level, num_logits=NUM_IMAGENET_CLASSES):
     if level not in LEVELS:
         raise ValueError(f"Unknown pseudo-label level {level!r}; expected one of {list(LEVELS)}.")
     if not isinstance(k, (int, np.integer)) or not 1 <= k <= num_logits:
@@ -60,22 +71,22 @@ class PseudoLabels:
     row_names: tuple  # the split's class name of each row
 
     @property
-    def names(self):
+    def names(self) -> list[list[str]]:
         return [[first_synonym(IMAGENET_CLASS_NAMES[index]) for index in row] for row in self.indices]
 
-    def to_json(self):
+    def to_json(self) -> dict:
         rows = [
             {"row": row, "class": self.row_names[row], "pseudo_labels": names, "imagenet_indices": self.indices[row].tolist()}
             for row, names in enumerate(self.names)
         ]
         return {"level": self.level, "k": int(self.indices.shape[1]), "rows": rows}
 
-    def save(self, path):
+    def save(self, path: str | os.PathLike) -> None:
         """Write the chosen names as JSON (atomically), so a user can read what each class was called."""
         write_json(path, self.to_json())
 
 
-def split_fingerprint(split):
+def split_fingerprint(split: Split) -> str:
     """A hash of a split's sources, labels and background (file paths, or the encoded bytes themselves)."""
     digest = hashlib.sha256()
     for source in split.sources:
@@ -86,16 +97,18 @@ def split_fingerprint(split):
     return digest.hexdigest()[:32]
 
 
-def _classifier_logits(classifier, split, level, k, batch_size, verbose):
+def _classifier_top_k_indices(classifier, split, level, k, batch_size, verbose):
     """Top-k ImageNet indices per class (mean logits) or per image, from one forward pass."""
     from tf_langdml.inference import forward_batches
 
     num_classes = split.num_classes
-    sums, counts, per_image = np.zeros((num_classes, 1000)), np.zeros(num_classes, np.int64), []
+    sums, counts, per_image = np.zeros((num_classes, NUM_IMAGENET_CLASSES)), np.zeros(num_classes, np.int64), []
     image_size = int(classifier.input_shape[1])
     for logits, labels in forward_batches(classifier, split, batch_size, image_size, verbose):
-        if logits.shape[1] != 1000:
-            raise ValueError(f"The classifier gives {logits.shape[1]} outputs; pseudo-labels need the 1000 ImageNet logits.")
+        if logits.shape[1] != NUM_IMAGENET_CLASSES:
+            raise ValueError(
+                f"The classifier gives {logits.shape[1]} outputs; pseudo-labels need the {NUM_IMAGENET_CLASSES} ImageNet logits."
+            )
         logits = logits.astype(np.float64)
         if level == "class":
             sums += np.eye(num_classes, dtype=np.float64)[labels].T @ logits  # per-class sums of this batch
@@ -112,24 +125,24 @@ def _classifier_logits(classifier, split, level, k, batch_size, verbose):
 def _check_indices(rows, k):
     def check(arrays):
         indices = arrays["indices"]
-        if indices.shape != (rows, k) or indices.min() < 0 or indices.max() >= 1000:
+        if indices.shape != (rows, k) or indices.min() < 0 or indices.max() >= NUM_IMAGENET_CLASSES:
             raise ValueError(f"shape {indices.shape} or values do not fit ({rows}, {k}) ImageNet indices")
 
     return check
 
 
 def pseudo_label_table(
-    classifier,
-    split,
-    encoder="minilm",
-    k=5,
-    level="class",
-    template=DEFAULT_TEMPLATE,
-    batch_size=64,
-    cache_dir=None,
-    output_path=None,
-    verbose=True,
-):
+    classifier: keras.Model,
+    split: Split,
+    encoder: str | TextEncoder = "minilm",
+    k: int = 5,
+    level: str = "class",
+    template: str = DEFAULT_TEMPLATE,
+    batch_size: int = 64,
+    cache_dir: str | os.PathLike | None = None,
+    output_path: str | os.PathLike | None = None,
+    verbose: bool = True,
+) -> tuple[np.ndarray, PseudoLabels]:
     """The PLG language table of a training split, and the pseudo-labels chosen.
 
     Args:
@@ -162,13 +175,13 @@ def pseudo_label_table(
         if verbose:
             print(f"tf_langdml: pseudo-labelling {len(split.labels)} images ({level} level, top-{k}) ...",
                   file=sys.stderr, flush=True)
-        indices = _classifier_logits(classifier, split, level, k, batch_size, verbose)
+        indices = _classifier_top_k_indices(classifier, split, level, k, batch_size, verbose)
         write_cached_arrays(path, indices=indices, key=np.array(key_text))
     used = np.unique(indices)
     vectors = text_embeddings(
         [first_synonym(IMAGENET_CLASS_NAMES[index]) for index in used], encoder, template, cache_dir, verbose
     )
-    lookup = np.zeros((1000, vectors.shape[1]), np.float32)
+    lookup = np.zeros((NUM_IMAGENET_CLASSES, vectors.shape[1]), np.float32)
     lookup[used] = vectors
     table = lookup[indices]
     row_names = tuple(split.class_names) if level == "class" else tuple(split.class_names[label] for label in split.labels)

@@ -2,17 +2,19 @@
 
 import hashlib
 import json
+import os
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 
 from tf_langdml.cache import cache_dir, read_cached_arrays, write_cached_arrays
-from tf_langdml.language.encoders import build_text_encoder
+from tf_langdml.language.encoders import TextEncoder, build_text_encoder
 
 DEFAULT_TEMPLATE = "a photo of a {}"
 
 
-def prime(names, template=DEFAULT_TEMPLATE):
+def prime(names: Sequence[str], template: str = DEFAULT_TEMPLATE) -> list[str]:
     """``template`` with ``{}`` replaced by each name ("a photo of a {}" -> "a photo of a sparrow")."""
     if not isinstance(template, str) or "{}" not in template:
         raise ValueError(f"Template {template!r} has no '{{}}' for the name; for example 'a photo of a {{}}' (or '{{}}').")
@@ -45,7 +47,13 @@ def _check_cached(key, texts):
     return check
 
 
-def text_embeddings(names, encoder="minilm", template=DEFAULT_TEMPLATE, cache_dir=None, verbose=False):
+def text_embeddings(
+    names: Sequence[str],
+    encoder: str | TextEncoder = "minilm",
+    template: str = DEFAULT_TEMPLATE,
+    cache_dir: str | os.PathLike | None = None,
+    verbose: bool = False,
+) -> np.ndarray:
     """(N, D) float32 L2-normalised embeddings of the primed names, cached on disk.
 
     The cache key is the encoder's ``id``, the template and the names; a hit does not
@@ -64,6 +72,12 @@ def text_embeddings(names, encoder="minilm", template=DEFAULT_TEMPLATE, cache_di
     return vectors
 
 
-def expert_language_table(class_names, encoder="minilm", template=DEFAULT_TEMPLATE, cache_dir=None, verbose=False):
+def expert_language_table(
+    class_names: Sequence[str],
+    encoder: str | TextEncoder = "minilm",
+    template: str = DEFAULT_TEMPLATE,
+    cache_dir: str | os.PathLike | None = None,
+    verbose: bool = False,
+) -> np.ndarray:
     """The ELG table: (C, 1, D) float32, row c = embedding of ``template`` filled with class name c."""
     return text_embeddings(class_names, encoder, template, cache_dir, verbose)[:, None, :]

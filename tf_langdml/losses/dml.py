@@ -29,6 +29,7 @@ differ by the factor (valid anchors / B), which is 1 early in training.
 """
 
 import inspect
+from typing import Any
 
 from tf_langdml._keras import keras  # noqa: F401  (binds tf.keras to tf-keras first)
 
@@ -82,7 +83,7 @@ DML_LOSSES = {
 }
 
 
-def dml_loss_arguments(name):
+def dml_loss_arguments(name: str) -> dict[str, Any]:
     """The keyword arguments (with defaults) that ``build_dml_loss(name, ...)`` accepts."""
     factory = _lookup(name)
     return {key: param.default for key, param in inspect.signature(factory).parameters.items()}
@@ -95,7 +96,7 @@ def _lookup(name):
     return DML_LOSSES[key]
 
 
-def build_dml_loss(name, xbm_memory_size=None, xbm_warmup_steps=0, **kwargs):
+def build_dml_loss(name: str, xbm_memory_size: int | None = None, xbm_warmup_steps: int = 0, **kwargs: Any) -> keras.losses.Loss:
     """Build a TF-Similarity DML loss by name.
 
     Args:

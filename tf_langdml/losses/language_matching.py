@@ -1,20 +1,24 @@
-"""The language-matching loss of language-guided DML (DESIGN.md §3; paper §3.2, Eq. 3).
+"""The language-matching loss of language-guided DML (docs/loss.md; the paper, Section 3).
 
 The batch's image-similarity matrix is pulled, row by row with a KL divergence,
 towards the similarity matrix of the language embeddings of the same samples.
 """
 
+from __future__ import annotations
+
 import math
+from typing import Any
 
 import tensorflow as tf
 
 from tf_langdml._keras import keras
 from tf_langdml._validation import tensor_check
+from tf_langdml.language.table import LanguageTable, mean_cosine_similarities
 
 DIRECTIONS = ("image_to_language", "language_to_image")
 
 
-def validate_direction(direction):
+def validate_direction(direction: str) -> str:
     """Return ``direction`` if it is one of ``DIRECTIONS``; otherwise raise ValueError."""
     if direction not in DIRECTIONS:
         raise ValueError(
@@ -24,7 +28,7 @@ def validate_direction(direction):
     return direction
 
 
-def validate_shift_and_temperature(shift, temperature):
+def validate_shift_and_temperature(shift: float, temperature: float) -> None:
     """Raise ValueError unless ``shift`` is finite and ``temperature`` is positive."""
     if not math.isfinite(float(shift)):
         raise ValueError(f"shift must be a finite number, got {shift!r}; the paper uses 1.0.")
@@ -32,8 +36,8 @@ def validate_shift_and_temperature(shift, temperature):
         raise ValueError(f"temperature must be a positive number, got {temperature!r}; the paper uses 1.0.")
 
 
-def as_language_table(language_table):
-    """Return the table as float32 (C, K, D); a (C, D) table gets K = 1.
+def as_language_table(language_table: Any) -> tf.Tensor:
+    """Return a raw (unprepared) table as a float32 (C, K, D) tensor; a (C, D) table gets K = 1.
 
     Raises:
         ValueError: the table is not 2-D or 3-D.
@@ -50,8 +54,10 @@ def as_language_table(language_table):
     return table
 
 
-def normalize_language_table(language_table):
-    """Return the table as float32 (C, K, D) with L2-normalised rows.
+def normalize_language_table(language_table: Any) -> tf.Tensor:
+    """Return a raw table as float32 (C, K, D) with L2-normalised rows (in TensorFlow, at each call).
+
+    A :class:`~tf_langdml.language.LanguageTable` is already normalised: use its rows.
 
     Raises:
         ValueError: the table is not 2-D or 3-D, or (eagerly) holds NaN or Inf; in a
@@ -67,7 +73,7 @@ def normalize_language_table(language_table):
         return tf.math.l2_normalize(table, axis=-1)
 
 
-def _as_index_vector(values, what):
+def _as_index_vector(values: Any, what: str) -> tf.Tensor:
     values = tf.convert_to_tensor(values)
     if not values.dtype.is_integer:
         raise ValueError(f"{what} must be integers, got dtype {values.dtype.name}.")
@@ -80,22 +86,25 @@ def _as_index_vector(values, what):
 
 
 def language_matching_loss(
-    embeddings,
-    labels,
-    language_table,
-    shift=1.0,
-    temperature=1.0,
-    direction="image_to_language",
-    table_indices=None,
-):
-    """Language-matching loss L_match of DESIGN.md §3 (paper Eq. 3).
+    embeddings: Any,
+    labels: Any,
+    language_table: LanguageTable | Any,
+    shift: float = 1.0,
+    temperature: float = 1.0,
+    direction: str = "image_to_language",
+    table_indices: Any | None = None,
+) -> tf.Tensor:
+    """Language-matching loss L_match, step by step as in docs/loss.md (the paper, Section 3).
 
     Args:
         embeddings: (B, d) L2-normalised image embeddings, so that
             ``embeddings @ embeddings.T`` are cosine similarities. Cast to float32.
         labels: (B,) or (B, 1) integer class labels; equal labels are positives.
-        language_table: (C, D) or (C, K, D) language embeddings; rows need not be
-            normalised. No gradient reaches it.
+        language_table: a :class:`~tf_langdml.language.LanguageTable` (validated and
+            normalised when it was built; used as it is, as the model does), or a raw
+            (C, D) or (C, K, D) array or tensor whose rows need not be normalised: the
+            batch's rows are then checked for NaN/Inf and normalised in this call. No
+            gradient reaches the table.
         shift: γ, added to the language similarities; positives are set to 1 + γ.
         temperature: T of both softmaxes; the loss is scaled by T².
         direction: ``"image_to_language"`` = KL(P‖Q), the paper's equation;
@@ -115,7 +124,8 @@ def language_matching_loss(
         )
     labels = _as_index_vector(labels, "labels")
     rows = labels if table_indices is None else _as_index_vector(table_indices, "table_indices")
-    table = tf.stop_gradient(as_language_table(language_table))
+    prepared = isinstance(language_table, LanguageTable)
+    table = None if prepared else tf.stop_gradient(as_language_table(language_table))
 
     static_lengths = {embeddings.shape[0], labels.shape[0], rows.shape[0]} - {None}
     if len(static_lengths) > 1:
@@ -124,7 +134,7 @@ def language_matching_loss(
             f"{labels.shape}, {rows.shape} and {embeddings.shape})."
         )
     batch_size = tf.shape(embeddings)[0]
-    num_rows = tf.shape(table)[0]
+    num_rows = language_table.num_rows if prepared else tf.shape(table)[0]
     checks = tensor_check(
         tf.logical_and(tf.equal(tf.shape(labels)[0], batch_size), tf.equal(tf.shape(rows)[0], batch_size)),
         f"labels, table indices and embeddings must have the same length (got shapes "
@@ -139,11 +149,10 @@ def language_matching_loss(
         )
     with tf.control_dependencies(checks):
         image_sims = tf.matmul(embeddings, embeddings, transpose_b=True)
-        # Only the batch's rows are checked and normalised: a sample-level table can
-        # hold millions of rows, and normalising them all every step is wasted work.
-        batch_table = normalize_language_table(tf.gather(table, rows))  # (B, K, D)
-    num_names = tf.cast(tf.shape(table)[1], tf.float32)
-    language_sims = tf.einsum("ikd,jkd->ij", batch_table, batch_table) / num_names
+        if prepared:  # unit rows already: S_lang of the batch, nothing re-checked or re-normalised
+            language_sims = language_table.similarities(rows, check_indices=False)
+        else:  # a raw table: only the batch's rows are checked and normalised, once, here
+            language_sims = mean_cosine_similarities(normalize_language_table(tf.gather(table, rows)))
 
     same_label = tf.equal(labels[:, tf.newaxis], labels[tf.newaxis, :])
     positive_value = tf.constant(1.0 + float(shift), tf.float32)
@@ -166,7 +175,13 @@ class LanguageMatchingLoss:
     table is an argument, not state, so the config stays small and JSON-friendly.
     """
 
-    def __init__(self, shift=1.0, temperature=1.0, direction="image_to_language", name="language_matching_loss"):
+    def __init__(
+        self,
+        shift: float = 1.0,
+        temperature: float = 1.0,
+        direction: str = "image_to_language",
+        name: str = "language_matching_loss",
+    ) -> None:
         validate_direction(direction)
         validate_shift_and_temperature(shift, temperature)
         self.shift = float(shift)
@@ -174,7 +189,9 @@ class LanguageMatchingLoss:
         self.direction = direction
         self.name = name
 
-    def __call__(self, embeddings, labels, language_table, table_indices=None):
+    def __call__(
+        self, embeddings: Any, labels: Any, language_table: LanguageTable | Any, table_indices: Any | None = None
+    ) -> tf.Tensor:
         with tf.name_scope(self.name):
             return language_matching_loss(
                 embeddings,
@@ -186,13 +203,13 @@ class LanguageMatchingLoss:
                 table_indices=table_indices,
             )
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"shift": self.shift, "temperature": self.temperature, "direction": self.direction, "name": self.name}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> LanguageMatchingLoss:
         return cls(**config)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         args = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
         return f"LanguageMatchingLoss({args})"

@@ -4,7 +4,7 @@ from tf_langdml.models.backbones import BACKBONES, build_backbone, freeze_batchn
 from tf_langdml.models.classifier import CLASSIFIERS, build_imagenet_classifier, classifier_fingerprint
 from tf_langdml.models.efficientnet_lite import build_efficientnet_lite0
 from tf_langdml.models.embedder import POOLINGS, build_embedder
-from tf_langdml.models.language_guided_model import LanguageGuidedModel, NonFiniteLossError, prepare_language_table
+from tf_langdml.models.language_guided_model import LanguageGuidedModel, NonFiniteLossError
 from tf_langdml.models.layers import FrozenStatisticsBatchNormalization, ImageNormalization, L2Normalize
 
 __all__ = [
@@ -22,5 +22,4 @@ __all__ = [
     "classifier_fingerprint",
     "build_embedder",
     "freeze_batchnorm_statistics",
-    "prepare_language_table",
 ]

@@ -2,8 +2,10 @@
 
 import dataclasses
 import os
+from collections.abc import Sequence
 
 from tf_langdml._keras import keras
+from tf_langdml.language.imagenet import NUM_IMAGENET_CLASSES
 from tf_langdml.models.efficientnet_lite import build_efficientnet_lite0, efficientnet_lite0_imagenet_weights
 from tf_langdml.models.layers import FrozenStatisticsBatchNormalization
 
@@ -44,7 +46,7 @@ def _build_toy_cnn(input_shape, include_top):
         x = keras.layers.BatchNormalization(name=f"toy_bn{index}")(x)
         x = keras.layers.ReLU(name=f"toy_relu{index}")(x)
     if include_top:
-        x = keras.layers.Dense(1000, name="predictions")(keras.layers.GlobalAveragePooling2D()(x))
+        x = keras.layers.Dense(NUM_IMAGENET_CLASSES, name="predictions")(keras.layers.GlobalAveragePooling2D()(x))
     return keras.Model(inputs, x, name="toy_cnn")
 
 
@@ -78,14 +80,14 @@ BACKBONES = {
 }
 
 
-def backbone_spec(name):
+def backbone_spec(name: str) -> BackboneSpec:
     """The :class:`BackboneSpec` registered under ``name``; ValueError listing the known ones."""
     if name not in BACKBONES:
         raise ValueError(f"Unknown backbone {name!r}; known backbones: {sorted(BACKBONES)}.")
     return BACKBONES[name]
 
 
-def resolve_imagenet_weights(name, include_top=False):
+def resolve_imagenet_weights(name: str, include_top: bool = False) -> str:
     """Local path of a backbone's ImageNet weights.
 
     ResNet50: keras.applications' file, downloaded only if not cached.
@@ -114,7 +116,7 @@ def resolve_imagenet_weights(name, include_top=False):
         ) from error
 
 
-def resolve_weights(name, weights, include_top=False):
+def resolve_weights(name: str, weights: str | os.PathLike | None, include_top: bool = False) -> str | None:
     """Turn a ``weights`` argument ("imagenet", None or a path) into a local path or None."""
     if weights is None:
         return None
@@ -130,7 +132,12 @@ def resolve_weights(name, weights, include_top=False):
     return path
 
 
-def build_backbone(name, weights="imagenet", input_shape=(224, 224, 3), include_top=False):
+def build_backbone(
+    name: str,
+    weights: str | os.PathLike | None = "imagenet",
+    input_shape: Sequence[int] = (224, 224, 3),
+    include_top: bool = False,
+) -> tuple[keras.Model, str]:
     """Build a named backbone and load its weights.
 
     Returns:
@@ -152,7 +159,7 @@ def build_backbone(name, weights="imagenet", input_shape=(224, 224, 3), include_
     return model, spec.normalization
 
 
-def freeze_batchnorm_statistics(model):
+def freeze_batchnorm_statistics(model: keras.Model) -> keras.Model:
     """Copy of ``model`` whose BatchNormalization layers never update their statistics.
 
     Each ``BatchNormalization`` becomes a :class:`FrozenStatisticsBatchNormalization`

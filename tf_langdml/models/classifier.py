@@ -1,6 +1,7 @@
 """ImageNet classifiers for pseudo-labelling: RGB images in [0, 255] -> 1000 logits."""
 
 import hashlib
+import os
 
 from tf_langdml._keras import keras
 from tf_langdml.models.backbones import build_backbone
@@ -9,7 +10,7 @@ from tf_langdml.models.layers import ImageNormalization
 CLASSIFIERS = ("resnet50", "efficientnet_lite0")
 
 
-def build_imagenet_classifier(name, weights="imagenet", image_size=224):
+def build_imagenet_classifier(name: str, weights: str | os.PathLike | None = "imagenet", image_size: int = 224) -> keras.Model:
     """A Keras model mapping a batch of RGB images (uint8, or float in [0, 255]) to ImageNet logits.
 
     Its own input normalisation is inside, so it takes the images the eval pipeline
@@ -39,6 +40,6 @@ def _weights_fingerprint(model):
     return digest.hexdigest()[:16]
 
 
-def classifier_fingerprint(model):
+def classifier_fingerprint(model: keras.Model) -> str:
     """A stable id of a classifier: the one set by :func:`build_imagenet_classifier`, else a hash of its weights."""
     return getattr(model, "classifier_id", None) or f"{model.name}:{_weights_fingerprint(model)}"

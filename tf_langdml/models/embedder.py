@@ -1,5 +1,8 @@
 """The image embedder: backbone -> global pool -> Dense(embed_dim) -> L2 normalise."""
 
+import os
+from collections.abc import Sequence
+
 from tf_langdml._keras import keras
 from tf_langdml.models.backbones import build_backbone, freeze_batchnorm_statistics, resolve_weights
 from tf_langdml.models.layers import NORMALIZATION_MODES, ImageNormalization, L2Normalize
@@ -19,16 +22,16 @@ def _pool(feature_maps, pooling):
 
 
 def build_embedder(
-    backbone="resnet50",
-    weights="imagenet",
-    embed_dim=128,
-    pooling="avg",
-    freeze_bn_statistics=True,
-    input_shape=(224, 224, 3),
-    normalization=None,
-    name="embedder",
-):
-    """Build the DML embedder of DESIGN.md §2 / §5.
+    backbone: str | keras.Model = "resnet50",
+    weights: str | os.PathLike | None = "imagenet",
+    embed_dim: int = 128,
+    pooling: str = "avg",
+    freeze_bn_statistics: bool = True,
+    input_shape: Sequence[int] = (224, 224, 3),
+    normalization: str | None = None,
+    name: str = "embedder",
+) -> keras.Model:
+    """Build the DML embedder of docs/models.md (the paper's protocol: docs/protocol.md, "Model").
 
     Args:
         backbone: a registered name (``"resnet50"``) or a functional / Sequential

@@ -1,12 +1,15 @@
 """LanguageGuidedModel: a Keras model whose train_step adds language guidance to DML."""
 
+from __future__ import annotations
+
 import math
 import re
 
-import numpy as np
 import tensorflow as tf
+from numpy.typing import ArrayLike
 
 from tf_langdml._keras import keras
+from tf_langdml.language.table import LanguageTable
 from tf_langdml.losses.dml import build_dml_loss
 from tf_langdml.losses.language_matching import LanguageMatchingLoss
 
@@ -52,38 +55,6 @@ def nonfinite_variables(variables):
     return [variable.name for variable, finite in zip(floats, flags) if not finite]
 
 
-def prepare_language_table(language_table):
-    """Validate a language table and return it as float32 (C, K, D) with unit rows.
-
-    Raises:
-        ValueError: wrong rank, NaN/Inf values or all-zero rows (named by index).
-    """
-    table = np.asarray(language_table, dtype=np.float32)
-    if table.ndim == 2:
-        table = table[:, np.newaxis, :]
-    elif table.ndim != 3:
-        raise ValueError(
-            f"language_table must be (C, D) for expert labels or (C, K, D) for top-k "
-            f"pseudo-labels; got shape {table.shape}."
-        )
-    if table.shape[0] == 0 or table.shape[1] == 0 or table.shape[2] == 0:
-        raise ValueError(f"language_table is empty (shape {table.shape}).")
-    bad_rows = np.flatnonzero(~np.isfinite(table).all(axis=(1, 2)))
-    if bad_rows.size:
-        raise ValueError(
-            f"language_table has NaN or Inf values in row(s) {bad_rows[:10].tolist()}"
-            f"{' ...' if bad_rows.size > 10 else ''}; recompute the language embeddings."
-        )
-    norms = np.linalg.norm(table, axis=-1, keepdims=True)
-    zero_rows = np.flatnonzero((norms == 0).any(axis=(1, 2)))
-    if zero_rows.size:
-        raise ValueError(
-            f"language_table has all-zero embedding(s) in row(s) {zero_rows[:10].tolist()}; "
-            f"a zero vector has no direction, so its cosine similarities are undefined."
-        )
-    return table / norms
-
-
 @keras.utils.register_keras_serializable(package="tf_langdml")
 class LanguageGuidedModel(keras.Model):
     """An embedder trained with a DML loss plus language guidance (docs/loss.md, "The training step").
@@ -96,11 +67,19 @@ class LanguageGuidedModel(keras.Model):
     Args:
         embedder: a ``keras.Model`` mapping images to L2-normalised embeddings,
             such as :func:`~tf_langdml.models.build_embedder` returns.
-        language_table: None (plain DML), (C, D) or (C, K, D) language embeddings.
+        language_table: None (plain DML), a :class:`~tf_langdml.language.LanguageTable`,
+            or (C, D) / (C, K, D) language embeddings (made one with
+            :meth:`LanguageTable.from_array <tf_langdml.language.LanguageTable.from_array>`).
         table_index: ``"label"`` or ``"sample_id"``.
     """
 
-    def __init__(self, embedder, language_table=None, table_index="label", **kwargs):
+    def __init__(
+        self,
+        embedder: keras.Model,
+        language_table: LanguageTable | ArrayLike | None = None,
+        table_index: str = "label",
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         self._nonfinite = _NonFiniteRecord()
         if table_index not in TABLE_INDEXES:
@@ -120,13 +99,23 @@ class LanguageGuidedModel(keras.Model):
         self.weight_decay = 0.0
 
     @property
-    def language_table(self):
-        """The (C, K, D) float32 table with unit rows, or None."""
+    def language_table(self) -> LanguageTable | None:
+        """The :class:`~tf_langdml.language.LanguageTable` (C, K, D, unit rows), or None."""
         return self._language_table
 
-    def set_language_table(self, language_table):
-        """Replace the language table (validated; see :func:`prepare_language_table`)."""
-        self._language_table = tf.constant(prepare_language_table(language_table))
+    def set_language_table(self, language_table: LanguageTable | ArrayLike | None) -> None:
+        """Replace the language table (None: plain DML).
+
+        An array is validated and normalised once by :meth:`LanguageTable.from_array
+        <tf_langdml.language.LanguageTable.from_array>`; the training step uses the rows
+        as they are. Traced train/test functions are dropped, so the next ``fit`` or
+        ``evaluate`` uses the new table.
+        """
+        table = None if language_table is None else LanguageTable.coerce(language_table)
+        if table is not None:
+            table.tensor  # noqa: B018  (creates the constant now, eagerly, on the default device)
+        self._language_table = table
+        self.train_function = self.test_function = None
 
     def compile(
         self,

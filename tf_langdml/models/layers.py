@@ -21,13 +21,13 @@ class ImageNormalization(keras.layers.Layer):
         ``none``: unchanged.
     """
 
-    def __init__(self, mode="caffe", **kwargs):
+    def __init__(self, mode: str = "caffe", **kwargs) -> None:
         super().__init__(**kwargs)
         if mode not in NORMALIZATION_MODES:
             raise ValueError(f"Unknown normalization mode {mode!r}; expected one of {list(NORMALIZATION_MODES)}.")
         self.mode = mode
 
-    def call(self, images):
+    def call(self, images: tf.Tensor) -> tf.Tensor:
         images = tf.cast(images, self.compute_dtype)
         if self.mode == "caffe":
             return images[..., ::-1] - tf.constant(_CAFFE_BGR_MEAN, dtype=self.compute_dtype)
@@ -37,7 +37,7 @@ class ImageNormalization(keras.layers.Layer):
             return images / 127.5 - 1.0
         return images
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "mode": self.mode}
 
 
@@ -45,15 +45,15 @@ class ImageNormalization(keras.layers.Layer):
 class L2Normalize(keras.layers.Layer):
     """L2-normalise the last axis, computed in float32 (also under mixed precision)."""
 
-    def __init__(self, epsilon=1e-12, **kwargs):
+    def __init__(self, epsilon: float = 1e-12, **kwargs) -> None:
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.epsilon = float(epsilon)
 
-    def call(self, inputs):
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
         return tf.math.l2_normalize(tf.cast(inputs, tf.float32), axis=-1, epsilon=self.epsilon)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
@@ -62,8 +62,8 @@ class FrozenStatisticsBatchNormalization(keras.layers.BatchNormalization):
     """BatchNormalization that always normalises with its moving statistics.
 
     The moving mean and variance never change, whatever ``training`` says, while
-    γ and β stay trainable: the paper's "frozen BatchNorm" (DESIGN.md §5).
+    γ and β stay trainable: the paper's "frozen BatchNorm" (docs/protocol.md, "Model").
     """
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         return super().call(inputs, training=False)

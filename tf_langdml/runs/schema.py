@@ -1,28 +1,29 @@
-"""Experiment configuration: YAML -> frozen dataclasses, validated before any data is read.
+"""The experiment config: YAML <-> frozen dataclasses; imports no TensorFlow.
 
-Unknown keys are errors that name the closest valid key; every value is type-checked;
-impossible combinations (a negative weight, top-k above 1000, a batch that images per
-class do not divide) fail in :func:`validate`. ``--set section.key=value`` overrides
-are parsed as YAML scalars and checked the same way.
+Unknown keys are errors that name the closest valid key; every value is type-checked.
+``--set section.key=value`` overrides are parsed as YAML scalars and checked the same way.
+:func:`validate` checks only what belongs to the config itself (counts that must be
+positive, the run's name, which guidance and optimizer, a batch of whole classes, the
+background colour); values the library takes (a backbone, a loss, a direction, top-k,
+a template, ...) are checked by the library itself when
+:mod:`tf_langdml.runs.builders` passes them on, and its error is re-raised naming the key.
 """
 
 import dataclasses
 import difflib
+import numbers
 import typing
 
 import yaml
 
-from tf_langdml.data.benchmarks import BENCHMARKS
-from tf_langdml.data.preprocessing import parse_background
-from tf_langdml.losses.dml import DML_LOSSES
-from tf_langdml.models.backbones import BACKBONES
-from tf_langdml.models.classifier import CLASSIFIERS
-from tf_langdml.models.embedder import POOLINGS
-
-DATASETS = ("demo", "folder") + tuple(BENCHMARKS)
 GUIDANCE = ("none", "elg", "plg")
 OPTIMIZERS = ("adam", "sgd")
-DIRECTIONS = ("image_to_language", "language_to_image")
+BACKGROUNDS = ("white", "black")  # or [r, g, b] (tf_langdml.data.preprocessing.parse_background)
+
+
+def _positive(default, allow_null=False):
+    """A field that must be an integer >= 1 (or null when ``allow_null``)."""
+    return dataclasses.field(default=default, metadata={"min": 1, "null": allow_null})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,12 +32,12 @@ class DataConfig:
     data_dir: typing.Optional[str] = None  # TFDS data_dir; for "folder" the image folder root
     manual_dir: typing.Optional[str] = None  # TFDS manual downloads (CUB, Cars, SOP archives)
     test_fraction: float = 0.5  # "folder": the last part of the sorted classes is test
-    image_size: int = 224
-    batch_size: int = 90
-    examples_per_class: int = 2
+    image_size: int = _positive(224)
+    batch_size: int = _positive(90)
+    examples_per_class: int = _positive(2)
     antialias: bool = True
     background: typing.Any = "white"  # transparent pixels composited onto: white | black | [r, g, b]
-    max_pixels: typing.Optional[int] = 64_000_000  # larger images (by their header) are skipped, never decoded
+    max_pixels: typing.Optional[int] = _positive(64_000_000, allow_null=True)  # larger images are skipped, never decoded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +68,7 @@ class LanguageConfig:
     template: str = "a photo of a {}"
     classifier: str = "resnet50"  # PLG: the ImageNet classifier
     classifier_weights: typing.Optional[str] = "imagenet"
-    classifier_image_size: int = 224  # the classifiers were trained at 224
+    classifier_image_size: int = _positive(224)  # the classifiers were trained at 224
     top_k: int = 5
     level: str = "class"  # PLG: class | sample
 
@@ -81,10 +82,10 @@ class OptimizerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
-    epochs: int = 150
-    steps_per_epoch: typing.Optional[int] = None  # default: training images // batch_size
+    epochs: int = _positive(150)
+    steps_per_epoch: typing.Optional[int] = _positive(None, allow_null=True)  # default: training images // batch_size
     eval_every: int = 5  # epochs between retrieval evaluations
-    checkpoint_every: int = 100  # optimizer steps between resume checkpoints (and every epoch end)
+    checkpoint_every: int = _positive(100)  # optimizer steps between resume checkpoints (and every epoch end)
     seed: int = 0
     mixed_precision: bool = False  # mixed_float16 layers; losses and similarity matrices stay float32
     jit_compile: bool = False  # XLA-compile the train step
@@ -92,7 +93,7 @@ class TrainingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
-    batch_size: int = 128
+    batch_size: int = _positive(128)
     ks: typing.Tuple[int, ...] = (1, 2, 4, 8)
     clustering: bool = True
     semantic: bool = True
@@ -115,9 +116,12 @@ class ConfigError(ValueError):
     """A config that cannot run; the message names the key and what to do."""
 
 
-def _closest(key, choices, prefix=""):
-    match = difflib.get_close_matches(key, choices, n=1, cutoff=0.5)
-    return f"; did you mean '{prefix}{match[0]}'?" if match else f"; valid values: {sorted(choices)}"
+def did_you_mean(value, choices, prefix="", fallback=True):
+    """"; did you mean 'x'?" for the closest of ``choices``; else "; valid values: [...]" (or "" without ``fallback``)."""
+    match = difflib.get_close_matches(str(value), [str(choice) for choice in choices], n=1, cutoff=0.5)
+    if match:
+        return f"; did you mean '{prefix}{match[0]}'?"
+    return f"; valid values: {sorted(choices)}" if fallback else ""
 
 
 def _coerce(value, annotation, path):
@@ -162,13 +166,18 @@ def _coerce(value, annotation, path):
 
 def _build(cls, values, path=""):
     hints = typing.get_type_hints(cls)
-    names = [field.name for field in dataclasses.fields(cls)]
+    fields = {field.name: field for field in dataclasses.fields(cls)}
     arguments = {}
     for key, value in values.items():
         full = f"{path}.{key}" if path else str(key)
-        if key not in names:
-            raise ConfigError(f"Unknown config key '{full}'{_closest(str(key), names, f'{path}.' if path else '')}")
+        if key not in fields:
+            raise ConfigError(f"Unknown config key '{full}'{did_you_mean(key, list(fields), f'{path}.' if path else '')}")
         arguments[key] = _coerce(value, hints[key], full)
+        minimum = fields[key].metadata.get("min")
+        if minimum is not None and not (arguments[key] is None and fields[key].metadata["null"]):
+            if arguments[key] is None or arguments[key] < minimum:
+                null = " (or null: no limit)" if fields[key].metadata["null"] else ""
+                raise ConfigError(f"'{full}' must be at least {minimum}{null}; got {value!r}.")
     return cls(**arguments)
 
 
@@ -196,6 +205,20 @@ def config_to_dict(config):
     return plain(dataclasses.asdict(config))
 
 
+def config_to_yaml(config):
+    """The config as YAML text, every key in declaration order (what a run directory's config.yaml holds)."""
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def config_from_yaml(text):
+    """An :class:`ExperimentConfig` from YAML text."""
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"The config is not valid YAML: {error}") from error
+    return config_from_dict(values)
+
+
 def apply_overrides(values, overrides):
     """Apply ``["section.key=value", ...]`` to nested dicts; values are parsed as YAML scalars."""
     values = yaml.safe_load(yaml.safe_dump(values or {}))  # a deep copy
@@ -215,80 +238,56 @@ def apply_overrides(values, overrides):
     return values
 
 
+def read_yaml(path):
+    """The nested dicts of a YAML config file (an empty file is an empty config)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return yaml.safe_load(handle) or {}
+    except FileNotFoundError as error:
+        raise ConfigError(f"Config file {path} does not exist; the shipped ones are in configs/.") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"Config file {path} is not valid YAML: {error}") from error
+
+
 def load_config(path=None, overrides=()):
     """Read a YAML file (or the defaults when ``path`` is None), apply ``--set`` overrides, validate."""
-    values = {}
-    if path is not None:
-        try:
-            with open(path, encoding="utf-8") as handle:
-                values = yaml.safe_load(handle) or {}
-        except FileNotFoundError as error:
-            raise ConfigError(f"Config file {path} does not exist; the shipped ones are in configs/.") from error
-        except yaml.YAMLError as error:
-            raise ConfigError(f"Config file {path} is not valid YAML: {error}") from error
+    values = read_yaml(path) if path is not None else {}
     return config_from_dict(apply_overrides(values, overrides))
 
 
 def _one_of(value, choices, key):
     if value not in choices:
-        raise ConfigError(f"'{key}' is {value!r}; expected one of {list(choices)}{_closest(str(value), list(choices))}")
+        raise ConfigError(f"'{key}' is {value!r}; expected one of {list(choices)}{did_you_mean(value, choices)}")
+
+
+def _check_background(background):
+    """'white', 'black' or [r, g, b] with integers in 0..255 (as parse_background, without TensorFlow)."""
+    if isinstance(background, str):
+        if background not in BACKGROUNDS:
+            raise ConfigError(f"'data.background' is {background!r}; expected 'white', 'black' or [r, g, b] "
+                              "with integers in 0..255.")
+        return
+    if (not isinstance(background, (list, tuple)) or len(background) != 3
+            or not all(isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= value <= 255
+                       for value in background)):
+        raise ConfigError(f"'data.background' must be 'white', 'black' or [r, g, b] with integers in 0..255; "
+                          f"got {background!r}.")
 
 
 def validate(config):
-    """Fail early, naming the key, on values that cannot train."""
-    data, model, loss, language, training = config.data, config.model, config.loss, config.language, config.training
-    _one_of(data.dataset, DATASETS, "data.dataset")
+    """Fail, naming the key, on what the config itself gets wrong (the library checks the values it takes)."""
+    data, loss, language = config.data, config.loss, config.language
+    if not config.name or "/" in config.name:
+        raise ConfigError(f"'name' must be a non-empty folder name without '/'; got {config.name!r}.")
     if data.dataset == "folder" and not data.data_dir:
         raise ConfigError("data.dataset 'folder' needs data.data_dir: the folder with one sub-folder per class.")
-    for key, value in [("data.image_size", data.image_size), ("data.batch_size", data.batch_size),
-                       ("data.examples_per_class", data.examples_per_class), ("model.embed_dim", model.embed_dim),
-                       ("training.epochs", training.epochs), ("training.eval_every", training.eval_every),
-                       ("training.checkpoint_every", training.checkpoint_every),
-                       ("evaluation.batch_size", config.evaluation.batch_size),
-                       ("language.classifier_image_size", config.language.classifier_image_size)]:
-        if value < 1:
-            raise ConfigError(f"'{key}' must be at least 1; got {value}.")
-    if data.batch_size % data.examples_per_class:
-        raise ConfigError(
-            f"data.batch_size {data.batch_size} is not divisible by data.examples_per_class "
-            f"{data.examples_per_class}; batches hold whole classes (for example batch_size "
-            f"{data.batch_size - data.batch_size % data.examples_per_class})."
-        )
-    if data.batch_size // data.examples_per_class < 2:
-        raise ConfigError("A batch must hold at least 2 classes (data.batch_size / data.examples_per_class >= 2).")
-    try:
-        parse_background(data.background)
-    except ValueError as error:
-        raise ConfigError(f"'data.background': {error}") from None
-    if data.max_pixels is not None and data.max_pixels < 1:
-        raise ConfigError(f"'data.max_pixels' must be a positive number of pixels (or null: no limit); got {data.max_pixels}.")
-    if not 0.0 < data.test_fraction < 1.0:
-        raise ConfigError(f"'data.test_fraction' must be between 0 and 1; got {data.test_fraction}.")
-    if training.steps_per_epoch is not None and training.steps_per_epoch < 1:
-        raise ConfigError(f"'training.steps_per_epoch' must be at least 1 (or null); got {training.steps_per_epoch}.")
-    _one_of(model.backbone, tuple(BACKBONES), "model.backbone")
-    _one_of(model.pooling, tuple(POOLINGS), "model.pooling")
-    _one_of(loss.dml, tuple(DML_LOSSES), "loss.dml")
-    _one_of(loss.direction, DIRECTIONS, "loss.direction")
-    if loss.language_weight < 0:
-        raise ConfigError(f"'loss.language_weight' (ω) must be >= 0; got {loss.language_weight}.")
-    if loss.temperature <= 0:
-        raise ConfigError(f"'loss.temperature' must be > 0; got {loss.temperature}.")
-    if loss.shift < 0 or loss.delay < 0:
-        raise ConfigError("'loss.shift' and 'loss.delay' must be >= 0.")
+    if data.batch_size < 2 * data.examples_per_class:
+        raise ConfigError(f"A batch must hold at least 2 classes: data.batch_size {data.batch_size} is less than "
+                          f"2 x data.examples_per_class {data.examples_per_class}.")
+    _check_background(data.background)
     _one_of(language.guidance, GUIDANCE, "language.guidance")
-    _one_of(language.classifier, CLASSIFIERS, "language.classifier")
-    _one_of(language.level, ("class", "sample"), "language.level")
-    if not 1 <= language.top_k <= 1000:
-        raise ConfigError(f"'language.top_k' must be in 1..1000 (ImageNet has 1000 classes); got {language.top_k}.")
-    if "{}" not in language.template:
-        raise ConfigError(f"'language.template' {language.template!r} has no '{{}}' for the class name.")
     if language.guidance != "none" and loss.language_weight == 0:
         raise ConfigError(f"language.guidance is '{language.guidance}' but loss.language_weight (ω) is 0; set ω > 0.")
     _one_of(config.optimizer.name, OPTIMIZERS, "optimizer.name")
-    if config.optimizer.learning_rate <= 0 or config.optimizer.weight_decay < 0:
-        raise ConfigError("'optimizer.learning_rate' must be > 0 and 'optimizer.weight_decay' >= 0.")
-    if not config.evaluation.ks or min(config.evaluation.ks) < 1:
-        raise ConfigError(f"'evaluation.ks' must be positive integers; got {list(config.evaluation.ks)}.")
-    if not config.name or "/" in config.name:
-        raise ConfigError(f"'name' must be a non-empty folder name without '/'; got {config.name!r}.")
+    if not config.optimizer.learning_rate > 0:
+        raise ConfigError(f"'optimizer.learning_rate' must be > 0; got {config.optimizer.learning_rate}.")

@@ -1,12 +1,17 @@
 """Build the offline demo set (emoji in two designs) from the packed npm packages.
 
+A plain script of the repository (standard library only: no TensorFlow, no install
+needed), run from the repository root:
+
     npm pack emoji-datasource-google@16.0.0 emoji-datasource-twitter@16.0.0
-    python -m tf_langdml.data.make_demo_set \\
+    python tools/make_demo_set.py \\
         --google emoji-datasource-google-16.0.0.tgz --twitter emoji-datasource-twitter-16.0.0.tgz
 
-Writes ``tf_langdml/data/demo_emoji/``: ``classes.json`` (name, group, sub-group, split
-of each class), ``google/<code>.png`` and ``twitter/<code>.png`` (the packages' 64 x 64
-RGBA PNGs, byte for byte: decoding composites their transparent background onto
+Writes the package folder ``tf_langdml/data/demo_emoji/`` of this checkout (found from
+the script's own location, whatever the working directory; ``--out DIR`` writes
+elsewhere): ``classes.json`` (name, group, sub-group, split of each class),
+``google/<code>.png`` and ``twitter/<code>.png`` (the packages' 64 x 64 RGBA PNGs,
+byte for byte: decoding composites their transparent background onto
 ``data.background``, white by default), and the licence notes. Classes: the
 emoji of the groups "Animals & Nature" and "Food & Drink" that both designs draw
 (skin-tone variants are separate entries in ``emoji.json`` and are not used).
@@ -21,8 +26,9 @@ import os
 import tarfile
 
 GROUPS = ("Animals & Nature", "Food & Drink")
-DEMO_DIR = os.path.join(os.path.dirname(__file__), "demo_emoji")
-DESIGNS = {
+# The package folder that load_demo reads: tools/../tf_langdml/data/demo_emoji.
+DEMO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tf_langdml", "data", "demo_emoji")
+EMOJI_STYLES = {
     "google": ("Google Noto Color Emoji", "Apache License 2.0", "https://github.com/googlefonts/noto-emoji"),
     "twitter": ("Twitter Twemoji", "Creative Commons Attribution 4.0 (CC-BY-4.0)", "https://github.com/jdecked/twemoji"),
 }
@@ -76,11 +82,11 @@ def main():
         json.dump({"source": f"emoji-datasource-google / -twitter {version}", "classes": classes}, file, indent=1)
     with open(os.path.join(args.out, "ATTRIBUTION.md"), "w") as file:
         file.write("# Demo images: licences and attribution\n\n")
-        file.write(f"Made by `python -m tf_langdml.data.make_demo_set` from the npm packages "
+        file.write(f"Made by `python tools/make_demo_set.py` from the npm packages "
                    f"emoji-datasource-google and emoji-datasource-twitter {version} (the 64 x 64 PNGs under "
                    f"`img/*/64/`, unchanged). Names, groups and sub-groups come from their "
                    f"`emoji.json` (emoji-data, MIT licence, Copyright (c) 2013 Cal Henderson).\n\n")
-        for design, (title, licence, url) in DESIGNS.items():
+        for design, (title, licence, url) in EMOJI_STYLES.items():
             file.write(f"- `{design}/`: {title}, {licence}, {url}\n")
         file.write("\nTwemoji graphics: Copyright 2019 Twitter, Inc and other contributors; "
                    "Copyright 2024 jdecked and other contributors. Licensed under CC-BY 4.0: "

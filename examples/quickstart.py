@@ -1,6 +1,6 @@
 """Train a language-guided embedder with model.fit on the offline demo set (~2 minutes on CPU).
 
-Run: python -m tf_langdml.quickstart
+Run from the repository root, with tf_langdml installed (``make install``): python examples/quickstart.py
 """
 
 import tf_langdml  # first: binds tf.keras to Keras 2 (tf-keras) before TensorFlow loads  # isort: skip

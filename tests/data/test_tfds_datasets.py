@@ -1,4 +1,4 @@
-"""load_benchmark under tfds.testing.mock_data: class-disjoint splits and class counts."""
+"""load_tfds_dataset under tfds.testing.mock_data: class-disjoint splits and class counts."""
 
 import io
 
@@ -8,7 +8,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from tf_langdml.data import load_benchmark, make_eval_dataset
+from tf_langdml.data import load_tfds_dataset, make_eval_dataset
 
 
 def tiny_jpeg(seed):
@@ -55,7 +55,7 @@ def as_dataset(self, split, decoders=None, **kwargs):
 )
 def test_class_disjoint_splits_and_class_counts(name, train_classes, test_classes, first_train_name):
     with tfds.testing.mock_data(as_dataset_fn=as_dataset):
-        data = load_benchmark(name)
+        data = load_tfds_dataset(name)
     assert (data.train_split.num_classes, data.test_split.num_classes) == (train_classes, test_classes)
     assert data.train_class_names[0] == first_train_name
     for split, count in ((data.train_split, train_classes), (data.test_split, test_classes)):
@@ -67,21 +67,21 @@ def test_class_disjoint_splits_and_class_counts(name, train_classes, test_classe
 
 def test_cub_test_classes_are_101_to_200():
     with tfds.testing.mock_data(as_dataset_fn=as_dataset):
-        data = load_benchmark("cub200")
+        data = load_tfds_dataset("cub200")
     assert data.test_split.raw_class_names[0] == "bird_species_100"
     assert data.test_split.raw_class_names[-1] == "bird_species_199"
 
 
 def test_sop_names_are_the_super_classes():
     with tfds.testing.mock_data(as_dataset_fn=as_dataset):
-        data = load_benchmark("sop")
+        data = load_tfds_dataset("sop")
     assert data.train_class_names[:4] == ["bicycle", "cabinet", "chair", "coffee maker"]
 
 
 def test_missing_data_says_where_and_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"'caltech_birds2011' is not prepared in .*tfds build caltech_birds2011"):
-        load_benchmark("cub200", data_dir=str(tmp_path))
+        load_tfds_dataset("cub200", data_dir=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="manual_dir .* does not exist"):
-        load_benchmark("cars196", data_dir=str(tmp_path), manual_dir=str(tmp_path / "nope"))
-    with pytest.raises(ValueError, match="Unknown benchmark 'mnist'"):
-        load_benchmark("mnist")
+        load_tfds_dataset("cars196", data_dir=str(tmp_path), manual_dir=str(tmp_path / "nope"))
+    with pytest.raises(ValueError, match="Unknown TFDS dataset 'mnist'"):
+        load_tfds_dataset("mnist")

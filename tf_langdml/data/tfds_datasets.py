@@ -1,4 +1,4 @@
-"""The paper's benchmarks from TensorFlow Datasets, re-split by class (DESIGN.md §5)."""
+"""The paper's datasets (CUB-200-2011, Cars196, SOP) from TensorFlow Datasets, re-split by class (docs/protocol.md)."""
 
 import dataclasses
 import os
@@ -6,13 +6,13 @@ import os
 import numpy as np
 
 from tf_langdml.data.class_names import clean_class_name
-from tf_langdml.data.preprocessing import DEFAULT_BACKGROUND, DEFAULT_MAX_PIXELS, source_formats
+from tf_langdml.data.preprocessing import DEFAULT_BACKGROUND, DEFAULT_MAX_PIXELS, Background, source_formats
 from tf_langdml.data.splits import Split, SplitDataset
 
 
 @dataclasses.dataclass(frozen=True)
-class BenchmarkSpec:
-    """Where a benchmark lives in TFDS and how its classes split.
+class TfdsDatasetSpec:
+    """Where a dataset lives in TFDS and how its classes split.
 
     Classes ``[0, num_train_classes)`` train and the rest test, after TFDS's own
     per-image train and test splits are merged (CUB, Cars196) -- or, for SOP, exactly
@@ -27,16 +27,16 @@ class BenchmarkSpec:
     download_note: str
 
 
-BENCHMARKS = {
-    "cub200": BenchmarkSpec(
+TFDS_DATASETS = {
+    "cub200": TfdsDatasetSpec(
         "caltech_birds2011", 200, 100, "label", "label_name",
         "CUB_200_2011.tgz and segmentations.tgz from https://www.vision.caltech.edu/datasets/cub_200_2011/",
     ),
-    "cars196": BenchmarkSpec(
+    "cars196": TfdsDatasetSpec(
         "cars196", 196, 98, "label", "",
         "the Stanford Cars images and devkit (cars_train.tgz, cars_test.tgz, car_devkit.tgz, cars_test_annos_withlabels.mat)",
     ),
-    "sop": BenchmarkSpec(
+    "sop": TfdsDatasetSpec(
         "stanford_online_products", 22634, 11318, "class_id", "super_class_id",
         "Stanford_Online_Products.zip from https://cvgl.stanford.edu/projects/lifted_struct/",
     ),
@@ -84,7 +84,13 @@ def _class_names(spec, builder, labels, names):
     return [by_class[c].decode() if isinstance(by_class.get(c), bytes) else by_class.get(c, "") for c in range(spec.num_classes)]
 
 
-def load_benchmark(name, data_dir=None, manual_dir=None, background=DEFAULT_BACKGROUND, max_pixels=DEFAULT_MAX_PIXELS):
+def load_tfds_dataset(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    manual_dir: str | os.PathLike | None = None,
+    background: Background = DEFAULT_BACKGROUND,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> SplitDataset:
     """Load CUB-200-2011 (``cub200``), Cars196 (``cars196``) or SOP (``sop``) split by class.
 
     Both TFDS splits are read once (images stay encoded, in memory) and re-split:
@@ -106,9 +112,9 @@ def load_benchmark(name, data_dir=None, manual_dir=None, background=DEFAULT_BACK
     Raises:
         FileNotFoundError: the dataset is not prepared; the message says what to do.
     """
-    if name not in BENCHMARKS:
-        raise ValueError(f"Unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}. For other data use load_image_folder.")
-    spec = BENCHMARKS[name]
+    if name not in TFDS_DATASETS:
+        raise ValueError(f"Unknown TFDS dataset {name!r}; known: {sorted(TFDS_DATASETS)}. For other data use load_image_folder.")
+    spec = TFDS_DATASETS[name]
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(spec.tfds_name, data_dir=data_dir)

@@ -1,0 +1,89 @@
+"""Builders: the library checks the config's values; its errors come back naming the config key, before any data is read."""
+
+import pathlib
+
+import pytest
+
+from tf_langdml.runs import builders
+from tf_langdml.runs import train as training
+from tf_langdml.runs.schema import ConfigError, load_config
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("loss.language_weight=-1", r"'loss.language_weight': language_weight must be a finite number >= 0"),
+        ("loss.delay=-1", r"'loss.delay': language_delay must be"),
+        ("loss.temperature=0", r"'loss.temperature': temperature must be a positive number"),
+        ("loss.direction=sideways", r"'loss.direction': Unknown direction 'sideways'"),
+        ("loss.dml=multisimilarty", r"'loss.dml': Unknown DML loss 'multisimilarty'"),
+        ("loss.dml_arguments={margn: 0.2}", r"'loss.dml_arguments': Unknown argument\(s\) \['margn'\]"),
+        ("optimizer.weight_decay=-1", r"'optimizer.weight_decay': weight_decay must be"),
+        ("language.top_k=1001", r"'language.top_k': Top-k must be an integer in 1..1000"),
+        ("language.level=pixel", r"'language.level': Unknown pseudo-label level 'pixel'"),
+        ("language.classifier=resnet5", r"'language.classifier': Unknown ImageNet classifier 'resnet5'.*did you mean 'resnet50'"),
+        ("data.batch_size=91", r"'data.batch_size' / 'data.examples_per_class': batch_size=91 must be a positive multiple of examples_per_class=2"),
+        ("model.backbone=resnet5", r"'model.backbone': Unknown backbone 'resnet5'.*did you mean 'resnet50'"),
+        ("model.pooling=mean", r"'model.pooling': Unknown pooling 'mean'"),
+        ("model.embed_dim=0", r"'model.embed_dim': embed_dim must be a positive integer"),
+        ("language.template=a photo", r"'language.template': Template 'a photo' has no '\{\}'"),
+        ("evaluation.ks=[0, 1]", r"'evaluation.ks': ks must be positive integers"),
+        ("training.eval_every=0", r"'training.eval_every': every must be >= 1"),
+    ],
+)
+def test_bad_values_fail_before_any_data_is_read(override, match, monkeypatch, tmp_path):
+    monkeypatch.setattr(builders, "dataset", lambda data: pytest.fail("data was read"))
+    config = load_config(CONFIGS / "cub200_plg_128.yaml", [override, f"runs_dir={tmp_path}"])  # the schema lets it by
+    with pytest.raises(ConfigError, match=match):
+        training.train(config)
+    assert not list(tmp_path.iterdir())  # nor was a run directory written
+
+
+def test_a_builder_error_names_the_key_and_the_library_s_own_valid_values():
+    from tf_langdml.losses import DIRECTIONS
+
+    config = load_config(None, ["loss.direction=sideways"])
+    with pytest.raises(ConfigError) as info:
+        builders.check_model(config.loss, config.optimizer, config.training)
+    assert "loss.direction" in str(info.value) and str(list(DIRECTIONS)) in str(info.value)
+    assert isinstance(info.value.__cause__, ValueError)  # the library's error, re-raised
+    # The real build names it the same way.
+    config = load_config(None, ["loss.direction=sideways", "model.backbone=toy_cnn", "model.weights=null",
+                                "data.image_size=16"])
+    with pytest.raises(ConfigError, match=r"'loss.direction': .*\['image_to_language', 'language_to_image'\]"):
+        builders.guided_model(config.model, config.data.image_size, config.loss, config.optimizer, config.training)
+
+
+def test_what_the_library_accepts_passes_the_checks():
+    # The loss takes any finite shift (γ), negative ones too; the checks agree with it.
+    config = load_config(CONFIGS / "cub200_plg_128.yaml", ["loss.shift=-1", "loss.direction=language_to_image",
+                                                           "model.pooling=avg+max", "language.level=sample"])
+    training.preflight(config)
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        training.preflight(load_config(path))
+
+
+def test_an_unknown_dataset_is_named_by_the_data_builder():
+    with pytest.raises(ConfigError, match=r"'data.dataset': Unknown TFDS dataset 'cub2000'.*did you mean 'cub200'"):
+        builders.check_data(load_config(None, ["data.dataset=cub2000"]).data)
+
+
+def test_a_missing_weights_file_is_found_before_any_data_is_read(tmp_path):
+    config = load_config(None, [f"model.weights={tmp_path / 'nope.h5'}"])
+    with pytest.raises(FileNotFoundError, match="nope.h5"):
+        builders.check_embedder(config.model, config.data.image_size)
+
+
+def test_background_and_max_pixels_reach_the_split():
+    config = load_config(overrides=["data.dataset=demo", "data.background=black", "data.max_pixels=5000"])
+    split = builders.dataset(config.data).train_split
+    assert split.background == (0, 0, 0) and split.max_pixels == 5000
+
+
+def test_too_many_classes_per_batch_for_the_split_is_named(tmp_path):
+    config = load_config(overrides=["data.dataset=demo", "data.batch_size=400"])
+    split = builders.dataset(config.data).train_split
+    with pytest.raises(ConfigError, match=r"'data.batch_size' / 'data.examples_per_class': .*distinct classes per batch"):
+        builders.train_batches(config.data, split, seed=0)

@@ -1,0 +1,158 @@
+"""Configs: every shipped YAML loads and validates; YAML round trips; unknown keys, bad types and --set overrides.
+
+tf_langdml.runs.schema imports no TensorFlow; what the library checks is in test_builders.py.
+"""
+
+import configparser
+import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tf_langdml.demo import DEMO_CONFIG, VARIANTS, demo_configs
+from tf_langdml.runs.schema import (ConfigError, config_from_dict, config_from_yaml, config_to_dict, config_to_yaml,
+                                    load_config)
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs"
+
+
+def test_importing_the_schema_does_not_import_tensorflow():
+    code = ("import sys\nimport tf_langdml.runs.schema as schema\n"
+            "schema.load_config('configs/cub200_plg_128.yaml', ['training.epochs=3'])\n"
+            "assert 'tensorflow' not in sys.modules, sorted(m for m in sys.modules if m.startswith('tensorflow'))\n"
+            "print('ok')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "ok"
+
+
+def test_the_paper_grid_and_the_demo_are_shipped():
+    names = {path.stem for path in CONFIGS.glob("*.yaml")}
+    expected = {f"{d}_{v}_{k}" for d in ("cub200", "cars196", "sop") for v in ("baseline", "elg", "plg") for k in (128, 512)}
+    assert expected | {"demo"} == names
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.stem)
+def test_every_config_loads_and_validates(path):
+    config = load_config(path)
+    assert config.name == path.stem
+    if path.stem != "demo":
+        dataset, variant, dim = path.stem.split("_")
+        assert (config.data.dataset, config.model.embed_dim) == (dataset, int(dim))
+        assert config.language.guidance == {"baseline": "none"}.get(variant, variant)
+        assert (config.loss.language_weight > 0) == (variant != "baseline")
+        assert config.optimizer.learning_rate == 1e-5 and config.optimizer.weight_decay == 4e-4
+        assert config.data.examples_per_class == 2 and config.model.backbone == "resnet50"
+    # Round trips: plain dicts, and YAML -> dataclasses -> YAML.
+    assert config_from_dict(config_to_dict(config)) == config
+    text = config_to_yaml(config)
+    assert config_from_yaml(text) == config
+    assert config_to_yaml(config_from_yaml(text)) == text
+    assert yaml.safe_load(text) == config_to_dict(config)
+
+
+def test_yaml_lists_every_key_in_declaration_order_and_fills_defaults():
+    text = config_to_yaml(config_from_yaml("name: x\ntraining:\n  epochs: 3\n"))
+    values = yaml.safe_load(text)
+    assert list(values) == ["name", "runs_dir", "data", "model", "loss", "language", "optimizer", "training",
+                            "evaluation"]
+    assert values["training"]["epochs"] == 3 and values["evaluation"]["ks"] == [1, 2, 4, 8]
+    assert list(values["data"])[:2] == ["dataset", "data_dir"]
+
+
+def test_the_demo_yaml_is_the_demo_config():
+    # One copy: the package's demo.yaml; configs/demo.yaml is a relative link to it (git stores the link).
+    link = CONFIGS / "demo.yaml"
+    assert link.is_symlink() and not os.path.isabs(os.readlink(link))
+    assert link.resolve() == DEMO_CONFIG.resolve() and DEMO_CONFIG.is_file()
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    assert "*.yaml" in setup["options.package_data"]["tf_langdml.runs"]
+    # The demo runs exactly that config, once per variant.
+    base = load_config(link)
+    configs = demo_configs()
+    assert list(configs) == list(VARIANTS)
+    for variant, config in configs.items():
+        language = dataclasses.replace(base.language, guidance=VARIANTS[variant]["language"]["guidance"])
+        loss = dataclasses.replace(base.loss, language_weight=VARIANTS[variant]["loss"]["language_weight"])
+        assert config == dataclasses.replace(base, name=f"demo_{variant}", language=language, loss=loss)
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("training.epoch=3", "Unknown config key 'training.epoch'; did you mean 'training.epochs'"),
+        ("modle.embed_dim=3", "Unknown config key 'modle'; did you mean 'model'"),
+        ("training.epochs=ten", "'training.epochs' must be an integer; got 'ten'"),
+        ("training.epochs=0", "'training.epochs' must be at least 1; got 0"),
+        ("data.antialias=3", "must be true or false"),
+        ("data.batch_size=2", "at least 2 classes"),
+        ("data.dataset=folder", "needs data.data_dir"),
+        ("language.guidance=elgg", "'language.guidance' is 'elgg'.*did you mean 'elg'"),
+        ("loss.language_weight=0", "ω.* is 0; set ω > 0"),
+        ("optimizer.name=adamw", "did you mean 'adam'"),
+        ("optimizer.learning_rate=0", "'optimizer.learning_rate' must be > 0"),
+        ("name=a/b", "folder name without '/'"),
+    ],
+)
+def test_bad_keys_and_types_are_named(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(CONFIGS / "cub200_plg_128.yaml", [override])
+
+
+def test_overrides_are_typed_and_nested():
+    config = load_config(None, ["training.epochs=7", "loss.language_weight=2", "evaluation.ks=[1, 5]",
+                                "model.weights=null", "loss.dml_arguments={margin: 0.2}", "name=x"])
+    assert config.training.epochs == 7 and config.loss.language_weight == 2.0
+    assert config.evaluation.ks == (1, 5) and config.model.weights is None
+    assert config.loss.dml_arguments == {"margin": 0.2} and config.name == "x"
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["training.epochs"])
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("data: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text(yaml.safe_dump([1, 2]))
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(tmp_path / "list.yaml")
+
+
+def test_background_and_max_pixels_are_checked_without_tensorflow():
+    assert load_config(overrides=["data.background=[1, 2, 3]"]).data.background == [1, 2, 3]
+    assert load_config(overrides=["data.background=black"]).data.background == "black"
+    assert load_config().data.background == "white" and load_config().data.max_pixels == 64_000_000
+    assert load_config(overrides=["data.max_pixels=null"]).data.max_pixels is None
+    for override, message in [("data.background=grey", "'data.background'.*'grey'"),
+                              ("data.background=[0, 0, 300]", "'data.background'.*300"),
+                              ("data.background=[0, 0]", "'data.background'"),
+                              ("data.background=[0, 0, true]", "'data.background'"),
+                              ("data.max_pixels=0", "'data.max_pixels'")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(overrides=[override])
+
+
+def test_the_schema_background_check_agrees_with_the_library():
+    from tf_langdml.data.preprocessing import parse_background
+
+    for value in ["white", "black", "grey", "", [0, 0, 0], [255, 255, 255], [0, 0, 256], [-1, 0, 0], [0, 0],
+                  [0, 0, 0, 0], [0.0, 0, 0], [True, 0, 0], 7, None]:
+        try:
+            parse_background(value)
+            library_accepts = True
+        except ValueError:
+            library_accepts = False
+        try:
+            load_config(overrides=[f"data.background={yaml.safe_dump(value, default_flow_style=True).strip()}"])
+            schema_accepts = True
+        except ConfigError:
+            schema_accepts = False
+        assert schema_accepts == library_accepts, value

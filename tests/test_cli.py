@@ -1,0 +1,70 @@
+"""The command line starts without TensorFlow, and is quiet unless --verbose.
+
+Wall time is measured by benchmarks/cli_startup.py (no clock limits in unit tests);
+here only the property behind it: --help and config errors never import TensorFlow.
+"""
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+PROBE = (
+    "import sys\n"
+    "from tf_langdml.cli import main\n"
+    "try:\n"
+    "    code = main(sys.argv[1:])\n"
+    "except SystemExit as exit:\n"
+    "    code = exit.code\n"
+    "print('exit', code, 'tensorflow', 'tensorflow' in sys.modules)\n"
+)
+
+
+def environment():
+    return {key: value for key, value in os.environ.items() if key not in ("TF_CPP_MIN_LOG_LEVEL", "TF_USE_LEGACY_KERAS")}
+
+
+@pytest.mark.parametrize("argv,code", [
+    (["--help"], 0),
+    (["train", "--help"], 0),
+    (["demo", "--help"], 0),
+    (["train", "--config", "configs/cub200_plg_128.yaml", "--set", "training.epoch=3"], 2),
+    (["demo", "--set", "training.epochs=ten"], 2),
+], ids=["help", "train-help", "demo-help", "train-config-error", "demo-config-error"])
+def test_help_and_config_errors_do_not_import_tensorflow(argv, code):
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, cwd=ROOT,
+                            env=environment(), timeout=120)
+    print(f"tf-langdml {' '.join(argv)}: {time.perf_counter() - start:.2f} s wall")  # benchmarks/cli_startup.py
+    assert result.stdout.strip().splitlines()[-1] == f"exit {code} tensorflow False", result.stderr[-3000:]
+    if code:
+        assert "did you mean 'training.epochs'" in result.stderr or "must be an integer" in result.stderr
+
+
+TF_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d", re.MULTILINE)  # TensorFlow's C++ (absl) log format
+
+
+def run_train_on_a_missing_folder(tmp_path, *flags):
+    """``train`` that loads TensorFlow and TF-Similarity (the config checks), then stops: the image folder is missing."""
+    command = [sys.executable, "-m", "tf_langdml", *flags, "train", "--set", f"runs_dir={tmp_path}",
+               "--set", "data.dataset=folder", "--set", f"data.data_dir={tmp_path / 'missing'}",
+               "--set", "model.backbone=toy_cnn", "--set", "model.weights=null", "--set", "data.image_size=16",
+               "--set", "data.batch_size=8"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=environment(), timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "tf-langdml train: Image folder" in result.stderr and "does not exist" in result.stderr
+    return result.stderr
+
+
+def test_quiet_by_default_and_verbose_shows_tensorflow_s_log(tmp_path):
+    quiet = run_train_on_a_missing_folder(tmp_path)
+    assert "NMSLIB" not in quiet and "nmslib" not in quiet
+    assert not TF_LOG_LINE.search(quiet), quiet
+    verbose = run_train_on_a_missing_folder(tmp_path, "--verbose")
+    assert TF_LOG_LINE.search(verbose), verbose

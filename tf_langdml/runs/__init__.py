@@ -1,0 +1,13 @@
+"""Experiment runs: a YAML config -> a trained, evaluated run directory.
+
+- :mod:`~tf_langdml.runs.schema`: the config as frozen dataclasses, YAML in and out,
+  unknown keys and wrong types named with "did you mean"; imports no TensorFlow.
+- :mod:`~tf_langdml.runs.builders`: one function per config section (data, text
+  encoder, language table, embedder, model, callbacks); the only place that turns
+  config values into library calls. The library's own errors do the validating,
+  re-raised as :class:`~tf_langdml.runs.schema.ConfigError` naming the config key.
+- :mod:`~tf_langdml.runs.run_dir`: the run directory's layout, its resume state and
+  :func:`~tf_langdml.runs.run_dir.restore_embedder`.
+- :mod:`~tf_langdml.runs.train`: the resumable training loop and the final metrics.
+- ``demo.yaml``: the base config of ``tf-langdml demo`` (``configs/demo.yaml`` links to it).
+"""

@@ -1,0 +1,318 @@
+"""From config sections to library objects: the only place that maps config values to library calls.
+
+One builder per config section (:func:`dataset`, :func:`text_encoder`,
+:func:`language_table`, :func:`embedder`, :func:`guided_model`, :func:`callbacks`,
+:func:`evaluation_metrics`); each takes only the section(s) it reads. The library checks
+the values itself; its ``ValueError`` / ``TypeError`` / ``KeyError`` is re-raised as
+:class:`~tf_langdml.runs.schema.ConfigError` naming the config key (the keys whose
+library argument the message mentions, else every key the call took), with "did you
+mean" for a misspelt name. An error about the data rather than the config (a class
+without images, say) of a call that also reads data passes through unchanged.
+
+The ``check_*`` functions run the same library checks before any data is read or any
+weights are loaded: on stand-ins (a one-layer backbone, a two-point retrieval problem)
+or by calling a builder where it fails before doing any work.
+"""
+
+import contextlib
+
+import numpy as np
+
+from tf_langdml.runs.schema import ConfigError, did_you_mean
+
+_LIBRARY_ERRORS = (ValueError, TypeError, KeyError)
+
+
+@contextlib.contextmanager
+def config_keys(*keys, words=None, suggest=None):
+    """Re-raise a library error inside the block as ConfigError naming the config key(s).
+
+    Args:
+        keys: the config keys the library call takes (named when ``words`` names none;
+            none: an error that names no word is not about the config and passes through).
+        words: ``{word in the library's message: config key}``: the keys whose word
+            (the library's argument name) the message contains are the ones named.
+        suggest: ``(value, choices)``: add "did you mean" the closest choice.
+    """
+    try:
+        yield
+    except ConfigError:
+        raise
+    except _LIBRARY_ERRORS as error:
+        message = str(error.args[0]) if type(error) is KeyError and error.args else str(error)
+        named = [key for word, key in (words or {}).items() if word.lower() in message.lower()]
+        named = list(dict.fromkeys(named)) or list(keys)
+        if not named:
+            raise
+        hint = did_you_mean(*suggest, fallback=False) if suggest else ""
+        if hint:
+            message = message.rstrip(".")
+        raise ConfigError(f"{' / '.join(repr(key) for key in named)}: {message}{hint}") from error
+
+
+# -- data --------------------------------------------------------------------------------------
+
+_DATA_WORDS = {"background": "data.background", "max_pixels": "data.max_pixels",
+               "test_fraction": "data.test_fraction", "manual_dir": "data.manual_dir", "TFDS dataset": "data.dataset"}
+
+
+def dataset(data):
+    """The :class:`~tf_langdml.data.SplitDataset` the ``data`` section names."""
+    from tf_langdml.data import load_demo, load_image_folder, load_tfds_dataset
+    from tf_langdml.data.tfds_datasets import TFDS_DATASETS
+
+    decoding = {"background": data.background, "max_pixels": data.max_pixels}
+    if data.dataset == "demo":
+        with config_keys("data.dataset", words=_DATA_WORDS):
+            return load_demo(**decoding)
+    if data.dataset == "folder":
+        with config_keys("data.data_dir", words=_DATA_WORDS):
+            return load_image_folder(data.data_dir, test_fraction=data.test_fraction, **decoding)
+    with config_keys("data.dataset", words=_DATA_WORDS,
+                     suggest=(data.dataset, ["demo", "folder", *TFDS_DATASETS])):
+        return load_tfds_dataset(data.dataset, data_dir=data.data_dir, manual_dir=data.manual_dir, **decoding)
+
+
+def train_batches(data, split, seed, start_batch=0, with_sample_ids=False):
+    """Class-balanced training batches of ``split`` (the sampler checks the batch against the split)."""
+    from tf_langdml.data import make_train_dataset
+
+    with config_keys("data.batch_size", "data.examples_per_class"):
+        return make_train_dataset(split, data.batch_size, data.examples_per_class, seed=seed,
+                                  image_size=data.image_size, with_sample_ids=with_sample_ids,
+                                  start_batch=start_batch, antialias=data.antialias)
+
+
+def check_data(data):
+    """The dataset name and the batch composition (the sampler's rules), without reading data."""
+    from tf_langdml.data import class_balanced_indices
+    from tf_langdml.data.tfds_datasets import TFDS_DATASETS
+
+    if data.dataset not in ("demo", "folder", *TFDS_DATASETS):
+        dataset(data)  # load_tfds_dataset refuses an unknown name before reading anything
+    classes = max(1, data.batch_size // data.examples_per_class)
+    with config_keys("data.batch_size", "data.examples_per_class"):
+        class_balanced_indices(np.arange(classes), data.batch_size, data.examples_per_class)
+
+
+# -- text encoder, language table ----------------------------------------------------------------
+
+
+def text_encoder(language):
+    """The text encoder ``language.encoder`` names (ELG / PLG tables, semantic metrics)."""
+    from tf_langdml.language import build_text_encoder
+
+    with config_keys("language.encoder", words={"output": "language.output_key"}):
+        return build_text_encoder(language.encoder, output_key=language.output_key)
+
+
+def imagenet_classifier(language):
+    """The PLG ImageNet classifier of the ``language`` section."""
+    from tf_langdml.models import CLASSIFIERS, build_imagenet_classifier
+
+    with config_keys("language.classifier", words={"classifier": "language.classifier",
+                                                   "weights": "language.classifier_weights"},
+                     suggest=(language.classifier, CLASSIFIERS)):
+        return build_imagenet_classifier(language.classifier, weights=language.classifier_weights,
+                                         image_size=language.classifier_image_size)
+
+
+_LANGUAGE_WORDS = {"have no vector": "language.encoder", "template": "language.template", "top-k": "language.top_k",
+                   "level": "language.level"}
+
+
+def pseudo_labels(language, split, encoder, batch_size, output_path=None, verbose=1):
+    """PLG: (table (C|N, K, D), PseudoLabels) of a training split; ``batch_size``: the classifier's."""
+    from tf_langdml.language import pseudo_label_table
+
+    classifier = imagenet_classifier(language)
+    with config_keys(words=_LANGUAGE_WORDS):
+        return pseudo_label_table(classifier, split, encoder, k=language.top_k, level=language.level,
+                                  template=language.template, batch_size=batch_size, output_path=output_path,
+                                  verbose=bool(verbose))
+
+
+def language_table(language, split, encoder, batch_size, pseudo_labels_path=None, verbose=1):
+    """The (C|N, K, D) table of ``language.guidance`` for a training split; None for the baseline.
+
+    ELG: the primed class names; PLG: the top-k ImageNet names (written to ``pseudo_labels_path``).
+    """
+    from tf_langdml.language import expert_language_table
+
+    if language.guidance == "none":
+        return None
+    if language.guidance == "elg":
+        with config_keys(words=_LANGUAGE_WORDS):
+            return expert_language_table(split.class_names, encoder, language.template, verbose=bool(verbose))
+    return pseudo_labels(language, split, encoder, batch_size, pseudo_labels_path, verbose)[0]
+
+
+def table_index(language):
+    """How the model indexes the table: by ``sample_id`` for sample-level PLG, else by ``label``."""
+    return "sample_id" if language.guidance == "plg" and language.level == "sample" else "label"
+
+
+def check_language(language):
+    """The template, and for PLG the classifier name, top-k and level, before any data or weights."""
+    from tf_langdml.language import prime, top_k_pseudo_labels
+    from tf_langdml.language.imagenet import NUM_IMAGENET_CLASSES
+    from tf_langdml.models import CLASSIFIERS
+
+    with config_keys("language.template"):
+        prime(["name"], language.template)
+    if language.guidance != "plg":
+        return
+    if language.classifier not in CLASSIFIERS:
+        imagenet_classifier(language)  # refuses an unknown name before building anything
+    with config_keys("language.top_k", "language.level", words=_LANGUAGE_WORDS):
+        top_k_pseudo_labels(np.zeros((1, NUM_IMAGENET_CLASSES)), np.zeros(1, np.int64), k=language.top_k,
+                            level=language.level)
+
+
+# -- embedder, model -----------------------------------------------------------------------------
+
+_MODEL_WORDS = {"backbone": "model.backbone", "weights": "model.weights", "pooling": "model.pooling",
+                "embed_dim": "model.embed_dim", "input_shape": "data.image_size", "freeze_bn": "model.freeze_bn_statistics"}
+_KEEP = object()
+
+
+def embedder(model, image_size, weights=_KEEP):
+    """The embedder the ``model`` section describes for ``image_size`` images; ``weights`` default: ``model.weights``."""
+    from tf_langdml.models import BACKBONES, build_embedder
+
+    with config_keys("model.backbone", words=_MODEL_WORDS, suggest=(model.backbone, BACKBONES)):
+        return build_embedder(
+            model.backbone, weights=model.weights if weights is _KEEP else weights, embed_dim=model.embed_dim,
+            pooling=model.pooling, freeze_bn_statistics=model.freeze_bn_statistics,
+            input_shape=(image_size, image_size, 3),
+        )
+
+
+def _optimizer(optimizer):
+    from tf_langdml._keras import keras
+
+    classes = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}
+    with config_keys("optimizer.learning_rate"):
+        return classes[optimizer.name](learning_rate=optimizer.learning_rate)
+
+
+_COMPILE_WORDS = {"language_weight": "loss.language_weight", "language_delay": "loss.delay",
+                  "weight_decay": "optimizer.weight_decay", "direction": "loss.direction", "shift": "loss.shift",
+                  "temperature": "loss.temperature", "Unknown DML loss": "loss.dml",
+                  "Unknown argument": "loss.dml_arguments"}
+
+
+def _compile(network, loss, optimizer, training, guided):
+    """``network.compile`` with the loss, optimizer and training sections (ω = 0 without a table)."""
+    with config_keys("loss.dml", "loss.dml_arguments", words=_COMPILE_WORDS):
+        network.compile(
+            optimizer=_optimizer(optimizer),
+            dml_loss={"name": loss.dml, **loss.dml_arguments},
+            language_weight=loss.language_weight if guided else 0.0,
+            language_shift=loss.shift,
+            language_temperature=loss.temperature,
+            language_delay=loss.delay,
+            language_direction=loss.direction,
+            weight_decay=optimizer.weight_decay,
+            jit_compile=training.jit_compile,
+        )
+    return network
+
+
+def guided_model(model, image_size, loss, optimizer, training, table=None, index="label"):
+    """The compiled :class:`~tf_langdml.models.LanguageGuidedModel` (mixed_float16 layers under ``training.mixed_precision``).
+
+    ``table``: the language table (None: the baseline, ω = 0); ``index``: :func:`table_index`.
+    """
+    from tf_langdml._keras import keras
+    from tf_langdml.models import LanguageGuidedModel
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16" if training.mixed_precision else "float32")
+    try:
+        network = LanguageGuidedModel(embedder(model, image_size), language_table=table, table_index=index)
+        _compile(network, loss, optimizer, training, guided=table is not None)
+        network.optimizer.build(network.trainable_variables)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    return network
+
+
+def _stand_in_backbone(image_size):
+    from tf_langdml._keras import keras
+
+    return keras.Sequential([keras.Input((image_size, image_size, 3)), keras.layers.MaxPooling2D(image_size)],
+                            name="stand_in_backbone")
+
+
+def check_embedder(model, image_size):
+    """The backbone name, a weights file, pooling, embed_dim and the image size, without building the backbone."""
+    from tf_langdml.models import BACKBONES, build_embedder
+    from tf_langdml.models.backbones import backbone_spec, resolve_weights
+
+    with config_keys("model.backbone", suggest=(model.backbone, BACKBONES)):
+        backbone_spec(model.backbone)
+    if model.weights not in (None, "imagenet"):
+        resolve_weights(model.backbone, model.weights)  # FileNotFoundError naming the file
+    with config_keys("model.backbone", words=_MODEL_WORDS):
+        build_embedder(_stand_in_backbone(image_size), weights=None, embed_dim=model.embed_dim, pooling=model.pooling,
+                       freeze_bn_statistics=False, input_shape=(image_size, image_size, 3))
+
+
+def check_model(loss, optimizer, training):
+    """The loss, optimizer and training sections through ``LanguageGuidedModel.compile`` on a stand-in embedder."""
+    from tf_langdml.models import LanguageGuidedModel, build_embedder
+
+    stand_in = build_embedder(_stand_in_backbone(2), weights=None, embed_dim=2, freeze_bn_statistics=False,
+                              input_shape=(2, 2, 3))
+    _compile(LanguageGuidedModel(stand_in), loss, optimizer, training, guided=True)
+
+
+# -- callbacks, metrics ------------------------------------------------------------------------
+
+
+def callbacks(training, evaluation, image_size, splits, log_dir, fixed_batch):
+    """Retrieval evaluation and TensorBoard (language guidance, embedding projector) every ``training.eval_every`` epochs."""
+    from tf_langdml.evaluation import LanguageGuidanceTensorBoard, RetrievalEvaluation
+
+    with config_keys("training.eval_every", words={"ks": "evaluation.ks"}):
+        return [
+            RetrievalEvaluation(splits.test_split, every=training.eval_every, batch_size=evaluation.batch_size,
+                                image_size=image_size, ks=evaluation.ks, log_dir=log_dir, verbose=0),
+            LanguageGuidanceTensorBoard(log_dir, fixed_batch=fixed_batch, every=training.eval_every,
+                                        projector_split=splits.test_split, image_size=image_size),
+        ]
+
+
+def check_evaluation(evaluation, training):
+    """``training.eval_every`` (the retrieval callback's check) and ``evaluation.ks`` (retrieval_metrics') on stand-ins."""
+    from tf_langdml.evaluation import RetrievalEvaluation, retrieval_metrics
+
+    with config_keys("training.eval_every"):
+        RetrievalEvaluation(None, every=training.eval_every)
+    with config_keys("evaluation.ks"):
+        retrieval_metrics(np.eye(2, dtype=np.float32), np.zeros(2, np.int64), evaluation.ks)
+
+
+def evaluation_metrics(evaluation, data, language, seed, network, split, encoder=None, verbose=1):
+    """Retrieval, clustering and semantic-consistency metrics of ``network`` (an embedder or model) on ``split`` (the test split).
+
+    ``encoder``: the text encoder for the semantic metrics (built from ``language`` when None).
+    """
+    from tf_langdml.evaluation import (clustering_metrics, embed_split, make_level_recall_at_1, nearest_neighbors,
+                                       retrieval_metrics, semantic_consistency)
+
+    embeddings = embed_split(network, split, evaluation.batch_size, data.image_size, verbose=verbose)
+    with config_keys("evaluation.ks"):
+        metrics = retrieval_metrics(embeddings, split.labels, evaluation.ks)
+    if evaluation.clustering:
+        metrics.update(clustering_metrics(embeddings, split.labels, seed=seed))
+    if evaluation.semantic:
+        neighbors = nearest_neighbors(embeddings, k=1)[0][:, 0]
+        encoder = text_encoder(language) if encoder is None else encoder
+        with config_keys(words=_LANGUAGE_WORDS):
+            metrics.update(semantic_consistency(embeddings, split.labels, split.class_names, encoder,
+                                                language.template, neighbors=neighbors))
+        if data.dataset == "cars196":
+            metrics["make_recall@1"] = make_level_recall_at_1(embeddings, split.labels, split.class_names, neighbors)
+    return metrics

@@ -1,0 +1,110 @@
+"""A training run from a config: checks, run directory, language table, model.fit with resume, final metrics.
+
+:func:`train` first runs every check that needs neither data nor weights
+(:func:`preflight`), then writes the run directory (:mod:`~tf_langdml.runs.run_dir`
+describes its files) and trains.
+
+A run killed at any point and restarted with the same command resumes from its last
+checkpoint: the data pipeline's batch b depends only on (seed, b), so it restarts at
+the restored optimizer step, and a partial epoch is finished before the next begins;
+the run ends with the same epochs and optimizer steps as an unbroken one.
+
+NaN or Inf: a step whose loss or gradients are not finite is not applied and stops the
+run with :class:`~tf_langdml.models.NonFiniteLossError` (see
+``LanguageGuidedModel.train_step``), at that step; ``run_log.jsonl`` gets a line
+``{"event": "nonfinite", "optimizer_step": N, ...}`` before the error propagates, and
+no file of the run directory takes a non-finite value (see :mod:`~tf_langdml.runs.run_dir`).
+"""
+
+import math
+import sys
+
+from tf_langdml._keras import keras
+from tf_langdml.runs import builders, run_dir
+
+
+def preflight(config):
+    """The library's checks of every section that need neither data nor weights (ConfigError naming the key)."""
+    builders.check_data(config.data)
+    builders.check_embedder(config.model, config.data.image_size)
+    builders.check_model(config.loss, config.optimizer, config.training)
+    builders.check_language(config.language)
+    builders.check_evaluation(config.evaluation, config.training)
+
+
+def _fit(model, folder, *args, **kwargs):
+    """``model.fit``; a NonFiniteLossError is logged to ``run_log.jsonl`` before it propagates."""
+    from tf_langdml.models import NonFiniteLossError
+
+    try:
+        return model.fit(*args, **kwargs)
+    except NonFiniteLossError as error:
+        run_dir.log_nonfinite(folder, model, error)
+        raise
+
+
+def train(config, verbose=1):
+    """Train (or resume) the run a config describes; returns the final ``metrics.json`` contents."""
+    preflight(config)
+    folder = run_dir.prepare(config)
+    metrics = run_dir.read_metrics(folder)
+    if metrics is not None:
+        if verbose:
+            print(f"tf_langdml: run {folder} is complete; its metrics are in {folder / 'metrics.json'}.")
+        return metrics
+    keras.utils.set_random_seed(config.training.seed)
+    data = builders.dataset(config.data)
+    split = data.train_split
+    index = builders.table_index(config.language)
+    # Built now (not iterated until later) so that the sampler checks the batch against the split first.
+    fixed_batches = builders.train_batches(config.data, split, seed=config.training.seed + 1,
+                                           with_sample_ids=index == "sample_id")
+    run_dir.write_class_names(folder, split.class_names)
+    encoder = builders.text_encoder(config.language) if config.language.guidance != "none" else None
+    table = builders.language_table(config.language, split, encoder, config.evaluation.batch_size,
+                                    folder / run_dir.PSEUDO_LABELS, verbose)
+    if table is not None:
+        run_dir.write_language_table(folder, table)
+    model = builders.guided_model(config.model, config.data.image_size, config.loss, config.optimizer,
+                                  config.training, table, index)
+    checkpoint, manager = run_dir.checkpoint_manager(model, folder)
+    resume_from = run_dir.latest_finite_checkpoint(manager)
+    if resume_from:
+        checkpoint.restore(resume_from).assert_existing_objects_matched()
+        if verbose:
+            print(f"tf_langdml: resuming {folder} from optimizer step {int(model.optimizer.iterations.numpy())}.")
+    steps_per_epoch = config.training.steps_per_epoch or max(1, len(split.labels) // config.data.batch_size)
+    total_steps = steps_per_epoch * config.training.epochs
+    step = int(model.optimizer.iterations.numpy())
+    run_dir.log_event(folder, {"event": "start", "optimizer_step": step})  # one line per (re)start
+    log_dir = str(folder / "logs")
+    callbacks = builders.callbacks(config.training, config.evaluation, config.data.image_size, data, log_dir,
+                                   fixed_batch=next(iter(fixed_batches)))
+    callbacks += [run_dir.HistoryFile(folder / "history.json"),
+                  run_dir.ResumeCheckpoints(manager, config.training.checkpoint_every)]
+    while step < total_steps:
+        epoch, done_in_epoch = divmod(step, steps_per_epoch)
+        train_data = builders.train_batches(config.data, split, seed=config.training.seed, start_batch=step,
+                                            with_sample_ids=index == "sample_id")
+        # A partial epoch first (after a resume), then whole epochs.
+        last_epoch = epoch + 1 if done_in_epoch else config.training.epochs
+        _fit(model, folder, train_data, initial_epoch=epoch, epochs=last_epoch,
+             steps_per_epoch=steps_per_epoch - done_in_epoch if done_in_epoch else steps_per_epoch,
+             callbacks=callbacks, verbose=2 if verbose else 0)
+        step = int(model.optimizer.iterations.numpy())
+    run_dir.save_embedder(folder, model, step)
+    metrics = builders.evaluation_metrics(config.evaluation, config.data, config.language, config.training.seed,
+                                          model, data.test_split, encoder=encoder, verbose=verbose)
+    metrics.update({"epochs": math.ceil(step / steps_per_epoch), "optimizer_steps": step,
+                    "steps_per_epoch": steps_per_epoch})
+    metrics = run_dir.write_metrics(folder, metrics)  # what metrics.json holds (NaN -> None), also on a later call
+    if verbose:
+        print(f"tf_langdml: run {folder} done; TensorBoard logs: tensorboard --logdir {log_dir}", file=sys.stderr)
+    return metrics
+
+
+def evaluate(folder, verbose=1):
+    """Metrics of a finished run's embedder on its test split (recomputed)."""
+    config, embedder = run_dir.restore_embedder(folder)
+    return builders.evaluation_metrics(config.evaluation, config.data, config.language, config.training.seed,
+                                       embedder, builders.dataset(config.data).test_split, verbose=verbose)
