@@ -227,10 +227,7 @@ def test_language_guided_model_saves_and_loads(guided_model, file_name, tmp_path
     "file_name",
     [
         "model.keras",
-        pytest.param("saved_model", marks=pytest.mark.xfail(strict=True, reason=(
-            "LanguageGuidedModel.from_config deserialises the embedder with keras.utils.deserialize_keras_object, "
-            "which under the SavedModel loader does not know 'Functional', so Keras revives a generic model"
-        ))),
+        "saved_model",
     ],
 )
 def test_language_guided_model_reloads_as_its_own_class(guided_model, file_name, tmp_path):

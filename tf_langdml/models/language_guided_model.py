@@ -407,7 +407,7 @@ class LanguageGuidedModel(keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        embedder = keras.utils.deserialize_keras_object(config.pop("embedder"), custom_objects=custom_objects)
+        embedder = keras.layers.deserialize(config.pop("embedder"), custom_objects=custom_objects)
         return cls(embedder, **config)
 
 
