@@ -30,7 +30,7 @@ quickstart: install
 
 # The test suite (CI runs this through .ci/run); long checks are marked slow.
 test: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" --durations=15
 
 # pytest exits 5 when no test is marked slow; that is not a failure here.
 test-slow: install

@@ -317,6 +317,7 @@ print(json.dumps({**report, "replicas": model.distribute_strategy.num_replicas_i
 """
 
 
+@pytest.mark.slow  # a second TensorFlow process with 2 logical CPUs (~30 s); run with `make test-slow`
 def test_mirrored_strategy_stops_every_replica_at_the_nonfinite_step():
     result = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True, timeout=600,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})

@@ -27,7 +27,8 @@ def jpeg_bytes(seed=0, shape=(40, 50)):
     return buffer.getvalue()
 
 
-@pytest.fixture(scope="module", params=["toy_cnn", "efficientnet_lite0", "resnet50"])
+# ResNet50 (a 100 MB SavedModel written and reloaded in fresh processes) runs with `make test-slow`.
+@pytest.fixture(scope="module", params=["toy_cnn", "efficientnet_lite0", pytest.param("resnet50", marks=pytest.mark.slow)])
 def exported(request, tmp_path_factory):
     weights = "imagenet" if request.param == "efficientnet_lite0" else None
     embedder = build_embedder(request.param, weights=weights, embed_dim=16, input_shape=(SIZE, SIZE, 3))
