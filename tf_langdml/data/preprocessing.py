@@ -50,6 +50,10 @@ def _header(encoded):
     return tf.cast(tf.io.decode_raw(padded, tf.uint8), tf.int32)
 
 
+# Magic numbers of the formats decode_rgb reads; one table for the graph and the host-side scan.
+_SIGNATURES = ((b"\xff\xd8\xff", JPEG), (b"\x89PNG\r\n\x1a\n", PNG), (b"GIF87a", GIF), (b"GIF89a", GIF), (b"BM", BMP))
+
+
 def _starts_with(header, signature):
     return tf.reduce_all(tf.equal(header[..., : len(signature)], list(signature)), axis=-1)
 
@@ -57,12 +61,9 @@ def _starts_with(header, signature):
 def image_format(encoded: tf.Tensor) -> tf.Tensor:
     """The format code (JPEG, PNG, GIF, BMP or UNKNOWN) of encoded image bytes, from the magic number."""
     header = _header(encoded)
-    gif = _starts_with(header, b"GIF87a") | _starts_with(header, b"GIF89a")
-    codes = [(_starts_with(header, b"\xff\xd8\xff"), JPEG), (_starts_with(header, b"\x89PNG\r\n\x1a\n"), PNG),
-             (gif, GIF), (_starts_with(header, b"BM"), BMP)]
     code = tf.fill(tf.shape(header)[:-1], UNKNOWN)
-    for match, value in codes:
-        code = tf.where(match, value, code)
+    for signature, value in _SIGNATURES:
+        code = tf.where(_starts_with(header, signature), value, code)
     return code
 
 
@@ -97,13 +98,6 @@ def header_image_size(encoded: tf.Tensor) -> tf.Tensor:
     """
     return tf.cond(tf.io.is_jpeg(encoded), lambda: tf.cast(tf.io.extract_jpeg_shape(encoded)[:2], tf.int64),
                    lambda: _fixed_header_size(encoded, image_format(encoded)))
-
-
-def check_image_size(encoded: tf.Tensor, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tf.Operation:
-    """An assertion op that fails when the header declares more than ``max_pixels`` pixels (None: no limit)."""
-    if max_pixels is None:
-        return tf.no_op()
-    return _check_pixels(header_image_size(encoded), max_pixels)
 
 
 def _check_pixels(size, max_pixels):
@@ -193,8 +187,6 @@ def source_formats(sources: Sequence[str | bytes] | np.ndarray, from_files: bool
     Read from the first bytes only (file paths, or encoded bytes when ``from_files`` is
     False). A split that knows its formats gets a decoder with only those branches.
     """
-    signatures = [(b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
-                  (b"BM", "BMP")]
     found = set()
     for source in sources:
         if from_files:
@@ -202,7 +194,7 @@ def source_formats(sources: Sequence[str | bytes] | np.ndarray, from_files: bool
                 head = handle.read(8)
         else:
             head = bytes(source[:8])
-        found.add(next((name for signature, name in signatures if head.startswith(signature)), "unknown"))
+        found.add(FORMAT_NAMES[next((code for signature, code in _SIGNATURES if head.startswith(signature)), UNKNOWN)])
     return tuple(sorted(found))
 
 
