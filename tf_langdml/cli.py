@@ -20,6 +20,8 @@ EXAMPLES = {
     "demo": "tf-langdml demo\n  tf-langdml demo --set training.epochs=4 --runs-dir /tmp/runs",
     "train": "tf-langdml train --config configs/cub200_plg_128.yaml --set data.manual_dir=~/downloads",
     "evaluate": "tf-langdml evaluate --run runs/cub200_plg_128",
+    "sweep": "tf-langdml sweep --config configs/demo.yaml --grid loss.language_weight=0,2.5,7.5 "
+             "--grid language.guidance=elg,plg --seeds 0,1,2 --final",
     "embed-classes": 'tf-langdml embed-classes --names "black footed albatross,laysan albatross" --out table.npz',
     "pseudolabel": "tf-langdml pseudolabel --config configs/cub200_plg_128.yaml --out pseudo_labels.json",
     "export": "tf-langdml export --run runs/cub200_plg_128 --name cub200_plg_128\n"
@@ -55,6 +57,24 @@ def _parser():
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. training.epochs=10 (repeatable)")
     train.add_argument("--quiet", action="store_true", help="no Keras progress lines and no messages")
+
+    sweep = command("sweep", "Choose hyper-parameters on validation classes: train every grid point once per seed "
+                             "on the training classes minus a held-out part, score it on that part, print mean ± std "
+                             "per point and name the best (written to <runs_dir>/<name>_sweep/sweep.csv, sweep.json). "
+                             "Resumes where it stopped.")
+    sweep.add_argument("--config", required=False, help="the base YAML config (default: all defaults)")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base config key")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", required=True,
+                       help="a config key and its values (repeatable: the grid is the product)")
+    sweep.add_argument("--seeds", default="0", help="comma-separated training seeds per point (default: 0)")
+    sweep.add_argument("--metric", default="recall@1", help="selection criterion, a metrics.json key (default: recall@1)")
+    sweep.add_argument("--validation-fraction", type=float, default=None,
+                       help="share of training classes held out (default: data.validation_fraction, else 0.3)")
+    sweep.add_argument("--final", action="store_true",
+                       help="then retrain the best point on the full training split and report its test metrics "
+                            "(the only time the sweep reads the test split)")
+    sweep.add_argument("--final-all", action="store_true", help="as --final, for every point (a report, not a choice)")
+    sweep.add_argument("--quiet", action="store_true", help="no per-run progress messages")
 
     evaluate = command("evaluate", "Recompute the test-split metrics of a finished run's embedder and print them as JSON.")
     evaluate.add_argument("--run", required=True, help="a run directory")
@@ -141,6 +161,22 @@ def main(argv=None):
 
             metrics = train(config, verbose=0 if arguments.quiet else 1)
             print(json.dumps(metrics, indent=1, default=float))
+        elif arguments.command == "sweep":
+            from tf_langdml.runs.sweep import sweep_from_arguments
+
+            base_values, grid, seeds = sweep_from_arguments(arguments.config, arguments.set, arguments.grid,
+                                                            arguments.seeds, arguments.metric, arguments.final,
+                                                            arguments.validation_fraction)
+            _load_tensorflow(verbose)
+            from tf_langdml.runs.sweep import run_sweep
+
+            result = run_sweep(base_values, grid, seeds, metric=arguments.metric,
+                               final="all" if arguments.final_all else arguments.final,
+                               validation_fraction=arguments.validation_fraction,
+                               verbose=0 if arguments.quiet else 1)
+            print(result.table())
+            print(f"wall time {result.wall_seconds / 60:.1f} min; table: {result.folder / 'sweep.csv'}; "
+                  f"TensorBoard HParams: tensorboard --logdir {result.folder}")
         elif arguments.command == "evaluate":
             _load_tensorflow(verbose)
             from tf_langdml.runs.train import evaluate

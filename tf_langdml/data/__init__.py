@@ -13,7 +13,14 @@ from tf_langdml.data.preprocessing import (
     train_preprocess,
 )
 from tf_langdml.data.sampler import class_balanced_indices
-from tf_langdml.data.splits import Split, SplitDataset, make_eval_dataset, make_train_dataset
+from tf_langdml.data.splits import (
+    Split,
+    SplitDataset,
+    hold_out_validation,
+    make_eval_dataset,
+    make_train_dataset,
+    validation_classes,
+)
 from tf_langdml.data.tfds_datasets import TFDS_DATASETS, load_tfds_dataset
 
 __all__ = [
@@ -23,6 +30,8 @@ __all__ = [
     "load_tfds_dataset",
     "Split",
     "SplitDataset",
+    "hold_out_validation",
+    "validation_classes",
     "load_image_folder",
     "make_eval_dataset",
     "make_train_dataset",

@@ -1,6 +1,7 @@
 """Class-disjoint splits held as image sources with labels 0..C-1, and their pipelines."""
 
 import dataclasses
+import fractions
 import typing
 
 import numpy as np
@@ -70,6 +71,17 @@ class Split:
         """The images at ``indices`` (same classes, labels and decoding)."""
         return dataclasses.replace(self, sources=self.sources[indices], labels=self.labels[indices])
 
+    def select_classes(self, class_indices: np.ndarray) -> "Split":
+        """The images of the classes ``class_indices`` (labels of this split), relabelled 0..K-1 in that order."""
+        class_indices = np.asarray(class_indices, dtype=np.int64).reshape(-1)
+        new_label = np.full(self.num_classes, -1, np.int64)
+        new_label[class_indices] = np.arange(len(class_indices))
+        keep = new_label[self.labels] >= 0
+        return dataclasses.replace(
+            self, sources=self.sources[keep], labels=new_label[self.labels[keep]],
+            class_names=tuple(self.class_names[index] for index in class_indices),
+            raw_class_names=tuple(self.raw_class_names[index] for index in class_indices))
+
     def dataset(self) -> tf.data.Dataset:
         """``tf.data`` of (encoded image bytes, label, sample id), in order."""
         ids = np.arange(len(self.labels), dtype=np.int64)
@@ -79,11 +91,17 @@ class Split:
 
 @dataclasses.dataclass(frozen=True)
 class SplitDataset:
-    """A dataset with class-disjoint train and test splits (see :class:`Split`)."""
+    """A dataset with class-disjoint train and test splits (see :class:`Split`).
+
+    ``validation_split``: training classes held out for model selection
+    (:func:`hold_out_validation`); None when there are none. ``test_split`` is None
+    when a run must not read it (model selection on validation classes).
+    """
 
     train_split: Split
-    test_split: Split
+    test_split: typing.Optional[Split]
     skipped_files: tuple = ()
+    validation_split: typing.Optional[Split] = None
 
     @property
     def train(self) -> tf.data.Dataset:
@@ -100,6 +118,46 @@ class SplitDataset:
     @property
     def test_class_names(self) -> list[str]:
         return list(self.test_split.class_names)
+
+
+def validation_classes(num_classes: int, fraction: float) -> np.ndarray:
+    """The labels (of ``num_classes`` training classes, in split order) held out for validation.
+
+    Every ``1 / fraction``-th class, evenly spread: class ``c`` is held out when
+    ``floor((c + 1) * fraction) > floor(c * fraction)`` (exact decimal arithmetic), so
+    ``floor(num_classes * fraction)`` classes in all and none of the choice is random.
+    Split order is the dataset's class order (sorted folder names; the demo set's
+    classes come in sub-group order, so every sub-group of more than a few classes
+    keeps some of them).
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise ValueError(f"validation_fraction must be a number in [0, 1); got {fraction!r}.")
+    exact = fractions.Fraction(str(float(fraction)))
+    chosen = [c for c in range(num_classes) if int((c + 1) * exact) > int(c * exact)]
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def hold_out_validation(dataset: SplitDataset, fraction: float) -> SplitDataset:
+    """``dataset`` with ``validation_classes(C, fraction)`` of its training classes moved to ``validation_split``.
+
+    Class-disjoint from what is left for training and from the test split (which is
+    untouched); labels are renumbered 0..C-1 within each split. ``fraction == 0``
+    returns ``dataset`` unchanged.
+    """
+    if fraction == 0:
+        return dataset
+    train = dataset.train_split
+    held_out = validation_classes(train.num_classes, fraction)
+    if len(held_out) < 2 or train.num_classes - len(held_out) < 2:
+        raise ValueError(
+            f"validation_fraction={fraction} of {train.num_classes} training classes leaves "
+            f"{len(held_out)} validation and {train.num_classes - len(held_out)} training classes; both need at "
+            f"least 2: choose a fraction between {2 / train.num_classes:.3g} and "
+            f"{1 - 2 / train.num_classes:.3g}." if train.num_classes >= 4 else
+            f"validation_fraction={fraction}: {train.num_classes} training classes are too few to hold some out.")
+    kept = np.setdiff1d(np.arange(train.num_classes), held_out)
+    return dataclasses.replace(dataset, train_split=train.select_classes(kept),
+                               validation_split=train.select_classes(held_out))
 
 
 def make_train_dataset(

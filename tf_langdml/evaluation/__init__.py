@@ -8,6 +8,7 @@ from tf_langdml.evaluation.callbacks import (
     similarity_heatmap,
 )
 from tf_langdml.evaluation.clustering import clustering_metrics, pairwise_f1
+from tf_langdml.evaluation.diagnostics import language_table_statistics, loss_diagnostics
 from tf_langdml.evaluation.retrieval import (
     DEFAULT_KS,
     metrics_from_ranks,
@@ -31,6 +32,8 @@ __all__ = [
     "embed_split",
     "group_recall_at_1",
     "language_similarity",
+    "language_table_statistics",
+    "loss_diagnostics",
     "make_level_recall_at_1",
     "metrics_from_ranks",
     "nearest_classes",

@@ -92,16 +92,26 @@ class LanguageGuidanceTensorBoard(keras.callbacks.Callback):
 
     - ``<log_dir>/train``: per-step ``loss``, ``dml_loss``, ``language_loss`` (the step's
       own values, recovered from Keras' running epoch means) and ``learning_rate``.
-    - every ``every`` epochs, the image ``similarity/image_vs_language``: S_img (left) and
-      S_lang (right) of one fixed batch, on the same colour scale (-1 blue, 0 white,
-      +1 red), so the alignment can be watched.
+    - every ``every`` epochs (at each evaluation, when ``every`` is the evaluation
+      interval), the image ``similarity/image_vs_language``: S_img (left) and S_lang
+      (right) of one fixed batch, on the same colour scale (-1 blue, 0 white, +1 red),
+      so the alignment can be watched.
+    - every ``diagnostics_every`` epochs (None: never), ``diagnostics/<name>`` for each
+      value of :func:`~tf_langdml.evaluation.diagnostics.loss_diagnostics` on the fixed
+      batch (the gradient-norm ratio of ω·L_match to L_DML, mean same-class and
+      other-class image similarity, mean language similarity), also added to the
+      epoch's ``logs`` (so ``History`` and ``history.json`` keep them); once at the
+      start, the language table's off-class similarity mean and spread.
     - at the end of training (and every ``projector_every`` epochs if set), the embedding
       projector for up to ``projector_size`` test embeddings with class names as metadata.
     """
 
     def __init__(self, log_dir, fixed_batch=None, every=1, projector_split=None, projector_size=1000,
-                 projector_every=None, image_size=224, update_freq=1):
+                 projector_every=None, image_size=224, update_freq=1, diagnostics_every=None):
         super().__init__()
+        if diagnostics_every is not None and int(diagnostics_every) < 1:
+            raise ValueError(f"diagnostics_every must be >= 1 epoch or None; got {diagnostics_every}.")
+        self.diagnostics_every = None if diagnostics_every is None else int(diagnostics_every)
         self.log_dir = str(log_dir)
         self.fixed_batch = fixed_batch
         self.every, self.projector_every, self.update_freq = int(every), projector_every, int(update_freq)
@@ -152,7 +162,32 @@ class LanguageGuidanceTensorBoard(keras.callbacks.Callback):
             language = table.similarities(indices).numpy()  # the training step's S_lang, same rows
         return side_by_side(similarity_heatmap(image_similarity), similarity_heatmap(language))[None]
 
+    # -- loss diagnostics ------------------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        table = getattr(self.model, "language_table", None)
+        if self.diagnostics_every is None or table is None:
+            return
+        from tf_langdml.evaluation.diagnostics import language_table_statistics
+
+        with self.writer.as_default():
+            for name, value in language_table_statistics(table).items():
+                tf.summary.scalar(f"diagnostics/{name}", value, step=0)
+
+    def diagnostics(self):
+        """:func:`~tf_langdml.evaluation.diagnostics.loss_diagnostics` of the fixed batch."""
+        from tf_langdml.evaluation.diagnostics import loss_diagnostics
+
+        return loss_diagnostics(self.model, self.fixed_batch)
+
     def on_epoch_end(self, epoch, logs=None):
+        if (self.fixed_batch is not None and self.diagnostics_every is not None
+                and (epoch + 1) % self.diagnostics_every == 0 and getattr(self.model, "dml_loss", None) is not None):
+            values = self.diagnostics()
+            with self.writer.as_default():
+                for name, value in values.items():
+                    tf.summary.scalar(f"diagnostics/{name}", value, step=epoch + 1)
+            if logs is not None:
+                logs.update({f"diagnostics/{name}": value for name, value in values.items()})
         if self.fixed_batch is not None and (epoch + 1) % self.every == 0:
             with self.writer.as_default():
                 tf.summary.image("similarity/image_vs_language", self.similarity_image(), step=epoch + 1)

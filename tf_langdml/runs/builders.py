@@ -56,8 +56,27 @@ _DATA_WORDS = {"background": "data.background", "max_pixels": "data.max_pixels",
                "test_fraction": "data.test_fraction", "manual_dir": "data.manual_dir", "TFDS dataset": "data.dataset"}
 
 
-def dataset(data):
-    """The :class:`~tf_langdml.data.SplitDataset` the ``data`` section names."""
+def dataset(data, evaluation_split="test"):
+    """The :class:`~tf_langdml.data.SplitDataset` the ``data`` section names.
+
+    With ``data.validation_fraction`` > 0 that part of the training classes is held out
+    as ``validation_split`` (:func:`~tf_langdml.data.hold_out_validation`). With
+    ``evaluation_split="validation"`` (model selection) the returned dataset has no
+    test split (``test_split`` is None), so nothing downstream can read it.
+    """
+    import dataclasses
+
+    from tf_langdml.data import hold_out_validation
+
+    splits = _load_dataset(data)
+    with config_keys("data.validation_fraction"):
+        splits = hold_out_validation(splits, data.validation_fraction)
+    if evaluation_split == "validation":
+        splits = dataclasses.replace(splits, test_split=None)
+    return splits
+
+
+def _load_dataset(data):
     from tf_langdml.data import load_demo, load_image_folder, load_tfds_dataset
     from tf_langdml.data.tfds_datasets import TFDS_DATASETS
 
@@ -71,6 +90,11 @@ def dataset(data):
     with config_keys("data.dataset", words=_DATA_WORDS,
                      suggest=(data.dataset, ["demo", "folder", *TFDS_DATASETS])):
         return load_tfds_dataset(data.dataset, data_dir=data.data_dir, manual_dir=data.manual_dir, **decoding)
+
+
+def evaluation_split(evaluation, splits):
+    """The split that ``evaluation.split`` names: the test classes, or the validation classes (model selection)."""
+    return splits.validation_split if evaluation.split == "validation" else splits.test_split
 
 
 def train_batches(data, split, seed, start_batch=0, with_sample_ids=False):
@@ -89,7 +113,7 @@ def check_data(data):
     from tf_langdml.data.tfds_datasets import TFDS_DATASETS
 
     if data.dataset not in ("demo", "folder", *TFDS_DATASETS):
-        dataset(data)  # load_tfds_dataset refuses an unknown name before reading anything
+        _load_dataset(data)  # load_tfds_dataset refuses an unknown name before reading anything
     classes = max(1, data.batch_size // data.examples_per_class)
     with config_keys("data.batch_size", "data.examples_per_class"):
         class_balanced_indices(np.arange(classes), data.batch_size, data.examples_per_class)
@@ -271,16 +295,20 @@ def check_model(loss, optimizer, training):
 # -- callbacks, metrics ------------------------------------------------------------------------
 
 
-def callbacks(training, evaluation, image_size, splits, log_dir, fixed_batch):
-    """Retrieval evaluation and TensorBoard (language guidance, embedding projector) every ``training.eval_every`` epochs."""
+def callbacks(training, evaluation, image_size, split, log_dir, fixed_batch):
+    """Retrieval evaluation on ``split`` (the evaluation split) and TensorBoard every ``training.eval_every`` epochs.
+
+    TensorBoard: the loss diagnostics every epoch, the S_img | S_lang heat map at every
+    evaluation, the embedding projector of ``split`` at the end.
+    """
     from tf_langdml.evaluation import LanguageGuidanceTensorBoard, RetrievalEvaluation
 
     with config_keys("training.eval_every", words={"ks": "evaluation.ks"}):
         return [
-            RetrievalEvaluation(splits.test_split, every=training.eval_every, batch_size=evaluation.batch_size,
+            RetrievalEvaluation(split, every=training.eval_every, batch_size=evaluation.batch_size,
                                 image_size=image_size, ks=evaluation.ks, log_dir=log_dir, verbose=0),
             LanguageGuidanceTensorBoard(log_dir, fixed_batch=fixed_batch, every=training.eval_every,
-                                        projector_split=splits.test_split, image_size=image_size),
+                                        projector_split=split, image_size=image_size, diagnostics_every=1),
         ]
 
 
@@ -295,7 +323,7 @@ def check_evaluation(evaluation, training):
 
 
 def evaluation_metrics(evaluation, data, language, seed, network, split, encoder=None, verbose=1):
-    """Retrieval, clustering and semantic-consistency metrics of ``network`` (an embedder or model) on ``split`` (the test split).
+    """Retrieval, clustering and semantic-consistency metrics of ``network`` (an embedder or model) on ``split``.
 
     ``encoder``: the text encoder for the semantic metrics (built from ``language`` when None).
     """

@@ -18,6 +18,7 @@ import yaml
 
 GUIDANCE = ("none", "elg", "plg")
 OPTIMIZERS = ("adam", "sgd")
+EVALUATION_SPLITS = ("test", "validation")
 BACKGROUNDS = ("white", "black")  # or [r, g, b] (tf_langdml.data.preprocessing.parse_background)
 
 
@@ -32,6 +33,7 @@ class DataConfig:
     data_dir: typing.Optional[str] = None  # TFDS data_dir; for "folder" the image folder root
     manual_dir: typing.Optional[str] = None  # TFDS manual downloads (CUB, Cars, SOP archives)
     test_fraction: float = 0.5  # "folder": the last part of the sorted classes is test
+    validation_fraction: float = 0.0  # training classes held out for model selection (every n-th; 0: none)
     image_size: int = _positive(224)
     batch_size: int = _positive(90)
     examples_per_class: int = _positive(2)
@@ -89,6 +91,7 @@ class TrainingConfig:
     seed: int = 0
     mixed_precision: bool = False  # mixed_float16 layers; losses and similarity matrices stay float32
     jit_compile: bool = False  # XLA-compile the train step
+    deterministic: bool = False  # TensorFlow op determinism: a rerun is bit-identical (costs speed; see docs/runs.md)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +100,7 @@ class EvaluationConfig:
     ks: typing.Tuple[int, ...] = (1, 2, 4, 8)
     clustering: bool = True
     semantic: bool = True
+    split: str = "test"  # test | validation (model selection: the test split is not read)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,6 +289,13 @@ def validate(config):
         raise ConfigError(f"A batch must hold at least 2 classes: data.batch_size {data.batch_size} is less than "
                           f"2 x data.examples_per_class {data.examples_per_class}.")
     _check_background(data.background)
+    if not 0 <= data.validation_fraction < 1:
+        raise ConfigError(f"'data.validation_fraction' must be in [0, 1) (the share of training classes held out "
+                          f"for model selection); got {data.validation_fraction}.")
+    _one_of(config.evaluation.split, EVALUATION_SPLITS, "evaluation.split")
+    if config.evaluation.split == "validation" and data.validation_fraction == 0:
+        raise ConfigError("evaluation.split is 'validation' but data.validation_fraction is 0: there are no "
+                          "validation classes; set data.validation_fraction (for example 0.3).")
     _one_of(language.guidance, GUIDANCE, "language.guidance")
     if language.guidance != "none" and loss.language_weight == 0:
         raise ConfigError(f"language.guidance is '{language.guidance}' but loss.language_weight (ω) is 0; set ω > 0.")

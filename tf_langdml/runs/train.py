@@ -53,8 +53,11 @@ def train(config, verbose=1):
             print(f"tf_langdml: run {folder} is complete; its metrics are in {folder / 'metrics.json'}.")
         return metrics
     keras.utils.set_random_seed(config.training.seed)
-    data = builders.dataset(config.data)
+    if config.training.deterministic:
+        enable_determinism()
+    data = builders.dataset(config.data, config.evaluation.split)
     split = data.train_split
+    scored_split = builders.evaluation_split(config.evaluation, data)
     index = builders.table_index(config.language)
     # Built now (not iterated until later) so that the sampler checks the batch against the split first.
     fixed_batches = builders.train_batches(config.data, split, seed=config.training.seed + 1,
@@ -78,7 +81,7 @@ def train(config, verbose=1):
     step = int(model.optimizer.iterations.numpy())
     run_dir.log_event(folder, {"event": "start", "optimizer_step": step})  # one line per (re)start
     log_dir = str(folder / "logs")
-    callbacks = builders.callbacks(config.training, config.evaluation, config.data.image_size, data, log_dir,
+    callbacks = builders.callbacks(config.training, config.evaluation, config.data.image_size, scored_split, log_dir,
                                    fixed_batch=next(iter(fixed_batches)))
     callbacks += [run_dir.HistoryFile(folder / "history.json"),
                   run_dir.ResumeCheckpoints(manager, config.training.checkpoint_every)]
@@ -94,9 +97,15 @@ def train(config, verbose=1):
         step = int(model.optimizer.iterations.numpy())
     run_dir.save_embedder(folder, model, step)
     metrics = builders.evaluation_metrics(config.evaluation, config.data, config.language, config.training.seed,
-                                          model, data.test_split, encoder=encoder, verbose=verbose)
+                                          model, scored_split, encoder=encoder, verbose=verbose)
     metrics.update({"epochs": math.ceil(step / steps_per_epoch), "optimizer_steps": step,
-                    "steps_per_epoch": steps_per_epoch})
+                    "steps_per_epoch": steps_per_epoch, "evaluated_on": config.evaluation.split,
+                    "evaluated_classes": scored_split.num_classes, "evaluated_images": len(scored_split.labels),
+                    "training_classes": split.num_classes})
+    if table is not None:
+        from tf_langdml.evaluation import language_table_statistics
+
+        metrics.update(language_table_statistics(table))
     metrics = run_dir.write_metrics(folder, metrics)  # what metrics.json holds (NaN -> None), also on a later call
     if verbose:
         print(f"tf_langdml: run {folder} done; TensorBoard logs: tensorboard --logdir {log_dir}", file=sys.stderr)
@@ -104,7 +113,21 @@ def train(config, verbose=1):
 
 
 def evaluate(folder, verbose=1):
-    """Metrics of a finished run's embedder on its test split (recomputed)."""
+    """Metrics of a finished run's embedder on its evaluation split (``evaluation.split``; recomputed)."""
     config, embedder = run_dir.restore_embedder(folder)
+    scored_split = builders.evaluation_split(config.evaluation, builders.dataset(config.data, config.evaluation.split))
     return builders.evaluation_metrics(config.evaluation, config.data, config.language, config.training.seed,
-                                       embedder, builders.dataset(config.data).test_split, verbose=verbose)
+                                       embedder, scored_split, verbose=verbose)
+
+
+def enable_determinism():
+    """TensorFlow op determinism for the rest of the process (bit-identical reruns; see docs/runs.md).
+
+    ``tf.config.experimental.enable_op_determinism`` makes every op choose a
+    deterministic kernel (or raise where none exists); the seeds are set by
+    ``keras.utils.set_random_seed``, and the data pipelines are deterministic by
+    construction (stateless per-image seeds, ordered parallel maps).
+    """
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()

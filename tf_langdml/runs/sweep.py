@@ -1,0 +1,373 @@
+"""Choosing hyper-parameters on validation classes: a grid of runs, mean ± std over seeds, the best point.
+
+``tf-langdml sweep --config C --grid KEY=V1,V2 [--grid ...] --seeds 0,1,2 [--final]``
+(or :func:`run_sweep`). Every grid point (the Cartesian product of the ``--grid``
+lists) is trained once per seed as an ordinary run directory under
+``<runs_dir>/<name>_sweep/``:
+
+- selection runs train on the training classes minus the validation classes
+  (``data.validation_fraction``; :data:`DEFAULT_VALIDATION_FRACTION` when the config
+  has none) and are scored on the validation classes only (``evaluation.split:
+  validation``): their dataset has no test split at all;
+- the table (``sweep.csv``, ``sweep.json``, printed) gives per point the mean ± sample
+  standard deviation over seeds of ``metric`` (validation R@1 by default) and names the
+  best point (highest mean);
+- ``final=True`` retrains the best point (``final="all"``: every point) on the full
+  training split and scores it on the test classes: the only runs of a sweep that
+  read the test split.
+
+A point with ``loss.language_weight`` 0 is the baseline whatever ``language.guidance``
+says: it runs with ``language.guidance: none``, once, and is one row of the table.
+Runs are ordinary resumable run directories, so a killed sweep restarted with the same
+command retrains nothing that finished and resumes the run it was in. Each finished
+run also gets ``logs/hparams/`` (TensorBoard's HParams dashboard: ``tensorboard
+--logdir <runs_dir>/<name>_sweep``).
+"""
+
+import csv
+import dataclasses
+import io
+import itertools
+import json
+import math
+import pathlib
+import sys
+import time
+
+import yaml
+
+from tf_langdml.runs.schema import ConfigError, apply_overrides, config_from_dict, config_to_dict, did_you_mean
+
+DEFAULT_VALIDATION_FRACTION = 0.3
+SWEEP_FILES = ("sweep.csv", "sweep.json")
+_SELECTION_KEYS = ("data.validation_fraction", "evaluation.split", "training.seed", "name", "runs_dir")
+
+
+def _flat_keys(values, prefix=""):
+    keys = []
+    for key, value in values.items():
+        if isinstance(value, dict) and key != "dml_arguments":
+            keys += _flat_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def parse_grid(grid_arguments, base_values):
+    """``["loss.language_weight=0,2.5", ...]`` -> ``{key: [values]}`` (values parsed as YAML scalars), in order.
+
+    Every key must be a config key (``ConfigError`` with "did you mean"), every value
+    must be valid for it (checked by building the config), and the keys the sweep sets
+    itself (the seed, the validation split, the run's name) are refused.
+    """
+    from tf_langdml.runs.schema import ExperimentConfig
+
+    known = _flat_keys(config_to_dict(ExperimentConfig()))
+    grid = {}
+    for argument in grid_arguments or ():
+        if "=" not in argument:
+            raise ConfigError(f"--grid takes KEY=V1,V2,... (for example loss.language_weight=0,2.5,5); got {argument!r}.")
+        key, raw = (part.strip() for part in argument.split("=", 1))
+        if key not in known and not key.startswith("loss.dml_arguments."):
+            raise ConfigError(f"--grid: unknown config key {key!r}{did_you_mean(key, known)}")
+        if key in _SELECTION_KEYS:
+            hint = "use --seeds" if key == "training.seed" else "the sweep sets it"
+            raise ConfigError(f"--grid: {key!r} cannot be swept ({hint}).")
+        if key in grid:
+            raise ConfigError(f"--grid: {key!r} is given twice; put all its values in one --grid {key}=V1,V2.")
+        texts = [text.strip() for text in raw.split(",")]
+        if not raw.strip() or not all(texts):
+            raise ConfigError(f"--grid {key}: empty value in {raw!r}; give comma-separated values, e.g. {key}=1,2.")
+        values = []
+        for text in texts:
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError as error:
+                raise ConfigError(f"--grid {key}: {text!r} is not a value ({error}).") from error
+            try:
+                config_from_dict(_with_point(base_values, {key: value}, check_guidance=False))
+            except ConfigError as error:
+                raise ConfigError(f"--grid {key}={text}: {error}") from error
+            if value in values:
+                raise ConfigError(f"--grid {key}: {text!r} is listed twice.")
+            values.append(value)
+        grid[key] = values
+    if not grid:
+        raise ConfigError("A sweep needs at least one --grid KEY=V1,V2,... (for example loss.language_weight=0,2.5,5).")
+    return grid
+
+
+def parse_seeds(text):
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (distinct integers)."""
+    try:
+        seeds = [int(part) for part in str(text).split(",")]
+    except ValueError as error:
+        raise ConfigError(f"--seeds takes comma-separated integers (for example 0,1,2); got {text!r}.") from error
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds lists a seed twice: {text!r}.")
+    return seeds
+
+
+def _set(values, key, value):
+    target = values
+    *sections, last = key.split(".")
+    for section in sections:
+        target = target.setdefault(section, {})
+    target[last] = value
+
+
+def _with_point(base_values, point, check_guidance=True):
+    """The base config's nested dicts with the point's values set; ω = 0 means guidance none."""
+    values = yaml.safe_load(yaml.safe_dump(base_values))  # a deep copy
+    for key, value in point.items():
+        _set(values, key, value)
+    weight = values.get("loss", {}).get("language_weight", 0.0)
+    if weight == 0:
+        _set(values, "language.guidance", "none")
+    elif not check_guidance and values.get("language", {}).get("guidance", "none") == "none":
+        _set(values, "language.guidance", "elg")  # only to check a value of ω on its own
+    return values
+
+
+def effective_point(base_values, point):
+    """The point as it runs: ω = 0 turns ``language.guidance`` to none (the baseline)."""
+    values = _with_point(base_values, point)
+    effective = {}
+    for key in point:
+        target = values
+        for part in key.split("."):
+            target = target[part]
+        effective[key] = target
+    return effective
+
+
+def point_label(point):
+    """``language_weight=2.5 guidance=elg``: the point's last key parts and values."""
+    return " ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in point.items())
+
+
+def _slug(point):
+    parts = []
+    for key, value in point.items():
+        text = json.dumps(value) if not isinstance(value, str) else value
+        parts.append(f"{key.rsplit('.', 1)[-1]}-{text}".replace("/", "_").replace(" ", ""))
+    return "__".join(parts)
+
+
+def run_config(base_values, point, seed, sweep_dir, final=False, validation_fraction=None):
+    """The :class:`~tf_langdml.runs.schema.ExperimentConfig` of one run of the sweep.
+
+    Selection (``final=False``): trained without the validation classes, scored on them.
+    Final: the full training split, scored on the test classes.
+    """
+    values = _with_point(base_values, point)
+    fraction = validation_fraction if validation_fraction is not None else \
+        values.get("data", {}).get("validation_fraction", 0.0) or DEFAULT_VALIDATION_FRACTION
+    _set(values, "data.validation_fraction", 0.0 if final else fraction)
+    _set(values, "evaluation.split", "test" if final else "validation")
+    _set(values, "training.seed", int(seed))
+    _set(values, "runs_dir", str(sweep_dir))
+    _set(values, "name", f"{'final' if final else 'select'}__{_slug(effective_point(base_values, point))}__seed-{seed}")
+    return config_from_dict(values)
+
+
+@dataclasses.dataclass
+class SweepResult:
+    """What a sweep measured: one row per distinct point, the best one, and the final (test) runs."""
+
+    metric: str
+    rows: list  # {"point", "label", "mean", "std", "values", "runs", ...}
+    best: dict
+    final_rows: list
+    folder: pathlib.Path
+    wall_seconds: float
+
+    def table(self):
+        """The printed table: point, mean ± std over seeds, per-seed values (and the final test metric)."""
+        final = {json.dumps(row["point"], sort_keys=True): row for row in self.final_rows}
+        lines = [f"{'point':44s} {'validation ' + self.metric:>24s}   seeds"
+                 + (f"   {'test ' + self.metric:>22s}" if final else "")]
+        for row in self.rows:
+            mark = "*" if row is self.best else " "
+            cell = f"{row['mean']:.4f} ± {row['std']:.4f}"
+            seeds = " ".join(f"{value:.4f}" for value in row["values"])
+            line = f"{mark}{row['label']:43s} {cell:>24s}   {seeds}"
+            key = json.dumps(row["point"], sort_keys=True)
+            if key in final:
+                line += f"   {final[key]['mean']:.4f} ± {final[key]['std']:.4f}"
+            lines.append(line)
+        lines.append(f"* best on validation: {self.best['label']} ({self.metric} {self.best['mean']:.4f})")
+        return "\n".join(lines)
+
+
+def _mean_std(values):
+    values = [value for value in values if value is not None and not math.isnan(value)]
+    if not values:
+        return float("nan"), float("nan")
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((value - mean) ** 2 for value in values) / (len(values) - 1))
+
+
+def _hparam_value(value):
+    """A value TensorBoard's HParams accepts, the same type for every value of a key (numbers as floats)."""
+    if isinstance(value, bool) or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    return json.dumps(value)
+
+
+def _write_hparams(folder, point, metrics, metric):
+    """``<run>/logs/hparams/``: the point's values and its metric for TensorBoard's HParams dashboard (once)."""
+    import shutil
+
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp
+
+    target = pathlib.Path(folder) / "logs" / "hparams"
+    if target.exists():
+        return
+    temporary = target.with_name("hparams.partial")
+    shutil.rmtree(temporary, ignore_errors=True)
+    writer = tf.summary.create_file_writer(str(temporary))
+    with writer.as_default():
+        hp.hparams({key: _hparam_value(value) for key, value in point.items()})
+        value = metrics.get(metric)
+        tf.summary.scalar(f"sweep/{metric}", float("nan") if value is None else float(value), step=0)
+    writer.close()
+    temporary.rename(target)
+
+
+def _write_hparams_config(sweep_dir, grid, metric):
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp
+
+    target = pathlib.Path(sweep_dir) / "hparams_config"
+    if target.exists():
+        return
+    hparams = [hp.HParam(key, hp.Discrete(sorted({_hparam_value(value) for value in values}, key=str)))
+               for key, values in grid.items()]
+    temporary = target.with_name("hparams_config.partial")
+    writer = tf.summary.create_file_writer(str(temporary))
+    with writer.as_default():
+        hp.hparams_config(hparams=hparams, metrics=[hp.Metric(f"sweep/{metric}", display_name=f"validation {metric}")])
+    writer.close()
+    temporary.rename(target)
+
+
+def _train_all(configs, verbose):
+    from tf_langdml.runs.train import train
+
+    results = []
+    for config in configs:
+        if verbose:
+            print(f"=== sweep: {config.runs_dir}/{config.name} ({time.strftime('%H:%M:%S')}) ===",
+                  file=sys.stderr, flush=True)
+        results.append(train(config, verbose=1 if verbose > 1 else 0))
+    return results
+
+
+def _rows(base_values, points, seeds, sweep_dir, metric, final, validation_fraction, verbose):
+    rows, seen = [], set()
+    for point in points:
+        effective = effective_point(base_values, point)
+        key = json.dumps(effective, sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        configs = [run_config(base_values, point, seed, sweep_dir, final, validation_fraction) for seed in seeds]
+        results = _train_all(configs, verbose)
+        if metric not in results[0]:
+            raise ConfigError(f"--metric {metric!r} is not among the runs' metrics"
+                              f"{did_you_mean(metric, [name for name, value in results[0].items() if isinstance(value, (int, float))])}")
+        values = [result.get(metric) for result in results]
+        mean, std = _mean_std(values)
+        if not final:
+            for config, result in zip(configs, results):
+                _write_hparams(pathlib.Path(config.runs_dir) / config.name, effective, result, metric)
+        rows.append({"point": effective, "label": point_label(effective), "mean": mean, "std": std,
+                     "values": values, "seeds": list(seeds), "runs": [config.name for config in configs]})
+    return rows
+
+
+def run_sweep(base_values, grid, seeds=(0,), metric="recall@1", final=False, validation_fraction=None, verbose=1):
+    """Run (or resume) the sweep of ``grid`` over ``seeds`` on the config ``base_values`` (nested dicts).
+
+    Args:
+        base_values: the base config as nested dicts (a YAML file's contents with any
+            ``--set`` overrides applied).
+        grid: ``{key: [values]}`` (:func:`parse_grid`).
+        seeds: the training seeds of every point.
+        metric: the selection criterion, a key of ``metrics.json`` (higher is better).
+        final: False; True: retrain the best point on the full training split and score
+            it on the test classes; "all": every point.
+        validation_fraction: the share of training classes held out (default: the
+            config's ``data.validation_fraction``, else :data:`DEFAULT_VALIDATION_FRACTION`).
+
+    Returns:
+        :class:`SweepResult`; also written to ``sweep.csv`` and ``sweep.json``.
+    """
+    if final not in (False, True, "all"):
+        raise ConfigError(f"final must be False, True (the best point) or 'all'; got {final!r}.")
+    started = time.time()
+    base = config_from_dict(_with_point(base_values, {}))  # the base must be a valid config
+    sweep_dir = pathlib.Path(base.runs_dir) / f"{base.name}_sweep"
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    keys = list(grid)
+    points = [dict(zip(keys, combination)) for combination in itertools.product(*(grid[key] for key in keys))]
+    for point in points:  # every config is checked before the first run starts
+        for seed in seeds:
+            run_config(base_values, point, seed, sweep_dir, False, validation_fraction)
+    _write_hparams_config(sweep_dir, grid, metric)
+    rows = _rows(base_values, points, seeds, sweep_dir, metric, False, validation_fraction, verbose)
+    best = max(rows, key=lambda row: -math.inf if math.isnan(row["mean"]) else row["mean"])
+    final_rows = []
+    if final:
+        chosen = [best["point"]] if final is True else [row["point"] for row in rows]
+        final_rows = _rows(base_values, chosen, seeds, sweep_dir, metric, True, validation_fraction, verbose)
+    result = SweepResult(metric, rows, best, final_rows, sweep_dir, time.time() - started)
+    _write_results(result, base_values, validation_fraction)
+    return result
+
+
+def _write_results(result, base_values, validation_fraction):
+    from tf_langdml.cache import atomic_file, write_json
+
+    fraction = validation_fraction or base_values.get("data", {}).get("validation_fraction") or DEFAULT_VALIDATION_FRACTION
+    finals = {json.dumps(row["point"], sort_keys=True): row for row in result.final_rows}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["point", f"validation_{result.metric}_mean", f"validation_{result.metric}_std", "seeds",
+                     f"validation_{result.metric}_per_seed", f"test_{result.metric}_mean", f"test_{result.metric}_std",
+                     "best"])
+    for row in result.rows:
+        final = finals.get(json.dumps(row["point"], sort_keys=True))
+        writer.writerow([row["label"], f"{row['mean']:.6f}", f"{row['std']:.6f}", " ".join(map(str, row["seeds"])),
+                         " ".join(f"{value:.6f}" for value in row["values"]),
+                         f"{final['mean']:.6f}" if final else "", f"{final['std']:.6f}" if final else "",
+                         int(row is result.best)])
+    with atomic_file(result.folder / "sweep.csv") as temporary:
+        temporary.write_text(buffer.getvalue(), encoding="utf-8")
+    write_json(result.folder / "sweep.json", {
+        "metric": result.metric, "validation_fraction": fraction, "rows": result.rows, "best": result.best,
+        "final": result.final_rows, "wall_seconds": result.wall_seconds})
+
+
+def sweep_from_arguments(config_path, overrides, grid_arguments, seeds="0", metric="recall@1", final=False,
+                         validation_fraction=None):
+    """(base_values, grid, seeds): the command line's sweep, checked before TensorFlow is imported."""
+    from tf_langdml.runs.schema import read_yaml
+
+    base_values = apply_overrides(read_yaml(config_path) if config_path else {}, overrides)
+    config_from_dict(_with_point(base_values, {}))
+    grid = parse_grid(grid_arguments, base_values)
+    seeds = parse_seeds(seeds)
+    if validation_fraction is not None and not 0 < validation_fraction < 1:
+        raise ConfigError(f"--validation-fraction must be in (0, 1); got {validation_fraction}.")
+    return base_values, grid, seeds
+
+
+__all__ = ["DEFAULT_VALIDATION_FRACTION", "SweepResult", "effective_point", "parse_grid", "parse_seeds",
+           "run_config", "run_sweep", "sweep_from_arguments"]
