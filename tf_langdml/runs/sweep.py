@@ -257,39 +257,51 @@ def _write_hparams_config(sweep_dir, grid, metric):
     temporary.rename(target)
 
 
-def _train_all(configs, verbose):
+def _train_all(runs, metric, verbose):
+    """Train (or read back) every ``(config, effective point)``; a finished selection run gets its HParams entry."""
     from tf_langdml.runs.train import train
 
     results = []
-    for config in configs:
+    for config, effective in runs:
         if verbose:
             print(f"=== sweep: {config.runs_dir}/{config.name} ({time.strftime('%H:%M:%S')}) ===",
                   file=sys.stderr, flush=True)
         results.append(train(config, verbose=1 if verbose > 1 else 0))
+        if metric not in results[-1]:  # after the first run, not after the whole sweep
+            numeric = [name for name, value in results[-1].items() if isinstance(value, (int, float))]
+            raise ConfigError(f"--metric {metric!r} is not among the runs' metrics{did_you_mean(metric, numeric)}")
+        if config.evaluation.split == "validation":
+            _write_hparams(pathlib.Path(config.runs_dir) / config.name, effective, results[-1], metric)
     return results
 
 
 def _rows(base_values, points, seeds, sweep_dir, metric, final, validation_fraction, verbose):
-    rows, seen = [], set()
+    distinct, seen = [], set()
     for point in points:
         effective = effective_point(base_values, point)
         key = json.dumps(effective, sort_keys=True)
-        if key in seen:
-            continue
-        seen.add(key)
-        configs = [run_config(base_values, point, seed, sweep_dir, final, validation_fraction) for seed in seeds]
-        results = _train_all(configs, verbose)
-        if metric not in results[0]:
-            raise ConfigError(f"--metric {metric!r} is not among the runs' metrics"
-                              f"{did_you_mean(metric, [name for name, value in results[0].items() if isinstance(value, (int, float))])}")
-        values = [result.get(metric) for result in results]
-        mean, std = _mean_std(values)
-        if not final:
-            for config, result in zip(configs, results):
-                _write_hparams(pathlib.Path(config.runs_dir) / config.name, effective, result, metric)
-        rows.append({"point": effective, "label": point_label(effective), "mean": mean, "std": std,
-                     "values": values, "seeds": list(seeds), "runs": [config.name for config in configs]})
+        if key not in seen:
+            seen.add(key)
+            distinct.append((point, effective))
+    # Seed-major order: every point's first seed before any point's second, so a sweep
+    # stopped early still has the whole curve (with fewer seeds).
+    configs = {(index, seed): run_config(base_values, point, seed, sweep_dir, final, validation_fraction)
+               for seed in seeds for index, (point, _) in enumerate(distinct)}
+    runs = [(config, distinct[index][1]) for (index, _), config in configs.items()]
+    results = dict(zip(configs, _train_all(runs, metric, verbose)))
+    rows = []
+    for index, (point, effective) in enumerate(distinct):
+        point_results = [results[index, seed] for seed in seeds]
+        point_configs = [configs[index, seed] for seed in seeds]
+        rows.append(_row(effective, point_configs, point_results, seeds, metric))
     return rows
+
+
+def _row(effective, configs, results, seeds, metric):
+    values = [result.get(metric) for result in results]
+    mean, std = _mean_std(values)
+    return {"point": effective, "label": point_label(effective), "mean": mean, "std": std,
+            "values": values, "seeds": list(seeds), "runs": [config.name for config in configs]}
 
 
 def run_sweep(base_values, grid, seeds=(0,), metric="recall@1", final=False, validation_fraction=None, verbose=1):
