@@ -87,7 +87,7 @@ class TrainingConfig:
     epochs: int = _positive(150)
     steps_per_epoch: typing.Optional[int] = _positive(None, allow_null=True)  # default: training images // batch_size
     eval_every: int = 5  # epochs between retrieval evaluations
-    checkpoint_every: int = _positive(100)  # optimizer steps between resume checkpoints (and every epoch end)
+    checkpoint_every: int = _positive(100)  # optimizer steps between resume checkpoints (and at the end)
     seed: int = 0
     mixed_precision: bool = False  # mixed_float16 layers; losses and similarity matrices stay float32
     jit_compile: bool = False  # XLA-compile the train step
