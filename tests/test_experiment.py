@@ -116,7 +116,7 @@ def test_a_run_killed_mid_epoch_resumes_and_counts_every_step_once(image_folder,
 
 
 def test_cli_help_and_errors(capsys, tmp_path):
-    for command in ("demo", "train", "evaluate", "embed-classes", "pseudolabel", "export"):
+    for command in ("demo", "train", "evaluate", "embed-classes", "pseudolabel", "export", "sweep"):
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0

@@ -250,13 +250,13 @@ def test_checkpoints_and_history_refuse_nonfinite_values(tmp_path):
     history = HistoryFile(tmp_path / "history.json")
     for callback in (checkpoints, history):
         callback.set_model(model)
-    checkpoints.on_epoch_end(0)
+    checkpoints.on_train_end()
     history.on_epoch_end(0, {"loss": 0.5})
     model.optimizer.iterations.assign(1)
     kernel = model.embedder.trainable_variables[0]
     kernel.assign(tf.fill(kernel.shape, float("inf")))
     with pytest.raises(NonFiniteLossError, match="Not writing checkpoint ckpt-1: after optimizer step 1"):
-        checkpoints.on_epoch_end(1)
+        checkpoints.on_train_batch_end(0)
     assert checkpoint_steps(tmp_path) == [0]
     with pytest.raises(NonFiniteLossError, match="Not writing epoch 2 to history.json: loss is NaN"):
         history.on_epoch_end(1, {"loss": float("nan"), "dml_loss": 0.5})

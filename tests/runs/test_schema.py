@@ -98,6 +98,9 @@ def test_the_demo_yaml_is_the_demo_config():
         ("optimizer.name=adamw", "did you mean 'adam'"),
         ("optimizer.learning_rate=0", "'optimizer.learning_rate' must be > 0"),
         ("name=a/b", "folder name without '/'"),
+        ("data.validation_fraction=1", r"'data.validation_fraction' must be in \[0, 1\)"),
+        ("evaluation.split=valid", "'evaluation.split' is 'valid'.*did you mean 'validation'"),
+        ("evaluation.split=validation", "no validation classes; set data.validation_fraction"),
     ],
 )
 def test_bad_keys_and_types_are_named(override, match):

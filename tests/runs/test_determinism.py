@@ -1,0 +1,59 @@
+"""training.deterministic: the same command twice gives bit-identical weights and metrics."""
+
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("determinism_folder")
+    rng = np.random.default_rng(0)
+    for index in range(8):
+        folder = root / f"class_{index}"
+        folder.mkdir()
+        colour = rng.integers(0, 256, 3)
+        for image in range(4):
+            pixels = np.clip(colour + rng.integers(-40, 41, (20, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{image}.png")
+    return root
+
+
+def _weights(path):
+    arrays = {}
+    with h5py.File(path, "r") as handle:
+        handle.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset)
+                          else None)
+    return arrays
+
+
+@pytest.mark.slow  # two training subprocesses, about a minute; make test-slow
+def test_two_deterministic_runs_are_bit_identical(image_folder, tmp_path):
+    # A subprocess: op determinism is switched on for the rest of a process.
+    runs = []
+    for attempt in ("first", "second"):
+        overrides = [f"name=run", f"runs_dir={tmp_path / attempt}", "data.dataset=folder",
+                     f"data.data_dir={image_folder}", "data.image_size=16", "data.batch_size=8",
+                     "model.backbone=toy_cnn", "model.weights=null", "model.embed_dim=8", "language.guidance=none",
+                     "loss.language_weight=0", "optimizer.learning_rate=0.05", "training.epochs=2",
+                     "training.steps_per_epoch=4", "training.eval_every=2", "training.deterministic=true",
+                     "evaluation.semantic=false", "evaluation.batch_size=16"]
+        command = [sys.executable, "-m", "tf_langdml", "train", "--quiet"] + [f"--set={item}" for item in overrides]
+        result = subprocess.run(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True,
+                                text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs.append(tmp_path / attempt / "run")
+    first, second = (_weights(run / "embedder.weights.h5") for run in runs)
+    assert first.keys() == second.keys() and len(first) > 2
+    for name in first:
+        assert np.array_equal(first[name], second[name]), name  # bit for bit, not approximately
+    metrics = [json.loads((run / "metrics.json").read_text()) for run in runs]
+    assert metrics[0] == metrics[1]
+    histories = [json.loads((run / "history.json").read_text()) for run in runs]
+    assert histories[0] == histories[1]

@@ -1,0 +1,188 @@
+"""tf-langdml sweep: grid parsing, the table and HParams events, resume after kill -9, selection never reads test."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tf_langdml.runs import sweep as sweep_module
+from tf_langdml.runs.schema import ConfigError
+from tf_langdml.runs.sweep import effective_point, parse_grid, parse_seeds, run_config, run_sweep
+
+CLASS_NAMES = ["red apple", "green apple", "blue whale", "grey whale", "red car", "blue car",
+               "green frog", "grey mouse", "yellow duck", "pink pig", "black cat", "white dog"]
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """12 classes x 4 noisy solid-colour PNGs: 6 train classes (2 of them validation), 6 test classes."""
+    root = tmp_path_factory.mktemp("sweep_folder")
+    rng = np.random.default_rng(0)
+    for index, name in enumerate(CLASS_NAMES):
+        colour = rng.integers(0, 256, 3)
+        folder = root / f"{index:02d}.{name.replace(' ', '_')}"
+        folder.mkdir()
+        for image in range(4):
+            pixels = np.clip(colour + rng.integers(-30, 31, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{image}.png")
+    return root
+
+
+def base_values(folder, runs, name="tiny"):
+    return {
+        "name": name, "runs_dir": str(runs),
+        "data": {"dataset": "folder", "data_dir": str(folder), "image_size": 16, "batch_size": 8,
+                 "validation_fraction": 0.34},
+        "model": {"backbone": "toy_cnn", "weights": None, "embed_dim": 8},
+        "loss": {"language_weight": 1.0},
+        "language": {"guidance": "elg"},
+        "optimizer": {"learning_rate": 0.01},
+        "training": {"epochs": 2, "steps_per_epoch": 2, "eval_every": 2, "checkpoint_every": 2},
+        "evaluation": {"batch_size": 16, "clustering": False},
+    }
+
+
+def test_grid_parsing_names_the_bad_key_and_value(tmp_path):
+    values = base_values(tmp_path, tmp_path)
+    grid = parse_grid(["loss.language_weight=0, 2.5,5", "language.guidance=elg,plg"], values)
+    assert grid == {"loss.language_weight": [0, 2.5, 5], "language.guidance": ["elg", "plg"]}
+    assert parse_seeds("0,1,2") == [0, 1, 2]
+    cases = [
+        (["loss.language_wieght=1,2"], "unknown config key 'loss.language_wieght'.*did you mean 'loss.language_weight'"),
+        (["language.guidance=elg,elgg"], r"language.guidance=elgg.*did you mean 'elg'"),
+        (["loss.language_weight=1,abc"], "loss.language_weight=abc.*must be a number"),
+        (["training.seed=0,1"], "cannot be swept.*--seeds"),
+        (["loss.language_weight"], "KEY=V1,V2"),
+        (["loss.language_weight=1,,2"], "empty value"),
+        (["loss.language_weight=1,1"], "listed twice"),
+        (["loss.shift=0", "loss.shift=1"], "given twice"),
+        ([], "at least one --grid"),
+    ]
+    for arguments, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            parse_grid(arguments, values)
+    with pytest.raises(ConfigError, match="--seeds"):
+        parse_seeds("0,one")
+
+
+def test_weight_zero_is_the_baseline_once(tmp_path):
+    values = base_values(tmp_path, tmp_path)
+    assert effective_point(values, {"loss.language_weight": 0, "language.guidance": "plg"}) == \
+        {"loss.language_weight": 0, "language.guidance": "none"}
+    selection = run_config(values, {"loss.language_weight": 2.5}, 1, tmp_path / "s")
+    assert (selection.evaluation.split, selection.data.validation_fraction, selection.training.seed) == \
+        ("validation", 0.34, 1)
+    final = run_config(values, {"loss.language_weight": 2.5}, 1, tmp_path / "s", final=True)
+    assert (final.evaluation.split, final.data.validation_fraction) == ("test", 0.0)
+    assert selection.name != final.name
+
+
+def _event_tags(folder):
+    import tensorflow as tf
+
+    tags = set()
+    for path in folder.rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+def test_a_tiny_sweep_writes_the_table_and_hparams_and_selection_never_reads_test(image_folder, tmp_path,
+                                                                                   minilm_encoder, monkeypatch):
+    from tf_langdml.data import splits as splits_module
+    from tf_langdml.data.image_folder import load_image_folder
+
+    test_classes = set(load_image_folder(image_folder).test_split.class_names)
+    read = []  # (phase, class names of every split a pipeline was built over)
+    phase = {"now": "selection"}
+    original_dataset, original_train = splits_module.Split.dataset, splits_module.make_train_dataset
+
+    def spy_dataset(self):
+        read.append((phase["now"], set(self.class_names)))
+        return original_dataset(self)
+
+    def spy_train(split, *args, **kwargs):
+        read.append((phase["now"], set(split.class_names)))
+        return original_train(split, *args, **kwargs)
+
+    monkeypatch.setattr(splits_module.Split, "dataset", spy_dataset)
+    monkeypatch.setattr("tf_langdml.data.make_train_dataset", spy_train)
+    values = base_values(image_folder, tmp_path)
+    grid = parse_grid(["loss.language_weight=0,1.5"], values)
+    original_rows = sweep_module._rows
+
+    def rows(*args, **kwargs):
+        phase["now"] = "final" if args[5] else "selection"
+        return original_rows(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "_rows", rows)
+    result = run_sweep(values, grid, seeds=[0], final=True, verbose=0)
+
+    selection_reads = [names for when, names in read if when == "selection"]
+    assert selection_reads and all(not names & test_classes for names in selection_reads)
+    assert any(names & test_classes for when, names in read if when == "final")  # the test is able to see it
+
+    folder = tmp_path / "tiny_sweep"
+    with open(folder / "sweep.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [row["point"] for row in table] == ["language_weight=0", "language_weight=1.5"]
+    saved = json.loads((folder / "sweep.json").read_text())
+    for row, saved_row in zip(result.rows, saved["rows"]):
+        run = json.loads((folder / saved_row["runs"][0] / "metrics.json").read_text())
+        assert run["evaluated_on"] == "validation" and run["evaluated_classes"] == 2 and run["training_classes"] == 4
+        assert saved_row["values"] == [run["recall@1"]] and float(
+            next(line for line in table if line["point"] == row["label"])["validation_recall@1_mean"]) == \
+            pytest.approx(run["recall@1"], abs=1e-6)
+    assert saved["best"]["label"] in {row["point"] for row in table}
+    final_run = json.loads((folder / saved["final"][0]["runs"][0] / "metrics.json").read_text())
+    assert final_run["evaluated_on"] == "test" and final_run["evaluated_classes"] == 6
+    assert "_hparams_/experiment" in _event_tags(folder / "hparams_config")
+    run_tags = _event_tags(folder / saved["rows"][1]["runs"][0] / "logs" / "hparams")
+    assert {"_hparams_/session_start_info", "sweep/recall@1"} <= run_tags
+    assert "diagnostics/gradient_norm_ratio" in _event_tags(folder / saved["rows"][1]["runs"][0] / "logs" / "train")
+    assert "wall time" not in result.table() and "best on validation" in result.table()
+
+
+def test_a_sweep_killed_between_points_resumes_without_retraining(image_folder, tmp_path):
+    import yaml
+
+    config = tmp_path / "base.yaml"
+    config.write_text(yaml.safe_dump(base_values(image_folder, tmp_path, "killed")))
+    command = [sys.executable, "-m", "tf_langdml", "sweep", "--config", str(config), "--quiet",
+               "--grid", "loss.language_weight=0,1", "--set", "evaluation.semantic=false"]
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    folder = tmp_path / "killed_sweep"
+    first_run = folder / "select__language_weight-0__seed-0"
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and not (first_run / "metrics.json").exists():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the sweep ended before it could be killed"
+    assert not (folder / "sweep.csv").exists()
+    first_metrics = (first_run / "metrics.json").read_text()
+
+    second = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert (first_run / "metrics.json").read_text() == first_metrics
+    assert len((first_run / "run_log.jsonl").read_text().splitlines()) == 1  # started once: not retrained
+    assert "best on validation" in second.stdout
+    with open(folder / "sweep.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 2
+
+
+def test_cli_sweep_errors_before_tensorflow(capsys, tmp_path):
+    from tf_langdml.cli import main
+
+    assert main(["sweep", "--grid", "loss.languag_weight=1,2"]) == 2
+    assert "did you mean 'loss.language_weight'" in capsys.readouterr().err
+    assert main(["sweep", "--grid", "loss.language_weight=1,2", "--seeds", "a"]) == 2
+    assert "--seeds" in capsys.readouterr().err
