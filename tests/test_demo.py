@@ -11,9 +11,7 @@ import pytest
 
 from tf_langdml.cache import json_safe
 from tf_langdml.demo import COLUMNS, results_table, run_demo
-from tf_langdml.runs.train import evaluate
-
-TRAINING_KEYS = ("epochs", "optimizer_steps", "steps_per_epoch")
+from tf_langdml.runs.train import RUN_INFO_KEYS, evaluate
 
 
 def test_demo_code_path_on_a_reduced_budget(tmp_path, capsys, minilm_encoder):
@@ -34,7 +32,8 @@ def test_demo_code_path_on_a_reduced_budget(tmp_path, capsys, minilm_encoder):
         # Every metric again, from the run's saved embedder on its test split: the same weights and
         # ops give the same embeddings, so the same numbers to the last bit.
         recomputed = json_safe(evaluate(folder, verbose=0))
-        assert recomputed == {key: value for key, value in saved.items() if key not in TRAINING_KEYS}
+        assert recomputed == {key: value for key, value in saved.items() if key not in RUN_INFO_KEYS}
+        assert saved["evaluated_on"] == "test" and saved["evaluated_classes"] == 142
         # The printed table shows metrics.json's values to 4 decimals ("nan": not computed, e.g. NMI here).
         expected = [f"{float('nan') if saved.get(key) is None else saved[key]:.4f}" for key, _ in COLUMNS]
         assert rows[variant] == expected and expected[2] == "nan"

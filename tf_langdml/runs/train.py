@@ -22,6 +22,10 @@ import sys
 from tf_langdml._keras import keras
 from tf_langdml.runs import builders, run_dir
 
+# What metrics.json holds besides the evaluation metrics (which evaluate() recomputes).
+RUN_INFO_KEYS = ("epochs", "optimizer_steps", "steps_per_epoch", "evaluated_on", "evaluated_classes",
+                 "evaluated_images", "training_classes", "table_similarity_mean", "table_similarity_std")
+
 
 def preflight(config):
     """The library's checks of every section that need neither data nor weights (ConfigError naming the key)."""
