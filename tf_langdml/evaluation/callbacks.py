@@ -158,8 +158,8 @@ class LanguageGuidanceTensorBoard(keras.callbacks.Callback):
         if table is None:
             language = np.zeros_like(image_similarity)
         else:
-            indices = labels if self.model.table_index == "label" else np.asarray(self.fixed_batch[2]).reshape(-1)
-            language = table.similarities(indices).numpy()  # the training step's S_lang, same rows
+            sample_ids = self.fixed_batch[2] if len(self.fixed_batch) > 2 else None
+            language = table.similarities(self.model.table_rows(labels, sample_ids)).numpy()  # the training step's S_lang, same rows
         return side_by_side(similarity_heatmap(image_similarity), similarity_heatmap(language))[None]
 
     # -- loss diagnostics ------------------------------------------------------------------

@@ -53,29 +53,22 @@ def loss_diagnostics(model, batch) -> dict[str, float]:
         raise RuntimeError("loss_diagnostics needs a compiled LanguageGuidedModel (call compile() first).")
     images, labels, sample_ids = model._unpack(tuple(batch))
     labels = tf.cast(labels, tf.int64)
+    sample_ids = None if sample_ids is None else tf.cast(sample_ids, tf.int64)
     embeddings = tf.cast(model(images, training=False), tf.float32)
-    table = model.language_table
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(embeddings)
-        dml = tf.reduce_mean(model._dml_loss_per_anchor(labels, embeddings, training=False))
-        if table is None:
-            language = tf.zeros([], tf.float32)
-            weighted = language
-        else:
-            indices = labels if model.table_index == "label" else tf.reshape(tf.cast(sample_ids, tf.int64), [-1])
-            language = model.language_matching(embeddings, labels, table, table_indices=indices)
-            gate = float(int(model.optimizer.iterations.numpy()) >= model.language_delay)
-            weighted = float(model.language_weight) * gate * language
+        dml, language, weight = model.loss_terms(embeddings, labels, sample_ids, training=False)
+        weighted = None if language is None else weight * language
     dml_norm = tf.norm(tape.gradient(dml, embeddings))
-    language_gradient = tape.gradient(weighted, embeddings) if table is not None else None
-    language_norm = tf.norm(language_gradient) if language_gradient is not None else tf.zeros([], tf.float32)
+    if language is None:
+        language = language_norm = language_other = tf.zeros([], tf.float32)
+    else:
+        language_norm = tf.norm(tape.gradient(weighted, embeddings))
+        _, language_other = _pair_means(model.language_table.similarities(model.table_rows(labels, sample_ids)),
+                                        labels)
     del tape
     image_similarities = tf.matmul(embeddings, embeddings, transpose_b=True)
     same, other = _pair_means(image_similarities, labels)
-    if table is None:
-        language_other = tf.zeros([], tf.float32)
-    else:
-        _, language_other = _pair_means(table.similarities(indices), labels)
     values = {
         "gradient_norm_ratio": tf.math.divide_no_nan(language_norm, dml_norm),
         "dml_gradient_norm": dml_norm,

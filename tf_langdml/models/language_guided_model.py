@@ -224,6 +224,25 @@ class LanguageGuidedModel(keras.Model):
         # a cond whose branches differ in rank, which XLA (jit_compile) cannot compile.
         return call(tf.reshape(labels, [-1, 1]), embeddings)
 
+    def table_rows(self, labels, sample_ids=None):
+        """The language-table rows of a batch: its labels, or its sample ids for ``table_index="sample_id"``."""
+        return labels if self.table_index == "label" else tf.reshape(sample_ids, [-1])
+
+    def loss_terms(self, embeddings, labels, sample_ids=None, training=False):
+        """(dml, language, weight) of float32 embeddings: the total is ``dml + weight * language``.
+
+        ``weight`` is ω once the delay has passed, else 0 (graph-safe: it compares the
+        optimizer's step counter, not a Python counter); without a table ``language`` and
+        ``weight`` are None.
+        """
+        dml = tf.reduce_mean(self._dml_loss_per_anchor(labels, embeddings, training))
+        if self._language_table is None:
+            return dml, None, None
+        language = self.language_matching(embeddings, labels, self._language_table,
+                                          table_indices=self.table_rows(labels, sample_ids))
+        gate = tf.cast(self.optimizer.iterations >= self.language_delay, tf.float32)
+        return dml, language, self.language_weight * gate
+
     def compute_losses(self, data, training):
         """Return (total, dml, language) for one batch; shared by train and test steps."""
         if self.dml_loss is None:
@@ -231,16 +250,12 @@ class LanguageGuidedModel(keras.Model):
         images, labels, sample_ids = self._unpack(data)
         embeddings = tf.cast(self(images, training=training), tf.float32)
         embeddings, labels, sample_ids = _gather_global_batch(embeddings, labels, sample_ids)
-        dml = tf.reduce_mean(self._dml_loss_per_anchor(labels, embeddings, training))
-        if self._language_table is None:
+        dml, language, weight = self.loss_terms(embeddings, labels, sample_ids, training)
+        if language is None:
             language = tf.zeros([], tf.float32)
             total = dml
         else:
-            indices = labels if self.table_index == "label" else tf.reshape(sample_ids, [-1])
-            language = self.language_matching(embeddings, labels, self._language_table, table_indices=indices)
-            # Graph-safe gate: the optimizer's step counter, not a Python counter.
-            gate = tf.cast(self.optimizer.iterations >= self.language_delay, tf.float32)
-            total = dml + self.language_weight * gate * language
+            total = dml + weight * language
         if self.losses:
             total += tf.add_n([tf.cast(loss, tf.float32) for loss in self.losses])
         return total, dml, language

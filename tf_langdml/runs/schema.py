@@ -223,6 +223,19 @@ def config_from_yaml(text):
     return config_from_dict(values)
 
 
+def set_key(values, key, value, what="--set"):
+    """Set ``section.key`` in nested dicts (in place), creating sections; ``what`` names the caller in errors."""
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"{what} key {key!r} is malformed; use section.key=value.")
+    target = values
+    for part in parts[:-1]:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{what} {key}: '{part}' is not a section.")
+    target[parts[-1]] = value
+
+
 def apply_overrides(values, overrides):
     """Apply ``["section.key=value", ...]`` to nested dicts; values are parsed as YAML scalars."""
     values = yaml.safe_load(yaml.safe_dump(values or {}))  # a deep copy
@@ -230,15 +243,8 @@ def apply_overrides(values, overrides):
         if "=" not in override:
             raise ConfigError(f"--set takes key=value (for example training.epochs=10); got {override!r}.")
         key, raw = override.split("=", 1)
-        parts = key.strip().split(".")
-        if not all(parts):
-            raise ConfigError(f"--set key {key!r} is malformed; use section.key=value.")
-        target = values
-        for part in parts[:-1]:
-            target = target.setdefault(part, {})
-            if not isinstance(target, dict):
-                raise ConfigError(f"--set {key}: '{part}' is not a section.")
-        target[parts[-1]] = yaml.safe_load(raw)
+        set_key(values, key, None)  # the key's errors before the value's
+        set_key(values, key, yaml.safe_load(raw))
     return values
 
 

@@ -36,7 +36,8 @@ import time
 
 import yaml
 
-from tf_langdml.runs.schema import ConfigError, apply_overrides, config_from_dict, config_to_dict, did_you_mean
+from tf_langdml.runs.schema import (ConfigError, apply_overrides, config_from_dict, config_to_dict, did_you_mean,
+                                    set_key)
 
 DEFAULT_VALIDATION_FRACTION = 0.3
 SWEEP_FILES = ("sweep.csv", "sweep.json")
@@ -109,11 +110,7 @@ def parse_seeds(text):
 
 
 def _set(values, key, value):
-    target = values
-    *sections, last = key.split(".")
-    for section in sections:
-        target = target.setdefault(section, {})
-    target[last] = value
+    set_key(values, key, value, what="--grid")
 
 
 def _with_point(base_values, point, check_guidance=True):
@@ -161,14 +158,19 @@ def run_config(base_values, point, seed, sweep_dir, final=False, validation_frac
     Final: the full training split, scored on the test classes.
     """
     values = _with_point(base_values, point)
-    fraction = validation_fraction if validation_fraction is not None else \
-        values.get("data", {}).get("validation_fraction", 0.0) or DEFAULT_VALIDATION_FRACTION
-    _set(values, "data.validation_fraction", 0.0 if final else fraction)
+    _set(values, "data.validation_fraction", 0.0 if final else _fraction(base_values, validation_fraction))
     _set(values, "evaluation.split", "test" if final else "validation")
     _set(values, "training.seed", int(seed))
     _set(values, "runs_dir", str(sweep_dir))
     _set(values, "name", f"{'final' if final else 'select'}__{_slug(effective_point(base_values, point))}__seed-{seed}")
     return config_from_dict(values)
+
+
+def _fraction(base_values, validation_fraction):
+    """The share of training classes held out: the argument, else the config's, else the default."""
+    if validation_fraction is not None:
+        return validation_fraction
+    return base_values.get("data", {}).get("validation_fraction") or DEFAULT_VALIDATION_FRACTION
 
 
 @dataclasses.dataclass
@@ -219,42 +221,50 @@ def _hparam_value(value):
     return json.dumps(value)
 
 
-def _write_hparams(folder, point, metrics, metric):
-    """``<run>/logs/hparams/``: the point's values and its metric for TensorBoard's HParams dashboard (once)."""
+def _write_events_once(target, write):
+    """A TensorBoard event folder ``target`` holding what ``write()`` logs, written once and whole.
+
+    Written into ``<target>.partial`` and renamed, so a kill leaves no half-written
+    folder; an existing ``target`` is kept (a resumed sweep writes nothing twice).
+    """
     import shutil
 
     import tensorflow as tf
-    from tensorboard.plugins.hparams import api as hp
 
-    target = pathlib.Path(folder) / "logs" / "hparams"
+    target = pathlib.Path(target)
     if target.exists():
         return
-    temporary = target.with_name("hparams.partial")
+    temporary = target.with_name(target.name + ".partial")
     shutil.rmtree(temporary, ignore_errors=True)
     writer = tf.summary.create_file_writer(str(temporary))
     with writer.as_default():
-        hp.hparams({key: _hparam_value(value) for key, value in point.items()})
-        value = metrics.get(metric)
-        tf.summary.scalar(f"sweep/{metric}", float("nan") if value is None else float(value), step=0)
+        write()
     writer.close()
     temporary.rename(target)
 
 
-def _write_hparams_config(sweep_dir, grid, metric):
+def _write_hparams(folder, point, metrics, metric):
+    """``<run>/logs/hparams/``: the point's values and its metric for TensorBoard's HParams dashboard."""
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp
 
-    target = pathlib.Path(sweep_dir) / "hparams_config"
-    if target.exists():
-        return
+    def write():
+        hp.hparams({key: _hparam_value(value) for key, value in point.items()})
+        value = metrics.get(metric)
+        tf.summary.scalar(f"sweep/{metric}", float("nan") if value is None else float(value), step=0)
+
+    _write_events_once(pathlib.Path(folder) / "logs" / "hparams", write)
+
+
+def _write_hparams_config(sweep_dir, grid, metric):
+    """``<sweep>/hparams_config/``: the grid's keys and values and the metric, for the HParams dashboard."""
+    from tensorboard.plugins.hparams import api as hp
+
     hparams = [hp.HParam(key, hp.Discrete(sorted({_hparam_value(value) for value in values}, key=str)))
                for key, values in grid.items()]
-    temporary = target.with_name("hparams_config.partial")
-    writer = tf.summary.create_file_writer(str(temporary))
-    with writer.as_default():
-        hp.hparams_config(hparams=hparams, metrics=[hp.Metric(f"sweep/{metric}", display_name=f"validation {metric}")])
-    writer.close()
-    temporary.rename(target)
+    metrics = [hp.Metric(f"sweep/{metric}", display_name=f"validation {metric}")]
+    _write_events_once(pathlib.Path(sweep_dir) / "hparams_config",
+                       lambda: hp.hparams_config(hparams=hparams, metrics=metrics))
 
 
 def _train_all(runs, metric, verbose):
@@ -347,7 +357,7 @@ def run_sweep(base_values, grid, seeds=(0,), metric="recall@1", final=False, val
 def _write_results(result, base_values, validation_fraction):
     from tf_langdml.cache import atomic_file, write_json
 
-    fraction = validation_fraction or base_values.get("data", {}).get("validation_fraction") or DEFAULT_VALIDATION_FRACTION
+    fraction = _fraction(base_values, validation_fraction)
     finals = {json.dumps(row["point"], sort_keys=True): row for row in result.final_rows}
     buffer = io.StringIO()
     writer = csv.writer(buffer)
