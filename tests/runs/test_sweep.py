@@ -14,7 +14,8 @@ from PIL import Image
 
 from tf_langdml.runs import sweep as sweep_module
 from tf_langdml.runs.schema import ConfigError
-from tf_langdml.runs.sweep import effective_point, parse_grid, parse_seeds, run_config, run_sweep
+from tf_langdml.runs.sweep import (SweepResult, effective_point, paired_differences, parse_grid, parse_seeds,
+                                  run_config, run_sweep)
 
 CLASS_NAMES = ["red apple", "green apple", "blue whale", "grey whale", "red car", "blue car",
                "green frog", "grey mouse", "yellow duck", "pink pig", "black cat", "white dog"]
@@ -94,6 +95,39 @@ def _event_tags(folder):
     return tags
 
 
+def _row(weight, guidance, seeds, values):
+    point = {"loss.language_weight": weight, "language.guidance": guidance}
+    return {"point": point, "label": f"language_weight={weight} guidance={guidance}", "seeds": seeds,
+            "values": values, **dict(zip(["mean", "std"], sweep_module._mean_std(values)))}
+
+
+def test_paired_differences_subtract_the_baseline_of_the_same_seed():
+    baseline = _row(0, "none", [0, 1, 2], [0.76, 0.62, 0.74])
+    guided = _row(5, "plg", [0, 1, 2], [0.80, 0.75, 0.70])
+    unfinished = _row(1, "elg", [0, 1, 2], [0.70, float("nan"), None])
+    differences = paired_differences([guided, baseline, unfinished])
+    # Hand-derived: 0.80-0.76, 0.75-0.62, 0.70-0.74 = 0.04, 0.13, -0.04 -> mean 0.13/3, sample std below.
+    expected = [0.04, 0.13, -0.04]
+    assert differences[1] is None
+    assert differences[0]["seeds"] == [0, 1, 2]
+    assert differences[0]["mean"] == pytest.approx(sum(expected) / 3, abs=1e-12)
+    assert differences[0]["std"] == pytest.approx(np.std(expected, ddof=1), abs=1e-12)
+    # Only the seed both finished is paired: 0.70 - 0.76.
+    assert differences[2] == {"mean": pytest.approx(-0.06, abs=1e-12), "std": 0.0, "seeds": [0]}
+    # The paired spread is far smaller than the unpaired one when seeds move every point together.
+    shifted = _row(2.5, "elg", [0, 1, 2], [0.78, 0.64, 0.76])
+    difference = paired_differences([baseline, shifted])[1]
+    assert difference["mean"] == pytest.approx(0.02) and difference["std"] < 1e-9 < shifted["std"]
+    # No ω = 0 point in the grid: nothing to pair with.
+    assert paired_differences([guided, shifted]) == [None, None]
+
+    for row, difference in zip([baseline, guided], paired_differences([baseline, guided])):
+        row["paired_difference"] = difference
+    table = SweepResult("recall@1", [baseline, guided], guided, [], None, 0.0).table()
+    assert "paired Δ vs ω=0" in table.splitlines()[0]
+    assert "+0.0433 ± 0.0850" in next(line for line in table.splitlines() if "guidance=plg" in line)
+
+
 def test_a_tiny_sweep_writes_the_table_and_hparams_and_selection_never_reads_test(image_folder, tmp_path,
                                                                                    minilm_encoder, monkeypatch):
     from tf_langdml.data import splits as splits_module
@@ -133,6 +167,9 @@ def test_a_tiny_sweep_writes_the_table_and_hparams_and_selection_never_reads_tes
     with open(folder / "sweep.csv", newline="") as handle:
         table = list(csv.DictReader(handle))
     assert [row["point"] for row in table] == ["language_weight=0", "language_weight=1.5"]
+    assert table[0]["paired_difference_vs_baseline_mean"] == ""
+    assert float(table[1]["paired_difference_vs_baseline_mean"]) == pytest.approx(
+        float(table[1]["validation_recall@1_mean"]) - float(table[0]["validation_recall@1_mean"]), abs=2e-6)
     saved = json.loads((folder / "sweep.json").read_text())
     for row, saved_row in zip(result.rows, saved["rows"]):
         run = json.loads((folder / saved_row["runs"][0] / "metrics.json").read_text())

@@ -12,6 +12,11 @@ lists) is trained once per seed as an ordinary run directory under
 - the table (``sweep.csv``, ``sweep.json``, printed) gives per point the mean ± sample
   standard deviation over seeds of ``metric`` (validation R@1 by default) and names the
   best point (highest mean);
+- when the grid holds ω = 0, every other row also gets its paired difference to that
+  baseline: per seed, the point's value minus the baseline's value *of the same seed*,
+  then mean ± std of those differences. Seeds move all points together (a seed with a
+  hard split or an unlucky initialisation lowers every point), so the paired spread is
+  the one that says whether a point beats the baseline;
 - ``final=True`` retrains the best point (``final="all"``: every point) on the full
   training split and scores it on the test classes: the only runs of a sweep that
   read the test split.
@@ -185,15 +190,20 @@ class SweepResult:
     wall_seconds: float
 
     def table(self):
-        """The printed table: point, mean ± std over seeds, per-seed values (and the final test metric)."""
+        """The printed table: point, mean ± std over seeds, the paired difference to ω = 0, per-seed values
+        (and the final test metric)."""
         final = {json.dumps(row["point"], sort_keys=True): row for row in self.final_rows}
-        lines = [f"{'point':44s} {'validation ' + self.metric:>24s}   seeds"
+        paired = any(row.get("paired_difference") for row in self.rows)
+        lines = [f"{'point':44s} {'validation ' + self.metric:>24s}"
+                 + (f" {'paired Δ vs ω=0':>18s}" if paired else "") + "   seeds"
                  + (f"   {'test ' + self.metric:>22s}" if final else "")]
         for row in self.rows:
             mark = "*" if row is self.best else " "
             cell = f"{row['mean']:.4f} ± {row['std']:.4f}"
+            difference = row.get("paired_difference")
+            delta = f"{difference['mean']:+.4f} ± {difference['std']:.4f}" if difference else ""
             seeds = " ".join(f"{value:.4f}" for value in row["values"])
-            line = f"{mark}{row['label']:43s} {cell:>24s}   {seeds}"
+            line = f"{mark}{row['label']:43s} {cell:>24s}" + (f" {delta:>18s}" if paired else "") + f"   {seeds}"
             key = json.dumps(row["point"], sort_keys=True)
             if key in final:
                 line += f"   {final[key]['mean']:.4f} ± {final[key]['std']:.4f}"
@@ -210,6 +220,35 @@ def _mean_std(values):
     if len(values) < 2:
         return mean, 0.0
     return mean, math.sqrt(sum((value - mean) ** 2 for value in values) / (len(values) - 1))
+
+
+def paired_differences(rows):
+    """Each row's values minus the ω = 0 row's, seed by seed: ``{"mean", "std", "seeds"}`` per row.
+
+    Returns a list parallel to ``rows``: None for the baseline row itself, for every row
+    when the grid has no ω = 0 point, and for a row with no seed that both finished.
+    """
+    baselines = [row for row in rows if row["point"].get("loss.language_weight", None) == 0]
+    if not baselines:
+        return [None] * len(rows)
+    reference = dict(zip(baselines[0]["seeds"], baselines[0]["values"]))
+    differences = []
+    for row in rows:
+        if row is baselines[0]:
+            differences.append(None)
+            continue
+        pairs = [(seed, value - reference[seed]) for seed, value in zip(row["seeds"], row["values"])
+                 if seed in reference and _finite(value) and _finite(reference[seed])]
+        if not pairs:
+            differences.append(None)
+            continue
+        mean, std = _mean_std([difference for _, difference in pairs])
+        differences.append({"mean": mean, "std": std, "seeds": [seed for seed, _ in pairs]})
+    return differences
+
+
+def _finite(value):
+    return value is not None and not math.isnan(value)
 
 
 def _hparam_value(value):
@@ -344,6 +383,8 @@ def run_sweep(base_values, grid, seeds=(0,), metric="recall@1", final=False, val
             run_config(base_values, point, seed, sweep_dir, False, validation_fraction)
     _write_hparams_config(sweep_dir, grid, metric)
     rows = _rows(base_values, points, seeds, sweep_dir, metric, False, validation_fraction, verbose)
+    for row, difference in zip(rows, paired_differences(rows)):
+        row["paired_difference"] = difference
     best = max(rows, key=lambda row: -math.inf if math.isnan(row["mean"]) else row["mean"])
     final_rows = []
     if final:
@@ -362,12 +403,15 @@ def _write_results(result, base_values, validation_fraction):
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["point", f"validation_{result.metric}_mean", f"validation_{result.metric}_std", "seeds",
-                     f"validation_{result.metric}_per_seed", f"test_{result.metric}_mean", f"test_{result.metric}_std",
+                     f"validation_{result.metric}_per_seed", "paired_difference_vs_baseline_mean",
+                     "paired_difference_vs_baseline_std", f"test_{result.metric}_mean", f"test_{result.metric}_std",
                      "best"])
     for row in result.rows:
         final = finals.get(json.dumps(row["point"], sort_keys=True))
+        difference = row.get("paired_difference")
         writer.writerow([row["label"], f"{row['mean']:.6f}", f"{row['std']:.6f}", " ".join(map(str, row["seeds"])),
                          " ".join(f"{value:.6f}" for value in row["values"]),
+                         *((f"{difference['mean']:.6f}", f"{difference['std']:.6f}") if difference else ("", "")),
                          f"{final['mean']:.6f}" if final else "", f"{final['std']:.6f}" if final else "",
                          int(row is result.best)])
     with atomic_file(result.folder / "sweep.csv") as temporary:
@@ -391,5 +435,5 @@ def sweep_from_arguments(config_path, overrides, grid_arguments, seeds="0", metr
     return base_values, grid, seeds
 
 
-__all__ = ["DEFAULT_VALIDATION_FRACTION", "SweepResult", "effective_point", "parse_grid", "parse_seeds",
-           "run_config", "run_sweep", "sweep_from_arguments"]
+__all__ = ["DEFAULT_VALIDATION_FRACTION", "SweepResult", "effective_point", "paired_differences", "parse_grid",
+           "parse_seeds", "run_config", "run_sweep", "sweep_from_arguments"]
