@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import time
 import pytest
 
 from tf_langdml.cache import json_safe
-from tf_langdml.demo import COLUMNS, results_table, run_demo
+from tf_langdml.demo import COLUMNS, VARIANTS, demo_configs, results_table, run_demo
 from tf_langdml.runs.train import RUN_INFO_KEYS, evaluate
 
 
@@ -44,6 +45,28 @@ def test_results_table_has_one_row_per_variant():
                            "elg": {"recall@1": 0.6, "map@r": 0.3, "nmi": 0.8}})
     lines = table.splitlines()
     assert len(lines) == 4 and lines[2].startswith("baseline") and "0.5000" in lines[2] and "nan" in lines[2]
+
+
+SWEEP_RESULTS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "results" / "demo_sweep.json"
+
+
+def test_the_demo_uses_the_omega_that_its_sweep_chose_on_validation_classes():
+    """docs/results/demo_sweep.json is the sweep's own sweep.json (docs/choosing.md has the command)."""
+    sweep = json.loads(SWEEP_RESULTS.read_text())
+    assert sweep["metric"] == "recall@1" and sweep["validation_fraction"] == 0.3
+    configs = demo_configs()
+    for guidance in ("elg", "plg"):
+        rows = [row for row in sweep["rows"] if row["point"]["language.guidance"] == guidance]
+        assert sorted(row["point"]["loss.language_weight"] for row in rows) == [1, 2.5, 5, 7.5, 10]
+        assert all(len(row["values"]) == 3 and None not in row["values"] for row in rows)  # 3 seeds each
+        best = max(rows, key=lambda row: row["mean"])
+        assert VARIANTS[guidance]["loss"]["language_weight"] == best["point"]["loss.language_weight"]
+        assert configs[guidance].loss.language_weight == best["point"]["loss.language_weight"]
+        assert configs[guidance].language.guidance == guidance
+    assert configs["baseline"].loss.language_weight == 0 and configs["baseline"].language.guidance == "none"
+    # The sweep's selection runs held out validation classes; the demo trains on every training class.
+    assert all(config.data.validation_fraction == 0 and config.evaluation.split == "test"
+               for config in configs.values())
 
 
 @pytest.mark.slow
