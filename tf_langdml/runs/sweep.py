@@ -189,14 +189,18 @@ class SweepResult:
     folder: pathlib.Path
     wall_seconds: float
 
+    def final_row(self, row):
+        """The final (test) row of ``row``'s point, or None when that point was not retrained."""
+        key = _point_key(row["point"])
+        return next((final for final in self.final_rows if _point_key(final["point"]) == key), None)
+
     def table(self):
         """The printed table: point, mean ± std over seeds, the paired difference to ω = 0, per-seed values
         (and the final test metric)."""
-        final = {json.dumps(row["point"], sort_keys=True): row for row in self.final_rows}
         paired = any(row.get("paired_difference") for row in self.rows)
         lines = [f"{'point':44s} {'validation ' + self.metric:>24s}"
                  + (f" {'paired Δ vs ω=0':>18s}" if paired else "") + "   seeds"
-                 + (f"   {'test ' + self.metric:>22s}" if final else "")]
+                 + (f"   {'test ' + self.metric:>22s}" if self.final_rows else "")]
         for row in self.rows:
             mark = "*" if row is self.best else " "
             cell = f"{row['mean']:.4f} ± {row['std']:.4f}"
@@ -204,16 +208,20 @@ class SweepResult:
             delta = f"{difference['mean']:+.4f} ± {difference['std']:.4f}" if difference else ""
             seeds = " ".join(f"{value:.4f}" for value in row["values"])
             line = f"{mark}{row['label']:43s} {cell:>24s}" + (f" {delta:>18s}" if paired else "") + f"   {seeds}"
-            key = json.dumps(row["point"], sort_keys=True)
-            if key in final:
-                line += f"   {final[key]['mean']:.4f} ± {final[key]['std']:.4f}"
+            final = self.final_row(row)
+            if final:
+                line += f"   {final['mean']:.4f} ± {final['std']:.4f}"
             lines.append(line)
         lines.append(f"* best on validation: {self.best['label']} ({self.metric} {self.best['mean']:.4f})")
         return "\n".join(lines)
 
 
+def _point_key(point):
+    return json.dumps(point, sort_keys=True)
+
+
 def _mean_std(values):
-    values = [value for value in values if value is not None and not math.isnan(value)]
+    values = [value for value in values if _finite(value)]
     if not values:
         return float("nan"), float("nan")
     mean = sum(values) / len(values)
@@ -328,7 +336,7 @@ def _rows(base_values, points, seeds, sweep_dir, metric, final, validation_fract
     distinct, seen = [], set()
     for point in points:
         effective = effective_point(base_values, point)
-        key = json.dumps(effective, sort_keys=True)
+        key = _point_key(effective)
         if key not in seen:
             seen.add(key)
             distinct.append((point, effective))
@@ -399,7 +407,6 @@ def _write_results(result, base_values, validation_fraction):
     from tf_langdml.cache import atomic_file, write_json
 
     fraction = _fraction(base_values, validation_fraction)
-    finals = {json.dumps(row["point"], sort_keys=True): row for row in result.final_rows}
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["point", f"validation_{result.metric}_mean", f"validation_{result.metric}_std", "seeds",
@@ -407,7 +414,7 @@ def _write_results(result, base_values, validation_fraction):
                      "paired_difference_vs_baseline_std", f"test_{result.metric}_mean", f"test_{result.metric}_std",
                      "best"])
     for row in result.rows:
-        final = finals.get(json.dumps(row["point"], sort_keys=True))
+        final = result.final_row(row)
         difference = row.get("paired_difference")
         writer.writerow([row["label"], f"{row['mean']:.6f}", f"{row['std']:.6f}", " ".join(map(str, row["seeds"])),
                          " ".join(f"{value:.6f}" for value in row["values"]),
