@@ -20,7 +20,8 @@ import pytest
 import tf_langdml
 from helpers import tiny_backbone, unit_rows
 from tf_langdml import keras
-from tf_langdml.losses import DML_LOSSES, LanguageMatchingLoss, build_dml_loss
+from tf_langdml.losses import LanguageMatchingLoss, build_dml_loss
+from tf_langdml.losses.dml import TFSIM_LOSSES
 from tf_langdml.models import (
     FrozenStatisticsBatchNormalization,
     ImageNormalization,
@@ -29,8 +30,15 @@ from tf_langdml.models import (
     build_embedder,
 )
 
+from tf_langdml.losses.base import BatchLoss
+from tf_langdml.losses.dml import _batch_losses
+from tf_langdml.losses.proxy_losses import ClassVectorLoss
+from tf_langdml.losses.tuple_losses import MinedTupleLoss
+
 # The classes this module checks; test_every_custom_class_is_covered keeps the list complete.
-COVERED = {ImageNormalization, L2Normalize, FrozenStatisticsBatchNormalization, LanguageMatchingLoss, LanguageGuidedModel}
+# BatchLoss, MinedTupleLoss and ClassVectorLoss are abstract: their subclasses are checked.
+COVERED = {ImageNormalization, L2Normalize, FrozenStatisticsBatchNormalization, LanguageMatchingLoss, LanguageGuidedModel,
+           BatchLoss, MinedTupleLoss, ClassVectorLoss, *_batch_losses().values()}
 
 SAVE_FORMATS = ("model.keras", "model.h5", "saved_model")
 # HDF5 is legacy but still what tf-keras writes for a path ending in .h5, so it is checked too.
@@ -291,7 +299,7 @@ def test_language_matching_loss_depends_on_each_config_value(key, value, run_mod
 # value whose change must change the per-anchor losses.
 DML_CHANGES = {
     "multisimilarity": {"beta": 10.0},
-    "triplet": {"margin": 1.0},
+    "tfsim_triplet": {"margin": 1.0},
     "pn": {"margin": 1.0},
     "circle": {"gamma": 20.0},
     "soft_nearest_neighbor": {"temperature": 0.1},
@@ -299,7 +307,7 @@ DML_CHANGES = {
 
 
 def test_every_dml_loss_has_a_change_to_check():
-    assert set(DML_CHANGES) == set(DML_LOSSES)
+    assert set(DML_CHANGES) == set(TFSIM_LOSSES)  # the BatchLoss layers: tests/losses/
 
 
 def dml_case():
@@ -312,7 +320,7 @@ def per_anchor(loss, run_mode):
     return run_mode(lambda y, x: loss.call(y, x))(labels, embeddings).numpy()  # TF-Similarity's (labels, embeddings)
 
 
-@pytest.mark.parametrize("name", sorted(DML_LOSSES))
+@pytest.mark.parametrize("name", sorted(TFSIM_LOSSES))
 def test_dml_loss_config_round_trip(name, run_mode):
     loss = build_dml_loss(name)
     restored = type(loss).from_config(loss.get_config())
@@ -322,3 +330,46 @@ def test_dml_loss_config_round_trip(name, run_mode):
     np.testing.assert_array_equal(per_anchor(restored, run_mode), expected)
     changed = type(loss).from_config({**loss.get_config(), **DML_CHANGES[name]})
     assert np.abs(per_anchor(changed, run_mode) - expected).max() > 1e-3
+
+
+# The BatchLoss layers (tuple, proxy and S2SD losses): a change of one argument that must change the loss.
+BATCH_LOSS_CHANGES = {
+    "margin": {"margin": 0.5},
+    "triplet": {"margin": 1.0},
+    "contrastive": {"negative_margin": 0.5},
+    "npair": {"l2_weight": 1.0},
+    "proxy_anchor": {"alpha": 8.0},
+    "proxy_nca": {"scale": 1.0},
+    "normalized_softmax": {"temperature": 1.0},
+    "arcface": {"angular_margin": 0.1},
+    "s2sd": {"feature_weight": 5.0},
+}
+
+
+def test_every_batch_loss_has_a_change_to_check():
+    assert set(BATCH_LOSS_CHANGES) == set(_batch_losses())
+
+
+def batch_loss_value(loss, run_mode, source=None):
+    rng = np.random.default_rng(11)
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 3, 3, 3], np.int32)
+    embeddings = unit_rows(rng.normal(size=(10, 6))).astype("float32")
+    features = rng.normal(size=(10, 3, 3, 5)).astype("float32")
+    loss.setup(4, 6, 5)
+    if source is not None:
+        loss.set_weights(source.get_weights())
+    return float(run_mode(lambda y, x, f: loss(y, x, features=loss.pool_features(f) if loss.needs_features else None,
+                                             step=3))(labels, embeddings, features))
+
+
+@pytest.mark.parametrize("name", sorted(BATCH_LOSS_CHANGES))
+def test_batch_loss_config_round_trip(name, run_mode):
+    arguments = {"dims": [8, 12]} if name == "s2sd" else {}
+    loss = build_dml_loss(name, **arguments)
+    expected = batch_loss_value(loss, run_mode)
+    config = json_round_trip(loss.get_config())
+    restored = type(loss).from_config(config)
+    assert restored.get_config() == loss.get_config()
+    assert batch_loss_value(restored, run_mode, source=loss) == expected
+    changed = type(loss).from_config({**config, **BATCH_LOSS_CHANGES[name]})
+    assert abs(batch_loss_value(changed, run_mode, source=loss) - expected) > 1e-4 * max(1.0, abs(expected))

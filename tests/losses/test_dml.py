@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 from helpers import unit_rows
-from tf_langdml.losses import DML_LOSSES, build_dml_loss, dml_loss_arguments
+from tf_langdml.losses import build_dml_loss, dml_loss_arguments
+from tf_langdml.losses.dml import TFSIM_LOSSES
 
 
 def reference_multisimilarity(embeddings, labels, positive_weight, negative_weight, margin, threshold):
@@ -91,8 +92,8 @@ def test_anchor_without_negative_after_mining_contributes_zero():
     assert reference_multisimilarity(embeddings, labels, 2.0, 40.0, 0.1, 0.5) == 0.0
 
 
-@pytest.mark.parametrize("name", sorted(DML_LOSSES))
-def test_every_registered_loss_gives_per_anchor_values_and_gradients(name):
+@pytest.mark.parametrize("name", sorted(TFSIM_LOSSES))
+def test_every_tfsim_loss_gives_per_anchor_values_and_gradients(name):
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(4), 2)
     embeddings = tf.Variable(unit_rows(rng.normal(size=(8, 6))).astype("float32"))
@@ -105,8 +106,8 @@ def test_every_registered_loss_gives_per_anchor_values_and_gradients(name):
     assert gradient is not None and float(tf.reduce_max(tf.abs(gradient))) > 0
 
 
-def test_triplet_is_semi_hard_with_margin():
-    config = build_dml_loss("triplet").get_config()
+def test_tfsim_triplet_is_semi_hard_with_margin():
+    config = build_dml_loss("tfsim_triplet").get_config()
     assert config["negative_mining_strategy"] == "semi-hard"
     assert config["margin"] == 0.2
 
@@ -122,14 +123,16 @@ def test_xbm_wraps_any_loss_and_remembers_batches():
         value = loss(labels, embeddings)
         assert np.isfinite(float(value))
     assert loss._y_pred_memory.numpy().shape == (20, 6)  # 3 batches of 8, truncated to the memory size
-    triplet_xbm = build_dml_loss("triplet", xbm_memory_size=16)
+    triplet_xbm = build_dml_loss("tfsim_triplet", xbm_memory_size=16)
     assert triplet_xbm.loss.get_config()["negative_mining_strategy"] == "semi-hard"
 
 
 def test_unknown_names_and_arguments_are_clear_errors():
-    with pytest.raises(ValueError, match=r"Unknown DML loss 'arcface'; known losses: \['circle', "):
-        build_dml_loss("arcface")
+    with pytest.raises(ValueError, match=r"Unknown DML loss 'arcfce'; known losses: \["):
+        build_dml_loss("arcfce")
     with pytest.raises(ValueError, match=r"Unknown argument\(s\) \['alpha'\].*accepts"):
         build_dml_loss("multisimilarity", alpha=2.0)
     with pytest.raises(ValueError, match="xbm_memory_size must be a positive"):
         build_dml_loss("circle", xbm_memory_size=0)
+    with pytest.raises(ValueError, match=r"xbm_memory_size works with TensorFlow-Similarity's losses .*not with 'margin'"):
+        build_dml_loss("margin", xbm_memory_size=16)

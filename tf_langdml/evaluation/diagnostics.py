@@ -54,10 +54,10 @@ def loss_diagnostics(model, batch) -> dict[str, float]:
     images, labels, sample_ids = model._unpack(tuple(batch))
     labels = tf.cast(labels, tf.int64)
     sample_ids = None if sample_ids is None else tf.cast(sample_ids, tf.int64)
-    embeddings = tf.cast(model(images, training=False), tf.float32)
+    embeddings, features = model.forward(images, training=False)  # features: for S2SD, else None
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(embeddings)
-        dml, language, weight = model.loss_terms(embeddings, labels, sample_ids, training=False)
+        dml, language, weight = model.loss_terms(embeddings, labels, sample_ids, training=False, features=features)
         weighted = None if language is None else weight * language
     dml_norm = tf.norm(tape.gradient(dml, embeddings))
     if language is None:

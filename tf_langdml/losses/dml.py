@@ -1,7 +1,14 @@
-"""Registry of TensorFlow-Similarity DML losses, built by name.
+"""Registry of DML losses, built by name: TensorFlow-Similarity's and the paper's code's.
 
-Every loss here takes ``(labels, embeddings)`` and is a TF-Similarity ``MetricLoss``,
-so ``loss.call(labels, embeddings)`` gives one value per anchor, shape (B, 1).
+Two kinds of loss live here:
+
+- TensorFlow-Similarity ``MetricLoss`` objects (``multisimilarity``, ``tfsim_triplet``,
+  ``circle``, ``pn``, ``soft_nearest_neighbor``): ``loss.call(labels, embeddings)``
+  gives one value per anchor, shape (B, 1), and the model averages over the B anchors;
+- :class:`~tf_langdml.losses.base.BatchLoss` layers (``margin``, ``triplet``,
+  ``contrastive``, ``npair``, ``proxy_anchor``, ``proxy_nca``, ``normalized_softmax``,
+  ``arcface``, ``s2sd``): ``loss(labels, embeddings, features=None, step=0)`` is the batch
+  loss; those with learned state get their variables from ``LanguageGuidedModel.compile``.
 
 Multi-similarity (Wang et al., CVPR 2019) with the paper's names
 ----------------------------------------------------------------
@@ -74,13 +81,27 @@ def _soft_nearest_neighbor(temperature=1.0, distance="sql2"):
     return _tfsim_losses().SoftNearestNeighborLoss(distance=distance, temperature=temperature)
 
 
-DML_LOSSES = {
+def _batch_losses():
+    from tf_langdml.losses.proxy_losses import ArcFaceLoss, NormalizedSoftmaxLoss, ProxyAnchorLoss, ProxyNCALoss
+    from tf_langdml.losses.s2sd import S2SDLoss
+    from tf_langdml.losses.tuple_losses import ContrastiveLoss, MarginLoss, NPairLoss, TripletLoss
+
+    return {"margin": MarginLoss, "triplet": TripletLoss, "contrastive": ContrastiveLoss, "npair": NPairLoss,
+            "proxy_anchor": ProxyAnchorLoss, "proxy_nca": ProxyNCALoss, "normalized_softmax": NormalizedSoftmaxLoss,
+            "arcface": ArcFaceLoss, "s2sd": S2SDLoss}
+
+
+# TensorFlow-Similarity's losses (MetricLoss objects).
+TFSIM_LOSSES = {
     "multisimilarity": _multisimilarity,
-    "triplet": _mined_pair_loss("TripletLoss"),  # semi-hard negatives, as FaceNet
+    "tfsim_triplet": _mined_pair_loss("TripletLoss"),  # TF-Similarity's: hardest positive, semi-hard negative
     "circle": _circle,
     "pn": _mined_pair_loss("PNLoss"),
     "soft_nearest_neighbor": _soft_nearest_neighbor,
 }
+
+# Every loss by name: TF-Similarity's, then the BatchLoss layers (tuple, proxy and S2SD losses).
+DML_LOSSES = {**TFSIM_LOSSES, **_batch_losses()}
 
 
 def dml_loss_arguments(name: str) -> dict[str, Any]:
@@ -100,16 +121,16 @@ def build_dml_loss(name: str, xbm_memory_size: int | None = None, xbm_warmup_ste
     """Build a TF-Similarity DML loss by name.
 
     Args:
-        name: one of ``DML_LOSSES`` (``multisimilarity``, ``triplet``, ``circle``,
-            ``pn``, ``soft_nearest_neighbor``).
+        name: one of ``DML_LOSSES`` (docs/dml_losses.md lists them with their arguments).
         xbm_memory_size: if set, wrap the loss in cross-batch memory (XBM, Wang et
-            al. 2020) holding this many past embeddings.
+            al. 2020) holding this many past embeddings (TF-Similarity losses only).
         xbm_warmup_steps: steps before the memory is used.
         **kwargs: the loss's own arguments; see :func:`dml_loss_arguments`.
 
     Returns:
-        A ``tensorflow_similarity.losses.MetricLoss``; ``loss(labels, embeddings)``
-        is the batch mean and ``loss.call(labels, embeddings)`` the per-anchor values.
+        A ``tensorflow_similarity.losses.MetricLoss`` (``loss(labels, embeddings)`` is the
+        batch mean, ``loss.call(labels, embeddings)`` the per-anchor values) or a
+        :class:`~tf_langdml.losses.base.BatchLoss` layer.
     """
     factory = _lookup(name)
     accepted = dml_loss_arguments(name)
@@ -117,6 +138,11 @@ def build_dml_loss(name: str, xbm_memory_size: int | None = None, xbm_warmup_ste
     if unknown:
         raise ValueError(
             f"Unknown argument(s) {unknown} for DML loss {name!r}; it accepts {sorted(accepted)}."
+        )
+    if xbm_memory_size is not None and name.lower() not in TFSIM_LOSSES:
+        raise ValueError(
+            f"xbm_memory_size works with TensorFlow-Similarity's losses ({sorted(TFSIM_LOSSES)}), not with {name!r}; "
+            f"drop xbm_memory_size or pick one of those."
         )
     loss = factory(**kwargs)
     if xbm_memory_size is not None:

@@ -10,6 +10,7 @@ from numpy.typing import ArrayLike
 
 from tf_langdml._keras import keras
 from tf_langdml.language.table import LanguageTable
+from tf_langdml.losses.base import BatchLoss, collect_learning_rate_groups, dml_loss_value
 from tf_langdml.losses.dml import build_dml_loss
 from tf_langdml.losses.language_matching import LanguageMatchingLoss
 
@@ -34,6 +35,13 @@ class NonFiniteLossError(FloatingPointError):
     def __init__(self, message, step=None, values=None, learning_rate=None):
         super().__init__(message)
         self.step, self.values, self.learning_rate = step, dict(values or {}), learning_rate
+
+
+class _Untracked:
+    """Holds objects outside Keras' tracking (not in weights, checkpoints or the model's layers)."""
+
+    def __init__(self, value=None):
+        self.value = value
 
 
 class _NonFiniteRecord:
@@ -93,6 +101,9 @@ class LanguageGuidedModel(keras.Model):
         self.dml_loss_tracker = keras.metrics.Mean(name="dml_loss")
         self.language_loss_tracker = keras.metrics.Mean(name="language_loss")
         self.dml_loss = None
+        self.loss_optimizers = []  # one per learning-rate group of the loss's variables (see compile)
+        self._loss_groups = _Untracked([])  # [(optimizer, frozenset of variable refs)]
+        self._feature_model = _Untracked()  # embedder inputs -> (embeddings, feature maps), for S2SD
         self.language_matching = None
         self.language_weight = 0.0
         self.language_delay = 0
@@ -127,6 +138,7 @@ class LanguageGuidedModel(keras.Model):
         language_delay=0,
         language_direction="image_to_language",
         weight_decay=0.0,
+        num_classes=None,
         **kwargs,
     ):
         """Configure training.
@@ -144,7 +156,12 @@ class LanguageGuidedModel(keras.Model):
                 which the paper used (4e-4): ``weight_decay * w`` is added to the
                 gradient of every trainable variable before the optimizer step, so
                 Adam rescales it (unlike the decoupled AdamW). It is not part of the
-                reported ``loss``.
+                reported ``loss``. The loss's own variables (proxies, class weights, β)
+                get none, as in the paper's code; S2SD's heads get it like the network.
+            num_classes: the number of training classes, for the losses that learn a
+                vector per class (``proxy_anchor``, ``proxy_nca``, ``normalized_softmax``,
+                ``arcface``, ``margin``'s β); default: the language table's rows when it
+                is indexed by label.
             **kwargs: passed to ``keras.Model.compile`` (``loss`` is not accepted;
                 use ``dml_loss``).
         """
@@ -183,10 +200,64 @@ class LanguageGuidedModel(keras.Model):
                 f"MetricLoss; got {dml_loss!r}."
             )
         super().compile(optimizer=optimizer, **kwargs)
-        self.dml_loss = dml_loss
+        self._setup_loss_state(dml_loss, num_classes)
         self.language_weight = language_weight
         self.language_delay = int(language_delay)
         self.weight_decay = weight_decay
+
+    def _setup_loss_state(self, dml_loss, num_classes):
+        """Create a BatchLoss's variables and one optimizer per learning-rate group (under the model's strategy)."""
+        self._loss_groups.value = []
+        self.loss_optimizers = []
+        self._feature_model.value = None
+        if not isinstance(dml_loss, BatchLoss):
+            self.dml_loss = dml_loss
+            return
+        if num_classes is None and dml_loss.needs_classes and self._language_table is not None \
+                and self.table_index == "label":
+            num_classes = self._language_table.num_rows
+        feature_dim = None
+        if dml_loss.needs_features:
+            self._feature_model.value = _feature_model(self.embedder)
+            feature_dim = int(self._feature_model.value.outputs[1].shape[-1])
+        embed_dim = int(self.embedder.outputs[0].shape[-1])
+        with self.distribute_strategy.scope():
+            dml_loss.setup(num_classes, embed_dim, feature_dim)
+            self.dml_loss = dml_loss  # a tracked sub-layer: its variables train and are checkpointed
+            groups = collect_learning_rate_groups(dml_loss)
+            optimizers = [_group_optimizer(self.optimizer, group, index) for index, group in enumerate(groups)]
+        self.loss_optimizers = optimizers
+        self._loss_groups.value = [(optimizer, frozenset(variable.ref() for variable in group.variables))
+                                   for optimizer, group in zip(optimizers, groups)]
+
+    def build_optimizers(self):
+        """Create every optimizer's slots now (for a checkpoint restore that must match them all)."""
+        grouped = set().union(*(refs for _, refs in self._loss_groups.value)) if self._loss_groups.value else set()
+        self.optimizer.build([variable for variable in self.trainable_variables if variable.ref() not in grouped])
+        for optimizer, refs in self._loss_groups.value:
+            optimizer.build([variable for variable in self.trainable_variables if variable.ref() in refs])
+
+    def _apply_gradients(self, pairs):
+        """Apply (gradient, variable) pairs: the loss's learning-rate groups to their optimizers, the rest to ``optimizer``."""
+        groups = self._loss_groups.value
+        if not groups:
+            self.optimizer.apply_gradients(pairs)
+            return
+        rest = [pair for pair in pairs if not any(pair[1].ref() in refs for _, refs in groups)]
+        if rest:
+            self.optimizer.apply_gradients(rest)
+        for optimizer, refs in groups:
+            grouped = [pair for pair in pairs if pair[1].ref() in refs]
+            if grouped:
+                optimizer.apply_gradients(grouped)
+
+    def _undecayed(self):
+        """Refs of the variables that get no weight decay: the loss's own, except those it says to decay."""
+        if not isinstance(self.dml_loss, BatchLoss):
+            return frozenset()
+        decayed = {variable.ref() for variable in self.dml_loss.decayed_variables}
+        return frozenset(variable.ref() for variable in self.dml_loss.trainable_variables
+                         if variable.ref() not in decayed)
 
     @property
     def metrics(self):
@@ -194,6 +265,19 @@ class LanguageGuidedModel(keras.Model):
 
     def call(self, inputs, training=None):
         return self.embedder(inputs, training=training)
+
+    def forward(self, images, training=False):
+        """(float32 embeddings, pooled features or None) of one forward pass.
+
+        The features (what S2SD reads) come from the same pass as the embeddings: an
+        internal functional model over the embedder's own layers also outputs the
+        backbone's feature maps, which the loss pools.
+        """
+        model = self._feature_model.value
+        if model is None:
+            return tf.cast(self(images, training=training), tf.float32), None
+        embeddings, feature_maps = model(images, training=training)
+        return tf.cast(embeddings, tf.float32), self.dml_loss.pool_features(feature_maps)
 
     def _unpack(self, data):
         if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
@@ -210,32 +294,22 @@ class LanguageGuidedModel(keras.Model):
             )
         return images, tf.reshape(labels, [-1]), sample_ids
 
-    def _dml_loss_per_anchor(self, labels, embeddings, training):
-        loss = self.dml_loss
-        if not training:
-            from tensorflow_similarity.losses import XBM
-
-            if isinstance(loss, XBM):
-                loss = loss.loss  # cross-batch memory must only remember training batches
-        # TF-Similarity's losses branch in Python on tensors; AutoGraph converts them,
-        # exactly as keras.losses.Loss.__call__ does, so they also work in a tf.function.
-        call = tf.__internal__.autograph.tf_convert(loss.call, tf.__internal__.autograph.control_status_ctx())
-        # Labels as (B, 1): TF-Similarity reshapes rank-1 labels under `if tf.rank(...) == 1`,
-        # a cond whose branches differ in rank, which XLA (jit_compile) cannot compile.
-        return call(tf.reshape(labels, [-1, 1]), embeddings)
-
     def table_rows(self, labels, sample_ids=None):
         """The language-table rows of a batch: its labels, or its sample ids for ``table_index="sample_id"``."""
         return labels if self.table_index == "label" else tf.reshape(sample_ids, [-1])
 
-    def loss_terms(self, embeddings, labels, sample_ids=None, training=False):
+    def loss_terms(self, embeddings, labels, sample_ids=None, training=False, features=None):
         """(dml, language, weight) of float32 embeddings: the total is ``dml + weight * language``.
 
         ``weight`` is ω once the delay has passed, else 0 (graph-safe: it compares the
         optimizer's step counter, not a Python counter); without a table ``language`` and
-        ``weight`` are None.
+        ``weight`` are None. ``features``: the pooled features of :meth:`forward` (S2SD).
         """
-        dml = tf.reduce_mean(self._dml_loss_per_anchor(labels, embeddings, training))
+        if getattr(self.dml_loss, "needs_features", False) and features is None:
+            raise ValueError(f"The DML loss {self.dml_loss.name!r} reads the backbone's pooled features: pass "
+                             f"features=... from model.forward(images).")
+        dml = dml_loss_value(self.dml_loss, labels, embeddings, features, step=self.optimizer.iterations,
+                             training=training)
         if self._language_table is None:
             return dml, None, None
         language = self.language_matching(embeddings, labels, self._language_table,
@@ -248,9 +322,9 @@ class LanguageGuidedModel(keras.Model):
         if self.dml_loss is None:
             raise RuntimeError("Call compile() before fit/evaluate.")
         images, labels, sample_ids = self._unpack(data)
-        embeddings = tf.cast(self(images, training=training), tf.float32)
-        embeddings, labels, sample_ids = _gather_global_batch(embeddings, labels, sample_ids)
-        dml, language, weight = self.loss_terms(embeddings, labels, sample_ids, training)
+        embeddings, features = self.forward(images, training=training)
+        embeddings, labels, sample_ids, features = _gather_global_batch(embeddings, labels, sample_ids, features)
+        dml, language, weight = self.loss_terms(embeddings, labels, sample_ids, training, features)
         if language is None:
             language = tf.zeros([], tf.float32)
             total = dml
@@ -311,8 +385,10 @@ class LanguageGuidedModel(keras.Model):
         if scaled_optimizer:
             gradients = self.optimizer.get_unscaled_gradients(gradients)
         if self.weight_decay:
+            undecayed = self._undecayed()
             gradients = [
-                None if gradient is None else gradient + self.weight_decay / replicas * tf.cast(variable, gradient.dtype)
+                gradient if gradient is None or variable.ref() in undecayed
+                else gradient + self.weight_decay / replicas * tf.cast(variable, gradient.dtype)
                 for gradient, variable in zip(gradients, variables)
             ]
         finite, report = _finiteness(step, total, dml, language, None if scaled_optimizer else gradients, replicas)
@@ -322,12 +398,12 @@ class LanguageGuidedModel(keras.Model):
             if not bool(finite):
                 _restore(saved)
                 raise self.nonfinite_error(report.numpy())
-            self.optimizer.apply_gradients(pairs)
+            self._apply_gradients(pairs)
         elif record is not None and self.jit_compile and replicas == 1:
             proceed = tf.logical_and(finite, record[0] < 0)  # sticky over steps_per_execution
 
             def update():
-                self.optimizer.apply_gradients(pairs)
+                self._apply_gradients(pairs)
                 self._record(total, dml, language)
                 return tf.constant(True)
 
@@ -343,7 +419,7 @@ class LanguageGuidedModel(keras.Model):
             with tf.control_dependencies([restored]):
                 check = tf.debugging.Assert(finite, [NONFINITE_MARKER, report], summarize=8)
             with tf.control_dependencies([check]):  # MirroredStrategy carries it into merge_call
-                self.optimizer.apply_gradients(pairs)
+                self._apply_gradients(pairs)
                 return self._record(total, dml, language)
         return self._record(total, dml, language)
 
@@ -431,20 +507,81 @@ def _num_replicas():
     return 1 if context is None else context.num_replicas_in_sync
 
 
-def _gather_global_batch(embeddings, labels, sample_ids):
-    """Under tf.distribute: every replica's embeddings, labels and sample ids, concatenated in replica order.
+def _gather_global_batch(embeddings, labels, sample_ids, features=None):
+    """Under tf.distribute: every replica's embeddings, labels, sample ids and features, in replica order.
 
     The losses are then those of the global batch, whatever the number of replicas
     (docs/loss.md); ``all_gather`` passes gradients back to each replica's own slice.
     """
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
-        return embeddings, labels, sample_ids
+        return embeddings, labels, sample_ids, features
     embeddings = context.all_gather(embeddings, axis=0)
     labels = context.all_gather(labels, axis=0)
     if sample_ids is not None:
         sample_ids = context.all_gather(tf.reshape(sample_ids, [-1]), axis=0)
-    return embeddings, labels, sample_ids
+    if features is not None:
+        features = context.all_gather(features, axis=0)
+    return embeddings, labels, sample_ids, features
+
+
+POOL_LAYERS = ("avg_pool", "max_pool")
+
+
+def _feature_model(embedder):
+    """A functional model over ``embedder``'s own layers: images -> (embeddings, backbone feature maps)."""
+    for name in POOL_LAYERS:
+        try:
+            pool = embedder.get_layer(name)
+        except ValueError:
+            continue
+        feature_maps = pool.input
+        if len(feature_maps.shape) == 4:
+            return keras.Model(embedder.inputs, [embedder.outputs[0], feature_maps], name=f"{embedder.name}_features")
+    raise ValueError(
+        f"The DML loss reads the backbone's feature maps, but the embedder {embedder.name!r} has no global pooling "
+        f"layer named {' or '.join(POOL_LAYERS)} (build it with tf_langdml.models.build_embedder)."
+    )
+
+
+class ScaledLearningRate(keras.optimizers.schedules.LearningRateSchedule):
+    """A learning-rate schedule times a constant (a learning-rate group's multiplier on a scheduled base rate)."""
+
+    def __init__(self, schedule, multiplier):
+        self.schedule = schedule
+        self.multiplier = float(multiplier)
+
+    def __call__(self, step):
+        return self.schedule(step) * self.multiplier
+
+    def get_config(self):
+        return {"schedule": keras.optimizers.schedules.serialize(self.schedule), "multiplier": self.multiplier}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.optimizers.schedules.deserialize(config["schedule"]), config["multiplier"])
+
+
+def _group_optimizer(optimizer, group, index):
+    """A fresh optimizer of ``optimizer``'s type and settings at ``group``'s learning rate.
+
+    A separate instance, not a gradient multiplier: Adam divides by the gradient's own
+    scale, so scaling a gradient would not change its step.
+    """
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer's optimizer
+    config = inner.get_config()
+    base = getattr(inner, "_learning_rate", None)
+    if base is None:
+        base = inner.learning_rate
+    if group.learning_rate is not None:
+        rate = float(group.learning_rate)
+    elif isinstance(base, keras.optimizers.schedules.LearningRateSchedule):
+        rate = ScaledLearningRate(base, group.multiplier)
+    else:
+        rate = float(keras.backend.get_value(base)) * group.multiplier
+    config["learning_rate"] = rate
+    config["name"] = f"{config.get('name', 'optimizer')}_loss_group_{index}"
+    return type(inner).from_config(config)
 
 
 def _forward_state(variables):

@@ -226,12 +226,30 @@ _COMPILE_WORDS = {"language_weight": "loss.language_weight", "language_delay": "
                   "Unknown argument": "loss.dml_arguments"}
 
 
-def _compile(network, loss, optimizer, training, guided):
+def dml_loss_spec(loss, training):
+    """``{"name": loss.dml, **loss.dml_arguments}``, with ``seed`` = ``training.seed`` for a loss that mines or draws."""
+    from tf_langdml.losses import DML_LOSSES, dml_loss_arguments
+
+    spec = {"name": loss.dml, **loss.dml_arguments}
+    if str(loss.dml).lower() in DML_LOSSES and "seed" in dml_loss_arguments(loss.dml) and "seed" not in spec:
+        spec["seed"] = training.seed
+    return spec
+
+
+def _compile(network, loss, optimizer, training, guided, num_classes=None):
     """``network.compile`` with the loss, optimizer and training sections (ω = 0 without a table)."""
+    from tf_langdml.losses import DML_LOSSES, build_dml_loss
+
+    spec = dml_loss_spec(loss, training)
+    # Built here, so that an error in the loss's own arguments names loss.dml_arguments.
+    with config_keys("loss.dml_arguments", words={"Unknown DML loss": "loss.dml"},
+                     suggest=(loss.dml, list(DML_LOSSES))):
+        dml_loss = build_dml_loss(spec.pop("name"), **spec)
     with config_keys("loss.dml", "loss.dml_arguments", words=_COMPILE_WORDS):
         network.compile(
             optimizer=_optimizer(optimizer),
-            dml_loss={"name": loss.dml, **loss.dml_arguments},
+            dml_loss=dml_loss,
+            num_classes=num_classes,
             language_weight=loss.language_weight if guided else 0.0,
             language_shift=loss.shift,
             language_temperature=loss.temperature,
@@ -243,10 +261,11 @@ def _compile(network, loss, optimizer, training, guided):
     return network
 
 
-def guided_model(model, image_size, loss, optimizer, training, table=None, index="label"):
+def guided_model(model, image_size, loss, optimizer, training, table=None, index="label", num_classes=None):
     """The compiled :class:`~tf_langdml.models.LanguageGuidedModel` (mixed_float16 layers under ``training.mixed_precision``).
 
-    ``table``: the language table (None: the baseline, ω = 0); ``index``: :func:`table_index`.
+    ``table``: the language table (None: the baseline, ω = 0); ``index``: :func:`table_index`;
+    ``num_classes``: the training classes (for losses with a vector per class).
     """
     from tf_langdml._keras import keras
     from tf_langdml.models import LanguageGuidedModel
@@ -255,8 +274,8 @@ def guided_model(model, image_size, loss, optimizer, training, table=None, index
     keras.mixed_precision.set_global_policy("mixed_float16" if training.mixed_precision else "float32")
     try:
         network = LanguageGuidedModel(embedder(model, image_size), language_table=table, table_index=index)
-        _compile(network, loss, optimizer, training, guided=table is not None)
-        network.optimizer.build(network.trainable_variables)
+        _compile(network, loss, optimizer, training, guided=table is not None, num_classes=num_classes)
+        network.build_optimizers()
     finally:
         keras.mixed_precision.set_global_policy(previous)
     return network
@@ -289,7 +308,7 @@ def check_model(loss, optimizer, training):
 
     stand_in = build_embedder(_stand_in_backbone(2), weights=None, embed_dim=2, freeze_bn_statistics=False,
                               input_shape=(2, 2, 3))
-    _compile(LanguageGuidedModel(stand_in), loss, optimizer, training, guided=True)
+    _compile(LanguageGuidedModel(stand_in), loss, optimizer, training, guided=True, num_classes=2)
 
 
 # -- callbacks, metrics ------------------------------------------------------------------------

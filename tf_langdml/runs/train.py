@@ -73,7 +73,7 @@ def train(config, verbose=1):
     if table is not None:
         run_dir.write_language_table(folder, table)
     model = builders.guided_model(config.model, config.data.image_size, config.loss, config.optimizer,
-                                  config.training, table, index)
+                                  config.training, table, index, num_classes=split.num_classes)
     checkpoint, manager = run_dir.checkpoint_manager(model, folder)
     resume_from = run_dir.latest_finite_checkpoint(manager)
     if resume_from:

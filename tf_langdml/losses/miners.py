@@ -1,0 +1,135 @@
+"""Batch miners: which (anchor, positive, negative) triplets of a batch the tuple losses use.
+
+Every batch element is an anchor (as in the paper's code). A miner returns, for each
+anchor i, the index of one positive (same label, not i) and one negative (other label),
+and ``valid[i]``: whether i has at least one positive and one negative (invalid anchors
+get index i and must be masked out by the loss). Distances are Euclidean between the
+(L2-normalised) embeddings and carry no gradient: mining only chooses pairs.
+
+Choices are draws from ``tf.random.stateless_categorical`` seeded by ``seed`` (a pair of
+integers), so a step's triplets are reproducible, the same on every replica of a
+distributed step, and the same after a resume.
+
+Miners (the paper's code, Roth et al. 2020, "Revisiting training strategies and
+generalization performance in deep metric learning"):
+
+``random``
+    A uniformly random positive and negative.
+``semihard`` (Schroff et al. 2015, FaceNet)
+    A random positive p; a random negative n with d(i, p) < d(i, n) < d(i, p) + margin;
+    if there is none, a random negative.
+``softhard``
+    A random positive among those farther than the anchor's nearest negative (else any
+    positive) and a random negative among those nearer than its farthest positive (else
+    any negative).
+``distance`` (Wu et al. 2017, "Sampling matters in deep embedding learning")
+    A random positive; a negative drawn with probability proportional to the inverse of
+    the density q(d) of pairwise distances of points spread uniformly on the unit sphere
+    in n dimensions, log q(d) = (n − 2) log d + (n − 3)/2 · log(1 − d²/4), with d clipped
+    below at ``lower_cutoff`` (0.5) so that the nearest negatives do not take all the
+    weight; negatives farther than ``upper_cutoff`` get none (Wu et al. use 1.4; the
+    paper's code leaves it off, which is the default here: None). If no negative is left,
+    a uniformly random one.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tf_langdml.losses.base import euclidean_distances
+
+MINERS = ("random", "semihard", "softhard", "distance")
+
+_NEG = -1e9  # the logit of an excluded choice (finite: an all-excluded row stays finite)
+
+
+def _masks(labels):
+    labels = tf.reshape(labels, [-1])
+    same = tf.equal(labels[:, None], labels[None, :])
+    positives = tf.logical_and(same, tf.logical_not(tf.eye(tf.shape(labels)[0], dtype=tf.bool)))
+    return positives, tf.logical_not(same)
+
+
+def _draw(mask, seed, logits=None):
+    """One index per row, uniformly among (or with ``logits`` over) the row's True entries; row i if none."""
+    if logits is None:
+        logits = tf.zeros(tf.shape(mask), tf.float32)
+    logits = tf.where(mask, logits, _NEG)
+    drawn = tf.cast(tf.random.stateless_categorical(logits, 1, seed)[:, 0], tf.int32)
+    own = tf.range(tf.shape(mask)[0], dtype=tf.int32)
+    return tf.where(tf.reduce_any(mask, axis=1), drawn, own)
+
+
+def _or_fallback(preferred, fallback):
+    """Rows of ``preferred``, except rows with no True entry, which take ``fallback``'s."""
+    return tf.where(tf.reduce_any(preferred, axis=1, keepdims=True), preferred, fallback)
+
+
+def inverse_sphere_density_logits(distances, dim, lower_cutoff=0.5, upper_cutoff=None):
+    """log(1 / q(d)) of the distance-weighted miner (up to a constant), −1e9 where ``upper_cutoff`` excludes.
+
+    q(d) ∝ d^(n−2) (1 − d²/4)^((n−3)/2) is the density of distances between two uniform
+    points on the unit sphere in ``dim`` = n dimensions; d is clipped to
+    [``lower_cutoff``, 2 − 1e-4] first (the upper clip only keeps the log finite).
+    """
+    clipped = tf.clip_by_value(distances, float(lower_cutoff), 2.0 - 1e-4)
+    dim = float(dim)
+    logits = (2.0 - dim) * tf.math.log(clipped) - (dim - 3.0) / 2.0 * tf.math.log(1.0 - 0.25 * tf.square(clipped))
+    if upper_cutoff is not None:
+        logits = tf.where(distances < float(upper_cutoff), logits, _NEG)
+    return logits
+
+
+def mine_triplets(embeddings, labels, miner="semihard", seed=(0, 0), margin=0.2, lower_cutoff=0.5,
+                  upper_cutoff=None):
+    """(anchors, positives, negatives, valid): one triplet per batch element (module docstring).
+
+    Args:
+        embeddings: (B, d) embeddings (gradients are not taken through the choice).
+        labels: (B,) integer labels.
+        miner: one of :data:`MINERS`.
+        seed: a pair of integers for the stateless draws.
+        margin: the semihard window.
+        lower_cutoff, upper_cutoff: the distance-weighted miner's clipping.
+
+    Returns:
+        int32 (B,) anchors (= range(B)), positives, negatives, and bool (B,) valid.
+    """
+    if miner not in MINERS:
+        raise ValueError(f"Unknown miner {miner!r}; expected one of {list(MINERS)}.")
+    embeddings = tf.stop_gradient(tf.cast(embeddings, tf.float32))
+    distances = euclidean_distances(embeddings)
+    positive_mask, negative_mask = _masks(labels)
+    positive_seed, negative_seed = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2))
+    anchors = tf.range(tf.shape(labels)[0], dtype=tf.int32)
+    valid = tf.logical_and(tf.reduce_any(positive_mask, axis=1), tf.reduce_any(negative_mask, axis=1))
+    big = tf.constant(1e9, tf.float32)
+
+    if miner == "softhard":
+        nearest_negative = tf.reduce_min(tf.where(negative_mask, distances, big), axis=1, keepdims=True)
+        farthest_positive = tf.reduce_max(tf.where(positive_mask, distances, -big), axis=1, keepdims=True)
+        positive_choices = _or_fallback(tf.logical_and(positive_mask, distances > nearest_negative), positive_mask)
+        positives = _draw(positive_choices, positive_seed)
+    else:
+        positives = _draw(positive_mask, positive_seed)
+
+    if miner == "random":
+        negatives = _draw(negative_mask, negative_seed)
+    elif miner == "semihard":
+        positive_distance = tf.gather(distances, positives, axis=1, batch_dims=1)[:, None]
+        window = tf.logical_and(negative_mask, tf.logical_and(distances > positive_distance,
+                                                              distances < positive_distance + float(margin)))
+        negatives = _draw(_or_fallback(window, negative_mask), negative_seed)
+    elif miner == "softhard":
+        harder = tf.logical_and(negative_mask, distances < farthest_positive)
+        negatives = _draw(_or_fallback(harder, negative_mask), negative_seed)
+    else:  # distance
+        logits = inverse_sphere_density_logits(distances, embeddings.shape[-1], lower_cutoff, upper_cutoff)
+        kept = tf.logical_and(negative_mask, logits > _NEG / 2)
+        row_logits = tf.where(kept, logits, _NEG)
+        # Subtract each row's maximum over the kept entries: the weights are relative within a row.
+        row_logits = row_logits - tf.reduce_max(row_logits, axis=1, keepdims=True)
+        weighted = _draw(kept, negative_seed, row_logits)
+        uniform = _draw(negative_mask, negative_seed)
+        negatives = tf.where(tf.reduce_any(kept, axis=1), weighted, uniform)
+    return anchors, positives, negatives, valid
