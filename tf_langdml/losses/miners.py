@@ -81,7 +81,7 @@ def inverse_sphere_density_logits(distances, dim, lower_cutoff=0.5, upper_cutoff
 
 
 def mine_triplets(embeddings, labels, miner="semihard", seed=(0, 0), margin=0.2, lower_cutoff=0.5,
-                  upper_cutoff=None):
+                  upper_cutoff=None, dim=None):
     """(anchors, positives, negatives, valid): one triplet per batch element (module docstring).
 
     Args:
@@ -91,6 +91,7 @@ def mine_triplets(embeddings, labels, miner="semihard", seed=(0, 0), margin=0.2,
         seed: a pair of integers for the stateless draws.
         margin: the semihard window.
         lower_cutoff, upper_cutoff: the distance-weighted miner's clipping.
+        dim: the embedding size n of the sphere density (default: the embeddings' static last dimension).
 
     Returns:
         int32 (B,) anchors (= range(B)), positives, negatives, and bool (B,) valid.
@@ -124,7 +125,10 @@ def mine_triplets(embeddings, labels, miner="semihard", seed=(0, 0), margin=0.2,
         harder = tf.logical_and(negative_mask, distances < farthest_positive)
         negatives = _draw(_or_fallback(harder, negative_mask), negative_seed)
     else:  # distance
-        logits = inverse_sphere_density_logits(distances, embeddings.shape[-1], lower_cutoff, upper_cutoff)
+        dim = embeddings.shape[-1] if dim is None else dim
+        if dim is None:
+            raise ValueError("The distance miner needs the embedding size: pass dim=... (the static shape is unknown).")
+        logits = inverse_sphere_density_logits(distances, dim, lower_cutoff, upper_cutoff)
         kept = tf.logical_and(negative_mask, logits > _NEG / 2)
         row_logits = tf.where(kept, logits, _NEG)
         # Subtract each row's maximum over the kept entries: the weights are relative within a row.

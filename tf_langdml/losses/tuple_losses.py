@@ -45,7 +45,7 @@ class MinedTupleLoss(BatchLoss):
     def mine(self, labels, embeddings, step):
         anchors, positives, negatives, valid = mine_triplets(
             embeddings, labels, self.miner, seed=mining_seed(self.seed, step), margin=self.margin,
-            lower_cutoff=self.lower_cutoff, upper_cutoff=self.upper_cutoff)
+            lower_cutoff=self.lower_cutoff, upper_cutoff=self.upper_cutoff, dim=self.embed_dim)
         return anchors, positives, negatives, tf.cast(valid, tf.float32)
 
 

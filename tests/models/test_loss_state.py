@@ -1,0 +1,173 @@
+"""Losses with learned state (proxies, β, class vectors, S2SD heads) inside LanguageGuidedModel.
+
+Owned by the model (created at compile), trained by train_step at their own learning
+rate and without weight decay (S2SD's heads: with it), checkpointed, absent from the
+export; S2SD reads pooled features from the same forward pass as the embeddings.
+(kill -9 resume: tests/test_experiment.py; MirroredStrategy: tests/distribute/test_mirrored.py.)
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_langdml import keras
+from tf_langdml.export import export_embedder
+from tf_langdml.losses import DML_LOSSES, build_dml_loss
+from tf_langdml.losses.dml import TFSIM_LOSSES
+from tf_langdml.models import LanguageGuidedModel, build_embedder
+
+NEW_LOSSES = sorted(set(DML_LOSSES) - set(TFSIM_LOSSES))
+S2SD_SMALL = {"name": "s2sd", "dims": [16, 24], "distill_weight": 1.0, "feature_weight": 2.0}
+
+
+def problem(seed=0):
+    """6 classes with 4, 4, 3, 3, 2, 2 images (uneven), 16 x 16, class prototypes + noise; a (6, 2, 5) table."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(6), [4, 4, 3, 3, 2, 2]).astype("int32")
+    prototypes = rng.uniform(0, 255, (6, 16, 16, 3))
+    images = np.clip(prototypes[labels] + rng.normal(0, 25, (labels.size, 16, 16, 3)), 0, 255).astype("float32")
+    return images, labels, rng.normal(size=(6, 2, 5)).astype("float32")
+
+
+def make_model(dml_loss, learning_rate=1e-3, weight_decay=0.0, table=True, **compile_arguments):
+    keras.utils.set_random_seed(3)
+    images, labels, language = problem()
+    embedder = build_embedder("toy_cnn", weights=None, embed_dim=8, input_shape=(16, 16, 3))
+    model = LanguageGuidedModel(embedder, language_table=language if table else None)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), dml_loss=dml_loss, language_weight=1.0 if table else 0.0,
+                  weight_decay=weight_decay, **compile_arguments)
+    model.build_optimizers()
+    return model, images, labels
+
+
+def spec(name):
+    return dict(S2SD_SMALL) if name == "s2sd" else {"name": name}
+
+
+@pytest.mark.parametrize("name", NEW_LOSSES)
+def test_fit_with_each_loss_and_elg_lowers_the_total_loss(name):
+    model, images, labels = make_model(spec(name), learning_rate=3e-3)
+    before = model.evaluate(images, labels, batch_size=len(labels), verbose=0, return_dict=True)
+    model.fit(tf.data.Dataset.from_tensors((images, labels)).repeat(25), epochs=1, verbose=0)
+    after = model.evaluate(images, labels, batch_size=len(labels), verbose=0, return_dict=True)
+    assert np.isfinite(after["loss"]) and after["language_loss"] > 0
+    assert after["loss"] < 0.9 * before["loss"], (before, after)
+
+
+def test_loss_variables_are_owned_by_the_model_and_train_at_their_own_rate_without_weight_decay():
+    plain, images, labels = make_model({"name": "proxy_anchor"}, learning_rate=1e-4, weight_decay=0.0)
+    decayed, _, _ = make_model({"name": "proxy_anchor"}, learning_rate=1e-4, weight_decay=50.0)
+    proxies = plain.dml_loss.class_vectors
+    assert proxies.shape == (6, 8)  # num_classes from the table's rows, embed_dim from the embedder
+    assert any(variable is proxies for variable in plain.trainable_variables)
+    assert not any(variable is proxies for variable in plain.embedder.variables)
+    assert [optimizer.learning_rate.numpy() for optimizer in plain.loss_optimizers] == pytest.approx([0.2])  # 1e-4 x 2000
+    start_proxies, start_embedder = proxies.numpy(), [w.numpy() for w in plain.embedder.trainable_variables]
+    for model in (plain, decayed):
+        model.train_on_batch(images, labels)
+    # Adam's first step moves every coordinate with a non-zero gradient by about its learning rate.
+    proxy_step = np.abs(proxies.numpy() - start_proxies).max()
+    embedder_step = max(np.abs(w.numpy() - w0).max() for w, w0 in zip(plain.embedder.trainable_variables, start_embedder))
+    assert 0.15 < proxy_step <= 0.2 + 1e-6 and embedder_step <= 1e-4 + 1e-7
+    # Weight decay reaches the network, not the proxies (the paper's code: only the network's group decays).
+    np.testing.assert_array_equal(decayed.dml_loss.class_vectors.numpy(), proxies.numpy())
+    assert max(np.abs(a.numpy() - b.numpy()).max()
+               for a, b in zip(decayed.embedder.trainable_variables, plain.embedder.trainable_variables)) > 0
+
+
+def test_margin_beta_trains_at_its_absolute_learning_rate():
+    model, images, labels = make_model({"name": "margin", "beta_learning_rate": 5e-4}, learning_rate=1e-5)
+    beta = model.dml_loss.beta
+    assert beta.shape == (6,) and np.allclose(beta.numpy(), 1.2)
+    model.train_on_batch(images, labels)
+    moved = np.abs(beta.numpy() - 1.2)
+    assert moved.max() == pytest.approx(5e-4, rel=1e-3)  # Adam's first step: the group's own rate, not 1e-5
+
+
+def test_s2sd_heads_decay_like_the_network():
+    plain, images, labels = make_model(S2SD_SMALL, weight_decay=0.0)
+    decayed, _, _ = make_model(S2SD_SMALL, weight_decay=50.0)
+    for model in (plain, decayed):
+        model.train_on_batch(images, labels)
+    assert len(plain.dml_loss.decayed_variables) == 8  # 2 heads x 2 layers x (kernel, bias)
+    kernels = [np.abs(a.numpy() - b.numpy()).max() for a, b in
+               zip(decayed.dml_loss.decayed_variables, plain.dml_loss.decayed_variables) if "kernel" in a.name]
+    assert len(kernels) == 4 and min(kernels) > 0  # (the biases start at 0, which decay leaves at 0)
+
+
+class CountingLayer(keras.layers.Layer):
+    """Identity that counts its (eager) calls."""
+
+    calls = 0
+
+    def call(self, inputs):
+        CountingLayer.calls += 1
+        return inputs
+
+
+def test_s2sd_reads_features_of_the_same_forward_pass_and_leaves_the_embedder_as_built():
+    inputs = keras.Input((16, 16, 3))
+    maps = keras.layers.Conv2D(6, 3, strides=2, padding="same")(CountingLayer()(inputs))
+    backbone = keras.Model(inputs, maps)
+    embedder = build_embedder(backbone, weights=None, embed_dim=8, input_shape=(16, 16, 3), freeze_bn_statistics=False)
+    images, labels, language = problem()
+    model = LanguageGuidedModel(embedder, language_table=language)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), dml_loss={**S2SD_SMALL, "feature_pooling": "avg"},
+                  run_eagerly=True)
+    assert len(embedder.outputs) == 1 and embedder.output_shape == (None, 8)  # what build_embedder returned
+    CountingLayer.calls = 0
+    model.train_on_batch(images, labels)
+    assert CountingLayer.calls == 1  # one forward pass gives the embeddings and the features
+    embeddings, features = model.forward(images)
+    np.testing.assert_allclose(embeddings.numpy(), embedder(images).numpy(), atol=1e-6)
+    np.testing.assert_allclose(features.numpy(), backbone(images).numpy().mean(axis=(1, 2)), atol=1e-5)
+
+
+def test_checkpoint_round_trip_of_proxies_and_their_optimizer(tmp_path):
+    model, images, labels = make_model({"name": "proxy_anchor"})
+    model.train_on_batch(images, labels)
+    path = tf.train.Checkpoint(model=model, optimizer=model.optimizer).save(str(tmp_path / "ckpt"))
+    fresh, _, _ = make_model({"name": "proxy_anchor"})
+    assert not np.array_equal(fresh.dml_loss.class_vectors.numpy(), model.dml_loss.class_vectors.numpy())
+    tf.train.Checkpoint(model=fresh, optimizer=fresh.optimizer).restore(path).assert_existing_objects_matched()
+    np.testing.assert_array_equal(fresh.dml_loss.class_vectors.numpy(), model.dml_loss.class_vectors.numpy())
+    slots = [v.numpy() for v in model.loss_optimizers[0].variables]
+    assert [np.array_equal(a, v.numpy()) for a, v in zip(slots, fresh.loss_optimizers[0].variables)] == [True] * len(slots)
+    # The next step is then the same step.
+    model.train_on_batch(images, labels)
+    fresh.train_on_batch(images, labels)
+    np.testing.assert_array_equal(fresh.dml_loss.class_vectors.numpy(), model.dml_loss.class_vectors.numpy())
+
+
+def test_the_export_of_an_s2sd_run_with_proxies_is_a_plain_run_s_export(tmp_path):
+    sizes, signatures = {}, {}
+    s2sd_with_proxies = {**S2SD_SMALL, "target": "proxy_anchor"}  # heads and a proxy set per head
+    for name, loss in (("plain", "multisimilarity"), ("s2sd", s2sd_with_proxies)):
+        model, images, labels = make_model(loss)
+        model.train_on_batch(images, labels)
+        if name == "s2sd":
+            assert len(model.dml_loss.head_losses[0].class_vectors.shape) == 2
+        folder = export_embedder(model.embedder, tmp_path / name)
+        reader = tf.train.load_checkpoint(str(folder / "variables" / "variables"))
+        shapes = reader.get_variable_to_shape_map()
+        assert not any("class_vectors" in key or "s2sd" in key or "head_" in key for key in shapes), name
+        sizes[name] = sum(int(np.prod(shape)) for key, shape in shapes.items() if "OPTIMIZER" not in key)
+        loaded = tf.saved_model.load(str(folder))
+        signatures[name] = {key: (str(function.structured_input_signature), str(function.structured_outputs))
+                            for key, function in loaded.signatures.items()}
+    assert sizes["s2sd"] == sizes["plain"]
+    assert signatures["s2sd"] == signatures["plain"]
+
+
+def test_clear_errors_for_losses_that_cannot_be_set_up():
+    embedder = build_embedder("toy_cnn", weights=None, embed_dim=8, input_shape=(16, 16, 3))
+    with pytest.raises(ValueError, match=r"needs num_classes >= 2 .*Pass num_classes=\.\.\. to compile\(\)"):
+        LanguageGuidedModel(embedder).compile(dml_loss="proxy_anchor")
+    model = LanguageGuidedModel(embedder)
+    model.compile(dml_loss="proxy_anchor", num_classes=7)
+    assert model.dml_loss.class_vectors.shape == (7, 8)
+    plain = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Flatten(), keras.layers.Dense(8)])
+    with pytest.raises(ValueError, match="no global pooling layer named avg_pool or max_pool"):
+        LanguageGuidedModel(plain).compile(dml_loss=S2SD_SMALL)
+    with pytest.raises(RuntimeError, match="call loss.setup"):
+        build_dml_loss("margin")(np.zeros(4), np.ones((4, 8), "float32"))
