@@ -122,16 +122,17 @@ def cosines(x, vectors):
     return x @ vectors.T
 
 
-def reference_proxy_anchor(x, labels, proxies, alpha, delta, positive_denominator=None):
-    """Kim et al. 2020: (1/|P⁺|) Σ_{c∈P⁺} log(1 + Σ_{y_i=c} e^{−α(s_ic−δ)}) + (1/C) Σ_c log(1 + Σ_{y_i≠c} e^{α(s_ic+δ)})."""
+def reference_proxy_anchor(x, labels, proxies, alpha, delta, positive_denominator=None, negative_denominator=None):
+    """Kim et al. 2020: (1/|P⁺|) Σ_{c∈P⁺} log(1 + Σ_{y_i=c} e^{−α(s_ic−δ)})
+    + (1/C) Σ_c log(1 + Σ_{y_i≠c} e^{α(s_ic+δ)}), P⁺ the classes in the batch."""
     s = cosines(x, proxies)
-    num_classes = len(proxies)
+    num_classes, batch = len(proxies), len(labels)
     present = sorted(set(int(label) for label in labels))
-    positive = sum(math.log(1 + sum(math.exp(-alpha * (s[i, c] - delta)) for i in range(len(labels)) if labels[i] == c))
+    positive = sum(math.log(1 + sum(math.exp(-alpha * (s[i, c] - delta)) for i in range(batch) if labels[i] == c))
                    for c in present)
-    negative = sum(math.log(1 + sum(math.exp(alpha * (s[i, c] + delta)) for i in range(len(labels)) if labels[i] != c))
+    negative = sum(math.log(1 + sum(math.exp(alpha * (s[i, c] + delta)) for i in range(batch) if labels[i] != c))
                    for c in range(num_classes))
-    return positive / (positive_denominator or len(present)) + negative / num_classes
+    return positive / (positive_denominator or len(present)) + negative / (negative_denominator or num_classes)
 
 
 def reference_proxy_nca(x, labels, proxies, scale):
@@ -180,8 +181,8 @@ def loss_value(loss, run_mode, labels, embeddings, step):
     [
         ({}, 0),  # the paper's code: margin 0.2, β 1.2 (set per class below), distance miner, ν = 0
         ({"nu": 0.1, "margin": 0.3, "seed": 4}, 7),
-        ({"beta_constant": True, "seed": 2}, 3),
-        ({"beta_constant": True, "nu": 0.05, "miner": "semihard", "upper_cutoff": 1.4}, 5),
+        ({"beta_constant": True, "beta": 1.05, "seed": 2}, 3),
+        ({"beta_constant": True, "beta": 0.95, "nu": 0.05, "miner": "semihard", "upper_cutoff": 1.4}, 5),
         ({"miner": "distance", "upper_cutoff": 1.3, "lower_cutoff": 0.7, "seed": 9}, 11),
     ],
 )
@@ -190,15 +191,18 @@ def test_margin_loss_matches_reference(arguments, step, run_mode):
     loss = build_dml_loss("margin", **arguments)
     loss.setup(NUM_CLASSES, DIM)
     constant = arguments.get("beta_constant", False)
-    beta = np.array([1.05]) if constant else np.random.default_rng(step).uniform(0.9, 1.4, NUM_CLASSES)
-    loss.beta.assign(beta.astype(np.float32))
+    if constant:  # one fixed β for every class: the argument beta
+        beta = np.array([arguments["beta"]], np.float32)
+    else:  # a learned β per class: set to known, non-uniform values
+        beta = np.random.default_rng(step).uniform(0.9, 1.4, NUM_CLASSES).astype(np.float32)
+        loss.beta.assign(beta)
     value = loss_value(loss, run_mode, labels, embeddings, step)
     margin, nu = arguments.get("margin", 0.2), arguments.get("nu", 0.0)
-    positives, negatives = mined(embeddings, labels, arguments.get("miner", "distance"), arguments.get("seed", 0), step,
-                                 margin=margin, lower_cutoff=arguments.get("lower_cutoff", 0.5),
+    positives, negatives = mined(embeddings, labels, arguments.get("miner", "distance"), arguments.get("seed", 0),
+                                 step, margin=margin, lower_cutoff=arguments.get("lower_cutoff", 0.5),
                                  upper_cutoff=arguments.get("upper_cutoff"))
     expected, hinges, pair_count = reference_margin(embeddings, labels, positives, negatives,
-                                                    beta.astype(np.float32), margin, nu, constant)
+                                                    beta, margin, nu, constant)
     assert np.abs(hinges).min() > 1e-4
     # the normalisation is by the number of non-zero terms: neither the mean nor the sum over the 2 × 7 terms
     assert 0 < pair_count < len(hinges)
@@ -234,8 +238,8 @@ def test_triplet_loss_matches_reference(arguments, step, run_mode):
     loss.setup(None, DIM)
     value = loss_value(loss, run_mode, labels, embeddings, step)
     margin = arguments.get("margin", 0.2)
-    positives, negatives = mined(embeddings, labels, arguments.get("miner", "semihard"), arguments.get("seed", 0), step,
-                                 margin=margin)
+    positives, negatives = mined(embeddings, labels, arguments.get("miner", "semihard"), arguments.get("seed", 0),
+                                 step, margin=margin)
     expected, hinges = reference_triplet(embeddings, labels, positives, negatives, margin)
     assert np.abs(hinges).min() > 1e-4 and expected > 0
     assert value == pytest.approx(expected, rel=1e-5, abs=1e-6)
@@ -254,10 +258,10 @@ def test_contrastive_loss_matches_reference(arguments, step, run_mode):
     loss = build_dml_loss("contrastive", **arguments)
     loss.setup(None, DIM)
     value = loss_value(loss, run_mode, labels, embeddings, step)
-    positives, negatives = mined(embeddings, labels, arguments.get("miner", "distance"), arguments.get("seed", 0), step,
-                                 margin=0.2)
-    expected, hinges = reference_contrastive(embeddings, labels, positives, negatives,
-                                             arguments.get("positive_margin", 0.0), arguments.get("negative_margin", 1.0))
+    positives, negatives = mined(embeddings, labels, arguments.get("miner", "distance"), arguments.get("seed", 0),
+                                 step, margin=0.2)
+    margins = arguments.get("positive_margin", 0.0), arguments.get("negative_margin", 1.0)
+    expected, hinges = reference_contrastive(embeddings, labels, positives, negatives, *margins)
     assert np.abs(hinges).min() > 1e-4 and expected > 0
     assert value == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
@@ -289,9 +293,10 @@ def test_proxy_anchor_matches_reference(arguments, seed, run_mode):
     value = loss_value(loss, run_mode, labels, embeddings, 0)
     alpha, delta = arguments.get("alpha", 32.0), arguments.get("delta", 0.1)
     expected = reference_proxy_anchor(embeddings, labels, proxies, alpha, delta)
-    # class 5 is absent: P⁺ has 5 classes; dividing the positive term by C = 6 instead would be visibly wrong
-    assert abs(reference_proxy_anchor(embeddings, labels, proxies, alpha, delta, positive_denominator=6)
-               - expected) > 1e-2 * expected
+    # class 5 is absent: P⁺ has 5 classes, C = 6; swapping the denominators would be visibly wrong
+    for wrong in [{"positive_denominator": 6}, {"negative_denominator": 5}]:
+        wrong_value = reference_proxy_anchor(embeddings, labels, proxies, alpha, delta, **wrong)
+        assert abs(wrong_value - expected) > 1e-3 * expected
     assert value == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
 
@@ -358,7 +363,7 @@ def gradient_case(name):
     of (embeddings, variable) with the triplets of the library's miner held fixed."""
     embeddings, labels = batch_case(seed=80, batch_labels=GRADIENT_LABELS, dim=4, spread=0.7)
     step = 2
-    arguments = {"margin": {"nu": 0.1}, "triplet": {"margin": 0.5, "miner": "random"}}.get(name, {})
+    arguments = {"margin": {"nu": 0.1}, "triplet": {"margin": 2.0, "miner": "random"}}.get(name, {})
     loss = build_dml_loss(name, **arguments)
     loss.setup(GRADIENT_CLASSES, 4)
     variable = None
@@ -370,9 +375,16 @@ def gradient_case(name):
         loss.class_vectors.assign(variable)
     miner = {"margin": "distance", "triplet": "random", "contrastive": "distance", "npair": "random"}.get(name)
     positives, negatives = mined(embeddings, labels, miner, 0, step) if miner else (None, None)
+    hinges = {
+        "margin": lambda: reference_margin(embeddings, labels, positives, negatives, variable, 0.2, 0.1)[1],
+        "triplet": lambda: reference_triplet(embeddings, labels, positives, negatives, 2.0)[1],
+        "contrastive": lambda: reference_contrastive(embeddings, labels, positives, negatives, 0.0, 1.0)[1],
+    }.get(name)
+    if hinges is not None:
+        assert np.abs(hinges()).min() > 1e-3  # no hinge's kink within reach of the central differences
     reference = {
         "margin": lambda x, v: reference_margin(x, labels, positives, negatives, v, 0.2, 0.1)[0],
-        "triplet": lambda x, v: reference_triplet(x, labels, positives, negatives, 0.5)[0],
+        "triplet": lambda x, v: reference_triplet(x, labels, positives, negatives, 2.0)[0],
         "contrastive": lambda x, v: reference_contrastive(x, labels, positives, negatives, 0.0, 1.0)[0],
         "npair": lambda x, v: reference_npair(x, labels, positives, 0.005),
         "proxy_anchor": lambda x, v: reference_proxy_anchor(x, labels, v, 32.0, 0.1),
@@ -402,7 +414,8 @@ def test_gradients_match_central_differences_of_the_reference(name):
         # both < 1e-9): the float32 error is what remains, <= 4e-7 of the largest entry in these 8 cases
         np.testing.assert_allclose(gradient, numeric, rtol=1e-4, atol=1e-5 * np.abs(numeric).max())
     if name == "margin":
-        # ∂L/∂β_c: (#{active ℓ⁻} − #{active ℓ⁺}) / pair count + ν · #kept anchors of class c; class 3 absent
+        # ∂L/∂β_c = (#{active ℓ⁻} − #{active ℓ⁺}) / pair count + ν · #kept anchors of class c: 0 for the
+        # absent class 3
         assert expected[1][3] == 0 and gradients[1][3] == 0
 
 
@@ -420,6 +433,12 @@ def test_calling_before_setup_is_a_clear_error(name):
 def test_losses_with_class_variables_need_two_classes(name, num_classes):
     with pytest.raises(ValueError, match=r"needs num_classes >= 2 .*got " + repr(num_classes)):
         build_dml_loss(name).setup(num_classes, DIM)
+
+
+def test_margin_loss_with_a_constant_beta_has_nothing_to_train():
+    loss = build_dml_loss("margin", beta_constant=True, beta=1.1)
+    loss.setup(None, DIM)  # no per-class β: the number of classes is not needed
+    assert loss.trainable_variables == [] and loss.learning_rate_groups() == []
 
 
 @pytest.mark.parametrize("name", CLASS_VECTOR_LOSSES)

@@ -1,8 +1,8 @@
 """The batch miners against their rules (tf_langdml/losses/miners.py), checked in numpy.
 
 Distances here are float64 numpy distances of the float32 embeddings the miner sees. The
-miner computes them in float32 from the Gram matrix (d² = |a|² + |b|² − 2 a·b): off by
-<= ~1e-6 for the distances of unit vectors used here (>= 0.1). A set defined by a distance
+miner computes them in float32 from the Gram matrix (d² = |a|² + |b|² − 2 a·b): d² is off
+by a few 1e-7, so d by <= ~3e-6 for d >= 0.05 (unit vectors). A set defined by a distance
 comparison is therefore checked with a tolerance TOL = 1e-5: when the set is non-empty even
 with the tolerance against it ("strict"), the choice must lie in the set widened by TOL
 ("loose"); when the loose set is empty, the rule's fallback applies; the cases between
@@ -222,7 +222,8 @@ def test_softhard_follows_its_rule():
 
 # --- distance-weighted miner ---------------------------------------------------------------------------
 
-DIM = 4  # weights (2 − n) log d − (n − 3)/2 log(1 − d²/4): a ratio of ~8 between d = 0.5 and d = 1.4 for n = 4
+# n = 4: log-weights (2 − n) log d − (n − 3)/2 log(1 − d²/4), a ratio of ~8 between d = 0.5 and d = 1.4
+DIM = 4
 DRAWS = 4000
 # Upper 0.1 % points of the chi-square distribution (significance level 0.001) for the degrees of freedom
 # of the two checks below (scipy.stats.chi2.ppf(0.999, df), hard-coded: scipy is not a dependency).
@@ -250,12 +251,13 @@ def inverse_density_probabilities(embeddings, labels, lower_cutoff=0.5, upper_cu
     d = distances(embeddings)
     n = embeddings.shape[1]
     _, negative_mask = label_masks(labels)
-    clipped = np.maximum(d, lower_cutoff) if clip else np.where(negative_mask, d, 1.0)
+    clipped = np.maximum(d, lower_cutoff) if clip else np.where(negative_mask, d, 1.0)  # (1.0: not a negative)
     clipped = np.minimum(clipped, 2 - 1e-4)
     log_q_inverse = (2 - n) * np.log(clipped) - (n - 3) / 2 * np.log(1 - clipped ** 2 / 4)
     kept = negative_mask if upper_cutoff is None else negative_mask & (d < upper_cutoff)
-    weights = np.where(kept, np.exp(log_q_inverse - np.where(kept, log_q_inverse, -np.inf).max(axis=1, keepdims=True)),
-                       0.0)
+    row_maximum = np.where(kept, log_q_inverse, -np.inf).max(axis=1, keepdims=True)
+    row_maximum = np.where(np.isfinite(row_maximum), row_maximum, 0.0)  # rows with nothing kept: uniform below
+    weights = np.where(kept, np.exp(log_q_inverse - row_maximum), 0.0)
     weights = np.where(kept.any(axis=1, keepdims=True), weights, negative_mask.astype(float))
     return weights / weights.sum(axis=1, keepdims=True)
 
@@ -276,7 +278,8 @@ def distance_miner_counts(embeddings, labels, upper_cutoff):
     seeds = np.stack([np.full(DRAWS, 17), np.arange(DRAWS)], axis=1)  # the seed's second component varies
     _, negatives, valid = draw_many(np.repeat(embeddings[None], DRAWS, 0), np.repeat(labels[None], DRAWS, 0), seeds,
                                     "distance", upper_cutoff=upper_cutoff)
-    np.testing.assert_array_equal(valid, np.broadcast_to(np.arange(len(labels)) != 11, valid.shape))  # 11: a singleton
+    singleton = np.arange(len(labels)) == 11
+    np.testing.assert_array_equal(valid, np.broadcast_to(~singleton, valid.shape))
     # (the singleton's negative is drawn by the same rule: it is checked too)
     counts = np.stack([np.bincount(negatives[:, i], minlength=len(labels)) for i in range(len(labels))])
     return counts

@@ -75,15 +75,19 @@ def multisimilarity(labels, x):
     return float(dml_loss_value(build_dml_loss("multisimilarity"), labels, tf.constant(x, tf.float32)))
 
 
-def reference_s2sd(loss, labels, embeddings, features, step, distill_weight=0.7, feature_weight=2.0,
-                   feature_delay=5, temperature=2.0):
-    """L = ½(L(e) + mean_i L(h_i)) + w · mean_i KLd(eeᵀ, h_i h_iᵀ) + [step ≥ delay] · w_feat · KLd(eeᵀ, f̂f̂ᵀ)."""
+def reference_parts(loss, labels, embeddings, features, temperature=2.0):
+    """The terms of S2SD: ½(L(e) + mean_i L(h_i)), mean_i KLd(eeᵀ, h_i h_iᵀ) and KLd(eeᵀ, f̂f̂ᵀ)."""
     e = np.asarray(embeddings, np.float64)
     heads = reference_heads(loss, features)
     dml = 0.5 * (multisimilarity(labels, e) + np.mean([multisimilarity(labels, h) for h in heads]))
     distillation = np.mean([reference_distillation(e @ e.T, h @ h.T, temperature) for h in heads])
     f = unit_rows(features)
-    feature_distillation = reference_distillation(e @ e.T, f @ f.T, temperature)
+    return dml, distillation, reference_distillation(e @ e.T, f @ f.T, temperature)
+
+
+def reference_s2sd(parts, step, distill_weight=0.7, feature_weight=2.0, feature_delay=5):
+    """L = ½(L(e) + mean_i L(h_i)) + w · mean_i KLd(eeᵀ, h_i h_iᵀ) + [step ≥ delay] · w_feat · KLd(eeᵀ, f̂f̂ᵀ)."""
+    dml, distillation, feature_distillation = parts
     gate = 1.0 if step >= feature_delay else 0.0
     return dml + distill_weight * distillation + gate * feature_weight * feature_distillation
 
@@ -130,13 +134,13 @@ def test_s2sd_loss_matches_reference_before_and_after_the_feature_delay(run_mode
     loss = set_up_loss()
     call = run_mode(lambda y, e, f, s: loss(y, e, features=f, step=s))
     values = {step: float(call(labels, embeddings, features, tf.constant(step, tf.int64))) for step in (0, 4, 5, 9)}
+    parts = reference_parts(loss, labels, embeddings, features)
+    assert min(parts) > 1e-2  # every term counts
     for step, value in values.items():
-        assert value == pytest.approx(reference_s2sd(loss, labels, embeddings, features, step), rel=1e-5), step
+        assert value == pytest.approx(reference_s2sd(parts, step), rel=1e-5), step
     # the feature distillation switches on at step 5 (= feature_delay): the only change between the steps
     # (multi-similarity draws nothing at random)
-    e, f = embeddings.astype(np.float64), unit_rows(features)
-    feature_term = 2.0 * reference_distillation(e @ e.T, f @ f.T, 2.0)
-    assert feature_term > 1e-2
+    feature_term = 2.0 * parts[2]
     assert values[0] == pytest.approx(values[4], rel=1e-6)
     assert values[5] == pytest.approx(values[9], rel=1e-6)
     assert values[5] - values[4] == pytest.approx(feature_term, rel=1e-4)
@@ -147,8 +151,10 @@ def test_s2sd_loss_other_weights_match_reference(settings):
     embeddings, labels, features = s2sd_case(seed=1)
     loss = set_up_loss(seed=1, **settings)
     value = float(loss(labels, embeddings, features=features, step=6))
-    arguments = {key: value for key, value in {**SETTINGS, **settings}.items() if key != "dims"}
-    assert value == pytest.approx(reference_s2sd(loss, labels, embeddings, features, 6, **arguments), rel=1e-5)
+    arguments = {**SETTINGS, **settings}
+    parts = reference_parts(loss, labels, embeddings, features, arguments["temperature"])
+    expected = reference_s2sd(parts, 6, arguments["distill_weight"], arguments["feature_weight"])
+    assert value == pytest.approx(expected, rel=1e-5)
 
 
 def test_s2sd_gradients():

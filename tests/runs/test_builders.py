@@ -20,6 +20,7 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
         ("loss.direction=sideways", r"'loss.direction': Unknown direction 'sideways'"),
         ("loss.dml=multisimilarty", r"'loss.dml': Unknown DML loss 'multisimilarty'"),
         ("loss.dml_arguments={margn: 0.2}", r"'loss.dml_arguments': Unknown argument\(s\) \['margn'\]"),
+        ("loss.dml=proxy_ancor", r"'loss.dml': Unknown DML loss 'proxy_ancor'.*did you mean 'proxy_anchor'"),
         ("optimizer.weight_decay=-1", r"'optimizer.weight_decay': weight_decay must be"),
         ("language.top_k=1001", r"'language.top_k': Top-k must be an integer in 1..1000"),
         ("language.level=pixel", r"'language.level': Unknown pseudo-label level 'pixel'"),
@@ -39,6 +40,32 @@ def test_bad_values_fail_before_any_data_is_read(override, match, monkeypatch, t
     with pytest.raises(ConfigError, match=match):
         training.train(config)
     assert not list(tmp_path.iterdir())  # nor was a run directory written
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["loss.dml=margin", "loss.dml_arguments={miner: hardest}"],
+         r"'loss.dml_arguments': Unknown miner 'hardest'; expected one of \['random', 'semihard', 'softhard', 'distance'\]"),
+        (["loss.dml=proxy_anchor", "loss.dml_arguments={alpha: -1}"], r"'loss.dml_arguments': alpha must be a finite number > 0"),
+        (["loss.dml=s2sd", "loss.dml_arguments={feature_pooling: sum}"], r"'loss.dml_arguments': Unknown feature_pooling 'sum'"),
+        (["loss.dml=s2sd", "loss.dml_arguments={target: s2sd}"], r"'loss.dml_arguments': S2SD's target loss cannot be 's2sd'"),
+        (["loss.dml=margin", "loss.dml_arguments={xbm_memory_size: 8}"],
+         r"'loss.dml_arguments': xbm_memory_size works with TensorFlow-Similarity's losses"),
+    ],
+)
+def test_bad_arguments_of_the_paper_s_losses_name_dml_arguments_before_any_data(overrides, match):
+    config = load_config(CONFIGS / "cub200_plg_128.yaml", overrides)
+    with pytest.raises(ConfigError, match=match):
+        training.preflight(config)
+
+
+def test_losses_that_mine_take_the_training_seed_unless_the_config_sets_one():
+    config = load_config(None, ["loss.dml=margin", "training.seed=7"])
+    assert builders.dml_loss_spec(config.loss, config.training) == {"name": "margin", "seed": 7}
+    config = load_config(None, ["loss.dml=margin", "training.seed=7", "loss.dml_arguments={seed: 3}"])
+    assert builders.dml_loss_spec(config.loss, config.training)["seed"] == 3
+    assert "seed" not in builders.dml_loss_spec(load_config(None, []).loss, config.training)  # multisimilarity
 
 
 def test_a_builder_error_names_the_key_and_the_library_s_own_valid_values():

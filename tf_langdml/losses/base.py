@@ -17,9 +17,8 @@ model that compiles them:
   learning rate than the network (the paper's code: β at 5e-4, proxies at 2000× the
   base rate); the model gives each such group its own optimizer instance, because a
   multiplier on the *gradient* does nothing under Adam (scale invariant);
-- :attr:`BatchLoss.decayed_variables` are the loss's variables that get the coupled
-  weight decay like the network's (S2SD's heads); proxies, class weights and β do not,
-  as in the paper's PyTorch code, where only the network's parameter group has
+- the loss's variables get no weight decay (proxies, class vectors, β, S2SD's heads), as
+  in the paper's PyTorch code, where only the network's parameter group has
   ``weight_decay``.
 
 ``loss(labels, embeddings, features=None, step=0)`` returns the batch loss (a float32
@@ -101,11 +100,6 @@ class BatchLoss(keras.layers.Layer):
         """The variables that train at their own learning rate (default: none)."""
         return []
 
-    @property
-    def decayed_variables(self) -> list:
-        """The variables that get the model's coupled weight decay (default: none)."""
-        return []
-
     def pool_features(self, feature_maps):
         """(B, F) pooled features from (B, h, w, F) maps; only for losses with ``needs_features``."""
         raise NotImplementedError(f"{type(self).__name__} does not read backbone features.")
@@ -121,6 +115,10 @@ class BatchLoss(keras.layers.Layer):
             )
         labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
         embeddings = tf.cast(embeddings, tf.float32)
+        size = embeddings.shape[-1]
+        if size is not None and int(size) != self.embed_dim:
+            raise ValueError(f"DML loss {self.name!r} was set up for {self.embed_dim}-dimensional embeddings, got "
+                             f"{int(size)}; call loss.setup(num_classes, {int(size)}) (compile does it from the embedder).")
         if features is not None:
             features = tf.cast(features, tf.float32)
         return self.loss_value(labels, embeddings, features, tf.cast(step, tf.int64))
@@ -154,7 +152,8 @@ def euclidean_distances(embeddings):
     squared_distances = tf.maximum(squared[:, None] + squared[None, :] - 2.0 * products, 0.0)
     # sqrt has an infinite derivative at 0: take it of max(d², tiny) and zero where d² was ~0.
     tiny = 1e-16
-    return tf.where(squared_distances > tiny, tf.sqrt(tf.maximum(squared_distances, tiny)), 0.0)
+    distances = tf.where(squared_distances > tiny, tf.sqrt(tf.maximum(squared_distances, tiny)), 0.0)
+    return tf.linalg.set_diag(distances, tf.zeros_like(squared))  # exactly 0 (float32 rounding leaves ~1e-4)
 
 
 def pair_distance(embeddings, first, second, squared=False):

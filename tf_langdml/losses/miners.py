@@ -2,13 +2,14 @@
 
 Every batch element is an anchor (as in the paper's code). A miner returns, for each
 anchor i, the index of one positive (same label, not i) and one negative (other label),
-and ``valid[i]``: whether i has at least one positive and one negative (invalid anchors
-get index i and must be masked out by the loss). Distances are Euclidean between the
+and ``valid[i]``: whether i has at least one positive and one negative (where i has no
+candidate on a side, that side's index is i itself; the losses mask invalid anchors out). Distances are Euclidean between the
 (L2-normalised) embeddings and carry no gradient: mining only chooses pairs.
 
-Choices are draws from ``tf.random.stateless_categorical`` seeded by ``seed`` (a pair of
-integers), so a step's triplets are reproducible, the same on every replica of a
-distributed step, and the same after a resume.
+Choices are categorical draws (the Gumbel-max trick on the counter-based uniforms of
+:func:`counter_uniform`) seeded by ``seed`` (a pair of integers), so a step's triplets are reproducible, the same
+on every replica of a distributed step, and the same after a resume, and the miners
+compile under XLA (``jit_compile``).
 
 Miners (the paper's code, Roth et al. 2020, "Revisiting training strategies and
 generalization performance in deep metric learning"):
@@ -50,12 +51,43 @@ def _masks(labels):
     return positives, tf.logical_not(same)
 
 
-def _draw(mask, seed, logits=None):
-    """One index per row, uniformly among (or with ``logits`` over) the row's True entries; row i if none."""
+def _hash32(x):
+    """A 32-bit integer mix (the "lowbias32" hash): exact integer arithmetic, so the same bits with and without XLA."""
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+    x = x * tf.constant(0x7FEB352D, tf.uint32)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 15))
+    x = x * tf.constant(0x846CA68B, tf.uint32)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+
+
+def counter_uniform(shape, seed, stream=0):
+    """Uniform floats in (0, 1) of ``shape`` from a counter-based hash of (seed, stream, position).
+
+    ``tf.random.stateless_uniform`` gives other numbers under XLA than without it, which
+    would make a jit-compiled step mine other triplets than the same step run plainly;
+    this stream is bit-identical in both (24 random bits per value).
+    """
+    words = tf.reshape(tf.bitcast(tf.cast(seed, tf.int64), tf.uint32), [-1])  # 4 words of the two int64s
+    key = _hash32(tf.constant(0x9E3779B9 * (int(stream) + 1) % 2**32, tf.uint32))
+    for index in range(4):
+        key = _hash32(tf.bitwise.bitwise_xor(key, words[index]))
+    count = tf.reduce_prod(shape)
+    positions = tf.bitcast(tf.range(count, dtype=tf.int32), tf.uint32)
+    bits = _hash32(tf.bitwise.bitwise_xor(_hash32(positions + key), key))
+    values = (tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) + 0.5) / float(2**24)
+    return tf.reshape(values, shape)
+
+
+def _draw(mask, seed, logits=None, stream=0):
+    """One index per row, uniformly among (or with ``logits`` over) the row's True entries; row i if none.
+
+    Gumbel-max: argmax(logits + G) with G = −log(−log U), U uniform, is a draw from
+    softmax(logits); U comes from :func:`counter_uniform`, so the draw is the same under XLA.
+    """
     if logits is None:
         logits = tf.zeros(tf.shape(mask), tf.float32)
-    logits = tf.where(mask, logits, _NEG)
-    drawn = tf.cast(tf.random.stateless_categorical(logits, 1, seed)[:, 0], tf.int32)
+    gumbel = -tf.math.log(-tf.math.log(counter_uniform(tf.shape(mask), seed, stream)))
+    drawn = tf.argmax(tf.where(mask, logits + gumbel, -3e38), axis=1, output_type=tf.int32)
     own = tf.range(tf.shape(mask)[0], dtype=tf.int32)
     return tf.where(tf.reduce_any(mask, axis=1), drawn, own)
 
@@ -101,7 +133,7 @@ def mine_triplets(embeddings, labels, miner="semihard", seed=(0, 0), margin=0.2,
     embeddings = tf.stop_gradient(tf.cast(embeddings, tf.float32))
     distances = euclidean_distances(embeddings)
     positive_mask, negative_mask = _masks(labels)
-    positive_seed, negative_seed = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2))
+    positive_seed = negative_seed = seed  # two streams of the same seed (stream 1 and 2 below)
     anchors = tf.range(tf.shape(labels)[0], dtype=tf.int32)
     valid = tf.logical_and(tf.reduce_any(positive_mask, axis=1), tf.reduce_any(negative_mask, axis=1))
     big = tf.constant(1e9, tf.float32)
@@ -110,20 +142,20 @@ def mine_triplets(embeddings, labels, miner="semihard", seed=(0, 0), margin=0.2,
         nearest_negative = tf.reduce_min(tf.where(negative_mask, distances, big), axis=1, keepdims=True)
         farthest_positive = tf.reduce_max(tf.where(positive_mask, distances, -big), axis=1, keepdims=True)
         positive_choices = _or_fallback(tf.logical_and(positive_mask, distances > nearest_negative), positive_mask)
-        positives = _draw(positive_choices, positive_seed)
+        positives = _draw(positive_choices, positive_seed, stream=1)
     else:
-        positives = _draw(positive_mask, positive_seed)
+        positives = _draw(positive_mask, positive_seed, stream=1)
 
     if miner == "random":
-        negatives = _draw(negative_mask, negative_seed)
+        negatives = _draw(negative_mask, negative_seed, stream=2)
     elif miner == "semihard":
         positive_distance = tf.gather(distances, positives, axis=1, batch_dims=1)[:, None]
         window = tf.logical_and(negative_mask, tf.logical_and(distances > positive_distance,
                                                               distances < positive_distance + float(margin)))
-        negatives = _draw(_or_fallback(window, negative_mask), negative_seed)
+        negatives = _draw(_or_fallback(window, negative_mask), negative_seed, stream=2)
     elif miner == "softhard":
         harder = tf.logical_and(negative_mask, distances < farthest_positive)
-        negatives = _draw(_or_fallback(harder, negative_mask), negative_seed)
+        negatives = _draw(_or_fallback(harder, negative_mask), negative_seed, stream=2)
     else:  # distance
         dim = embeddings.shape[-1] if dim is None else dim
         if dim is None:
@@ -133,7 +165,7 @@ def mine_triplets(embeddings, labels, miner="semihard", seed=(0, 0), margin=0.2,
         row_logits = tf.where(kept, logits, _NEG)
         # Subtract each row's maximum over the kept entries: the weights are relative within a row.
         row_logits = row_logits - tf.reduce_max(row_logits, axis=1, keepdims=True)
-        weighted = _draw(kept, negative_seed, row_logits)
-        uniform = _draw(negative_mask, negative_seed)
+        weighted = _draw(kept, negative_seed, row_logits, stream=2)
+        uniform = _draw(negative_mask, negative_seed, stream=2)
         negatives = tf.where(tf.reduce_any(kept, axis=1), weighted, uniform)
     return anchors, positives, negatives, valid

@@ -14,7 +14,8 @@ and the base embedding e's similarity matrix learns from theirs:
 global max pool) or ``"avg"`` gives f from the backbone's feature maps; the model hands
 the feature maps of the same forward pass that made e (no second pass). The language
 loss is added on e only, outside this loss. The heads train at the base learning rate
-with the network's weight decay; the exported embedder holds none of them.
+without weight decay (the paper's code gives their parameter group a learning rate only);
+the exported embedder holds none of them.
 """
 
 from __future__ import annotations
@@ -133,10 +134,6 @@ class S2SDLoss(BatchLoss):
             if isinstance(loss, BatchLoss):
                 groups += loss.learning_rate_groups()
         return groups
-
-    @property
-    def decayed_variables(self):
-        return [variable for head in self.heads for variable in head.trainable_variables]
 
     def pool_features(self, feature_maps):
         feature_maps = tf.cast(feature_maps, tf.float32)

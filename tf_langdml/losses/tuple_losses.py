@@ -8,12 +8,14 @@ over the kept anchors.
 ``margin`` (Wu et al. 2017)
     ℓ⁺ = relu(d(a, p) − β_y + m), ℓ⁻ = relu(β_y − d(a, n) + m);
     L = Σ (ℓ⁺ + ℓ⁻) / #{non-zero ℓ⁺ and ℓ⁻} (Σ (ℓ⁺ + ℓ⁻) if none is non-zero) + ν Σ β_y.
-    β_y is the anchor's class's learned boundary (one shared β with ``beta_constant``),
-    initialised at 1.2 and trained at its own learning rate (5e-4).
+    β_y is the anchor's class's learned boundary, initialised at 1.2 and trained at its own
+    learning rate (5e-4); with ``beta_constant`` it is the fixed number ``beta`` for every
+    class (the paper's code's flag of that name; then there is nothing to train).
 ``triplet``
     L = mean relu(d(a, p)² − d(a, n)² + m) (squared distances, as the paper's code).
 ``contrastive``
-    L = mean relu(d(a, p) − m⁺) + mean relu(m⁻ − d(a, n)), m⁺ = 0, m⁻ = 1.
+    L = mean relu(d(a, p) − m⁺) + mean relu(m⁻ − d(a, n)), m⁺ = 0, m⁻ = 1 (with
+    ``miner="semihard"`` its window is 0.2 wide, the paper's code's miner margin).
 ``npair`` (Sohn 2016)
     For each anchor with a positive p and N its other-class batch elements:
     ℓ = log(1 + Σ_{n∈N} exp(a·n − a·p)); L = mean ℓ + λ · mean_i ‖e_i‖ (λ = 0.005,
@@ -70,17 +72,22 @@ class MarginLoss(MinedTupleLoss):
                                beta_learning_rate=self.beta_learning_rate, nu=self.nu, miner=miner,
                                lower_cutoff=self.lower_cutoff, upper_cutoff=self.upper_cutoff, seed=self.seed)
 
+    @property
+    def needs_classes(self):  # noqa: D401  (one β per class unless it is constant)
+        return not self.beta_constant
+
     def create_variables(self):
-        shape = (1,) if self.beta_constant else (self.num_classes,)
-        self.beta = self.add_weight(name="beta", shape=shape, dtype=tf.float32,
-                                    initializer=keras.initializers.Constant(self.beta_init), trainable=True)
+        self.beta = None
+        if not self.beta_constant:
+            self.beta = self.add_weight(name="beta", shape=(self.num_classes,), dtype=tf.float32,
+                                        initializer=keras.initializers.Constant(self.beta_init), trainable=True)
 
     def learning_rate_groups(self):
-        return [LearningRateGroup((self.beta,), learning_rate=self.beta_learning_rate)]
+        return [] if self.beta is None else [LearningRateGroup((self.beta,), learning_rate=self.beta_learning_rate)]
 
     def loss_value(self, labels, embeddings, features, step):
         anchors, positives, negatives, valid = self.mine(labels, embeddings, step)
-        beta = self.beta[0] * tf.ones_like(valid) if self.beta_constant else tf.gather(self.beta, labels)
+        beta = self.beta_init * tf.ones_like(valid) if self.beta is None else tf.gather(self.beta, labels)
         positive_loss = tf.nn.relu(pair_distance(embeddings, anchors, positives) - beta + self.margin) * valid
         negative_loss = tf.nn.relu(beta - pair_distance(embeddings, anchors, negatives) + self.margin) * valid
         active = tf.reduce_sum(tf.cast(positive_loss > 0, tf.float32) + tf.cast(negative_loss > 0, tf.float32))

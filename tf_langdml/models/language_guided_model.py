@@ -156,8 +156,8 @@ class LanguageGuidedModel(keras.Model):
                 which the paper used (4e-4): ``weight_decay * w`` is added to the
                 gradient of every trainable variable before the optimizer step, so
                 Adam rescales it (unlike the decoupled AdamW). It is not part of the
-                reported ``loss``. The loss's own variables (proxies, class weights, β)
-                get none, as in the paper's code; S2SD's heads get it like the network.
+                reported ``loss``. The loss's own variables (proxies, class vectors, β,
+                S2SD's heads) get none, as in the paper's code.
             num_classes: the number of training classes, for the losses that learn a
                 vector per class (``proxy_anchor``, ``proxy_nca``, ``normalized_softmax``,
                 ``arcface``, ``margin``'s β); default: the language table's rows when it
@@ -252,12 +252,10 @@ class LanguageGuidedModel(keras.Model):
                 optimizer.apply_gradients(grouped)
 
     def _undecayed(self):
-        """Refs of the variables that get no weight decay: the loss's own, except those it says to decay."""
+        """Refs of the variables that get no weight decay: the loss's own (the paper's code decays the network only)."""
         if not isinstance(self.dml_loss, BatchLoss):
             return frozenset()
-        decayed = {variable.ref() for variable in self.dml_loss.decayed_variables}
-        return frozenset(variable.ref() for variable in self.dml_loss.trainable_variables
-                         if variable.ref() not in decayed)
+        return frozenset(variable.ref() for variable in self.dml_loss.trainable_variables)
 
     @property
     def metrics(self):
