@@ -66,14 +66,19 @@ class ClassVectorLoss(BatchLoss):
                                   multiplier=self.multiplier)]
 
     def similarities(self, labels, embeddings):
-        """(B, C) cosine similarities and the (B, C) one-hot labels; a clear error for a label outside [0, C)."""
+        """(B, C) cosine similarities, (B, C) one-hot labels and the labels; a clear error for a label outside [0, C).
+
+        Everything returned depends on the check, so no op can see a bad label before it fails.
+        """
         check = tf.debugging.assert_less(
             labels, self.num_classes,
             message=f"{self.name}: a label is >= num_classes ({self.num_classes}); the class vectors were created for "
                     f"{self.num_classes} training classes (compile(num_classes=...) must be the number of training classes)")
         with tf.control_dependencies([check]):
-            one_hot = tf.one_hot(labels, self.num_classes, dtype=tf.float32)
-        return tf.matmul(_normalize(embeddings), _normalize(self.class_vectors), transpose_b=True), one_hot
+            labels = tf.identity(labels)
+            embeddings = tf.identity(embeddings)
+        one_hot = tf.one_hot(labels, self.num_classes, dtype=tf.float32)
+        return tf.matmul(_normalize(embeddings), _normalize(self.class_vectors), transpose_b=True), one_hot, labels
 
 
 class ProxyAnchorLoss(ClassVectorLoss):
@@ -86,7 +91,7 @@ class ProxyAnchorLoss(ClassVectorLoss):
         self._arguments = dict(alpha=self.alpha, delta=self.delta, proxy_lr_multiplier=self.multiplier, seed=self.seed)
 
     def loss_value(self, labels, embeddings, features, step):
-        similarities, positive = self.similarities(labels, embeddings)
+        similarities, positive, labels = self.similarities(labels, embeddings)
         negative = 1.0 - positive
 
         def log1p_sum_exp(exponents, mask):  # per class: log(1 + Σ_{mask} exp(x)), 0 for an empty set
@@ -109,7 +114,7 @@ class ProxyNCALoss(ClassVectorLoss):
         self._arguments = dict(scale=self.scale, proxy_lr_multiplier=self.multiplier, seed=self.seed)
 
     def loss_value(self, labels, embeddings, features, step):
-        similarities, positive = self.similarities(labels, embeddings)
+        similarities, positive, labels = self.similarities(labels, embeddings)
         # ‖s x̂ − s p̂‖² = 2 s² (1 − x̂·p̂) for unit vectors
         distances = 2.0 * self.scale ** 2 * (1.0 - similarities)
         positive_distance = tf.reduce_sum(distances * positive, axis=1)
@@ -127,7 +132,7 @@ class NormalizedSoftmaxLoss(ClassVectorLoss):
                                seed=self.seed)
 
     def loss_value(self, labels, embeddings, features, step):
-        similarities, _ = self.similarities(labels, embeddings)
+        similarities, _, labels = self.similarities(labels, embeddings)
         return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, similarities / self.temperature))
 
 
@@ -142,7 +147,7 @@ class ArcFaceLoss(ClassVectorLoss):
                                class_learning_rate=self.class_learning_rate, seed=self.seed)
 
     def loss_value(self, labels, embeddings, features, step):
-        cosine, positive = self.similarities(labels, embeddings)
+        cosine, positive, labels = self.similarities(labels, embeddings)
         cosine = tf.clip_by_value(cosine, -1.0, 1.0)
         sine = tf.sqrt(tf.maximum(1.0 - tf.square(cosine), 1e-12))
         with_margin = cosine * math.cos(self.angular_margin) - sine * math.sin(self.angular_margin)
