@@ -159,3 +159,33 @@ def test_the_schema_background_check_agrees_with_the_library():
         except ConfigError:
             schema_accepts = False
         assert schema_accepts == library_accepts, value
+
+
+# The paper's run script's four "Multisimilarity + S2SD + PLG" runs: (epochs, feature weight, ω).
+S2SD_RUNS = {"cub200_s2sd_plg_128": (300, 125.0, 1.5), "cub200_s2sd_plg_512": (250, 60.0, 2.0),
+             "cars196_s2sd_plg_128": (250, 50.0, 2.5), "cars196_s2sd_plg_512": (300, 40.0, 2.0)}
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "dml_losses").glob("*.yaml")), ids=lambda path: path.stem)
+def test_the_dml_loss_configs_load_validate_and_hold_the_published_s2sd_settings(path):
+    from tf_langdml.runs.train import preflight
+
+    config = load_config(path)
+    assert config.name == path.stem and config.language.guidance == "plg"
+    assert config_from_yaml(config_to_yaml(config)) == config
+    preflight(config)  # the loss's own arguments too (build_dml_loss)
+    dataset, loss, _, dim = path.stem.split("_", 1)[0], config.loss.dml, None, int(path.stem.rsplit("_", 1)[1])
+    assert (config.data.dataset, config.model.embed_dim) == (dataset, dim)
+    if path.stem in S2SD_RUNS or dataset == "sop":
+        arguments = config.loss.dml_arguments
+        assert loss == "s2sd" and config.data.batch_size == 108
+        assert arguments["target"] == "multisimilarity" and arguments["dims"] == [1024, 1536, 2048]
+        assert arguments["distill_weight"] == 0 and arguments["feature_pooling"] == "avg+max"
+        if path.stem in S2SD_RUNS:
+            epochs, feature_weight, omega = S2SD_RUNS[path.stem]
+            assert (config.training.epochs, arguments["feature_weight"], config.loss.language_weight) == (
+                epochs, feature_weight, omega)
+
+
+def test_every_published_s2sd_run_is_shipped():
+    assert set(S2SD_RUNS) <= {path.stem for path in (CONFIGS / "dml_losses").glob("*.yaml")}
