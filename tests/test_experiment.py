@@ -83,8 +83,10 @@ def test_plg_run_saves_pseudo_label_names(image_folder, tmp_path, minilm_encoder
     assert names["level"] == "class" and len(names["rows"]) == 4 and len(names["rows"][0]["pseudo_labels"]) == 5
 
 
-def _checkpoint_steps(folder):
-    return sorted(int(path.name.split("-")[1].split(".")[0]) for path in (folder / "checkpoints").glob("ckpt-*.index"))
+def _registered_steps(folder):
+    """Steps of the checkpoints the run's CheckpointManager has registered (a resume can only start from those)."""
+    state = tf.train.get_checkpoint_state(str(folder / "checkpoints")) if (folder / "checkpoints").exists() else None
+    return sorted(int(path.rsplit("-", 1)[1]) for path in state.all_model_checkpoint_paths) if state else []
 
 
 def _checkpoint_values(folder, step):
@@ -105,13 +107,13 @@ def test_a_run_killed_mid_epoch_resumes_bit_exactly_and_counts_every_step_once(i
     first = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while time.time() < deadline and first.poll() is None:
-        if (folder / "checkpoints").exists() and _checkpoint_steps(folder):
+        if _registered_steps(folder):  # (an index file alone may belong to a checkpoint still being written)
             break
         time.sleep(0.02)
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert first.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    killed_at = _checkpoint_steps(folder)[-1]
+    killed_at = _registered_steps(folder)[-1]
     assert 0 < killed_at < steps_per_epoch * epochs and not (folder / "metrics.json").exists()
     assert killed_at % steps_per_epoch, "killed at an epoch boundary: not the mid-epoch case"
 
