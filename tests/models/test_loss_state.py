@@ -178,6 +178,26 @@ def test_clear_errors_for_losses_that_cannot_be_set_up():
         build_dml_loss("margin")(np.zeros(4), np.ones((4, 8), "float32"))
 
 
+@pytest.mark.parametrize("miner", ["random", "semihard", "softhard", "distance"])
+def test_the_miners_draw_the_same_triplets_under_xla(miner):
+    from tf_langdml.losses import mine_triplets
+    from tf_langdml.losses.base import mining_seed
+
+    rng = np.random.default_rng(4)
+    embeddings = tf.math.l2_normalize(tf.constant(rng.normal(size=(12, 8)), tf.float32), axis=1)
+    labels = tf.constant([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 4, 4])
+
+    def mine(step):
+        return mine_triplets(embeddings, labels, miner, seed=mining_seed(7, step))
+
+    compiled = tf.function(mine, jit_compile=True)
+    for step in range(3):
+        for plain, jit in zip(mine(tf.constant(step)), compiled(tf.constant(step))):
+            np.testing.assert_array_equal(plain.numpy(), jit.numpy())
+    assert not np.array_equal(mine(tf.constant(0))[2].numpy(), mine(tf.constant(1))[2].numpy())  # steps differ
+
+
+@pytest.mark.slow  # two XLA compilations per loss (about 40 s); make test-slow
 @pytest.mark.parametrize("name", ["margin", "s2sd"])
 def test_mined_and_s2sd_losses_compile_under_xla(name):
     values = {}
