@@ -206,3 +206,16 @@ def test_mined_and_s2sd_losses_compile_under_xla(name):
         values[jit] = [float(model.train_on_batch(images, labels)[0]) for _ in range(2)]
     # The miners draw with stateless uniforms (Gumbel-max), which XLA compiles: same triplets, same losses.
     np.testing.assert_allclose(values[True], values[False], rtol=1e-4)
+
+
+def test_an_overflowing_loss_scaled_step_leaves_the_loss_variables_finite():
+    model, images, labels = make_model({"name": "proxy_anchor"})
+    model.compile(optimizer=keras.mixed_precision.LossScaleOptimizer(keras.optimizers.Adam(1e-3)),
+                  dml_loss={"name": "proxy_anchor"}, language_weight=1.0, run_eagerly=True)
+    proxies, kernel = model.dml_loss.class_vectors, model.embedder.get_layer("projection").kernel
+    before, kernel_before = proxies.numpy(), kernel.numpy()
+    # What a float16 overflow gives: the unscaled gradients are Inf. The loss-scale optimizer skips the step.
+    model.optimizer.get_unscaled_gradients = lambda gradients: [None if g is None else g * np.inf for g in gradients]
+    model.train_on_batch(images, labels)
+    np.testing.assert_array_equal(kernel.numpy(), kernel_before)
+    np.testing.assert_array_equal(proxies.numpy(), before)  # a zero gradient on Adam's first step moves nothing

@@ -238,7 +238,12 @@ class LanguageGuidedModel(keras.Model):
             optimizer.build([variable for variable in self.trainable_variables if variable.ref() in refs])
 
     def _apply_gradients(self, pairs):
-        """Apply (gradient, variable) pairs: the loss's learning-rate groups to their optimizers, the rest to ``optimizer``."""
+        """Apply (gradient, variable) pairs: the loss's learning-rate groups to their optimizers, the rest to ``optimizer``.
+
+        Under loss scaling the model's LossScaleOptimizer skips a step whose unscaled
+        gradients overflowed; the groups' optimizers then get zero gradients instead of
+        NaN or Inf, so the loss's variables stay finite (their Adam moments decay one step).
+        """
         groups = self._loss_groups.value
         if not groups:
             self.optimizer.apply_gradients(pairs)
@@ -246,6 +251,10 @@ class LanguageGuidedModel(keras.Model):
         rest = [pair for pair in pairs if not any(pair[1].ref() in refs for _, refs in groups)]
         if rest:
             self.optimizer.apply_gradients(rest)
+        if isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer):
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(gradient)))
+                                    for gradient, _ in pairs])
+            pairs = [(tf.where(finite, tf.convert_to_tensor(gradient), 0.0), variable) for gradient, variable in pairs]
         for optimizer, refs in groups:
             grouped = [pair for pair in pairs if pair[1].ref() in refs]
             if grouped:
