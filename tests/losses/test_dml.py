@@ -136,3 +136,22 @@ def test_unknown_names_and_arguments_are_clear_errors():
         build_dml_loss("circle", xbm_memory_size=0)
     with pytest.raises(ValueError, match=r"xbm_memory_size works with TensorFlow-Similarity's losses .*not with 'margin'"):
         build_dml_loss("margin", xbm_memory_size=16)
+
+
+def test_the_readme_and_docs_loss_tables_list_every_loss_with_its_real_defaults():
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    from tf_langdml.losses import DML_LOSSES
+
+    for document in ("README.md", "docs/dml_losses.md"):
+        rows = {}
+        for line in (root / document).read_text().splitlines():
+            match = re.match(r"\| `(\w+)` \| (.+?) \| ", line)
+            if match and match.group(1) in DML_LOSSES:
+                rows[match.group(1)] = match.group(2).replace("`", "")
+        assert set(rows) == set(DML_LOSSES), document
+        for name, text in rows.items():
+            expected = ", ".join(f"{key}={value!r}" for key, value in dml_loss_arguments(name).items())
+            assert text == expected, (document, name)
