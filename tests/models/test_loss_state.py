@@ -171,6 +171,8 @@ def test_clear_errors_for_losses_that_cannot_be_set_up():
     model = LanguageGuidedModel(embedder)
     model.compile(dml_loss="proxy_anchor", num_classes=7)
     assert model.dml_loss.class_vectors.shape == (7, 8)
+    with pytest.raises(ValueError, match="already set up .*build a new one"):  # one loss's proxies, one model
+        LanguageGuidedModel(embedder).compile(dml_loss=model.dml_loss, num_classes=7)
     plain = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Flatten(), keras.layers.Dense(8)])
     with pytest.raises(ValueError, match="no global pooling layer named avg_pool or max_pool"):
         LanguageGuidedModel(plain).compile(dml_loss=S2SD_SMALL)

@@ -81,6 +81,11 @@ class BatchLoss(keras.layers.Layer):
 
     def setup(self, num_classes: int | None, embed_dim: int, feature_dim: int | None = None) -> None:
         """Create the loss's variables for ``num_classes`` training classes and ``embed_dim``-sized embeddings."""
+        if self.embed_dim is not None:
+            raise ValueError(
+                f"DML loss {self.name!r} is already set up (its variables belong to one model); build a new one "
+                f"for another model or compile: build_dml_loss(name, **arguments), or pass the name / dict to compile."
+            )
         if self.needs_classes:
             if num_classes is None or int(num_classes) < 2:
                 raise ValueError(
