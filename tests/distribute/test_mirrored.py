@@ -41,11 +41,12 @@ after_single, after_mirrored = single.embedder.get_weights(), mirrored.embedder.
 deltas = [np.abs((a - b0) - (c - b0)).max() for a, c, b0 in zip(after_single, after_mirrored, before)]
 moved = max(np.abs(a - b0).max() for a, b0 in zip(after_single, before))
 
-# Losses with learned state: proxies (own optimizer at 10x), beta (own rate), S2SD heads on gathered features.
+# Losses with learned state: proxies (own optimizer at 10x); S2SD's heads on gathered features with the margin
+# loss as target (per-class beta at its own rate, the distance miner's draws) on the embedding and each head.
 state = {}
 for spec in ({"name": "proxy_anchor", "proxy_lr_multiplier": 10.0},
-             {"name": "margin", "beta_learning_rate": 0.05},
-             {"name": "s2sd", "dims": [16, 24], "distill_weight": 1.0, "feature_weight": 2.0}):
+             {"name": "s2sd", "dims": [16, 24], "distill_weight": 1.0, "feature_weight": 2.0, "target": "margin",
+              "target_arguments": {"beta_learning_rate": 0.05}}):
     def make_state(strategy):
         with strategy.scope():
             keras.utils.set_random_seed(1)

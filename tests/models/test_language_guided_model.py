@@ -207,8 +207,8 @@ def test_bad_configuration_is_rejected_before_training():
     with pytest.raises(ValueError, match="Unknown table_index 'class'"):
         tiny_model(table_index="class")
     model = tiny_model(language_table_for(4))
-    with pytest.raises(ValueError, match="Unknown DML loss 'contrastive'"):
-        model.compile(dml_loss="contrastive")
+    with pytest.raises(ValueError, match="Unknown DML loss 'contrastiv'"):
+        model.compile(dml_loss="contrastiv")
     with pytest.raises(ValueError, match="Unknown direction 'backward'"):
         model.compile(language_direction="backward")
     with pytest.raises(ValueError, match="language_weight must be a finite number >= 0"):

@@ -44,7 +44,13 @@ def spec(name):
     return dict(S2SD_SMALL) if name == "s2sd" else {"name": name}
 
 
-@pytest.mark.parametrize("name", NEW_LOSSES)
+# Four in the default suite (a mined loss with learned β, a proxy loss, a class-weight loss, S2SD); the other five
+# (about 20 s) with make test-slow.
+IN_DEFAULT_SUITE = ("margin", "proxy_anchor", "arcface", "s2sd")
+
+
+@pytest.mark.parametrize("name", [name if name in IN_DEFAULT_SUITE else pytest.param(name, marks=pytest.mark.slow)
+                                  for name in NEW_LOSSES])
 def test_fit_with_each_loss_and_elg_lowers_the_total_loss(name):
     model, images, labels = make_model(spec(name), learning_rate=3e-3)
     # train_on_batch returns each step's loss, computed before its update (one traced function).
