@@ -133,7 +133,6 @@ def mine_triplets(embeddings, labels, miner="semihard", seed=(0, 0), margin=0.2,
     embeddings = tf.stop_gradient(tf.cast(embeddings, tf.float32))
     distances = euclidean_distances(embeddings)
     positive_mask, negative_mask = _masks(labels)
-    positive_seed = negative_seed = seed  # two streams of the same seed (stream 1 and 2 below)
     anchors = tf.range(tf.shape(labels)[0], dtype=tf.int32)
     valid = tf.logical_and(tf.reduce_any(positive_mask, axis=1), tf.reduce_any(negative_mask, axis=1))
     big = tf.constant(1e9, tf.float32)
@@ -142,20 +141,20 @@ def mine_triplets(embeddings, labels, miner="semihard", seed=(0, 0), margin=0.2,
         nearest_negative = tf.reduce_min(tf.where(negative_mask, distances, big), axis=1, keepdims=True)
         farthest_positive = tf.reduce_max(tf.where(positive_mask, distances, -big), axis=1, keepdims=True)
         positive_choices = _or_fallback(tf.logical_and(positive_mask, distances > nearest_negative), positive_mask)
-        positives = _draw(positive_choices, positive_seed, stream=1)
+        positives = _draw(positive_choices, seed, stream=1)
     else:
-        positives = _draw(positive_mask, positive_seed, stream=1)
+        positives = _draw(positive_mask, seed, stream=1)
 
     if miner == "random":
-        negatives = _draw(negative_mask, negative_seed, stream=2)
+        negatives = _draw(negative_mask, seed, stream=2)
     elif miner == "semihard":
         positive_distance = tf.gather(distances, positives, axis=1, batch_dims=1)[:, None]
         window = tf.logical_and(negative_mask, tf.logical_and(distances > positive_distance,
                                                               distances < positive_distance + float(margin)))
-        negatives = _draw(_or_fallback(window, negative_mask), negative_seed, stream=2)
+        negatives = _draw(_or_fallback(window, negative_mask), seed, stream=2)
     elif miner == "softhard":
         harder = tf.logical_and(negative_mask, distances < farthest_positive)
-        negatives = _draw(_or_fallback(harder, negative_mask), negative_seed, stream=2)
+        negatives = _draw(_or_fallback(harder, negative_mask), seed, stream=2)
     else:  # distance
         dim = embeddings.shape[-1] if dim is None else dim
         if dim is None:
@@ -163,9 +162,8 @@ def mine_triplets(embeddings, labels, miner="semihard", seed=(0, 0), margin=0.2,
         logits = inverse_sphere_density_logits(distances, dim, lower_cutoff, upper_cutoff)
         kept = tf.logical_and(negative_mask, logits > _NEG / 2)
         row_logits = tf.where(kept, logits, _NEG)
-        # Subtract each row's maximum over the kept entries: the weights are relative within a row.
+        # Subtract each row's maximum over the kept entries: the weights are relative within a row. A row with
+        # nothing kept is all _NEG, so all 0 after this: a uniform draw over its negatives (the fallback).
         row_logits = row_logits - tf.reduce_max(row_logits, axis=1, keepdims=True)
-        weighted = _draw(kept, negative_seed, row_logits, stream=2)
-        uniform = _draw(negative_mask, negative_seed, stream=2)
-        negatives = tf.where(tf.reduce_any(kept, axis=1), weighted, uniform)
+        negatives = _draw(_or_fallback(kept, negative_mask), seed, row_logits, stream=2)
     return anchors, positives, negatives, valid
