@@ -118,10 +118,8 @@ class S2SDLoss(BatchLoss):
     def create_variables(self):
         for head in self.heads:
             head.build((None, self.feature_dim))
-        from tf_langdml.losses.base import BatchLoss as _BatchLoss
-
         for loss, dim in zip([self.base_loss, *self.head_losses], [self.embed_dim, *self.dims]):
-            if isinstance(loss, _BatchLoss):
+            if isinstance(loss, BatchLoss):
                 loss.setup(self.num_classes, dim)
 
     @property
