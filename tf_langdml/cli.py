@@ -27,6 +27,10 @@ EXAMPLES = {
     "export": "tf-langdml export --run runs/cub200_plg_128 --name cub200_plg_128\n"
               "  tensorflow_model_server --rest_api_port=8501 --model_name=cub200_plg_128 "
               "--model_base_path=$PWD/saved_models/cub200_plg_128",
+    "index": "tf-langdml index --run runs/cub200_plg_128 --gallery test --name cub200_search\n"
+             "  tf-langdml index --run runs/cub200_plg_128 --gallery ~/new_photos --name cub200_search --add",
+    "search": "tf-langdml search --model saved_models/cub200_search photo.jpg other.png --k 5\n"
+              "  tf-langdml search --model saved_models/cub200_search/2 photo.jpg --json",
 }
 
 
@@ -99,6 +103,27 @@ def _parser():
     export.add_argument("--name", required=True, help="the model name (folder under saved_models/)")
     export.add_argument("--version", type=int, default=None, help="default: the next integer")
     export.add_argument("--saved-models", default="saved_models", help="base folder (default: saved_models)")
+
+    index = command("index", "Export a finished run's embedder together with a gallery as a searchable SavedModel: "
+                             "saved_models/<name>/<version>/ with serving_default, embed_images, search (image bytes "
+                             "+ k -> top-k item ids, class names, cosine scores) and search_embeddings.")
+    index.add_argument("--run", required=True, help="a finished run directory")
+    index.add_argument("--gallery", required=True,
+                       help="an image folder <folder>/<class>/<images> (item ids: paths relative to it), or "
+                            "train | test | validation: that split of the run's own dataset")
+    index.add_argument("--name", required=True, help="the model name (folder under saved_models/)")
+    index.add_argument("--add", action="store_true",
+                       help="keep the latest version's items and append these (a new version; same run required)")
+    index.add_argument("--version", type=int, default=None, help="default: the next integer")
+    index.add_argument("--saved-models", default="saved_models", help="base folder (default: saved_models)")
+    index.add_argument("--batch-size", type=int, default=None, help="embedding batch (default: evaluation.batch_size)")
+
+    search = command("search", "Find the nearest gallery items of images with an indexed SavedModel (loads the "
+                               "SavedModel only: no run, no config).")
+    search.add_argument("--model", required=True, help="saved_models/<name> (latest version) or saved_models/<name>/<v>")
+    search.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP)")
+    search.add_argument("--k", type=int, default=5, help="neighbours per image (default: 5)")
+    search.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
@@ -195,9 +220,59 @@ def main(argv=None):
 
             path = export_run(arguments.run, arguments.name, arguments.saved_models, arguments.version)
             print(f"exported {path} (signatures serving_default, embed_images)")
+        elif arguments.command == "index":
+            _load_tensorflow(verbose)
+            from tf_langdml.gallery import index_run
+
+            path = index_run(arguments.run, arguments.gallery, arguments.name, arguments.saved_models,
+                             arguments.version, arguments.add, arguments.batch_size, verbose=0)
+            items = json.loads((path / "assets" / "tf_langdml_export.json").read_text())["gallery"]["items"]
+            print(f"exported {path} with {items} gallery items "
+                  "(signatures serving_default, embed_images, search, search_embeddings)")
+        elif arguments.command == "search":
+            return _search(arguments, verbose)
     except (ConfigError, FileNotFoundError, FileExistsError, ModuleNotFoundError) as error:
         print(f"tf-langdml {arguments.command}: {error}", file=sys.stderr)
         return 2
+    except ValueError as error:  # bad galleries, k, item ids: named in the message; elsewhere a ValueError is a bug
+        if arguments.command not in ("index", "search"):
+            raise
+        print(f"tf-langdml {arguments.command}: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _search(arguments, verbose):
+    """``tf-langdml search``: a table (or JSON) of each image's neighbours; bad images and k named on failure."""
+    import re
+
+    missing = [image for image in arguments.images if not os.path.isfile(image)]
+    if missing:
+        raise FileNotFoundError(f"no such image file: {', '.join(missing)}")
+    if arguments.k < 1:
+        raise ValueError(f"--k must be at least 1; got {arguments.k}.")
+    _load_tensorflow(verbose)
+    import tensorflow as tf
+
+    from tf_langdml.gallery import search_saved_model
+
+    try:
+        results = search_saved_model(arguments.model, arguments.images, arguments.k)
+    except tf.errors.InvalidArgumentError as error:
+        message = str(error.message)
+        for row, image in enumerate(arguments.images):  # the signature names 0-based rows; name the files
+            message = re.sub(rf"\brow {row}:", f"{image}:", message)
+        found = re.search(r"(Bad image\(s\).*?)\s*\[\[|(k must be between.*?items\.)", message.replace("] [", " "))
+        print(f"tf-langdml search: {(found.group(1) or found.group(2)) if found else message}", file=sys.stderr)
+        return 2
+    if arguments.json:
+        print(json.dumps([{"image": image, "neighbours": neighbours}
+                          for image, neighbours in zip(arguments.images, results)], indent=1, ensure_ascii=False))
+        return 0
+    for image, neighbours in zip(arguments.images, results):
+        print(image)
+        for neighbour in neighbours:
+            print(f"  {neighbour['rank']:>3}  {neighbour['score']:.4f}  {neighbour['class_name']}  {neighbour['item_id']}")
     return 0
 
 

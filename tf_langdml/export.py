@@ -15,11 +15,13 @@ complete or not at all; an existing version is never overwritten. The text encod
 the language table are training-time only and are not exported.
 """
 
+import dataclasses
 import json
 import pathlib
 import shutil
 import tempfile
 
+import numpy as np
 import tensorflow as tf
 
 from tf_langdml.cache import atomic_directory
@@ -36,6 +38,7 @@ from tf_langdml.data.preprocessing import (
 )
 
 ASSET_NAME = "tf_langdml_export.json"
+DEFAULT_CHUNK_ELEMENTS = 4 * 1024 * 1024  # scores held per gallery chunk by the search signatures (16 MB float32)
 
 
 def _surviving(dataset, spec):
@@ -121,6 +124,72 @@ class _EmbedderModule(tf.Module):
         return {"embeddings": self._embed(self._decode_batch(images))}
 
 
+def top_k_in_chunks(queries, gallery, k, chunk_elements=DEFAULT_CHUNK_ELEMENTS):
+    """Exact top-``k`` inner products of ``queries`` (B, D) against ``gallery`` (N, D): (scores, indices) (B, k).
+
+    The gallery is scanned in chunks of rows sized so that one chunk's score matrix
+    holds about ``chunk_elements`` values (at least 1024 rows); after each chunk the
+    running top-k and the chunk's own top-k are merged. Nothing larger than one
+    chunk's (B, chunk) scores exists at a time (the loop runs its iterations one after
+    another). Equal scores rank the lower gallery index first, as one stable
+    descending sort of all N scores would. ``k`` must be in 1..N (a graph assertion
+    names both otherwise). Plain TensorFlow ops only (stock TF Serving runs it).
+    """
+    queries = tf.convert_to_tensor(queries, tf.float32)
+    k = tf.cast(k, tf.int32)
+    count = tf.shape(gallery)[0]
+    batch = tf.shape(queries)[0]
+    check = tf.debugging.Assert((k >= 1) & (k <= count), [tf.strings.format(
+        "k must be between 1 and the number of gallery items; got k = {} for a gallery of {} items.", (k, count))])
+    with tf.control_dependencies([check]):
+        chunk = tf.maximum(tf.cast(chunk_elements, tf.int32) // tf.maximum(batch, 1), 1024)
+    num_chunks = (count + chunk - 1) // chunk
+
+    def scan(index, values, indices):
+        start = index * chunk
+        rows = gallery[start:start + chunk]
+        chunk_values, chunk_indices = tf.math.top_k(tf.matmul(queries, rows, transpose_b=True),
+                                                    tf.minimum(k, tf.shape(rows)[0]))
+        # Earlier chunks first: top_k puts the lower position first among equal values.
+        values = tf.concat([values, chunk_values], axis=1)
+        indices = tf.concat([indices, chunk_indices + start], axis=1)
+        values, kept = tf.math.top_k(values, tf.minimum(k, tf.shape(values)[1]))
+        return index + 1, values, tf.gather(indices, kept, batch_dims=1)
+
+    _, values, indices = tf.while_loop(
+        lambda index, values, indices: index < num_chunks, scan,
+        (tf.constant(0), tf.zeros([batch, 0], tf.float32), tf.zeros([batch, 0], tf.int32)),
+        shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None]), tf.TensorShape([None, None])),
+        parallel_iterations=1)
+    return values, indices
+
+
+class _GalleryModule(_EmbedderModule):
+    """The embedder's module plus a gallery (unit embeddings, item ids, class names) and the search signatures."""
+
+    def __init__(self, embedder, image_size, metadata_path, gallery, background=DEFAULT_BACKGROUND,
+                 max_pixels=DEFAULT_MAX_PIXELS, chunk_elements=DEFAULT_CHUNK_ELEMENTS):
+        super().__init__(embedder, image_size, metadata_path, background, max_pixels)
+        self.gallery_embeddings = tf.Variable(gallery.embeddings, trainable=False, name="gallery_embeddings")
+        self.gallery_item_ids = tf.Variable(gallery.item_ids, trainable=False, name="gallery_item_ids")
+        self.gallery_class_names = tf.Variable(gallery.class_names, trainable=False, name="gallery_class_names")
+        self.chunk_elements = int(chunk_elements)
+
+    def _neighbours(self, queries, k):
+        scores, indices = top_k_in_chunks(queries, self.gallery_embeddings, k, self.chunk_elements)
+        return {"item_ids": tf.gather(self.gallery_item_ids, indices),
+                "class_names": tf.gather(self.gallery_class_names, indices),
+                "scores": scores, "indices": indices}
+
+    @tf.function
+    def search(self, images, k):
+        return self._neighbours(self._embed(self._decode_batch(images)), k)
+
+    @tf.function
+    def search_embeddings(self, embeddings, k):
+        return self._neighbours(tf.math.l2_normalize(embeddings, axis=-1), k)
+
+
 def next_version(model_dir):
     """1 + the largest integer version folder in ``model_dir`` (1 when there is none)."""
     model_dir = pathlib.Path(model_dir)
@@ -128,14 +197,71 @@ def next_version(model_dir):
     return max(versions, default=0) + 1
 
 
+@dataclasses.dataclass(frozen=True)
+class Gallery:
+    """Items a ``search`` signature returns: unit embeddings (N, D) float32, item ids and class names (N,) str.
+
+    Item ids must be unique (they name what was found); the embeddings are
+    L2-normalised here (rows already of unit length within 1e-6 are kept as they are),
+    so scores are cosine similarities.
+    """
+
+    embeddings: np.ndarray
+    item_ids: np.ndarray
+    class_names: np.ndarray
+
+    def __post_init__(self):
+        embeddings = np.asarray(self.embeddings, np.float32)
+        item_ids = np.asarray(self.item_ids, dtype=object).astype(str)
+        class_names = np.asarray(self.class_names, dtype=object).astype(str)
+        if embeddings.ndim != 2 or embeddings.shape[0] == 0:
+            raise ValueError(f"gallery embeddings must be a non-empty (N, D) array; got shape {embeddings.shape}.")
+        if not np.all(np.isfinite(embeddings)):
+            raise ValueError("gallery embeddings contain NaN or Inf.")
+        if item_ids.shape != (embeddings.shape[0],) or class_names.shape != (embeddings.shape[0],):
+            raise ValueError(f"{embeddings.shape[0]} gallery embeddings but {item_ids.shape} item ids and "
+                             f"{class_names.shape} class names; give one of each per item.")
+        unique, counts = np.unique(item_ids, return_counts=True)
+        if unique.size != item_ids.size:
+            repeated = [str(item) for item in unique[counts > 1]]
+            raise ValueError(f"{len(repeated)} gallery item id(s) occur more than once, e.g. {repeated[:5]}; "
+                             "item ids name what a search finds, so each must be unique.")
+        # Rows already of unit length (within 1e-6) are kept bit for bit, so a gallery read back is unchanged.
+        norms = np.linalg.norm(embeddings.astype(np.float64), axis=1, keepdims=True)
+        unit = np.abs(norms - 1) <= 1e-6
+        embeddings = np.where(unit, embeddings, embeddings / np.maximum(norms, 1e-12)).astype(np.float32)
+        object.__setattr__(self, "embeddings", embeddings)
+        object.__setattr__(self, "item_ids", item_ids)
+        object.__setattr__(self, "class_names", class_names)
+
+    def __len__(self):
+        return self.embeddings.shape[0]
+
+    def concatenate(self, other: "Gallery") -> "Gallery":
+        """This gallery's items followed by ``other``'s (same embedding size, no repeated item id)."""
+        if other.embeddings.shape[1] != self.embeddings.shape[1]:
+            raise ValueError(f"cannot add {other.embeddings.shape[1]}-d items to a {self.embeddings.shape[1]}-d gallery.")
+        return Gallery(np.concatenate([self.embeddings, other.embeddings]),
+                       np.concatenate([self.item_ids, other.item_ids]),
+                       np.concatenate([self.class_names, other.class_names]))
+
+
 def export_embedder(embedder, model_dir, version=None, class_names=None, config=None, image_size=None,
-                    background=DEFAULT_BACKGROUND, max_pixels=DEFAULT_MAX_PIXELS):
+                    background=DEFAULT_BACKGROUND, max_pixels=DEFAULT_MAX_PIXELS, gallery=None,
+                    gallery_source=None, chunk_elements=DEFAULT_CHUNK_ELEMENTS):
     """Write ``<model_dir>/<version>/`` (next integer when ``version`` is None); return its path.
 
     ``background`` and ``max_pixels`` are the decoding of the training run (its
     ``data.background`` / ``data.max_pixels``): ``serving_default`` composites
     transparent pixels onto the same colour and refuses the same images, and the
     assets record both.
+
+    With a :class:`Gallery`, the export also holds the gallery (as variables) and two
+    more signatures, ``search`` (encoded images + k) and ``search_embeddings``
+    (embeddings + k), each returning the top-k ``item_ids``, ``class_names``, cosine
+    ``scores`` and gallery row ``indices``, computed exactly by
+    :func:`top_k_in_chunks` with ``chunk_elements``. ``gallery_source`` (any JSON
+    value, e.g. the folders indexed) is recorded in the assets.
 
     Raises:
         FileExistsError: the version exists (versions are never overwritten).
@@ -144,6 +270,12 @@ def export_embedder(embedder, model_dir, version=None, class_names=None, config=
         image_size = int(embedder.input_shape[1])
     if not image_size:
         raise ValueError("The embedder has no fixed input size; pass image_size=.")
+    embed_dim = int(embedder.output_shape[-1])
+    if gallery is not None and gallery.embeddings.shape[1] != embed_dim:
+        raise ValueError(f"the gallery's embeddings have {gallery.embeddings.shape[1]} dimensions but the embedder "
+                         f"outputs {embed_dim}; index the gallery with this embedder.")
+    if int(chunk_elements) < 1:
+        raise ValueError(f"chunk_elements must be a positive number of scores; got {chunk_elements}.")
     background = parse_background(background)
     model_dir = pathlib.Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -156,7 +288,7 @@ def export_embedder(embedder, model_dir, version=None, class_names=None, config=
                               "(or none for the next number).")
     with atomic_directory(final, exist_ok=False) as temporary:
         metadata = {
-            "embed_dim": int(embedder.output_shape[-1]),
+            "embed_dim": embed_dim,
             "image_size": image_size,
             "preprocessing": {
                 "serving_default": f"decode JPEG/PNG/GIF/BMP to RGB (transparent pixels composited onto "
@@ -174,17 +306,35 @@ def export_embedder(embedder, model_dir, version=None, class_names=None, config=
             "class_names": list(class_names) if class_names is not None else None,
             "config": config,
         }
+        if gallery is not None:
+            metadata["gallery"] = {
+                "items": len(gallery),
+                "classes": int(np.unique(gallery.class_names).size),
+                "source": gallery_source,
+                "search": "exact cosine top-k over every item (matmul + top-k in chunks of about "
+                          f"{int(chunk_elements)} scores); equal scores rank the lower gallery row first",
+            }
         staging = pathlib.Path(tempfile.mkdtemp(prefix="tf_langdml_export_"))
         try:
             metadata_path = staging / ASSET_NAME
             metadata_path.write_text(json.dumps(metadata, indent=1, ensure_ascii=False), encoding="utf-8")
-            module = _EmbedderModule(embedder, image_size, metadata_path, background, max_pixels)
+            if gallery is None:
+                module = _EmbedderModule(embedder, image_size, metadata_path, background, max_pixels)
+            else:
+                module = _GalleryModule(embedder, image_size, metadata_path, gallery, background, max_pixels,
+                                        chunk_elements)
             signatures = {
                 "serving_default": module.serving_default.get_concrete_function(
                     tf.TensorSpec([None], tf.string, name="images")),
                 "embed_images": module.embed_images.get_concrete_function(
                     tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")),
             }
+            if gallery is not None:
+                signatures["search"] = module.search.get_concrete_function(
+                    tf.TensorSpec([None], tf.string, name="images"), tf.TensorSpec([], tf.int32, name="k"))
+                signatures["search_embeddings"] = module.search_embeddings.get_concrete_function(
+                    tf.TensorSpec([None, embed_dim], tf.float32, name="embeddings"),
+                    tf.TensorSpec([], tf.int32, name="k"))
             tf.saved_model.save(module, str(temporary), signatures=signatures)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
