@@ -201,7 +201,7 @@ def fake_run(folder, run_dir, embed_dim=8, seed=0):
     tf.keras.utils.set_random_seed(seed)
     embedder = builders.embedder(config.model, SIZE, weights=None)
     embedder.save_weights(str(run_dir / "embedder.weights.h5"))
-    (run_dir / "train_class_names.json").write_text(json.dumps(["red apple", "green frog"]))
+    (run_dir / "train_class_names.json").write_text(json.dumps(["green frog"]))
     return run_dir
 
 
@@ -303,3 +303,43 @@ def test_folder_items_reads_every_depth_below_the_class(tmp_path):
     (tmp_path / "empty" / "loose.png").write_bytes(b"")  # not inside a class folder
     with pytest.raises(ValueError, match="has no image in any <class>/ sub-folder"):
         folder_items(tmp_path / "empty")
+
+
+def test_search_memory_stays_within_one_chunk(tmp_path):
+    """The claim 'no batch x N intermediate': 256 queries against 400,000 rows, in a fresh process.
+
+    Full scores would be 256 x 400,000 float32 = 410 MB (and top_k over them more); one
+    chunk at the default chunk_elements is 16 MB. The peak RSS may grow by 150 MB at most
+    above the loaded gallery, warm-up included.
+    """
+    script = """
+import resource, sys
+import tf_langdml
+import numpy as np, tensorflow as tf
+from tf_langdml.export import top_k_in_chunks
+rng = np.random.default_rng(0)
+gallery = tf.Variable(rng.standard_normal((400_000, 32), dtype=np.float32))
+queries = tf.constant(rng.standard_normal((256, 32), dtype=np.float32))
+search = tf.function(top_k_in_chunks)
+search(queries[:2], gallery[:5000], 3)  # trace and warm up the kernels on a small gallery
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+scores, indices = search(queries, gallery, 10)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) / 1024, int(indices.shape[1]))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    growth_mb, k = result.stdout.split()
+    assert int(k) == 10
+    assert float(growth_mb) < 150, f"peak RSS grew by {growth_mb} MB during the search"
+
+
+def test_a_split_of_the_run_s_dataset_as_gallery(indexed):
+    run, _, _, _ = indexed
+    config, _ = restore_embedder(run)
+    split, ids, description = gallery_split("test", config)  # the run's folder: green_frog train, red_apple test
+    assert ids == ["red_apple/0_0.png", "red_apple/0_1.png"] and split.class_names == ("red apple",)
+    assert description == {"split": "test", "dataset": "folder"}
+    with pytest.raises(ValueError, match="has no validation split"):
+        gallery_split("validation", config)

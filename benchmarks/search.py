@@ -1,0 +1,124 @@
+"""Gallery search: the exported ``search_embeddings`` signature against faiss-cpu ``IndexFlatIP``, side by side.
+
+For each gallery size (default 100,000 and 1,000,000 random 128-d unit vectors, seeded),
+one export holds the gallery (``export_embedder(..., gallery=...)``, toy embedder: only
+the gallery part is timed) and is loaded back with ``tf.saved_model.load``, as TF Serving
+would load it; faiss gets the same vectors in an ``IndexFlatIP`` (exact inner product).
+Then, round after round, one batch of random unit queries is searched by both (the order
+alternating each round so that drift hits both alike); the first call of each is not
+timed (tracing, allocation). Printed per gallery: median and best milliseconds per
+batch, queries per second, the ratio signature / faiss, the process's peak RSS, and
+agreement: the top-k ids must be the same wherever the scores are not tied (a rank
+whose score differs from its neighbours' by more than 1e-5), and the scores within 1e-5.
+
+The ``search`` signature (image bytes in) is the same top-k graph after the embedder;
+its time is the embedding pass (see language_overhead.py / precision figures) plus this.
+
+Needs faiss-cpu (``pip install -e ".[benchmark]"``). Writes nothing but a temporary
+folder, removed at the end.
+
+    .venv/bin/python benchmarks/search.py [--sizes 100000,1000000] [--batch 64] [--k 10] [--rounds 7] [--quick]
+"""
+
+import argparse
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+
+import tf_langdml  # first: binds tf.keras to tf-keras before TensorFlow loads  # isort: skip
+import numpy as np
+import tensorflow as tf
+
+from tf_langdml.export import DEFAULT_CHUNK_ELEMENTS, Gallery, export_embedder
+from tf_langdml.models import build_embedder
+
+
+def unit_rows(rng, count, dim):
+    vectors = rng.standard_normal((count, dim), dtype=np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def agreement(ids, scores, reference_ids, reference_scores, tolerance=1e-5):
+    """(ranks whose ids differ at an untied score, largest score difference)."""
+    padded = np.pad(reference_scores.astype(np.float64), ((0, 0), (1, 1)), constant_values=np.inf)
+    gaps = np.minimum(np.abs(padded[:, 1:-1] - padded[:, :-2]), np.abs(padded[:, 1:-1] - padded[:, 2:]))
+    untied = gaps > tolerance
+    return int(np.sum((ids != reference_ids) & untied)), float(np.max(np.abs(scores - reference_scores)))
+
+
+def run(size, args, folder):
+    import faiss
+
+    rng = np.random.default_rng(size)
+    vectors = unit_rows(rng, size, args.dim)
+    embedder = build_embedder("toy_cnn", weights=None, embed_dim=args.dim, input_shape=(32, 32, 3))
+    gallery = Gallery(vectors, np.char.add("item/", np.arange(size).astype(str)),
+                      np.char.add("class ", (np.arange(size) % 1000).astype(str)))
+    started = time.perf_counter()
+    path = export_embedder(embedder, f"{folder}/g{size}", gallery=gallery, chunk_elements=args.chunk_elements)
+    export_seconds = time.perf_counter() - started
+    search = tf.saved_model.load(str(path)).signatures["search_embeddings"]
+    index = faiss.IndexFlatIP(args.dim)
+    index.add(vectors)
+    k = tf.constant(args.k, tf.int32)
+
+    def ours(queries):
+        outputs = search(embeddings=tf.constant(queries), k=k)
+        return outputs["indices"].numpy(), outputs["scores"].numpy()
+
+    def theirs(queries):
+        scores, ids = index.search(queries, args.k)
+        return ids, scores
+
+    warm = unit_rows(rng, args.batch, args.dim)
+    ours(warm), theirs(warm)
+    times = {"signature": [], "faiss": []}
+    wrong, largest = 0, 0.0
+    for round_index in range(args.rounds):
+        queries = unit_rows(rng, args.batch, args.dim)
+        results = {}
+        for name in (("signature", "faiss") if round_index % 2 == 0 else ("faiss", "signature")):
+            started = time.perf_counter()
+            results[name] = (ours if name == "signature" else theirs)(queries)
+            times[name].append(time.perf_counter() - started)
+        round_wrong, round_largest = agreement(*results["signature"], *results["faiss"])
+        wrong, largest = wrong + round_wrong, max(largest, round_largest)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    print(f"gallery {size:>9,} x {args.dim}  export {export_seconds:6.1f} s   "
+          f"signature {median['signature'] * 1e3:8.1f} ms/batch (best {min(times['signature']) * 1e3:.1f}, "
+          f"{args.batch / median['signature']:8.0f} q/s)   faiss {median['faiss'] * 1e3:8.1f} ms/batch "
+          f"(best {min(times['faiss']) * 1e3:.1f}, {args.batch / median['faiss']:8.0f} q/s)   "
+          f"ratio {median['signature'] / median['faiss']:.2f}   "
+          f"untied ids differing {wrong}/{args.rounds * args.batch * args.k}, max |score diff| {largest:.1e}   "
+          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB", flush=True)
+    return median["signature"] / median["faiss"], wrong
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="100000,1000000", help="gallery sizes, comma-separated")
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=64, help="queries per request")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=7, help="timed batches per side")
+    parser.add_argument("--chunk-elements", type=int, default=DEFAULT_CHUNK_ELEMENTS,
+                        help="scores per gallery chunk in the signature (the export's default)")
+    parser.add_argument("--quick", action="store_true", help="a smoke check: one 20,000-item gallery, 3 rounds")
+    args = parser.parse_args()
+    sizes = [20_000] if args.quick else [int(size) for size in args.sizes.split(",")]
+    if args.quick:
+        args.rounds = 3
+    print(f"TensorFlow {tf.__version__}, {tf.config.threading.get_intra_op_parallelism_threads() or 'all'} intra-op "
+          f"threads; batch {args.batch}, k {args.k}, {args.rounds} rounds; median (best) of the timed batches")
+    folder = tempfile.mkdtemp(prefix="tf_langdml_search_benchmark_")
+    try:
+        for size in sizes:
+            run(size, args, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
