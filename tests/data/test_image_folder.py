@@ -53,7 +53,7 @@ def test_explicit_test_classes(image_root):
         data = load_image_folder(image_root, test_classes=[CLASSES[0]])
     assert data.test_class_names == ["black footed albatross"]
     assert len(data.train_class_names) == 3
-    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"\['999.Dodo'\] are not class folders"):
+    with pytest.raises(ValueError, match=r"\['999.Dodo'\] are not class folders"):  # before any image is read
         load_image_folder(image_root, test_classes=["999.Dodo"])
 
 
@@ -96,3 +96,92 @@ def test_eval_pipeline_covers_the_split_in_order_deterministically(image_root):
     assert first[0][0].shape == (3, 24, 24, 3)
     for (a, _), (b, _) in zip(first, second):
         np.testing.assert_array_equal(a, b)
+
+
+# -- gallery marking and explicit test classes ----------------------------------------------------
+
+
+@pytest.fixture
+def gallery_root(tmp_path):
+    """4 classes x (2 images + 2 in gallery/); class 3 has no gallery/ sub-folder. All tiny, all readable."""
+    root = tmp_path / "images"
+    for class_index, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True)
+        for image_index in range(2):
+            write_image(root / name / f"q{image_index}.png", "RGB", "PNG", seed=class_index * 10 + image_index, size=(8, 8))
+        if class_index < 3:
+            (root / name / "gallery").mkdir()
+            for image_index in range(2):
+                write_image(root / name / "gallery" / f"g{image_index}.png", "RGB", "PNG",
+                            seed=class_index * 10 + 5 + image_index, size=(8, 8))
+    (root / CLASSES[0] / "other").mkdir()  # other sub-folders are ignored, as before
+    write_image(root / CLASSES[0] / "other" / "x.png", "RGB", "PNG", seed=77, size=(8, 8))
+    return root
+
+
+def test_gallery_sub_folders_mark_the_gallery_of_their_split(gallery_root):
+    data = load_image_folder(gallery_root)
+    test = data.test_split  # classes 2 (with gallery/) and 3 (without)
+    assert [os.path.relpath(path, gallery_root) for path in test.sources] == [
+        f"{CLASSES[2]}/q0.png", f"{CLASSES[2]}/q1.png", f"{CLASSES[2]}/gallery/g0.png", f"{CLASSES[2]}/gallery/g1.png",
+        f"{CLASSES[3]}/q0.png", f"{CLASSES[3]}/q1.png"]
+    np.testing.assert_array_equal(test.gallery, [False, False, True, True, False, False])
+    assert test.labels.tolist() == [0, 0, 0, 0, 1, 1]
+    # Training uses every image of its classes; its mask is kept (for validation classes held out of it).
+    assert len(data.train_split.labels) == 8 and data.train_split.gallery.sum() == 4
+    # Without gallery/ sub-folders nothing is marked: leave-one-out.
+    plain = load_image_folder(gallery_root, test_classes=[CLASSES[3]])
+    assert plain.test_split.gallery is None
+
+
+def test_a_gallery_list_is_equivalent_to_gallery_sub_folders(gallery_root, tmp_path):
+    from_folders = load_image_folder(gallery_root)
+    flat = tmp_path / "flat"
+    listed = []
+    for path in from_folders.test_split.sources.tolist() + from_folders.train_split.sources.tolist():
+        relative = os.path.relpath(path, gallery_root)
+        target = flat / relative.replace("/gallery/", "/g_")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(open(path, "rb").read())
+        if "/gallery/" in relative:
+            listed.append(os.path.relpath(target, flat))
+    gallery_list = tmp_path / "gallery.txt"
+    gallery_list.write_text("# gallery images\n\n" + "\n".join(listed) + "\n")
+    from_list = load_image_folder(flat, gallery_list=gallery_list)
+    for split, expected in [(from_list.test_split, from_folders.test_split),
+                            (from_list.train_split, from_folders.train_split)]:
+        by_name = dict(zip([os.path.relpath(p, flat).replace("/g_", "/gallery/") for p in split.sources],
+                           split.gallery))
+        assert by_name == dict(zip([os.path.relpath(p, gallery_root) for p in expected.sources], expected.gallery))
+    gallery_list.write_text(f"{listed[0]}\n{CLASSES[0]}/nope.png\nmissing/x.jpg\n")
+    with pytest.raises(ValueError, match=r"names 2 path\(s\).*\['001.Black_footed_Albatross/nope.png', 'missing/x.jpg'\]"):
+        load_image_folder(flat, gallery_list=gallery_list)
+    with pytest.raises(FileNotFoundError, match="gallery_list file .*absent.txt"):
+        load_image_folder(flat, gallery_list=tmp_path / "absent.txt")
+
+
+def test_a_test_split_of_only_gallery_images_is_refused(gallery_root, tmp_path):
+    gallery_list = tmp_path / "all.txt"
+    gallery_list.write_text(f"{CLASSES[3]}/q0.png\n{CLASSES[3]}/q1.png\n")
+    with pytest.raises(ValueError, match="needs query images"):
+        load_image_folder(gallery_root, test_classes=[CLASSES[3]], gallery_list=gallery_list)
+
+
+def test_test_classes_from_a_list_or_a_file_and_unknown_names_refused_by_name(gallery_root, tmp_path):
+    chosen = [CLASSES[0], CLASSES[2]]
+    from_list = load_image_folder(gallery_root, test_classes=chosen)
+    assert from_list.test_split.raw_class_names == tuple(chosen)
+    assert from_list.train_split.raw_class_names == (CLASSES[1], CLASSES[3])
+    names = tmp_path / "test_classes.txt"
+    names.write_text(f"# held-out classes\n{CLASSES[2]}\n\n  {CLASSES[0]}  \n")
+    from_file = load_image_folder(gallery_root, test_classes=names)
+    assert from_file.test_split.raw_class_names == tuple(chosen)
+    np.testing.assert_array_equal(from_file.test_split.sources, from_list.test_split.sources)
+    names.write_text(f"{CLASSES[2]}\n002.Laysan_Albatros\n999.Dodo\n")
+    with pytest.raises(ValueError, match=r"test_classes \['002.Laysan_Albatros', '999.Dodo'\] are not class folders"
+                                         r".*test_classes.txt.*did you mean '002.Laysan_Albatros' -> '002.Laysan_Albatross'"):
+        load_image_folder(gallery_root, test_classes=names)
+    with pytest.raises(FileNotFoundError, match="test_classes file 'Sooty' does not exist.*pass a list"):
+        load_image_folder(gallery_root, test_classes="Sooty")
+    with pytest.raises(ValueError, match="covers every class"):
+        load_image_folder(gallery_root, test_classes=CLASSES)

@@ -189,3 +189,25 @@ def test_the_dml_loss_configs_load_validate_and_hold_the_published_s2sd_settings
 
 def test_every_published_s2sd_run_is_shipped():
     assert set(S2SD_RUNS) <= {path.stem for path in (CONFIGS / "dml_losses").glob("*.yaml")}
+
+
+def test_test_classes_and_gallery_list_are_checked_without_tensorflow():
+    folder = ["data.dataset=folder", "data.data_dir=/images"]
+    assert load_config(overrides=folder).data.test_classes is None and load_config().data.gallery_list is None
+    data = load_config(overrides=folder + ["data.test_classes=['001.a', '002.b']"]).data
+    assert data.test_classes == ["001.a", "002.b"]
+    data = load_config(overrides=folder + ["data.test_classes=splits/test.txt", "data.gallery_list=gallery.txt"]).data
+    assert data.test_classes == "splits/test.txt" and data.gallery_list == "gallery.txt"
+    for overrides, message in [
+        (["data.test_classes=[a]"], "'data.test_classes' is for data.dataset 'folder'.*'demo'"),
+        (["data.gallery_list=g.txt"], "'data.gallery_list' is for data.dataset 'folder'"),
+        (folder + ["data.test_classes=[]"], "'data.test_classes' is an empty list"),
+        (folder + ["data.test_classes=''"], "'data.test_classes' is an empty string"),
+        (folder + ["data.test_classes=[001, b]"], r"'data.test_classes\[0\]' must be a class-folder name.*quote"),
+        (folder + ["data.test_classes=3"], "'data.test_classes' must be null, a list of class-folder names or the path"),
+        (folder + ["data.test_classes={a: 1}"], "'data.test_classes' must be null"),
+        (folder + ["data.gallery_list=[a]"], "'data.gallery_list' must be a string"),
+        (folder + ["data.gallery_list=''"], "'data.gallery_list' is an empty string"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(overrides=overrides)

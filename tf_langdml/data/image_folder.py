@@ -1,5 +1,6 @@
-"""Datasets in the paper's folder layout: root/<class>/<image files>."""
+"""Datasets in the paper's folder layout: root/<class>/<image files>, gallery images in root/<class>/gallery/."""
 
+import difflib
 import os
 import warnings
 from collections.abc import Sequence
@@ -19,6 +20,20 @@ from tf_langdml.data.preprocessing import (
 from tf_langdml.data.splits import Split, SplitDataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+GALLERY_FOLDER = "gallery"  # root/<class>/gallery/<images>: that class's gallery images
+
+
+def read_list_file(path: str | os.PathLike, what: str) -> list[str]:
+    """The entries of a text file, one a line, stripped; blank lines and lines starting with ``#`` are left out.
+
+    ``what`` names the file in the error when it does not exist (e.g. ``"test_classes"``).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} file {path!r} does not exist; expected a text file with one entry a line.")
+    with open(path, encoding="utf-8") as handle:
+        lines = [line.strip() for line in handle]
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 def unreadable_images(paths: Sequence[str], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[str]:
@@ -47,11 +62,12 @@ def _declared_pixels(path):
     return int(height) * int(width)
 
 
-def _split_from(class_folders, files_by_class, background, max_pixels):
+def _split_from(class_folders, files_by_class, background, max_pixels, gallery_files):
     sources, labels = [], []
     for label, folder in enumerate(class_folders):
         sources += files_by_class[folder]
         labels += [label] * len(files_by_class[folder])
+    gallery = np.asarray([source in gallery_files for source in sources], dtype=bool)
     return Split(
         sources=np.asarray(sources, dtype=object).astype(str),
         labels=np.asarray(labels, dtype=np.int64),
@@ -61,17 +77,72 @@ def _split_from(class_folders, files_by_class, background, max_pixels):
         background=background,
         max_pixels=max_pixels,
         formats=source_formats(sources),
+        gallery=gallery if gallery.any() else None,
     )
+
+
+def _test_folders(test_classes, class_folders, root):
+    """The sorted test class folders that ``test_classes`` (names, or a file of names) gives."""
+    source = ""
+    if isinstance(test_classes, (str, os.PathLike)):
+        path = os.fspath(test_classes)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"test_classes file {path!r} does not exist: a string is read as a text file of "
+                                    "class-folder names, one a line; pass a list for the names themselves.")
+        source = f" (read from {path!r})"
+        test_classes = read_list_file(path, "test_classes")
+    test_classes = list(test_classes)
+    bad = [name for name in test_classes if not isinstance(name, str)]
+    if bad:
+        raise TypeError(f"test_classes must be class-folder names (strings); got {bad[:5]}.")
+    if not test_classes:
+        raise ValueError(f"test_classes{source} names no class folder; give at least one (or None: test_fraction).")
+    test_folders = sorted(set(test_classes))
+    unknown = sorted(set(test_folders) - set(class_folders))
+    if unknown:
+        close = {name: difflib.get_close_matches(name, class_folders, n=1) for name in unknown[:5]}
+        hints = [f"{name!r} -> {match[0]!r}?" for name, match in close.items() if match]
+        raise ValueError(
+            f"test_classes {unknown[:20]}{' ...' if len(unknown) > 20 else ''} are not class folders of {root!r}"
+            f"{source}; {len(unknown)} unknown name(s). Known class folders ({len(class_folders)}), e.g. "
+            f"{class_folders[:5]}{'; did you mean ' + ', '.join(hints) if hints else ''}."
+        )
+    if len(test_folders) == len(class_folders):
+        raise ValueError(f"test_classes{source} covers every class; leave at least one class for training.")
+    return test_folders
+
+
+def _gallery_list_files(gallery_list, root, known_files):
+    """The full paths that a gallery list (paths relative to ``root``, one a line) names; unknown paths are an error."""
+    entries = read_list_file(gallery_list, "gallery_list")
+    by_path = {os.path.normpath(path): path for path in known_files}
+    listed = {entry: by_path.get(os.path.normpath(os.path.join(root, entry))) for entry in entries}
+    unknown = [entry for entry, path in listed.items() if path is None]
+    if unknown:
+        raise ValueError(
+            f"gallery_list {os.fspath(gallery_list)!r} names {len(unknown)} path(s) that are not image files of a "
+            f"class folder of {root!r} (paths are relative to it, e.g. '<class>/<image>'): {unknown[:10]}"
+            f"{' ...' if len(unknown) > 10 else ''}."
+        )
+    return set(listed.values())
 
 
 def load_image_folder(
     root: str | os.PathLike,
-    test_classes: Sequence[str] | None = None,
+    test_classes: Sequence[str] | str | os.PathLike | None = None,
     test_fraction: float = 0.5,
     background: Background = DEFAULT_BACKGROUND,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    gallery_list: str | os.PathLike | None = None,
 ) -> SplitDataset:
     """Load ``root/<class>/<images>`` and split it by class.
+
+    Gallery images: the images in ``root/<class>/gallery/`` (a sub-folder literally
+    named ``gallery``) and those ``gallery_list`` names belong to their class like the
+    others, and are marked in the split's ``gallery`` mask: a split with gallery images
+    is evaluated with the query / gallery protocol (its other images are the queries;
+    see :func:`~tf_langdml.evaluation.split_retrieval_metrics`). Training uses every image
+    of its classes, gallery or not. Other sub-folders of a class folder are ignored.
 
     Every file is decoded once up front: files without an image extension, images
     TensorFlow cannot decode (corrupt, truncated), and images whose header declares
@@ -81,13 +152,19 @@ def load_image_folder(
 
     Args:
         root: folder with one sub-folder per class (hidden folders are ignored).
-        test_classes: folder names of the test classes; default: the last
-            ``round(C * test_fraction)`` of the sorted class folders (the paper
-            splits CUB's 200 classes 1-100 / 101-200 this way).
+        test_classes: folder names of the test classes, or the path (a ``str`` or
+            ``PathLike``) of a text file of them, one a line (blank lines and lines
+            starting with ``#`` ignored); an unknown name is an error that lists it.
+            Default: the last ``round(C * test_fraction)`` of the sorted class folders
+            (the paper splits CUB's 200 classes 1-100 / 101-200 this way).
         test_fraction: share of classes held out when ``test_classes`` is None.
         background: ``"white"``, ``"black"`` or (r, g, b): what transparent pixels
             are composited onto, by every pipeline over the splits.
         max_pixels: the largest image (height x width, from the header) that is decoded.
+        gallery_list: a text file of gallery images, one path relative to ``root`` a
+            line (blank lines and ``#`` lines ignored), in addition to the
+            ``gallery/`` sub-folders; a path that is not a file found under a class
+            folder is an error that names it.
 
     Returns:
         :class:`SplitDataset` with labels 0..C-1 within each split.
@@ -100,13 +177,27 @@ def load_image_folder(
     )
     if len(class_folders) < 2:
         raise ValueError(f"{root!r} has {len(class_folders)} class folder(s); a train/test split needs at least 2.")
+    # The split first: a wrong test_classes / test_fraction fails before any image is read.
+    if test_classes is None:
+        if not 0 < test_fraction < 1:
+            raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction!r}.")
+        num_test = min(len(class_folders) - 1, max(1, round(len(class_folders) * test_fraction)))
+        test_folders = class_folders[-num_test:]
+    else:
+        test_folders = _test_folders(test_classes, class_folders, root)
 
     files_by_class, skipped = {}, []
+    gallery_files = set()
     for folder in class_folders:
-        names = sorted(os.listdir(os.path.join(root, folder)))
-        paths = [os.path.join(root, folder, name) for name in names if not name.startswith(".")]
-        files_by_class[folder] = [path for path in paths if os.path.isfile(path) and path.lower().endswith(IMAGE_EXTENSIONS)]
-        skipped += [path for path in paths if os.path.isfile(path) and not path.lower().endswith(IMAGE_EXTENSIONS)]
+        paths = _visible_files(os.path.join(root, folder))
+        gallery_paths = _visible_files(os.path.join(root, folder, GALLERY_FOLDER))
+        gallery_files.update(gallery_paths)
+        paths += gallery_paths
+        files_by_class[folder] = [path for path in paths if path.lower().endswith(IMAGE_EXTENSIONS)]
+        skipped += [path for path in paths if not path.lower().endswith(IMAGE_EXTENSIONS)]
+    if gallery_list is not None:
+        found = [path for folder in class_folders for path in files_by_class[folder]]
+        gallery_files |= _gallery_list_files(gallery_list, root, found + skipped)
     not_images = len(skipped)
     all_images = [path for folder in class_folders for path in files_by_class[folder]]
     unreadable = set(unreadable_images(all_images, max_pixels))
@@ -131,18 +222,20 @@ def load_image_folder(
             stacklevel=2,
         )
 
-    if test_classes is None:
-        if not 0 < test_fraction < 1:
-            raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction!r}.")
-        num_test = min(len(class_folders) - 1, max(1, round(len(class_folders) * test_fraction)))
-        test_folders = class_folders[-num_test:]
-    else:
-        test_folders = sorted(set(test_classes))
-        unknown = sorted(set(test_folders) - set(class_folders))
-        if unknown:
-            raise ValueError(f"test_classes {unknown} are not class folders of {root!r}; known: {class_folders[:10]}...")
-        if len(test_folders) == len(class_folders):
-            raise ValueError("test_classes covers every class; leave at least one class for training.")
     train_folders = [folder for folder in class_folders if folder not in set(test_folders)]
-    splits = [_split_from(folders, files_by_class, background, max_pixels) for folders in (train_folders, test_folders)]
+    splits = [_split_from(folders, files_by_class, background, max_pixels, gallery_files)
+              for folders in (train_folders, test_folders)]
+    test = splits[1]
+    if test.gallery is not None and test.gallery.all():
+        raise ValueError(f"Every image of the test classes of {root!r} is a gallery image; the query / gallery "
+                         f"protocol needs query images: images directly in root/<class>/ (not in {GALLERY_FOLDER}/) "
+                         "and not in the gallery list.")
     return SplitDataset(*splits, tuple(skipped))
+
+
+def _visible_files(folder):
+    """The sorted non-hidden files directly in ``folder`` (none when it does not exist)."""
+    if not os.path.isdir(folder):
+        return []
+    paths = [os.path.join(folder, name) for name in sorted(os.listdir(folder)) if not name.startswith(".")]
+    return [path for path in paths if os.path.isfile(path)]

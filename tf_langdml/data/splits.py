@@ -34,6 +34,11 @@ class Split:
         formats: the image formats among ``sources`` (see
             :func:`~tf_langdml.data.preprocessing.source_formats`), so the pipelines
             decode with only those branches; None: any format.
+        gallery: (N,) bool, True for the gallery images of the query / gallery retrieval
+            protocol (the other images are the queries; see
+            :func:`~tf_langdml.evaluation.split_retrieval_metrics`); None, the default,
+            for leave-one-out retrieval over all images. A mask without any True becomes
+            None. Training ignores it: it uses every image of its split.
     """
 
     sources: np.ndarray
@@ -44,6 +49,7 @@ class Split:
     background: tuple = DEFAULT_BACKGROUND
     max_pixels: typing.Optional[int] = DEFAULT_MAX_PIXELS
     formats: typing.Optional[tuple] = None
+    gallery: typing.Optional[np.ndarray] = None
 
     def __post_init__(self):
         object.__setattr__(self, "background", parse_background(self.background))
@@ -54,6 +60,12 @@ class Split:
             raise ValueError(f"{len(self.sources)} images but {len(self.labels)} labels.")
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
             raise ValueError(f"labels must be 0..{len(self.class_names) - 1}; got {self.labels.min()}..{self.labels.max()}.")
+        if self.gallery is not None:
+            gallery = np.asarray(self.gallery)
+            if gallery.dtype != bool or gallery.shape != (len(self.labels),):
+                raise ValueError(f"gallery must be a ({len(self.labels)},) bool mask or None; got "
+                                 f"{gallery.dtype} {gallery.shape}.")
+            object.__setattr__(self, "gallery", gallery if gallery.any() else None)
 
     @property
     def num_classes(self) -> int:
@@ -69,7 +81,8 @@ class Split:
 
     def subset(self, indices: np.ndarray | slice) -> "Split":
         """The images at ``indices`` (same classes, labels and decoding)."""
-        return dataclasses.replace(self, sources=self.sources[indices], labels=self.labels[indices])
+        gallery = None if self.gallery is None else self.gallery[indices]
+        return dataclasses.replace(self, sources=self.sources[indices], labels=self.labels[indices], gallery=gallery)
 
     def select_classes(self, class_indices: np.ndarray) -> "Split":
         """The images of the classes ``class_indices`` (labels of this split), relabelled 0..K-1 in that order."""
@@ -79,6 +92,7 @@ class Split:
         keep = new_label[self.labels] >= 0
         return dataclasses.replace(
             self, sources=self.sources[keep], labels=new_label[self.labels[keep]],
+            gallery=None if self.gallery is None else self.gallery[keep],
             class_names=tuple(self.class_names[index] for index in class_indices),
             raw_class_names=tuple(self.raw_class_names[index] for index in class_indices))
 

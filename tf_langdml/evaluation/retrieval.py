@@ -18,6 +18,22 @@ positive's similarity. This is exact. Ties between a positive and a negative cou
 against the query (the negative ranks first), so an embedder that maps everything to
 one point scores 0, not 1.
 
+Query / gallery retrieval (the In-Shop and re-identification protocol), with
+``gallery_embeddings`` and ``gallery_labels`` given: every query is ranked against the
+gallery only, and nothing is removed from the gallery (a query that is also a gallery
+item finds itself). A query's positives are the gallery items with its label, P of them;
+ranks and the tie rule are as above, and:
+
+- ``recall@k``: 1 if r_1 <= k; a query whose class has no gallery item (P = 0) is a miss.
+- ``map@r``: as above with R = P; queries with P = 0 are left out.
+- ``map@1000``: (1/P) sum_{i: r_i <= 1000} i / r_i, divided by the number of relevant
+  gallery items P. (Leave-one-out divides by the class size P + 1, which counts the
+  query itself; here the query is not among the items to retrieve unless it is a gallery
+  item too, in which case P already counts it.) A query with P = 0 scores 0.
+
+:func:`split_retrieval_metrics` picks the protocol from a split: leave-one-out, or
+query / gallery when the split carries a gallery mask (``Split.gallery``).
+
 :func:`nearest_neighbors` is the plain chunked exact kNN (matmul + top-k; ties go to
 the lower index), used for the 1-nearest-neighbour analyses.
 """
@@ -143,9 +159,18 @@ def positive_ranks(
 
 
 def metrics_from_ranks(
-    ranks: np.ndarray, num_positives: np.ndarray, ks: Sequence[int] = DEFAULT_KS, map_cutoff: int = 1000
+    ranks: np.ndarray,
+    num_positives: np.ndarray,
+    ks: Sequence[int] = DEFAULT_KS,
+    map_cutoff: int = 1000,
+    map_denominator: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """recall@k, map@r and map@<cutoff> from :func:`positive_ranks` output."""
+    """recall@k, map@r and map@<cutoff> from :func:`positive_ranks` (or :func:`gallery_positive_ranks`) output.
+
+    ``map_denominator``: what each query's map@<cutoff> sum is divided by; default
+    ``num_positives + 1``, the class size of leave-one-out retrieval (the paper's code).
+    The query / gallery protocol passes ``num_positives``; a 0 there (no positive) scores 0.
+    """
     ranks = np.asarray(ranks, np.float64)
     num_positives = np.asarray(num_positives)
     hit_number = np.arange(1, ranks.shape[1] + 1)[None, :]
@@ -158,19 +183,151 @@ def metrics_from_ranks(
     map_r = np.sum(np.where(within_r, precision, 0.0), axis=1)[has_positives] / num_positives[has_positives]
     results["map@r"] = float(np.mean(map_r)) if map_r.size else 0.0
     within_cutoff = valid & (ranks <= map_cutoff)
-    results[f"map@{map_cutoff}"] = float(np.mean(np.sum(np.where(within_cutoff, precision, 0.0), axis=1) / (num_positives + 1)))
+    denominator = num_positives + 1 if map_denominator is None else np.maximum(np.asarray(map_denominator), 1)
+    results[f"map@{map_cutoff}"] = float(np.mean(np.sum(np.where(within_cutoff, precision, 0.0), axis=1) / denominator))
     return results
 
 
+def _gallery_labels(query_labels, query_count, gallery_labels, gallery_count):
+    """Query and gallery labels numbered 0..C-1 through one np.unique: equal values, equal numbers."""
+    query_labels = np.asarray(query_labels).reshape(-1)
+    gallery_labels = np.asarray(gallery_labels).reshape(-1)
+    if query_labels.shape[0] != query_count:
+        raise ValueError(f"{query_count} query embeddings but {query_labels.shape[0]} query labels.")
+    if gallery_labels.shape[0] != gallery_count:
+        raise ValueError(f"{gallery_count} gallery embeddings but {gallery_labels.shape[0]} gallery labels.")
+    numeric = [labels.dtype.kind in "biuf" for labels in (query_labels, gallery_labels)]
+    if numeric[0] != numeric[1] and "O" not in (query_labels.dtype.kind, gallery_labels.dtype.kind):
+        raise ValueError(f"query labels ({query_labels.dtype}) and gallery labels ({gallery_labels.dtype}) must be "
+                         "of one kind (both numbers or both strings): they are compared as values.")
+    _, labels = np.unique(np.concatenate([query_labels, gallery_labels]), return_inverse=True)
+    labels = labels.reshape(-1).astype(np.int64)
+    return labels[:query_count], labels[query_count:]
+
+
+def gallery_positive_ranks(
+    query_embeddings: np.ndarray,
+    query_labels: np.ndarray,
+    gallery_embeddings: np.ndarray,
+    gallery_labels: np.ndarray,
+    block_elements: int = _BLOCK_ELEMENTS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks of each query's positives in the gallery (query / gallery protocol); and P per query.
+
+    Positives of a query are the gallery items with its label (labels compared as
+    values); no gallery item is left out, even one that is the query itself. The
+    (Q, G) similarities are processed in blocks of at most about ``block_elements / P_max``
+    entries; the ranks are exact, with the tie rule of :func:`positive_ranks`.
+
+    Returns:
+        (ranks, num_positives) as :func:`positive_ranks`: ranks (Q, P_max) int64, 1-based,
+        ascending, 0-padded; num_positives (Q,) the query's class count in the gallery.
+    """
+    queries = normalized_embeddings(query_embeddings)
+    gallery = normalized_embeddings(gallery_embeddings)
+    if queries.shape[1] != gallery.shape[1]:
+        raise ValueError(f"query embeddings have dimension {queries.shape[1]} but gallery embeddings "
+                         f"{gallery.shape[1]}.")
+    query_count, gallery_count = queries.shape[0], gallery.shape[0]
+    query_labels, gallery_labels = _gallery_labels(query_labels, query_count, gallery_labels, gallery_count)
+    num_classes = int(max(query_labels.max(), gallery_labels.max())) + 1
+    sizes = np.bincount(gallery_labels, minlength=num_classes)
+    num_positives = sizes[query_labels]
+    max_positives = max(int(num_positives.max()), 1)
+    members = np.argsort(gallery_labels, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    # Each query's positive similarities, ascending, +inf padded (in chunks of queries: (chunk, P_max, D)).
+    thresholds = np.full((query_count, max_positives), np.inf, np.float32)
+    chunk = max(1, min(4096, block_elements // max_positives))
+    slots = np.arange(max_positives)[None, :]
+    for start in range(0, query_count, chunk):
+        labels = query_labels[start : start + chunk]
+        valid = slots < sizes[labels][:, None]
+        index = members[np.minimum(starts[labels][:, None] + slots, gallery_count - 1)]
+        similarities = np.einsum("nd,npd->np", queries[start : start + chunk], gallery[index])
+        thresholds[start : start + chunk] = np.sort(np.where(valid, similarities, np.inf), axis=1)
+    # Blocks of queries x gallery items; the candidate test holds at most about block_elements values.
+    block = int(max(64, np.sqrt(block_elements / max_positives)))
+    query_block, gallery_block = min(query_count, block), min(gallery_count, block)
+    gallery_tensor, gallery_label_tensor = tf.constant(gallery), tf.constant(gallery_labels)
+    counts = np.zeros((query_count, max_positives), np.int64)
+    for row_start in range(0, query_count, query_block):
+        rows = slice(row_start, min(row_start + query_block, query_count))
+        if not num_positives[rows].any():
+            continue  # no query of the block has a positive: nothing to count
+        row_tensor = tf.constant(queries[rows])
+        row_labels, row_thresholds = tf.constant(query_labels[rows]), tf.constant(thresholds[rows])
+        for column_start in range(0, gallery_count, gallery_block):
+            columns = slice(column_start, min(column_start + gallery_block, gallery_count))
+            counts[rows] += _query_gallery_counts(row_tensor, gallery_tensor[columns], row_labels,
+                                                  gallery_label_tensor[columns], row_thresholds).numpy()
+    # A query's i-th most similar positive (1-based) sits in ascending column P_q - i.
+    ranks = np.zeros((query_count, max_positives), np.int64)
+    for row in np.flatnonzero(num_positives):
+        positives = int(num_positives[row])
+        descending = np.arange(1, positives + 1)
+        ranks[row, :positives] = descending + counts[row, positives - descending]
+    return ranks, num_positives.astype(np.int64)
+
+
+@tf.function(reduce_retracing=True)
+def _query_gallery_counts(queries, gallery, query_labels, gallery_labels, thresholds):
+    return _count_negatives(tf.matmul(queries, gallery, transpose_b=True), query_labels, gallery_labels, thresholds)
+
+
 def retrieval_metrics(
-    embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = DEFAULT_KS, block_elements: int = _BLOCK_ELEMENTS
+    query_embeddings: np.ndarray,
+    query_labels: np.ndarray,
+    ks: Sequence[int] = DEFAULT_KS,
+    block_elements: int = _BLOCK_ELEMENTS,
+    *,
+    gallery_embeddings: np.ndarray | None = None,
+    gallery_labels: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """``recall@k`` for each k, ``map@r`` and ``map@1000`` of leave-one-out cosine retrieval (see module doc)."""
+    """``recall@k`` for each k, ``map@r`` and ``map@1000`` of cosine retrieval (see module doc).
+
+    Without a gallery: leave-one-out, every embedding queries all the others. With
+    ``gallery_embeddings`` and ``gallery_labels`` (keyword-only, so that the positional
+    ``retrieval_metrics(embeddings, labels, ks)`` keeps its meaning): the query / gallery
+    protocol, each query against the whole gallery, P = its class's count in the gallery.
+    """
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be positive integers; got {ks}.")
-    ranks, num_positives = positive_ranks(embeddings, labels, block_elements)
-    return metrics_from_ranks(ranks, num_positives, ks)
+    if (gallery_embeddings is None) != (gallery_labels is None):
+        missing = "gallery_labels" if gallery_labels is None else "gallery_embeddings"
+        raise ValueError(f"A gallery needs both gallery_embeddings and gallery_labels; {missing} is missing.")
+    if gallery_embeddings is None:
+        ranks, num_positives = positive_ranks(query_embeddings, query_labels, block_elements)
+        return metrics_from_ranks(ranks, num_positives, ks)
+    ranks, num_positives = gallery_positive_ranks(query_embeddings, query_labels, gallery_embeddings, gallery_labels,
+                                                  block_elements)
+    return metrics_from_ranks(ranks, num_positives, ks, map_denominator=num_positives)
+
+
+def split_retrieval_metrics(
+    embeddings: np.ndarray, split, ks: Sequence[int] = DEFAULT_KS, block_elements: int = _BLOCK_ELEMENTS
+) -> dict[str, float]:
+    """:func:`retrieval_metrics` of a split's embeddings (N, D), in split order, by the split's protocol.
+
+    ``split.gallery`` None (or without a True): leave-one-out over all N items. Else an
+    (N,) bool mask: the gallery rows are the gallery and the other rows the queries (query /
+    gallery protocol); a split of only gallery images is an error.
+    """
+    labels = np.asarray(split.labels)
+    gallery = getattr(split, "gallery", None)
+    if gallery is None or not np.any(gallery):
+        return retrieval_metrics(embeddings, labels, ks, block_elements)
+    gallery = np.asarray(gallery, dtype=bool).reshape(-1)
+    embeddings = np.asarray(embeddings)
+    if gallery.shape[0] != labels.shape[0] or embeddings.shape[0] != labels.shape[0]:
+        raise ValueError(f"{embeddings.shape[0]} embeddings, {labels.shape[0]} labels and a gallery mask of "
+                         f"{gallery.shape[0]}: they must be equal.")
+    if gallery.all():
+        raise ValueError(f"All {gallery.size} images of the split are gallery images: the query / gallery protocol "
+                         "needs query images (the ones not marked as gallery).")
+    return retrieval_metrics(embeddings[~gallery], labels[~gallery], ks, block_elements,
+                             gallery_embeddings=embeddings[gallery], gallery_labels=labels[gallery])
 
 
 @tf.function(reduce_retracing=True)

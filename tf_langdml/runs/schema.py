@@ -33,6 +33,8 @@ class DataConfig:
     data_dir: typing.Optional[str] = None  # TFDS data_dir; for "folder" the image folder root
     manual_dir: typing.Optional[str] = None  # TFDS manual downloads (CUB, Cars, SOP archives)
     test_fraction: float = 0.5  # "folder": the last part of the sorted classes is test
+    test_classes: typing.Any = None  # "folder": test class folders, a list or a text file of names (null: test_fraction)
+    gallery_list: typing.Optional[str] = None  # "folder": a text file of gallery images, paths relative to data_dir
     validation_fraction: float = 0.0  # training classes held out for model selection (every n-th; 0: none)
     image_size: int = _positive(224)
     batch_size: int = _positive(90)
@@ -284,6 +286,35 @@ def _check_background(background):
                           f"got {background!r}.")
 
 
+def _check_folder_keys(data):
+    """data.test_classes (null, a list of folder names or a file path) and data.gallery_list: only for 'folder'."""
+    for key in ("test_classes", "gallery_list"):
+        if getattr(data, key) is not None and data.dataset != "folder":
+            raise ConfigError(f"'data.{key}' is for data.dataset 'folder' (an image folder); data.dataset is "
+                              f"{data.dataset!r}: remove data.{key} or set it to null.")
+    test_classes = data.test_classes
+    if isinstance(test_classes, str):
+        if not test_classes.strip():
+            raise ConfigError("'data.test_classes' is an empty string; give a list of class-folder names, the path "
+                              "of a text file of them, or null (then data.test_fraction).")
+    elif isinstance(test_classes, list):
+        if not test_classes:
+            raise ConfigError("'data.test_classes' is an empty list; name at least one class folder, or use null "
+                              "(then data.test_fraction).")
+        for index, name in enumerate(test_classes):
+            if not isinstance(name, str) or not name:
+                hint = (f" (YAML read it as {type(name).__name__}: quote folder names, e.g. ['001'])"
+                        if isinstance(name, (numbers.Number, bool)) else "")
+                raise ConfigError(f"'data.test_classes[{index}]' must be a class-folder name (a string); got "
+                                  f"{name!r}{hint}.")
+    elif test_classes is not None:
+        raise ConfigError(f"'data.test_classes' must be null, a list of class-folder names or the path of a text file "
+                          f"of them (one a line); got {test_classes!r}.")
+    if data.gallery_list is not None and not data.gallery_list.strip():
+        raise ConfigError("'data.gallery_list' is an empty string; give the path of a text file of gallery images, "
+                          "or null.")
+
+
 def validate(config):
     """Fail, naming the key, on what the config itself gets wrong (the library checks the values it takes)."""
     data, loss, language = config.data, config.loss, config.language
@@ -295,6 +326,7 @@ def validate(config):
         raise ConfigError(f"A batch must hold at least 2 classes: data.batch_size {data.batch_size} is less than "
                           f"2 x data.examples_per_class {data.examples_per_class}.")
     _check_background(data.background)
+    _check_folder_keys(data)
     if not 0 <= data.validation_fraction < 1:
         raise ConfigError(f"'data.validation_fraction' must be in [0, 1) (the share of training classes held out "
                           f"for model selection); got {data.validation_fraction}.")
