@@ -82,12 +82,12 @@ def test_fit_with_evaluation_checkpoint_and_tensorboard(colour_data, tmp_path):
     # 0.05 stored as float32: off by <= 2^-24 relative.
     assert tf.make_ndarray(train_events["learning_rate"][0][1].tensor) == pytest.approx(0.05, rel=1e-7)
 
-    # One heat-map image at epoch 2: two 8 x 8 matrices at 4 px per entry, 4 px apart.
+    # One heat-map image at epoch 2: the matplotlib figure (two 8 x 8 panels and a colour bar), 1300 x 640 px.
     images = train_events["similarity/image_vs_language"]
     assert [step for step, _ in images] == [2]
     encoded = tf.make_ndarray(images[0][1].tensor)
     picture = tf.io.decode_png(encoded[2]).numpy()
-    assert picture.shape == (32, 68, 3)
+    assert picture.shape == (640, 1300, 3)
 
     validation = read_events(log_dir / "validation")
     assert [step for step, _ in validation["recall@1"]] == [1, 2]

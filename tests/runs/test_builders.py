@@ -114,3 +114,43 @@ def test_too_many_classes_per_batch_for_the_split_is_named(tmp_path):
     split = builders.dataset(config.data).train_split
     with pytest.raises(ConfigError, match=r"'data.batch_size' / 'data.examples_per_class': .*distinct classes per batch"):
         builders.train_batches(config.data, split, seed=0)
+
+
+def test_a_folder_with_a_gallery_is_scored_by_the_query_gallery_protocol(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from tf_langdml import keras
+    from tf_langdml.evaluation import RetrievalEvaluation, embed_split, retrieval_metrics
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for name in ["a", "b", "c", "d", "e"]:
+        for where, count in [("", 3), ("gallery", 3)]:
+            (root / name / where).mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / name / where / f"{index}.png")
+    (tmp_path / "test.txt").write_text("# test classes\nc\nd\ne\n")
+    config = load_config(overrides=["data.dataset=folder", f"data.data_dir={root}", f"data.test_classes={tmp_path}/test.txt",
+                                    "data.image_size=8", "evaluation.clustering=false", "evaluation.semantic=false",
+                                    "evaluation.ks=[1, 2]"])
+    split = builders.dataset(config.data).test_split
+    assert split.raw_class_names == ("c", "d", "e") and split.gallery.sum() == 9 and len(split.labels) == 18
+    network = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D()])  # mean colour
+    metrics = builders.evaluation_metrics(config.evaluation, config.data, config.language, 0, network, split, verbose=0)
+    embeddings, gallery = embed_split(network, split, 64, 8, verbose=0), split.gallery
+    assert metrics == retrieval_metrics(embeddings[~gallery], split.labels[~gallery], (1, 2),
+                                        gallery_embeddings=embeddings[gallery], gallery_labels=split.labels[gallery])
+    assert metrics != retrieval_metrics(embeddings, split.labels, (1, 2))  # not leave-one-out
+    callback = RetrievalEvaluation(split, batch_size=64, image_size=8, ks=(1, 2), verbose=0)  # during training too
+    callback.set_model(network)
+    assert callback.evaluate() == metrics
+    # Wrong names come back naming the key, before any image is read.
+    bad = load_config(overrides=["data.dataset=folder", f"data.data_dir={root}", "data.test_classes=[c, x]"])
+    with pytest.raises(ConfigError, match=r"'data.test_classes': test_classes \['x'\] are not class folders"):
+        builders.dataset(bad.data)
+    (tmp_path / "gallery.txt").write_text("a/0.png\na/9.png\n")
+    bad = load_config(overrides=["data.dataset=folder", f"data.data_dir={root}", f"data.gallery_list={tmp_path}/gallery.txt"])
+    with pytest.raises(ConfigError, match=r"'data.gallery_list': .*\['a/9.png'\]"):
+        builders.dataset(bad.data)

@@ -4,17 +4,21 @@ from tf_langdml._keras import keras  # noqa: F401  (binds tf.keras to tf-keras f
 from tf_langdml.evaluation.callbacks import (
     LanguageGuidanceTensorBoard,
     RetrievalEvaluation,
+    RetrievalPictures,
     language_similarity,
     similarity_heatmap,
 )
+from tf_langdml.evaluation.pictures import retrieval_grid, similarity_figure
 from tf_langdml.evaluation.clustering import clustering_metrics, pairwise_f1
 from tf_langdml.evaluation.diagnostics import language_table_statistics, loss_diagnostics
 from tf_langdml.evaluation.retrieval import (
     DEFAULT_KS,
+    gallery_positive_ranks,
     metrics_from_ranks,
     nearest_neighbors,
     positive_ranks,
     retrieval_metrics,
+    split_retrieval_metrics,
 )
 from tf_langdml.inference import embed_split
 from tf_langdml.evaluation.semantic import (
@@ -28,8 +32,10 @@ __all__ = [
     "DEFAULT_KS",
     "LanguageGuidanceTensorBoard",
     "RetrievalEvaluation",
+    "RetrievalPictures",
     "clustering_metrics",
     "embed_split",
+    "gallery_positive_ranks",
     "group_recall_at_1",
     "language_similarity",
     "language_table_statistics",
@@ -40,7 +46,10 @@ __all__ = [
     "nearest_neighbors",
     "pairwise_f1",
     "positive_ranks",
+    "retrieval_grid",
     "retrieval_metrics",
     "semantic_consistency",
+    "similarity_figure",
     "similarity_heatmap",
+    "split_retrieval_metrics",
 ]

@@ -53,7 +53,8 @@ def config_keys(*keys, words=None, suggest=None):
 # -- data --------------------------------------------------------------------------------------
 
 _DATA_WORDS = {"background": "data.background", "max_pixels": "data.max_pixels",
-               "test_fraction": "data.test_fraction", "manual_dir": "data.manual_dir", "TFDS dataset": "data.dataset"}
+               "test_fraction": "data.test_fraction", "manual_dir": "data.manual_dir", "TFDS dataset": "data.dataset",
+               "test_classes": "data.test_classes", "gallery_list": "data.gallery_list"}
 
 
 def dataset(data, evaluation_split="test"):
@@ -86,7 +87,8 @@ def _load_dataset(data):
             return load_demo(**decoding)
     if data.dataset == "folder":
         with config_keys("data.data_dir", words=_DATA_WORDS):
-            return load_image_folder(data.data_dir, test_fraction=data.test_fraction, **decoding)
+            return load_image_folder(data.data_dir, test_classes=data.test_classes, test_fraction=data.test_fraction,
+                                     gallery_list=data.gallery_list, **decoding)
     with config_keys("data.dataset", words=_DATA_WORDS,
                      suggest=(data.dataset, ["demo", "folder", *TFDS_DATASETS])):
         return load_tfds_dataset(data.dataset, data_dir=data.data_dir, manual_dir=data.manual_dir, **decoding)
@@ -314,20 +316,25 @@ def check_model(loss, optimizer, training):
 # -- callbacks, metrics ------------------------------------------------------------------------
 
 
-def callbacks(training, evaluation, image_size, split, log_dir, fixed_batch):
+def callbacks(training, evaluation, image_size, split, log_dir, fixed_batch, fixed_batch_class_names=None):
     """Retrieval evaluation on ``split`` (the evaluation split) and TensorBoard every ``training.eval_every`` epochs.
 
-    TensorBoard: the loss diagnostics every epoch, the S_img | S_lang heat map at every
-    evaluation, the embedding projector of ``split`` at the end.
+    TensorBoard: the loss diagnostics every epoch; at every evaluation the top-5 retrievals
+    of 8 fixed queries of ``split`` and the S_img | S_lang heat map of ``fixed_batch``, whose
+    labels index ``fixed_batch_class_names`` (the training split's class names; None: label
+    numbers); the embedding projector of ``split`` at the end.
     """
-    from tf_langdml.evaluation import LanguageGuidanceTensorBoard, RetrievalEvaluation
+    from tf_langdml.evaluation import LanguageGuidanceTensorBoard, RetrievalEvaluation, RetrievalPictures
 
     with config_keys("training.eval_every", words={"ks": "evaluation.ks"}):
+        retrieval = RetrievalEvaluation(split, every=training.eval_every, batch_size=evaluation.batch_size,
+                                        image_size=image_size, ks=evaluation.ks, log_dir=log_dir, verbose=0)
         return [
-            RetrievalEvaluation(split, every=training.eval_every, batch_size=evaluation.batch_size,
-                                image_size=image_size, ks=evaluation.ks, log_dir=log_dir, verbose=0),
+            retrieval,
+            RetrievalPictures(retrieval, log_dir, seed=training.seed),  # after the evaluation it draws
             LanguageGuidanceTensorBoard(log_dir, fixed_batch=fixed_batch, every=training.eval_every,
-                                        projector_split=split, image_size=image_size, diagnostics_every=1),
+                                        projector_split=split, image_size=image_size, diagnostics_every=1,
+                                        class_names=fixed_batch_class_names),
         ]
 
 
@@ -344,14 +351,16 @@ def check_evaluation(evaluation, training):
 def evaluation_metrics(evaluation, data, language, seed, network, split, encoder=None, verbose=1):
     """Retrieval, clustering and semantic-consistency metrics of ``network`` (an embedder or model) on ``split``.
 
+    Retrieval follows the split's protocol (query / gallery when it has a gallery mask,
+    else leave-one-out); clustering and the semantic metrics use all images of the split.
     ``encoder``: the text encoder for the semantic metrics (built from ``language`` when None).
     """
     from tf_langdml.evaluation import (clustering_metrics, embed_split, make_level_recall_at_1, nearest_neighbors,
-                                       retrieval_metrics, semantic_consistency)
+                                       semantic_consistency, split_retrieval_metrics)
 
     embeddings = embed_split(network, split, evaluation.batch_size, data.image_size, verbose=verbose)
     with config_keys("evaluation.ks"):
-        metrics = retrieval_metrics(embeddings, split.labels, evaluation.ks)
+        metrics = split_retrieval_metrics(embeddings, split, evaluation.ks)
     if evaluation.clustering:
         metrics.update(clustering_metrics(embeddings, split.labels, seed=seed))
     if evaluation.semantic:

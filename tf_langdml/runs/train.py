@@ -86,7 +86,7 @@ def train(config, verbose=1):
     run_dir.log_event(folder, {"event": "start", "optimizer_step": step})  # one line per (re)start
     log_dir = str(folder / "logs")
     callbacks = builders.callbacks(config.training, config.evaluation, config.data.image_size, scored_split, log_dir,
-                                   fixed_batch=next(iter(fixed_batches)))
+                                   fixed_batch=next(iter(fixed_batches)), fixed_batch_class_names=split.class_names)
     callbacks += [run_dir.HistoryFile(folder / "history.json"),
                   run_dir.ResumeCheckpoints(manager, config.training.checkpoint_every)]
     while step < total_steps:
