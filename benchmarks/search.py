@@ -110,8 +110,11 @@ def main():
     sizes = [20_000] if args.quick else [int(size) for size in args.sizes.split(",")]
     if args.quick:
         args.rounds = 3
+    import faiss
+
     print(f"TensorFlow {tf.__version__}, {tf.config.threading.get_intra_op_parallelism_threads() or 'all'} intra-op "
-          f"threads; batch {args.batch}, k {args.k}, {args.rounds} rounds; median (best) of the timed batches")
+          f"threads; faiss {faiss.__version__}, {faiss.omp_get_max_threads()} OpenMP threads; batch {args.batch}, "
+          f"k {args.k}, {args.rounds} rounds; median (best) of the timed batches")
     folder = tempfile.mkdtemp(prefix="tf_langdml_search_benchmark_")
     try:
         for size in sizes:

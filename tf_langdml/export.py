@@ -8,7 +8,11 @@
 - ``embed_images``: ``images`` = float32 (batch, size, size, 3) already preprocessed RGB
   in [0, 255] -> ``embeddings``;
 - ``assets/tf_langdml_export.json``: embed_dim, image size, the preprocessing, the
-  training split's class names and the run's config when given.
+  training split's class names and the run's config when given;
+- with a :class:`Gallery` (``tf-langdml index``): the gallery as variables and the
+  signatures ``search`` (``images`` + ``k`` -> top-k ``item_ids``, ``class_names``,
+  cosine ``scores``, gallery row ``indices``) and ``search_embeddings`` (``embeddings`` +
+  ``k`` -> the same), exact, by :func:`top_k_in_chunks`.
 
 The version folder is written under a temporary name and renamed, so it appears
 complete or not at all; an existing version is never overwritten. The text encoder and

@@ -95,7 +95,7 @@ def _test_folders(test_classes, class_folders, root):
     bad = [name for name in test_classes if not isinstance(name, str)]
     if bad:
         raise TypeError(f"test_classes must be class-folder names (strings); got {bad[:5]}.")
-    if not test_classes:
+    if not test_classes and source:
         raise ValueError(f"test_classes{source} names no class folder; give at least one (or None: test_fraction).")
     test_folders = sorted(set(test_classes))
     unknown = sorted(set(test_folders) - set(class_folders))
@@ -155,6 +155,8 @@ def load_image_folder(
         test_classes: folder names of the test classes, or the path (a ``str`` or
             ``PathLike``) of a text file of them, one a line (blank lines and lines
             starting with ``#`` ignored); an unknown name is an error that lists it.
+            An empty list puts every class in the training split (the test split is
+            empty); a file that names no class is an error.
             Default: the last ``round(C * test_fraction)`` of the sorted class folders
             (the paper splits CUB's 200 classes 1-100 / 101-200 this way).
         test_fraction: share of classes held out when ``test_classes`` is None.
