@@ -158,3 +158,55 @@ def test_cli_embed_classes(tmp_path, minilm_encoder, capsys):
     data = np.load(out)
     assert list(data["names"]) == ["sparrow", "finch"] and data["embeddings"].shape == (2, 384)
     assert list(data["texts"]) == ["a photo of a sparrow", "a photo of a finch"]
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_a_bfloat16_run_resumes_in_the_precision_it_began_with(image_folder, tmp_path, monkeypatch):
+    # training.precision=auto, resolved to bfloat16 at the first start (a probe reporting AVX-512 BF16); the
+    # restart sees a machine without it, yet keeps bfloat16, as does evaluate. The run is stopped after step 3
+    # (the last checkpoint: step 2, mid-epoch) and restarted; an unbroken run of the same config ends alike.
+    from tf_langdml.models import precision
+    from tf_langdml.runs import run_dir
+    from tf_langdml.runs.train import evaluate
+
+    fast = precision.DeviceCapabilities(cpu_flags=frozenset({"avx512_bf16"}))
+    slow = precision.DeviceCapabilities(cpu_flags=frozenset({"avx2"}))
+    overrides = tiny_overrides(image_folder, tmp_path / "runs", "bf16", guidance="none", epochs=2, steps=3, every=5) + [
+        "evaluation.semantic=false", "evaluation.clustering=false", "training.precision=auto"]
+    config = load_config(None, overrides)
+    monkeypatch.setattr(precision, "probe_devices", lambda: fast)
+    unbroken = train(load_config(None, overrides + [f"runs_dir={tmp_path / 'unbroken'}"]), verbose=0)
+    assert unbroken["precision"] == "mixed_bfloat16"
+
+    save = run_dir.ResumeCheckpoints.on_train_batch_end
+
+    def stop_after_step_3(self, batch, logs=None):
+        save(self, batch, logs)
+        if int(self.model.optimizer.iterations.numpy()) == 3:
+            raise _Interrupted
+
+    monkeypatch.setattr(run_dir.ResumeCheckpoints, "on_train_batch_end", stop_after_step_3)
+    with pytest.raises(_Interrupted):
+        train(config, verbose=0)
+    monkeypatch.setattr(run_dir.ResumeCheckpoints, "on_train_batch_end", save)
+    monkeypatch.setattr(precision, "probe_devices", lambda: slow)  # auto would now give float32
+    metrics = train(config, verbose=0)
+    folder = tmp_path / "runs" / "bf16"
+    starts = [json.loads(line) for line in (folder / "run_log.jsonl").read_text().splitlines()]
+    assert [(start["optimizer_step"], start["precision"]) for start in starts] == [(0, "mixed_bfloat16"),
+                                                                                  (2, "mixed_bfloat16")]
+    assert "avx512_bf16" in starts[0]["precision_reason"] and metrics["precision"] == "mixed_bfloat16"
+    assert metrics["optimizer_steps"] == 6 and metrics["epochs"] == 2
+    # Same state as the unbroken run: the batches depend only on (seed, step) and the CPU kernels are
+    # deterministic here; the same bfloat16 roundings then give the same numbers.
+    resumed, expected = _checkpoint_values(folder, 6), _checkpoint_values(tmp_path / "unbroken" / "bf16", 6)
+    assert resumed.keys() == expected.keys()
+    for key in expected:
+        if np.asarray(expected[key]).dtype.kind == "f":  # (not the object graph, nor save_counter)
+            np.testing.assert_allclose(resumed[key], expected[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    # evaluate rebuilds the embedder in the run's bfloat16 (not this machine's auto): training's final metrics.
+    recomputed = evaluate(folder, verbose=0)
+    assert recomputed["recall@1"] == metrics["recall@1"] and recomputed["map@r"] == pytest.approx(metrics["map@r"])

@@ -41,6 +41,20 @@ after_single, after_mirrored = single.embedder.get_weights(), mirrored.embedder.
 deltas = [np.abs((a - b0) - (c - b0)).max() for a, c, b0 in zip(after_single, after_mirrored, before)]
 moved = max(np.abs(a - b0).max() for a, b0 in zip(after_single, before))
 
+# bfloat16 layers (mixed_bfloat16; float32 variables and losses): the same pair of strategies, one step each.
+keras.mixed_precision.set_global_policy("mixed_bfloat16")
+single_16, mirrored_16 = make(single.distribute_strategy), make(mirrored.distribute_strategy)
+keras.mixed_precision.set_global_policy("float32")
+mirrored_16.set_weights(single_16.get_weights())
+start_16 = [w.copy() for w in single_16.embedder.get_weights()]
+logs_16 = [model.fit(data, epochs=1, verbose=0).history for model in (single_16, mirrored_16)]
+updates_16 = [[w - w0 for w, w0 in zip(model.embedder.get_weights(), start_16)] for model in (single_16, mirrored_16)]
+bfloat16 = {"loss": [logs["loss"][0] for logs in logs_16],
+            "language_loss": [logs["language_loss"][0] for logs in logs_16],
+            "compute_dtype": mirrored_16.embedder.get_layer("toy_cnn").get_layer("toy_conv0").compute_dtype,
+            "max_update_difference": float(max(np.abs(a - b).max() for a, b in zip(*updates_16))),
+            "max_update": float(max(np.abs(a).max() for a in updates_16[0]))}
+
 # Losses with learned state: proxies (own optimizer at 10x); S2SD's heads on gathered features with the margin
 # loss as target (per-class beta at its own rate, the distance miner's draws) on the embedding and each head.
 state = {}
@@ -76,15 +90,21 @@ if "--state" in sys.argv:  # the slow test below
 print(json.dumps({"single": {k: v[0] for k, v in single_logs.items()},
                   "mirrored": {k: v[0] for k, v in mirrored_logs.items()},
                   "replicas": mirrored.distribute_strategy.num_replicas_in_sync,
-                  "max_update_difference": float(max(deltas)), "max_update": float(moved), "state": state}))
+                  "max_update_difference": float(max(deltas)), "max_update": float(moved), "state": state,
+                  "bfloat16": bfloat16}))
 """
 
 
-def test_mirrored_strategy_gives_the_single_device_loss_and_update():
+@pytest.fixture(scope="module")
+def report():
+    """The script's report: one subprocess (one MirroredStrategy) for the float32 and the bfloat16 tests."""
     result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_mirrored_strategy_gives_the_single_device_loss_and_update(report):
     assert report["replicas"] == 2
     # Same global-batch loss from embeddings computed in two halves vs one batch (conv kernels may block
     # differently): a few ulps per embedding; losses move by <= ~1e-6 (the language KL has a ~1e-6 absolute
@@ -96,6 +116,21 @@ def test_mirrored_strategy_gives_the_single_device_loss_and_update():
     # Learning rate 1, so the update is the gradient: summed per replica then all-reduced vs summed at
     # once, a different float32 order; plus the rounding of w (ulp 1.2e-7 at |w| ~ 1). 2.7e-7 seen.
     assert report["max_update_difference"] <= 1e-5, report
+
+
+def test_mirrored_strategy_in_bfloat16_gives_the_single_device_loss_and_update(report):
+    result = report["bfloat16"]
+    assert result["compute_dtype"] == "bfloat16"
+    # Each image's forward pass is the same bfloat16 arithmetic on either device, and the global-batch losses are
+    # float32 on the gathered embeddings: as in float32, the losses agree to float32 rounding (abs 1e-5).
+    assert result["loss"][1] == pytest.approx(result["loss"][0], abs=1e-5), result
+    assert result["language_loss"][0] > 0
+    # The update (SGD, learning rate 1: the gradient) differs where the reduction differs: each replica's weight
+    # gradient (a sum over its 4 images) is rounded to bfloat16 before the float32 all-reduce, the single device's
+    # sum over 8 once. Rounding three partial or full sums, each <= 2 x the largest update in magnitude: at most
+    # 3 x 2 x u = 6 u (u = 2^-8) of the largest update.
+    assert result["max_update"] > 1e-4
+    assert result["max_update_difference"] <= 6 * 2.0 ** -8 * result["max_update"], result
 
 
 @pytest.mark.slow  # two more pairs of models in the subprocess, about 40 s; make test-slow

@@ -211,3 +211,22 @@ def test_test_classes_and_gallery_list_are_checked_without_tensorflow():
     ]:
         with pytest.raises(ConfigError, match=message):
             load_config(overrides=overrides)
+
+
+@pytest.mark.parametrize("value, replacement", [("true", "mixed_float16"), ("false", "float32")])
+def test_the_old_mixed_precision_key_names_its_replacement(value, replacement):
+    with pytest.raises(ConfigError, match=f"write 'training.precision: {replacement}' instead"):
+        load_config(None, [f"training.mixed_precision={value}"])
+    with pytest.raises(ConfigError, match=f"'training.precision: {replacement}'"):
+        config_from_yaml(f"training:\n  mixed_precision: {value}\n")
+
+
+def test_training_precision_values():
+    assert load_config().training.precision == "float32"  # the default: the same numbers on every machine
+    for value in ("float32", "mixed_float16", "mixed_bfloat16", "auto"):
+        assert load_config(None, [f"training.precision={value}"]).training.precision == value
+    with pytest.raises(ConfigError, match=r"'training.precision' is 'bfloat16'; expected one of \['float32', "
+                                          r"'mixed_float16', 'mixed_bfloat16', 'auto'\]"):
+        load_config(None, ["training.precision=bfloat16"])
+    with pytest.raises(ConfigError, match="must be a string"):
+        load_config(None, ["training.precision=true"])

@@ -132,13 +132,14 @@ def text_encoder(language):
         return build_text_encoder(language.encoder, output_key=language.output_key)
 
 
-def imagenet_classifier(language):
-    """The PLG ImageNet classifier of the ``language`` section."""
+def imagenet_classifier(language, policy="float32"):
+    """The PLG ImageNet classifier of the ``language`` section, its layers built under the dtype ``policy`` (float32 logits)."""
     from tf_langdml.models import CLASSIFIERS, build_imagenet_classifier
+    from tf_langdml.models.precision import precision_policy
 
-    with config_keys("language.classifier", words={"classifier": "language.classifier",
-                                                   "weights": "language.classifier_weights"},
-                     suggest=(language.classifier, CLASSIFIERS)):
+    with precision_policy(policy), config_keys("language.classifier", words={"classifier": "language.classifier",
+                                                                         "weights": "language.classifier_weights"},
+                                               suggest=(language.classifier, CLASSIFIERS)):
         return build_imagenet_classifier(language.classifier, weights=language.classifier_weights,
                                          image_size=language.classifier_image_size)
 
@@ -147,21 +148,25 @@ _LANGUAGE_WORDS = {"have no vector": "language.encoder", "template": "language.t
                    "level": "language.level"}
 
 
-def pseudo_labels(language, split, encoder, batch_size, output_path=None, verbose=1):
-    """PLG: (table (C|N, K, D), PseudoLabels) of a training split; ``batch_size``: the classifier's."""
+def pseudo_labels(language, split, encoder, batch_size, output_path=None, verbose=1, policy="float32"):
+    """PLG: (table (C|N, K, D), PseudoLabels) of a training split; ``batch_size``: the classifier's.
+
+    ``policy``: the dtype policy the classifier computes in (the run's resolved ``training.precision``).
+    """
     from tf_langdml.language import pseudo_label_table
 
-    classifier = imagenet_classifier(language)
+    classifier = imagenet_classifier(language, policy)
     with config_keys(words=_LANGUAGE_WORDS):
         return pseudo_label_table(classifier, split, encoder, k=language.top_k, level=language.level,
                                   template=language.template, batch_size=batch_size, output_path=output_path,
                                   verbose=bool(verbose))
 
 
-def language_table(language, split, encoder, batch_size, pseudo_labels_path=None, verbose=1):
+def language_table(language, split, encoder, batch_size, pseudo_labels_path=None, verbose=1, policy="float32"):
     """The (C|N, K, D) table of ``language.guidance`` for a training split; None for the baseline.
 
-    ELG: the primed class names; PLG: the top-k ImageNet names (written to ``pseudo_labels_path``).
+    ELG: the primed class names; PLG: the top-k ImageNet names (written to ``pseudo_labels_path``),
+    the classifier computing under the dtype ``policy``.
     """
     from tf_langdml.language import expert_language_table
 
@@ -170,7 +175,7 @@ def language_table(language, split, encoder, batch_size, pseudo_labels_path=None
     if language.guidance == "elg":
         with config_keys(words=_LANGUAGE_WORDS):
             return expert_language_table(split.class_names, encoder, language.template, verbose=bool(verbose))
-    return pseudo_labels(language, split, encoder, batch_size, pseudo_labels_path, verbose)[0]
+    return pseudo_labels(language, split, encoder, batch_size, pseudo_labels_path, verbose, policy)[0]
 
 
 def table_index(language):
@@ -263,23 +268,31 @@ def _compile(network, loss, optimizer, training, guided, num_classes=None):
     return network
 
 
-def guided_model(model, image_size, loss, optimizer, training, table=None, index="label", num_classes=None):
-    """The compiled :class:`~tf_langdml.models.LanguageGuidedModel` (mixed_float16 layers under ``training.mixed_precision``).
+def precision(training, probe=None):
+    """``(dtype policy, reason)`` of ``training.precision`` (``auto`` resolved on this machine; see
+    :func:`~tf_langdml.models.precision.resolve_precision`, ``probe`` for tests)."""
+    from tf_langdml.models.precision import resolve_precision
+
+    with config_keys("training.precision"):
+        return resolve_precision(training.precision, probe)
+
+
+def guided_model(model, image_size, loss, optimizer, training, table=None, index="label", num_classes=None,
+                 policy=None):
+    """The compiled :class:`~tf_langdml.models.LanguageGuidedModel`, its layers under the dtype ``policy``.
 
     ``table``: the language table (None: the baseline, ω = 0); ``index``: :func:`table_index`;
-    ``num_classes``: the training classes (for losses with a vector per class).
+    ``num_classes``: the training classes (for losses with a vector per class); ``policy``:
+    the resolved ``training.precision`` (None: resolve it here). Keras adds loss scaling
+    under ``mixed_float16`` only; the losses stay float32 under both mixed policies.
     """
-    from tf_langdml._keras import keras
     from tf_langdml.models import LanguageGuidedModel
+    from tf_langdml.models.precision import precision_policy
 
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_float16" if training.mixed_precision else "float32")
-    try:
+    with precision_policy(policy or precision(training)[0]):
         network = LanguageGuidedModel(embedder(model, image_size), language_table=table, table_index=index)
         _compile(network, loss, optimizer, training, guided=table is not None, num_classes=num_classes)
         network.build_optimizers()
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
     return network
 
 

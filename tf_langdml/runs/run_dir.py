@@ -9,7 +9,10 @@
   ``training.checkpoint_every`` optimizer steps and when training ends;
 - ``history.json``: per-epoch logs; ``embedder.weights.h5``: the final embedder;
 - ``run_log.jsonl``: one line per start of the process, with the optimizer step it
-  began at, and a ``{"event": "nonfinite", ...}`` line when a step is not finite;
+  began at and the dtype policy it computes in (``precision``, ``precision_reason``:
+  ``training.precision`` resolved at the first start, ``auto`` included, and kept by
+  every restart and by ``evaluate``), and a ``{"event": "nonfinite", ...}`` line when
+  a step is not finite;
 - ``metrics.json``: written last, atomically: the run is complete when it exists.
 
 Nothing written holds NaN or Inf: a checkpoint, a ``history.json`` line or
@@ -174,6 +177,21 @@ def log_event(folder, record):
         handle.write(json.dumps({**record, "time": time.time()}) + "\n")
 
 
+def recorded_precision(folder):
+    """``(policy, reason)`` the run's first start recorded in ``run_log.jsonl``; None before that (or for an older run)."""
+    path = pathlib.Path(folder) / "run_log.jsonl"
+    if not path.exists():
+        return None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        if record.get("event") == "start" and record.get("precision"):
+            return record["precision"], record.get("precision_reason", "")
+    return None
+
+
 def log_nonfinite(folder, model, error):
     """The ``{"event": "nonfinite", "optimizer_step": N, ...}`` line of a NonFiniteLossError."""
     step = error.step if error.step is not None else int(model.optimizer.iterations.numpy())
@@ -218,8 +236,14 @@ def save_embedder(folder, model, step):
     model.embedder.save_weights(str(pathlib.Path(folder) / "embedder.weights.h5"))
 
 
-def restore_embedder(folder):
-    """(config, embedder) of a finished run directory (config.yaml + embedder.weights.h5)."""
+def restore_embedder(folder, policy="float32"):
+    """(config, embedder) of a finished run directory (config.yaml + embedder.weights.h5).
+
+    ``policy``: the Keras dtype policy the rebuilt embedder's layers compute in (its
+    variables are float32 either way); ``"run"``: the one the run trained in
+    (:func:`recorded_precision`, else ``training.precision`` resolved here).
+    """
+    from tf_langdml.models.precision import precision_policy
     from tf_langdml.runs import builders
 
     folder = pathlib.Path(folder)
@@ -227,6 +251,9 @@ def restore_embedder(folder):
     if not weights.exists():
         raise FileNotFoundError(f"{folder} has no embedder.weights.h5: the run has not finished (run train again).")
     config = read_config(folder)
-    embedder = builders.embedder(config.model, config.data.image_size, weights=None)
+    if policy == "run":
+        policy = (recorded_precision(folder) or builders.precision(config.training))[0]
+    with precision_policy(policy):
+        embedder = builders.embedder(config.model, config.data.image_size, weights=None)
     embedder.load_weights(str(weights))
     return config, embedder

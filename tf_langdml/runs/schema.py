@@ -20,6 +20,7 @@ GUIDANCE = ("none", "elg", "plg")
 OPTIMIZERS = ("adam", "sgd")
 EVALUATION_SPLITS = ("test", "validation")
 BACKGROUNDS = ("white", "black")  # or [r, g, b] (tf_langdml.data.preprocessing.parse_background)
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")  # tf_langdml.models.precision.PRECISIONS
 
 
 def _positive(default, allow_null=False):
@@ -91,7 +92,9 @@ class TrainingConfig:
     eval_every: int = 5  # epochs between retrieval evaluations
     checkpoint_every: int = _positive(100)  # optimizer steps between resume checkpoints (and at the end)
     seed: int = 0
-    mixed_precision: bool = False  # mixed_float16 layers; losses and similarity matrices stay float32
+    # float32 | mixed_float16 | mixed_bfloat16 | auto (bfloat16 where the device has it fast; docs/distribute.md).
+    # Layers only: losses, similarity matrices and metrics stay float32. Default float32: the same numbers everywhere.
+    precision: str = "float32"
     jit_compile: bool = False  # XLA-compile the train step
     deterministic: bool = False  # TensorFlow op determinism: a rerun is bit-identical (costs speed; see docs/runs.md)
 
@@ -170,12 +173,24 @@ def _coerce(value, annotation, path):
     raise TypeError(f"No coercion for {annotation} at {path}.")
 
 
+def _removed_key(full, value):
+    """The message for a key that no longer exists, saying what to write instead; None for any other key."""
+    if full == "training.mixed_precision":
+        replacement = ({True: "mixed_float16", False: "float32"}[value] if isinstance(value, bool)
+                       else "mixed_float16 (for true) or float32 (for false)")
+        return (f"'training.mixed_precision' was replaced by 'training.precision' (float32 | mixed_float16 | "
+                f"mixed_bfloat16 | auto): write 'training.precision: {replacement}' instead.")
+    return None
+
+
 def _build(cls, values, path=""):
     hints = typing.get_type_hints(cls)
     fields = {field.name: field for field in dataclasses.fields(cls)}
     arguments = {}
     for key, value in values.items():
         full = f"{path}.{key}" if path else str(key)
+        if key not in fields and _removed_key(full, value):
+            raise ConfigError(_removed_key(full, value))
         if key not in fields:
             raise ConfigError(f"Unknown config key '{full}'{did_you_mean(key, list(fields), f'{path}.' if path else '')}")
         arguments[key] = _coerce(value, hints[key], full)
@@ -338,5 +353,6 @@ def validate(config):
     if language.guidance != "none" and loss.language_weight == 0:
         raise ConfigError(f"language.guidance is '{language.guidance}' but loss.language_weight (ω) is 0; set ω > 0.")
     _one_of(config.optimizer.name, OPTIMIZERS, "optimizer.name")
+    _one_of(config.training.precision, PRECISIONS, "training.precision")
     if not config.optimizer.learning_rate > 0:
         raise ConfigError(f"'optimizer.learning_rate' must be > 0; got {config.optimizer.learning_rate}.")

@@ -24,7 +24,7 @@ from tf_langdml.runs import builders, run_dir
 
 # What metrics.json holds besides the evaluation metrics (which evaluate() recomputes).
 RUN_INFO_KEYS = ("epochs", "optimizer_steps", "steps_per_epoch", "evaluated_on", "evaluated_classes",
-                 "evaluated_images", "training_classes", "table_similarity_mean", "table_similarity_std")
+                 "evaluated_images", "training_classes", "table_similarity_mean", "table_similarity_std", "precision")
 
 
 def preflight(config):
@@ -47,6 +47,20 @@ def _fit(model, folder, *args, **kwargs):
         raise
 
 
+def run_precision(folder, config, verbose=1, probe=None):
+    """``(policy, reason)`` of the run: what its first start recorded, else ``training.precision`` resolved now.
+
+    ``auto`` is resolved once per run: a restart (on another machine too) and
+    :func:`evaluate` keep the policy the run began with. Printed once per start.
+    """
+    recorded = run_dir.recorded_precision(folder)
+    policy, reason = recorded if recorded else builders.precision(config.training, probe)
+    if verbose:
+        kept = " (recorded at this run's first start)" if recorded else ""
+        print(f"tf_langdml: computing in {policy}: {reason}{kept}.", file=sys.stderr)
+    return policy, reason
+
+
 def train(config, verbose=1):
     """Train (or resume) the run a config describes; returns the final ``metrics.json`` contents."""
     preflight(config)
@@ -56,6 +70,7 @@ def train(config, verbose=1):
         if verbose:
             print(f"tf_langdml: run {folder} is complete; its metrics are in {folder / 'metrics.json'}.")
         return metrics
+    policy, policy_reason = run_precision(folder, config, verbose)
     keras.utils.set_random_seed(config.training.seed)
     if config.training.deterministic:
         enable_determinism()
@@ -69,11 +84,11 @@ def train(config, verbose=1):
     run_dir.write_class_names(folder, split.class_names)
     encoder = builders.text_encoder(config.language) if config.language.guidance != "none" else None
     table = builders.language_table(config.language, split, encoder, config.evaluation.batch_size,
-                                    folder / run_dir.PSEUDO_LABELS, verbose)
+                                    folder / run_dir.PSEUDO_LABELS, verbose, policy=policy)
     if table is not None:
         run_dir.write_language_table(folder, table)
     model = builders.guided_model(config.model, config.data.image_size, config.loss, config.optimizer,
-                                  config.training, table, index, num_classes=split.num_classes)
+                                  config.training, table, index, num_classes=split.num_classes, policy=policy)
     checkpoint, manager = run_dir.checkpoint_manager(model, folder)
     resume_from = run_dir.latest_finite_checkpoint(manager)
     if resume_from:
@@ -83,7 +98,8 @@ def train(config, verbose=1):
     steps_per_epoch = config.training.steps_per_epoch or max(1, len(split.labels) // config.data.batch_size)
     total_steps = steps_per_epoch * config.training.epochs
     step = int(model.optimizer.iterations.numpy())
-    run_dir.log_event(folder, {"event": "start", "optimizer_step": step})  # one line per (re)start
+    run_dir.log_event(folder, {"event": "start", "optimizer_step": step,  # one line per (re)start
+                               "precision": policy, "precision_reason": policy_reason})
     log_dir = str(folder / "logs")
     callbacks = builders.callbacks(config.training, config.evaluation, config.data.image_size, scored_split, log_dir,
                                    fixed_batch=next(iter(fixed_batches)), fixed_batch_class_names=split.class_names)
@@ -105,7 +121,7 @@ def train(config, verbose=1):
     metrics.update({"epochs": math.ceil(step / steps_per_epoch), "optimizer_steps": step,
                     "steps_per_epoch": steps_per_epoch, "evaluated_on": config.evaluation.split,
                     "evaluated_classes": scored_split.num_classes, "evaluated_images": len(scored_split.labels),
-                    "training_classes": split.num_classes})
+                    "training_classes": split.num_classes, "precision": policy})
     if table is not None:
         from tf_langdml.evaluation import language_table_statistics
 
@@ -117,8 +133,12 @@ def train(config, verbose=1):
 
 
 def evaluate(folder, verbose=1):
-    """Metrics of a finished run's embedder on its evaluation split (``evaluation.split``; recomputed)."""
-    config, embedder = run_dir.restore_embedder(folder)
+    """Metrics of a finished run's embedder on its evaluation split (``evaluation.split``; recomputed).
+
+    The embedder computes in the dtype policy the run trained in (``run_log.jsonl``), so
+    the metrics are those training reported.
+    """
+    config, embedder = run_dir.restore_embedder(folder, policy="run")
     scored_split = builders.evaluation_split(config.evaluation, builders.dataset(config.data, config.evaluation.split))
     return builders.evaluation_metrics(config.evaluation, config.data, config.language, config.training.seed,
                                        embedder, scored_split, verbose=verbose)
