@@ -103,6 +103,9 @@ def _parser():
     export.add_argument("--name", required=True, help="the model name (folder under saved_models/)")
     export.add_argument("--version", type=int, default=None, help="default: the next integer")
     export.add_argument("--saved-models", default="saved_models", help="base folder (default: saved_models)")
+    export.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32",
+                        help="what the exported embedder computes in (float32 inputs and outputs either way; "
+                             "default: float32)")
 
     index = command("index", "Export a finished run's embedder together with a gallery as a searchable SavedModel: "
                              "saved_models/<name>/<version>/ with serving_default, embed_images, search (image bytes "
@@ -117,6 +120,9 @@ def _parser():
     index.add_argument("--version", type=int, default=None, help="default: the next integer")
     index.add_argument("--saved-models", default="saved_models", help="base folder (default: saved_models)")
     index.add_argument("--batch-size", type=int, default=None, help="embedding batch (default: evaluation.batch_size)")
+    index.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32",
+                       help="what the exported embedder computes in (the gallery is embedded in float32; "
+                            "default: float32)")
 
     search = command("search", "Find the nearest gallery items of images with an indexed SavedModel (loads the "
                                "SavedModel only: no run, no config).")
@@ -218,14 +224,17 @@ def main(argv=None):
             _load_tensorflow(verbose)
             from tf_langdml.export import export_run
 
-            path = export_run(arguments.run, arguments.name, arguments.saved_models, arguments.version)
-            print(f"exported {path} (signatures serving_default, embed_images)")
+            path = export_run(arguments.run, arguments.name, arguments.saved_models, arguments.version,
+                              arguments.precision)
+            computing = "" if arguments.precision == "float32" else f"; computing in {arguments.precision}"
+            print(f"exported {path} (signatures serving_default, embed_images{computing})")
         elif arguments.command == "index":
             _load_tensorflow(verbose)
             from tf_langdml.gallery import index_run
 
             path = index_run(arguments.run, arguments.gallery, arguments.name, arguments.saved_models,
-                             arguments.version, arguments.add, arguments.batch_size, verbose=0)
+                             arguments.version, arguments.add, arguments.batch_size, verbose=0,
+                             precision=arguments.precision)
             items = json.loads((path / "assets" / "tf_langdml_export.json").read_text())["gallery"]["items"]
             print(f"exported {path} with {items} gallery items "
                   "(signatures serving_default, embed_images, search, search_embeddings)")
@@ -305,7 +314,8 @@ def _pseudolabel(config, out):
     builders.check_language(config.language)
     split = builders.dataset(config.data).train_split
     table, labels = builders.pseudo_labels(config.language, split, builders.text_encoder(config.language),
-                                           config.evaluation.batch_size, output_path=out)
+                                           config.evaluation.batch_size, output_path=out,
+                                           policy=builders.precision(config.training)[0])  # as a training run
     np.save(pathlib.Path(out).with_suffix(".npy"), table)
     for row_name, names in list(zip(labels.row_names, labels.names))[:10]:
         print(f"{row_name}: {', '.join(names)}")

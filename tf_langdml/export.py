@@ -8,11 +8,14 @@
 - ``embed_images``: ``images`` = float32 (batch, size, size, 3) already preprocessed RGB
   in [0, 255] -> ``embeddings``;
 - ``assets/tf_langdml_export.json``: embed_dim, image size, the preprocessing, the
-  training split's class names and the run's config when given;
+  precision, the training split's class names and the run's config when given;
 - with a :class:`Gallery` (``tf-langdml index``): the gallery as variables and the
   signatures ``search`` (``images`` + ``k`` -> top-k ``item_ids``, ``class_names``,
   cosine ``scores``, gallery row ``indices``) and ``search_embeddings`` (``embeddings`` +
   ``k`` -> the same), exact, by :func:`top_k_in_chunks`.
+
+``precision="mixed_bfloat16"`` exports a copy of the embedder whose layers compute in
+bfloat16 (variables stay float32); every signature still takes and returns float32.
 
 The version folder is written under a temporary name and renamed, so it appears
 complete or not at all; an existing version is never overwritten. The text encoder and
@@ -42,6 +45,7 @@ from tf_langdml.data.preprocessing import (
 )
 
 ASSET_NAME = "tf_langdml_export.json"
+PRECISIONS = ("float32", "mixed_bfloat16")  # Keras policy names: what the exported embedder computes in
 DEFAULT_CHUNK_ELEMENTS = 4 * 1024 * 1024  # scores held per gallery chunk by the search signatures (16 MB float32)
 
 
@@ -250,9 +254,71 @@ class Gallery:
                        np.concatenate([self.class_names, other.class_names]))
 
 
+def _check_precision(precision):
+    if precision == "mixed_float16":
+        raise ValueError("precision='mixed_float16' is not offered for exports: float16's 5-bit exponent overflows "
+                         "above 65504 where float32 activations do not, and float16 exports are not tested; use "
+                         f"one of {list(PRECISIONS)} (bfloat16 keeps float32's range).")
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}; expected one of {list(PRECISIONS)}.")
+
+
+def _layers(model):
+    """Every layer of ``model``, nested models' layers included (the nested models too)."""
+    from tf_langdml._keras import keras
+
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _layers(layer)
+
+
+def with_precision(embedder, precision):
+    """``embedder`` computing under the Keras policy ``precision`` ("float32" or "mixed_bfloat16"), same weights.
+
+    The embedder itself when all its layers already compute as asked (the float32
+    default changes nothing); otherwise a clone of the functional / Sequential model
+    (nested models cloned too) whose layers are re-created from their configs with the
+    policy as their ``dtype``, and the original's weights. Under ``mixed_bfloat16`` the
+    variables stay float32 and each layer casts them and its inputs to bfloat16. The
+    input layers keep their float32 input, and :class:`~tf_langdml.models.layers.L2Normalize`
+    stays float32 (it normalises in float32 under any policy), so the outputs are float32.
+    """
+    from tf_langdml._keras import keras
+    from tf_langdml.models.layers import L2Normalize
+
+    _check_precision(precision)
+    compute_dtype = "float32" if precision == "float32" else "bfloat16"
+
+    def wanted(layer):
+        return "float32" if isinstance(layer, (L2Normalize, keras.layers.InputLayer)) else compute_dtype
+
+    if all(layer.compute_dtype == wanted(layer) for layer in _layers(embedder) if not isinstance(layer, keras.Model)):
+        return embedder
+
+    def clone(model):
+        if not getattr(model, "_is_graph_network", False) and not isinstance(model, keras.Sequential):
+            raise ValueError(f"precision={precision!r} rebuilds the embedder's layers under that policy, which needs a "
+                             f"functional or Sequential model; {model.name!r} is a subclassed "
+                             f"{type(model).__name__}. Export it with precision='float32', or build it under "
+                             f"keras.mixed_precision.set_global_policy({precision!r}) yourself.")
+        return keras.models.clone_model(model, clone_function=clone_layer)
+
+    def clone_layer(layer):
+        if isinstance(layer, keras.Model):
+            return clone(layer)
+        config = layer.get_config()
+        config["dtype"] = "float32" if wanted(layer) == "float32" else precision
+        return layer.__class__.from_config(config)
+
+    copy = clone(embedder)
+    copy.set_weights(embedder.get_weights())
+    return copy
+
+
 def export_embedder(embedder, model_dir, version=None, class_names=None, config=None, image_size=None,
                     background=DEFAULT_BACKGROUND, max_pixels=DEFAULT_MAX_PIXELS, gallery=None,
-                    gallery_source=None, chunk_elements=DEFAULT_CHUNK_ELEMENTS):
+                    gallery_source=None, chunk_elements=DEFAULT_CHUNK_ELEMENTS, precision="float32"):
     """Write ``<model_dir>/<version>/`` (next integer when ``version`` is None); return its path.
 
     ``background`` and ``max_pixels`` are the decoding of the training run (its
@@ -267,6 +333,11 @@ def export_embedder(embedder, model_dir, version=None, class_names=None, config=
     :func:`top_k_in_chunks` with ``chunk_elements``. ``gallery_source`` (any JSON
     value, e.g. the folders indexed) is recorded in the assets.
 
+    ``precision``: ``"float32"`` (default) or ``"mixed_bfloat16"``, the Keras policy the
+    exported embedder computes in (:func:`with_precision`; the variables stay float32).
+    Inputs and outputs are float32 either way; the L2 normalisation, the gallery and the
+    top-k stay float32. The assets record it.
+
     Raises:
         FileExistsError: the version exists (versions are never overwritten).
     """
@@ -280,6 +351,7 @@ def export_embedder(embedder, model_dir, version=None, class_names=None, config=
                          f"outputs {embed_dim}; index the gallery with this embedder.")
     if int(chunk_elements) < 1:
         raise ValueError(f"chunk_elements must be a positive number of scores; got {chunk_elements}.")
+    _check_precision(precision)
     background = parse_background(background)
     model_dir = pathlib.Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -290,6 +362,7 @@ def export_embedder(embedder, model_dir, version=None, class_names=None, config=
     if final.exists():
         raise FileExistsError(f"{final} exists; exported versions are never overwritten. Pass another version= "
                               "(or none for the next number).")
+    served = with_precision(embedder, precision)
     with atomic_directory(final, exist_ok=False) as temporary:
         metadata = {
             "embed_dim": embed_dim,
@@ -303,6 +376,11 @@ def export_embedder(embedder, model_dir, version=None, class_names=None, config=
                 "embed_images": f"float32 RGB in [0, 255], shape (batch, {image_size}, {image_size}, 3)",
                 "inside_the_model": "the backbone's own normalisation",
             },
+            "precision": precision,
+            "precision_note": ("the embedder computes in float32" if precision == "float32" else
+                               "the embedder's layers compute in bfloat16 (Keras policy mixed_bfloat16) with "
+                               "float32 variables") + "; every input and output of the signatures is float32 "
+                               "(the L2 normalisation, the gallery and the search scores too)",
             "background": list(background),
             "max_pixels": max_pixels,
             "bad_requests": "a batch with any image that cannot be decoded fails as a whole (nothing is "
@@ -323,9 +401,9 @@ def export_embedder(embedder, model_dir, version=None, class_names=None, config=
             metadata_path = staging / ASSET_NAME
             metadata_path.write_text(json.dumps(metadata, indent=1, ensure_ascii=False), encoding="utf-8")
             if gallery is None:
-                module = _EmbedderModule(embedder, image_size, metadata_path, background, max_pixels)
+                module = _EmbedderModule(served, image_size, metadata_path, background, max_pixels)
             else:
-                module = _GalleryModule(embedder, image_size, metadata_path, gallery, background, max_pixels,
+                module = _GalleryModule(served, image_size, metadata_path, gallery, background, max_pixels,
                                         chunk_elements)
             signatures = {
                 "serving_default": module.serving_default.get_concrete_function(
@@ -345,8 +423,9 @@ def export_embedder(embedder, model_dir, version=None, class_names=None, config=
     return final
 
 
-def export_run(run_dir, name, saved_models_dir="saved_models", version=None):
-    """Export a finished run directory's embedder to ``<saved_models_dir>/<name>/<version>/``."""
+def export_run(run_dir, name, saved_models_dir="saved_models", version=None, precision="float32"):
+    """Export a finished run directory's embedder to ``<saved_models_dir>/<name>/<version>/`` (``precision``: as
+    :func:`export_embedder`)."""
     from tf_langdml.runs.run_dir import restore_embedder
     from tf_langdml.runs.schema import config_to_dict
 
@@ -356,4 +435,4 @@ def export_run(run_dir, name, saved_models_dir="saved_models", version=None):
     class_names = json.loads(names_file.read_text()) if names_file.exists() else None
     return export_embedder(embedder, pathlib.Path(saved_models_dir) / name, version, class_names,
                            config_to_dict(config), config.data.image_size, config.data.background,
-                           config.data.max_pixels)
+                           config.data.max_pixels, precision=precision)

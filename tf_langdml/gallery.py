@@ -130,7 +130,7 @@ def read_gallery(version_dir: str | os.PathLike) -> tuple[Gallery, dict]:
 
 
 def index_run(run_dir, gallery: str, name: str, saved_models_dir="saved_models", version=None, add=False,
-              batch_size=None, verbose=1) -> pathlib.Path:
+              batch_size=None, verbose=1, precision="float32") -> pathlib.Path:
     """Embed ``gallery`` with the run's embedder and export ``<saved_models_dir>/<name>/<version>/`` with search.
 
     ``gallery``: an image folder (``<folder>/<class>/<images>``, any depth below the
@@ -138,13 +138,17 @@ def index_run(run_dir, gallery: str, name: str, saved_models_dir="saved_models",
     dataset. With ``add``, the latest version's gallery comes first and the new items
     are appended; that version must have been indexed from the same run's config, and
     an item id present in both is an error. Nothing is written until every item is
-    embedded; the new version appears whole or not at all.
+    embedded; the new version appears whole or not at all. ``precision``
+    (``"float32"`` or ``"mixed_bfloat16"``) is what the exported embedder computes in
+    (:func:`tf_langdml.export.export_embedder`); the gallery is embedded in float32
+    either way.
     """
-    from tf_langdml.export import export_embedder
+    from tf_langdml.export import _check_precision, export_embedder
     from tf_langdml.inference import embed_split
     from tf_langdml.runs.run_dir import restore_embedder
     from tf_langdml.runs.schema import config_to_dict
 
+    _check_precision(precision)  # before any embedding work
     run_dir = pathlib.Path(run_dir)
     config, embedder = restore_embedder(run_dir)
     config_values = config_to_dict(config)
@@ -172,7 +176,8 @@ def index_run(run_dir, gallery: str, name: str, saved_models_dir="saved_models",
     class_names = json.loads(names_file.read_text()) if names_file.exists() else None
     return export_embedder(embedder, model_dir, version, class_names, config_values, config.data.image_size,
                            config.data.background, config.data.max_pixels, gallery=items,
-                           gallery_source=sources + [{**description, "items": len(ids), "run": str(run_dir.resolve())}])
+                           gallery_source=sources + [{**description, "items": len(ids), "run": str(run_dir.resolve())}],
+                           precision=precision)
 
 
 def search_saved_model(model, images: Sequence[str | os.PathLike | bytes], k: int = 5) -> list[list[dict]]:

@@ -78,6 +78,7 @@ def test_metadata_asset(exported):
     assert metadata["embed_dim"] == 16 and metadata["image_size"] == SIZE
     assert metadata["class_names"] == ["cat", "dog"] and metadata["config"] == {"name": "test"}
     assert "centre crop" in metadata["preprocessing"]["serving_default"]
+    assert metadata["precision"] == "float32"  # the default (tests/export/test_export_precision.py: bfloat16)
 
 
 def test_saved_model_cli_lists_both_signatures_and_embeds_a_jpeg(exported, tmp_path):
