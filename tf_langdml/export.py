@@ -423,6 +423,12 @@ def export_embedder(embedder, model_dir, version=None, class_names=None, config=
     return final
 
 
+def train_class_names(run_dir):
+    """The training classes a run directory recorded (``train_class_names.json``), or None."""
+    names_file = pathlib.Path(run_dir) / "train_class_names.json"
+    return json.loads(names_file.read_text()) if names_file.exists() else None
+
+
 def export_run(run_dir, name, saved_models_dir="saved_models", version=None, precision="float32"):
     """Export a finished run directory's embedder to ``<saved_models_dir>/<name>/<version>/`` (``precision``: as
     :func:`export_embedder`)."""
@@ -431,8 +437,7 @@ def export_run(run_dir, name, saved_models_dir="saved_models", version=None, pre
 
     run_dir = pathlib.Path(run_dir)
     config, embedder = restore_embedder(run_dir)
-    names_file = run_dir / "train_class_names.json"
-    class_names = json.loads(names_file.read_text()) if names_file.exists() else None
+    class_names = train_class_names(run_dir)
     return export_embedder(embedder, pathlib.Path(saved_models_dir) / name, version, class_names,
                            config_to_dict(config), config.data.image_size, config.data.background,
                            config.data.max_pixels, precision=precision)

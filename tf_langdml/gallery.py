@@ -143,7 +143,7 @@ def index_run(run_dir, gallery: str, name: str, saved_models_dir="saved_models",
     (:func:`tf_langdml.export.export_embedder`); the gallery is embedded in float32
     either way.
     """
-    from tf_langdml.export import _check_precision, export_embedder
+    from tf_langdml.export import _check_precision, export_embedder, train_class_names
     from tf_langdml.inference import embed_split
     from tf_langdml.runs.run_dir import restore_embedder
     from tf_langdml.runs.schema import config_to_dict
@@ -172,8 +172,7 @@ def index_run(run_dir, gallery: str, name: str, saved_models_dir="saved_models",
     items = Gallery(embeddings, ids, [split.class_names[label] for label in split.labels])
     if previous is not None:
         items = previous.concatenate(items)
-    names_file = run_dir / "train_class_names.json"
-    class_names = json.loads(names_file.read_text()) if names_file.exists() else None
+    class_names = train_class_names(run_dir)
     return export_embedder(embedder, model_dir, version, class_names, config_values, config.data.image_size,
                            config.data.background, config.data.max_pixels, gallery=items,
                            gallery_source=sources + [{**description, "items": len(ids), "run": str(run_dir.resolve())}],

@@ -7,11 +7,10 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
 from helpers import tiny_backbone
 from tf_langdml import keras
-from tf_langdml.data import load_image_folder, make_train_dataset
+from tf_langdml.data import make_train_dataset
 from tf_langdml.evaluation import (
     LanguageGuidanceTensorBoard,
     RetrievalEvaluation,
@@ -113,18 +112,6 @@ def test_similarity_figure_has_both_panels_a_colour_bar_and_class_names():
     assert labels == [f"class {index}" for index in range(0, 100, 3)]
     assert figure.axes[1].get_title() == "S_lang: no language table" and not figure.axes[1].images
 
-
-@pytest.fixture(scope="module")
-def colour_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("colours")
-    rng = np.random.default_rng(0)
-    for index in range(8):
-        colour = rng.integers(0, 256, 3)
-        (root / f"class_{index}").mkdir()
-        for image in range(4):
-            pixels = np.clip(colour + rng.integers(-20, 21, (16, 16, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / f"class_{index}" / f"{image}.png")
-    return load_image_folder(root)  # classes 0-3 train, 4-7 test
 
 
 def read_images(folder, tag):
