@@ -97,7 +97,7 @@ def test_the_demo_yaml_is_the_demo_config():
         ("loss.language_weight=0", "ω.* is 0; set ω > 0"),
         ("optimizer.name=adamw", "did you mean 'adam'"),
         ("optimizer.learning_rate=0", "'optimizer.learning_rate' must be > 0"),
-        ("name=a/b", "folder name without '/'"),
+        ("name=a/b", "'name' must be one plain folder name: .*no '/'"),
         ("data.validation_fraction=1", r"'data.validation_fraction' must be in \[0, 1\)"),
         ("evaluation.split=valid", "'evaluation.split' is 'valid'.*did you mean 'validation'"),
         ("evaluation.split=validation", "no validation classes; set data.validation_fraction"),

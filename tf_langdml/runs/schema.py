@@ -2,6 +2,14 @@
 
 Unknown keys are errors that name the closest valid key; every value is type-checked.
 ``--set section.key=value`` overrides are parsed as YAML scalars and checked the same way.
+
+Files and ``--set`` values go through one YAML loader (:func:`load_yaml`): safe types
+only, YAML 1.2 floats (``1e-4`` is a number), and refused before anything is expanded:
+anchors and aliases (an alias bomb or a self-reference), any tag but the plain ones
+(``!!python/object``...), nesting deeper than :data:`MAX_DEPTH`, integers of more than
+:data:`MAX_INTEGER_DIGITS` digits, and files larger than :data:`MAX_CONFIG_BYTES` or not
+regular files. Every integer key has a range (the library's, or a bound justified
+where it is declared), every float key must be finite.
 :func:`validate` checks only what belongs to the config itself (counts that must be
 positive, the run's name, which guidance and optimizer, a batch of whole classes, the
 background colour); values the library takes (a backbone, a loss, a direction, top-k,
@@ -9,9 +17,14 @@ a template, ...) are checked by the library itself when
 :mod:`tf_langdml.runs.builders` passes them on, and its error is re-raised naming the key.
 """
 
+import copy
 import dataclasses
 import difflib
+import math
 import numbers
+import os
+import re
+import stat
 import typing
 
 import yaml
@@ -23,9 +36,30 @@ BACKGROUNDS = ("white", "black")  # or [r, g, b] (tf_langdml.data.preprocessing.
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")  # tf_langdml.models.precision.PRECISIONS
 
 
-def _positive(default, allow_null=False):
-    """A field that must be an integer >= 1 (or null when ``allow_null``)."""
-    return dataclasses.field(default=default, metadata={"min": 1, "null": allow_null})
+INT64_MAX = 2 ** 63 - 1  # every integer key is handed to TensorFlow as an int64 at most
+SEED_MAX = 2 ** 32 - 1  # keras.utils.set_random_seed (numpy's legacy seeding) takes 0..2**32-1
+# Images, batches and layer sizes: bounds far above every benchmark, below what would exhaust memory.
+IMAGE_SIZE_MAX = 4096  # one 4096 x 4096 RGB float32 image is 192 MiB (the paper: 224)
+BATCH_SIZE_MAX = 65536  # above the largest benchmark training split (SOP: 59,551 images)
+# A decoded RGB image of 2**31 - 1 pixels is 6 GiB; the header check multiplies height x width in int64.
+MAX_PIXELS_MAX = 2 ** 31 - 1
+# The Dense layer from the 2048 ResNet-50 features: 2048 x 65536 float32 is 512 MiB, 2 GiB with Adam's moments.
+EMBED_DIM_MAX = 65536
+EPOCHS_MAX = 1_000_000  # with STEPS_MAX, the optimizer step count stays far inside its int64 counter
+STEPS_MAX = 1_000_000_000
+K_MAX = 2 ** 31 - 1  # retrieval ranks are int32 indices; check_ks (builders) refuses k above the gallery
+NAME_MAX = 100  # characters of the run's folder name (sweeps append suffixes; file systems allow 255 bytes)
+
+
+def _positive(default, allow_null=False, maximum=INT64_MAX, why=""):
+    """A field that must be an integer in 1..``maximum`` (or null when ``allow_null``); ``why``: the bound's reason."""
+    return _integer(default, 1, maximum, allow_null, why)
+
+
+def _integer(default, minimum=-INT64_MAX - 1, maximum=INT64_MAX, allow_null=False, why=""):
+    """An integer field in ``minimum``..``maximum`` (null allowed with ``allow_null``)."""
+    return dataclasses.field(default=default, metadata={"min": minimum, "max": maximum, "null": allow_null,
+                                                        "why": why})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,19 +71,21 @@ class DataConfig:
     test_classes: typing.Any = None  # "folder": test class folders, a list or a text file of names (null: test_fraction)
     gallery_list: typing.Optional[str] = None  # "folder": a text file of gallery images, paths relative to data_dir
     validation_fraction: float = 0.0  # training classes held out for model selection (every n-th; 0: none)
-    image_size: int = _positive(224)
-    batch_size: int = _positive(90)
-    examples_per_class: int = _positive(2)
+    image_size: int = _positive(224, maximum=IMAGE_SIZE_MAX, why="a 4096 x 4096 RGB float32 image is 192 MiB")
+    batch_size: int = _positive(90, maximum=BATCH_SIZE_MAX, why="more than the largest benchmark split")
+    examples_per_class: int = _positive(2, maximum=BATCH_SIZE_MAX // 2, why="a batch holds 2 classes or more")
     antialias: bool = True
     background: typing.Any = "white"  # transparent pixels composited onto: white | black | [r, g, b]
-    max_pixels: typing.Optional[int] = _positive(64_000_000, allow_null=True)  # larger images are skipped, never decoded
+    max_pixels: typing.Optional[int] = _positive(  # larger images are skipped, never decoded
+        64_000_000, allow_null=True, maximum=MAX_PIXELS_MAX, why="a decoded RGB image that large is 6 GiB")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     backbone: str = "resnet50"
     weights: typing.Optional[str] = "imagenet"  # "imagenet", a weights file, or null
-    embed_dim: int = 128
+    embed_dim: int = _positive(128, maximum=EMBED_DIM_MAX,
+                               why="a Dense layer of 2048 x 65536 float32 weights is 512 MiB, 2 GiB with Adam")
     pooling: str = "avg"
     freeze_bn_statistics: bool = True
 
@@ -61,7 +97,7 @@ class LossConfig:
     language_weight: float = 0.0  # ω
     shift: float = 1.0  # γ
     temperature: float = 1.0  # T
-    delay: int = 0  # optimizer steps before the language loss switches on
+    delay: int = _integer(0)  # optimizer steps before the language loss switches on (>= 0: the library checks)
     direction: str = "image_to_language"
 
 
@@ -73,8 +109,9 @@ class LanguageConfig:
     template: str = "a photo of a {}"
     classifier: str = "resnet50"  # PLG: the ImageNet classifier
     classifier_weights: typing.Optional[str] = "imagenet"
-    classifier_image_size: int = _positive(224)  # the classifiers were trained at 224
-    top_k: int = 5
+    classifier_image_size: int = _positive(224, maximum=IMAGE_SIZE_MAX,  # the classifiers were trained at 224
+                                           why="a 4096 x 4096 RGB float32 image is 192 MiB")
+    top_k: int = _integer(5)  # 1..1000: the library checks
     level: str = "class"  # PLG: class | sample
 
 
@@ -87,11 +124,12 @@ class OptimizerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
-    epochs: int = _positive(150)
-    steps_per_epoch: typing.Optional[int] = _positive(None, allow_null=True)  # default: training images // batch_size
-    eval_every: int = 5  # epochs between retrieval evaluations
+    epochs: int = _positive(150, maximum=EPOCHS_MAX, why="the optimizer step count must fit its counter")
+    steps_per_epoch: typing.Optional[int] = _positive(None, allow_null=True, maximum=STEPS_MAX,  # default: images // batch
+                                                      why="the optimizer step count must fit its counter")
+    eval_every: int = _integer(5)  # epochs between retrieval evaluations (>= 1: the library checks)
     checkpoint_every: int = _positive(100)  # optimizer steps between resume checkpoints (and at the end)
-    seed: int = 0
+    seed: int = _integer(0, 0, SEED_MAX, why="what keras.utils.set_random_seed accepts")
     # float32 | mixed_float16 | mixed_bfloat16 | auto (bfloat16 where the device has it fast; docs/distribute.md).
     # Layers only: losses, similarity matrices and metrics stay float32. Default float32: the same numbers everywhere.
     precision: str = "float32"
@@ -101,7 +139,7 @@ class TrainingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
-    batch_size: int = _positive(128)
+    batch_size: int = _positive(128, maximum=BATCH_SIZE_MAX, why="more than the largest benchmark split")
     ks: typing.Tuple[int, ...] = (1, 2, 4, 8)
     clustering: bool = True
     semantic: bool = True
@@ -152,15 +190,20 @@ def _coerce(value, annotation, path):
         return value
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"'{path}' must be an integer; got {value!r}.")
+            hint = (f" (write it as a whole number, e.g. {int(value)})" if isinstance(value, float)
+                    and value.is_integer() and abs(value) < 2 ** 53 else "")
+            raise ConfigError(f"'{path}' must be an integer; got {_short(value)}{hint}.")
         return value
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"'{path}' must be a number; got {value!r}.")
-        return float(value)
+            raise ConfigError(f"'{path}' must be a number; got {_short(value)}.")
+        number = _finite_float(value, path)
+        return number
     if annotation is str:
         if not isinstance(value, str):
-            raise ConfigError(f"'{path}' must be a string; got {value!r}.")
+            raise ConfigError(f"'{path}' must be a string; got {_short(value)}.")
+        if "\0" in value:
+            raise ConfigError(f"'{path}' contains a NUL character; remove it (no path or name can hold one).")
         return value
     if annotation is dict:
         if not isinstance(value, dict):
@@ -194,12 +237,43 @@ def _build(cls, values, path=""):
         if key not in fields:
             raise ConfigError(f"Unknown config key '{full}'{did_you_mean(key, list(fields), f'{path}.' if path else '')}")
         arguments[key] = _coerce(value, hints[key], full)
-        minimum = fields[key].metadata.get("min")
-        if minimum is not None and not (arguments[key] is None and fields[key].metadata["null"]):
-            if arguments[key] is None or arguments[key] < minimum:
-                null = " (or null: no limit)" if fields[key].metadata["null"] else ""
-                raise ConfigError(f"'{full}' must be at least {minimum}{null}; got {value!r}.")
+        _check_range(fields[key].metadata, arguments[key], value, full)
     return cls(**arguments)
+
+
+def _check_range(metadata, number, value, full):
+    """A bounded integer field (:func:`_integer`): in its range, or null where allowed."""
+    if "min" not in metadata or (number is None and metadata["null"]):
+        return
+    null = " (or null: no limit)" if metadata["null"] else ""
+    if number is None:
+        raise ConfigError(f"'{full}' must be an integer{null}; got null.")
+    minimum, maximum = metadata["min"], metadata["max"]
+    if number < minimum:
+        raise ConfigError(f"'{full}' must be at least {minimum}{null}; got {value!r}.")
+    if number > maximum:
+        why = f" ({metadata['why']})" if metadata["why"] else ""
+        raise ConfigError(f"'{full}' must be at most {maximum}{why}; got {_short(value)}.")
+
+
+def _short(value, limit=80):
+    """``repr(value)``, cut at ``limit`` characters (a value in an error message, however large)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** limit:
+        return f"an integer of {len(str(abs(value)))} digits"
+    text = repr(value)
+    kind = {list: "a list ", dict: "a mapping ", tuple: "a list "}.get(type(value), "")
+    return kind + (text if len(text) <= limit else text[:limit] + "...")
+
+
+def _finite_float(value, path):
+    """``float(value)``, refused naming ``path`` when not finite (``.inf``, ``.nan``, ``1e999``) or too large."""
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond the float range
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError(f"'{path}' must be a finite number; got {_short(value)}.")
+    return number
 
 
 def config_from_dict(values):
@@ -226,18 +300,152 @@ def config_to_dict(config):
     return plain(dataclasses.asdict(config))
 
 
-def config_to_yaml(config):
-    """The config as YAML text, every key in declaration order (what a run directory's config.yaml holds)."""
-    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+# -- YAML ----------------------------------------------------------------------------------------
+
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KB; 1 MiB leaves room for long comments
+MAX_DEPTH = 16  # our deepest key is loss.dml_arguments.target_arguments.<argument> (4 levels)
+MAX_INTEGER_DIGITS = 40  # every integer key fits in 19 digits (int64); Python refuses > 4300 with a traceback
+_PLAIN_TAGS = frozenset(f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null", "seq", "map"))
+# YAML 1.2's float with an exponent (1e-4, 3E-5, 1e+3, .5e-3): YAML 1.1, which PyYAML implements, needs a dot
+# and a signed exponent, so "1e-4" -- the notation the docs print -- would be a string.
+_FLOAT_1_2 = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
 
 
-def config_from_yaml(text):
-    """An :class:`ExperimentConfig` from YAML text."""
+class _Refused(yaml.YAMLError):
+    """A YAML construct a config may not use; ``key``: where (dotted), ``mark``: the line."""
+
+    def __init__(self, message, key, mark):
+        super().__init__(message)
+        self.message, self.key, self.mark = message, key, mark
+
+
+def _resolvers(float_1_2=True, timestamps=False):
+    """A copy of SafeLoader's implicit resolvers (the dict's lists are shared, so copied one by one)."""
+    resolvers = {first: [(tag, pattern) for tag, pattern in entries
+                         if timestamps or tag != "tag:yaml.org,2002:timestamp"]
+                 for first, entries in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    if float_1_2:
+        for first in "-+.0123456789":
+            resolvers.setdefault(first, []).append(("tag:yaml.org,2002:float", _FLOAT_1_2))
+    return resolvers
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors, aliases, tags and deep nesting as the events arrive, before composing.
+
+    Nothing is expanded: the first anchor or alias stops the parse, so an alias bomb costs
+    only the bytes read so far. Dates stay strings (``name: 2026-12-05``) and YAML 1.2
+    floats are numbers.
+    """
+
+    yaml_implicit_resolvers = _resolvers()
+
+    def __init__(self, stream, prefix=""):
+        super().__init__(stream)
+        self._keys = [prefix]
+
+    def _where(self):
+        return ".".join(key for key in self._keys if key).replace(".[", "[")
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(index, yaml.ScalarNode):
+            self._keys.append(str(index.value))
+        elif isinstance(index, int) and isinstance(parent, yaml.SequenceNode):
+            self._keys.append(f"[{index}]")
+        else:  # the document's root, or a mapping's key
+            self._keys.append("(a key)" if isinstance(parent, yaml.MappingNode) else "")
+        try:
+            self._check_event(event)
+            return super().compose_node(parent, index)
+        finally:
+            self._keys.pop()
+
+    def _check_event(self, event):
+        where = self._where()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            sign = "*" if isinstance(event, yaml.AliasEvent) else "&"
+            raise _Refused(f"uses a YAML {'alias' if sign == '*' else 'anchor'} ({sign}{event.anchor}); anchors and "
+                           "aliases are refused (they can expand without bound): write the value out", where,
+                           event.start_mark)
+        tag = getattr(event, "tag", None)
+        if tag not in (None, "!") and tag not in _PLAIN_TAGS:
+            raise _Refused(f"has the YAML tag {tag.replace('tag:yaml.org,2002:', '!!')}; a config takes plain values "
+                           "(strings, numbers, true / false, null, lists, mappings): remove the tag", where,
+                           event.start_mark)
+        if len(self._keys) > MAX_DEPTH:
+            raise _Refused(f"is nested more than {MAX_DEPTH} levels deep; no config key is", where, event.start_mark)
+        if isinstance(event, yaml.ScalarEvent) and event.style is None:  # a plain scalar: maybe an integer
+            digits = sum(character.isdigit() for character in event.value[:10_000])
+            if digits > MAX_INTEGER_DIGITS and re.fullmatch(r"[-+]?[0-9_]+", event.value[:10_000] or "x"):
+                raise _Refused(f"is an integer of {digits} digits; no config key takes more than 19", where,
+                               event.start_mark)
+
+    def construct_yaml_int(self, node):  # for a quoted value tagged !!int, which the plain-scalar check lets by
+        digits = re.sub(r"[^0-9a-fA-F]", "", str(node.value))
+        if len(digits) > MAX_INTEGER_DIGITS:
+            raise _Refused(f"is an integer of {len(digits)} digits; no config key takes more than 19",
+                           self._keys[0], node.start_mark)
+        return super().construct_yaml_int(node)
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_yaml_int)
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    """SafeDumper that quotes every string any of our readers would take for another type, and writes no alias."""
+
+    yaml_implicit_resolvers = _resolvers(timestamps=True)  # quotes '1e-4' and '2026-12-05' alike
+
+    def ignore_aliases(self, data):
+        return True
+
+
+def load_yaml(text, source="the config", key=""):
+    """The Python value of YAML ``text`` (str or bytes) through the config loader.
+
+    ``source`` names the text in errors (a file, ``--set``); ``key``: the config key the
+    text is the value of (errors name ``key.subkey``).
+
+    Refused with a one-line :class:`ConfigError` naming the source and the key: anchors and
+    aliases, tags other than the plain ones, nesting beyond :data:`MAX_DEPTH`, integers of
+    more than :data:`MAX_INTEGER_DIGITS` digits, and YAML syntax errors.
+    """
+    loader = None
     try:
-        values = yaml.safe_load(text)
+        loader = _ConfigLoader(text, key)  # the reader refuses control characters here
+        return loader.get_single_data()
+    except _Refused as error:
+        key = f"'{error.key}'" if error.key else "a value"
+        raise ConfigError(f"{source}: {key}{_line(error.mark)} {error.message}.") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"The config is not valid YAML: {error}") from error
-    return config_from_dict(values)
+        problem = " ".join(str(getattr(error, "problem", None) or error).split())
+        context = " ".join(str(getattr(error, "context", None) or "").split())
+        detail = f"{context}, {problem}" if context else problem
+        raise ConfigError(f"{source} is not valid YAML: {detail}{_line(getattr(error, 'problem_mark', None))}.") from None
+    except (ValueError, RecursionError) as error:  # a constructor's own refusal (e.g. an invalid date)
+        raise ConfigError(f"{source} is not valid YAML: {' '.join(str(error).split())[:200]}.") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _line(mark):
+    return f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+
+
+def config_to_yaml(config):
+    """The config as YAML text, every key in declaration order (what a run directory's config.yaml holds).
+
+    Strings that a YAML 1.1 or 1.2 reader would take for a number or a date are quoted,
+    so the text reads back as the same config through :func:`load_yaml` and ``yaml.safe_load``.
+    """
+    return yaml.dump(config_to_dict(config), Dumper=_ConfigDumper, sort_keys=False, allow_unicode=True)
+
+
+def config_from_yaml(text, source="the config"):
+    """An :class:`ExperimentConfig` from YAML text."""
+    return config_from_dict(load_yaml(text, source))
 
 
 def set_key(values, key, value, what="--set"):
@@ -254,26 +462,39 @@ def set_key(values, key, value, what="--set"):
 
 
 def apply_overrides(values, overrides):
-    """Apply ``["section.key=value", ...]`` to nested dicts; values are parsed as YAML scalars."""
-    values = yaml.safe_load(yaml.safe_dump(values or {}))  # a deep copy
+    """Apply ``["section.key=value", ...]`` to nested dicts; values are parsed by :func:`load_yaml`."""
+    values = copy.deepcopy(values or {})
     for override in overrides or ():
         if "=" not in override:
             raise ConfigError(f"--set takes key=value (for example training.epochs=10); got {override!r}.")
         key, raw = override.split("=", 1)
         set_key(values, key, None)  # the key's errors before the value's
-        set_key(values, key, yaml.safe_load(raw))
+        set_key(values, key, load_yaml(raw, f"--set {key.strip()}", key.strip()))
     return values
 
 
 def read_yaml(path):
-    """The nested dicts of a YAML config file (an empty file is an empty config)."""
+    """The nested dicts of a YAML config file (an empty file is an empty config); at most MAX_CONFIG_BYTES."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            return yaml.safe_load(handle) or {}
+        # A FIFO or a device would block or never end: only regular files (symlinks to them too).
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ConfigError(f"Config file {path} is not a regular file; give the path of a .yaml file.")
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError as error:
         raise ConfigError(f"Config file {path} does not exist; the shipped ones are in configs/.") from error
-    except yaml.YAMLError as error:
-        raise ConfigError(f"Config file {path} is not valid YAML: {error}") from error
+    except OSError as error:
+        raise ConfigError(f"Config file {path} cannot be read ({error.strerror}); check its path and "
+                          "permissions.") from error
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"Config file {path} is larger than {MAX_CONFIG_BYTES} bytes; a config is a few KB: "
+                          "check that this is the right file.")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"Config file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8.") from None
+    values = load_yaml(text, f"Config file {path}")
+    return values if values is not None else {}
 
 
 def load_config(path=None, overrides=()):
@@ -330,11 +551,76 @@ def _check_folder_keys(data):
                           "or null.")
 
 
+def _check_name(name):
+    """``name``: one plain folder name inside runs_dir (never '.', '..' or a path), portable and short."""
+    allowed = (f"1 to {NAME_MAX} characters, no '/', '\\', control characters, and not '.' or '..' "
+               "(e.g. cub200_plg_128)")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"'name' is not valid Unicode text ({_short(name)}); use {allowed}.") from None
+    if (not name.strip() or name in (".", "..") or len(name) > NAME_MAX or "/" in name or "\\" in name
+            or any(ord(character) < 32 or ord(character) == 127 for character in name)):
+        raise ConfigError(f"'name' must be one plain folder name: {allowed}; got {_short(name)}"
+                          f"{f' ({len(name)} characters)' if len(name) > NAME_MAX else ''}.")
+
+
+DML_ARGUMENTS_MAX_LIST = 64  # the longest list a loss takes is S2SD's dims (3 in the paper)
+
+
+def _check_dml_arguments(arguments, path="loss.dml_arguments", depth=0):
+    """The shape of ``loss.dml_arguments`` without the loss registry: string keys; values null, true / false,
+    finite numbers, strings, short flat lists of those, or (one level: S2SD's target_arguments) a mapping.
+
+    Each loss's own types (a number here, an integer there) are checked by
+    :func:`tf_langdml.runs.builders.check_dml_arguments` against the registry.
+    """
+    for key, value in arguments.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"'{path}' has the key {_short(key)}; argument names are strings (e.g. margin).")
+        full = f"{path}.{key}"
+        if isinstance(value, dict):
+            if depth >= 1:
+                raise ConfigError(f"'{full}' is a mapping inside a mapping; no loss argument takes one.")
+            _check_dml_arguments(value, full, depth + 1)
+        elif isinstance(value, (list, tuple)):
+            if len(value) > DML_ARGUMENTS_MAX_LIST:
+                raise ConfigError(f"'{full}' is a list of {len(value)} values; no loss argument takes more than "
+                                  f"{DML_ARGUMENTS_MAX_LIST}.")
+            for index, item in enumerate(value):
+                _check_argument_scalar(item, f"{full}[{index}]")
+        else:
+            _check_argument_scalar(value, full)
+
+
+def _check_argument_scalar(value, path):
+    if isinstance(value, float):
+        _finite_float(value, path)
+    elif isinstance(value, str):
+        if "\0" in value:
+            raise ConfigError(f"'{path}' contains a NUL character; remove it.")
+    elif not (value is None or isinstance(value, (bool, int))):
+        raise ConfigError(f"'{path}' must be a number, a string, true / false or null; got {_short(value)}.")
+
+
+def _check_ks(ks):
+    """``evaluation.ks``: at least one k, each a positive integer (the split's gallery bounds them: builders.check_ks)."""
+    if not ks:
+        raise ConfigError("'evaluation.ks' is empty; give the ranks k of Recall@k, e.g. [1, 2, 4, 8].")
+    for index, k in enumerate(ks):
+        if not 1 <= k <= K_MAX:
+            raise ConfigError(f"'evaluation.ks[{index}]' must be a positive integer (a rank k of Recall@k) up to "
+                              f"the gallery size; got {_short(k)}.")
+
+
 def validate(config):
     """Fail, naming the key, on what the config itself gets wrong (the library checks the values it takes)."""
     data, loss, language = config.data, config.loss, config.language
-    if not config.name or "/" in config.name:
-        raise ConfigError(f"'name' must be a non-empty folder name without '/'; got {config.name!r}.")
+    _check_name(config.name)
+    if not config.runs_dir.strip():
+        raise ConfigError("'runs_dir' is empty; give the folder that holds the run folders (default: runs).")
+    _check_dml_arguments(loss.dml_arguments)
+    _check_ks(config.evaluation.ks)
     if data.dataset == "folder" and not data.data_dir:
         raise ConfigError("data.dataset 'folder' needs data.data_dir: the folder with one sub-folder per class.")
     if data.batch_size < 2 * data.examples_per_class:
