@@ -13,6 +13,8 @@ refused, so a small file that claims to be 100,000 x 100,000 cannot exhaust memo
 """
 
 import numbers
+import os
+import stat
 from collections.abc import Sequence
 
 import numpy as np
@@ -89,15 +91,122 @@ def _fixed_header_size(encoded, code):
     return size
 
 
+# Where _gif_first_image stands: at a block, in an extension's or the image's sub-blocks, done, or lost.
+_AT_BLOCK, _IN_EXTENSION, _IN_IMAGE, _DONE, _DAMAGED = range(5)
+_GIF_RUN_STEPS = 64  # steps of _gif_first_image's first phase (runs of equal sub-blocks)
+_GIF_BLOCK_STEPS = 1024  # steps of its second phase (one block each): the most blocks before the first image ends
+_GIF_RUN = 4096  # sub-blocks of one size skipped by one strided read
+
+
+@tf.function(input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+def _gif_first_image(encoded):
+    """(found, (top, left, height, width) int64, end int32) of a GIF's first image, walking its blocks in order.
+
+    From the end of the global colour table: an extension (21, a label, sub-blocks) is
+    skipped; the first image descriptor (2C) is read; its local colour table, LZW code
+    size and sub-blocks are skipped, and ``end`` is the byte after their 00 terminator.
+    Sub-block chains are sequential, so this is a ``tf.while_loop``; one step skips a
+    whole run of equal-sized sub-blocks (encoders write 255-byte ones) by one strided
+    read, so a usual GIF takes a handful of steps. A GIF still unwalked after
+    ``_GIF_RUN_STEPS`` steps (many small sub-blocks) is walked again from there with
+    a table of every chain's terminator (pointer doubling: log2(len) gathers over the
+    bytes), where one step is one block; so the cost is bounded by the file size
+    whatever its bytes. ``found`` is False when a byte is neither an extension nor an
+    image where a block must start, the data ends first (truncated), or more than
+    ``_GIF_BLOCK_STEPS`` blocks come before the first image ends. A function, so eager
+    callers run the loop as a graph too.
+    """
+    size = tf.strings.length(encoded)
+    # Zero padding: a chain that runs off the end stops at a 00 beyond ``size``, which marks it truncated.
+    data = tf.cast(tf.io.decode_raw(tf.strings.join([encoded, "\0" * 16]), tf.uint8), tf.int32)
+    last = tf.size(data) - 1
+    byte = lambda index: tf.gather(data, tf.minimum(index, last))  # noqa: E731
+    u16 = lambda index: tf.cast(byte(index) + 256 * byte(index + 1), tf.int64)  # noqa: E731
+    table = lambda flags: tf.where(flags >= 128, 3 * tf.bitwise.left_shift(2, flags % 8), 0)  # noqa: E731
+
+    def run_end(position, value, at_block):
+        # The first size byte after a run of sub-blocks of ``value`` bytes each (a no-op stride off a chain).
+        stride = tf.where(at_block | tf.equal(value, 0), last + 1, value + 1)
+        run = data[position : tf.minimum(position + _GIF_RUN * stride, last + 1) : stride]
+        same = tf.concat([tf.cast(tf.equal(run, value), tf.int32), [0]], 0)
+        return position + tf.cast(tf.argmin(same, output_type=tf.int32), tf.int32) * stride
+
+    def step(position, state, descriptor, chain_next):
+        value = byte(position)
+        at_block = tf.equal(state, _AT_BLOCK)
+        extension, image = at_block & tf.equal(value, 0x21), at_block & tf.equal(value, 0x2C)
+        chain_end = ~at_block & tf.equal(value, 0)
+        # An image: 10 descriptor bytes, its local colour table, the LZW code size, then sub-blocks.
+        moved = tf.where(extension, position + 2, tf.where(image, position + 11 + table(byte(position + 9)),
+                                                           tf.where(chain_end, position + 1,
+                                                                    chain_next(position, value, at_block))))
+        state = tf.where(extension, _IN_EXTENSION, tf.where(image, _IN_IMAGE, tf.where(
+            chain_end, tf.where(tf.equal(state, _IN_EXTENSION), _AT_BLOCK, _DONE),
+            tf.where(at_block, _DAMAGED, state))))
+        state = tf.where(tf.not_equal(state, _DONE) & (moved >= size), _DAMAGED, state)
+        descriptor = tf.where(image, tf.stack([u16(position + 3), u16(position + 1), u16(position + 7),
+                                               u16(position + 5)]), descriptor)
+        return moved, state, descriptor
+
+    def walk(walked, chain_next, steps):
+        return tf.while_loop(lambda position, state, descriptor: state < _DONE,
+                             lambda *walked: step(*walked, chain_next), walked, maximum_iterations=steps)
+
+    def terminators():
+        # jumps[i]: where the chain through size byte i ends (its 00), after log2(len) doublings.
+        indices = tf.range(last + 1)
+        jumps = tf.where(tf.equal(data, 0), indices, tf.minimum(indices + data + 1, last))
+        rounds = tf.cast(tf.math.ceil(tf.math.log(tf.cast(last + 2, tf.float32)) / np.log(2.0)), tf.int32) + 1
+        return tf.while_loop(lambda i, jumps: i < rounds, lambda i, jumps: (i + 1, tf.gather(jumps, jumps)),
+                             (0, jumps))[1]
+
+    start = 13 + table(byte(10))
+    walked = walk((start, tf.where(start < size, _AT_BLOCK, _DAMAGED), tf.zeros([4], tf.int64)), run_end, _GIF_RUN_STEPS)
+    def table_walk():
+        jumps = terminators()
+        return walk(walked, lambda position, value, at_block: tf.gather(jumps, tf.minimum(position, last)), _GIF_BLOCK_STEPS)
+
+    position, state, descriptor = tf.cond(walked[1] < _DONE, table_walk, lambda: walked)
+    return tf.equal(state, _DONE), descriptor, position
+
+
+def _gif_size(encoded):
+    """(found, (height, width), end of the first image) of a GIF as decoded: its logical screen grown to hold the first image.
+
+    The first image may be larger than the screen or lie partly outside it (a 1 x 1
+    screen can hold a 9000 x 9000 frame, which the decoder allocates whole), so the
+    size checked is the bounding box of both. Later frames are never decoded
+    (:func:`_first_gif_frame`), so they cost nothing. Not found (damaged data): the screen.
+    """
+    screen = _fixed_header_size(encoded, GIF)
+    found, descriptor, end = _gif_first_image(encoded)
+    extent = tf.maximum(screen, descriptor[:2] + descriptor[2:])
+    return found, tf.where(found, extent, screen), end
+
+
+def _first_gif_frame(encoded, end):
+    """GIF bytes cut after the first image's data, with the trailer (3B) added: one frame to decode.
+
+    TensorFlow's decoder reads every frame and sizes its output by the largest, so 20
+    frames of 4000 x 4000 in 259 KB cost 1.2 GB; PIL and the paper's loader use the first.
+    """
+    return tf.strings.join([tf.strings.substr(encoded, 0, end), "\x3b"])
+
+
 def header_image_size(encoded: tf.Tensor) -> tf.Tensor:
     """(height, width) int64 of encoded image bytes as their header declares, without decoding.
 
-    PNG, GIF and BMP: the fixed header fields; JPEG: ``tf.io.extract_jpeg_shape``
-    (which reads only the markers). Unknown formats give (0, 0); a damaged JPEG header
-    raises ``InvalidArgumentError`` as decoding would.
+    PNG and BMP: the fixed header fields; JPEG: ``tf.io.extract_jpeg_shape`` (which
+    reads only the markers); GIF: the logical screen grown to hold the first image,
+    found by walking the blocks up to it (what :func:`decode_rgb` checks and decodes;
+    a damaged GIF gives its screen). Unknown formats give (0, 0); a damaged JPEG
+    header raises ``InvalidArgumentError`` as decoding would.
     """
-    return tf.cond(tf.io.is_jpeg(encoded), lambda: tf.cast(tf.io.extract_jpeg_shape(encoded)[:2], tf.int64),
-                   lambda: _fixed_header_size(encoded, image_format(encoded)))
+    code = image_format(encoded)
+    return tf.switch_case(
+        tf.where(tf.equal(code, JPEG), 0, tf.where(tf.equal(code, GIF), 1, 2)),
+        [lambda: tf.cast(tf.io.extract_jpeg_shape(encoded)[:2], tf.int64), lambda: _gif_size(encoded)[1],
+         lambda: _fixed_header_size(encoded, code)])
 
 
 def _check_pixels(size, max_pixels):
@@ -181,6 +290,26 @@ def _refuse_unknown_format(encoded):
         return tf.zeros([1, 1, 3], tf.uint8)
 
 
+def read_head(path: str | os.PathLike, count: int) -> bytes:
+    """The first ``count`` bytes of the regular file ``path``; anything else is refused before it is opened.
+
+    ``os.stat`` first (a FIFO would block ``open`` and ``/dev/zero`` never ends), then
+    a non-blocking open whose ``fstat`` must still show a regular file, in case the
+    path was swapped in between.
+    """
+    path = os.fspath(path)
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError(f"{path!r} is not a regular file (a FIFO, device, socket or folder); "
+                         "only image files are read: remove it or point to the file itself.")
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise ValueError(f"{path!r} stopped being a regular file while it was opened; only image files are read.")
+        return os.read(descriptor, count)
+    finally:
+        os.close(descriptor)
+
+
 def source_formats(sources: Sequence[str | bytes] | np.ndarray, from_files: bool = True) -> tuple[str, ...]:
     """The format names (``"JPEG"``, ``"PNG"``, ``"GIF"``, ``"BMP"``, ``"unknown"``) among image sources.
 
@@ -190,8 +319,7 @@ def source_formats(sources: Sequence[str | bytes] | np.ndarray, from_files: bool
     found = set()
     for source in sources:
         if from_files:
-            with open(source, "rb") as handle:
-                head = handle.read(8)
+            head = read_head(source, 8)
         else:
             head = bytes(source[:8])
         found.add(FORMAT_NAMES[next((code for signature, code in _SIGNATURES if head.startswith(signature)), UNKNOWN)])
@@ -202,17 +330,23 @@ def _decoder(code, encoded, background, max_pixels):
     """The decode of one format (JPEG, PNG, GIF, BMP, UNKNOWN), with its header size check."""
     if code == UNKNOWN:
         return _refuse_unknown_format(encoded)
-    if code == JPEG:
-        size = tf.io.extract_jpeg_shape(encoded)[:2] if max_pixels is not None else None
-    else:
-        size = _fixed_header_size(encoded, code) if max_pixels is not None else None
-    with tf.control_dependencies([] if max_pixels is None else [_check_pixels(size, max_pixels)]):
+    checks = []
+    if code == GIF:
+        found, size, end = _gif_size(encoded)
+        checks.append(tf.debugging.Assert(found, [tf.strings.format(
+            "The GIF ({} bytes) is truncated or damaged: its blocks end before the first image's data does; "
+            "re-save it.", tf.strings.length(encoded))]))
+    elif max_pixels is not None:
+        size = tf.io.extract_jpeg_shape(encoded)[:2] if code == JPEG else _fixed_header_size(encoded, code)
+    if max_pixels is not None:
+        checks.append(_check_pixels(size, max_pixels))
+    with tf.control_dependencies(checks):
         if code == JPEG:
             return tf.io.decode_jpeg(encoded, channels=3)
         if code == PNG:
             return _decode_png(encoded, background)
         if code == GIF:
-            return tf.io.decode_gif(_gif_transparency_to_background(encoded, background))[0]
+            return tf.io.decode_gif(_gif_transparency_to_background(_first_gif_frame(encoded, end), background))[0]
         return tf.io.decode_bmp(encoded, channels=3)
 
 
