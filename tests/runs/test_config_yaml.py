@@ -216,3 +216,11 @@ def test_not_utf8_and_unreadable_files_are_one_line(tmp_path):
             refused(r"^Config file .*locked.yaml cannot be read \(Permission denied\)", locked)
         finally:
             locked.chmod(stat.S_IRUSR | stat.S_IWUSR)
+
+
+def test_a_top_level_list_and_a_nul_in_the_path_are_one_line_errors(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- name: x\n")
+    refused(r"^Config file .*list.yaml must be a mapping of sections at the top level .*; got list\.$", path,
+            ["training.epochs=3"])  # with --set too (it used to be an AttributeError)
+    refused(r"^Config file path .* is not a valid path", str(tmp_path / "a\0b.yaml"))

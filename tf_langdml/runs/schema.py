@@ -47,7 +47,7 @@ MAX_PIXELS_MAX = 2 ** 31 - 1
 EMBED_DIM_MAX = 65536
 EPOCHS_MAX = 1_000_000  # with STEPS_MAX, the optimizer step count stays far inside its int64 counter
 STEPS_MAX = 1_000_000_000
-K_MAX = 2 ** 31 - 1  # retrieval ranks are int32 indices; check_ks (builders) refuses k above the gallery
+K_MAX = 2 ** 31 - 1  # far above any gallery; builders.check_ks refuses k above the evaluation split's gallery
 NAME_MAX = 100  # characters of the run's folder name (sweeps append suffixes; file systems allow 255 bytes)
 
 
@@ -197,8 +197,7 @@ def _coerce(value, annotation, path):
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"'{path}' must be a number; got {_short(value)}.")
-        number = _finite_float(value, path)
-        return number
+        return _finite_float(value, path)
     if annotation is str:
         if not isinstance(value, str):
             raise ConfigError(f"'{path}' must be a string; got {_short(value)}.")
@@ -440,7 +439,7 @@ def config_to_yaml(config):
     Strings that a YAML 1.1 or 1.2 reader would take for a number or a date are quoted,
     so the text reads back as the same config through :func:`load_yaml` and ``yaml.safe_load``.
     """
-    return yaml.dump(config_to_dict(config), Dumper=_ConfigDumper, sort_keys=False, allow_unicode=True)
+    return yaml.dump(config_to_dict(config), Dumper=_ConfigDumper, sort_keys=False)
 
 
 def config_from_yaml(text, source="the config"):
@@ -463,6 +462,8 @@ def set_key(values, key, value, what="--set"):
 
 def apply_overrides(values, overrides):
     """Apply ``["section.key=value", ...]`` to nested dicts; values are parsed by :func:`load_yaml`."""
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"A config must be a mapping at the top level; got {type(values).__name__}.")
     values = copy.deepcopy(values or {})
     for override in overrides or ():
         if "=" not in override:
@@ -476,16 +477,23 @@ def apply_overrides(values, overrides):
 def read_yaml(path):
     """The nested dicts of a YAML config file (an empty file is an empty config); at most MAX_CONFIG_BYTES."""
     try:
-        # A FIFO or a device would block or never end: only regular files (symlinks to them too).
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise ConfigError(f"Config file {path} is not a regular file; give the path of a .yaml file.")
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_CONFIG_BYTES + 1)
+        # O_NONBLOCK: opening a FIFO without a writer returns at once (then refused below) instead of blocking.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            # A FIFO or a device would block or never end: only regular files (symlinks to them too).
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                raise ConfigError(f"Config file {path} is not a regular file; give the path of a .yaml file.")
+            with open(descriptor, "rb", closefd=False) as handle:
+                data = handle.read(MAX_CONFIG_BYTES + 1)
+        finally:
+            os.close(descriptor)
     except FileNotFoundError as error:
         raise ConfigError(f"Config file {path} does not exist; the shipped ones are in configs/.") from error
     except OSError as error:
         raise ConfigError(f"Config file {path} cannot be read ({error.strerror}); check its path and "
                           "permissions.") from error
+    except ValueError as error:  # a NUL in the path
+        raise ConfigError(f"Config file path {path!r} is not a valid path ({error}).") from None
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(f"Config file {path} is larger than {MAX_CONFIG_BYTES} bytes; a config is a few KB: "
                           "check that this is the right file.")
@@ -494,6 +502,9 @@ def read_yaml(path):
     except UnicodeDecodeError as error:
         raise ConfigError(f"Config file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8.") from None
     values = load_yaml(text, f"Config file {path}")
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"Config file {path} must be a mapping of sections at the top level (data:, model:, ...); "
+                          f"got {type(values).__name__}.")
     return values if values is not None else {}
 
 
