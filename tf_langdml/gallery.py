@@ -31,25 +31,41 @@ def folder_items(root: str | os.PathLike) -> tuple[list[str], list[str], list[st
     The item id is the path relative to ``root`` with ``/`` separators; the class is
     the first folder below ``root`` (so ``root/<class>/gallery/...`` images belong to
     ``<class>``). Hidden files and folders are skipped, and so are files without an
-    image extension.
+    image extension. Only regular files are taken (after following links): FIFOs,
+    devices, sockets, dangling links and link loops are never opened, and names that
+    are not UTF-8 are left out; one warning counts them by kind and lists those names.
+    Links to folders below a class folder are not followed (a link back up would loop).
     """
-    from tf_langdml.data.image_folder import IMAGE_EXTENSIONS
+    from tf_langdml.data.image_folder import IMAGE_EXTENSIONS, not_regular_summary, scan_folder
 
     root = pathlib.Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"Gallery folder {str(root)!r} does not exist; expected <folder>/<class>/<images>, "
                                 "or a split name of the run's dataset (train, test, validation).")
-    paths, ids, classes = [], [], []
-    for class_folder in sorted(entry for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith(".")):
-        for directory, folders, files in os.walk(class_folder):
-            folders[:] = sorted(folder for folder in folders if not folder.startswith("."))
-            for name in sorted(files):
-                if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
-                    continue
-                path = pathlib.Path(directory) / name
-                paths.append(str(path))
-                ids.append(path.relative_to(root).as_posix())
-                classes.append(class_folder.name)
+    paths, ids, classes, others = [], [], [], {}
+
+    def scan(folder):
+        files, folders, skipped = scan_folder(folder)
+        for kind, kind_paths in skipped.items():
+            others.setdefault(kind, []).extend(kind_paths)
+        return files, folders
+
+    _, class_folders = scan(root)
+    # Files directly in root are not items; only an unusable class folder name is reported.
+    others = {kind: kind_paths for kind, kind_paths in others.items() if kind == "name not UTF-8"}
+    for class_folder in class_folders:
+        pending = [class_folder]
+        while pending:  # depth first, a folder's files before its sub-folders (as os.walk)
+            files, folders = scan(pending.pop())
+            pending += [folder for folder in reversed(folders) if not os.path.islink(folder)]
+            for path in files:
+                if path.lower().endswith(IMAGE_EXTENSIONS):
+                    paths.append(path)
+                    ids.append(pathlib.Path(path).relative_to(root).as_posix())
+                    classes.append(os.path.basename(class_folder))
+    if others:
+        warnings.warn(f"Skipped {sum(map(len, others.values()))} entr(ies) under gallery folder {str(root)!r}: "
+                      f"{not_regular_summary(others, str(root))}.", stacklevel=2)
     if not paths:
         raise ValueError(f"Gallery folder {str(root)!r} has no image in any <class>/ sub-folder "
                          f"({', '.join(IMAGE_EXTENSIONS)}).")

@@ -1,7 +1,9 @@
 """Datasets in the paper's folder layout: root/<class>/<image files>, gallery images in root/<class>/gallery/."""
 
 import difflib
+import errno
 import os
+import stat
 import warnings
 from collections.abc import Sequence
 
@@ -174,9 +176,10 @@ def load_image_folder(
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"Image folder {root!r} does not exist; expected root/<class>/<image files>.")
-    class_folders = sorted(
-        entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith(".")
-    )
+    _, folders, others = scan_folder(root)
+    # Files directly in root are not images of a class; only a class folder's unusable name is reported.
+    others = {kind: paths for kind, paths in others.items() if kind == "name not UTF-8"}
+    class_folders = [os.path.basename(path) for path in folders]
     if len(class_folders) < 2:
         raise ValueError(f"{root!r} has {len(class_folders)} class folder(s); a train/test split needs at least 2.")
     # The split first: a wrong test_classes / test_fraction fails before any image is read.
@@ -191,8 +194,10 @@ def load_image_folder(
     files_by_class, skipped = {}, []
     gallery_files = set()
     for folder in class_folders:
-        paths = _visible_files(os.path.join(root, folder))
-        gallery_paths = _visible_files(os.path.join(root, folder, GALLERY_FOLDER))
+        paths, _, class_others = scan_folder(os.path.join(root, folder))
+        gallery_paths, _, gallery_others = scan_folder(os.path.join(root, folder, GALLERY_FOLDER))
+        for kind, kind_paths in [*class_others.items(), *gallery_others.items()]:
+            others.setdefault(kind, []).extend(kind_paths)
         gallery_files.update(gallery_paths)
         paths += gallery_paths
         files_by_class[folder] = [path for path in paths if path.lower().endswith(IMAGE_EXTENSIONS)]
@@ -201,11 +206,12 @@ def load_image_folder(
         found = [path for folder in class_folders for path in files_by_class[folder]]
         gallery_files |= _gallery_list_files(gallery_list, root, found + skipped)
     not_images = len(skipped)
+    not_regular = sorted(path for paths in others.values() for path in paths)
     all_images = [path for folder in class_folders for path in files_by_class[folder]]
     unreadable = set(unreadable_images(all_images, max_pixels))
     too_large = [] if max_pixels is None else [
         path for path in sorted(unreadable) if (_declared_pixels(path) or 0) > max_pixels]
-    skipped += sorted(unreadable)
+    skipped += sorted(unreadable) + not_regular
     for folder in class_folders:
         files_by_class[folder] = [path for path in files_by_class[folder] if path not in unreadable]
         if not files_by_class[folder]:
@@ -217,10 +223,11 @@ def load_image_folder(
         reasons = [f"{not_images} without an image extension ({', '.join(IMAGE_EXTENSIONS)})",
                    f"{len(unreadable) - len(too_large)} not decodable (corrupt, truncated or another format)",
                    f"{len(too_large)} above max_pixels={max_pixels} by their header, e.g. "
-                   f"{[os.path.relpath(path, root) for path in too_large[:3]]}"]
+                   f"[{', '.join(display_path(path, root) for path in too_large[:3])}]"]
+        reasons += [not_regular_summary(others, root)] if not_regular else []
         warnings.warn(
             f"Skipped {len(skipped)} file(s) under {root!r} that are not readable images: {'; '.join(reasons)}. "
-            f"Skipped files, e.g. {[os.path.relpath(path, root) for path in skipped[:5]]}.",
+            f"Skipped files, e.g. [{', '.join(display_path(path, root) for path in skipped[:5])}].",
             stacklevel=2,
         )
 
@@ -235,9 +242,85 @@ def load_image_folder(
     return SplitDataset(*splits, tuple(skipped))
 
 
-def _visible_files(folder):
-    """The sorted non-hidden files directly in ``folder`` (none when it does not exist)."""
+# Why a folder entry is not read, by kind (os.stat, which follows links, says what it is).
+NOT_REGULAR_KINDS = ("FIFO", "device", "socket", "dangling link", "link loop", "unstatable entry", "special file",
+                     "name not UTF-8")
+
+
+def _entry_kind(path):
+    """"file", "folder" or one of NOT_REGULAR_KINDS for ``path``; never opens it (os.stat only)."""
+    if not _is_utf8(os.path.basename(path)):
+        return "name not UTF-8"
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "dangling link" if os.path.islink(path) else "unstatable entry"
+    except OSError as error:
+        return "link loop" if error.errno == errno.ELOOP else "unstatable entry"
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "socket" if stat.S_ISSOCK(mode) else "special file"
+
+
+def _is_utf8(name):
+    # os.listdir decodes undecodable bytes to lone surrogates (surrogateescape); TensorFlow cannot take them.
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def scan_folder(folder: str | os.PathLike) -> tuple[list[str], list[str], dict[str, list[str]]]:
+    """(regular files, folders, other entries by kind) directly in ``folder``, each sorted; hidden names left out.
+
+    Links are followed; what they point at decides. Only ``os.stat`` is called, so
+    a FIFO, a device (``/dev/zero``), a socket, a dangling link or a link loop is
+    never opened: they land in the third value under their kind (one of
+    :data:`NOT_REGULAR_KINDS`), as do names that are not valid UTF-8 (TensorFlow
+    cannot take their paths). A folder that does not exist gives nothing.
+    """
+    folder = os.fspath(folder)
+    files, folders, others = [], [], {}
     if not os.path.isdir(folder):
-        return []
-    paths = [os.path.join(folder, name) for name in sorted(os.listdir(folder)) if not name.startswith(".")]
-    return [path for path in paths if os.path.isfile(path)]
+        return files, folders, others
+    for name in sorted(os.listdir(folder)):
+        if name.startswith("."):
+            continue
+        path = os.path.join(folder, name)
+        kind = _entry_kind(path)
+        if kind == "file":
+            files.append(path)
+        elif kind == "folder":
+            folders.append(path)
+        else:
+            others.setdefault(kind, []).append(path)
+    return files, folders, others
+
+
+def display_path(path: str, root: str | None = None) -> str:
+    """``path`` (relative to ``root`` when given) for a message; ``repr`` of its bytes when it is not UTF-8."""
+    shown = os.path.relpath(path, root) if root is not None else path
+    return repr(shown) if _is_utf8(shown) else repr(os.fsencode(shown))
+
+
+def not_regular_summary(others: dict[str, list[str]], root: str | None = None) -> str:
+    """What :func:`scan_folder` left out, counted by kind, e.g. ``"not regular files, never opened: 1 FIFO, 2 devices"``.
+
+    Names that are not UTF-8 are counted apart and listed (the first five, as bytes).
+    Empty when nothing was left out.
+    """
+    counts = [f"{len(others[kind])} {kind}{'s' if len(others[kind]) > 1 else ''}"
+              for kind in NOT_REGULAR_KINDS[:-1] if others.get(kind)]
+    phrases = [f"not regular files, never opened: {', '.join(counts)}"] if counts else []
+    names = others.get("name not UTF-8", [])
+    if names:
+        phrases.append(f"{len(names)} with a name that is not UTF-8 (rename them): "
+                       f"{', '.join(display_path(path, root) for path in names[:5])}{' ...' if len(names) > 5 else ''}")
+    return "; ".join(phrases)
