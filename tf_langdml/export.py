@@ -18,20 +18,23 @@
 bfloat16 (variables stay float32); every signature still takes and returns float32.
 
 The version folder is written under a temporary name and renamed, so it appears
-complete or not at all; an existing version is never overwritten. The text encoder and
-the language table are training-time only and are not exported.
+complete or not at all; an existing version is never overwritten. Everything is staged
+inside the model folder (nothing in ``$TMPDIR``), with the umask's permissions (0755 /
+0644 under umask 022, so TF Serving running as another user can read it), and each
+export first removes the partial versions of exports that died (:func:`~tf_langdml.cache.remove_dead_partials`;
+one still being written is kept). A batch of zero images never reaches the network.
+The text encoder and the language table are training-time only and are not exported.
 """
 
 import dataclasses
 import json
 import pathlib
 import shutil
-import tempfile
 
 import numpy as np
 import tensorflow as tf
 
-from tf_langdml.cache import atomic_directory
+from tf_langdml.cache import atomic_directory, remove_dead_partials
 from tf_langdml.data.preprocessing import (
     DEFAULT_BACKGROUND,
     DEFAULT_MAX_PIXELS,
@@ -93,17 +96,53 @@ class _EmbedderModule(tf.Module):
                  max_pixels=DEFAULT_MAX_PIXELS):
         super().__init__()
         self.embedder = embedder
+        self.embed_dim = int(embedder.output_shape[-1])
         self.image_size = image_size
         self.background = parse_background(background)
         self.max_pixels = max_pixels
         self.metadata = tf.saved_model.Asset(str(metadata_path))
 
     def _embed(self, images):
-        return tf.math.l2_normalize(tf.cast(self.embedder(images, training=False), tf.float32), axis=-1)
+        """Unit embeddings (B, d); a batch of zero images answers (0, d) without running the embedder.
+
+        The network never sees an empty batch (oneDNN's AVX-512 convolution rejects one):
+        a ``tf.cond`` on the batch size runs only the branch that returns zeros.
+        """
+        def run():
+            return tf.math.l2_normalize(tf.cast(self.embedder(images, training=False), tf.float32), axis=-1)
+
+        return tf.cond(tf.shape(images)[0] > 0, run, lambda: tf.zeros([0, self.embed_dim], tf.float32))
+
+    def _check_pixels(self, images):
+        """``images`` once they are known to be (B, size, size, 3) with finite values; fails naming the problem.
+
+        The signature declares that shape, but TF Serving (and any caller of the graph
+        below the Python signature) feeds whatever arrives, and the embedder would embed
+        a 17 x 17 image without a word. Stock ops only (``Assert``), and O(B x pixels).
+        """
+        size = self.image_size
+        shape = tf.shape(images)
+        padded = tf.concat([shape, tf.zeros([4], tf.int32)], axis=0)  # shape[1:4] exists at any rank
+        right_size = tf.equal(tf.size(shape), 4) & tf.reduce_all(tf.equal(padded[1:4], [size, size, 3]))
+        check_size = tf.debugging.Assert(right_size, [tf.strings.format(
+            "embed_images takes float32 RGB images of shape (batch, {}, {}, 3), values in [0, 255]; got shape {}. "
+            "Resize and centre-crop them to {} x {} first, or send the encoded images to serving_default.",
+            (size, size, shape, size, size))])
+        with tf.control_dependencies([check_size]):
+            finite = tf.reduce_all(tf.math.is_finite(images), axis=[1, 2, 3])
+        all_finite = tf.reduce_all(finite)
+        rows = tf.range(tf.shape(finite)[0])
+        problems = tf.cond(all_finite, lambda: tf.constant(""), lambda: tf.strings.reduce_join(tf.strings.join(
+            ["row ", tf.strings.as_string(tf.boolean_mask(rows, ~finite)), ": NaN or Inf pixel values"]),
+            separator="; "))
+        check_values = tf.debugging.Assert(all_finite, ["Bad image(s) in the request; nothing was embedded.",
+                                                        problems])
+        with tf.control_dependencies([check_values]):
+            return tf.identity(images)
 
     @tf.function
     def embed_images(self, images):
-        return {"embeddings": self._embed(images)}
+        return {"embeddings": self._embed(self._check_pixels(images))}
 
     def _decode_batch(self, images):
         """(B, size, size, 3) float32 of a batch of encoded images; fails naming every bad row.
@@ -141,16 +180,25 @@ def top_k_in_chunks(queries, gallery, k, chunk_elements=DEFAULT_CHUNK_ELEMENTS):
     chunk's (B, chunk) scores exists at a time (the loop runs its iterations one after
     another). Equal scores rank the lower gallery index first, as one stable
     descending sort of all N scores would. ``k`` must be in 1..N (a graph assertion
-    names both otherwise). Plain TensorFlow ops only (stock TF Serving runs it).
+    names both otherwise). Zero queries answer (0, k) without a matmul or a loop. Plain
+    TensorFlow ops only (stock TF Serving runs it).
     """
     queries = tf.convert_to_tensor(queries, tf.float32)
     k = tf.cast(k, tf.int32)
     count = tf.shape(gallery)[0]
-    batch = tf.shape(queries)[0]
     check = tf.debugging.Assert((k >= 1) & (k <= count), [tf.strings.format(
         "k must be between 1 and the number of gallery items; got k = {} for a gallery of {} items.", (k, count))])
     with tf.control_dependencies([check]):
-        chunk = tf.maximum(tf.cast(chunk_elements, tf.int32) // tf.maximum(batch, 1), 1024)
+        batch = tf.shape(queries)[0]
+    return tf.cond(batch > 0, lambda: _scan_in_chunks(queries, gallery, k, chunk_elements),
+                   lambda: (tf.zeros([0, k], tf.float32), tf.zeros([0, k], tf.int32)))
+
+
+def _scan_in_chunks(queries, gallery, k, chunk_elements):
+    """:func:`top_k_in_chunks` for a batch of at least one query, ``k`` already checked."""
+    count = tf.shape(gallery)[0]
+    batch = tf.shape(queries)[0]
+    chunk = tf.maximum(tf.cast(chunk_elements, tf.int32) // tf.maximum(batch, 1), 1024)
     num_chunks = (count + chunk - 1) // chunk
 
     def scan(index, values, indices):
@@ -193,9 +241,42 @@ class _GalleryModule(_EmbedderModule):
     def search(self, images, k):
         return self._neighbours(self._embed(self._decode_batch(images)), k)
 
+    def _unit_queries(self, embeddings):
+        """Each query row scaled to unit length; fails naming every row that has no direction.
+
+        A row with NaN or Inf, or all zeros, would score 0 or NaN against every item and
+        return the first gallery rows as if they were neighbours, so it is refused.
+        Dividing by the row's largest magnitude first keeps finite rows of any scale
+        (1e30 or 1e-40) from overflowing or underflowing the sum of squares. O(B x D).
+        """
+        shape = tf.shape(embeddings)
+        padded = tf.concat([shape, tf.zeros([2], tf.int32)], axis=0)
+        right_size = tf.equal(tf.size(shape), 2) & tf.equal(padded[1], self.embed_dim)
+        check_size = tf.debugging.Assert(right_size, [tf.strings.format(
+            "search_embeddings takes float32 embeddings of shape (batch, {}); got shape {}. Embed the images with "
+            "this export's embed_images or serving_default.", (self.embed_dim, shape))])
+        with tf.control_dependencies([check_size]):
+            finite = tf.reduce_all(tf.math.is_finite(embeddings), axis=1)
+        scale = tf.where(finite, tf.reduce_max(tf.abs(embeddings), axis=1), 0.0)
+        good = finite & (scale > 0)
+        all_good = tf.reduce_all(good)
+        rows = tf.range(tf.shape(good)[0])
+
+        def problems():
+            reasons = tf.where(tf.boolean_mask(finite, ~good), "all zeros (a zero-length vector has no direction)",
+                               "NaN or Inf values")
+            return tf.strings.reduce_join(tf.strings.join(
+                ["row ", tf.strings.as_string(tf.boolean_mask(rows, ~good)), ": ", reasons]), separator="; ")
+
+        check_values = tf.debugging.Assert(all_good, [
+            "Bad query embedding(s) in the request; nothing was searched.",
+            tf.cond(all_good, lambda: tf.constant(""), problems)])
+        with tf.control_dependencies([check_values]):
+            return tf.math.l2_normalize(embeddings / tf.where(good, scale, 1.0)[:, None], axis=-1)
+
     @tf.function
     def search_embeddings(self, embeddings, k):
-        return self._neighbours(tf.math.l2_normalize(embeddings, axis=-1), k)
+        return self._neighbours(self._unit_queries(embeddings), k)
 
 
 def next_version(model_dir):
@@ -355,6 +436,7 @@ def export_embedder(embedder, model_dir, version=None, class_names=None, config=
     background = parse_background(background)
     model_dir = pathlib.Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
+    remove_dead_partials(model_dir)
     version = next_version(model_dir) if version is None else int(version)
     if version < 1:
         raise ValueError(f"version must be a positive integer; got {version}.")
@@ -384,7 +466,11 @@ def export_embedder(embedder, model_dir, version=None, class_names=None, config=
             "background": list(background),
             "max_pixels": max_pixels,
             "bad_requests": "a batch with any image that cannot be decoded fails as a whole (nothing is "
-                            "embedded); the error names every bad row (0-based) and why",
+                            "embedded); the error names every bad row (0-based) and why. embed_images refuses "
+                            "another image size (naming both) and NaN or Inf pixels (naming the rows); "
+                            "search_embeddings refuses another embedding size and rows with NaN or Inf or all "
+                            "zeros (naming the rows). A batch of zero images answers (0, embed_dim) embeddings, "
+                            "or (0, k) search results, without running the network",
             "class_names": list(class_names) if class_names is not None else None,
             "config": config,
         }
@@ -396,7 +482,10 @@ def export_embedder(embedder, model_dir, version=None, class_names=None, config=
                 "search": "exact cosine top-k over every item (matmul + top-k in chunks of about "
                           f"{int(chunk_elements)} scores); equal scores rank the lower gallery row first",
             }
-        staging = pathlib.Path(tempfile.mkdtemp(prefix="tf_langdml_export_"))
+        # The asset is staged inside the partial version folder (never in $TMPDIR), so a killed export leaves
+        # nothing that the next one's remove_dead_partials does not remove.
+        staging = temporary / ".staging"
+        staging.mkdir()
         try:
             metadata_path = staging / ASSET_NAME
             metadata_path.write_text(json.dumps(metadata, indent=1, ensure_ascii=False), encoding="utf-8")

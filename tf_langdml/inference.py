@@ -21,13 +21,23 @@ def inference_outputs(model: keras.Model, images: tf.Tensor | np.ndarray) -> tf.
     """Outputs (logits of a classifier, embeddings of an embedder) of images in [0, 255], as float32.
 
     One traced graph per model, reused across calls. Not ``model.predict``, which
-    replaces ``model.history`` when called from a callback during ``fit``.
+    replaces ``model.history`` when called from a callback during ``fit``. A batch of
+    zero images answers zeros of shape (0, *output shape) without running the model
+    (oneDNN's AVX-512 convolution rejects a batch of zero).
     """
     function = _TRACED.get(model)
     if function is None:
-        function = tf.function(
-            lambda batch: tf.cast(model(tf.cast(batch, tf.float32), training=False), tf.float32), reduce_retracing=True
-        )
+        # An output size unknown before the call (None) is answered as 0 for an empty batch: still no rows.
+        output_shape = [0 if size is None else int(size) for size in model.output_shape[1:]]
+
+        def forward(batch):
+            return tf.cond(
+                tf.shape(batch)[0] > 0,
+                lambda: tf.cast(model(tf.cast(batch, tf.float32), training=False), tf.float32),
+                lambda: tf.zeros([0, *output_shape], tf.float32),
+            )
+
+        function = tf.function(forward, reduce_retracing=True)
         _TRACED[model] = function
     return function(images)
 
@@ -47,5 +57,11 @@ def forward_batches(
 
 
 def embed_split(model: keras.Model, split: Split, batch_size: int = 64, image_size: int = 224, verbose: int = 1) -> np.ndarray:
-    """Embeddings (N, D) float32 of a :class:`~tf_langdml.data.Split` with eval preprocessing, in order."""
-    return np.concatenate([outputs for outputs, _ in forward_batches(model, split, batch_size, image_size, verbose)])
+    """Embeddings (N, D) float32 of a :class:`~tf_langdml.data.Split` with eval preprocessing, in order.
+
+    A split of no images gives (0, D) without running the model.
+    """
+    batches = [outputs for outputs, _ in forward_batches(model, split, batch_size, image_size, verbose)]
+    if not batches:
+        return np.zeros((0, *(0 if size is None else int(size) for size in model.output_shape[1:])), np.float32)
+    return np.concatenate(batches)
