@@ -100,10 +100,10 @@ _GIF_RUN = 4096  # sub-blocks of one size skipped by one strided read
 
 @tf.function(input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
 def _gif_first_image(encoded):
-    """(found, (top, left, height, width) int64, end int32) of a GIF's first image, walking its blocks in order.
+    """(found, (top, left, height, width) int64, start, end) of a GIF's first image, walking its blocks in order.
 
     From the end of the global colour table: an extension (21, a label, sub-blocks) is
-    skipped; the first image descriptor (2C) is read; its local colour table, LZW code
+    skipped; the first image descriptor (2C, at ``start``) is read; its local colour table, LZW code
     size and sub-blocks are skipped, and ``end`` is the byte after their 00 terminator.
     Sub-block chains are sequential, so this is a ``tf.while_loop``; one step skips a
     whole run of equal-sized sub-blocks (encoders write 255-byte ones) by one strided
@@ -118,9 +118,9 @@ def _gif_first_image(encoded):
     """
     size = tf.strings.length(encoded)
     # Zero padding: a chain that runs off the end stops at a 00 beyond ``size``, which marks it truncated.
-    data = tf.cast(tf.io.decode_raw(tf.strings.join([encoded, "\0" * 16]), tf.uint8), tf.int32)
+    data = tf.io.decode_raw(tf.strings.join([encoded, "\0" * 16]), tf.uint8)  # uint8: 1 byte a byte
     last = tf.size(data) - 1
-    byte = lambda index: tf.gather(data, tf.minimum(index, last))  # noqa: E731
+    byte = lambda index: tf.cast(tf.gather(data, tf.minimum(index, last)), tf.int32)  # noqa: E731
     u16 = lambda index: tf.cast(byte(index) + 256 * byte(index + 1), tf.int64)  # noqa: E731
     table = lambda flags: tf.where(flags >= 128, 3 * tf.bitwise.left_shift(2, flags % 8), 0)  # noqa: E731
 
@@ -128,7 +128,7 @@ def _gif_first_image(encoded):
         # The first size byte after a run of sub-blocks of ``value`` bytes each (a no-op stride off a chain).
         stride = tf.where(at_block | tf.equal(value, 0), last + 1, value + 1)
         run = data[position : tf.minimum(position + _GIF_RUN * stride, last + 1) : stride]
-        same = tf.concat([tf.cast(tf.equal(run, value), tf.int32), [0]], 0)
+        same = tf.concat([tf.cast(tf.equal(run, tf.cast(value, tf.uint8)), tf.int32), [0]], 0)
         return position + tf.cast(tf.argmin(same, output_type=tf.int32), tf.int32) * stride
 
     def step(position, state, descriptor, chain_next):
@@ -145,7 +145,7 @@ def _gif_first_image(encoded):
             tf.where(at_block, _DAMAGED, state))))
         state = tf.where(tf.not_equal(state, _DONE) & (moved >= size), _DAMAGED, state)
         descriptor = tf.where(image, tf.stack([u16(position + 3), u16(position + 1), u16(position + 7),
-                                               u16(position + 5)]), descriptor)
+                                               u16(position + 5), tf.cast(position, tf.int64)]), descriptor)
         return moved, state, descriptor
 
     def walk(walked, chain_next, steps):
@@ -155,23 +155,23 @@ def _gif_first_image(encoded):
     def terminators():
         # jumps[i]: where the chain through size byte i ends (its 00), after log2(len) doublings.
         indices = tf.range(last + 1)
-        jumps = tf.where(tf.equal(data, 0), indices, tf.minimum(indices + data + 1, last))
+        jumps = tf.where(tf.equal(data, 0), indices, tf.minimum(indices + tf.cast(data, tf.int32) + 1, last))
         rounds = tf.cast(tf.math.ceil(tf.math.log(tf.cast(last + 2, tf.float32)) / np.log(2.0)), tf.int32) + 1
         return tf.while_loop(lambda i, jumps: i < rounds, lambda i, jumps: (i + 1, tf.gather(jumps, jumps)),
                              (0, jumps))[1]
 
     start = 13 + table(byte(10))
-    walked = walk((start, tf.where(start < size, _AT_BLOCK, _DAMAGED), tf.zeros([4], tf.int64)), run_end, _GIF_RUN_STEPS)
+    walked = walk((start, tf.where(start < size, _AT_BLOCK, _DAMAGED), tf.zeros([5], tf.int64)), run_end, _GIF_RUN_STEPS)
     def table_walk():
         jumps = terminators()
         return walk(walked, lambda position, value, at_block: tf.gather(jumps, tf.minimum(position, last)), _GIF_BLOCK_STEPS)
 
     position, state, descriptor = tf.cond(walked[1] < _DONE, table_walk, lambda: walked)
-    return tf.equal(state, _DONE), descriptor, position
+    return tf.equal(state, _DONE), descriptor[:4], tf.cast(descriptor[4], tf.int32), position
 
 
 def _gif_size(encoded):
-    """(found, (height, width), end of the first image) of a GIF as decoded: its logical screen grown to hold the first image.
+    """(found, (height, width), first image's start, its end) of a GIF: the screen grown to hold the first image.
 
     The first image may be larger than the screen or lie partly outside it (a 1 x 1
     screen can hold a 9000 x 9000 frame, which the decoder allocates whole), so the
@@ -179,18 +179,23 @@ def _gif_size(encoded):
     (:func:`_first_gif_frame`), so they cost nothing. Not found (damaged data): the screen.
     """
     screen = _fixed_header_size(encoded, GIF)
-    found, descriptor, end = _gif_first_image(encoded)
+    found, descriptor, start, end = _gif_first_image(encoded)
     extent = tf.maximum(screen, descriptor[:2] + descriptor[2:])
-    return found, tf.where(found, extent, screen), end
+    return found, tf.where(found, extent, screen), start, end
 
 
-def _first_gif_frame(encoded, end):
-    """GIF bytes cut after the first image's data, with the trailer (3B) added: one frame to decode.
+def _first_gif_frame(encoded, background, start, end):
+    """GIF bytes cut after the first image's data, trailer (3B) added, transparency drawn as ``background``.
 
     TensorFlow's decoder reads every frame and sizes its output by the largest, so 20
     frames of 4000 x 4000 in 259 KB cost 1.2 GB; PIL and the paper's loader use the first.
+    The transparent colour is looked for before the first image (``start``) and patched
+    in the bytes up to its largest local colour table, so that byte work does not grow
+    with the image data.
     """
-    return tf.strings.join([tf.strings.substr(encoded, 0, end), "\x3b"])
+    head = tf.minimum(start + 10 + 768, end)
+    patched = _gif_transparency_to_background(tf.strings.substr(encoded, 0, head), background, start)
+    return tf.strings.join([patched, tf.strings.substr(encoded, head, end - head), "\x3b"])
 
 
 def header_image_size(encoded: tf.Tensor) -> tf.Tensor:
@@ -219,32 +224,63 @@ def _check_pixels(size, max_pixels):
 
 
 def _composite(rgba, background, scale):
-    """RGB uint8 of a (H, W, 4) image composited onto ``background``; ``scale`` = the channels' maximum."""
-    rgba = tf.cast(rgba, tf.float32)
-    rgb, alpha = rgba[..., :3] * (255.0 / scale), rgba[..., 3:] * (1.0 / scale)
-    background = tf.constant(background, tf.float32)
-    # rgb * alpha + background * (1 - alpha), with one product fewer.
-    composited = background + (rgb - background) * alpha
-    return tf.cast(tf.round(tf.clip_by_value(composited, 0.0, 255.0)), tf.uint8)
+    """RGB uint8 of a (H, W, 4) image composited onto ``background``; ``scale`` = the channels' maximum.
+
+    An opaque image (every alpha at ``scale``) skips the alpha arithmetic: its rounded
+    RGB is what compositing gives (x + (rgb - x) * 1 = rgb), at a third of the memory.
+    """
+    def opaque():
+        return tf.cast(tf.round(tf.cast(rgba[..., :3], tf.float32) * (255.0 / scale)), tf.uint8)
+
+    def composite():
+        rgb = tf.cast(rgba[..., :3], tf.float32) * (255.0 / scale)
+        alpha = tf.cast(rgba[..., 3:], tf.float32) * (1.0 / scale)
+        background_values = tf.constant(background, tf.float32)
+        # rgb * alpha + background * (1 - alpha), with one product fewer.
+        composited = background_values + (rgb - background_values) * alpha
+        return tf.cast(tf.round(tf.clip_by_value(composited, 0.0, 255.0)), tf.uint8)
+
+    return tf.cond(tf.reduce_all(tf.equal(rgba[..., 3], int(scale))), opaque, composite)
+
+
+def _composite_8_bit(rgba, background):
+    """RGB uint8 of a uint8 (H, W, 4) image composited onto ``background``, in exact integer arithmetic.
+
+    round((v * a + b * (255 - a)) / 255) as floor((... + 127) / 255) in uint16: the
+    numerator is at most 255 * 255 + 127 < 2**16, and it never ends in exactly .5
+    (2 * (v - b) * a = 255 * odd has no solution), so this is the float compositing of
+    :func:`_composite` without its float32 copies (16 bytes a pixel). An opaque image
+    (every alpha 255, as any PNG without alpha or ``tRNS``) is its RGB channels.
+    """
+    def composite():
+        rgb, alpha = tf.cast(rgba[..., :3], tf.uint16), tf.cast(rgba[..., 3:], tf.uint16)
+        covered = tf.constant(background, tf.uint16) * (255 - alpha)
+        return tf.cast((rgb * alpha + covered + 127) // 255, tf.uint8)
+
+    return tf.cond(tf.reduce_all(tf.equal(rgba[..., 3], 255)), lambda: rgba[..., :3], composite)
 
 
 def _decode_png(encoded, background):
     """uint8 RGB of any PNG: grey, palette, RGB, with alpha or ``tRNS``, 8 or 16 bits.
 
-    Decoded as 16-bit RGBA (8-bit values become v * 257 exactly, a missing alpha is
-    opaque), so one path serves every PNG without control flow: composited onto the
-    background and rounded to 8 bits (x / 257), not truncated to the high byte.
+    Decoded as RGBA (a missing alpha is opaque; ``tRNS`` becomes alpha) and composited
+    onto the background. A PNG of 8 bits or fewer a channel (byte 24 of the header)
+    is decoded as uint8 and composited in integers (:func:`_composite_8_bit`); a
+    16-bit one as uint16, composited in float32 and rounded to 8 bits (x / 257), not
+    truncated to the high byte.
     """
-    return _composite(tf.io.decode_png(encoded, channels=4, dtype=tf.uint16), background, 65535.0)
+    return tf.cond(tf.equal(_header(encoded)[24], 16),
+                   lambda: _composite(tf.io.decode_png(encoded, channels=4, dtype=tf.uint16), background, 65535.0),
+                   lambda: _composite_8_bit(tf.io.decode_png(encoded, channels=4), background))
 
 
-def _gif_transparency_to_background(encoded, background):
+def _gif_transparency_to_background(encoded, background, search_end):
     """GIF bytes whose first frame's transparent colour is drawn as ``background`` (transparency flag cleared).
 
     TensorFlow's GIF decoder leaves transparent pixels black. The first frame's Graphic
     Control Extension is the first run of bytes with its fixed layout (21 F9 04, four
-    bytes, a 00 terminator, then an image descriptor 2C or another extension 21) after
-    the global colour table; its transparent colour is rewritten in the local colour
+    bytes, a 00 terminator, then an image descriptor 2C or another extension 21) between
+    the global colour table and ``search_end`` (where the first image starts); its transparent colour is rewritten in the local colour
     table of the image descriptor that follows it, else in the global one. Found by
     vectorised byte comparisons, without loops, so the decode graph stays free of
     control flow.
@@ -254,7 +290,7 @@ def _gif_transparency_to_background(encoded, background):
     start = tf.where(data[10] >= 128, 13 + 3 * tf.bitwise.left_shift(2, data[10] % 8), 13)
     positions = tf.range(tf.size(data) - 24)
     at = lambda offset: data[offset : tf.size(data) - 24 + offset]  # noqa: E731  (byte at position + offset)
-    control_block = ((positions >= start) & tf.equal(at(0), 0x21) & tf.equal(at(1), 0xF9) & tf.equal(at(2), 4)
+    control_block = ((positions >= start) & (positions < search_end) & tf.equal(at(0), 0x21) & tf.equal(at(1), 0xF9) & tf.equal(at(2), 4)
                      & tf.equal(at(7), 0) & (tf.equal(at(8), 0x2C) | tf.equal(at(8), 0x21)))
     found = tf.reduce_any(control_block)
     control = tf.cast(tf.argmax(tf.cast(control_block, tf.int32)), tf.int32)
@@ -332,7 +368,7 @@ def _decoder(code, encoded, background, max_pixels):
         return _refuse_unknown_format(encoded)
     checks = []
     if code == GIF:
-        found, size, end = _gif_size(encoded)
+        found, size, start, end = _gif_size(encoded)
         checks.append(tf.debugging.Assert(found, [tf.strings.format(
             "The GIF ({} bytes) is truncated or damaged: its blocks end before the first image's data does; "
             "re-save it.", tf.strings.length(encoded))]))
@@ -346,7 +382,7 @@ def _decoder(code, encoded, background, max_pixels):
         if code == PNG:
             return _decode_png(encoded, background)
         if code == GIF:
-            return tf.io.decode_gif(_gif_transparency_to_background(_first_gif_frame(encoded, end), background))[0]
+            return tf.io.decode_gif(_first_gif_frame(encoded, background, start, end))[0]
         return tf.io.decode_bmp(encoded, channels=3)
 
 

@@ -1,0 +1,58 @@
+"""What decoding costs: PNG's cheaper paths give the same pixels, and the memory of one decode is bounded."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from data.decode_memory import KINDS, measure
+from data.gif_bytes import gif, image_block, pil_frame_data
+from PIL import Image
+
+from tf_langdml.data.preprocessing import DEFAULT_MAX_PIXELS, decode_rgb
+
+
+@pytest.mark.parametrize("background", [(255, 255, 255), (0, 0, 0), (10, 200, 30)])
+def test_8_bit_png_compositing_is_exact_for_every_value_and_alpha(background):
+    """Every (value, alpha) pair once: the integer path equals the float64 formula, no tolerance.
+
+    round((v * a + b * (255 - a)) / 255) never meets a .5 tie (255 is odd), so the
+    exact rational has one rounding and the uint16 arithmetic must reproduce it.
+    """
+    values, alphas = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    rgba = np.stack([values, 255 - values, (values * 7) % 256, alphas], -1).astype(np.uint8)
+    decoded = decode_rgb(tf.io.encode_png(rgba), background).numpy()
+    exact = (rgba[..., :3].astype(np.int64) * rgba[..., 3:] + np.asarray(background) * (255 - rgba[..., 3:].astype(np.int64)))
+    np.testing.assert_array_equal(decoded, np.round(exact / 255.0).astype(np.uint8))
+
+
+def test_opaque_16_bit_png_takes_every_value_to_its_rounded_8_bits():
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    rgba = np.stack([values, values[::-1], values.T, np.full_like(values, 65535)], -1)
+    decoded = decode_rgb(tf.io.encode_png(rgba)).numpy()
+    # v / 257 never ends in .5 (257 is odd): one exact rounding.
+    np.testing.assert_array_equal(decoded, np.round(rgba[..., :3] / 257.0).astype(np.uint8))
+
+
+def test_a_20_frame_gif_costs_one_frame(tmp_path):
+    """20 frames of 1000 x 1000: TensorFlow alone holds 20 x 3 MB of output; the first frame alone 3 MB."""
+    min_code_size, data = pil_frame_data(Image.new("P", (1000, 1000)))
+    frames = [image_block(0, 0, 1000, 1000, data, min_code_size)] * 20
+    path = tmp_path / "animation.gif"
+    path.write_bytes(gif((1000, 1000), frames))
+    assert tf.io.decode_gif(path.read_bytes()).shape == (20, 1000, 1000, 3)
+    from data.decode_memory import measure_file
+
+    result = measure_file(str(path))
+    assert result["shape"] == [1000, 1000, 3]
+    # One frame: 1 byte a pixel of LZW raster and 3 of RGB output, plus the encoded bytes' copies;
+    # every frame would be 20 x 4 MB = 80 MB.
+    assert result["peak_bytes"] < 20e6, result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_decoding_memory_per_pixel_as_documented(kind, tmp_path):
+    """The figures of docs/data.md: peak RSS of one 4000 x 4000 decode in a fresh process, per pixel."""
+    documented = {"PNG RGB 8-bit": 11, "PNG RGBA 8-bit": 26, "PNG RGBA 16-bit": 45, "JPEG": 5, "GIF": 8, "BMP": 7}
+    result = measure(kind, 4000, str(tmp_path))
+    print(kind, result, f"at max_pixels: {result['bytes_per_pixel'] * DEFAULT_MAX_PIXELS / 1e9:.2f} GB")
+    assert result["bytes_per_pixel"] <= documented[kind]
