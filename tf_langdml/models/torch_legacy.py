@@ -32,7 +32,10 @@ What a hostile or damaged file can do, and what it cannot:
   there), the set opcodes (torch writes no set, and an empty set costs 216 bytes for one
   opcode byte) and a memo index beyond the entries stored so far (the C unpickler would
   allocate a memo table of twice that index). Listing also checks that every length an
-  opcode declares is present in the file before the unpickler allocates it.
+  opcode declares is present in the file before the unpickler allocates it, and it follows
+  the stack: each pickle must leave exactly one object, and no object may nest more than 100
+  deep (Python hashes a tuple of tuples recursively without a depth guard, so a 1 MB file
+  whose state dict has a million nested 1-tuples as a key crashed the interpreter).
 * Memory is bounded by the file size: the file is read once (only if it is a regular
   file, so a FIFO or a device cannot hang or flood the reader); each storage's element
   count is checked against the bytes left in the file before anything is allocated for it,
@@ -90,7 +93,10 @@ _STORAGE_DTYPES = {
 _STATE_DICT, _STORAGE_KEYS = "state dict", "storage keys"
 _EXTENSION_OPCODES = {"EXT1", "EXT2", "EXT4"}
 _SET_OPCODES = {"EMPTY_SET", "ADDITEMS", "FROZENSET"}
-_MEMO_OPCODES = {"PUT", "BINPUT", "LONG_BINPUT"}
+_MEMO_PUT_OPCODES = {"PUT", "BINPUT", "LONG_BINPUT"}
+_MEMO_GET_OPCODES = {"GET", "BINGET", "LONG_BINGET"}
+_FILLING_OPCODES = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "BUILD"}  # add to the object below their arguments
+_MAX_NESTING = 100  # a torch state dict nests about 5 deep; Python hashes a tuple of tuples recursively
 _ZIP_MAGIC = b"PK\x03\x04"
 _INT64_LIMIT = 2**63  # torch's sizes, strides and offsets are int64
 _MAX_DIMS = 32  # numpy >= 1 handles 32; torch state dicts use at most 5
@@ -110,8 +116,15 @@ class _Malformed(Exception):
     """Why a pickle is malformed, raised where the path is not known; :func:`_load_pickle` names the file."""
 
 
+class _ShortRepr(reprlib.Repr):
+    def repr_instance(self, value, level):
+        if type(value) in (type(None), bool, float, bytes, bytearray):  # flat: reprlib truncates their repr
+            return super().repr_instance(value, level)
+        return f"<{type(value).__name__}>"  # never the full repr of a large record or ordered dict
+
+
 def _short(value):
-    return reprlib.repr(value)
+    return _ShortRepr().repr(value)
 
 
 def _one_line(text, limit=300):
@@ -258,33 +271,68 @@ def _storage_reference(saved_id, storages):
 
 
 def _scan_opcodes(stream, path, position):
-    """List the next pickle's opcodes (running nothing, allocating at most what the file holds); refuse the
-    extension and set opcodes and memo indices beyond the entries stored so far."""
-    memo_entries = 0
+    """List the next pickle's opcodes, running nothing and allocating at most what the file holds; refuse the
+    extension and set opcodes, memo indices beyond the entries stored so far and objects nested deeper than
+    ``_MAX_NESTING``; and follow the stack, so a pickle must leave exactly one object on it."""
+    stack, marks, memo = [], [], []  # the nesting depth of each stack item and memo entry; stack length at each MARK
     for opcode, arg, offset in pickletools.genops(stream):
-        if opcode.name in _EXTENSION_OPCODES:
+        name, before, after = opcode.name, opcode.stack_before, opcode.stack_after
+        if name == "MEMOIZE":  # it stores the top object without taking it, as PUT does
+            before, after = [], []
+        if name in _EXTENSION_OPCODES:
             named = copyreg._inverted_registry.get(arg)
             raise TorchPickleRefused(
                 f"Refusing extension code {arg} ({'.'.join(named) if named else 'unregistered'}, opcode "
-                f"{opcode.name} at byte {offset}) in the {position} pickle of {path}: the unpickler would take "
+                f"{name} at byte {offset}) in the {position} pickle of {path}: the unpickler would take "
                 "it from copyreg's cache without asking which globals are allowed, and torch never writes one; "
                 f"{_ADVICE}."
             )
-        if opcode.name in _SET_OPCODES:
+        if name in _SET_OPCODES:
             raise TorchPickleRefused(
-                f"Refusing opcode {opcode.name} at byte {offset} in the {position} pickle of {path}: torch writes "
+                f"Refusing opcode {name} at byte {offset} in the {position} pickle of {path}: torch writes "
                 f"no sets, and an empty set costs 216 bytes for one byte of file; {_ADVICE}."
             )
-        if opcode.name == "MEMOIZE":
-            memo_entries += 1
-        elif opcode.name in _MEMO_OPCODES:
-            if type(arg) is not int or not 0 <= arg <= memo_entries:
+        if name == "MARK":
+            marks.append(len(stack))
+            continue
+        marked = []
+        if pickletools.markobject in before or (name == "POP" and marks and marks[-1] == len(stack)):
+            if not marks:
+                raise _Malformed(f"{name} at byte {offset} pops to a MARK that was never set")
+            mark = marks.pop()
+            marked, stack[mark:] = stack[mark:], []
+            before = before[: before.index(pickletools.markobject)] if pickletools.markobject in before else []
+        if len(stack) - (marks[-1] if marks else 0) < len(before):
+            raise _Malformed(f"{name} at byte {offset} takes more objects than the stack holds")
+        popped = stack[len(stack) - len(before) :]
+        del stack[len(stack) - len(before) :]
+        if name == "MEMOIZE" or name in _MEMO_PUT_OPCODES:
+            index = len(memo) if name == "MEMOIZE" else arg
+            if type(index) is not int or not 0 <= index <= len(memo):
                 raise TorchPickleRefused(
-                    f"Refusing memo index {_short(arg)} ({opcode.name} at byte {offset}) in the {position} pickle of "
-                    f"{path}: only {memo_entries} entries are stored before it, and the unpickler would allocate a "
-                    f"memo table of twice that index, and a pickler numbers its entries in order; {_ADVICE}."
+                    f"Refusing memo index {_short(index)} ({name} at byte {offset}) in the {position} pickle of "
+                    f"{path}: a pickler numbers its entries in order and only {len(memo)} are stored before it, "
+                    f"while the unpickler would allocate a memo table of twice that index; {_ADVICE}."
                 )
-            memo_entries += arg == memo_entries
+            if not stack:
+                raise _Malformed(f"{name} at byte {offset} stores an object from an empty stack")
+            memo[index : index + 1] = [stack[-1]]  # index <= len(memo): replaces an entry or appends one
+        elif name in _MEMO_GET_OPCODES:
+            stack.append(memo[arg] if type(arg) is int and 0 <= arg < len(memo) else 0)  # the unpickler refuses it
+        elif name == "DUP":
+            stack += popped * 2
+        elif name in _FILLING_OPCODES:  # the container keeps its place; its depth covers what it now holds
+            stack.append(max(popped[0], *(depth + 1 for depth in (*popped[1:], *marked))))
+        elif after:
+            stack += [1 + max((*popped, *marked), default=-1)] * len(after)
+        if stack and stack[-1] > _MAX_NESTING:
+            raise TorchPickleRefused(
+                f"Refusing an object nested {stack[-1]} deep ({name} at byte {offset}) in the {position} pickle of "
+                f"{path}: torch nests a state dict a few levels deep, and hashing a deeper tuple overflows the C "
+                f"stack; {_ADVICE}."
+            )
+    if stack or marks:  # STOP took the last object
+        raise _Malformed(f"it leaves {len(stack)} more objects and {len(marks)} marks on the stack at its STOP")
 
 
 def _load_pickle(stream, path, position, storages=None):
