@@ -68,3 +68,43 @@ def test_quiet_by_default_and_verbose_shows_tensorflow_s_log(tmp_path):
     assert not TF_LOG_LINE.search(quiet), quiet
     verbose = run_train_on_a_missing_folder(tmp_path, "--verbose")
     assert TF_LOG_LINE.search(verbose), verbose
+
+
+def test_export_evaluate_and_index_on_a_folder_that_is_not_a_run(tmp_path, capsys):
+    (tmp_path / "photos").mkdir()
+    for argv in (["export", "--name", "x"], ["evaluate"], ["index", "--gallery", "test", "--name", "x"]):
+        from tf_langdml.cli import main
+
+        assert main([argv[0], "--run", str(tmp_path / "photos"), *argv[1:]]) == 2
+        error = capsys.readouterr().err
+        assert error == f"tf-langdml {argv[0]}: {tmp_path / 'photos'} is not a run directory (it has no config.yaml); " \
+                        "give the folder `tf-langdml train` wrote, <runs_dir>/<name>.\n"
+
+
+def test_verbose_adds_the_traceback_and_bugs_propagate(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from tf_langdml.cli import main
+
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))  # --verbose sets it
+    assert main(["--verbose", "evaluate", "--run", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("Traceback") and error.endswith(f"tf-langdml evaluate: {tmp_path} is not a run directory "
+                                                            "(it has no config.yaml); give the folder `tf-langdml "
+                                                            "train` wrote, <runs_dir>/<name>.\n")
+    # Not something a user can fix: the exception itself, with its traceback (an I/O error of the disk, a bug).
+    for bug in (RuntimeError("a bug"), OSError(errno.EIO, "Input/output error", str(tmp_path / "x")),
+                KeyError("missing")):
+        def train(config, verbose=1, bug=bug):
+            raise bug
+
+        monkeypatch.setattr("tf_langdml.runs.train.train", train)
+        with pytest.raises(type(bug)) as raised:
+            main(["train", "--set", f"runs_dir={tmp_path}"])
+        assert raised.value is bug
+    # A permission error names the path and what to do (chmod does not stop root, so it is raised here).
+    monkeypatch.setattr("tf_langdml.runs.train.train", lambda config, verbose=1: (_ for _ in ()).throw(
+        PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "runs"))))
+    assert main(["train", "--set", f"runs_dir={tmp_path}"]) == 2
+    assert capsys.readouterr().err == (f"tf-langdml train: {tmp_path / 'runs'}: Permission denied; make it writable "
+                                       "for this user, or choose another location.\n")

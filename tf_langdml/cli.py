@@ -7,14 +7,22 @@ errors) and what native libraries print while they load (TensorFlow's log lines 
 before its logging starts, the NMSLIB banner) is hidden unless the import fails.
 ``--verbose`` sets the level to 0 and hides nothing. Keras progress lines stay
 (``train --quiet`` turns them off).
+
+Errors a user can fix (a config error, a missing file, a run directory in use, a file
+that cannot be written: permissions, a full disk, a read-only file system, a path through
+a regular file) print one line naming the path or key and what to do, and exit with
+status 2; ``--verbose`` prints the traceback above that line. Any other exception
+propagates with its traceback: it is a bug to report.
 """
 
 import argparse
+import errno
 import importlib
 import json
 import os
 import sys
 import tempfile
+import traceback
 
 EXAMPLES = {
     "demo": "tf-langdml demo\n  tf-langdml demo --set training.epochs=4 --runs-dir /tmp/runs",
@@ -171,83 +179,121 @@ def _load_tensorflow(verbose):
         _import_quietly(["tensorflow", "nmslib"])
 
 
+# errno -> what to do, for an OSError a user can fix (any other errno propagates: it is not ours to explain).
+_FIXABLE_ERRNOS = {
+    errno.EACCES: "make it writable for this user, or choose another location",
+    errno.EPERM: "make it writable for this user, or choose another location",
+    errno.EROFS: "the file system is read-only; choose a location on a writable one",
+    errno.ENOSPC: "free space on that disk, or choose a location on another one",
+    errno.EDQUOT: "free space within your disk quota, or choose another location",
+    errno.EFBIG: "the file grew past the file system's limit; choose a location on another file system",
+    errno.ENOTDIR: "a part of that path is a file, not a folder; move the file or choose another location",
+    errno.EISDIR: "that path is a folder where a file is expected; move it or choose another location",
+    errno.ENAMETOOLONG: "shorten the path",
+    errno.ELOOP: "the path has a symbolic-link loop; fix the link or choose another location",
+}
+
+
+def _user_error_line(error):
+    """The one line (no traceback) for an error a user can fix; None for anything else (a bug: let it propagate)."""
+    from tf_langdml.runs.schema import ConfigError
+
+    if isinstance(error, (ConfigError, FileNotFoundError, FileExistsError, ModuleNotFoundError)):
+        return str(error)
+    run_dir = sys.modules.get("tf_langdml.runs.run_dir")  # loaded whenever it can have raised (it imports TensorFlow)
+    if run_dir is not None and isinstance(error, run_dir.RunDirectoryError):
+        return str(error)
+    if isinstance(error, OSError) and error.errno in _FIXABLE_ERRNOS:
+        path = error.filename if error.filename is not None else "a file (its path was not reported)"
+        other = f" -> {error.filename2}" if error.filename2 is not None else ""
+        return f"{path}{other}: {error.strerror or os.strerror(error.errno)}; {_FIXABLE_ERRNOS[error.errno]}."
+    return None
+
+
 def main(argv=None):
+    """Run ``tf-langdml`` with ``argv``; returns the exit status (2: an error the user can fix, printed as one line)."""
     arguments = _parser().parse_args(argv)
     verbose = getattr(arguments, "verbose", False)
-    from tf_langdml.runs.schema import ConfigError, load_config
-
     try:
-        if arguments.command == "demo":
-            from tf_langdml.demo import demo_configs
-
-            demo_configs(overrides=arguments.set, runs_dir=arguments.runs_dir)  # the config errors, before TensorFlow
-            _load_tensorflow(verbose)
-            from tf_langdml.demo import run_demo
-
-            run_demo(overrides=arguments.set, runs_dir=arguments.runs_dir)
-        elif arguments.command == "train":
-            config = load_config(arguments.config, arguments.set)
-            _load_tensorflow(verbose)
-            from tf_langdml.runs.train import train
-
-            metrics = train(config, verbose=0 if arguments.quiet else 1)
-            print(json.dumps(metrics, indent=1, default=float))
-        elif arguments.command == "sweep":
-            from tf_langdml.runs.sweep import sweep_from_arguments
-
-            base_values, grid, seeds = sweep_from_arguments(arguments.config, arguments.set, arguments.grid,
-                                                            arguments.seeds, arguments.metric, arguments.final,
-                                                            arguments.validation_fraction)
-            _load_tensorflow(verbose)
-            from tf_langdml.runs.sweep import run_sweep
-
-            result = run_sweep(base_values, grid, seeds, metric=arguments.metric,
-                               final="all" if arguments.final_all else arguments.final,
-                               validation_fraction=arguments.validation_fraction,
-                               verbose=0 if arguments.quiet else 1)
-            print(result.table())
-            print(f"wall time {result.wall_seconds / 60:.1f} min; table: {result.folder / 'sweep.csv'}; "
-                  f"TensorBoard HParams: tensorboard --logdir {result.folder}")
-        elif arguments.command == "evaluate":
-            _load_tensorflow(verbose)
-            from tf_langdml.runs.train import evaluate
-
-            print(json.dumps(evaluate(arguments.run), indent=1, default=float))
-        elif arguments.command == "embed-classes":
-            _load_tensorflow(verbose)
-            _embed_classes(arguments)
-        elif arguments.command == "pseudolabel":
-            config = load_config(arguments.config, arguments.set)
-            _load_tensorflow(verbose)
-            _pseudolabel(config, arguments.out)
-        elif arguments.command == "export":
-            _load_tensorflow(verbose)
-            from tf_langdml.export import export_run
-
-            path = export_run(arguments.run, arguments.name, arguments.saved_models, arguments.version,
-                              arguments.precision)
-            computing = "" if arguments.precision == "float32" else f"; computing in {arguments.precision}"
-            print(f"exported {path} (signatures serving_default, embed_images{computing})")
-        elif arguments.command == "index":
-            _load_tensorflow(verbose)
-            from tf_langdml.gallery import index_run
-
-            path = index_run(arguments.run, arguments.gallery, arguments.name, arguments.saved_models,
-                             arguments.version, arguments.add, arguments.batch_size, verbose=0,
-                             precision=arguments.precision)
-            items = json.loads((path / "assets" / "tf_langdml_export.json").read_text())["gallery"]["items"]
-            print(f"exported {path} with {items} gallery items "
-                  "(signatures serving_default, embed_images, search, search_embeddings)")
-        elif arguments.command == "search":
-            return _search(arguments, verbose)
-    except (ConfigError, FileNotFoundError, FileExistsError, ModuleNotFoundError) as error:
-        print(f"tf-langdml {arguments.command}: {error}", file=sys.stderr)
-        return 2
-    except ValueError as error:  # bad galleries, k, item ids: named in the message; elsewhere a ValueError is a bug
-        if arguments.command not in ("index", "search"):
+        return _main(arguments, verbose)
+    except Exception as error:  # noqa: BLE001  (re-raised below unless the user can fix it)
+        line = _user_error_line(error)
+        if line is None and isinstance(error, ValueError) and arguments.command in ("index", "search"):
+            line = str(error)  # bad galleries, k, item ids: named in the message; elsewhere a ValueError is a bug
+        if line is None:
             raise
-        print(f"tf-langdml {arguments.command}: {error}", file=sys.stderr)
+        if verbose:
+            traceback.print_exc()
+        print(f"tf-langdml {arguments.command}: {' '.join(line.split())}", file=sys.stderr)
         return 2
+
+
+def _main(arguments, verbose):
+    from tf_langdml.runs.schema import load_config
+
+    if arguments.command == "demo":
+        from tf_langdml.demo import demo_configs
+
+        demo_configs(overrides=arguments.set, runs_dir=arguments.runs_dir)  # the config errors, before TensorFlow
+        _load_tensorflow(verbose)
+        from tf_langdml.demo import run_demo
+
+        run_demo(overrides=arguments.set, runs_dir=arguments.runs_dir)
+    elif arguments.command == "train":
+        config = load_config(arguments.config, arguments.set)
+        _load_tensorflow(verbose)
+        from tf_langdml.runs.train import train
+
+        metrics = train(config, verbose=0 if arguments.quiet else 1)
+        print(json.dumps(metrics, indent=1, default=float))
+    elif arguments.command == "sweep":
+        from tf_langdml.runs.sweep import sweep_from_arguments
+
+        base_values, grid, seeds = sweep_from_arguments(arguments.config, arguments.set, arguments.grid,
+                                                        arguments.seeds, arguments.metric, arguments.final,
+                                                        arguments.validation_fraction)
+        _load_tensorflow(verbose)
+        from tf_langdml.runs.sweep import run_sweep
+
+        result = run_sweep(base_values, grid, seeds, metric=arguments.metric,
+                           final="all" if arguments.final_all else arguments.final,
+                           validation_fraction=arguments.validation_fraction,
+                           verbose=0 if arguments.quiet else 1)
+        print(result.table())
+        print(f"wall time {result.wall_seconds / 60:.1f} min; table: {result.folder / 'sweep.csv'}; "
+              f"TensorBoard HParams: tensorboard --logdir {result.folder}")
+    elif arguments.command == "evaluate":
+        _load_tensorflow(verbose)
+        from tf_langdml.runs.train import evaluate
+
+        print(json.dumps(evaluate(arguments.run), indent=1, default=float))
+    elif arguments.command == "embed-classes":
+        _load_tensorflow(verbose)
+        _embed_classes(arguments)
+    elif arguments.command == "pseudolabel":
+        config = load_config(arguments.config, arguments.set)
+        _load_tensorflow(verbose)
+        _pseudolabel(config, arguments.out)
+    elif arguments.command == "export":
+        _load_tensorflow(verbose)
+        from tf_langdml.export import export_run
+
+        path = export_run(arguments.run, arguments.name, arguments.saved_models, arguments.version,
+                          arguments.precision)
+        computing = "" if arguments.precision == "float32" else f"; computing in {arguments.precision}"
+        print(f"exported {path} (signatures serving_default, embed_images{computing})")
+    elif arguments.command == "index":
+        _load_tensorflow(verbose)
+        from tf_langdml.gallery import index_run
+
+        path = index_run(arguments.run, arguments.gallery, arguments.name, arguments.saved_models,
+                         arguments.version, arguments.add, arguments.batch_size, verbose=0,
+                         precision=arguments.precision)
+        items = json.loads((path / "assets" / "tf_langdml_export.json").read_text())["gallery"]["items"]
+        print(f"exported {path} with {items} gallery items "
+              "(signatures serving_default, embed_images, search, search_embeddings)")
+    elif arguments.command == "search":
+        return _search(arguments, verbose)
     return 0
 
 

@@ -46,7 +46,7 @@ def base_values(folder, runs, name="tiny"):
         "language": {"guidance": "elg"},
         "optimizer": {"learning_rate": 0.01},
         "training": {"epochs": 2, "steps_per_epoch": 2, "eval_every": 2, "checkpoint_every": 2},
-        "evaluation": {"batch_size": 16, "clustering": False},
+        "evaluation": {"batch_size": 16, "clustering": False, "ks": [1, 2, 4]},  # validation: 8 images, 7 retrievable
     }
 
 
@@ -223,3 +223,10 @@ def test_cli_sweep_errors_before_tensorflow(capsys, tmp_path):
     assert "did you mean 'loss.language_weight'" in capsys.readouterr().err
     assert main(["sweep", "--grid", "loss.language_weight=1,2", "--seeds", "a"]) == 2
     assert "--seeds" in capsys.readouterr().err
+
+
+def test_a_sweep_that_fails_on_its_data_leaves_no_folder(tmp_path):
+    values = base_values(tmp_path / "missing", tmp_path / "runs")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_sweep(values, parse_grid(["loss.language_weight=0,1"], values), seeds=[0], verbose=0)
+    assert not (tmp_path / "runs").exists()

@@ -3,16 +3,22 @@
 ``<runs_dir>/<name>/``:
 
 - ``config.yaml``: the resolved config (a restart must resolve to the same one);
+- ``run.lock``: held (``fcntl.flock``) by the one process training the run, and holding
+  its PID; a second ``train`` of the run is refused naming that PID. The kernel releases
+  the lock when the process ends, ``kill -9`` included, so no lock outlives its process;
 - ``language_table.npy``, ``train_class_names.json`` and, for PLG, ``pseudo_labels.json``;
 - ``logs/``: TensorBoard (``train/``, ``validation/``, the embedding projector);
 - ``checkpoints/``: the resume state (model, optimizer, step), every
   ``training.checkpoint_every`` optimizer steps and when training ends;
-- ``history.json``: per-epoch logs; ``embedder.weights.h5``: the final embedder;
+- ``history.json``: per-epoch logs; ``embedder.weights.h5``: the final embedder (written
+  atomically), with ``embedder.config.json`` beside it: the resolved config it was
+  trained with and that config's SHA-256 (:func:`config_sha256`);
 - ``run_log.jsonl``: one line per start of the process, with the optimizer step it
   began at and the dtype policy it computes in (``precision``, ``precision_reason``:
   ``training.precision`` resolved at the first start, ``auto`` included, and kept by
-  every restart and by ``evaluate``), and a ``{"event": "nonfinite", ...}`` line when
-  a step is not finite;
+  every restart and by ``evaluate``), the resolved config and its SHA-256
+  (``config``, ``config_sha256``), and a ``{"event": "nonfinite", ...}`` line when a step
+  is not finite;
 - ``metrics.json``: written last, atomically: the run is complete when it exists.
 
 Nothing written holds NaN or Inf: a checkpoint, a ``history.json`` line or
@@ -20,10 +26,31 @@ Nothing written holds NaN or Inf: a checkpoint, a ``history.json`` line or
 :class:`~tf_langdml.models.NonFiniteLossError`, and a restart resumes from the newest
 checkpoint whose variables are all finite (an older one, or a fresh start, with a
 message, when the newest is not).
+
+Config identity: every checkpoint holds the SHA-256 of the config it was trained with (a
+string variable, ``config_sha256``, saved with the model), as does
+``embedder.config.json``. A resume whose config differs from its checkpoints', and an
+``export``, ``evaluate`` or ``index`` whose ``config.yaml`` differs from the one the
+embedder was trained with (``config.yaml`` edited afterwards), is refused with a
+ConfigError naming the changed keys. Runs written before these records existed are
+used without the check.
+
+Order: :func:`check_config` compares an existing ``config.yaml`` before anything is
+written; :func:`open_run` creates the folder, takes the lock and writes ``config.yaml``;
+``train`` calls it only once the data has loaded, so a start that fails on its config or
+its data leaves no folder behind.
+
+A file of the run that cannot be written (permissions, a full disk, a path through a
+regular file) raises OSError carrying that file's path (a checkpoint:
+:class:`RunDirectoryError` naming the folder); the command line prints it as one line.
 """
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -36,6 +63,8 @@ from tf_langdml._keras import keras
 from tf_langdml.cache import atomic_file, json_safe, write_json
 from tf_langdml.runs.schema import ConfigError, config_from_yaml, config_to_dict, config_to_yaml
 
+LOCK_FILE = "run.lock"
+EMBEDDER_CONFIG = "embedder.config.json"
 RUN_FILES = ("config.yaml", "language_table.npy", "train_class_names.json", "history.json", "embedder.weights.h5",
              "metrics.json")
 PSEUDO_LABELS = "pseudo_labels.json"
@@ -51,25 +80,110 @@ def _flatten(values, prefix=""):
     return flat
 
 
-def prepare(config):
-    """``<runs_dir>/<name>``, created with ``config.yaml``; a different config already there is an error."""
-    folder = pathlib.Path(config.runs_dir) / config.name
-    folder.mkdir(parents=True, exist_ok=True)
-    resolved = config_to_dict(config)
+class RunDirectoryError(Exception):
+    """A run directory that cannot be used as asked (in use by another process, not writable); names it and the fix."""
+
+
+@contextlib.contextmanager
+def naming(path):
+    """Re-raise an OSError that carries no file name (a failed write, ENOSPC) with ``path`` as its file name."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None and error.errno is not None:
+            raise OSError(error.errno, error.strerror, str(path)) from error  # (the errno's subclass, e.g. PermissionError)
+        raise
+
+
+def run_folder(config):
+    """``<runs_dir>/<name>`` (not created)."""
+    return pathlib.Path(config.runs_dir) / config.name
+
+
+def config_sha256(values):
+    """SHA-256 (hex) of a resolved config's nested dict, in canonical JSON (sorted keys): the config's identity."""
+    text = json.dumps(values, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def changed_keys(old, new):
+    """The dotted keys whose values differ between two nested config dicts (sorted)."""
+    old, new = _flatten(old), _flatten(new)
+    return sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
+
+
+def check_config(config):
+    """Raise ConfigError when ``<runs_dir>/<name>/config.yaml`` holds another config; writes nothing.
+
+    Returns the run folder and whether its ``config.yaml`` exists.
+    """
+    folder = run_folder(config)
     existing = folder / "config.yaml"
-    if existing.exists():
-        previous = yaml.safe_load(existing.read_text(encoding="utf-8"))
-        if previous != resolved:
-            old, new = _flatten(previous), _flatten(resolved)
-            changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
-            raise ConfigError(
-                f"Run directory {folder} holds a run with another config (changed: {', '.join(changed)}). "
-                "Restart with the same config to resume it, or give this run another name (--set name=...)."
-            )
-    else:
-        with atomic_file(existing) as temporary:
-            temporary.write_text(config_to_yaml(config), encoding="utf-8")
-    return folder
+    if not existing.exists():
+        return folder, False
+    previous = yaml.safe_load(existing.read_text(encoding="utf-8"))
+    if previous != config_to_dict(config):
+        raise ConfigError(
+            f"Run directory {folder} holds a run with another config "
+            f"(changed: {', '.join(changed_keys(previous, config_to_dict(config)))}). "
+            "Restart with the same config to resume it, or give this run another name (--set name=...)."
+        )
+    return folder, True
+
+
+@contextlib.contextmanager
+def lock_run(folder):
+    """Hold ``<folder>/run.lock`` (``fcntl.flock``, exclusive) with this process's PID in it, or refuse.
+
+    A second holder (another process, or another open of the file in this one) gets a
+    RunDirectoryError naming the PID the file holds. Released when the block ends or
+    the process dies; the file stays (the kernel lock, not the file, is what counts).
+    """
+    path = pathlib.Path(folder) / LOCK_FILE
+    with naming(path):
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip() or "(PID not yet written)"
+            raise RunDirectoryError(
+                f"Run directory {folder} is in use by process {holder} (it holds {path}); wait for it to end or stop "
+                f"it (kill {holder}), then run this command again.") from None
+        with naming(path):
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield path
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+@contextlib.contextmanager
+def open_run(config):
+    """Create ``<runs_dir>/<name>``, hold its lock, and write ``config.yaml`` (once); yields the folder.
+
+    The config is compared again under the lock: another process may have started the
+    run between :func:`check_config` and here.
+    """
+    folder = run_folder(config)
+    with naming(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+    with lock_run(folder):
+        _, exists = check_config(config)
+        if not exists:
+            with naming(folder / "config.yaml"), atomic_file(folder / "config.yaml") as temporary:
+                temporary.write_text(config_to_yaml(config), encoding="utf-8")
+        yield folder
+
+
+def prepare(config):
+    """``<runs_dir>/<name>``, created with ``config.yaml``; a different config already there is an error.
+
+    Takes no lock (:func:`open_run` does); for callers that only need the folder.
+    """
+    check_config(config)
+    with open_run(config) as folder:
+        return folder
 
 
 def read_config(folder):
@@ -86,17 +200,20 @@ def read_metrics(folder):
 def write_metrics(folder, metrics):
     """Write ``metrics.json`` (atomically; NaN as null) and return what it holds: the run is complete."""
     metrics = json_safe(metrics)
-    write_json(pathlib.Path(folder) / "metrics.json", metrics)
+    with naming(pathlib.Path(folder) / "metrics.json"):
+        write_json(pathlib.Path(folder) / "metrics.json", metrics)
     return metrics
 
 
 def write_class_names(folder, class_names):
-    write_json(pathlib.Path(folder) / "train_class_names.json", list(class_names))
+    with naming(pathlib.Path(folder) / "train_class_names.json"):
+        write_json(pathlib.Path(folder) / "train_class_names.json", list(class_names))
 
 
 def write_language_table(folder, table):
     """``language_table.npy``: the (C|N, K, D) float32 rows (of an array or a LanguageTable)."""
-    with atomic_file(pathlib.Path(folder) / "language_table.npy") as temporary:
+    path = pathlib.Path(folder) / "language_table.npy"
+    with naming(path), atomic_file(path) as temporary:
         with open(temporary, "wb") as handle:
             np.save(handle, np.asarray(getattr(table, "rows", table), dtype=np.float32))
 
@@ -121,7 +238,7 @@ class ResumeCheckpoints(keras.callbacks.Callback):
         if step != self.last_saved:
             refuse_nonfinite(self.model.variables + list(self.model.optimizer.variables), step,
                              f"checkpoint ckpt-{step}")
-            self.manager.save(checkpoint_number=step)  # numbered by optimizer step
+            save_checkpoint(self.manager, step)
             self.last_saved = step
 
     def on_train_batch_end(self, batch, logs=None):
@@ -132,11 +249,86 @@ class ResumeCheckpoints(keras.callbacks.Callback):
         self._save()
 
 
-def checkpoint_manager(model, folder):
-    """(checkpoint, manager) of the model and its optimizer in ``<folder>/checkpoints`` (the newest two kept)."""
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+# What TensorFlow raises when a checkpoint cannot be written (a folder that is a file, no permission, a full disk).
+_UNWRITABLE = (tf.errors.PermissionDeniedError, tf.errors.FailedPreconditionError, tf.errors.ResourceExhaustedError,
+               tf.errors.NotFoundError, tf.errors.AlreadyExistsError)
+CONFIG_VARIABLE = "config_sha256/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def save_checkpoint(manager, step):
+    """``manager.save`` numbered by optimizer step; an unwritable folder is a one-line RunDirectoryError naming it."""
+    try:
+        manager.save(checkpoint_number=step)
+    except _UNWRITABLE as error:
+        raise RunDirectoryError(
+            f"Cannot write checkpoint ckpt-{step} to {manager.directory}: {error.message.splitlines()[0]}; "
+            "make that folder writable (and give its disk free space), then run the same command again.") from error
+
+
+def checkpoint_manager(model, folder, config_sha256=None):
+    """(checkpoint, manager) of the model and its optimizer in ``<folder>/checkpoints`` (the newest two kept).
+
+    ``config_sha256``: saved in every checkpoint as a string variable, so that a
+    checkpoint names the config it was trained with (:func:`check_checkpoints`).
+    """
+    objects = {"model": model, "optimizer": model.optimizer}
+    if config_sha256 is not None:
+        objects["config_sha256"] = tf.Variable(config_sha256, trainable=False, dtype=tf.string)
+    checkpoint = tf.train.Checkpoint(**objects)
     manager = tf.train.CheckpointManager(checkpoint, str(pathlib.Path(folder) / "checkpoints"), max_to_keep=2)
     return checkpoint, manager
+
+
+def checkpoint_config_sha256(path):
+    """The config SHA-256 a checkpoint was saved with; None for a checkpoint written before they were recorded."""
+    reader = tf.train.load_checkpoint(str(path))
+    if not reader.has_tensor(CONFIG_VARIABLE):
+        return None
+    return reader.get_tensor(CONFIG_VARIABLE).decode("ascii")
+
+
+def restore_checkpoint(checkpoint, path, model):
+    """Restore model and optimizer from ``path`` (one without a config record: the older layout, without it)."""
+    if checkpoint_config_sha256(path) is None:
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    checkpoint.restore(path).assert_existing_objects_matched()
+
+
+def recorded_config(folder, sha256):
+    """The resolved config whose SHA-256 is ``sha256``, from a start line of ``run_log.jsonl`` (None if absent)."""
+    for record in _log_records(folder):
+        if record.get("event") == "start" and record.get("config_sha256") == sha256 and "config" in record:
+            return record["config"]
+    return None
+
+
+def _refuse_other_config(folder, what, recorded_sha256, recorded_values, values, fix):
+    changed = changed_keys(recorded_values, values) if recorded_values is not None else None
+    keys = ", ".join(changed) if changed else f"not recorded; it had config SHA-256 {recorded_sha256[:12]}"
+    raise ConfigError(f"{what} in {folder} was trained with another config than config.yaml now holds "
+                      f"(changed: {keys}). {fix}")
+
+
+def check_checkpoints(folder, config):
+    """Raise ConfigError when a checkpoint of the run was trained with another config than ``config``.
+
+    ``config.yaml`` already matches ``config`` (:func:`check_config`); a difference here
+    means ``config.yaml`` was edited after the checkpoints were written.
+    """
+    state = tf.train.get_checkpoint_state(str(pathlib.Path(folder) / "checkpoints"))
+    if state is None:
+        return
+    values = config_to_dict(config)
+    expected = config_sha256(values)
+    for path in state.all_model_checkpoint_paths:
+        if not tf.io.gfile.exists(path + ".index"):
+            continue
+        recorded = checkpoint_config_sha256(path)
+        if recorded is not None and recorded != expected:
+            _refuse_other_config(
+                folder, f"Checkpoint {pathlib.Path(path).name}", recorded, recorded_config(folder, recorded), values,
+                "Put config.yaml back as it was (run_log.jsonl's start lines hold it) and run that config to resume, "
+                "or train the new config under another name (--set name=...).")
 
 
 def _nonfinite_tensors(path):
@@ -173,20 +365,25 @@ def refuse_nonfinite(variables, step, what):
 
 def log_event(folder, record):
     """Append one line to ``run_log.jsonl``."""
-    with open(pathlib.Path(folder) / "run_log.jsonl", "a", encoding="utf-8") as handle:
+    path = pathlib.Path(folder) / "run_log.jsonl"
+    with naming(path), open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps({**record, "time": time.time()}) + "\n")
+
+
+def _log_records(folder):
+    path = pathlib.Path(folder) / "run_log.jsonl"
+    if not path.exists():
+        return
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
 
 
 def recorded_precision(folder):
     """``(policy, reason)`` the run's first start recorded in ``run_log.jsonl``; None before that (or for an older run)."""
-    path = pathlib.Path(folder) / "run_log.jsonl"
-    if not path.exists():
-        return None
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a kill
-            continue
+    for record in _log_records(folder):
         if record.get("event") == "start" and record.get("precision"):
             return record["precision"], record.get("precision_reason", "")
     return None
@@ -220,24 +417,63 @@ class HistoryFile(keras.callbacks.Callback):
                                      f"{'is' if len(bad) == 1 else 'are'} NaN or Inf (optimizer step {step}).",
                                      step=step)
         self.epochs[str(epoch + 1)] = line
-        write_json(self.path, self.epochs)
+        with naming(self.path):
+            write_json(self.path, self.epochs)
 
 
 # -- the trained embedder ----------------------------------------------------------------------
 
 
-def save_embedder(folder, model, step):
-    """``embedder.weights.h5``; refused (NonFiniteLossError, logged to run_log.jsonl) when a weight is not finite."""
+def save_embedder(folder, model, step, config_values=None):
+    """``embedder.weights.h5`` (atomic) and, with ``config_values``, ``embedder.config.json`` beside it.
+
+    Refused (NonFiniteLossError, logged to run_log.jsonl) when a weight is not finite.
+    The config record is written first: weights never appear without the config they
+    were trained with.
+    """
     try:
         refuse_nonfinite(model.embedder.variables, step, "embedder.weights.h5")
     except FloatingPointError as error:  # NonFiniteLossError
         log_nonfinite(folder, model, error)
         raise
-    model.embedder.save_weights(str(pathlib.Path(folder) / "embedder.weights.h5"))
+    folder = pathlib.Path(folder)
+    if config_values is not None:
+        with naming(folder / EMBEDDER_CONFIG):
+            write_json(folder / EMBEDDER_CONFIG, {"config_sha256": config_sha256(config_values),
+                                                  "optimizer_step": int(step), "config": config_values})
+    path = folder / "embedder.weights.h5"
+    with naming(path), atomic_file(path) as temporary:
+        staging = temporary.with_name(temporary.name + ".weights.h5")  # Keras picks the file format by this suffix
+        try:
+            model.embedder.save_weights(str(staging))
+            os.replace(staging, temporary)
+        finally:
+            staging.unlink(missing_ok=True)
+
+
+def check_embedder_config(folder):
+    """Raise ConfigError when ``config.yaml`` differs from the config ``embedder.weights.h5`` was trained with.
+
+    Compares the YAML as written (not re-resolved through today's schema, whose
+    defaults may have grown). Runs without ``embedder.config.json`` pass unchecked.
+    """
+    folder = pathlib.Path(folder)
+    record_path = folder / EMBEDDER_CONFIG
+    if not record_path.exists():
+        return
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    values = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    if config_sha256(values) != record["config_sha256"]:
+        _refuse_other_config(folder, "embedder.weights.h5", record["config_sha256"], record.get("config"), values,
+                             f"Put config.yaml back as it was ({EMBEDDER_CONFIG} holds it); a run trained with "
+                             "other values is a new run (train it under another name).")
 
 
 def restore_embedder(folder, policy="float32"):
     """(config, embedder) of a finished run directory (config.yaml + embedder.weights.h5).
+
+    Refused (ConfigError naming the keys) when ``config.yaml`` was edited after training
+    (:func:`check_embedder_config`); a folder without ``config.yaml`` is not a run.
 
     ``policy``: the Keras dtype policy the rebuilt embedder's layers compute in (its
     variables are float32 either way); ``"run"``: the one the run trained in
@@ -248,8 +484,12 @@ def restore_embedder(folder, policy="float32"):
 
     folder = pathlib.Path(folder)
     weights = folder / "embedder.weights.h5"
+    if not (folder / "config.yaml").is_file():
+        raise FileNotFoundError(f"{folder} is not a run directory (it has no config.yaml); give the folder "
+                                "`tf-langdml train` wrote, <runs_dir>/<name>.")
     if not weights.exists():
         raise FileNotFoundError(f"{folder} has no embedder.weights.h5: the run has not finished (run train again).")
+    check_embedder_config(folder)
     config = read_config(folder)
     if policy == "run":
         policy = (recorded_precision(folder) or builders.precision(config.training))[0]

@@ -24,7 +24,10 @@ lists) is trained once per seed as an ordinary run directory under
 A point with ``loss.language_weight`` 0 is the baseline whatever ``language.guidance``
 says: it runs with ``language.guidance: none``, once, and is one row of the table.
 Runs are ordinary resumable run directories, so a killed sweep restarted with the same
-command retrains nothing that finished and resumes the run it was in. Each finished
+command retrains nothing that finished and resumes the run it was in. Nothing is written
+before the first run has loaded its data (a sweep that fails on its config or data leaves
+no folder), and each run is locked while it trains, so a second sweep of the same name
+is refused at the run the first one is training. Each finished
 run also gets ``logs/hparams/`` (TensorBoard's HParams dashboard: ``tensorboard
 --logdir <runs_dir>/<name>_sweep``).
 """
@@ -314,8 +317,12 @@ def _write_hparams_config(sweep_dir, grid, metric):
                        lambda: hp.hparams_config(hparams=hparams, metrics=metrics))
 
 
-def _train_all(runs, metric, verbose):
-    """Train (or read back) every ``(config, effective point)``; a finished selection run gets its HParams entry."""
+def _train_all(runs, metric, verbose, after_each=None):
+    """Train (or read back) every ``(config, effective point)``; a finished selection run gets its HParams entry.
+
+    ``after_each()`` runs after each run returns (the sweep's own files are written only
+    once a run got past its config and data checks).
+    """
     from tf_langdml.runs.train import train
 
     results = []
@@ -324,6 +331,8 @@ def _train_all(runs, metric, verbose):
             print(f"=== sweep: {config.runs_dir}/{config.name} ({time.strftime('%H:%M:%S')}) ===",
                   file=sys.stderr, flush=True)
         results.append(train(config, verbose=1 if verbose > 1 else 0))
+        if after_each is not None:
+            after_each()
         if metric not in results[-1]:  # after the first run, not after the whole sweep
             numeric = [name for name, value in results[-1].items() if isinstance(value, (int, float))]
             raise ConfigError(f"--metric {metric!r} is not among the runs' metrics{did_you_mean(metric, numeric)}")
@@ -332,7 +341,7 @@ def _train_all(runs, metric, verbose):
     return results
 
 
-def _rows(base_values, points, seeds, sweep_dir, metric, final, validation_fraction, verbose):
+def _rows(base_values, points, seeds, sweep_dir, metric, final, validation_fraction, verbose, after_each=None):
     distinct, seen = [], set()
     for point in points:
         effective = effective_point(base_values, point)
@@ -345,7 +354,7 @@ def _rows(base_values, points, seeds, sweep_dir, metric, final, validation_fract
     configs = {(index, seed): run_config(base_values, point, seed, sweep_dir, final, validation_fraction)
                for seed in seeds for index, (point, _) in enumerate(distinct)}
     runs = [(config, distinct[index][1]) for (index, _), config in configs.items()]
-    results = dict(zip(configs, _train_all(runs, metric, verbose)))
+    results = dict(zip(configs, _train_all(runs, metric, verbose, after_each)))
     rows = []
     for index, (point, effective) in enumerate(distinct):
         point_results = [results[index, seed] for seed in seeds]
@@ -382,15 +391,15 @@ def run_sweep(base_values, grid, seeds=(0,), metric="recall@1", final=False, val
         raise ConfigError(f"final must be False, True (the best point) or 'all'; got {final!r}.")
     started = time.time()
     base = config_from_dict(_with_point(base_values, {}))  # the base must be a valid config
-    sweep_dir = pathlib.Path(base.runs_dir) / f"{base.name}_sweep"
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    sweep_dir = pathlib.Path(base.runs_dir) / f"{base.name}_sweep"  # created by its first run (train)
     keys = list(grid)
     points = [dict(zip(keys, combination)) for combination in itertools.product(*(grid[key] for key in keys))]
     for point in points:  # every config is checked before the first run starts
         for seed in seeds:
             run_config(base_values, point, seed, sweep_dir, False, validation_fraction)
-    _write_hparams_config(sweep_dir, grid, metric)
-    rows = _rows(base_values, points, seeds, sweep_dir, metric, False, validation_fraction, verbose)
+    # Written once the first run has passed its data checks and created the folder (idempotent afterwards).
+    rows = _rows(base_values, points, seeds, sweep_dir, metric, False, validation_fraction, verbose,
+                 after_each=lambda: _write_hparams_config(sweep_dir, grid, metric))
     for row, difference in zip(rows, paired_differences(rows)):
         row["paired_difference"] = difference
     best = max(rows, key=lambda row: -math.inf if math.isnan(row["mean"]) else row["mean"])

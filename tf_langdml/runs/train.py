@@ -1,8 +1,10 @@
 """A training run from a config: checks, run directory, language table, model.fit with resume, final metrics.
 
 :func:`train` first runs every check that needs neither data nor weights
-(:func:`preflight`), then writes the run directory (:mod:`~tf_langdml.runs.run_dir`
-describes its files) and trains.
+(:func:`preflight`) and compares an existing ``config.yaml``, then loads the data; only
+then does it create the run directory (:mod:`~tf_langdml.runs.run_dir` describes its
+files), take its lock (one process per run) and train. A start that fails on its config
+or its data leaves no folder behind; the corrected command then runs.
 
 A run killed at any point and restarted with the same command resumes from its last
 checkpoint: the data pipeline's batch b depends only on (seed, b), so it restarts at
@@ -21,6 +23,7 @@ import sys
 
 from tf_langdml._keras import keras
 from tf_langdml.runs import builders, run_dir
+from tf_langdml.runs.schema import config_to_dict
 
 # What metrics.json holds besides the evaluation metrics (which evaluate() recomputes).
 RUN_INFO_KEYS = ("epochs", "optimizer_steps", "steps_per_epoch", "evaluated_on", "evaluated_classes",
@@ -62,25 +65,53 @@ def run_precision(folder, config, verbose=1, probe=None):
 
 
 def train(config, verbose=1):
-    """Train (or resume) the run a config describes; returns the final ``metrics.json`` contents."""
+    """Train (or resume) the run a config describes; returns the final ``metrics.json`` contents.
+
+    Raises ConfigError (a config or data problem, a config that differs from the run's
+    ``config.yaml`` or checkpoints), RunDirectoryError (the run is in use by another
+    process; a checkpoint cannot be written) or OSError naming the file that cannot be
+    written.
+    """
     preflight(config)
-    folder = run_dir.prepare(config)
-    metrics = run_dir.read_metrics(folder)
+    folder, _ = run_dir.check_config(config)  # before anything is written
+    metrics = _complete(folder, verbose)
     if metrics is not None:
-        if verbose:
-            print(f"tf_langdml: run {folder} is complete; its metrics are in {folder / 'metrics.json'}.")
         return metrics
-    policy, policy_reason = run_precision(folder, config, verbose)
     keras.utils.set_random_seed(config.training.seed)
     if config.training.deterministic:
         enable_determinism()
     data = builders.dataset(config.data, config.evaluation.split)
     split = data.train_split
     scored_split = builders.evaluation_split(config.evaluation, data)
+    builders.check_ks(config.evaluation, scored_split)  # no k above what a query of that split can retrieve
     index = builders.table_index(config.language)
     # Built now (not iterated until later) so that the sampler checks the batch against the split first.
     fixed_batches = builders.train_batches(config.data, split, seed=config.training.seed + 1,
                                            with_sample_ids=index == "sample_id")
+    with run_dir.open_run(config) as folder:  # created now: the config and the data are good
+        metrics = _complete(folder, verbose)  # (another process may have finished it meanwhile)
+        if metrics is not None:
+            return metrics
+        run_dir.check_checkpoints(folder, config)
+        return _train_locked(config, folder, split, scored_split, index, fixed_batches, verbose)
+
+
+def _complete(folder, verbose):
+    """The metrics of a complete run (its embedder's config checked against config.yaml), else None."""
+    metrics = run_dir.read_metrics(folder)
+    if metrics is None:
+        return None
+    run_dir.check_embedder_config(folder)
+    if verbose:
+        print(f"tf_langdml: run {folder} is complete; its metrics are in {folder / 'metrics.json'}.")
+    return metrics
+
+
+def _train_locked(config, folder, split, scored_split, index, fixed_batches, verbose):
+    """The body of :func:`train` once ``folder`` exists, is locked and matches ``config``."""
+    policy, policy_reason = run_precision(folder, config, verbose)
+    config_values = config_to_dict(config)
+    config_sha256 = run_dir.config_sha256(config_values)
     run_dir.write_class_names(folder, split.class_names)
     encoder = builders.text_encoder(config.language) if config.language.guidance != "none" else None
     table = builders.language_table(config.language, split, encoder, config.evaluation.batch_size,
@@ -89,17 +120,18 @@ def train(config, verbose=1):
         run_dir.write_language_table(folder, table)
     model = builders.guided_model(config.model, config.data.image_size, config.loss, config.optimizer,
                                   config.training, table, index, num_classes=split.num_classes, policy=policy)
-    checkpoint, manager = run_dir.checkpoint_manager(model, folder)
+    checkpoint, manager = run_dir.checkpoint_manager(model, folder, config_sha256)
     resume_from = run_dir.latest_finite_checkpoint(manager)
     if resume_from:
-        checkpoint.restore(resume_from).assert_existing_objects_matched()
+        run_dir.restore_checkpoint(checkpoint, resume_from, model)
         if verbose:
             print(f"tf_langdml: resuming {folder} from optimizer step {int(model.optimizer.iterations.numpy())}.")
     steps_per_epoch = config.training.steps_per_epoch or max(1, len(split.labels) // config.data.batch_size)
     total_steps = steps_per_epoch * config.training.epochs
     step = int(model.optimizer.iterations.numpy())
     run_dir.log_event(folder, {"event": "start", "optimizer_step": step,  # one line per (re)start
-                               "precision": policy, "precision_reason": policy_reason})
+                               "precision": policy, "precision_reason": policy_reason,
+                               "config_sha256": config_sha256, "config": config_values})
     log_dir = str(folder / "logs")
     callbacks = builders.callbacks(config.training, config.evaluation, config.data.image_size, scored_split, log_dir,
                                    fixed_batch=next(iter(fixed_batches)), fixed_batch_class_names=split.class_names)
@@ -115,7 +147,7 @@ def train(config, verbose=1):
              steps_per_epoch=steps_per_epoch - done_in_epoch if done_in_epoch else steps_per_epoch,
              callbacks=callbacks, verbose=2 if verbose else 0)
         step = int(model.optimizer.iterations.numpy())
-    run_dir.save_embedder(folder, model, step)
+    run_dir.save_embedder(folder, model, step, config_values)
     metrics = builders.evaluation_metrics(config.evaluation, config.data, config.language, config.training.seed,
                                           model, scored_split, encoder=encoder, verbose=verbose)
     metrics.update({"epochs": math.ceil(step / steps_per_epoch), "optimizer_steps": step,

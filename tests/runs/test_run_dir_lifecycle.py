@@ -1,0 +1,315 @@
+"""Run directories: created only once config and data are good, one process per run, the config a checkpoint and
+the embedder were trained with, atomic weights, one-line errors for files that cannot be written."""
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+from PIL import Image
+
+from tf_langdml.cli import main
+from tf_langdml.runs import run_dir
+from tf_langdml.runs.run_dir import RunDirectoryError
+from tf_langdml.runs.schema import ConfigError, config_to_yaml, load_config
+from tf_langdml.runs.train import train
+
+NAME = "tiny"
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """8 classes x 4 noisy solid-colour 16 x 16 PNGs (4 train classes, 4 test classes)."""
+    root = tmp_path_factory.mktemp("lifecycle_folder")
+    rng = np.random.default_rng(0)
+    for index in range(8):
+        colour = rng.integers(0, 256, 3)
+        (root / f"{index:02d}.class_{index}").mkdir()
+        for image in range(4):
+            pixels = np.clip(colour + rng.integers(-30, 31, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / f"{index:02d}.class_{index}" / f"{image}.png")
+    return root
+
+
+def overrides(folder, runs_dir="runs", steps=3, *extra):
+    """A tiny run: toy CNN on 16 x 16 images, no language, a checkpoint every step. ``runs_dir`` relative by default,
+    so that a copied tree of runs is the same run in another working directory."""
+    return [f"name={NAME}", f"runs_dir={runs_dir}", "data.dataset=folder", f"data.data_dir={folder}",
+            "data.image_size=16", "data.batch_size=8", "model.backbone=toy_cnn", "model.weights=null",
+            "model.embed_dim=8", "language.guidance=none", "loss.language_weight=0", "optimizer.learning_rate=0.01",
+            "training.epochs=1", f"training.steps_per_epoch={steps}", "training.eval_every=5",
+            "training.checkpoint_every=1", "evaluation.batch_size=16", "evaluation.semantic=false",
+            "evaluation.clustering=false", *extra]
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def runs(image_folder, tmp_path_factory):
+    """The history of one run name, trained once per module (tests work on copies):
+
+    1. two starts with a missing ``data.data_dir``: what each raised and what they left (recorded in
+       ``<base>/failed_starts.json``, asserted by a test: the fixture never stops on them);
+    2. the corrected command, stopped after optimizer step 2 (checkpoints 1, 2): ``<base>/stopped/runs/tiny``;
+    3. the same command again, resumed to the end (3 steps): ``<base>/done/runs/tiny``.
+    """
+    base = tmp_path_factory.mktemp("lifecycle_runs")
+    save = run_dir.ResumeCheckpoints.on_train_batch_end
+
+    def stop_after_step_2(self, batch, logs=None):
+        save(self, batch, logs)
+        if int(self.model.optimizer.iterations.numpy()) == 2:
+            raise _Stop
+
+    previous = os.getcwd()
+    os.chdir(base)
+    try:
+        failed = []
+        for _ in range(2):
+            try:
+                train(load_config(None, overrides(base / "missing")), verbose=0)
+                failed.append({"raised": None})
+            except Exception as error:  # noqa: BLE001  (recorded; the test says what was expected)
+                failed.append({"raised": type(error).__name__, "message": str(error)})
+            failed[-1]["left"] = sorted(str(path.relative_to(base)) for path in base.rglob("*"))
+        (base / "failed_starts.json").write_text(json.dumps(failed))
+        config = load_config(None, overrides(image_folder))
+        run_dir.ResumeCheckpoints.on_train_batch_end = stop_after_step_2
+        try:
+            with pytest.raises(_Stop):
+                train(config, verbose=0)
+        finally:
+            run_dir.ResumeCheckpoints.on_train_batch_end = save
+        shutil.copytree(base / "runs", base / "stopped" / "runs")
+        train(config, verbose=0)
+        shutil.move(base / "runs", base / "done" / "runs")
+    finally:
+        os.chdir(previous)
+    return base
+
+
+def working_copy(runs, which, tmp_path, monkeypatch):
+    """A copy of the fixture's ``which`` tree of runs as ``tmp_path/runs``, with ``tmp_path`` the working directory."""
+    shutil.copytree(runs / which / "runs", tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "runs" / NAME
+
+
+def edit_config(folder, section, key, value):
+    path = folder / "config.yaml"
+    values = yaml.safe_load(path.read_text())
+    values[section][key] = value
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+
+
+def snapshot(folder):
+    """Every file of a run directory (but the lock) and its bytes."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*"))
+            if path.is_file() and path.name != run_dir.LOCK_FILE}
+
+
+# -- creation order ----------------------------------------------------------------------------
+
+
+def test_a_failed_start_leaves_no_folder_and_the_corrected_command_runs(runs):
+    failed = json.loads((runs / "failed_starts.json").read_text())
+    assert len(failed) == 2
+    for attempt in failed:  # the image folder is missing: refused after the preflight, at the data load
+        assert attempt["raised"] == "FileNotFoundError" and "does not exist" in attempt["message"], attempt
+        assert attempt["left"] == [], attempt  # no runs/ folder, no runs/tiny/
+    # The corrected command, same name, then ran from optimizer step 0 (its first start) to the end.
+    folder = runs / "done" / "runs" / NAME
+    starts = [json.loads(line)["optimizer_step"] for line in (folder / "run_log.jsonl").read_text().splitlines()]
+    assert starts == [0, 2] and json.loads((folder / "metrics.json").read_text())["optimizer_steps"] == 3
+
+
+# -- the lock ----------------------------------------------------------------------------------
+
+# Another process holding a run's lock as lock_run does (flock on run.lock, its PID inside), without importing
+# TensorFlow (seconds per process); that lock_run itself holds against another holder is checked below.
+HOLD_THE_LOCK = (
+    "import fcntl, os, sys\n"
+    "descriptor = os.open(os.path.join(sys.argv[1], 'run.lock'), os.O_RDWR | os.O_CREAT)\n"
+    "fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+    "os.ftruncate(descriptor, 0)\n"
+    "os.write(descriptor, f'{os.getpid()}\\n'.encode())\n"
+    "print('locked', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+def test_a_second_process_is_refused_naming_the_first_and_kill_9_frees_the_run(image_folder, tmp_path, capsys):
+    folder = tmp_path / "runs" / NAME
+    folder.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(folder)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert (folder / run_dir.LOCK_FILE).read_text() == f"{holder.pid}\n"
+        with pytest.raises(RunDirectoryError, match=rf"in use by process {holder.pid} .*kill {holder.pid}"):
+            with run_dir.lock_run(folder):
+                pass
+        # The same through `tf-langdml train`: one line, status 2, and nothing of the run is written.
+        argv = ["train", "--quiet"] + [f"--set={item}" for item in overrides(image_folder, tmp_path / "runs")]
+        assert main(argv) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and f"is in use by process {holder.pid}" in error, error
+        assert sorted(path.name for path in folder.iterdir()) == [run_dir.LOCK_FILE]
+    finally:
+        holder.kill()  # SIGKILL: the holder cannot release anything itself
+        holder.wait()
+    assert holder.returncode == -9
+    with run_dir.lock_run(folder):  # the kernel released the dead process's lock
+        assert (folder / run_dir.LOCK_FILE).read_text() == f"{os.getpid()}\n"
+        with pytest.raises(RunDirectoryError, match=f"in use by process {os.getpid()}"):
+            with run_dir.lock_run(folder):  # a second holder in this process is refused as well
+                pass
+    with run_dir.lock_run(folder):  # released at the end of the block
+        pass
+
+
+# -- config identity ---------------------------------------------------------------------------
+
+
+def sha256_of(values):
+    return hashlib.sha256(json.dumps(values, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def test_the_config_sha256_is_recorded_at_start_in_each_checkpoint_and_beside_the_weights(runs):
+    folder = runs / "done" / "runs" / NAME
+    values = yaml.safe_load((folder / "config.yaml").read_text())
+    expected = sha256_of(values)  # computed here independently of run_dir.config_sha256
+    starts = [json.loads(line) for line in (folder / "run_log.jsonl").read_text().splitlines()]
+    assert [(start["optimizer_step"], start["config_sha256"]) for start in starts] == [(0, expected), (2, expected)]
+    assert all(start["config"] == values for start in starts)
+    checkpoints = sorted((folder / "checkpoints").glob("ckpt-*.index"))
+    assert [path.name for path in checkpoints] == ["ckpt-2.index", "ckpt-3.index"]
+    for path in checkpoints:
+        reader = tf.train.load_checkpoint(str(path).removesuffix(".index"))
+        assert reader.get_tensor(run_dir.CONFIG_VARIABLE).decode() == expected
+    record = json.loads((folder / run_dir.EMBEDDER_CONFIG).read_text())
+    assert record == {"config_sha256": expected, "optimizer_step": 3, "config": values}
+
+
+def test_a_resume_with_an_edited_config_yaml_is_refused_naming_the_keys(runs, image_folder, tmp_path, monkeypatch):
+    folder = working_copy(runs, "stopped", tmp_path, monkeypatch)
+    edit_config(folder, "optimizer", "learning_rate", 0.5)
+    edit_config(folder, "training", "checkpoint_every", 7)
+    before = snapshot(folder)
+    edited = load_config(None, overrides(image_folder, "runs", 3, "optimizer.learning_rate=0.5",
+                                         "training.checkpoint_every=7"))
+    with pytest.raises(ConfigError, match=r"Checkpoint ckpt-\d.*changed: optimizer.learning_rate, "
+                                          r"training.checkpoint_every\)"):
+        train(edited, verbose=0)
+    assert snapshot(folder) == before  # refused before anything was written
+
+
+def test_a_finished_run_with_an_edited_config_yaml_is_refused(runs, image_folder, tmp_path, monkeypatch):
+    folder = working_copy(runs, "done", tmp_path, monkeypatch)
+    unedited = train(load_config(None, overrides(image_folder)), verbose=0)
+    assert unedited == json.loads((folder / "metrics.json").read_text())
+    edit_config(folder, "optimizer", "learning_rate", 0.5)
+    with pytest.raises(ConfigError, match=r"embedder.weights.h5 .*changed: optimizer.learning_rate\)"):
+        train(load_config(None, overrides(image_folder, "runs", 3, "optimizer.learning_rate=0.5")), verbose=0)
+
+
+@pytest.mark.parametrize("command", [
+    ["export", "--name", "x", "--saved-models", "saved"],
+    ["evaluate"],
+    ["index", "--gallery", "test", "--name", "x", "--saved-models", "saved"],
+])
+def test_export_evaluate_and_index_refuse_an_edited_image_size(runs, tmp_path, monkeypatch, capsys, command):
+    folder = working_copy(runs, "done", tmp_path, monkeypatch)
+    edit_config(folder, "data", "image_size", 32)
+    assert main([command[0], "--run", str(folder), *command[1:]]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "changed: data.image_size)" in error, error
+    assert not (tmp_path / "saved").exists()
+
+
+# -- atomic weights ----------------------------------------------------------------------------
+
+
+class _EmbedderHolder:
+    def __init__(self, embedder):
+        self.embedder = embedder
+
+
+def test_embedder_weights_are_written_atomically(tmp_path):
+    from tf_langdml.models import build_embedder
+
+    embedder = build_embedder("toy_cnn", weights=None, embed_dim=4, input_shape=(16, 16, 3))
+    run_dir.save_embedder(tmp_path, _EmbedderHolder(embedder), 5)
+    weights = tmp_path / "embedder.weights.h5"
+    reloaded = build_embedder("toy_cnn", weights=None, embed_dim=4, input_shape=(16, 16, 3))
+    reloaded.load_weights(str(weights))
+    for saved, loaded in zip(embedder.get_weights(), reloaded.get_weights()):
+        np.testing.assert_array_equal(saved, loaded)
+    complete = weights.read_bytes()
+
+    def dies_half_way(path, **kwargs):  # a kill or a full disk in the middle of writing
+        with open(path, "wb") as handle:
+            handle.write(complete[: len(complete) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    embedder.save_weights = dies_half_way
+    with pytest.raises(OSError, match="No space left") as error:
+        run_dir.save_embedder(tmp_path, _EmbedderHolder(embedder), 6)
+    assert error.value.filename == str(weights)  # named for the one-line message
+    assert weights.read_bytes() == complete  # the previous file, whole
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["embedder.weights.h5"]
+
+
+# -- one-line errors for what cannot be written -------------------------------------------------
+
+
+def test_a_runs_dir_that_cannot_be_created_is_one_line(image_folder, tmp_path, capsys):
+    # A path below a regular file: refused by the kernel for every user, root included (chmod 0o500 is not: the
+    # tests may run as root, for whom permission bits do not stop writes).
+    (tmp_path / "a_file").write_text("not a folder")
+    runs_dir = tmp_path / "a_file" / "runs"
+    argv = ["train", "--quiet"] + [f"--set={item}" for item in overrides(image_folder, runs_dir, 1)]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error, error
+    assert error.startswith(f"tf-langdml train: {runs_dir}") and "a part of that path is a file" in error
+
+
+def test_a_checkpoints_folder_that_cannot_be_written_is_one_line(image_folder, tmp_path, capsys):
+    config = load_config(None, overrides(image_folder, tmp_path / "runs", 1))
+    folder = tmp_path / "runs" / NAME
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(config_to_yaml(config))
+    (folder / "checkpoints").write_text("a file where the checkpoints folder goes")
+    argv = ["train", "--quiet"] + [f"--set={item}" for item in overrides(image_folder, tmp_path / "runs", 1)]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error, error
+    assert f"Cannot write checkpoint ckpt-1 to {folder / 'checkpoints'}" in error
+    assert not (folder / "metrics.json").exists()
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
+    # A real ENOSPC from the kernel (/dev/full), raised by a write that names no file; run_dir.naming adds the path.
+    target = tmp_path / "runs" / NAME / "metrics.json"
+
+    def fills_the_disk(config, verbose=1):
+        with run_dir.naming(target), open("/dev/full", "w") as handle:
+            handle.write("{}")
+        return {}
+
+    monkeypatch.setattr("tf_langdml.runs.train.train", fills_the_disk)
+    assert main(["train", "--set", f"runs_dir={tmp_path / 'runs'}", "--set", f"name={NAME}"]) == 2
+    error = capsys.readouterr().err
+    assert error == f"tf-langdml train: {target}: No space left on device; free space on that disk, or choose a " \
+                    "location on another one.\n"
