@@ -33,9 +33,11 @@ What a hostile or damaged file can do, and what it cannot:
   opcode byte) and a memo index beyond the entries stored so far (the C unpickler would
   allocate a memo table of twice that index). Listing also checks that every length an
   opcode declares is present in the file before the unpickler allocates it, and it follows
-  the stack: each pickle must leave exactly one object, and no object may nest more than 100
-  deep (Python hashes a tuple of tuples recursively without a depth guard, so a 1 MB file
-  whose state dict has a million nested 1-tuples as a key crashed the interpreter).
+  the stack: each pickle must leave exactly one object, every dict key must be a string
+  (torch writes no other, and ints of equal hash made a 389 KB dict take 10 s to build,
+  quadratic in its size), and no object may nest more than 100 deep (Python hashes a tuple
+  of tuples recursively without a depth guard, so a 1 MB file whose state dict has a million
+  nested 1-tuples as a key crashed the interpreter).
 * Memory is bounded by the file size: the file is read once (only if it is a regular
   file, so a FIFO or a device cannot hang or flood the reader); each storage's element
   count is checked against the bytes left in the file before anything is allocated for it,
@@ -97,6 +99,9 @@ _MEMO_PUT_OPCODES = {"PUT", "BINPUT", "LONG_BINPUT"}
 _MEMO_GET_OPCODES = {"GET", "BINGET", "LONG_BINGET"}
 _FILLING_OPCODES = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "BUILD"}  # add to the object below their arguments
 _MAX_NESTING = 100  # a torch state dict nests about 5 deep; Python hashes a tuple of tuples recursively
+# Opcodes pushing a str (the 8-bit STRING ones too: the unpickler decodes them as latin-1), the only dict key allowed.
+_STRING_OPCODES = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
+_STRING = -1  # a string's entry on the followed stack
 _ZIP_MAGIC = b"PK\x03\x04"
 _INT64_LIMIT = 2**63  # torch's sizes, strides and offsets are int64
 _MAX_DIMS = 32  # numpy >= 1 handles 32; torch state dicts use at most 5
@@ -274,7 +279,8 @@ def _scan_opcodes(stream, path, position):
     """List the next pickle's opcodes, running nothing and allocating at most what the file holds; refuse the
     extension and set opcodes, memo indices beyond the entries stored so far and objects nested deeper than
     ``_MAX_NESTING``; and follow the stack, so a pickle must leave exactly one object on it."""
-    stack, marks, memo = [], [], []  # the nesting depth of each stack item and memo entry; stack length at each MARK
+    # The nesting depth of each stack item and memo entry (_STRING for a string); the stack length at each MARK.
+    stack, marks, memo = [], [], []
     for opcode, arg, offset in pickletools.genops(stream):
         name, before, after = opcode.name, opcode.stack_before, opcode.stack_after
         if name == "MEMOIZE":  # it stores the top object without taking it, as PUT does
@@ -306,6 +312,14 @@ def _scan_opcodes(stream, path, position):
             raise _Malformed(f"{name} at byte {offset} takes more objects than the stack holds")
         popped = stack[len(stack) - len(before) :]
         del stack[len(stack) - len(before) :]
+        keys = popped[1:2] if name == "SETITEM" else marked[0::2] if name in ("SETITEMS", "DICT") else ()
+        if any(key != _STRING for key in keys):
+            raise TorchPickleRefused(
+                f"Refusing a dict key that is not a string ({name} at byte {offset}) in the {position} pickle of "
+                f"{path}: torch keys its dicts by strings, and keys of equal hash (easy with ints) make building a "
+                f"dict take quadratic time; {_ADVICE}."
+            )
+        depths = [max(depth, 0) for depth in (*popped, *marked)]  # a string is a leaf
         if name == "MEMOIZE" or name in _MEMO_PUT_OPCODES:
             index = len(memo) if name == "MEMOIZE" else arg
             if type(index) is not int or not 0 <= index <= len(memo):
@@ -321,10 +335,12 @@ def _scan_opcodes(stream, path, position):
             stack.append(memo[arg] if type(arg) is int and 0 <= arg < len(memo) else 0)  # the unpickler refuses it
         elif name == "DUP":
             stack += popped * 2
+        elif name in _STRING_OPCODES:
+            stack.append(_STRING)
         elif name in _FILLING_OPCODES:  # the container keeps its place; its depth covers what it now holds
-            stack.append(max(popped[0], *(depth + 1 for depth in (*popped[1:], *marked))))
+            stack.append(max([depths[0], *(depth + 1 for depth in depths[1:])]))
         elif after:
-            stack += [1 + max((*popped, *marked), default=-1)] * len(after)
+            stack += [1 + max(depths, default=-1)] * len(after)
         if stack and stack[-1] > _MAX_NESTING:
             raise TorchPickleRefused(
                 f"Refusing an object nested {stack[-1]} deep ({name} at byte {offset}) in the {position} pickle of "
@@ -504,10 +520,7 @@ def read_torch_legacy_state_dict(path):
     for ordered_dict in unpickler.ordered_dicts:
         if vars(ordered_dict) and ordered_dict is not state:
             raise _bad(path, "an ordered dict other than the state dict carries torch's '_metadata' attribute")
-    items = list(dict.items(state))
-    if any(type(name) is not str for name, _value in items):
-        names = _short([name for name, _value in items])
-        raise _bad(path, f"the state dict has keys {names}; a state dict's keys are strings")
+    items = list(dict.items(state))  # keys are strings: the opcode scan refuses any other dict key
     keys, _ = _load_pickle(stream, path, _STORAGE_KEYS)
     arrays = _read_storages(path, data, stream.tell(), keys, storages)
     budget = [_OUTPUT_FACTOR * len(data)]
