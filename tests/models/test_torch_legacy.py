@@ -385,10 +385,21 @@ def test_torch_metadata_on_the_state_dict_and_extra_tensors_read(tmp_path, valid
         ("storage keys", ["0", "1", "2"], "do not list each storage"),
         ("storage keys", ["0", "0", "1"], "do not list each storage"),
         ("state dict", [1, 2], "holds a list, not a state dict"),
+        # str() of these ints raises (past 4300 digits), and a megabyte of bytes is no message.
+        pytest.param("magic number", 1 << 80_000, "magic number <int of 80001 bits>, expected", id="long-magic"),
+        pytest.param(
+            "system info", {"little_endian": False, "n": -(1 << 20_000)}, r"'n': <int of 20001 bits>\}\); this",
+            id="long-int-in-system-info",
+        ),
+        pytest.param(
+            "system info", {"little_endian": b"\x00" * 10**6}, r"\{'little_endian': b'\\x00\\x00\\x0\.\.\.0\\x00\\x00\\x00'\}\); this",
+            id="long-bytes-in-system-info",
+        ),
     ],
 )
 def test_malformed_metadata_is_a_clear_value_error(tmp_path, valid_file, position, value, match):
-    path = write_with(tmp_path / "bad.pth", valid_file, position, pickle.dumps(value, protocol=2))
+    data = pickle.dumps(value, protocol=3)  # 3: bytes need no global
+    path = write_with(tmp_path / "bad.pth", valid_file, position, data)
     assert_refused(path, f"^{re.escape(str(path))}: not a legacy torch weights file: .*{match}.*; re-download it")
 
 

@@ -122,9 +122,16 @@ class _Malformed(Exception):
 
 
 class _ShortRepr(reprlib.Repr):
+    def repr_int(self, value, level):
+        if value.bit_length() > 256:  # str() of a long int is quadratic, and refused past 4300 digits
+            return f"<int of {value.bit_length()} bits>"
+        return super().repr_int(value, level)
+
     def repr_instance(self, value, level):
-        if type(value) in (type(None), bool, float, bytes, bytearray):  # flat: reprlib truncates their repr
+        if type(value) in (type(None), bool, float):
             return super().repr_instance(value, level)
+        if type(value) in (bytes, bytearray):
+            return super().repr_instance(value[: self.maxother], level)
         return f"<{type(value).__name__}>"  # never the full repr of a large record or ordered dict
 
 
