@@ -87,13 +87,30 @@ def test_damaged_and_block_flooded_gifs_are_refused_as_damaged():
         "truncated inside the image data": good[:-4],
         "a byte that starts no block": gif((2, 2), [b"\x99", frame(0, 0, 2, 2, pixels)]),
         "no image before the trailer": gif((2, 2), []),
-        # Each comment takes 3 steps (block, chain, terminator) of the second phase.
+        # A one-byte comment takes 3 walk steps (block, sub-block, terminator); so does the image.
         "too many blocks before the first image": gif(
-            (2, 2), [comment()] * (_GIF_BLOCK_STEPS + _GIF_RUN_STEPS) + [frame(0, 0, 2, 2, pixels)]),
+            (2, 2), [comment()] * ((_GIF_BLOCK_STEPS + _GIF_RUN_STEPS) // 3) + [frame(0, 0, 2, 2, pixels)]),
     }
     for what, data in damaged.items():
         with pytest.raises(tf.errors.InvalidArgumentError, match=r"GIF \(\d+ bytes\) is truncated or damaged"):
             decode_rgb(tf.constant(data))
             pytest.fail(what)
-    many = gif((2, 2), [comment()] * 200 + [frame(0, 0, 2, 2, pixels)])
+    many = gif((2, 2), [comment()] * ((_GIF_BLOCK_STEPS + _GIF_RUN_STEPS) // 3 - 1) + [frame(0, 0, 2, 2, pixels)])
     np.testing.assert_array_equal(decode_rgb(tf.constant(many)).numpy(), COLOURS[np.reshape(pixels, (2, 2))])
+
+
+def test_exif_orientation_is_ignored_as_by_the_papers_pil_loader():
+    """docs/data.md: pixels as stored, whatever the EXIF Orientation tag (6: rotate 90 degrees to view)."""
+    stored = np.zeros((4, 6, 3), np.uint8)
+    stored[:, :3] = 255  # left half white: rotation would move it
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, "JPEG", quality=100, exif=exif.tobytes())
+    with Image.open(io.BytesIO(buffer.getvalue())) as opened:
+        assert opened.getexif()[0x0112] == 6
+        as_pil_loads = np.asarray(opened.convert("RGB"))
+    decoded = decode_rgb(tf.constant(buffer.getvalue())).numpy()
+    assert decoded.shape == as_pil_loads.shape == (4, 6, 3)
+    # JPEG at quality 100 is near-lossless on a two-colour block image; rotated, the halves would swap places.
+    assert decoded[:, :2].min() > 200 and decoded[:, 4:].max() < 50

@@ -392,7 +392,7 @@ def decode_rgb(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     formats: Sequence[str] | None = None,
 ) -> tf.Tensor:
-    """Decode JPEG (RGB, grayscale, CMYK), PNG, GIF (first frame) or BMP bytes to uint8 RGB (H, W, 3).
+    """Decode JPEG (RGB, grayscale, CMYK), PNG, GIF (first frame only) or BMP bytes to uint8 RGB (H, W, 3).
 
     Transparent pixels are composited onto ``background`` (see the module docstring);
     BMP alpha is not used (most 32-bit BMPs leave it zero). The header is checked
@@ -407,7 +407,9 @@ def decode_rgb(
     Raises:
         tf.errors.InvalidArgumentError: empty, not one of these formats (WebP and JPEG XL
             are refused: their size is not read from the header), not one of
-            ``formats``, corrupt or truncated data, or more than ``max_pixels`` pixels.
+            ``formats``, corrupt or truncated data, a GIF whose blocks cannot be walked to
+            the end of its first image, or more than ``max_pixels`` pixels (a GIF: its
+            screen grown to hold its first image; see :func:`header_image_size`).
     """
     background = parse_background(background)
     expected = sorted({FORMAT_CODES[name] for name in formats}) if formats is not None else None
