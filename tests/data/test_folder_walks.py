@@ -7,7 +7,7 @@ import pytest
 from data.hostile_folder import HOSTILE, NOT_UTF8_NAME, make_hostile_folder, walk_in_limited_process
 
 from tf_langdml.data.image_folder import not_regular_summary, scan_folder
-from tf_langdml.data.preprocessing import read_head, source_formats
+from tf_langdml.data.preprocessing import read_regular_file, source_formats
 
 
 def test_training_folder_skips_and_counts_every_kind(tmp_path):
@@ -49,7 +49,10 @@ def test_reading_a_header_refuses_what_is_not_a_regular_file(tmp_path):
             with pytest.raises(ValueError, match=rf"{name}' is not a regular file.*only image files are read"):
                 source_formats([os.path.join(hostile, name)])
         with pytest.raises(ValueError, match="is not a regular file"):
-            read_head(hostile, 8)
-        assert read_head(os.path.join(hostile, "0.png"), 8) == b"\x89PNG\r\n\x1a\n"
+            read_regular_file(hostile, 8)
+        png = os.path.join(hostile, "0.png")
+        assert read_regular_file(png, 8) == b"\x89PNG\r\n\x1a\n"
+        with open(png, "rb") as handle:
+            assert read_regular_file(png) == handle.read()
     finally:
         signal.alarm(0)

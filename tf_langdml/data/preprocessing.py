@@ -326,12 +326,12 @@ def _refuse_unknown_format(encoded):
         return tf.zeros([1, 1, 3], tf.uint8)
 
 
-def read_head(path: str | os.PathLike, count: int) -> bytes:
-    """The first ``count`` bytes of the regular file ``path``; anything else is refused before it is opened.
+def read_regular_file(path: str | os.PathLike, count: int | None = None) -> bytes:
+    """The bytes of the regular file ``path`` (the first ``count``, or all); anything else is refused unopened.
 
-    ``os.stat`` first (a FIFO would block ``open`` and ``/dev/zero`` never ends), then
-    a non-blocking open whose ``fstat`` must still show a regular file, in case the
-    path was swapped in between.
+    ``os.stat`` first (opening a FIFO blocks until a writer comes, and ``/dev/zero``
+    never ends), then a non-blocking open whose ``fstat`` must still show a regular
+    file, in case the path was swapped in between.
     """
     path = os.fspath(path)
     if not stat.S_ISREG(os.stat(path).st_mode):
@@ -339,9 +339,11 @@ def read_head(path: str | os.PathLike, count: int) -> bytes:
                          "only image files are read: remove it or point to the file itself.")
     descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
             raise ValueError(f"{path!r} stopped being a regular file while it was opened; only image files are read.")
-        return os.read(descriptor, count)
+        with os.fdopen(os.dup(descriptor), "rb") as handle:
+            return handle.read(-1 if count is None else count)
     finally:
         os.close(descriptor)
 
@@ -355,7 +357,7 @@ def source_formats(sources: Sequence[str | bytes] | np.ndarray, from_files: bool
     found = set()
     for source in sources:
         if from_files:
-            head = read_head(source, 8)
+            head = read_regular_file(source, 8)
         else:
             head = bytes(source[:8])
         found.add(FORMAT_NAMES[next((code for signature, code in _SIGNATURES if head.startswith(signature)), UNKNOWN)])
