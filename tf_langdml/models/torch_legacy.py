@@ -59,10 +59,10 @@ memory of the costliest files; and it reads a few hundred seeded byte mutations 
 file under an address-space limit.
 
 Every refused or malformed file raises one :class:`ValueError` on one line, naming the file
-and what is wrong. A refused global, persistent id or opcode raises its subclass
-:class:`TorchPickleRefused` (also a :class:`pickle.UnpicklingError`), which names the pickle
-("magic number", "protocol version", "system info", "state dict" or "storage keys") and what
-was refused.
+and what is wrong. A refused global, persistent id, opcode, memo index, dict key or nesting
+raises its subclass :class:`TorchPickleRefused` (also a :class:`pickle.UnpicklingError`), which
+names the pickle ("magic number", "protocol version", "system info", "state dict" or "storage
+keys") and what was refused.
 """
 
 import collections
@@ -114,7 +114,7 @@ _ADVICE = (
 
 
 class TorchPickleRefused(ValueError, pickle.UnpicklingError):
-    """A refused global, persistent id or opcode: the file tried something a torch state dict never does."""
+    """A refused global, persistent id, opcode, memo index, dict key or nesting: what torch never writes."""
 
 
 class _Malformed(Exception):
@@ -490,6 +490,7 @@ def read_torch_legacy_state_dict(path):
     Raises:
         ValueError: ``path`` is not a legacy torch weights file (:class:`TorchPickleRefused`, a subclass, when
             it tried something a torch state dict never does); the message names the file and the fault.
+        OSError: ``path`` cannot be opened.
     """
     data = _read_regular_file(path)
     if data[:4] == _ZIP_MAGIC:
