@@ -27,15 +27,21 @@ def inference_outputs(model: keras.Model, images: tf.Tensor | np.ndarray) -> tf.
     """
     function = _TRACED.get(model)
     if function is None:
-        # An output size unknown before the call (None) is answered as 0 for an empty batch: still no rows.
-        output_shape = [0 if size is None else int(size) for size in model.output_shape[1:]]
 
         def forward(batch):
-            return tf.cond(
-                tf.shape(batch)[0] > 0,
-                lambda: tf.cast(model(tf.cast(batch, tf.float32), training=False), tf.float32),
-                lambda: tf.zeros([0, *output_shape], tf.float32),
-            )
+            traced = {}
+
+            def run():
+                outputs = tf.cast(model(tf.cast(batch, tf.float32), training=False), tf.float32)
+                traced["shape"] = [0 if size is None else size for size in outputs.shape[1:]]
+                return outputs
+
+            def nothing():
+                # tf.cond traces ``run`` first, so the output shape is known here (subclassed models too)
+                # without running the model; a size unknown until run time (None) is answered as 0.
+                return tf.zeros([0, *traced["shape"]], tf.float32)
+
+            return tf.cond(tf.shape(batch)[0] > 0, run, nothing)
 
         function = tf.function(forward, reduce_retracing=True)
         _TRACED[model] = function
@@ -63,5 +69,5 @@ def embed_split(model: keras.Model, split: Split, batch_size: int = 64, image_si
     """
     batches = [outputs for outputs, _ in forward_batches(model, split, batch_size, image_size, verbose)]
     if not batches:
-        return np.zeros((0, *(0 if size is None else int(size) for size in model.output_shape[1:])), np.float32)
+        return inference_outputs(model, np.zeros((0, image_size, image_size, 3), np.float32)).numpy()
     return np.concatenate(batches)

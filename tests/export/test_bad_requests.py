@@ -102,8 +102,8 @@ with open(sys.argv[3], "w") as out:
         try:
             feed = {key: tf.constant(value, getattr(tf, dtype)) for key, (value, dtype) in inputs.items()}
             outputs = {key: value.numpy() for key, value in loaded.signatures[signature](**feed).items()}
-            outcome = {key: {"shape": list(value.shape), "values": value.astype(str if value.dtype == object
-                                                                                  else float).tolist()}
+            outcome = {key: {"shape": list(value.shape), "values": (value.astype(bytes).astype(str)
+                                                                    if value.dtype == object else value).tolist()}
                        for key, value in outputs.items()}
         except Exception as error:  # any failure is this request's recorded outcome
             outcome = {"error_type": type(error).__name__, "error": getattr(error, "message", None) or str(error)}
@@ -255,4 +255,5 @@ def test_queries_of_any_finite_scale_find_the_same_neighbours(served):
     # each row is the same unit vector up to a few float32 roundings (<= ~1e-6 per score for D = 8).
     for row in range(3):
         assert outcome["indices"]["values"][row] == order.tolist()
+        assert outcome["item_ids"]["values"][row] == [f"item{index}" for index in order]
         np.testing.assert_allclose(outcome["scores"]["values"][row], reference[order], atol=1e-5)
