@@ -247,7 +247,7 @@ class _GalleryModule(_EmbedderModule):
         A row with NaN or Inf, or all zeros, would score 0 or NaN against every item and
         return the first gallery rows as if they were neighbours, so it is refused.
         Dividing by the row's largest magnitude first keeps finite rows of any scale
-        (1e30 or 1e-40) from overflowing or underflowing the sum of squares. O(B x D).
+        (1e30 or 1e-30) from overflowing or underflowing the sum of squares. O(B x D).
         """
         shape = tf.shape(embeddings)
         padded = tf.concat([shape, tf.zeros([2], tf.int32)], axis=0)
