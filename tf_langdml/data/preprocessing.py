@@ -9,7 +9,10 @@ Decoding (:func:`decode_rgb`) shows an image as a viewer would: transparent pixe
 transparent colour) are composited onto a background colour (white by default), and
 16-bit PNGs are scaled to 8 bits (rounded, not truncated). Before anything is decoded,
 the image size is read from the file header and an image above ``max_pixels`` is
-refused, so a small file that claims to be 100,000 x 100,000 cannot exhaust memory.
+refused, so a small file that claims to be 100,000 x 100,000 cannot exhaust memory. A
+GIF is checked by its first image (which may be larger than its logical screen) and
+decoded to that frame only. What a decode then costs, per pixel, is measured in
+``docs/data.md`` (3 bytes for JPEG and BMP, up to 22 for a 16-bit PNG with alpha).
 """
 
 import numbers
@@ -24,7 +27,10 @@ import tensorflow as tf
 Background = str | Sequence[int]
 BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
 DEFAULT_BACKGROUND = BACKGROUNDS["white"]
-DEFAULT_MAX_PIXELS = 64_000_000  # 64 megapixels: a 8000 x 8000 photo; 192 MB as uint8 RGB
+# 64 megapixels: an 8000 x 8000 photo, 192 MB as uint8 RGB. Peak memory of decoding one that large
+# (measured, docs/data.md): JPEG, BMP 0.19 GB; GIF 0.34 GB; PNG 0.45 GB opaque, 1.0 GB 8-bit with
+# alpha, 1.4 GB 16-bit with alpha. Lower data.max_pixels where a decode worker has less to spare.
+DEFAULT_MAX_PIXELS = 64_000_000
 
 # Format codes of image_format().
 UNKNOWN, JPEG, PNG, GIF, BMP = 0, 1, 2, 3, 4
@@ -95,7 +101,7 @@ def _fixed_header_size(encoded, code):
 _AT_BLOCK, _IN_EXTENSION, _IN_IMAGE, _DONE, _DAMAGED = range(5)
 _GIF_RUN_STEPS = 64  # steps of _gif_first_image's first phase (runs of equal sub-blocks)
 _GIF_BLOCK_STEPS = 1024  # steps of its second phase (one block each): the most blocks before the first image ends
-_GIF_RUN = 4096  # sub-blocks of one size skipped by one strided read
+_GIF_RUN = 65536  # sub-blocks of one size skipped by one strided read (64 steps: 1 GB of 255-byte ones)
 
 
 @tf.function(input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
