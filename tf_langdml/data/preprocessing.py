@@ -100,7 +100,7 @@ def _fixed_header_size(encoded, code):
 # Where _gif_first_image stands: at a block, in an extension's or the image's sub-blocks, done, or lost.
 _AT_BLOCK, _IN_EXTENSION, _IN_IMAGE, _DONE, _DAMAGED = range(5)
 _GIF_RUN_STEPS = 64  # steps of _gif_first_image's first phase (runs of equal sub-blocks)
-_GIF_BLOCK_STEPS = 1024  # steps of its second phase (one block each): the most blocks before the first image ends
+_GIF_BLOCK_STEPS = 1024  # steps of its second phase (one block, sub-block chain or terminator each)
 _GIF_RUN = 65536  # sub-blocks of one size skipped by one strided read (64 steps: 1 GB of 255-byte ones)
 
 
@@ -109,8 +109,9 @@ def _gif_first_image(encoded):
     """(found, (top, left, height, width) int64, start, end) of a GIF's first image, walking its blocks in order.
 
     From the end of the global colour table: an extension (21, a label, sub-blocks) is
-    skipped; the first image descriptor (2C, at ``start``) is read; its local colour table, LZW code
-    size and sub-blocks are skipped, and ``end`` is the byte after their 00 terminator.
+    skipped; the first image descriptor (2C, at ``start``) is read; its local colour
+    table, LZW code size and sub-blocks are skipped, and ``end`` is the byte after their
+    00 terminator.
     Sub-block chains are sequential, so this is a ``tf.while_loop``; one step skips a
     whole run of equal-sized sub-blocks (encoders write 255-byte ones) by one strided
     read, so a usual GIF takes a handful of steps. A GIF still unwalked after
@@ -118,8 +119,8 @@ def _gif_first_image(encoded):
     a table of every chain's terminator (pointer doubling: log2(len) gathers over the
     bytes), where one step is one block; so the cost is bounded by the file size
     whatever its bytes. ``found`` is False when a byte is neither an extension nor an
-    image where a block must start, the data ends first (truncated), or more than
-    ``_GIF_BLOCK_STEPS`` blocks come before the first image ends. A function, so eager
+    image where a block must start, the data ends first (truncated), or the walk needs
+    more than ``_GIF_RUN_STEPS + _GIF_BLOCK_STEPS`` steps. A function, so eager
     callers run the loop as a graph too.
     """
     size = tf.strings.length(encoded)
@@ -167,10 +168,13 @@ def _gif_first_image(encoded):
                              (0, jumps))[1]
 
     start = 13 + table(byte(10))
-    walked = walk((start, tf.where(start < size, _AT_BLOCK, _DAMAGED), tf.zeros([5], tf.int64)), run_end, _GIF_RUN_STEPS)
+    walked = walk((start, tf.where(start < size, _AT_BLOCK, _DAMAGED), tf.zeros([5], tf.int64)), run_end,
+                  _GIF_RUN_STEPS)
+
     def table_walk():
         jumps = terminators()
-        return walk(walked, lambda position, value, at_block: tf.gather(jumps, tf.minimum(position, last)), _GIF_BLOCK_STEPS)
+        chain_end = lambda position, value, at_block: tf.gather(jumps, tf.minimum(position, last))  # noqa: E731
+        return walk(walked, chain_end, _GIF_BLOCK_STEPS)
 
     position, state, descriptor = tf.cond(walked[1] < _DONE, table_walk, lambda: walked)
     return tf.equal(state, _DONE), descriptor[:4], tf.cast(descriptor[4], tf.int32), position
@@ -286,8 +290,9 @@ def _gif_transparency_to_background(encoded, background, search_end):
     TensorFlow's GIF decoder leaves transparent pixels black. The first frame's Graphic
     Control Extension is the first run of bytes with its fixed layout (21 F9 04, four
     bytes, a 00 terminator, then an image descriptor 2C or another extension 21) between
-    the global colour table and ``search_end`` (where the first image starts); its transparent colour is rewritten in the local colour
-    table of the image descriptor that follows it, else in the global one. Found by
+    the global colour table and ``search_end`` (where the first image starts); its
+    transparent colour is rewritten in the local colour table of the image descriptor
+    that follows it, else in the global one. Found by
     vectorised byte comparisons, without loops, so the decode graph stays free of
     control flow.
     """
@@ -296,8 +301,8 @@ def _gif_transparency_to_background(encoded, background, search_end):
     start = tf.where(data[10] >= 128, 13 + 3 * tf.bitwise.left_shift(2, data[10] % 8), 13)
     positions = tf.range(tf.size(data) - 24)
     at = lambda offset: data[offset : tf.size(data) - 24 + offset]  # noqa: E731  (byte at position + offset)
-    control_block = ((positions >= start) & (positions < search_end) & tf.equal(at(0), 0x21) & tf.equal(at(1), 0xF9) & tf.equal(at(2), 4)
-                     & tf.equal(at(7), 0) & (tf.equal(at(8), 0x2C) | tf.equal(at(8), 0x21)))
+    control_block = ((positions >= start) & (positions < search_end) & tf.equal(at(0), 0x21) & tf.equal(at(1), 0xF9)
+                     & tf.equal(at(2), 4) & tf.equal(at(7), 0) & (tf.equal(at(8), 0x2C) | tf.equal(at(8), 0x21)))
     found = tf.reduce_any(control_block)
     control = tf.cast(tf.argmax(tf.cast(control_block, tf.int32)), tf.int32)
     image = control + 8
