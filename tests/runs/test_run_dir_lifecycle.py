@@ -313,3 +313,22 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
     error = capsys.readouterr().err
     assert error == f"tf-langdml train: {target}: No space left on device; free space on that disk, or choose a " \
                     "location on another one.\n"
+
+
+def test_a_planted_config_yaml_goes_through_the_config_loader(tmp_path):
+    """A run folder's config.yaml is read like a config file: an alias bomb there is refused at once, not expanded."""
+    import time
+
+    config = load_config(None, [f"name={NAME}", f"runs_dir={tmp_path}"])
+    folder = tmp_path / NAME
+    folder.mkdir()
+    bomb = "a: &a [1,1,1,1,1,1,1,1,1,1]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8))
+    (folder / "config.yaml").write_text(bomb)  # 10**9 leaves if expanded
+    for read in (lambda: run_dir.check_config(config), lambda: run_dir.read_config(folder),
+                 lambda: run_dir.check_embedder_config(folder)):
+        (folder / run_dir.EMBEDDER_CONFIG).write_text(json.dumps({"config_sha256": "0" * 64, "config": {}}))
+        started = time.perf_counter()
+        with pytest.raises(ConfigError, match="anchor"):
+            read()
+        assert time.perf_counter() - started < 1.0

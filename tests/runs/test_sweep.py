@@ -73,6 +73,33 @@ def test_grid_parsing_names_the_bad_key_and_value(tmp_path):
         parse_seeds("0,one")
 
 
+def test_grid_values_go_through_the_config_loader(tmp_path):
+    values = base_values(tmp_path, tmp_path)
+    # YAML 1.2 floats are numbers (PyYAML alone reads "1e-4" as a string).
+    assert parse_grid(["optimizer.learning_rate=1e-4,3E-5"], values) == {"optimizer.learning_rate": [1e-4, 3e-5]}
+    for text, message in [("loss.shift=&a 1,*a", "anchor"), ("loss.shift=!!python/object:os.system 1", "tag"),
+                          ("loss.shift=.inf,1", "finite")]:
+        with pytest.raises(ConfigError, match=message):
+            parse_grid([text], values)
+
+
+def test_long_points_give_bounded_distinct_stable_run_names():
+    from tf_langdml.runs.schema import NAME_MAX, _check_name
+
+    long_a = {"loss.dml_arguments.positive_weight": 2.0, "loss.dml_arguments.negative_weight": 40.0,
+              "loss.language_weight": 2.5, "loss.shift": 1.0, "loss.temperature": 0.25, "language.guidance": "elg"}
+    long_b = {**long_a, "loss.temperature": 0.5}
+    names = [sweep_module.run_name(point, seed, final) for point in (long_a, long_b) for seed in (0, 12)
+             for final in (False, True)]
+    assert all(len(name) <= NAME_MAX for name in names), [len(name) for name in names]
+    assert len(set(names)) == len(names)  # the digest keeps points (and seeds, final) apart
+    assert sweep_module.run_name(long_a, 0) == names[0]  # stable: a resumed sweep finds its runs
+    for name in names:
+        _check_name(name)  # the schema takes every name (no "/", no control characters)
+    short = {"loss.language_weight": 2.5}
+    assert sweep_module.run_name(short, 1) == "select__language_weight-2.5__seed-1"  # short names unchanged
+
+
 def test_weight_zero_is_the_baseline_once(tmp_path):
     values = base_values(tmp_path, tmp_path)
     assert effective_point(values, {"loss.language_weight": 0, "language.guidance": "plg"}) == \

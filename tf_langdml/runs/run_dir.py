@@ -57,11 +57,10 @@ import time
 
 import numpy as np
 import tensorflow as tf
-import yaml
 
 from tf_langdml._keras import keras
 from tf_langdml.cache import atomic_file, json_safe, write_json
-from tf_langdml.runs.schema import ConfigError, config_from_yaml, config_to_dict, config_to_yaml
+from tf_langdml.runs.schema import ConfigError, config_from_dict, config_to_dict, config_to_yaml, read_yaml
 
 LOCK_FILE = "run.lock"
 EMBEDDER_CONFIG = "embedder.config.json"
@@ -121,7 +120,7 @@ def check_config(config):
     existing = folder / "config.yaml"
     if not existing.exists():
         return folder, False
-    previous = yaml.safe_load(existing.read_text(encoding="utf-8"))
+    previous = read_yaml(existing)  # the config loader: bounded, no aliases, regular files only
     if previous != config_to_dict(config):
         raise ConfigError(
             f"Run directory {folder} holds a run with another config "
@@ -188,7 +187,7 @@ def prepare(config):
 
 def read_config(folder):
     """The :class:`~tf_langdml.runs.schema.ExperimentConfig` of a run directory."""
-    return config_from_yaml((pathlib.Path(folder) / "config.yaml").read_text(encoding="utf-8"))
+    return config_from_dict(read_yaml(pathlib.Path(folder) / "config.yaml"))
 
 
 def read_metrics(folder):
@@ -462,7 +461,7 @@ def check_embedder_config(folder):
     if not record_path.exists():
         return
     record = json.loads(record_path.read_text(encoding="utf-8"))
-    values = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    values = read_yaml(folder / "config.yaml")
     if config_sha256(values) != record["config_sha256"]:
         _refuse_other_config(folder, "embedder.weights.h5", record["config_sha256"], record.get("config"), values,
                              f"Put config.yaml back as it was ({EMBEDDER_CONFIG} holds it); a run trained with "

@@ -32,8 +32,10 @@ run also gets ``logs/hparams/`` (TensorBoard's HParams dashboard: ``tensorboard
 --logdir <runs_dir>/<name>_sweep``).
 """
 
+import copy
 import csv
 import dataclasses
+import hashlib
 import io
 import itertools
 import json
@@ -42,10 +44,8 @@ import pathlib
 import sys
 import time
 
-import yaml
-
-from tf_langdml.runs.schema import (ConfigError, apply_overrides, config_from_dict, config_to_dict, did_you_mean,
-                                    set_key)
+from tf_langdml.runs.schema import (NAME_MAX, ConfigError, apply_overrides, config_from_dict, config_to_dict,
+                                    did_you_mean, load_yaml, read_yaml, set_key)
 
 DEFAULT_VALIDATION_FRACTION = 0.3
 SWEEP_FILES = ("sweep.csv", "sweep.json")
@@ -89,10 +89,7 @@ def parse_grid(grid_arguments, base_values):
             raise ConfigError(f"--grid {key}: empty value in {raw!r}; give comma-separated values, e.g. {key}=1,2.")
         values = []
         for text in texts:
-            try:
-                value = yaml.safe_load(text)
-            except yaml.YAMLError as error:
-                raise ConfigError(f"--grid {key}: {text!r} is not a value ({error}).") from error
+            value = load_yaml(text, f"--grid {key}", key)  # the config loader: YAML 1.2 floats, no aliases or tags
             try:
                 config_from_dict(_with_point(base_values, {key: value}, check_guidance=False))
             except ConfigError as error:
@@ -123,7 +120,7 @@ def _set(values, key, value):
 
 def _with_point(base_values, point, check_guidance=True):
     """The base config's nested dicts with the point's values set; ω = 0 means guidance none."""
-    values = yaml.safe_load(yaml.safe_dump(base_values))  # a deep copy
+    values = copy.deepcopy(base_values)
     for key, value in point.items():
         _set(values, key, value)
     weight = values.get("loss", {}).get("language_weight", 0.0)
@@ -155,8 +152,23 @@ def _slug(point):
     parts = []
     for key, value in point.items():
         text = json.dumps(value) if not isinstance(value, str) else value
-        parts.append(f"{key.rsplit('.', 1)[-1]}-{text}".replace("/", "_").replace(" ", ""))
+        parts.append(f"{key.rsplit('.', 1)[-1]}-{text}".replace("/", "_").replace("\\", "_").replace(" ", ""))
     return "__".join(parts)
+
+
+def run_name(point, seed, final=False):
+    """``select__<point>__seed-<seed>`` (``final__`` for final runs), at most NAME_MAX characters.
+
+    A point whose slug would make the name longer keeps the slug's start and appends
+    8 hex digits of its SHA-256, so long grids still give distinct, stable names.
+    """
+    prefix, suffix, slug = "final" if final else "select", f"__seed-{seed}", _slug(point)
+    name = f"{prefix}__{slug}{suffix}"
+    if len(name) > NAME_MAX:
+        digest = hashlib.sha256(slug.encode("utf-8")).hexdigest()[:8]
+        slug = f"{slug[:NAME_MAX - len(prefix) - len(suffix) - 2 - 9]}-{digest}"
+        name = f"{prefix}__{slug}{suffix}"
+    return name
 
 
 def run_config(base_values, point, seed, sweep_dir, final=False, validation_fraction=None):
@@ -170,7 +182,7 @@ def run_config(base_values, point, seed, sweep_dir, final=False, validation_frac
     _set(values, "evaluation.split", "test" if final else "validation")
     _set(values, "training.seed", int(seed))
     _set(values, "runs_dir", str(sweep_dir))
-    _set(values, "name", f"{'final' if final else 'select'}__{_slug(effective_point(base_values, point))}__seed-{seed}")
+    _set(values, "name", run_name(effective_point(base_values, point), seed, final))
     return config_from_dict(values)
 
 
@@ -440,8 +452,6 @@ def _write_results(result, base_values, validation_fraction):
 def sweep_from_arguments(config_path, overrides, grid_arguments, seeds="0", metric="recall@1", final=False,
                          validation_fraction=None):
     """(base_values, grid, seeds): the command line's sweep, checked before TensorFlow is imported."""
-    from tf_langdml.runs.schema import read_yaml
-
     base_values = apply_overrides(read_yaml(config_path) if config_path else {}, overrides)
     config_from_dict(_with_point(base_values, {}))
     grid = parse_grid(grid_arguments, base_values)

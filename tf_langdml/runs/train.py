@@ -172,6 +172,7 @@ def evaluate(folder, verbose=1):
     """
     config, embedder = run_dir.restore_embedder(folder, policy="run")
     scored_split = builders.evaluation_split(config.evaluation, builders.dataset(config.data, config.evaluation.split))
+    builders.check_ks(config.evaluation, scored_split)  # the data may have changed since training
     return builders.evaluation_metrics(config.evaluation, config.data, config.language, config.training.seed,
                                        embedder, scored_split, verbose=verbose)
 
