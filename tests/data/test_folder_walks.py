@@ -12,9 +12,13 @@ from tf_langdml.data.preprocessing import read_regular_file, source_formats
 
 def test_training_folder_skips_and_counts_every_kind(tmp_path):
     make_hostile_folder(str(tmp_path))  # in root/a and in root/a/gallery
+    # The split feeds a pipeline: a non-UTF-8 path among its sources would fail the tensor conversion.
     walked = walk_in_limited_process(
-        f"list(tf_langdml.data.load_image_folder({str(tmp_path)!r}, test_classes=['b']).train_split.sources)")
-    assert [os.path.relpath(path, tmp_path) for path in walked["value"]] == ["a/0.png", "a/1.png"]
+        f"[(list(split.sources), next(iter(tf_langdml.data.make_eval_dataset(split, 2, image_size=8)))[0].shape.as_list())"
+        f" for split in [tf_langdml.data.load_image_folder({str(tmp_path)!r}, test_classes=['b']).train_split]][0]")
+    sources, batch_shape = walked["value"]
+    assert [os.path.relpath(path, tmp_path) for path in sources] == ["a/0.png", "a/1.png"]
+    assert batch_shape == [2, 8, 8, 3]
     (warning,) = [text for text in walked["warnings"] if text.startswith("Skipped")]
     assert warning.startswith(f"Skipped 10 file(s) under {str(tmp_path)!r}")
     assert "not regular files, never opened: 2 FIFOs, 2 devices, 2 dangling links, 2 link loops;" in warning
