@@ -40,7 +40,7 @@ def encoded_image(kind, side, seed=0):
 
 
 _RUNNER = textwrap.dedent("""
-    import json, sys
+    import json, resource, sys
     import tf_langdml
     import tensorflow as tf
     from tf_langdml.data.preprocessing import decode_rgb
@@ -58,8 +58,12 @@ _RUNNER = textwrap.dedent("""
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")
     before = status("VmRSS")
+    if len(sys.argv) > 3:  # an address-space limit: an allocation beyond it fails the decode
+        limit = status("VmSize") + int(sys.argv[3])
+        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
     shape = decode(large).numpy().tolist()
-    print(json.dumps({"shape": shape, "peak_bytes": status("VmHWM") - before, "encoded_bytes": int(tf.strings.length(large))}))
+    print(json.dumps({"shape": shape, "peak_bytes": status("VmHWM") - before,
+                      "encoded_bytes": int(tf.strings.length(large))}))
 """)
 
 
@@ -74,16 +78,18 @@ def measure(kind, side, folder):
     return {**result, "bytes_per_pixel": result["peak_bytes"] / side**2}
 
 
-def measure_file(path, warm_up=None):
+def measure_file(path, warm_up=None, address_space=None):
     """{"shape", "peak_bytes", "encoded_bytes"} of decoding the image file ``path`` in a fresh process.
 
     ``warm_up``: a small image of the same format decoded first (default: a 2 x 2 PNG),
-    so tracing and thread pools are not counted.
+    so tracing and thread pools are not counted. ``address_space``: bytes of address
+    space the decode may add (``RLIMIT_AS`` above the process's size before it), or None.
     """
     if warm_up is None:
         warm_up = path + ".warm_up.png"
         Image.new("RGB", (2, 2)).save(warm_up)
-    done = subprocess.run([sys.executable, "-c", _RUNNER, warm_up, path], capture_output=True, text=True,
+    limit = [] if address_space is None else [str(int(address_space))]
+    done = subprocess.run([sys.executable, "-c", _RUNNER, warm_up, path, *limit], capture_output=True, text=True,
                           timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
