@@ -114,3 +114,12 @@ def test_exif_orientation_is_ignored_as_by_the_papers_pil_loader():
     assert decoded.shape == as_pil_loads.shape == (4, 6, 3)
     # JPEG at quality 100 is near-lossless on a two-colour block image; rotated, the halves would swap places.
     assert decoded[:, :2].min() > 200 and decoded[:, 4:].max() < 50
+
+
+def test_the_serving_bad_request_message_sees_the_giant_frame():
+    """export.bad_image_rows_message reads header_image_size, so a bad request names the GIF's real size."""
+    from tf_langdml.export import bad_image_rows_message
+
+    small = gif((2, 2), [frame(0, 0, 2, 2, [0, 1, 2, 3])])
+    message = bad_image_rows_message(tf.constant([small, giant_frame_gif()]), tf.constant([True, False]))
+    assert message.numpy().decode() == "row 1: the header declares more than max_pixels = 64000000 pixels (not decoded)"
