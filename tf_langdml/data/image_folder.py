@@ -151,6 +151,9 @@ def load_image_folder(
     more than ``max_pixels`` pixels (not decoded) are skipped with one warning that
     counts them by reason and lists the first few; they are also returned in
     ``skipped_files``. A class folder left with no readable image is an error.
+    Only regular files are opened (:func:`scan_folder`): FIFOs, devices, sockets,
+    dangling links and link loops are skipped unopened and counted by kind in the same
+    warning; names that are not valid UTF-8 are skipped and listed by their bytes.
 
     Args:
         root: folder with one sub-folder per class (hidden folders are ignored).
