@@ -301,9 +301,13 @@ def _search(arguments, verbose):
     """``tf-langdml search``: a table (or JSON) of each image's neighbours; bad images and k named on failure."""
     import re
 
-    missing = [image for image in arguments.images if not os.path.isfile(image)]
+    missing = [image for image in arguments.images if not os.path.lexists(image)]
     if missing:
         raise FileNotFoundError(f"no such image file: {', '.join(missing)}")
+    # FIFOs, devices, folders, dangling links: refused before anything is opened (a FIFO would block the read).
+    irregular = [image for image in arguments.images if not os.path.isfile(image)]
+    if irregular:
+        raise FileNotFoundError(f"not a regular image file: {', '.join(irregular)}; give the image files themselves.")
     if arguments.k < 1:
         raise ValueError(f"--k must be at least 1; got {arguments.k}.")
     _load_tensorflow(verbose)

@@ -204,6 +204,10 @@ def search_saved_model(model, images: Sequence[str | os.PathLike | bytes], k: in
     """
     import tensorflow as tf
 
+    from tf_langdml.data.preprocessing import read_regular_file
+
+    # Read before the model loads: a FIFO or a link to /dev/zero is refused unopened, never waited on or read forever.
+    encoded = [image if isinstance(image, bytes) else read_regular_file(image) for image in images]
     if isinstance(model, (str, os.PathLike)):
         version_dir = latest_version(model)
         loaded = tf.saved_model.load(str(version_dir))
@@ -212,7 +216,6 @@ def search_saved_model(model, images: Sequence[str | os.PathLike | bytes], k: in
     if "search" not in loaded.signatures:
         raise ValueError(f"{version_dir or 'the model'} has no 'search' signature (an export without a gallery); "
                          "make one with `tf-langdml index --run RUN --gallery FOLDER --name NAME`.")
-    encoded = [image if isinstance(image, bytes) else pathlib.Path(image).read_bytes() for image in images]
     outputs = loaded.signatures["search"](images=tf.constant(encoded, tf.string), k=tf.constant(int(k), tf.int32))
     item_ids, class_names = outputs["item_ids"].numpy(), outputs["class_names"].numpy()
     scores = outputs["scores"].numpy()
