@@ -34,3 +34,21 @@ def synthetic_problem(num_classes=6, per_class=4, size=16, seed=0):
 def unit_rows(array):
     array = np.asarray(array, dtype=np.float64)
     return array / np.linalg.norm(array, axis=-1, keepdims=True)
+
+
+def write_colour_folder(root, num_classes=8, per_class=4, size=16, noise=20, seed=0, class_name="class_{}"):
+    """``root/<class_name.format(i)>/<j>.png``: per class, noisy copies (±``noise``) of one random colour; returns root.
+
+    The image folder most tests train and evaluate on: classes are told apart by colour alone.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for index in range(num_classes):
+        colour = rng.integers(0, 256, 3)
+        folder = root / class_name.format(index)
+        folder.mkdir(parents=True)
+        for image in range(per_class):
+            pixels = np.clip(colour + rng.integers(-noise, noise + 1, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{image}.png")
+    return root

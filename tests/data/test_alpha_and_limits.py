@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from data.gif_bytes import lzw as gif_lzw
 from tf_langdml.data import Split, load_image_folder, make_eval_dataset, make_train_dataset
 from tf_langdml.data.preprocessing import (
     BMP,
@@ -106,7 +107,7 @@ def test_gif_without_transparency_and_with_a_local_colour_table_after_extensions
     # table, a local colour table, index 0 transparent.
     local_table = bytes([9, 8, 7, 100, 110, 120])
     pixels = bytes([0, 1, 1, 0])  # 2 x 2
-    lzw = _lzw_gif(pixels, min_code_size=2)
+    lzw = gif_lzw(pixels, min_code_size=2)
     data = (b"GIF89a" + struct.pack("<HH", 2, 2) + bytes([0x00, 0, 0])
             + b"\x21\xfe" + bytes([5]) + b"hello" + b"\x00"
             + b"\x21\xf9\x04" + bytes([0x01, 0, 0, 0]) + b"\x00"
@@ -115,26 +116,6 @@ def test_gif_without_transparency_and_with_a_local_colour_table_after_extensions
     decoded = decode_rgb(tf.constant(data), "black").numpy()
     np.testing.assert_array_equal(decoded.reshape(4, 3), [[0, 0, 0], [100, 110, 120], [100, 110, 120], [0, 0, 0]])
     assert tuple(header_image_size(tf.constant(data)).numpy()) == (2, 2)
-
-
-def _lzw_gif(indices, min_code_size):
-    """GIF LZW of pixel indices as literal codes only (a clear code first, the end code last)."""
-    clear, end = 1 << min_code_size, (1 << min_code_size) + 1
-    width, next_free = min_code_size + 1, end + 1
-    bits, value, count = bytearray(), 0, 0
-    for position, code in enumerate([clear] + list(indices) + [end]):
-        value |= code << count
-        count += width
-        if 2 <= position <= len(indices):  # the decoder adds an entry after every code but the first literal
-            next_free += 1
-            width += next_free == 1 << width
-        while count >= 8:
-            bits.append(value & 0xFF)
-            value >>= 8
-            count -= 8
-    if count:
-        bits.append(value & 0xFF)
-    return bytes(bits)
 
 
 def test_16_bit_png_is_rounded_to_8_bits_not_truncated(run_mode):

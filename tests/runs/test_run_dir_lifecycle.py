@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
-from PIL import Image
 
+from helpers import write_colour_folder
 from tf_langdml.cli import main
 from tf_langdml.runs import run_dir
 from tf_langdml.runs.run_dir import RunDirectoryError
@@ -27,15 +27,7 @@ NAME = "tiny"
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
     """8 classes x 4 noisy solid-colour 16 x 16 PNGs (4 train classes, 4 test classes)."""
-    root = tmp_path_factory.mktemp("lifecycle_folder")
-    rng = np.random.default_rng(0)
-    for index in range(8):
-        colour = rng.integers(0, 256, 3)
-        (root / f"{index:02d}.class_{index}").mkdir()
-        for image in range(4):
-            pixels = np.clip(colour + rng.integers(-30, 31, (16, 16, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / f"{index:02d}.class_{index}" / f"{image}.png")
-    return root
+    return write_colour_folder(tmp_path_factory.mktemp("lifecycle_folder"), noise=30, class_name="{0:02d}.class_{0}")
 
 
 def overrides(folder, runs_dir="runs", steps=3, *extra):
