@@ -91,6 +91,16 @@ def assert_refused(path, match):
     return raised.value
 
 
+def traced_peak(read):
+    """(what ``read()`` returned, the peak bytes Python allocated meanwhile, by tracemalloc); exceptions propagate."""
+    tracemalloc.start()
+    try:
+        outcome = read()
+        return outcome, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def assert_reads_exactly(path):
     state = read_torch_legacy_state_dict(path)
     assert list(state) == list(EXPECTED)
@@ -564,12 +574,8 @@ INT_RANGE = r"ints in \[0, 2\*\*63\), with as many strides as sizes and at most 
 def test_an_impossible_or_oversized_tensor_is_a_clear_value_error(tmp_path, fake_torch, spec, match):  # noqa: F811
     path = tmp_path / "bad.pth"
     write_legacy_state_dict(path, {"ok": (BASE, 0, (24,), (1,)), "bad": spec}, fake_torch)
-    tracemalloc.start()
-    try:
-        assert_refused(path, f"^{re.escape(str(path))}: not a legacy torch weights file: tensor 'bad' .*{match}")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    _, peak = traced_peak(
+        lambda: assert_refused(path, f"^{re.escape(str(path))}: not a legacy torch weights file: tensor 'bad' .*{match}"))
     # Refused before allocating: the file, the pickles' objects (< 100 bytes per file byte) and the error.
     assert peak < 100 * path.stat().st_size, peak
 
@@ -605,12 +611,8 @@ class ClaimedStorage:
 def test_a_storage_larger_than_the_file_is_refused_before_allocating(tmp_path, fake_torch, claimed):  # noqa: F811
     path = tmp_path / "huge.pth"
     write_legacy_state_dict(path, {"weight": (ClaimedStorage(BASE, claimed), 0, (24,), (1,))}, fake_torch)
-    tracemalloc.start()
-    try:
-        assert_refused(path, rf"truncated \(storage 0 is incomplete: {claimed} elements of 4 bytes, 96 bytes left\)")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    _, peak = traced_peak(
+        lambda: assert_refused(path, rf"truncated \(storage 0 is incomplete: {claimed} elements of 4 bytes, 96 bytes left\)"))
     assert peak < 100 * path.stat().st_size, peak
 
 
@@ -674,12 +676,7 @@ def test_memory_is_the_file_and_the_arrays_at_most_twice_its_size(tmp_path, fake
     write_legacy_state_dict(path, tensors, fake_torch)
     size = path.stat().st_size
     pickle_bytes = size - 8 - storage.nbytes
-    tracemalloc.start()
-    try:
-        state = read_torch_legacy_state_dict(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    state, peak = traced_peak(lambda: read_torch_legacy_state_dict(path))
     np.testing.assert_array_equal(state["transposed"], storage.reshape(1024, 1024).T)
     assert sum(array.nbytes for array in state.values()) == 2 * storage.nbytes <= 2 * size
     assert peak <= size + 2 * storage.nbytes + 100 * pickle_bytes, (peak, size)
@@ -705,13 +702,12 @@ FLOODS = {  # the costliest objects one to four opcode bytes can make (sets are 
 @pytest.mark.parametrize("position", ["system info", "state dict"])
 def test_the_unpickled_metadata_costs_under_100_bytes_per_pickle_byte(tmp_path, valid_file, position, flood):
     path = write_with(tmp_path / "flood.pth", valid_file, position, FLOODS[flood])
-    tracemalloc.start()
-    try:
+
+    def refused():
         with pytest.raises(ValueError):  # each one is refused, some before and some after unpickling
             read_torch_legacy_state_dict(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+
+    _, peak = traced_peak(refused)
     assert peak <= 100 * len(FLOODS[flood]), peak / len(FLOODS[flood])
 
 
