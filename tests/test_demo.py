@@ -10,8 +10,11 @@ import time
 
 import pytest
 
+import tf_langdml.runs.train as train_module
 from tf_langdml.cache import json_safe
-from tf_langdml.demo import COLUMNS, VARIANTS, demo_configs, results_table, run_demo
+from tf_langdml.cli import main
+from tf_langdml.demo import (COLUMNS, DEMO_SWEEP, VARIANTS, chosen_with_lines, demo_configs, read_demo_sweep,
+                             results_table, run_demo, seed_rows, seeds_table)
 from tf_langdml.runs.train import RUN_INFO_KEYS, evaluate
 
 
@@ -67,6 +70,211 @@ def test_the_demo_uses_the_omega_that_its_sweep_chose_on_validation_classes():
     # The sweep's selection runs held out validation classes; the demo trains on every training class.
     assert all(config.data.validation_fraction == 0 and config.evaluation.split == "test"
                for config in configs.values())
+
+
+def test_the_shipped_sweep_numbers_equal_docs_results_demo_sweep_json():
+    """The package's copy (DEMO_SWEEP, installed with tf_langdml) is the demo's rows of docs/results, value for value."""
+    shipped, docs = read_demo_sweep(), json.loads(SWEEP_RESULTS.read_text())
+    assert DEMO_SWEEP.parent.name == "demo_emoji"  # setup.cfg ships demo_emoji/*.json with the package
+    assert (shipped["metric"], shipped["validation_fraction"]) == (docs["metric"], docs["validation_fraction"])
+    assert list(shipped["rows"]) == list(VARIANTS) and shipped["final"] == docs["final"]
+    for variant, row in shipped["rows"].items():
+        weight = 0 if variant == "baseline" else VARIANTS[variant]["loss"]["language_weight"]
+        guidance = VARIANTS[variant]["language"]["guidance"]
+        assert row["point"] == {"loss.language_weight": weight, "language.guidance": guidance}
+        assert row in docs["rows"]  # the whole row: values, seeds, mean, std, paired difference, run names
+
+
+# A sweep file of the shipped layout with numbers chosen so every printed digit can be checked by hand.
+HAND_SWEEP = {
+    "metric": "recall@1", "validation_fraction": 0.3,
+    "rows": {
+        "baseline": {"point": {"loss.language_weight": 0, "language.guidance": "none"}, "mean": 0.6, "std": 0.1,
+                     "values": [0.5, 0.6, 0.7], "seeds": [0, 1, 2], "paired_difference": None},
+        "elg": {"point": {"loss.language_weight": 2.5, "language.guidance": "elg"},
+                "paired_difference": {"mean": 0.0125, "std": 0.25, "seeds": [0, 1, 2]}},
+        "plg": {"point": {"loss.language_weight": 5, "language.guidance": "plg"},
+                "paired_difference": {"mean": -0.05, "std": 0.03, "seeds": [0, 1, 2]}},
+    },
+    "final": [{"point": {"loss.language_weight": 5, "language.guidance": "plg"}, "label": "language_weight=5 guidance=plg",
+               "mean": 0.55, "std": 0.02, "seeds": [0, 1, 2]}],
+}
+
+
+def test_the_chosen_with_lines_print_the_sweeps_paired_differences_and_the_baselines_seed_spread():
+    lines = chosen_with_lines(HAND_SWEEP)
+    assert lines[0] == ("One seed is not a comparison. The demo's ω were chosen by a sweep over seeds 0, 1, 2 on "
+                        "validation classes (30% of the training classes); its paired recall@1 difference to the "
+                        "baseline, seed by seed (docs/choosing.md):")
+    assert lines[1:] == [
+        "  elg (ω = 2.5): +0.0125 ± 0.2500",
+        "  plg (ω = 5): -0.0500 ± 0.0300",
+        "One run can move recall@1 by several points: in that sweep the baseline alone had a seed std of 0.1000 "
+        "(0.5000 to 0.7000 over seeds 0, 1, 2).",
+        "Its test runs of plg (ω = 5): recall@1 0.5500 ± 0.0200 over seeds 0, 1, 2.",
+        "Compare the variants on this machine: tf-langdml demo --seeds 0,1,2 (three runs per variant).",
+    ]
+    # Under a several-seed table the lines are the same, without "not a comparison" and the advice.
+    several = chosen_with_lines(HAND_SWEEP, one_seed=False)
+    assert several[0].startswith("The demo's ω were chosen") and several[1:] == lines[1:-1]
+    # The shipped file: the demo's numbers as docs/results has them, to the printed 4 decimals.
+    docs = {(row["point"]["language.guidance"], row["point"]["loss.language_weight"]): row
+            for row in json.loads(SWEEP_RESULTS.read_text())["rows"]}
+    shipped = "\n".join(chosen_with_lines())
+    for guidance, weight in (("elg", 2.5), ("plg", 5)):
+        difference = docs[guidance, weight]["paired_difference"]
+        assert f"{guidance} (ω = {weight:g}): {difference['mean']:+.4f} ± {difference['std']:.4f}" in shipped
+    assert f"seed std of {docs['none', 0]['std']:.4f}" in shipped
+
+
+# Synthetic test R@1 per (variant, seed); the expected numbers below are worked out by hand.
+SYNTHETIC = {("baseline", 0): 0.5, ("baseline", 1): 0.6, ("baseline", 2): 0.7,
+             ("elg", 0): 0.55, ("elg", 1): 0.6, ("elg", 2): 0.8,
+             ("plg", 0): 0.5, ("plg", 1): 0.5, ("plg", 2): 0.5}
+# mean, sample std over 3 seeds; paired: variant - baseline per seed, then mean and sample std.
+#   baseline 0.6 ± sqrt((0.01 + 0 + 0.01) / 2) = 0.1
+#   elg      0.65 ± sqrt((0.01 + 0.0025 + 0.0225) / 2) = sqrt(0.0175) = 0.13229; Δ = 0.05, 0, 0.1: 0.05 ± 0.05
+#   plg      0.5 ± 0;                                                    Δ = 0, -0.1, -0.2: -0.1 ± 0.1
+EXPECTED_ROWS = {"baseline": ["0.6000", "±", "0.1000", "0.5000", "/", "0.6000", "/", "0.7000"],
+                 "elg": ["0.6500", "±", "0.1323", "0.5500", "/", "0.6000", "/", "0.8000", "+0.0500", "±", "0.0500"],
+                 "plg": ["0.5000", "±", "0.0000", "0.5000", "/", "0.5000", "/", "0.5000", "-0.1000", "±", "0.1000"]}
+
+
+def test_seed_rows_mean_std_and_paired_difference_by_hand():
+    results = {variant: [{"recall@1": SYNTHETIC[variant, seed]} for seed in (0, 1, 2)] for variant in VARIANTS}
+    rows = {row["variant"]: row for row in seed_rows(results, [0, 1, 2])}
+    # float64 sums and differences of three numbers below 1: each result is within a few 1e-16 of the exact value.
+    tolerance = 1e-12
+    expected = {"baseline": (0.6, 0.1, None), "elg": (0.65, 0.0175 ** 0.5, (0.05, 0.05)), "plg": (0.5, 0.0, (-0.1, 0.1))}
+    for variant, (mean, std, paired) in expected.items():
+        assert rows[variant]["mean"] == pytest.approx(mean, abs=tolerance)
+        assert rows[variant]["std"] == pytest.approx(std, abs=tolerance)
+        difference = rows[variant]["paired_difference"]
+        if paired is None:
+            assert difference is None
+        else:
+            assert (difference["mean"], difference["std"]) == pytest.approx(paired, abs=tolerance)
+            assert difference["seeds"] == [0, 1, 2]
+    table = seeds_table(list(rows.values())).splitlines()
+    assert table[0].split() == ["variant", "R@1", "mean", "±", "std", "per", "seed", "paired", "Δ", "vs", "baseline"]
+    assert {line.split()[0]: line.split()[1:] for line in table[2:]} == EXPECTED_ROWS
+
+
+@pytest.fixture
+def fake_train(monkeypatch):
+    """train() replaced by a function returning SYNTHETIC's R@1 for the config's variant and seed; records the calls."""
+    calls = []
+
+    def train(config, verbose=1):
+        variant = {"none": "baseline"}.get(config.language.guidance, config.language.guidance)
+        calls.append((config.name, variant, config.training.seed, config.loss.language_weight, config.runs_dir))
+        return {"recall@1": SYNTHETIC[variant, config.training.seed], "map@r": 0.25}
+
+    monkeypatch.setattr(train_module, "train", train)
+    return calls
+
+
+PROGRESS_LINE = re.compile(r"tf_langdml: run (\d+)/(\d+) \((\w+) seed=(\d+)\): \d+ s elapsed, "
+                           r"(no estimate yet|about \d+ s left)")
+
+
+def test_demo_over_three_seeds_names_runs_per_seed_shows_progress_and_prints_mean_std_and_paired_difference(
+        tmp_path, capsys, fake_train):
+    # A finished seed-0 baseline (the one-seed demo's run): read back, so it does not count as trained.
+    (tmp_path / "demo_baseline").mkdir()
+    (tmp_path / "demo_baseline" / "metrics.json").write_text("{}")
+    results = run_demo(runs_dir=tmp_path, seeds=[0, 1, 2])
+    names = [call[0] for call in fake_train]
+    assert names == ["demo_baseline", "demo_elg", "demo_plg", "demo_baseline_seed-1", "demo_elg_seed-1",
+                     "demo_plg_seed-1", "demo_baseline_seed-2", "demo_elg_seed-2", "demo_plg_seed-2"]
+    assert [call[2] for call in fake_train] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert [call[3] for call in fake_train[:3]] == [0.0, 2.5, 5.0] and {call[4] for call in fake_train} == {str(tmp_path)}
+    assert results == {variant: [{"recall@1": SYNTHETIC[variant, seed], "map@r": 0.25} for seed in (0, 1, 2)]
+                       for variant in VARIANTS}
+    captured = capsys.readouterr()
+    progress = [PROGRESS_LINE.fullmatch(line) for line in captured.err.splitlines() if "tf_langdml: run " in line]
+    assert all(progress) and [match.groups()[:4] for match in progress] == [
+        (str(i + 1), "9", variant, str(seed)) for i, (seed, variant) in
+        enumerate((seed, variant) for seed in (0, 1, 2) for variant in VARIANTS)]
+    # No estimate before a run has trained (run 1 is read back; run 2 is the first that trains).
+    assert [match.group(5) == "no estimate yet" for match in progress] == [True, True] + [False] * 7
+    out = captured.out.splitlines()
+    header = next(index for index, line in enumerate(out) if line.startswith("Unseen emoji classes"))
+    assert re.fullmatch(r"Unseen emoji classes \(test split\), R@1 over seeds 0, 1, 2 on this machine "
+                        r"\(\d+ s for 9 runs, 8 trained now\):", out[header])
+    assert {line.split()[0]: line.split()[1:] for line in out[header + 3:header + 6]} == EXPECTED_ROWS
+    assert out[header + 7:header + 7 + len(chosen_with_lines(one_seed=False))] == chosen_with_lines(one_seed=False)
+    saved = json.loads((tmp_path / "demo_seeds_results.json").read_text())
+    assert saved["seeds"] == [0, 1, 2] and saved["runs"] == results
+    assert [row["variant"] for row in saved["rows"]] == list(VARIANTS)
+    assert saved["rows"][2]["paired_difference"]["mean"] == pytest.approx(-0.1, abs=1e-12)  # see EXPECTED_ROWS
+
+
+def test_one_seed_demo_keeps_its_run_names_and_prints_the_chosen_with_lines_under_its_table(
+        tmp_path, capsys, fake_train):
+    results = run_demo(runs_dir=tmp_path)
+    assert [call[:3] for call in fake_train] == [("demo_baseline", "baseline", 0), ("demo_elg", "elg", 0),
+                                                 ("demo_plg", "plg", 0)]
+    assert results == {variant: {"recall@1": SYNTHETIC[variant, 0], "map@r": 0.25} for variant in VARIANTS}
+    out = capsys.readouterr().out.splitlines()
+    table = out.index("Unseen emoji classes (test split), 1-NN retrieval across the two designs, seed 0:")
+    assert [line.split()[:3] for line in out[table + 3:table + 6]] == [
+        ["baseline", "0.5000", "0.2500"], ["elg", "0.5500", "0.2500"], ["plg", "0.5000", "0.2500"]]
+    lines = chosen_with_lines()
+    assert out[table + 7:table + 7 + len(lines)] == lines and out[table + 7 + len(lines)].startswith("TensorBoard:")
+    assert json.loads((tmp_path / "demo_results.json").read_text()) == results
+
+
+def test_demo_seeds_flag_through_the_command_line(tmp_path, capsys, fake_train, monkeypatch):
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")  # main() sets it; restored after the test
+    code = main(["demo", "--seeds", "2,0", "--runs-dir", str(tmp_path), "--set", "training.epochs=1"])
+    assert code == 0
+    assert [call[:3] for call in fake_train] == [
+        ("demo_baseline_seed-2", "baseline", 2), ("demo_elg_seed-2", "elg", 2), ("demo_plg_seed-2", "plg", 2),
+        ("demo_baseline", "baseline", 0), ("demo_elg", "elg", 0), ("demo_plg", "plg", 0)]
+    assert "R@1 over seeds 2, 0 on this machine" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("seeds, message", [
+    ("0,x", "tf-langdml demo: --seeds takes comma-separated integers (for example 0,1,2); got '0,x'."),
+    ("1,1", "tf-langdml demo: --seeds lists a seed twice: '1,1'."),
+])
+def test_a_bad_seeds_value_is_one_line_and_exit_2_before_tensorflow(tmp_path, seeds, message):
+    script = ("import sys; from tf_langdml.cli import main; code = main(sys.argv[1:]); "
+              "assert 'tensorflow' not in sys.modules; sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", script, "demo", "--seeds", seeds, "--runs-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stderr.strip(), result.stdout) == (2, message, "")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_the_demo_over_two_seeds_on_a_reduced_budget(tmp_path, capsys, minilm_encoder):
+    """A real 2-seed demo (6 runs, about 3 minutes on 2 cores): seed 0 reuses the one-seed runs, the means are the runs'."""
+    overrides = ["training.epochs=1", "training.steps_per_epoch=2", "training.eval_every=1", "data.image_size=32",
+                 "language.classifier_image_size=64", "evaluation.clustering=false"]
+    one_seed = run_demo(overrides=overrides, runs_dir=tmp_path, verbose=0)
+    capsys.readouterr()
+    results = run_demo(overrides=overrides, runs_dir=tmp_path, verbose=0, seeds=[0, 1])
+    captured = capsys.readouterr()
+    assert {variant: per_seed[0] for variant, per_seed in results.items()} == one_seed  # seed 0 read back
+    progress = [PROGRESS_LINE.fullmatch(line) for line in captured.err.splitlines() if "tf_langdml: run " in line]
+    assert all(progress) and len(progress) == 6
+    assert re.search(r"on this machine \((\d+ min )?\d+ s for 6 runs, 3 trained now\):", captured.out)
+    for variant in VARIANTS:
+        for seed, name in ((0, f"demo_{variant}"), (1, f"demo_{variant}_seed-1")):
+            saved = json.loads((tmp_path / name / "metrics.json").read_text())
+            assert saved == results[variant][seed]
+            assert json.loads(json.dumps(saved))["recall@1"] == results[variant][seed]["recall@1"]
+        (config_seed,) = {line for line in (tmp_path / f"demo_{variant}_seed-1" / "config.yaml").read_text().splitlines()
+                          if line.strip().startswith("seed:")}
+        assert config_seed.split() == ["seed:", "1"]
+    # The printed means are the runs' R@1 (two seeds: mean = (a + b) / 2, sample std = |a - b| / sqrt(2)).
+    rows = {line.split()[0]: line.split()[1:] for line in captured.out.splitlines()
+            if re.match(r"(baseline|elg|plg) +\d", line)}
+    for variant in VARIANTS:
+        a, b = (results[variant][seed]["recall@1"] for seed in (0, 1))
+        assert rows[variant][:3] == [f"{(a + b) / 2:.4f}", "±", f"{abs(a - b) / 2 ** 0.5:.4f}"]
 
 
 @pytest.mark.slow
