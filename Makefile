@@ -20,11 +20,12 @@ $(BIN)/.installed: setup.cfg setup.py Makefile
 
 install: $(BIN)/.installed
 
-# The main job, fully offline: baseline, ELG and PLG on the emoji demo set, one results table.
+# The main job, fully offline: baseline, ELG and PLG on the emoji demo set, one results table
+# (its time on 2 cores: README.md, "The two commands").
 demo: install
 	$(BIN)/tf-langdml demo
 
-# The README's model.fit quick-start (ELG on the demo set, about a minute).
+# The README's model.fit quick-start (ELG on the demo set; its time: README.md, "The two commands").
 quickstart: install
 	$(BIN)/python examples/quickstart.py
 

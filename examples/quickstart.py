@@ -1,4 +1,4 @@
-"""Train a language-guided embedder with model.fit on the offline demo set (~2 minutes on CPU).
+"""Train a language-guided embedder with model.fit on the offline demo set (its time: README.md, "The two commands").
 
 Run from the repository root, with tf_langdml installed (``make install``): python examples/quickstart.py
 """

@@ -19,7 +19,7 @@ def test_readme_quickstart_is_the_module():
     assert code in blocks
 
 
-@pytest.mark.slow  # ~3 min of ResNet50 steps on 2 cores; make test-slow (and make quickstart) run it
+@pytest.mark.slow  # minutes of ResNet50 steps (README.md states the time); make test-slow and make quickstart run it
 def test_quickstart_trains_offline():
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("TF_USE_LEGACY_KERAS", None)
