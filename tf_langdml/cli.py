@@ -39,6 +39,7 @@ EXAMPLES = {
              "  tf-langdml index --run runs/cub200_plg_128 --gallery ~/new_photos --name cub200_search --add",
     "search": "tf-langdml search --model saved_models/cub200_search photo.jpg other.png --k 5\n"
               "  tf-langdml search --model saved_models/cub200_search/2 photo.jpg --json",
+    "report": "tf-langdml report runs/cub200_plg_128\n  tf-langdml report runs/demo_sweep --out demo_sweep.html",
 }
 
 
@@ -143,6 +144,14 @@ def _parser():
     search.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP)")
     search.add_argument("--k", type=int, default=5, help="neighbours per image (default: 5)")
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    report = command("report", "Write one self-contained HTML page for a run directory (metrics, loss and R@1 "
+                               "curves, the latest retrieval grid and S_img | S_lang heat map) or a sweep folder "
+                               "(validation R@1 against ω per guidance with mean ± std over seeds, the paired Δ, the "
+                               "final test rows); reads the folder's files only, builds no model.")
+    report.add_argument("folder", metavar="RUN_OR_SWEEP", help="a run directory (runs/<name>) or a sweep folder "
+                                                               "(runs/<name>_sweep)")
+    report.add_argument("--out", default=None, help="the HTML file to write (default: <folder>/report.html)")
     return parser
 
 
@@ -302,6 +311,15 @@ def _main(arguments, verbose):
               "(signatures serving_default, embed_images, search, search_embeddings)")
     elif arguments.command == "search":
         return _search(arguments, verbose)
+    elif arguments.command == "report":
+        from tf_langdml.report import ReportError, write_report  # no TensorFlow: the event files are read as protobuf
+
+        try:
+            path = write_report(arguments.folder, arguments.out)
+        except ReportError as error:
+            print(f"tf-langdml report: {' '.join(str(error).split())}", file=sys.stderr)
+            return 2
+        print(f"wrote {path}")
     return 0
 
 
