@@ -351,3 +351,40 @@ def test_folder_config_trains_on_a_generated_folder(tmp_path):
     assert metrics["optimizer_steps"] == 2 and 0.0 <= metrics["recall@1"] <= 1.0
     assert (tmp_path / "runs" / "folder" / "pseudo_labels.json").exists()  # PLG, as the config says
     print(f"folder.yaml tiny run: {time.monotonic() - start:.1f} s")
+
+
+@pytest.mark.parametrize("top_k", [0, 1001])
+def test_top_k_is_checked_with_plg_only_as_docs_runs_says(top_k):
+    """docs/runs.md: a language.top_k outside 1..1000 fails the preflight under PLG; ELG does not read it."""
+    from tf_langdml.runs import train
+
+    base = ["language.classifier=efficientnet_lite0", f"language.top_k={top_k}", "loss.language_weight=5"]
+    train.preflight(schema.load_config(None, [*base, "language.guidance=elg"]))  # passes: ELG ignores top_k
+    with pytest.raises(schema.ConfigError, match="language.top_k"):
+        train.preflight(schema.load_config(None, [*base, "language.guidance=plg"]))
+
+
+def test_what_a_failure_after_the_folder_leaves_as_docs_runs_says(tmp_path, monkeypatch):
+    """docs/runs.md, step 4: a precomputed file lacking the classes' texts fails once the folder exists.
+
+    It leaves config.yaml, run.lock and train_class_names.json and no checkpoint; the step-1 check (the file
+    exists) is what keeps a missing file from writing anything.
+    """
+    import numpy as np
+
+    from tf_langdml.runs import train
+
+    images = write_colour_folder(tmp_path / "images", num_classes=4, per_class=2, size=8)
+    vectors = tmp_path / "two.npz"
+    np.savez(vectors, names=np.array(["a", "b"]), texts=np.array(["a photo of a a", "a photo of a b"]),
+             embeddings=np.eye(2, 4, dtype=np.float32))
+    overrides = [f"data.data_dir={images}", f"runs_dir={tmp_path / 'runs'}", "data.batch_size=4",
+                 "data.image_size=8", "model.backbone=toy_cnn", "model.weights=null", "language.guidance=elg",
+                 "loss.language_weight=1", "evaluation.ks=[1]"]
+    with pytest.raises(schema.ConfigError, match="language.encoder"):
+        train.train(schema.load_config(None, [*overrides, f"language.encoder=precomputed:{tmp_path / 'none.npz'}"]))
+    assert not (tmp_path / "runs").exists()  # steps 1-2: nothing written
+    with pytest.raises(schema.ConfigError, match="have no vector"):
+        train.train(schema.load_config(None, [*overrides, f"language.encoder=precomputed:{vectors}"]))
+    assert sorted(path.name for path in (tmp_path / "runs" / "experiment").iterdir()) == [
+        "config.yaml", "run.lock", "train_class_names.json"]
