@@ -276,7 +276,8 @@ def image_event(step, png, tag="retrieval/top5", padding=b""):
 def test_event_reading_keeps_the_newest_picture_and_is_bounded(tmp_path, monkeypatch):
     logs = tmp_path / "logs"
     logs.mkdir()
-    (logs / "events.out.tfevents.1.a").write_bytes(frame(image_event(2, tiny_png(20))) + frame(image_event(1, tiny_png(10))))
+    (logs / "events.out.tfevents.1.a").write_bytes(frame(image_event(2, tiny_png(20)))
+                                                   + frame(image_event(1, tiny_png(10))))
     scan = read_pictures(logs)
     assert scan.pictures["retrieval/top5"].step == 2 and scan.pictures["retrieval/top5"].png == tiny_png(20)
     assert (scan.pictures["retrieval/top5"].width, scan.pictures["retrieval/top5"].height) == (3, 2)
@@ -295,7 +296,8 @@ def test_event_reading_keeps_the_newest_picture_and_is_bounded(tmp_path, monkeyp
 
     # Past MAX_EVENT_BYTES of a file, reading stops and the page says so.
     monkeypatch.setattr(report, "MAX_EVENT_BYTES", len(frame(image_event(5, tiny_png(50)))))
-    (logs / "events.out.tfevents.4.d").write_bytes(frame(image_event(5, tiny_png(50))) + frame(image_event(6, tiny_png(60))))
+    (logs / "events.out.tfevents.4.d").write_bytes(frame(image_event(5, tiny_png(50)))
+                                                   + frame(image_event(6, tiny_png(60))))
     scan = read_pictures(logs)
     assert scan.pictures["retrieval/top5"].step == 5 and any("read the first" in note for note in scan.notes)
 
@@ -335,7 +337,7 @@ def test_report_help_names_every_flag():
 
 @pytest.mark.slow
 def test_report_of_a_real_tiny_sweep(tmp_path, minilm_encoder):
-    """Two points x one seed and the final run, trained (about 40 s of CPU time); the page's numbers equal sweep.json."""
+    """Two points x one seed and the final run, trained (about 40 s of CPU); the page's numbers equal sweep.json."""
     from tf_langdml.runs.sweep import parse_grid, run_sweep
 
     folder = write_colour_folder(tmp_path / "images", num_classes=12, per_class=4)

@@ -351,6 +351,10 @@ def _mean_std(mean, std):
     return f"{mean:.4f} ± {std:.4f}" if _number(std) else f"{mean:.4f}"
 
 
+def _per_seed(row):
+    return " ".join(f"{value:.4f}" if _number(value) else "—" for value in row.get("values") or [])
+
+
 def _image(png, alt):
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
 
@@ -465,7 +469,7 @@ def sweep_report(folder):
     lines = []
     for row in rows:
         difference = row.get("paired_difference") if isinstance(row.get("paired_difference"), dict) else None
-        values = " ".join(f"{value:.4f}" if _number(value) else "—" for value in row.get("values") or [])
+        values = _per_seed(row)
         delta = "—"
         if difference and _number(difference.get("mean")):
             std = difference.get("std")
@@ -479,8 +483,8 @@ def sweep_report(folder):
     parts.append("<h2>Final test rows</h2>")
     if final_rows:
         lines = [f"<tr><td>{_e(row.get('label', ''))}</td><td class=\"n\">{_mean_std(row.get('mean'), row.get('std'))}"
-                 f"</td><td class=\"n\">{' '.join(f'{v:.4f}' if _number(v) else '—' for v in row.get('values') or [])}"
-                 f"</td><td>{_e(' '.join(map(str, row.get('runs') or [])))}</td></tr>" for row in final_rows]
+                 f"</td><td class=\"n\">{_per_seed(row)}</td><td>{_e(' '.join(map(str, row.get('runs') or [])))}"
+                 "</td></tr>" for row in final_rows]
         parts.append(f'<table id="final"><tr><th>point</th><th>test {_e(metric)}</th><th>per seed</th><th>runs</th>'
                      f'</tr>{"".join(lines)}</table>')
     else:
