@@ -71,10 +71,15 @@ def _parser():
 
     train = command("train", "Train (or resume) the run a YAML config describes; writes a run directory with the "
                              "resolved config, TensorBoard logs, checkpoints, the language table and metrics.json.")
-    train.add_argument("--config", required=False, help="a YAML file from configs/ (default: all defaults)")
+    train.add_argument("--config", required=False,
+                       help="a YAML file from configs/, e.g. configs/demo.yaml or configs/folder.yaml (without it "
+                            "and without --set, train shows what the defaults would do and asks first)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. training.epochs=10 (repeatable)")
     train.add_argument("--quiet", action="store_true", help="no Keras progress lines and no messages")
+    train.add_argument("--yes", action="store_true",
+                       help="start without asking, even with no --config and no --set (all defaults: ResNet50 with "
+                            "ImageNet weights, 224 px, 150 epochs)")
 
     sweep = command("sweep", "Choose hyper-parameters on validation classes: train every grid point once per seed "
                              "on the training classes minus a held-out part, score it on that part, print mean ± std "
@@ -102,13 +107,17 @@ def _parser():
     embed.add_argument("--names", help="comma-separated class names")
     embed.add_argument("--file", help="a text file with one class name per line")
     embed.add_argument("--encoder", default="minilm", help="minilm | hub:<handle>[|<preprocessor>] | precomputed:<npz>")
-    embed.add_argument("--template", default="a photo of a {}")
+    embed.add_argument("--template", default="a photo of a {}",
+                       help="the text each name is put in, {} marks the name (default: 'a photo of a {}')")
     embed.add_argument("--out", required=True, help="output .npz")
 
     pseudo = command("pseudolabel", "Run PLG pseudo-labelling for a config's training split and write the chosen "
                                     "ImageNet names per class (JSON) and the table (.npy beside it).")
-    pseudo.add_argument("--config", required=True)
-    pseudo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    pseudo.add_argument("--config", required=True,
+                        help="the YAML config of the run whose training split is pseudo-labelled (its data: and "
+                             "language: sections)")
+    pseudo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. language.top_k=3 (repeatable)")
     pseudo.add_argument("--out", required=True, help="output .json (the table goes to the same name with .npy)")
     export = command("export", "Export a finished run's embedder as a SavedModel for TF Serving: "
                                "saved_models/<name>/<version>/ with serving_default (JPEG/PNG bytes -> embeddings) "
@@ -174,6 +183,8 @@ def _import_quietly(modules):
                 except ModuleNotFoundError as error:
                     if error.name != module:
                         raise
+        except KeyboardInterrupt:  # Ctrl-C while loading: what the libraries printed explains nothing
+            raise
         except BaseException:
             sys.stderr.flush()
             os.dup2(saved, 2)
@@ -186,11 +197,18 @@ def _import_quietly(modules):
             os.close(saved)
 
 
+_STARTED = [False]  # set once TensorFlow is loaded: a Ctrl-C before that interrupted only the start-up
+
+
 def _load_tensorflow(verbose):
     """Import TensorFlow (and NMSLIB, which TF-Similarity loads) quietly unless ``verbose``."""
+    _STARTED[0] = False
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else "3"
     if not verbose:
         _import_quietly(["tensorflow", "nmslib"])
+    else:
+        importlib.import_module("tensorflow")
+    _STARTED[0] = True
 
 
 # errno -> what to do, for an OSError a user can fix (any other errno propagates: it is not ours to explain).
@@ -224,12 +242,59 @@ def _user_error_line(error):
     return None
 
 
+# What a Ctrl-C leaves, per command: how to take the work up again.
+_RESUME = {
+    "train": "run the same command again: it resumes from the run's last checkpoint",
+    "sweep": "run the same command again: finished runs are kept and the interrupted one resumes from its last "
+             "checkpoint",
+    "demo": "run the same command again: finished runs are kept and the interrupted one resumes from its last "
+            "checkpoint",
+}
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _interrupted_line(command, started):
+    """The one line printed on Ctrl-C (exit status 130)."""
+    if not started:
+        return f"tf-langdml {command}: interrupted while starting (loading TensorFlow); nothing was done."
+    return f"tf-langdml {command}: interrupted; {_RESUME.get(command, 'run the same command again')}."
+
+
+def _plain_warnings(command):
+    """Show tf_langdml's own warnings (skipped files, ...) as one plain line: no class name, no source line."""
+    import warnings
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        ours = (getattr(category, "__module__", "").startswith("tf_langdml")
+                or os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep))
+        if not ours:
+            return shown(message, category, filename, lineno, file, line)
+        print(f"tf-langdml {command}: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+    warnings.showwarning = show
+    return shown
+
+
 def main(argv=None):
-    """Run ``tf-langdml`` with ``argv``; returns the exit status (2: an error the user can fix, printed as one line)."""
+    """Run ``tf-langdml`` with ``argv``; returns the exit status (2: an error the user can fix, printed as one line).
+
+    Ctrl-C prints one line (what was interrupted, how to resume) and returns 130; the
+    traceback only with ``--verbose``.
+    """
+    import warnings
+
     arguments = _parser().parse_args(argv)
     verbose = getattr(arguments, "verbose", False)
+    shown = _plain_warnings(arguments.command)
     try:
         return _main(arguments, verbose)
+    except KeyboardInterrupt:
+        if verbose:
+            traceback.print_exc()
+        print(_interrupted_line(arguments.command, _STARTED[0]), file=sys.stderr)
+        return 130
     except Exception as error:  # noqa: BLE001  (re-raised below unless the user can fix it)
         line = _user_error_line(error)
         if line is None and isinstance(error, ValueError) and arguments.command in ("index", "search"):
@@ -240,6 +305,8 @@ def main(argv=None):
             traceback.print_exc()
         print(f"tf-langdml {arguments.command}: {' '.join(line.split())}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = shown
 
 
 def _main(arguments, verbose):
@@ -258,6 +325,8 @@ def _main(arguments, verbose):
         run_demo(overrides=arguments.set, runs_dir=arguments.runs_dir, seeds=seeds)
     elif arguments.command == "train":
         config = load_config(arguments.config, arguments.set)
+        if arguments.config is None and not arguments.set and not arguments.yes and not _confirm_defaults(config):
+            return 2
         _load_tensorflow(verbose)
         from tf_langdml.runs.train import train
 
@@ -323,6 +392,52 @@ def _main(arguments, verbose):
     return 0
 
 
+def _shipped_configs():
+    """The YAML files in the repository's configs/ (the dml_losses/ ones left out), by name."""
+    folder = os.path.join(os.path.dirname(_PACKAGE_DIR), "configs")
+    return sorted(name for name in os.listdir(folder) if name.endswith(".yaml")) if os.path.isdir(folder) else []
+
+
+def _defaults_plan(config):
+    """What a ``train`` with every default would do, in a few words (from the config alone: nothing is built)."""
+    model, data, training = config.model, config.data, config.training
+    weights = ("ImageNet weights downloaded from storage.googleapis.com unless already in ~/.keras/models"
+               if model.weights == "imagenet" else f"weights {model.weights}")
+    steps = f"{training.steps_per_epoch} steps" if training.steps_per_epoch else "one pass over the training images"
+    return (f"backbone {model.backbone} ({weights}), {data.image_size} x {data.image_size} images of the "
+            f"{data.dataset} data set, {training.epochs} epochs of {steps} at batch {data.batch_size}: hours of "
+            "CPU time")
+
+
+def _confirm_defaults(config):
+    """A bare ``train`` (no --config, no --set): say what the defaults do, then ask on a terminal; else refuse."""
+    import re
+
+    configs = _shipped_configs()
+    paper = [name for name in configs if re.fullmatch(r"[a-z0-9]+_(baseline|elg|plg)_\d+\.yaml", name)]
+    datasets = sorted({name.split("_")[0] for name in paper})
+    shipped = ", ".join(f"configs/{name}" for name in configs if name not in paper)
+    if paper:
+        shipped += (f" and {len(paper)} paper runs, configs/<data set>_<baseline|elg|plg>_<dims>.yaml for "
+                    f"{', '.join(datasets)}")
+    shipped = f"shipped: {shipped}" if configs else "see configs/ in the repository"
+    if not sys.stdin.isatty():
+        print(f"tf-langdml train: no --config given, and the defaults would train {_defaults_plan(config)}; pass "
+              f"--config (for a first run: --config configs/demo.yaml; {shipped}) or --yes to start the defaults.",
+              file=sys.stderr)
+        return False
+    print(f"No --config given: the defaults would train {_defaults_plan(config)}.\n"
+          f"For a first run use --config configs/demo.yaml ({shipped}).", file=sys.stderr)
+    try:
+        answer = input("Start the defaults anyway? [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() in ("y", "yes"):
+        return True
+    print("tf-langdml train: not started.", file=sys.stderr)
+    return False
+
+
 def _search(arguments, verbose):
     """``tf-langdml search``: a table (or JSON) of each image's neighbours; bad images and k named on failure."""
     import re
@@ -345,10 +460,16 @@ def _search(arguments, verbose):
         results = search_saved_model(arguments.model, arguments.images, arguments.k)
     except tf.errors.InvalidArgumentError as error:
         message = str(error.message)
+        # tf.debugging.Assert prints its data as "assertion failed: [part] [part]\n\t [[{{node ...}}]]": keep the
+        # parts, without their brackets, before the file names (which may hold brackets) go in.
+        asserted = re.search(r"assertion failed: ((?:\[[^\[\]]*\] ?)+)", message)
+        if asserted:
+            message = " ".join(re.findall(r"\[([^\[\]]*)\]", asserted.group(1)))
+        else:
+            message = " ".join(message.split())
         for row, image in enumerate(arguments.images):  # the signature names 0-based rows; name the files
-            message = re.sub(rf"\brow {row}:", f"{image}:", message)
-        found = re.search(r"(Bad image\(s\).*?)\s*\[\[|(k must be between.*?items\.)", message.replace("] [", " "))
-        print(f"tf-langdml search: {(found.group(1) or found.group(2)) if found else message}", file=sys.stderr)
+            message = re.sub(rf"\brow {row}:", lambda _, image=image: f"{image}:", message)
+        print(f"tf-langdml search: {message}", file=sys.stderr)
         return 2
     if arguments.json:
         print(json.dumps([{"image": image, "neighbours": neighbours}

@@ -442,8 +442,8 @@ def export_embedder(embedder, model_dir, version=None, class_names=None, config=
         raise ValueError(f"version must be a positive integer; got {version}.")
     final = model_dir / str(version)
     if final.exists():
-        raise FileExistsError(f"{final} exists; exported versions are never overwritten. Pass another version= "
-                              "(or none for the next number).")
+        raise FileExistsError(f"{final} exists; exported versions are never overwritten. Pass another version "
+                              "(`--version N` on the command line, version=N in Python), or none for the next number.")
     served = with_precision(embedder, precision)
     with atomic_directory(final, exist_ok=False) as temporary:
         metadata = {

@@ -179,9 +179,26 @@ def test_test_classes_from_a_list_or_a_file_and_unknown_names_refused_by_name(ga
     np.testing.assert_array_equal(from_file.test_split.sources, from_list.test_split.sources)
     names.write_text(f"{CLASSES[2]}\n002.Laysan_Albatros\n999.Dodo\n")
     with pytest.raises(ValueError, match=r"test_classes \['002.Laysan_Albatros', '999.Dodo'\] are not class folders"
-                                         r".*test_classes.txt.*did you mean '002.Laysan_Albatros' -> '002.Laysan_Albatross'"):
+                                         r".*test_classes.txt.*; did you mean '002.Laysan_Albatross' for "
+                                         r"'002.Laysan_Albatros'\?$"):
         load_image_folder(gallery_root, test_classes=names)
     with pytest.raises(FileNotFoundError, match="test_classes file 'Sooty' does not exist.*pass a list"):
         load_image_folder(gallery_root, test_classes="Sooty")
     with pytest.raises(ValueError, match="covers every class"):
         load_image_folder(gallery_root, test_classes=CLASSES)
+
+
+def test_libjpeg_lines_are_dropped_and_everything_else_on_fd_2_is_kept(capfd):
+    import os
+
+    from tf_langdml.data.image_folder import libjpeg_messages_dropped
+
+    with libjpeg_messages_dropped():
+        os.write(2, b"Improper call to JPEG library in state 201\nkeep this line\nCorrupt JPEG data: 3 extraneous "
+                    b"bytes before marker 0xd9\nPremature end of JPEG file\nand this one\n")
+    assert capfd.readouterr().err == "keep this line\nand this one\n"
+    with pytest.raises(RuntimeError, match="raised inside"), libjpeg_messages_dropped():  # fd 2 is restored anyway
+        os.write(2, b"Not a JPEG file: starts with 0x89 0x50\nbefore the error\n")
+        raise RuntimeError("raised inside")
+    os.write(2, b"after the block\n")
+    assert capfd.readouterr().err == "before the error\nafter the block\n"

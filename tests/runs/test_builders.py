@@ -19,7 +19,12 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
         ("loss.temperature=0", r"'loss.temperature': temperature must be a positive number"),
         ("loss.direction=sideways", r"'loss.direction': Unknown direction 'sideways'"),
         ("loss.dml=multisimilarty", r"'loss.dml': Unknown DML loss 'multisimilarty'"),
-        ("loss.dml_arguments={margn: 0.2}", r"'loss.dml_arguments': Unknown argument\(s\) \['margn'\]"),
+        # "did you mean" from the loss's argument names (it used to suggest a loss name, 'multisimilarity').
+        ("loss.dml_arguments={marginn: 0.2}", r"^'loss.dml_arguments': Unknown argument\(s\) \['marginn'\] for DML loss "
+                                              r"'multisimilarity'; it accepts \['margin', 'negative_weight', "
+                                              r"'positive_weight', 'threshold'\]; did you mean 'margin'\?$"),
+        ("language.encoder=precomputed:/nonexistent/table.npz",
+         r"^'language.encoder': the precomputed embeddings file '/nonexistent/table.npz' does not exist"),
         ("loss.dml=proxy_ancor", r"'loss.dml': Unknown DML loss 'proxy_ancor'.*did you mean 'proxy_anchor'"),
         ("optimizer.weight_decay=-1", r"'optimizer.weight_decay': weight_decay must be"),
         ("language.top_k=1001", r"'language.top_k': Top-k must be an integer in 1..1000"),

@@ -34,14 +34,16 @@ def test_importing_the_schema_does_not_import_tensorflow():
 def test_the_paper_grid_and_the_demo_are_shipped():
     names = {path.stem for path in CONFIGS.glob("*.yaml")}
     expected = {f"{d}_{v}_{k}" for d in ("cub200", "cars196", "sop") for v in ("baseline", "elg", "plg") for k in (128, 512)}
-    assert expected | {"demo"} == names
+    assert expected | {"demo", "folder"} == names  # folder: your own image folder (issue 26)
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.stem)
 def test_every_config_loads_and_validates(path):
     config = load_config(path)
     assert config.name == path.stem
-    if path.stem != "demo":
+    if path.stem == "folder":
+        assert config.data.dataset == "folder" and config.data.data_dir
+    elif path.stem != "demo":
         dataset, variant, dim = path.stem.split("_")
         assert (config.data.dataset, config.model.embed_dim) == (dataset, int(dim))
         assert config.language.guidance == {"baseline": "none"}.get(variant, variant)

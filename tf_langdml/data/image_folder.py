@@ -1,9 +1,13 @@
 """Datasets in the paper's folder layout: root/<class>/<image files>, gallery images in root/<class>/gallery/."""
 
+import contextlib
 import difflib
 import errno
 import os
+import re
 import stat
+import sys
+import tempfile
 import warnings
 from collections.abc import Sequence
 
@@ -23,6 +27,39 @@ from tf_langdml.data.splits import Split, SplitDataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 GALLERY_FOLDER = "gallery"  # root/<class>/gallery/<images>: that class's gallery images
+
+# What libjpeg itself writes to file descriptor 2 when TensorFlow's decoder meets a corrupt JPEG (jerror.h).
+LIBJPEG_MESSAGE = re.compile(rb"^(Improper call to JPEG library in state \d+|Corrupt JPEG data:.*|Premature end of "
+                             rb"JPEG file|Not a JPEG file:.*|Invalid JPEG file structure:.*|Bogus .*|Unsupported "
+                             rb"marker type.*|JPEG datastream contains no image|Invalid SOS parameters.*)\r?$")
+
+
+class SkippedFilesWarning(UserWarning):
+    """Files of an image folder or gallery that were left out (one warning per load; the CLI prints it as one line)."""
+
+
+@contextlib.contextmanager
+def libjpeg_messages_dropped():
+    """Drop libjpeg's own lines (``Improper call to JPEG library in state 201``) from file descriptor 2 in the block.
+
+    They name no file, and the caller reports the files it could not decode itself. Anything
+    else written to descriptor 2 meanwhile (by any thread) is passed on when the block ends.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().splitlines(keepends=True)
+                    if not LIBJPEG_MESSAGE.match(line.rstrip(b"\n"))]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 def read_list_file(path: str | os.PathLike, what: str) -> list[str]:
@@ -51,7 +88,8 @@ def unreadable_images(paths: Sequence[str], max_pixels: int | None = DEFAULT_MAX
     data = data.map(lambda path, index: (tf.shape(decode_rgb(tf.io.read_file(path), max_pixels=max_pixels))[0], index),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     data = data.ignore_errors()
-    readable = {int(index) for _, index in data.as_numpy_iterator()}
+    with libjpeg_messages_dropped():  # the unreadable files are returned (and named by the callers' warnings)
+        readable = {int(index) for _, index in data.as_numpy_iterator()}
     return [path for index, path in enumerate(paths) if index not in readable]
 
 
@@ -103,11 +141,12 @@ def _test_folders(test_classes, class_folders, root):
     unknown = sorted(set(test_folders) - set(class_folders))
     if unknown:
         close = {name: difflib.get_close_matches(name, class_folders, n=1) for name in unknown[:5]}
-        hints = [f"{name!r} -> {match[0]!r}?" for name, match in close.items() if match]
+        hints = [f"{match[0]!r}" + (f" for {name!r}" if len(unknown) > 1 else "")
+                 for name, match in close.items() if match]
         raise ValueError(
             f"test_classes {unknown[:20]}{' ...' if len(unknown) > 20 else ''} are not class folders of {root!r}"
             f"{source}; {len(unknown)} unknown name(s). Known class folders ({len(class_folders)}), e.g. "
-            f"{class_folders[:5]}{'; did you mean ' + ', '.join(hints) if hints else ''}."
+            f"{class_folders[:5]}" + (f"; did you mean {', '.join(hints)}?" if hints else ".")
         )
     if len(test_folders) == len(class_folders):
         raise ValueError(f"test_classes{source} covers every class; leave at least one class for training.")
@@ -212,8 +251,9 @@ def load_image_folder(
     not_regular = sorted(path for paths in others.values() for path in paths)
     all_images = [path for folder in class_folders for path in files_by_class[folder]]
     unreadable = set(unreadable_images(all_images, max_pixels))
-    too_large = [] if max_pixels is None else [
-        path for path in sorted(unreadable) if (_declared_pixels(path) or 0) > max_pixels]
+    with libjpeg_messages_dropped():  # reading a corrupt JPEG's header makes libjpeg print too
+        too_large = [] if max_pixels is None else [
+            path for path in sorted(unreadable) if (_declared_pixels(path) or 0) > max_pixels]
     skipped += sorted(unreadable) + not_regular
     for folder in class_folders:
         files_by_class[folder] = [path for path in files_by_class[folder] if path not in unreadable]
@@ -225,13 +265,13 @@ def load_image_folder(
     if skipped:
         reasons = [f"{not_images} without an image extension ({', '.join(IMAGE_EXTENSIONS)})",
                    f"{len(unreadable) - len(too_large)} not decodable (corrupt, truncated or another format)",
-                   f"{len(too_large)} above max_pixels={max_pixels} by their header, e.g. "
-                   f"[{', '.join(display_path(path, root) for path in too_large[:3])}]"]
+                   f"{len(too_large)} above max_pixels={max_pixels} by their header"]
         reasons += [not_regular_summary(others, root)] if not_regular else []
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         warnings.warn(
-            f"Skipped {len(skipped)} file(s) under {root!r} that are not readable images: {'; '.join(reasons)}. "
-            f"Skipped files, e.g. [{', '.join(display_path(path, root) for path in skipped[:5])}].",
-            stacklevel=2,
+            f"Skipped {len(skipped)} file(s) under {root!r} that are not readable images: {'; '.join(reasons)}; "
+            f"e.g. {', '.join(display_path(path, root) for path in skipped[:5])}{more}.",
+            SkippedFilesWarning, stacklevel=2,
         )
 
     train_folders = [folder for folder in class_folders if folder not in set(test_folders)]

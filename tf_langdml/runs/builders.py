@@ -184,13 +184,25 @@ def table_index(language):
 
 
 def check_language(language):
-    """The template, and for PLG the classifier name, top-k and level, before any data or weights."""
+    """The template, a precomputed encoder's file, and for PLG the classifier name, top-k and level.
+
+    Before any data or weights are read, and so before the run directory is written.
+    """
+    import os
+
     from tf_langdml.language import prime, top_k_pseudo_labels
     from tf_langdml.language.imagenet import NUM_IMAGENET_CLASSES
     from tf_langdml.models import CLASSIFIERS
 
     with config_keys("language.template"):
         prime(["name"], language.template)
+    if language.encoder.startswith("precomputed:"):
+        path = language.encoder[len("precomputed:"):]
+        if not os.path.isfile(path):
+            state = "is not a regular file" if os.path.lexists(path) else "does not exist"
+            raise ConfigError(f"'language.encoder': the precomputed embeddings file {path!r} {state} (resolved "
+                              f"from {os.getcwd()}); give the path of an .npz written by `tf-langdml embed-classes`, "
+                              "or use 'minilm'.")
     if language.guidance != "plg":
         return
     if language.classifier not in CLASSIFIERS:
@@ -348,13 +360,19 @@ def check_dml_arguments(loss, path="loss.dml_arguments", name=None, arguments=No
 
 def _compile(network, loss, optimizer, training, guided, num_classes=None):
     """``network.compile`` with the loss, optimizer and training sections (ω = 0 without a table)."""
-    from tf_langdml.losses import DML_LOSSES, build_dml_loss
+    from tf_langdml.losses import DML_LOSSES, build_dml_loss, dml_loss_arguments
 
     check_dml_arguments(loss)
     spec = dml_loss_spec(loss, training)
+    # "did you mean" from the list the error is about: a misspelt argument among the loss's arguments, a
+    # misspelt loss among the losses.
+    suggest = (loss.dml, list(DML_LOSSES))
+    if str(loss.dml).lower() in DML_LOSSES:
+        accepted = [*dml_loss_arguments(loss.dml), *_BUILD_ARGUMENTS]
+        unknown = sorted(set(loss.dml_arguments) - set(accepted))
+        suggest = (unknown[0], accepted) if unknown else None
     # Built here, so that an error in the loss's own arguments names loss.dml_arguments.
-    with config_keys("loss.dml_arguments", words={"Unknown DML loss": "loss.dml"},
-                     suggest=(loss.dml, list(DML_LOSSES))):
+    with config_keys("loss.dml_arguments", words={"Unknown DML loss": "loss.dml"}, suggest=suggest):
         dml_loss = build_dml_loss(spec.pop("name"), **spec)
     with config_keys("loss.dml", "loss.dml_arguments", words=_COMPILE_WORDS):
         network.compile(

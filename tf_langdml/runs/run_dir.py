@@ -468,6 +468,21 @@ def check_embedder_config(folder):
                              "other values is a new run (train it under another name).")
 
 
+def check_finished_run(folder):
+    """FileNotFoundError telling apart a folder that does not exist, one that is not a run, and an unfinished run."""
+    folder = pathlib.Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder} does not exist; give a run directory, <runs_dir>/<name> (the folder "
+                                "`tf-langdml train` printed and wrote).")
+    if not (folder / "config.yaml").is_file():
+        raise FileNotFoundError(f"{folder} is not a run directory (it has no config.yaml); give the folder "
+                                "`tf-langdml train` wrote, <runs_dir>/<name>.")
+    if not (folder / "embedder.weights.h5").exists():
+        raise FileNotFoundError(f"{folder} has not finished (no embedder.weights.h5 yet); finish it with "
+                                f"`tf-langdml train --config {folder / 'config.yaml'}` (it resumes from its last "
+                                "checkpoint), then try again.")
+
+
 def restore_embedder(folder, policy="float32"):
     """(config, embedder) of a finished run directory (config.yaml + embedder.weights.h5).
 
@@ -483,11 +498,7 @@ def restore_embedder(folder, policy="float32"):
 
     folder = pathlib.Path(folder)
     weights = folder / "embedder.weights.h5"
-    if not (folder / "config.yaml").is_file():
-        raise FileNotFoundError(f"{folder} is not a run directory (it has no config.yaml); give the folder "
-                                "`tf-langdml train` wrote, <runs_dir>/<name>.")
-    if not weights.exists():
-        raise FileNotFoundError(f"{folder} has no embedder.weights.h5: the run has not finished (run train again).")
+    check_finished_run(folder)
     check_embedder_config(folder)
     config = read_config(folder)
     if policy == "run":

@@ -159,6 +159,13 @@ class ExperimentConfig:
     evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
 
 
+# Keys whose value is one of a fixed set of lower-case names (here or in a library registry): the value is read
+# case-insensitively ('language.guidance: PLG' is 'plg'). Not language.encoder or the weights keys (paths, handles).
+CHOICE_KEYS = frozenset({"data.dataset", "model.backbone", "model.pooling", "loss.dml", "loss.direction",
+                         "language.guidance", "language.classifier", "language.level", "optimizer.name",
+                         "training.precision", "evaluation.split"})
+
+
 class ConfigError(ValueError):
     """A config that cannot run; the message names the key and what to do."""
 
@@ -236,6 +243,8 @@ def _build(cls, values, path=""):
         if key not in fields:
             raise ConfigError(f"Unknown config key '{full}'{did_you_mean(key, list(fields), f'{path}.' if path else '')}")
         arguments[key] = _coerce(value, hints[key], full)
+        if (full in CHOICE_KEYS or full == "data.background") and isinstance(arguments[key], str):
+            arguments[key] = arguments[key].lower()
         _check_range(fields[key].metadata, arguments[key], value, full)
     return cls(**arguments)
 
@@ -515,8 +524,10 @@ def load_config(path=None, overrides=()):
 
 
 def _one_of(value, choices, key):
+    """The valid values once, then "did you mean" the closest when one is close."""
     if value not in choices:
-        raise ConfigError(f"'{key}' is {value!r}; expected one of {list(choices)}{did_you_mean(value, choices)}")
+        raise ConfigError(f"'{key}' is {value!r}; expected one of {list(choices)}"
+                          f"{did_you_mean(value, choices, fallback=False) or '.'}")
 
 
 def _check_background(background):
