@@ -64,8 +64,10 @@ def folder_items(root: str | os.PathLike) -> tuple[list[str], list[str], list[st
                     ids.append(pathlib.Path(path).relative_to(root).as_posix())
                     classes.append(os.path.basename(class_folder))
     if others:
+        from tf_langdml.data.image_folder import SkippedFilesWarning
+
         warnings.warn(f"Skipped {sum(map(len, others.values()))} entr(ies) under gallery folder {str(root)!r}: "
-                      f"{not_regular_summary(others, str(root))}.", stacklevel=2)
+                      f"{not_regular_summary(others, str(root))}.", SkippedFilesWarning, stacklevel=2)
     if not paths:
         raise ValueError(f"Gallery folder {str(root)!r} has no image in any <class>/ sub-folder "
                          f"({', '.join(IMAGE_EXTENSIONS)}).")
@@ -78,7 +80,7 @@ def gallery_split(gallery: str, config):
     Folder images that cannot be decoded are skipped with a warning that names them.
     """
     from tf_langdml.data.class_names import clean_class_name
-    from tf_langdml.data.image_folder import unreadable_images
+    from tf_langdml.data.image_folder import SkippedFilesWarning, display_path, unreadable_images
     from tf_langdml.data.preprocessing import source_formats
     from tf_langdml.data.splits import Split
 
@@ -100,8 +102,10 @@ def gallery_split(gallery: str, config):
     paths, ids, classes = folder_items(gallery)
     bad = set(unreadable_images(paths, data.max_pixels))
     if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         warnings.warn(f"Skipped {len(bad)} gallery image(s) that cannot be decoded (corrupt, truncated or larger than "
-                      f"data.max_pixels), e.g. {sorted(bad)[:5]}.", stacklevel=2)
+                      f"data.max_pixels), e.g. {', '.join(display_path(path, gallery) for path in sorted(bad)[:5])}"
+                      f"{more}.", SkippedFilesWarning, stacklevel=2)
         kept = [index for index, path in enumerate(paths) if path not in bad]
         paths, ids, classes = [paths[i] for i in kept], [ids[i] for i in kept], [classes[i] for i in kept]
         if not paths:
@@ -117,6 +121,9 @@ def gallery_split(gallery: str, config):
 def latest_version(model_dir: str | os.PathLike) -> pathlib.Path:
     """``model_dir`` itself when it is a SavedModel folder, else its largest integer version folder."""
     model_dir = pathlib.Path(model_dir)
+    if not model_dir.exists():
+        raise FileNotFoundError(f"{model_dir} does not exist; give saved_models/<name> (its latest version) or "
+                                "saved_models/<name>/<version>, as `tf-langdml index` printed.")
     if (model_dir / "saved_model.pb").exists():
         return model_dir
     versions = sorted((int(path.name), path) for path in model_dir.glob("*") if path.is_dir() and path.name.isdigit())
