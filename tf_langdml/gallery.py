@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import sys
 import warnings
 from collections.abc import Sequence
 
@@ -164,7 +165,9 @@ def index_run(run_dir, gallery: str, name: str, saved_models_dir="saved_models",
     embedded; the new version appears whole or not at all. ``precision``
     (``"float32"`` or ``"mixed_bfloat16"``) is what the exported embedder computes in
     (:func:`tf_langdml.export.export_embedder`); the gallery is embedded in float32
-    either way.
+    either way. ``verbose``: a line naming the gallery before its images are checked,
+    then progress over the images as they are embedded (a Keras bar on a terminal, a
+    line per tenth on stderr otherwise; :class:`tf_langdml.inference.ImageProgress`).
     """
     from tf_langdml.export import _check_precision, export_embedder, train_class_names
     from tf_langdml.inference import embed_split
@@ -184,6 +187,9 @@ def index_run(run_dir, gallery: str, name: str, saved_models_dir="saved_models",
             raise ValueError(f"{previous_dir} was indexed with another run's embedder or config; adding items embedded "
                              f"by {run_dir} would mix two embedding spaces. Index everything into a new --name instead.")
         sources = list(metadata["gallery"].get("source") or [])
+    if verbose:  # folder images are all decoded once (to skip broken ones) before they are embedded
+        print(f"tf_langdml: indexing gallery {str(gallery)!r} with the embedder of {str(run_dir)!r}.",
+              file=sys.stderr, flush=True)
     split, ids, description = gallery_split(gallery, config)
     if previous is not None:
         repeated = sorted(set(previous.item_ids) & set(ids))

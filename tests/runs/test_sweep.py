@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -156,7 +157,7 @@ def test_paired_differences_subtract_the_baseline_of_the_same_seed():
 
 
 def test_a_tiny_sweep_writes_the_table_and_hparams_and_selection_never_reads_test(image_folder, tmp_path,
-                                                                                   minilm_encoder, monkeypatch):
+                                                                                   minilm_encoder, monkeypatch, capsys):
     from tf_langdml.data import splits as splits_module
     from tf_langdml.data.image_folder import load_image_folder
 
@@ -184,7 +185,23 @@ def test_a_tiny_sweep_writes_the_table_and_hparams_and_selection_never_reads_tes
         return original_rows(*args, **kwargs)
 
     monkeypatch.setattr(sweep_module, "_rows", rows)
-    result = run_sweep(values, grid, seeds=[0], final=True, verbose=0)
+    result = run_sweep(values, grid, seeds=[0], final=True, verbose=1)
+
+    # verbose=1: a line before each of the 3 runs (2 points + the final run of the best), its runs quiet.
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = [line for line in err.splitlines() if line.startswith("tf_langdml: run ")]
+    duration = r"((?:\d+ min )?\d+ s)"  # format_duration below an hour
+    pattern = rf"tf_langdml: run (\d)/3 \((.*)\): {duration} elapsed, (no estimate yet|about {duration} left)"
+    matches = [re.fullmatch(pattern, line) for line in lines]
+    assert len(lines) == 3 and all(matches), lines
+    assert [match[1] for match in matches] == ["1", "2", "3"]
+    assert [match[2] for match in matches] == ["language_weight=0 seed=0", "language_weight=1.5 seed=0",
+                                              f"final {result.best['label']} seed=0"]
+    assert matches[0][4] == "no estimate yet"
+    # Before run 2 the estimate is run 1's time x 2 runs left, and the elapsed time is run 1's time (+ the
+    # microseconds before it started): each shown rounded to whole seconds, so they agree within 0.5 + 2 x 0.5.
+    assert abs(_seconds(matches[1][5]) - 2 * _seconds(matches[1][3])) <= 1.5
 
     selection_reads = [names for when, names in read if when == "selection"]
     assert selection_reads and all(not names & test_classes for names in selection_reads)
@@ -214,6 +231,12 @@ def test_a_tiny_sweep_writes_the_table_and_hparams_and_selection_never_reads_tes
     assert "wall time" not in result.table() and "best on validation" in result.table()
 
 
+def _seconds(text):
+    """``3 min 12 s`` -> 192."""
+    minutes, _, seconds = text.rpartition(" min ")
+    return int(minutes or 0) * 60 + int(seconds.removesuffix(" s"))
+
+
 def test_a_sweep_killed_between_points_resumes_without_retraining(image_folder, tmp_path):
     import yaml
 
@@ -234,8 +257,14 @@ def test_a_sweep_killed_between_points_resumes_without_retraining(image_folder, 
     assert not (folder / "sweep.csv").exists()
     first_metrics = (first_run / "metrics.json").read_text()
 
+    command.remove("--quiet")  # the resumed sweep shows its progress
     second = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
+    # The finished first run counts as done, not trained: no estimate from its near-zero time.
+    progress = [line for line in second.stderr.splitlines() if line.startswith("tf_langdml: run ")]
+    assert [re.sub(r"(\d+ min )?\d+ s elapsed", "T", line) for line in progress] == [
+        "tf_langdml: run 1/2 (language_weight=0 seed=0): T, no estimate yet",
+        "tf_langdml: run 2/2 (language_weight=1 seed=0): T, no estimate yet"], second.stderr[-3000:]
     assert (first_run / "metrics.json").read_text() == first_metrics
     assert len((first_run / "run_log.jsonl").read_text().splitlines()) == 1  # started once: not retrained
     assert "best on validation" in second.stdout

@@ -27,7 +27,10 @@ Runs are ordinary resumable run directories, so a killed sweep restarted with th
 command retrains nothing that finished and resumes the run it was in. Nothing is written
 before the first run has loaded its data (a sweep that fails on its config or data leaves
 no folder), and each run is locked while it trains, so a second sweep of the same name
-is refused at the run the first one is training. Each finished
+is refused at the run the first one is training. Before each run a line on stderr
+says ``run i/N (language_weight=2.5 seed=0): <elapsed> elapsed, about <estimate> left``
+(:class:`~tf_langdml.runs.progress.RunProgress`; runs a resumed sweep finds complete
+count as done but not in the estimate). Each finished
 run also gets ``logs/hparams/`` (TensorBoard's HParams dashboard: ``tensorboard
 --logdir <runs_dir>/<name>_sweep``).
 """
@@ -41,7 +44,6 @@ import itertools
 import json
 import math
 import pathlib
-import sys
 import time
 
 from tf_langdml.runs.schema import (NAME_MAX, ConfigError, apply_overrides, config_from_dict, config_to_dict,
@@ -329,19 +331,29 @@ def _write_hparams_config(sweep_dir, grid, metric):
                        lambda: hp.hparams_config(hparams=hparams, metrics=metrics))
 
 
-def _train_all(runs, metric, verbose, after_each=None):
+def run_label(config, effective):
+    """``language_weight=2.5 guidance=elg seed=0`` (``final ...`` for a final run): a run of the sweep, as printed."""
+    final = "final " if config.evaluation.split != "validation" else ""
+    return f"{final}{point_label(effective)} seed={config.training.seed}"
+
+
+def _train_all(runs, metric, verbose, after_each=None, progress=None):
     """Train (or read back) every ``(config, effective point)``; a finished selection run gets its HParams entry.
 
     ``after_each()`` runs after each run returns (the sweep's own files are written only
-    once a run got past its config and data checks).
+    once a run got past its config and data checks). ``progress``: a
+    :class:`~tf_langdml.runs.progress.RunProgress` that prints ``run i/N (label): ...``
+    before each run (with ``verbose``); a run that was already complete counts as done,
+    not trained, so it does not shorten the estimate.
     """
+    from tf_langdml.runs.run_dir import read_metrics
     from tf_langdml.runs.train import train
 
     results = []
     for config, effective in runs:
-        if verbose:
-            print(f"=== sweep: {config.runs_dir}/{config.name} ({time.strftime('%H:%M:%S')}) ===",
-                  file=sys.stderr, flush=True)
+        complete = read_metrics(pathlib.Path(config.runs_dir) / config.name) is not None
+        if progress is not None:
+            progress.start(run_label(config, effective))
         results.append(train(config, verbose=1 if verbose > 1 else 0))
         if after_each is not None:
             after_each()
@@ -350,10 +362,13 @@ def _train_all(runs, metric, verbose, after_each=None):
             raise ConfigError(f"--metric {metric!r} is not among the runs' metrics{did_you_mean(metric, numeric)}")
         if config.evaluation.split == "validation":
             _write_hparams(pathlib.Path(config.runs_dir) / config.name, effective, results[-1], metric)
+        if progress is not None:  # the run's own files count in its time: the estimate covers all of it
+            progress.finish(trained=not complete)
     return results
 
 
-def _rows(base_values, points, seeds, sweep_dir, metric, final, validation_fraction, verbose, after_each=None):
+def _distinct(base_values, points):
+    """``[(point, effective point)]`` without repeats: every ω = 0 point is one baseline."""
     distinct, seen = [], set()
     for point in points:
         effective = effective_point(base_values, point)
@@ -361,12 +376,18 @@ def _rows(base_values, points, seeds, sweep_dir, metric, final, validation_fract
         if key not in seen:
             seen.add(key)
             distinct.append((point, effective))
+    return distinct
+
+
+def _rows(base_values, points, seeds, sweep_dir, metric, final, validation_fraction, verbose, after_each=None,
+          progress=None):
+    distinct = _distinct(base_values, points)
     # Seed-major order: every point's first seed before any point's second, so a sweep
     # stopped early still has the whole curve (with fewer seeds).
     configs = {(index, seed): run_config(base_values, point, seed, sweep_dir, final, validation_fraction)
                for seed in seeds for index, (point, _) in enumerate(distinct)}
     runs = [(config, distinct[index][1]) for (index, _), config in configs.items()]
-    results = dict(zip(configs, _train_all(runs, metric, verbose, after_each)))
+    results = dict(zip(configs, _train_all(runs, metric, verbose, after_each, progress)))
     rows = []
     for index, (point, effective) in enumerate(distinct):
         point_results = [results[index, seed] for seed in seeds]
@@ -409,16 +430,24 @@ def run_sweep(base_values, grid, seeds=(0,), metric="recall@1", final=False, val
     for point in points:  # every config is checked before the first run starts
         for seed in seeds:
             run_config(base_values, point, seed, sweep_dir, False, validation_fraction)
+    progress = None
+    if verbose:
+        from tf_langdml.runs.progress import RunProgress
+
+        selection_runs = len(_distinct(base_values, points)) * len(seeds)
+        final_runs = {False: 0, True: len(seeds), "all": selection_runs}[final]
+        progress = RunProgress(selection_runs + final_runs)
     # Written once the first run has passed its data checks and created the folder (idempotent afterwards).
     rows = _rows(base_values, points, seeds, sweep_dir, metric, False, validation_fraction, verbose,
-                 after_each=lambda: _write_hparams_config(sweep_dir, grid, metric))
+                 after_each=lambda: _write_hparams_config(sweep_dir, grid, metric), progress=progress)
     for row, difference in zip(rows, paired_differences(rows)):
         row["paired_difference"] = difference
     best = max(rows, key=lambda row: -math.inf if math.isnan(row["mean"]) else row["mean"])
     final_rows = []
     if final:
         chosen = [best["point"]] if final is True else [row["point"] for row in rows]
-        final_rows = _rows(base_values, chosen, seeds, sweep_dir, metric, True, validation_fraction, verbose)
+        final_rows = _rows(base_values, chosen, seeds, sweep_dir, metric, True, validation_fraction, verbose,
+                           progress=progress)
     result = SweepResult(metric, rows, best, final_rows, sweep_dir, time.time() - started)
     _write_results(result, base_values, validation_fraction)
     return result

@@ -23,6 +23,7 @@ import sys
 
 from tf_langdml._keras import keras
 from tf_langdml.runs import builders, run_dir
+from tf_langdml.runs.console import fit_console
 from tf_langdml.runs.schema import config_to_dict
 
 # What metrics.json holds besides the evaluation metrics (which evaluate() recomputes).
@@ -54,14 +55,21 @@ def run_precision(folder, config, verbose=1, probe=None):
     """``(policy, reason)`` of the run: what its first start recorded, else ``training.precision`` resolved now.
 
     ``auto`` is resolved once per run: a restart (on another machine too) and
-    :func:`evaluate` keep the policy the run began with. Printed once per start.
+    :func:`evaluate` keep the policy the run began with. ``verbose``: print
+    :func:`precision_message` (training prints it once per start, after the checks
+    that can fail on the data).
     """
     recorded = run_dir.recorded_precision(folder)
     policy, reason = recorded if recorded else builders.precision(config.training, probe)
     if verbose:
-        kept = " (recorded at this run's first start)" if recorded else ""
-        print(f"tf_langdml: computing in {policy}: {reason}{kept}.", file=sys.stderr)
+        print(precision_message(policy, reason, bool(recorded)), file=sys.stderr)
     return policy, reason
+
+
+def precision_message(policy, reason, recorded):
+    """``tf_langdml: computing in float32: precision float32 set explicitly.`` (``recorded``: kept from the first start)."""
+    kept = " (recorded at this run's first start)" if recorded else ""
+    return f"tf_langdml: computing in {policy}: {reason}{kept}."
 
 
 def train(config, verbose=1):
@@ -109,7 +117,8 @@ def _complete(folder, verbose):
 
 def _train_locked(config, folder, split, scored_split, index, fixed_batches, verbose):
     """The body of :func:`train` once ``folder`` exists, is locked and matches ``config``."""
-    policy, policy_reason = run_precision(folder, config, verbose)
+    recorded = run_dir.recorded_precision(folder) is not None
+    policy, policy_reason = run_precision(folder, config, verbose=0)  # printed once the table and model are built
     config_values = config_to_dict(config)
     config_sha256 = run_dir.config_sha256(config_values)
     run_dir.write_class_names(folder, split.class_names)
@@ -120,6 +129,8 @@ def _train_locked(config, folder, split, scored_split, index, fixed_batches, ver
         run_dir.write_language_table(folder, table)
     model = builders.guided_model(config.model, config.data.image_size, config.loss, config.optimizer,
                                   config.training, table, index, num_classes=split.num_classes, policy=policy)
+    if verbose:  # not before an error of the text encoder, the table or the model: those name their own fix
+        print(precision_message(policy, policy_reason, recorded), file=sys.stderr)
     checkpoint, manager = run_dir.checkpoint_manager(model, folder, config_sha256)
     resume_from = run_dir.latest_finite_checkpoint(manager)
     if resume_from:
@@ -137,6 +148,9 @@ def _train_locked(config, folder, split, scored_split, index, fixed_batches, ver
                                    fixed_batch=next(iter(fixed_batches)), fixed_batch_class_names=split.class_names)
     callbacks += [run_dir.HistoryFile(folder / "history.json"),
                   run_dir.ResumeCheckpoints(manager, config.training.checkpoint_every)]
+    # After the evaluation callback, whose recall@1 they show; the full logs still reach history.json and TensorBoard.
+    fit_verbose, console = fit_console(verbose, config.training.epochs, language=table is not None)
+    callbacks += console
     while step < total_steps:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
         train_data = builders.train_batches(config.data, split, seed=config.training.seed, start_batch=step,
@@ -145,7 +159,7 @@ def _train_locked(config, folder, split, scored_split, index, fixed_batches, ver
         last_epoch = epoch + 1 if done_in_epoch else config.training.epochs
         _fit(model, folder, train_data, initial_epoch=epoch, epochs=last_epoch,
              steps_per_epoch=steps_per_epoch - done_in_epoch if done_in_epoch else steps_per_epoch,
-             callbacks=callbacks, verbose=2 if verbose else 0)
+             callbacks=callbacks, verbose=fit_verbose)
         step = int(model.optimizer.iterations.numpy())
     run_dir.save_embedder(folder, model, step, config_values)
     metrics = builders.evaluation_metrics(config.evaluation, config.data, config.language, config.training.seed,
