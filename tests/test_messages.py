@@ -274,7 +274,7 @@ def test_the_cli_prints_the_skip_warning_as_one_plain_line_and_no_libjpeg_chatte
     assert lines[0] == (
         f"tf-langdml train: warning: Skipped 7 file(s) under '{folder}' that are not readable images: 1 without an "
         "image extension (.jpg, .jpeg, .png, .gif, .bmp); 6 not decodable (corrupt, truncated or another format); "
-        "0 above max_pixels=64000000 by their header; e.g. 'class_2/notes.txt', 'class_1/cut_0.jpg', "
+        "0 above max_pixels=64000000 by their header. Examples: 'class_2/notes.txt', 'class_1/cut_0.jpg', "
         "'class_1/cut_1.jpg', 'class_1/cut_2.jpg', 'class_1/cut_3.jpg' and 2 more.")
     assert lines[1].startswith("tf-langdml train: 'evaluation.ks' has k = 50") and len(lines) == 2, lines
     assert "JPEG library" not in result.stderr and "UserWarning" not in result.stderr
@@ -286,7 +286,7 @@ def test_library_users_still_get_a_warning(tmp_path):
     from tf_langdml.data.image_folder import SkippedFilesWarning
 
     folder = _colour_folder(tmp_path / "photos", bad=1)
-    with pytest.warns(SkippedFilesWarning, match=r"Skipped 2 file\(s\).*; e\.g\. 'class_2/notes\.txt', "
+    with pytest.warns(SkippedFilesWarning, match=r"Skipped 2 file\(s\).*by their header\. Examples: 'class_2/notes\.txt', "
                                                  r"'class_1/cut_0\.jpg'\.$"):
         load_image_folder(folder)
 

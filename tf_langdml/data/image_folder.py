@@ -269,8 +269,8 @@ def load_image_folder(
         reasons += [not_regular_summary(others, root)] if not_regular else []
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         warnings.warn(
-            f"Skipped {len(skipped)} file(s) under {root!r} that are not readable images: {'; '.join(reasons)}; "
-            f"e.g. {', '.join(display_path(path, root) for path in skipped[:5])}{more}.",
+            f"Skipped {len(skipped)} file(s) under {root!r} that are not readable images: {'; '.join(reasons)}. "
+            f"Examples: {', '.join(display_path(path, root) for path in skipped[:5])}{more}.",
             SkippedFilesWarning, stacklevel=2,
         )
 
