@@ -174,8 +174,9 @@ def fake_train(monkeypatch):
     return calls
 
 
-PROGRESS_LINE = re.compile(r"tf_langdml: run (\d+)/(\d+) \((\w+) seed=(\d+)\): \d+ s elapsed, "
-                           r"(no estimate yet|about \d+ s left)")
+DURATION = r"(?:\d+ h \d\d min|\d+ min \d\d s|\d+ s)"  # format_duration's three forms
+PROGRESS_LINE = re.compile(rf"tf_langdml: run (\d+)/(\d+) \((\w+) seed=(\d+)\): {DURATION} elapsed, "
+                           rf"(no estimate yet|about {DURATION} left)")
 
 
 def test_demo_over_three_seeds_names_runs_per_seed_shows_progress_and_prints_mean_std_and_paired_difference(
@@ -200,11 +201,11 @@ def test_demo_over_three_seeds_names_runs_per_seed_shows_progress_and_prints_mea
     assert [match.group(5) == "no estimate yet" for match in progress] == [True, True] + [False] * 7
     out = captured.out.splitlines()
     header = next(index for index, line in enumerate(out) if line.startswith("Unseen emoji classes"))
-    assert re.fullmatch(r"Unseen emoji classes \(test split\), R@1 over seeds 0, 1, 2 on this machine "
-                        r"\(\d+ s for 9 runs, 8 trained now\):", out[header])
+    assert re.fullmatch(rf"Unseen emoji classes \(test split\), R@1 over seeds 0, 1, 2 on this machine "
+                        rf"\({DURATION} for 9 runs, 8 trained now\):", out[header])
     assert {line.split()[0]: line.split()[1:] for line in out[header + 3:header + 6]} == EXPECTED_ROWS
     assert out[header + 7:header + 7 + len(chosen_with_lines(one_seed=False))] == chosen_with_lines(one_seed=False)
-    saved = json.loads((tmp_path / "demo_seeds_results.json").read_text())
+    saved = json.loads((tmp_path / "demo_seeds-0-1-2_results.json").read_text())
     assert saved["seeds"] == [0, 1, 2] and saved["runs"] == results
     assert [row["variant"] for row in saved["rows"]] == list(VARIANTS)
     assert saved["rows"][2]["paired_difference"]["mean"] == pytest.approx(-0.1, abs=1e-12)  # see EXPECTED_ROWS
@@ -223,6 +224,11 @@ def test_one_seed_demo_keeps_its_run_names_and_prints_the_chosen_with_lines_unde
     lines = chosen_with_lines()
     assert out[table + 7:table + 7 + len(lines)] == lines and out[table + 7 + len(lines)].startswith("TensorBoard:")
     assert json.loads((tmp_path / "demo_results.json").read_text()) == results
+    # Another single seed: its own run names and summary file, so seed 0's are kept.
+    assert run_demo(runs_dir=tmp_path, seeds=[1]) == {variant: {"recall@1": SYNTHETIC[variant, 1], "map@r": 0.25}
+                                                      for variant in VARIANTS}
+    assert [call[0] for call in fake_train[3:]] == ["demo_baseline_seed-1", "demo_elg_seed-1", "demo_plg_seed-1"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["demo_results.json", "demo_seed-1_results.json"]
 
 
 def test_demo_seeds_flag_through_the_command_line(tmp_path, capsys, fake_train, monkeypatch):
@@ -233,6 +239,7 @@ def test_demo_seeds_flag_through_the_command_line(tmp_path, capsys, fake_train, 
         ("demo_baseline_seed-2", "baseline", 2), ("demo_elg_seed-2", "elg", 2), ("demo_plg_seed-2", "plg", 2),
         ("demo_baseline", "baseline", 0), ("demo_elg", "elg", 0), ("demo_plg", "plg", 0)]
     assert "R@1 over seeds 2, 0 on this machine" in capsys.readouterr().out
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["demo_seeds-2-0_results.json"]  # (train is faked)
 
 
 @pytest.mark.parametrize("seeds, message", [
@@ -250,7 +257,7 @@ def test_a_bad_seeds_value_is_one_line_and_exit_2_before_tensorflow(tmp_path, se
 
 @pytest.mark.slow
 def test_the_demo_over_two_seeds_on_a_reduced_budget(tmp_path, capsys, minilm_encoder):
-    """A real 2-seed demo (6 runs, about 3 minutes on 2 cores): seed 0 reuses the one-seed runs, the means are the runs'."""
+    """A real 2-seed demo (6 runs, 5 min 38 s on a busy 2-core machine): seed 0 reuses the one-seed runs, the means are the runs'."""
     overrides = ["training.epochs=1", "training.steps_per_epoch=2", "training.eval_every=1", "data.image_size=32",
                  "language.classifier_image_size=64", "evaluation.clustering=false"]
     one_seed = run_demo(overrides=overrides, runs_dir=tmp_path, verbose=0)
@@ -260,7 +267,7 @@ def test_the_demo_over_two_seeds_on_a_reduced_budget(tmp_path, capsys, minilm_en
     assert {variant: per_seed[0] for variant, per_seed in results.items()} == one_seed  # seed 0 read back
     progress = [PROGRESS_LINE.fullmatch(line) for line in captured.err.splitlines() if "tf_langdml: run " in line]
     assert all(progress) and len(progress) == 6
-    assert re.search(r"on this machine \((\d+ min )?\d+ s for 6 runs, 3 trained now\):", captured.out)
+    assert re.search(rf"on this machine \({DURATION} for 6 runs, 3 trained now\):", captured.out)
     for variant in VARIANTS:
         for seed, name in ((0, f"demo_{variant}"), (1, f"demo_{variant}_seed-1")):
             saved = json.loads((tmp_path / name / "metrics.json").read_text())
@@ -287,3 +294,55 @@ def test_the_full_demo_finishes_within_15_minutes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     print(result.stdout)
     assert elapsed <= 15 * 60, f"the demo took {elapsed / 60:.1f} minutes"
+
+
+def _weights(path):
+    import h5py
+
+    arrays = {}
+    with h5py.File(path, "r") as handle:
+        handle.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset)
+                          else None)
+    return arrays
+
+
+@pytest.mark.slow  # three training subprocesses, 93 s on a busy 2-core machine
+def test_deterministic_runs_are_identical_on_one_instruction_set_and_differ_on_another(tmp_path):
+    """What the README may claim: training.deterministic gives the same bits on the same CPU type, not across types.
+
+    Another CPU type is stood in for by capping oneDNN (which TensorFlow's matmul and
+    convolution kernels call, whatever TF_ENABLE_ONEDNN_OPTS says) to SSE4.1: the
+    kernels it picks at run time for the CPU's instruction set are the difference
+    between an AVX2 and an AVX-512 machine.
+    """
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for index in range(8):
+        (tmp_path / "images" / f"class_{index}").mkdir(parents=True)
+        colour = rng.integers(0, 256, 3)
+        for image in range(4):
+            pixels = np.clip(colour + rng.integers(-40, 41, (20, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / f"class_{index}" / f"{image}.png")
+    weights = {}
+    for label, isa in (("first", None), ("second", None), ("sse41", "SSE41")):
+        overrides = ["name=run", f"runs_dir={tmp_path / label}", "data.dataset=folder",
+                     f"data.data_dir={tmp_path / 'images'}", "data.image_size=16", "data.batch_size=8",
+                     "model.backbone=toy_cnn", "model.weights=null", "model.embed_dim=8", "language.guidance=none",
+                     "loss.language_weight=0", "optimizer.learning_rate=0.05", "training.epochs=2",
+                     "training.steps_per_epoch=4", "training.eval_every=2", "training.deterministic=true",
+                     "evaluation.semantic=false", "evaluation.batch_size=16"]
+        env = {key: value for key, value in os.environ.items() if key != "ONEDNN_MAX_CPU_ISA"}
+        env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        if isa:
+            env["ONEDNN_MAX_CPU_ISA"] = isa
+        result = subprocess.run([sys.executable, "-m", "tf_langdml", "train", "--quiet"]
+                                + [f"--set={item}" for item in overrides], env=env, capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        weights[label] = _weights(tmp_path / label / "run" / "embedder.weights.h5")
+    names = sorted(weights["first"])
+    assert len(names) > 2
+    assert all(np.array_equal(weights["first"][name], weights["second"][name]) for name in names)
+    assert not all(np.array_equal(weights["first"][name], weights["sse41"][name]) for name in names)

@@ -168,6 +168,8 @@ def run_demo(overrides=(), runs_dir=None, verbose=1, seeds=None):
     several seeds train each variant once per seed (seed-major: every variant's first seed
     before any second) and return ``{variant: [metrics, one per seed]}``. Before each run
     one line says ``run i/N (variant seed=s)``, the elapsed time and an estimate of the rest.
+    The summary goes to ``<runs_dir>/demo_results.json`` (one seed: ``demo_seed-<s>_results.json``
+    unless it is 0; several: ``demo_seeds-0-1-2_results.json`` with the rows and the wall time).
     """
     from tf_langdml.runs import train as train_module
 
@@ -194,7 +196,8 @@ def run_demo(overrides=(), runs_dir=None, verbose=1, seeds=None):
         print(results_table(results))
         print(f"(err. = queries whose nearest neighbour has another class; chance of 'in 5 nearest' = {chance:.4f})")
         print("\n".join(chosen_with_lines()))
-        write_json(example_dir / f"{name}_results.json", results)
+        suffix = "" if seeds[0] == 0 else f"_seed-{seeds[0]}"  # as the run names
+        write_json(example_dir / f"{name}{suffix}_results.json", results)
     else:
         rows = seed_rows(results, seeds)
         print(f"Unseen emoji classes (test split), R@1 over seeds {_seeds_text(seeds)} on this machine "
@@ -202,7 +205,7 @@ def run_demo(overrides=(), runs_dir=None, verbose=1, seeds=None):
         print(seeds_table(rows))
         print("(paired Δ: the variant's R@1 minus the baseline's of the same seed, mean ± std over the seeds)")
         print("\n".join(chosen_with_lines(one_seed=False)))
-        write_json(example_dir / f"{name}_seeds_results.json",
+        write_json(example_dir / f"{name}_seeds-{'-'.join(map(str, seeds))}_results.json",
                    {"seeds": list(seeds), "rows": rows, "runs": results, "wall_seconds": wall_seconds})
     print(f"TensorBoard: tensorboard --logdir {example_dir}")
     return results
