@@ -257,7 +257,10 @@ def test_a_bad_seeds_value_is_one_line_and_exit_2_before_tensorflow(tmp_path, se
 
 @pytest.mark.slow
 def test_the_demo_over_two_seeds_on_a_reduced_budget(tmp_path, capsys, minilm_encoder):
-    """A real 2-seed demo (6 runs, 5 min 38 s on a busy 2-core machine): seed 0 reuses the one-seed runs, the means are the runs'."""
+    """A real 2-seed demo (6 runs; 5 min 38 s on a busy 2-core machine).
+
+    Seed 0 reuses the one-seed runs; the printed means are the runs' own R@1.
+    """
     overrides = ["training.epochs=1", "training.steps_per_epoch=2", "training.eval_every=1", "data.image_size=32",
                  "language.classifier_image_size=64", "evaluation.clustering=false"]
     one_seed = run_demo(overrides=overrides, runs_dir=tmp_path, verbose=0)

@@ -88,7 +88,8 @@ def results_table(results):
 
 
 def read_demo_sweep(path=DEMO_SWEEP):
-    """The demo's rows of its selection sweep: ``{"metric", "validation_fraction", "rows": {variant: row}, "final"}``."""
+    """The demo's rows of its selection sweep: ``{"metric", "validation_fraction", "rows": {variant: row},
+    "final"}``."""
     with open(path, encoding="utf-8") as file:
         return json.load(file)
 
@@ -121,7 +122,8 @@ def chosen_with_lines(sweep=None, one_seed=True):
     for final in sweep.get("final", []):
         variant = next((name for name, row in rows.items() if row["point"] == final["point"]), final["label"])
         weight = final["point"].get("loss.language_weight", 0)
-        lines.append(f"Its test runs of {variant} (ω = {weight:g}): {metric} {final['mean']:.4f} ± {final['std']:.4f} "
+        lines.append(f"Its test runs of {variant} (ω = {weight:g}): "
+                     f"{metric} {final['mean']:.4f} ± {final['std']:.4f} "
                      f"over seeds {_seeds_text(final['seeds'])}.")
     if one_seed:
         lines.append("Compare the variants on this machine: tf-langdml demo --seeds 0,1,2 (three runs per variant).")
@@ -157,7 +159,8 @@ def seeds_table(rows, metric="recall@1"):
         values = " / ".join("nan" if value is None else f"{value:.4f}" for value in row["values"])
         difference = row.get("paired_difference")
         delta = f"{difference['mean']:+.4f} ± {difference['std']:.4f}" if difference else ""
-        lines.append(f"{row['variant']:10s}{row['mean']:>11.4f} ± {row['std']:.4f}   {values:28s}{delta:>22s}".rstrip())
+        line = f"{row['variant']:10s}{row['mean']:>11.4f} ± {row['std']:.4f}   {values:28s}{delta:>22s}"
+        lines.append(line.rstrip())
     return "\n".join(lines)
 
 
