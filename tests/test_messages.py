@@ -51,7 +51,8 @@ def test_every_flag_of_every_subcommand_has_help_text():
         for action in subparser._actions:
             if not (action.help or "").strip() or action.help == argparse.SUPPRESS:
                 missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
-    assert len(subcommands.choices) >= 9  # demo, train, sweep, evaluate, embed-classes, pseudolabel, export, index, search
+    # demo, train, sweep, evaluate, embed-classes, pseudolabel, export, index, search (and report)
+    assert len(subcommands.choices) >= 9
     assert missing == []
 
 
@@ -161,6 +162,13 @@ def test_choice_values_are_case_insensitive():
     assert config.data.background == "black"
     # Paths and handles keep their case.
     assert load_config(None, ["language.encoder=precomputed:My.npz"]).language.encoder == "precomputed:My.npz"
+
+
+def test_the_precision_flags_are_case_insensitive():
+    assert _parser().parse_args(["export", "--run", "r", "--name", "n", "--precision", "Mixed_BFloat16"]).precision \
+        == "mixed_bfloat16"
+    assert _parser().parse_args(["index", "--run", "r", "--gallery", "g", "--name", "n", "--precision", "FLOAT32"]
+                                ).precision == "float32"
 
 
 @pytest.mark.parametrize("key,choices", [
@@ -286,8 +294,8 @@ def test_library_users_still_get_a_warning(tmp_path):
     from tf_langdml.data.image_folder import SkippedFilesWarning
 
     folder = _colour_folder(tmp_path / "photos", bad=1)
-    with pytest.warns(SkippedFilesWarning, match=r"Skipped 2 file\(s\).*by their header\. Examples: 'class_2/notes\.txt', "
-                                                 r"'class_1/cut_0\.jpg'\.$"):
+    with pytest.warns(SkippedFilesWarning, match=r"Skipped 2 file\(s\).*by their header\. Examples: "
+                                                 r"'class_2/notes\.txt', 'class_1/cut_0\.jpg'\.$"):
         load_image_folder(folder)
 
 

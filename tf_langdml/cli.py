@@ -126,7 +126,7 @@ def _parser():
     export.add_argument("--name", required=True, help="the model name (folder under saved_models/)")
     export.add_argument("--version", type=int, default=None, help="default: the next integer")
     export.add_argument("--saved-models", default="saved_models", help="base folder (default: saved_models)")
-    export.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32",
+    export.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32", type=str.lower,
                         help="what the exported embedder computes in (float32 inputs and outputs either way; "
                              "default: float32)")
 
@@ -143,7 +143,7 @@ def _parser():
     index.add_argument("--version", type=int, default=None, help="default: the next integer")
     index.add_argument("--saved-models", default="saved_models", help="base folder (default: saved_models)")
     index.add_argument("--batch-size", type=int, default=None, help="embedding batch (default: evaluation.batch_size)")
-    index.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32",
+    index.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32", type=str.lower,
                        help="what the exported embedder computes in (the gallery is embedded in float32; "
                             "default: float32)")
 
