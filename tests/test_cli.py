@@ -52,7 +52,7 @@ TF_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d", re.MULTILINE)  # Tensor
 
 def run_train_on_a_missing_folder(tmp_path, *flags):
     """``train`` that loads TensorFlow and TF-Similarity (the config checks), then stops: the image folder is missing."""
-    command = [sys.executable, "-m", "tf_langdml", *flags, "train", "--set", f"runs_dir={tmp_path}",
+    command = [sys.executable, "-m", "tf_langdml", *flags, "train", "--yes", "--set", f"runs_dir={tmp_path}",
                "--set", "data.dataset=folder", "--set", f"data.data_dir={tmp_path / 'missing'}",
                "--set", "model.backbone=toy_cnn", "--set", "model.weights=null", "--set", "data.image_size=16",
                "--set", "data.batch_size=8"]
@@ -100,11 +100,11 @@ def test_verbose_adds_the_traceback_and_bugs_propagate(tmp_path, capsys, monkeyp
 
         monkeypatch.setattr("tf_langdml.runs.train.train", train)
         with pytest.raises(type(bug)) as raised:
-            main(["train", "--set", f"runs_dir={tmp_path}"])
+            main(["train", "--yes", "--set", f"runs_dir={tmp_path}"])
         assert raised.value is bug
     # A permission error names the path and what to do (chmod does not stop root, so it is raised here).
     monkeypatch.setattr("tf_langdml.runs.train.train", lambda config, verbose=1: (_ for _ in ()).throw(
         PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "runs"))))
-    assert main(["train", "--set", f"runs_dir={tmp_path}"]) == 2
+    assert main(["train", "--yes", "--set", f"runs_dir={tmp_path}"]) == 2
     assert capsys.readouterr().err == (f"tf-langdml train: {tmp_path / 'runs'}: Permission denied; make it writable "
                                        "for this user, or choose another location.\n")

@@ -340,7 +340,7 @@ def test_deterministic_runs_are_identical_on_one_instruction_set_and_differ_on_a
         env["TF_CPP_MIN_LOG_LEVEL"] = "3"
         if isa:
             env["ONEDNN_MAX_CPU_ISA"] = isa
-        result = subprocess.run([sys.executable, "-m", "tf_langdml", "train", "--quiet"]
+        result = subprocess.run([sys.executable, "-m", "tf_langdml", "train", "--quiet", "--yes"]
                                 + [f"--set={item}" for item in overrides], env=env, capture_output=True, text=True,
                                 timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]

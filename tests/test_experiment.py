@@ -102,7 +102,7 @@ def test_a_run_killed_mid_epoch_resumes_bit_exactly_and_counts_every_step_once(i
     overrides = tiny_overrides(image_folder, tmp_path, "resume", guidance="none", epochs=epochs, steps=steps_per_epoch,
                                every=2) + ["evaluation.semantic=false", "evaluation.clustering=false",
                                            "loss.dml=margin", "training.deterministic=true"]
-    command = [sys.executable, "-m", "tf_langdml", "train", "--quiet"] + [f"--set={item}" for item in overrides]
+    command = [sys.executable, "-m", "tf_langdml", "train", "--quiet", "--yes"] + [f"--set={item}" for item in overrides]
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     folder = tmp_path / "resume"
     first = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

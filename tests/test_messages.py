@@ -64,10 +64,11 @@ def test_a_bare_train_without_a_terminal_refuses_before_loading_tensorflow():
                             env=environment(), stdin=subprocess.DEVNULL, timeout=120)
     assert result.stdout.strip().splitlines()[-1] == "exit 2 tensorflow False", result.stderr[-3000:]
     (line,) = result.stderr.splitlines()  # one line, no traceback
-    assert line.startswith("tf-langdml train: no --config given, and the defaults would train backbone resnet50 "
+    assert line.startswith("tf-langdml train: no --config given, and the defaults (hours of CPU time) would train "
+                           "backbone resnet50 "
                            "(ImageNet weights downloaded from storage.googleapis.com")
     for part in ("224 x 224 images", "150 epochs", "--config configs/demo.yaml", "configs/folder.yaml",
-                 "18 paper runs", "or --yes to start the defaults."):
+                 "18 paper runs", "or --yes to start it."):
         assert part in line, part
 
 
@@ -84,18 +85,26 @@ def test_a_bare_train_on_a_terminal_asks_and_no_means_nothing_starts():
         os.close(leader)
         os.close(follower)
     assert out.strip().splitlines()[-1].endswith("exit 2 tensorflow False"), err[-3000:]
-    assert "Start the defaults anyway? [y/N]" in out
-    assert "No --config given: the defaults would train backbone resnet50" in err
+    assert "Start it anyway? [y/N]" in out
+    assert "No --config given: the defaults (hours of CPU time) would train backbone resnet50" in err
     assert err.strip().splitlines()[-1] == "tf-langdml train: not started."
 
 
-def test_yes_or_any_set_starts_without_asking(monkeypatch, capsys):
+def test_set_without_a_config_still_asks_and_yes_starts(monkeypatch, capsys):
     started = []
     monkeypatch.setattr("tf_langdml.runs.train.train", lambda config, verbose=1: started.append(config) or {})
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # not a terminal: asking would refuse
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # not a terminal: asking refuses
+    # --set name=x alone leaves ResNet50, the download and 150 epochs in place: still asked, and it says what runs.
+    assert main(["train", "--set", "name=x"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("tf-langdml train: no --config given, and the defaults with your --set values would "
+                           "train backbone resnet50"), line
+    assert "150 epochs" in line and line.endswith("or --yes to start it.")
+    assert started == []
     assert main(["train", "--yes"]) == 0
-    assert main(["train", "--set", "training.epochs=1"]) == 0  # a command-line config is a choice made
-    assert [config.training.epochs for config in started] == [150, 1]
+    assert main(["train", "--yes", "--set", "training.epochs=1"]) == 0
+    assert main(["train", "--config", str(ROOT / "configs" / "demo.yaml"), "--set", "training.epochs=2"]) == 0  # a config: no question
+    assert [config.training.epochs for config in started] == [150, 1, 2]
     assert "no --config" not in capsys.readouterr().err
 
 
@@ -126,7 +135,7 @@ def test_ctrl_c_during_start_up_prints_one_line_and_exits_130(tmp_path):
 
 
 @pytest.mark.parametrize("command,argv,resume", [
-    ("train", ["train", "--set", "training.epochs=1"],
+    ("train", ["train", "--yes", "--set", "training.epochs=1"],
      "run the same command again: it resumes from the run's last checkpoint."),
     ("evaluate", ["evaluate", "--run", "runs/x"], "run the same command again."),
 ])
@@ -272,7 +281,7 @@ def _colour_folder(root, bad):
 def test_the_cli_prints_the_skip_warning_as_one_plain_line_and_no_libjpeg_chatter(tmp_path):
     folder = _colour_folder(tmp_path / "photos", bad=6)
     # evaluation.ks = 50 fails after the data load (the test split has 6 images), before any model is built.
-    command = [sys.executable, "-m", "tf_langdml", "train", "--quiet", "--set", f"runs_dir={tmp_path / 'runs'}",
+    command = [sys.executable, "-m", "tf_langdml", "train", "--quiet", "--yes", "--set", f"runs_dir={tmp_path / 'runs'}",
                "--set", "data.dataset=folder", "--set", f"data.data_dir={folder}", "--set", "model.backbone=toy_cnn",
                "--set", "model.weights=null", "--set", "data.image_size=16", "--set", "data.batch_size=4",
                "--set", "evaluation.ks=[1,50]"]
@@ -315,7 +324,7 @@ def test_one_unknown_test_class_gets_a_plain_did_you_mean(tmp_path):
 
 def test_a_missing_precomputed_file_is_refused_before_the_run_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    argv = ["train", "--set", f"runs_dir={tmp_path / 'runs'}", "--set", "language.guidance=elg",
+    argv = ["train", "--yes", "--set", f"runs_dir={tmp_path / 'runs'}", "--set", "language.guidance=elg",
             "--set", "loss.language_weight=1", "--set", "language.encoder=precomputed:nope.npz",
             "--set", "model.backbone=toy_cnn", "--set", "model.weights=null"]
     assert main(argv) == 2

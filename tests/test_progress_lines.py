@@ -90,7 +90,7 @@ def run_on_terminal(command, environment, timeout=TIMEOUT):
 @pytest.fixture(scope="module")
 def piped_run(inputs):
     """``{"code", "out", "err"}`` of ``tf-langdml train`` with stdout and stderr to pipes (recorded, never raised)."""
-    command = [sys.executable, "-m", "tf_langdml.cli", "train",
+    command = [sys.executable, "-m", "tf_langdml.cli", "train", "--yes",
                *set_arguments(train_overrides(inputs["folder"], inputs["runs"], "piped", inputs["encoder"]))]
     try:
         done = subprocess.run(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True,
@@ -178,11 +178,11 @@ def test_a_terminal_gets_keras_progress_bars(inputs):
 
 
 def test_index_prints_progress_over_the_gallery_when_piped(piped_run, inputs, capsys):
-    from tf_langdml.gallery import index_run
+    from tf_langdml.cli import main
 
     assert piped_run["code"] == 0, "the run to index did not train"
-    index_run(inputs["runs"] / "piped", str(inputs["folder"]), "piped", saved_models_dir=inputs["root"] / "saved",
-              batch_size=8, verbose=1)
+    assert main(["index", "--run", str(inputs["runs"] / "piped"), "--gallery", str(inputs["folder"]), "--name", "piped",
+                 "--saved-models", str(inputs["root"] / "saved"), "--batch-size", "8"]) == 0
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("tf_langdml: indexing gallery ")
     # 48 images in batches of 8: 16.7 %, 33.3 %, ... cross a new tenth at every batch, so one line each.
@@ -262,3 +262,18 @@ def test_fit_console_chooses_by_terminal_and_the_bar_shows_only_the_loss_terms()
     logs = {"loss": 1.0, "dml_loss": 1.0, "language_loss": 0.0, "val_recall@1": 0.5, "diagnostics/x": 2.0}
     assert bar._shown(logs) == {"loss": 1.0, "dml_loss": 1.0, "val_recall@1": 0.5}
     assert shown_keys(True) == ("loss", "dml_loss", "language_loss", "val_recall@1")
+
+
+def test_index_quiet_passes_verbose_zero(monkeypatch, tmp_path, capsys):
+    from tf_langdml.cli import main
+
+    calls = []
+
+    def index_run(*args, verbose, **kwargs):
+        calls.append(verbose)
+        raise FileNotFoundError("stop here")  # one line, exit 2: nothing is exported
+
+    monkeypatch.setattr("tf_langdml.gallery.index_run", index_run)
+    for flags in ([], ["--quiet"]):
+        assert main(["index", "--run", str(tmp_path), "--gallery", "test", "--name", "x", *flags]) == 2
+    assert calls == [1, 0]

@@ -78,8 +78,8 @@ def _parser():
                        help="override a config key, e.g. training.epochs=10 (repeatable)")
     train.add_argument("--quiet", action="store_true", help="no Keras progress lines and no messages")
     train.add_argument("--yes", action="store_true",
-                       help="start without asking, even with no --config and no --set (all defaults: ResNet50 with "
-                            "ImageNet weights, 224 px, 150 epochs)")
+                       help="start without asking when there is no --config (then the defaults apply, with any "
+                            "--set on top: ResNet50 with ImageNet weights, 224 px, 150 epochs unless overridden)")
 
     sweep = command("sweep", "Choose hyper-parameters on validation classes: train every grid point once per seed "
                              "on the training classes minus a held-out part, score it on that part, print mean ± std "
@@ -146,6 +146,7 @@ def _parser():
     index.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32", type=str.lower,
                        help="what the exported embedder computes in (the gallery is embedded in float32; "
                             "default: float32)")
+    index.add_argument("--quiet", action="store_true", help="no progress lines while the gallery is embedded")
 
     search = command("search", "Find the nearest gallery items of images with an indexed SavedModel (loads the "
                                "SavedModel only: no run, no config).")
@@ -325,7 +326,7 @@ def _main(arguments, verbose):
         run_demo(overrides=arguments.set, runs_dir=arguments.runs_dir, seeds=seeds)
     elif arguments.command == "train":
         config = load_config(arguments.config, arguments.set)
-        if arguments.config is None and not arguments.set and not arguments.yes and not _confirm_defaults(config):
+        if arguments.config is None and not arguments.yes and not _confirm_defaults(config, bool(arguments.set)):
             return 2
         _load_tensorflow(verbose)
         from tf_langdml.runs.train import train
@@ -373,7 +374,8 @@ def _main(arguments, verbose):
         from tf_langdml.gallery import index_run
 
         path = index_run(arguments.run, arguments.gallery, arguments.name, arguments.saved_models,
-                         arguments.version, arguments.add, arguments.batch_size, verbose=0,
+                         arguments.version, arguments.add, arguments.batch_size,
+                         verbose=0 if arguments.quiet else 1,
                          precision=arguments.precision)
         items = json.loads((path / "assets" / "tf_langdml_export.json").read_text())["gallery"]["items"]
         print(f"exported {path} with {items} gallery items "
@@ -405,12 +407,15 @@ def _defaults_plan(config):
                if model.weights == "imagenet" else f"weights {model.weights}")
     steps = f"{training.steps_per_epoch} steps" if training.steps_per_epoch else "one pass over the training images"
     return (f"backbone {model.backbone} ({weights}), {data.image_size} x {data.image_size} images of the "
-            f"{data.dataset} data set, {training.epochs} epochs of {steps} at batch {data.batch_size}: hours of "
-            "CPU time")
+            f"{data.dataset} data set, {training.epochs} epochs of {steps} at batch {data.batch_size}")
 
 
-def _confirm_defaults(config):
-    """A bare ``train`` (no --config, no --set): say what the defaults do, then ask on a terminal; else refuse."""
+def _confirm_defaults(config, overridden=False):
+    """``train`` without --config: say what the defaults (plus ``--set``) would do, then ask on a terminal; else refuse.
+
+    Any ``--set`` leaves every other key at its default (``--set name=x`` alone still
+    starts ResNet50 for 150 epochs), so the question is asked whatever ``--set`` holds.
+    """
     import re
 
     configs = _shipped_configs()
@@ -421,15 +426,16 @@ def _confirm_defaults(config):
         shipped += (f" and {len(paper)} paper runs, configs/<data set>_<baseline|elg|plg>_<dims>.yaml for "
                     f"{', '.join(datasets)}")
     shipped = f"shipped: {shipped}" if configs else "see configs/ in the repository"
+    what = ("the defaults with your --set values" if overridden else "the defaults (hours of CPU time)")
     if not sys.stdin.isatty():
-        print(f"tf-langdml train: no --config given, and the defaults would train {_defaults_plan(config)}; pass "
-              f"--config (for a first run: --config configs/demo.yaml; {shipped}) or --yes to start the defaults.",
+        print(f"tf-langdml train: no --config given, and {what} would train {_defaults_plan(config)}; pass "
+              f"--config (for a first run: --config configs/demo.yaml; {shipped}) or --yes to start it.",
               file=sys.stderr)
         return False
-    print(f"No --config given: the defaults would train {_defaults_plan(config)}.\n"
+    print(f"No --config given: {what} would train {_defaults_plan(config)}.\n"
           f"For a first run use --config configs/demo.yaml ({shipped}).", file=sys.stderr)
     try:
-        answer = input("Start the defaults anyway? [y/N] ")
+        answer = input("Start it anyway? [y/N] ")
     except EOFError:
         answer = ""
     if answer.strip().lower() in ("y", "yes"):

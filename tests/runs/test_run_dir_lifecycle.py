@@ -152,7 +152,7 @@ def test_a_second_process_is_refused_naming_the_first_and_kill_9_frees_the_run(i
             with run_dir.lock_run(folder):
                 pass
         # The same through `tf-langdml train`: one line, status 2, and nothing of the run is written.
-        argv = ["train", "--quiet"] + [f"--set={item}" for item in overrides(image_folder, tmp_path / "runs")]
+        argv = ["train", "--quiet", "--yes"] + [f"--set={item}" for item in overrides(image_folder, tmp_path / "runs")]
         assert main(argv) == 2
         error = capsys.readouterr().err
         assert error.count("\n") == 1 and f"is in use by process {holder.pid}" in error, error
@@ -270,7 +270,7 @@ def test_a_runs_dir_that_cannot_be_created_is_one_line(image_folder, tmp_path, c
     # tests may run as root, for whom permission bits do not stop writes).
     (tmp_path / "a_file").write_text("not a folder")
     runs_dir = tmp_path / "a_file" / "runs"
-    argv = ["train", "--quiet"] + [f"--set={item}" for item in overrides(image_folder, runs_dir, 1)]
+    argv = ["train", "--quiet", "--yes"] + [f"--set={item}" for item in overrides(image_folder, runs_dir, 1)]
     assert main(argv) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "Traceback" not in error, error
@@ -283,7 +283,7 @@ def test_a_checkpoints_folder_that_cannot_be_written_is_one_line(image_folder, t
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(config_to_yaml(config))
     (folder / "checkpoints").write_text("a file where the checkpoints folder goes")
-    argv = ["train", "--quiet"] + [f"--set={item}" for item in overrides(image_folder, tmp_path / "runs", 1)]
+    argv = ["train", "--quiet", "--yes"] + [f"--set={item}" for item in overrides(image_folder, tmp_path / "runs", 1)]
     assert main(argv) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "Traceback" not in error, error
@@ -301,7 +301,7 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
         return {}
 
     monkeypatch.setattr("tf_langdml.runs.train.train", fills_the_disk)
-    assert main(["train", "--set", f"runs_dir={tmp_path / 'runs'}", "--set", f"name={NAME}"]) == 2
+    assert main(["train", "--yes", "--set", f"runs_dir={tmp_path / 'runs'}", "--set", f"name={NAME}"]) == 2
     error = capsys.readouterr().err
     assert error == f"tf-langdml train: {target}: No space left on device; free space on that disk, or choose a " \
                     "location on another one.\n"

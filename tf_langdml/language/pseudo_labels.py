@@ -104,7 +104,8 @@ def _classifier_top_k_indices(classifier, split, level, k, batch_size, verbose):
     num_classes = split.num_classes
     sums, counts, per_image = np.zeros((num_classes, NUM_IMAGENET_CLASSES)), np.zeros(num_classes, np.int64), []
     image_size = int(classifier.input_shape[1])
-    for logits, labels in forward_batches(classifier, split, batch_size, image_size, verbose):
+    batches = forward_batches(classifier, split, batch_size, image_size, verbose, action="classified")
+    for logits, labels in batches:
         if logits.shape[1] != NUM_IMAGENET_CLASSES:
             raise ValueError(
                 f"The classifier gives {logits.shape[1]} outputs; pseudo-labels need the {NUM_IMAGENET_CLASSES} ImageNet logits."
