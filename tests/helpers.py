@@ -52,3 +52,26 @@ def write_colour_folder(root, num_classes=8, per_class=4, size=16, noise=20, see
             pixels = np.clip(colour + rng.integers(-noise, noise + 1, (size, size, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(folder / f"{image}.png")
     return root
+
+
+# Run in a fresh interpreter (``python -c CLI_PROBE <argv>``): the CLI's exit status and whether it loaded TensorFlow.
+CLI_PROBE = (
+    "import sys\n"
+    "from tf_langdml.cli import main\n"
+    "try:\n"
+    "    code = main(sys.argv[1:])\n"
+    "except SystemExit as exit:\n"
+    "    code = exit.code\n"
+    "print('exit', code, 'tensorflow', 'tensorflow' in sys.modules)\n"
+)
+
+
+def h5_arrays(path):
+    """Every dataset of an HDF5 file (a Keras ``.weights.h5``) as ``{name: array}``."""
+    import h5py
+
+    arrays = {}
+    with h5py.File(path, "r") as handle:
+        handle.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset)
+                          else None)
+    return arrays

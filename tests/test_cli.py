@@ -13,18 +13,9 @@ import time
 
 import pytest
 
+from helpers import CLI_PROBE
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-PROBE = (
-    "import sys\n"
-    "from tf_langdml.cli import main\n"
-    "try:\n"
-    "    code = main(sys.argv[1:])\n"
-    "except SystemExit as exit:\n"
-    "    code = exit.code\n"
-    "print('exit', code, 'tensorflow', 'tensorflow' in sys.modules)\n"
-)
-
 
 def environment():
     return {key: value for key, value in os.environ.items() if key not in ("TF_CPP_MIN_LOG_LEVEL", "TF_USE_LEGACY_KERAS")}
@@ -39,7 +30,7 @@ def environment():
 ], ids=["help", "train-help", "demo-help", "train-config-error", "demo-config-error"])
 def test_help_and_config_errors_do_not_import_tensorflow(argv, code):
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, cwd=ROOT,
+    result = subprocess.run([sys.executable, "-c", CLI_PROBE, *argv], capture_output=True, text=True, cwd=ROOT,
                             env=environment(), timeout=120)
     print(f"tf-langdml {' '.join(argv)}: {time.perf_counter() - start:.2f} s wall")  # benchmarks/cli_startup.py
     assert result.stdout.strip().splitlines()[-1] == f"exit {code} tensorflow False", result.stderr[-3000:]

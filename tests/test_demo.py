@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from helpers import h5_arrays
 import tf_langdml.runs.train as train_module
 from tf_langdml.cache import json_safe
 from tf_langdml.cli import main
@@ -299,16 +300,6 @@ def test_the_full_demo_finishes_within_15_minutes(tmp_path):
     assert elapsed <= 15 * 60, f"the demo took {elapsed / 60:.1f} minutes"
 
 
-def _weights(path):
-    import h5py
-
-    arrays = {}
-    with h5py.File(path, "r") as handle:
-        handle.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset)
-                          else None)
-    return arrays
-
-
 @pytest.mark.slow  # three training subprocesses, 93 s on a busy 2-core machine
 def test_deterministic_runs_are_identical_on_one_instruction_set_and_differ_on_another(tmp_path):
     """What the README may claim: training.deterministic gives the same bits on the same CPU type, not across types.
@@ -344,7 +335,7 @@ def test_deterministic_runs_are_identical_on_one_instruction_set_and_differ_on_a
                                 + [f"--set={item}" for item in overrides], env=env, capture_output=True, text=True,
                                 timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
-        weights[label] = _weights(tmp_path / label / "run" / "embedder.weights.h5")
+        weights[label] = h5_arrays(tmp_path / label / "run" / "embedder.weights.h5")
     names = sorted(weights["first"])
     assert len(names) > 2
     assert all(np.array_equal(weights["first"][name], weights["second"][name]) for name in names)

@@ -16,21 +16,11 @@ import time
 
 import pytest
 
+from helpers import CLI_PROBE
 from tf_langdml.cli import _parser, main
 from tf_langdml.runs.schema import CHOICE_KEYS, ConfigError, config_to_yaml, load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-PROBE = (
-    "import sys\n"
-    "from tf_langdml.cli import main\n"
-    "try:\n"
-    "    code = main(sys.argv[1:])\n"
-    "except SystemExit as exit:\n"
-    "    code = exit.code\n"
-    "print('exit', code, 'tensorflow', 'tensorflow' in sys.modules)\n"
-)
-
 
 def environment(**extra):
     return {**{key: value for key, value in os.environ.items()
@@ -60,7 +50,7 @@ def test_every_flag_of_every_subcommand_has_help_text():
 
 
 def test_a_bare_train_without_a_terminal_refuses_before_loading_tensorflow():
-    result = subprocess.run([sys.executable, "-c", PROBE, "train"], capture_output=True, text=True, cwd=ROOT,
+    result = subprocess.run([sys.executable, "-c", CLI_PROBE, "train"], capture_output=True, text=True, cwd=ROOT,
                             env=environment(), stdin=subprocess.DEVNULL, timeout=120)
     assert result.stdout.strip().splitlines()[-1] == "exit 2 tensorflow False", result.stderr[-3000:]
     (line,) = result.stderr.splitlines()  # one line, no traceback
@@ -77,7 +67,7 @@ def test_a_bare_train_on_a_terminal_asks_and_no_means_nothing_starts():
 
     leader, follower = pty.openpty()
     try:
-        process = subprocess.Popen([sys.executable, "-c", PROBE, "train"], stdin=follower, stdout=subprocess.PIPE,
+        process = subprocess.Popen([sys.executable, "-c", CLI_PROBE, "train"], stdin=follower, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True, cwd=ROOT, env=environment())
         os.write(leader, b"n\n")
         out, err = process.communicate(timeout=120)
@@ -103,7 +93,8 @@ def test_set_without_a_config_still_asks_and_yes_starts(monkeypatch, capsys):
     assert started == []
     assert main(["train", "--yes"]) == 0
     assert main(["train", "--yes", "--set", "training.epochs=1"]) == 0
-    assert main(["train", "--config", str(ROOT / "configs" / "demo.yaml"), "--set", "training.epochs=2"]) == 0  # a config: no question
+    # With a config there is no question.
+    assert main(["train", "--config", str(ROOT / "configs" / "demo.yaml"), "--set", "training.epochs=2"]) == 0
     assert [config.training.epochs for config in started] == [150, 1, 2]
     assert "no --config" not in capsys.readouterr().err
 
@@ -281,7 +272,8 @@ def _colour_folder(root, bad):
 def test_the_cli_prints_the_skip_warning_as_one_plain_line_and_no_libjpeg_chatter(tmp_path):
     folder = _colour_folder(tmp_path / "photos", bad=6)
     # evaluation.ks = 50 fails after the data load (the test split has 6 images), before any model is built.
-    command = [sys.executable, "-m", "tf_langdml", "train", "--quiet", "--yes", "--set", f"runs_dir={tmp_path / 'runs'}",
+    command = [sys.executable, "-m", "tf_langdml", "train", "--quiet", "--yes",
+               "--set", f"runs_dir={tmp_path / 'runs'}",
                "--set", "data.dataset=folder", "--set", f"data.data_dir={folder}", "--set", "model.backbone=toy_cnn",
                "--set", "model.weights=null", "--set", "data.image_size=16", "--set", "data.batch_size=4",
                "--set", "evaluation.ks=[1,50]"]

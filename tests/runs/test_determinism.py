@@ -5,10 +5,11 @@ import os
 import subprocess
 import sys
 
-import h5py
 import numpy as np
 import pytest
 from PIL import Image
+
+from helpers import h5_arrays
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +24,6 @@ def image_folder(tmp_path_factory):
             pixels = np.clip(colour + rng.integers(-40, 41, (20, 20, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(folder / f"{image}.png")
     return root
-
-
-def _weights(path):
-    arrays = {}
-    with h5py.File(path, "r") as handle:
-        handle.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset)
-                          else None)
-    return arrays
 
 
 @pytest.mark.slow  # two training subprocesses, about a minute; make test-slow
@@ -49,7 +42,7 @@ def test_two_deterministic_runs_are_bit_identical(image_folder, tmp_path):
                                 text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         runs.append(tmp_path / attempt / "run")
-    first, second = (_weights(run / "embedder.weights.h5") for run in runs)
+    first, second = (h5_arrays(run / "embedder.weights.h5") for run in runs)
     assert first.keys() == second.keys() and len(first) > 2
     for name in first:
         assert np.array_equal(first[name], second[name]), name  # bit for bit, not approximately
