@@ -102,22 +102,31 @@ def test_set_without_a_config_still_asks_and_yes_starts(monkeypatch, capsys):
 # -- Ctrl-C ------------------------------------------------------------------------------------------
 
 
+# Holds the process inside `import tensorflow` (at its `tensorflow.python` sub-import) until a signal comes, so the
+# Ctrl-C below lands in the middle of the start-up however loaded the machine is.
+IN_THE_IMPORT = (
+    "import pathlib, sys, time\n"
+    "class Hold:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'tensorflow.python':\n"
+    "            pathlib.Path(sys.argv[1]).write_text('in the import')\n"
+    "            time.sleep(120)\n"
+    "        return None\n"
+    "sys.meta_path.insert(0, Hold())\n"
+    "from tf_langdml.cli import main\n"
+    "sys.exit(main(sys.argv[2:]))\n"
+)
+
+
 def test_ctrl_c_during_start_up_prints_one_line_and_exits_130(tmp_path):
-    # evaluate imports TensorFlow first; the signal is sent once TensorFlow's libraries are being mapped
-    # (read from /proc), i.e. in the middle of the import that used to print the banner and a traceback.
-    process = subprocess.Popen([sys.executable, "-m", "tf_langdml", "evaluate", "--run", str(tmp_path)],
+    marker = tmp_path / "in_the_import"
+    process = subprocess.Popen([sys.executable, "-c", IN_THE_IMPORT, str(marker), "evaluate", "--run", str(tmp_path)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                                env=environment())
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with open(f"/proc/{process.pid}/maps") as maps:
-                if "tensorflow" in maps.read():
-                    break
-        except OSError:  # it ended (asserted below)
-            break
-        time.sleep(0.005)
-    assert process.poll() is None, "the process ended before TensorFlow was loaded"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None and not marker.exists():
+        time.sleep(0.01)
+    assert marker.exists() and process.poll() is None, "the process never reached the TensorFlow import"
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err[-3000:]
