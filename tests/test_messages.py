@@ -120,9 +120,11 @@ IN_THE_IMPORT = (
 
 def test_ctrl_c_during_start_up_prints_one_line_and_exits_130(tmp_path):
     marker = tmp_path / "in_the_import"
+    # pytest-xdist's workers ignore SIGINT, and a child inherits that (Python then never installs its Ctrl-C
+    # handler); a user's shell starts the command with the default disposition, so the child gets it back.
     process = subprocess.Popen([sys.executable, "-c", IN_THE_IMPORT, str(marker), "evaluate", "--run", str(tmp_path)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                               env=environment())
+                               env=environment(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None and not marker.exists():
         time.sleep(0.01)
