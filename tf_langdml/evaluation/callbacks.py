@@ -9,7 +9,11 @@ import tensorflow as tf
 from numpy.typing import ArrayLike
 
 from tf_langdml._keras import keras
-from tf_langdml.evaluation.retrieval import DEFAULT_KS, split_retrieval_metrics
+from tf_langdml.data.preprocessing import eval_preprocess
+from tf_langdml.evaluation.clustering import clustering_metrics
+from tf_langdml.evaluation.diagnostics import language_table_statistics, loss_diagnostics
+from tf_langdml.evaluation.pictures import retrieval_grid, similarity_figure
+from tf_langdml.evaluation.retrieval import DEFAULT_KS, normalized_embeddings, split_retrieval_metrics
 from tf_langdml.inference import embed_split
 from tf_langdml.language.table import LanguageTable
 
@@ -42,8 +46,6 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         self.last_embeddings = embeddings  # the split's embeddings of the latest evaluation, for other callbacks
         metrics = split_retrieval_metrics(embeddings, self.split, self.ks)  # query / gallery if marked
         if self.clustering:
-            from tf_langdml.evaluation.clustering import clustering_metrics
-
             metrics.update(clustering_metrics(embeddings, self.split.labels))
         return metrics
 
@@ -130,8 +132,6 @@ class RetrievalPictures(keras.callbacks.Callback):
 
     def neighbors(self, embeddings):
         """((Q, k) indices into the split, (Q, k) cosine similarities) of each fixed query, itself left out."""
-        from tf_langdml.evaluation.retrieval import normalized_embeddings
-
         embeddings = normalized_embeddings(embeddings)
         similarities = embeddings[self.queries] @ embeddings.T  # (Q, N): only a few queries
         similarities[np.arange(self.queries.size), self.queries] = -np.inf
@@ -146,8 +146,6 @@ class RetrievalPictures(keras.callbacks.Callback):
         if image is None:
             split = self.evaluation.split
             if self._load is None:
-                from tf_langdml.data.preprocessing import eval_preprocess
-
                 self._load = tf.function(lambda source: eval_preprocess(split.decode(split.encoded(source)),
                                                                         size=self.image_size),
                                          input_signature=[tf.TensorSpec([], tf.string)])  # traced once
@@ -159,8 +157,6 @@ class RetrievalPictures(keras.callbacks.Callback):
 
     def picture(self, embeddings):
         """(1, H, W, 3) uint8 retrieval grid of the fixed queries for the split's ``embeddings``; and the neighbours."""
-        from tf_langdml.evaluation.pictures import retrieval_grid
-
         if self.queries is None:
             self.queries = self.choose_queries()
         split = self.evaluation.split
@@ -285,8 +281,6 @@ class LanguageGuidanceTensorBoard(keras.callbacks.Callback):
     # -- heat maps -------------------------------------------------------------------------
     def similarity_image(self):
         """(1, H, W, 3) uint8: S_img beside S_lang for the fixed batch, class names on the axes, a colour bar."""
-        from tf_langdml.evaluation.pictures import similarity_figure
-
         images, labels = self.fixed_batch[0], np.asarray(self.fixed_batch[1]).reshape(-1)
         embeddings = np.asarray(self.model(images, training=False), np.float64)
         embeddings = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
@@ -308,16 +302,12 @@ class LanguageGuidanceTensorBoard(keras.callbacks.Callback):
         table = getattr(self.model, "language_table", None)
         if self.diagnostics_every is None or table is None:
             return
-        from tf_langdml.evaluation.diagnostics import language_table_statistics
-
         with self.writer.as_default():
             for name, value in language_table_statistics(table).items():
                 tf.summary.scalar(f"diagnostics/{name}", value, step=0)
 
     def diagnostics(self):
         """:func:`~tf_langdml.evaluation.diagnostics.loss_diagnostics` of the fixed batch."""
-        from tf_langdml.evaluation.diagnostics import loss_diagnostics
-
         return loss_diagnostics(self.model, self.fixed_batch)
 
     def on_epoch_end(self, epoch, logs=None):
