@@ -26,6 +26,8 @@ import os
 import re
 import stat
 import typing
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -170,7 +172,7 @@ class ConfigError(ValueError):
     """A config that cannot run; the message names the key and what to do."""
 
 
-def did_you_mean(value, choices, prefix="", fallback=True):
+def did_you_mean(value: object, choices: Iterable[str], prefix: str = "", fallback: bool = True) -> str:
     """"; did you mean 'x'?" for the closest of ``choices``; else "; valid values: [...]" (or "" without ``fallback``)."""
     match = difflib.get_close_matches(str(value), [str(choice) for choice in choices], n=1, cutoff=0.5)
     if match:
@@ -284,7 +286,7 @@ def _finite_float(value, path):
     return number
 
 
-def config_from_dict(values):
+def config_from_dict(values: Mapping[str, Any] | None) -> ExperimentConfig:
     """An :class:`ExperimentConfig` from nested dicts (as YAML gives), checked and validated."""
     if values is None:
         values = {}
@@ -295,7 +297,7 @@ def config_from_dict(values):
     return config
 
 
-def config_to_dict(config):
+def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
     """Plain nested dicts (tuples as lists), ready for YAML or JSON."""
 
     def plain(value):
@@ -409,7 +411,7 @@ class _ConfigDumper(yaml.SafeDumper):
         return True
 
 
-def load_yaml(text, source="the config", key=""):
+def load_yaml(text: str | bytes, source: str = "the config", key: str = "") -> Any:
     """The Python value of YAML ``text`` (str or bytes) through the config loader.
 
     ``source`` names the text in errors (a file, ``--set``); ``key``: the config key the
@@ -442,7 +444,7 @@ def _line(mark):
     return f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
 
 
-def config_to_yaml(config):
+def config_to_yaml(config: ExperimentConfig) -> str:
     """The config as YAML text, every key in declaration order (what a run directory's config.yaml holds).
 
     Strings that a YAML 1.1 or 1.2 reader would take for a number or a date are quoted,
@@ -451,12 +453,12 @@ def config_to_yaml(config):
     return yaml.dump(config_to_dict(config), Dumper=_ConfigDumper, sort_keys=False)
 
 
-def config_from_yaml(text, source="the config"):
+def config_from_yaml(text: str | bytes, source: str = "the config") -> ExperimentConfig:
     """An :class:`ExperimentConfig` from YAML text."""
     return config_from_dict(load_yaml(text, source))
 
 
-def set_key(values, key, value, what="--set"):
+def set_key(values: dict[str, Any], key: str, value: Any, what: str = "--set") -> None:
     """Set ``section.key`` in nested dicts (in place), creating sections; ``what`` names the caller in errors."""
     parts = key.strip().split(".")
     if not all(parts):
@@ -469,7 +471,7 @@ def set_key(values, key, value, what="--set"):
     target[parts[-1]] = value
 
 
-def apply_overrides(values, overrides):
+def apply_overrides(values: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Apply ``["section.key=value", ...]`` to nested dicts; values are parsed by :func:`load_yaml`."""
     if values is not None and not isinstance(values, dict):
         raise ConfigError(f"A config must be a mapping at the top level; got {type(values).__name__}.")
@@ -483,7 +485,7 @@ def apply_overrides(values, overrides):
     return values
 
 
-def read_yaml(path):
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """The nested dicts of a YAML config file (an empty file is an empty config); at most MAX_CONFIG_BYTES."""
     try:
         # O_NONBLOCK: opening a FIFO without a writer returns at once (then refused below) instead of blocking.
@@ -517,7 +519,7 @@ def read_yaml(path):
     return values if values is not None else {}
 
 
-def load_config(path=None, overrides=()):
+def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> ExperimentConfig:
     """Read a YAML file (or the defaults when ``path`` is None), apply ``--set`` overrides, validate."""
     values = read_yaml(path) if path is not None else {}
     return config_from_dict(apply_overrides(values, overrides))
@@ -635,7 +637,7 @@ def _check_ks(ks):
                               f"the gallery size; got {_short(k)}.")
 
 
-def validate(config):
+def validate(config: ExperimentConfig) -> None:
     """Fail, naming the key, on what the config itself gets wrong (the library checks the values it takes)."""
     data, loss, language = config.data, config.loss, config.language
     _check_name(config.name)
