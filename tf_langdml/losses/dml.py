@@ -100,6 +100,8 @@ def _s2sd(target="multisimilarity", target_arguments=None, dims=(1024, 1536, 204
     if str(target).lower() == "s2sd":
         raise ArgumentError("S2SD's target loss cannot be 's2sd' itself; use e.g. target='multisimilarity'.",
                             argument="target")
+    if str(target).lower() not in DML_LOSSES:
+        raise ArgumentError(_unknown_loss(target), argument="target")
     dims = head_sizes(dims)
     arguments = dict(target_arguments or {})
     seeded = "seed" in dml_loss_arguments(target) and "seed" not in arguments
@@ -141,10 +143,14 @@ def dml_loss_arguments(name: str) -> dict[str, Any]:
     return {key: param.default for key, param in inspect.signature(factory).parameters.items()}
 
 
+def _unknown_loss(name: Any) -> str:
+    return f"Unknown DML loss {name!r}; known losses: {sorted(DML_LOSSES)}."
+
+
 def _lookup(name: str) -> Callable[..., Any]:
     key = str(name).lower()
     if key not in DML_LOSSES:
-        raise ArgumentError(f"Unknown DML loss {name!r}; known losses: {sorted(DML_LOSSES)}.", argument="name")
+        raise ArgumentError(_unknown_loss(name), argument="name")
     return DML_LOSSES[key]
 
 
