@@ -33,7 +33,8 @@ def test_words_in_the_message_name_no_key():
     # The old lists matched "top-k", "template", "level" in messages; now only the call's keys are named.
     message = "Top-k, template and level are all mentioned here"
     with pytest.raises(ConfigError, match=f"^'language.encoder': {message}$"):
-        with builders.config_keys("language.encoder", arguments={"k": "language.top_k", "template": "language.template"}):
+        with builders.config_keys("language.encoder",
+                                  arguments={"k": "language.top_k", "template": "language.template"}):
             raise ValueError(message)
     with pytest.raises(ConfigError, match=f"^'language.encoder': {message}$"):  # an argument the call does not map
         with builders.config_keys("language.encoder", arguments={"k": "language.top_k"}):

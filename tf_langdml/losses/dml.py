@@ -186,6 +186,7 @@ def build_dml_loss(name: str, xbm_memory_size: int | None = None, xbm_warmup_ste
             raise ArgumentError(f"xbm_memory_size must be a positive number of embeddings, got {xbm_memory_size!r}.",
                                 argument="xbm_memory_size")
         if int(xbm_warmup_steps) < 0:
-            raise ArgumentError(f"xbm_warmup_steps must be >= 0, got {xbm_warmup_steps!r}.", argument="xbm_warmup_steps")
+            raise ArgumentError(f"xbm_warmup_steps must be >= 0, got {xbm_warmup_steps!r}.",
+                                argument="xbm_warmup_steps")
         loss = _tfsim_losses().XBM(loss, memory_size=int(xbm_memory_size), warmup_steps=int(xbm_warmup_steps))
     return loss

@@ -126,10 +126,11 @@ class S2SDLoss(BatchLoss):
 
     def get_config(self) -> dict[str, Any]:
         # The target losses as Keras configs, as LanguageGuidedModel.get_config holds its embedder.
-        return plain_config(dict(target_losses=[serialize_dml_loss(loss) for loss in [self.base_loss, *self.head_losses]],
-                           dims=list(self.dims), distill_weight=self.distill_weight, temperature=self.temperature,
-                           feature_weight=self.feature_weight, feature_delay=self.feature_delay,
-                           feature_pooling=self.feature_pooling, seed=self.seed))
+        target_losses = [serialize_dml_loss(loss) for loss in [self.base_loss, *self.head_losses]]
+        return plain_config(dict(target_losses=target_losses, dims=list(self.dims), distill_weight=self.distill_weight,
+                                 temperature=self.temperature, feature_weight=self.feature_weight,
+                                 feature_delay=self.feature_delay, feature_pooling=self.feature_pooling,
+                                 seed=self.seed))
 
     def setup(self, num_classes: int | None, embed_dim: int, feature_dim: int | None = None) -> None:
         if feature_dim is None:

@@ -284,7 +284,8 @@ _DML_LOSS_ARGUMENTS = {"name": "loss.dml", "kwargs": "loss.dml_arguments"}
 _COMPILE_ARGUMENTS = {
     **_DML_LOSS_ARGUMENTS, "dml_loss": "loss.dml",
     "language_weight": "loss.language_weight", "language_delay": "loss.delay", "language_direction": "loss.direction",
-    "language_shift": "loss.shift", "language_temperature": "loss.temperature", "weight_decay": "optimizer.weight_decay",
+    "language_shift": "loss.shift", "language_temperature": "loss.temperature",
+    "weight_decay": "optimizer.weight_decay",
     "direction": "loss.direction", "shift": "loss.shift", "temperature": "loss.temperature",
 }
 
