@@ -12,11 +12,14 @@ relative to their size; the heads' outputs (two small Dense layers) are off by ~
 relative. ``rel=1e-5`` leaves a wide margin.
 """
 
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from helpers import unit_rows
+from tf_langdml.errors import ArgumentError
 from tf_langdml.losses import S2SDLoss, build_dml_loss, similarity_distillation
 from tf_langdml.losses.base import dml_loss_value
 
@@ -52,7 +55,7 @@ def s2sd_case(seed=0):
 
 def set_up_loss(seed=0, **settings):
     """An S2SDLoss set up for the case, its heads given random biases (Keras initialises them to 0)."""
-    loss = S2SDLoss(**{**SETTINGS, **settings})
+    loss = build_dml_loss("s2sd", **{**SETTINGS, **settings})
     loss.setup(NUM_CLASSES, EMBED_DIM, FEATURE_DIM)
     rng = np.random.default_rng(50 + seed)
     for head in loss.heads:
@@ -203,7 +206,7 @@ def test_s2sd_gradients():
 @pytest.mark.parametrize("pooling", ["avg+max", "avg", "max"])
 def test_pool_features(pooling, run_mode):
     maps = np.random.default_rng(4).normal(size=(3, 4, 5, FEATURE_DIM)).astype(np.float32)
-    loss = S2SDLoss(dims=[4], feature_pooling=pooling)
+    loss = build_dml_loss("s2sd", dims=[4], feature_pooling=pooling)
     pooled = run_mode(loss.pool_features)(maps).numpy()
     average, maximum = maps.astype(np.float64).mean(axis=(1, 2)), maps.astype(np.float64).max(axis=(1, 2))
     expected = {"avg+max": average + maximum, "avg": average, "max": maximum}[pooling]
@@ -212,14 +215,14 @@ def test_pool_features(pooling, run_mode):
 
 
 def test_target_losses_get_their_own_seeds_and_variables():
-    loss = S2SDLoss(target="margin", dims=[4, 6], seed=3)
+    loss = build_dml_loss("s2sd", target="margin", dims=[4, 6], seed=3)
     assert [loss.base_loss.seed, *(head.seed for head in loss.head_losses)] == [3, 4, 5]
     assert loss.needs_classes
     with pytest.raises(ValueError, match="needs num_classes >= 2"):
         loss.setup(None, EMBED_DIM, FEATURE_DIM)
     loss.setup(NUM_CLASSES, EMBED_DIM, FEATURE_DIM)
     assert [tuple(loss.beta.shape) for loss in [loss.base_loss, *loss.head_losses]] == [(NUM_CLASSES,)] * 3
-    assert not S2SDLoss(dims=[4]).needs_classes  # multi-similarity has no class variables
+    assert not build_dml_loss("s2sd", dims=[4]).needs_classes  # multi-similarity has no class variables
 
 
 # --- errors ----------------------------------------------------------------------------------------------------
@@ -243,12 +246,12 @@ def test_target_losses_get_their_own_seeds_and_variables():
 )
 def test_bad_arguments_are_clear_errors(arguments, message):
     with pytest.raises(ValueError, match=message):
-        S2SDLoss(**{"dims": [4], **arguments})
+        build_dml_loss("s2sd", **{"dims": [4], **arguments})
 
 
 def test_setup_and_call_errors():
     embeddings, labels, features = s2sd_case()
-    loss = S2SDLoss(dims=[4])
+    loss = build_dml_loss("s2sd", dims=[4])
     with pytest.raises(RuntimeError, match=r"call loss\.setup\(num_classes, embed_dim\) first"):
         loss(labels, embeddings, features=features)
     with pytest.raises(ValueError, match="S2SD needs the backbone's feature size"):
@@ -257,3 +260,38 @@ def test_setup_and_call_errors():
     with pytest.raises(ValueError, match=r"S2SD needs the backbone's pooled features"):
         loss(labels, embeddings)
     assert np.isfinite(float(loss(labels, embeddings, features=features)))
+
+
+# --- the loss takes its target losses built (the registry builds them by name) -----------------------------------
+
+def test_s2sd_takes_built_target_losses_and_keeps_them_through_its_config():
+    targets = [build_dml_loss("margin", seed=index) for index in range(3)]
+    loss = S2SDLoss(targets, dims=[4, 6], seed=3)
+    assert loss.base_loss is targets[0] and list(loss.head_losses) == targets[1:]
+    config = json.loads(json.dumps(loss.get_config()))
+    restored = S2SDLoss.from_config(config)
+    assert restored.get_config() == config
+    assert [type(target).__name__ for target in [restored.base_loss, *restored.head_losses]] == ["MarginLoss"] * 3
+    assert [target.seed for target in [restored.base_loss, *restored.head_losses]] == [0, 1, 2]
+    # TF-Similarity's losses too (their distance is kept by name: their from_config refuses its object config)
+    restored = S2SDLoss.from_config(json.loads(json.dumps(build_dml_loss("s2sd", dims=[4]).get_config())))
+    assert type(restored.base_loss).__name__ == "MultiSimilarityLoss" and restored.base_loss.get_config()["beta"] == 40.0
+
+
+@pytest.mark.parametrize(
+    "targets,dims,argument,message",
+    [
+        (1, [4, 6], "target_losses", r"S2SD needs 3 target losses \(one for the embedding, one per head of dims=\[4, 6\]\), got 1"),
+        ("s2sd", [4], "target_losses", r"S2SD's target loss cannot be 's2sd' itself"),
+        (2, [], "dims", r"dims must be a non-empty list of positive head sizes"),
+    ],
+)
+def test_s2sd_refuses_a_wrong_number_or_kind_of_target_losses(targets, dims, argument, message):
+    if targets == "s2sd":
+        targets = [build_dml_loss("multisimilarity"), build_dml_loss("s2sd", dims=[4])]
+    else:
+        targets = [build_dml_loss("multisimilarity") for _ in range(targets)]
+    with pytest.raises(ArgumentError, match=message) as info:
+        S2SDLoss(targets, dims=dims)
+    assert info.value.argument == argument
+

@@ -24,6 +24,7 @@ from tf_langdml.data.preprocessing import (
     source_formats,
 )
 from tf_langdml.data.splits import Split, SplitDataset
+from tf_langdml.errors import ArgumentError, ArgumentTypeError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 GALLERY_FOLDER = "gallery"  # root/<class>/gallery/<images>: that class's gallery images
@@ -134,22 +135,25 @@ def _test_folders(test_classes, class_folders, root):
     test_classes = list(test_classes)
     bad = [name for name in test_classes if not isinstance(name, str)]
     if bad:
-        raise TypeError(f"test_classes must be class-folder names (strings); got {bad[:5]}.")
+        raise ArgumentTypeError(f"test_classes must be class-folder names (strings); got {bad[:5]}.",
+                                argument="test_classes")
     if not test_classes and source:
-        raise ValueError(f"test_classes{source} names no class folder; give at least one (or None: test_fraction).")
+        raise ArgumentError(f"test_classes{source} names no class folder; give at least one (or None: test_fraction).",
+                            argument="test_classes")
     test_folders = sorted(set(test_classes))
     unknown = sorted(set(test_folders) - set(class_folders))
     if unknown:
         close = {name: difflib.get_close_matches(name, class_folders, n=1) for name in unknown[:5]}
         hints = [f"{match[0]!r}" + (f" for {name!r}" if len(unknown) > 1 else "")
                  for name, match in close.items() if match]
-        raise ValueError(
+        raise ArgumentError(
             f"test_classes {unknown[:20]}{' ...' if len(unknown) > 20 else ''} are not class folders of {root!r}"
             f"{source}; {len(unknown)} unknown name(s). Known class folders ({len(class_folders)}), e.g. "
-            f"{class_folders[:5]}" + (f"; did you mean {', '.join(hints)}?" if hints else ".")
+            f"{class_folders[:5]}" + (f"; did you mean {', '.join(hints)}?" if hints else "."), argument="test_classes"
         )
     if len(test_folders) == len(class_folders):
-        raise ValueError(f"test_classes{source} covers every class; leave at least one class for training.")
+        raise ArgumentError(f"test_classes{source} covers every class; leave at least one class for training.",
+                            argument="test_classes")
     return test_folders
 
 
@@ -160,10 +164,10 @@ def _gallery_list_files(gallery_list, root, known_files):
     listed = {entry: by_path.get(os.path.normpath(os.path.join(root, entry))) for entry in entries}
     unknown = [entry for entry, path in listed.items() if path is None]
     if unknown:
-        raise ValueError(
+        raise ArgumentError(
             f"gallery_list {os.fspath(gallery_list)!r} names {len(unknown)} path(s) that are not image files of a "
             f"class folder of {root!r} (paths are relative to it, e.g. '<class>/<image>'): {unknown[:10]}"
-            f"{' ...' if len(unknown) > 10 else ''}."
+            f"{' ...' if len(unknown) > 10 else ''}.", argument="gallery_list"
         )
     return set(listed.values())
 
@@ -227,7 +231,8 @@ def load_image_folder(
     # The split first: a wrong test_classes / test_fraction fails before any image is read.
     if test_classes is None:
         if not 0 < test_fraction < 1:
-            raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction!r}.")
+            raise ArgumentError(f"test_fraction must be between 0 and 1, got {test_fraction!r}.",
+                                argument="test_fraction")
         num_test = min(len(class_folders) - 1, max(1, round(len(class_folders) * test_fraction)))
         test_folders = class_folders[-num_test:]
     else:

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from tf_langdml.errors import ArgumentError
+
 # What transparent pixels are composited onto: "white", "black" or (r, g, b) in 0..255.
 Background = str | Sequence[int]
 BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
@@ -43,12 +45,14 @@ def parse_background(background: Background) -> tuple[int, int, int]:
     """An (r, g, b) tuple of ints in 0..255 from ``"white"``, ``"black"`` or ``[r, g, b]``."""
     if isinstance(background, str):
         if background not in BACKGROUNDS:
-            raise ValueError(f"Unknown background {background!r}; expected 'white', 'black' or [r, g, b] in 0..255.")
+            raise ArgumentError(f"Unknown background {background!r}; expected 'white', 'black' or [r, g, b] in 0..255.",
+                                argument="background")
         return BACKGROUNDS[background]
     values = tuple(background) if isinstance(background, (list, tuple, np.ndarray)) else None
     if (values is None or len(values) != 3
             or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v <= 255 for v in values)):
-        raise ValueError(f"background must be 'white', 'black' or [r, g, b] with integers in 0..255; got {background!r}.")
+        raise ArgumentError(f"background must be 'white', 'black' or [r, g, b] with integers in 0..255; "
+                            f"got {background!r}.", argument="background")
     return tuple(int(v) for v in values)
 
 

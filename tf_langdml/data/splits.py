@@ -16,6 +16,7 @@ from tf_langdml.data.preprocessing import (
     train_image_from_bytes,
 )
 from tf_langdml.data.sampler import class_balanced_indices
+from tf_langdml.errors import ArgumentError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +56,8 @@ class Split:
         object.__setattr__(self, "background", parse_background(self.background))
         if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int)
                                             or self.max_pixels < 1):
-            raise ValueError(f"max_pixels must be a positive integer or None (no limit); got {self.max_pixels!r}.")
+            raise ArgumentError(f"max_pixels must be a positive integer or None (no limit); got {self.max_pixels!r}.",
+                                argument="max_pixels")
         if len(self.sources) != len(self.labels):
             raise ValueError(f"{len(self.sources)} images but {len(self.labels)} labels.")
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):

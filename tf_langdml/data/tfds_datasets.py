@@ -8,6 +8,7 @@ import numpy as np
 from tf_langdml.data.class_names import clean_class_name
 from tf_langdml.data.preprocessing import DEFAULT_BACKGROUND, DEFAULT_MAX_PIXELS, Background, source_formats
 from tf_langdml.data.splits import Split, SplitDataset
+from tf_langdml.errors import ArgumentError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +114,8 @@ def load_tfds_dataset(
         FileNotFoundError: the dataset is not prepared; the message says what to do.
     """
     if name not in TFDS_DATASETS:
-        raise ValueError(f"Unknown TFDS dataset {name!r}; known: {sorted(TFDS_DATASETS)}. For other data use load_image_folder.")
+        raise ArgumentError(f"Unknown TFDS dataset {name!r}; known: {sorted(TFDS_DATASETS)}. For other data use "
+                            "load_image_folder.", argument="name")
     spec = TFDS_DATASETS[name]
     import tensorflow_datasets as tfds
 

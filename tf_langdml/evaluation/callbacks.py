@@ -10,6 +10,7 @@ from numpy.typing import ArrayLike
 
 from tf_langdml._keras import keras
 from tf_langdml.data.preprocessing import eval_preprocess
+from tf_langdml.errors import ArgumentError
 from tf_langdml.evaluation.clustering import clustering_metrics
 from tf_langdml.evaluation.diagnostics import language_table_statistics, loss_diagnostics
 from tf_langdml.evaluation.pictures import retrieval_grid, similarity_figure
@@ -33,7 +34,7 @@ class RetrievalEvaluation(keras.callbacks.Callback):
                  clustering=False, prefix="val_", verbose=1):
         super().__init__()
         if every < 1:
-            raise ValueError(f"every must be >= 1 epoch; got {every}.")
+            raise ArgumentError(f"every must be >= 1 epoch; got {every}.", argument="every")
         self.split, self.every, self.batch_size, self.image_size = split, int(every), batch_size, image_size
         self.ks, self.clustering, self.prefix, self.verbose = tuple(ks), clustering, prefix, verbose
         self.log_dir = log_dir

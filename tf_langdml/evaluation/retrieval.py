@@ -43,6 +43,8 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from tf_langdml.errors import ArgumentError
+
 DEFAULT_KS = (1, 2, 4, 8)
 _BLOCK_ELEMENTS = 32 * 1024 * 1024  # block^2 x P_max: bounds the memory of one block's candidate test
 
@@ -293,7 +295,7 @@ def retrieval_metrics(
     """
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be positive integers; got {ks}.")
+        raise ArgumentError(f"ks must be positive integers; got {ks}.", argument="ks")
     if (gallery_embeddings is None) != (gallery_labels is None):
         missing = "gallery_labels" if gallery_labels is None else "gallery_embeddings"
         raise ValueError(f"A gallery needs both gallery_embeddings and gallery_labels; {missing} is missing.")

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from tf_langdml.errors import ArgumentError
 from tf_langdml.language import minilm
 
 DEFAULT_ENCODER = "minilm"
@@ -100,6 +101,8 @@ def _load_hub(handle):
 class MissingTextsError(KeyError):
     """Texts that a precomputed embeddings file does not hold (the message lists them)."""
 
+    argument = "encoder"  # the table builders' argument at fault: the encoder (its file) lacks the texts
+
     def __str__(self):
         return str(self.args[0])
 
@@ -148,7 +151,8 @@ class HubTextEncoder(TextEncoder):
     def _select(self, outputs, inputs):
         if not isinstance(outputs, dict):
             if self.output_key not in (None, "default"):
-                raise ValueError(f"{self.handle} returns a single tensor; output_key {self.output_key!r} does not apply.")
+                raise ArgumentError(f"{self.handle} returns a single tensor; output_key {self.output_key!r} does not "
+                                    "apply.", argument="output_key")
             return outputs
         key = self.output_key or ("pooled_output" if "pooled_output" in outputs else "default")
         if key == "mean":

@@ -22,6 +22,7 @@ import numpy as np
 
 from tf_langdml.cache import read_cached_arrays, write_cached_arrays, write_json
 from tf_langdml.cache import cache_dir as resolve_cache_dir
+from tf_langdml.errors import ArgumentError
 from tf_langdml.language.imagenet import IMAGENET_CLASS_NAMES, NUM_IMAGENET_CLASSES, first_synonym
 from tf_langdml.language.tables import DEFAULT_TEMPLATE, text_embeddings
 
@@ -57,9 +58,9 @@ def top_k_pseudo_labels(
 
 def _check_k_level(k, level, num_logits=NUM_IMAGENET_CLASSES):
     if level not in LEVELS:
-        raise ValueError(f"Unknown pseudo-label level {level!r}; expected one of {list(LEVELS)}.")
+        raise ArgumentError(f"Unknown pseudo-label level {level!r}; expected one of {list(LEVELS)}.", argument="level")
     if not isinstance(k, (int, np.integer)) or not 1 <= k <= num_logits:
-        raise ValueError(f"Top-k must be an integer in 1..{num_logits}; got {k!r}.")
+        raise ArgumentError(f"Top-k must be an integer in 1..{num_logits}; got {k!r}.", argument="k")
 
 
 @dataclasses.dataclass(frozen=True)

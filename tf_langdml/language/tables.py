@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tf_langdml.cache import cache_dir, read_cached_arrays, write_cached_arrays
+from tf_langdml.errors import ArgumentError
 from tf_langdml.language.encoders import TextEncoder, build_text_encoder
 
 DEFAULT_TEMPLATE = "a photo of a {}"
@@ -17,7 +18,8 @@ DEFAULT_TEMPLATE = "a photo of a {}"
 def prime(names: Sequence[str], template: str = DEFAULT_TEMPLATE) -> list[str]:
     """``template`` with ``{}`` replaced by each name ("a photo of a {}" -> "a photo of a sparrow")."""
     if not isinstance(template, str) or "{}" not in template:
-        raise ValueError(f"Template {template!r} has no '{{}}' for the name; for example 'a photo of a {{}}' (or '{{}}').")
+        raise ArgumentError(f"Template {template!r} has no '{{}}' for the name; for example 'a photo of a {{}}' "
+                            "(or '{}').", argument="template")
     if isinstance(names, str):
         raise TypeError(f"names must be a list of strings, not one string ({names!r}).")
     names = list(names)

@@ -32,10 +32,13 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import math
+import sys
+from typing import Any
 
 import tensorflow as tf
 
 from tf_langdml._keras import keras
+from tf_langdml.errors import ArgumentError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,20 +49,21 @@ class LearningRateGroup:
     learning_rate: float | None = None
     multiplier: float = 1.0
 
-    def rate(self, base):
+    def rate(self, base: float) -> float:
         """This group's learning rate for a base learning rate ``base`` (a float)."""
         return float(self.learning_rate) if self.learning_rate is not None else float(base) * self.multiplier
 
 
-def check_positive(name, value, allow_zero=False):
-    """``value`` as a float; a ValueError naming ``name`` if it is not finite and > 0 (>= 0 with ``allow_zero``)."""
+def check_positive(name: str, value: Any, allow_zero: bool = False) -> float:
+    """``value`` as a float; an :class:`~tf_langdml.errors.ArgumentError` about ``name`` unless finite and > 0
+    (>= 0 with ``allow_zero``)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
         number = float("nan")
     if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}.")
+        raise ArgumentError(f"{name} must be a finite number {bound}, got {value!r}.", argument=name)
     return number
 
 
@@ -74,7 +78,7 @@ class BatchLoss(keras.layers.Layer):
     needs_classes = False
     needs_features = False
 
-    def __init__(self, name=None):
+    def __init__(self, name: str | None = None) -> None:
         super().__init__(name=name, dtype="float32")
         self.num_classes = None
         self.embed_dim = None
@@ -105,14 +109,17 @@ class BatchLoss(keras.layers.Layer):
         """The variables that train at their own learning rate (default: none)."""
         return []
 
-    def pool_features(self, feature_maps):
+    def pool_features(self, feature_maps: tf.Tensor) -> tf.Tensor:
         """(B, F) pooled features from (B, h, w, F) maps; only for losses with ``needs_features``."""
         raise NotImplementedError(f"{type(self).__name__} does not read backbone features.")
 
-    def loss_value(self, labels, embeddings, features, step):
+    def loss_value(self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None,
+                   step: tf.Tensor) -> tf.Tensor:
+        """The batch loss (a float32 scalar) of int32 ``labels`` (B,), float32 ``embeddings`` (B, D)."""
         raise NotImplementedError
 
-    def call(self, labels, embeddings, features=None, step=0):
+    def call(self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None = None,
+             step: tf.Tensor | int = 0) -> tf.Tensor:
         if not self.built or self.embed_dim is None:
             raise RuntimeError(
                 f"DML loss {self.name!r} has no variables yet: call loss.setup(num_classes, embed_dim) first "
@@ -128,29 +135,29 @@ class BatchLoss(keras.layers.Layer):
             features = tf.cast(features, tf.float32)
         return self.loss_value(labels, embeddings, features, tf.cast(step, tf.int64))
 
-    def get_config(self):
-        return _plain(self._arguments)
+    def get_config(self) -> dict[str, Any]:
+        return plain_config(self._arguments)
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> BatchLoss:
         return cls(**config)
 
 
-def _plain(value):
+def plain_config(value: Any) -> Any:
     """Keras' tracking wrappers of dicts and lists back to plain dicts and lists (JSON-serialisable configs)."""
     if isinstance(value, collections.abc.Mapping):
-        return {key: _plain(item) for key, item in value.items()}
+        return {key: plain_config(item) for key, item in value.items()}
     if isinstance(value, collections.abc.Sequence) and not isinstance(value, str):
-        return [_plain(item) for item in value]
+        return [plain_config(item) for item in value]
     return value
 
 
-def mining_seed(seed, step):
+def mining_seed(seed: int, step: tf.Tensor | int) -> tf.Tensor:
     """The stateless seed of a step's draws: (seed, step) as an int64 pair."""
     return tf.stack([tf.constant(int(seed), tf.int64), tf.cast(step, tf.int64)])
 
 
-def euclidean_distances(embeddings):
+def euclidean_distances(embeddings: tf.Tensor) -> tf.Tensor:
     """(B, B) Euclidean distances, float32, with a zero (not NaN-gradient) diagonal."""
     squared = tf.reduce_sum(tf.square(embeddings), axis=1)
     products = tf.matmul(embeddings, embeddings, transpose_b=True)
@@ -161,7 +168,7 @@ def euclidean_distances(embeddings):
     return tf.linalg.set_diag(distances, tf.zeros_like(squared))  # exactly 0 (float32 rounding leaves ~1e-4)
 
 
-def pair_distance(embeddings, first, second, squared=False):
+def pair_distance(embeddings: tf.Tensor, first: tf.Tensor, second: tf.Tensor, squared: bool = False) -> tf.Tensor:
     """‖e[first] − e[second]‖ per row (its square with ``squared``), with a finite gradient at 0."""
     difference = tf.gather(embeddings, first) - tf.gather(embeddings, second)
     squared_distance = tf.reduce_sum(tf.square(difference), axis=1)
@@ -170,15 +177,13 @@ def pair_distance(embeddings, first, second, squared=False):
     return tf.sqrt(tf.maximum(squared_distance, 1e-16))
 
 
-def dml_loss_value(loss, labels, embeddings, features=None, step=0, training=True):
+def dml_loss_value(loss: Any, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None = None,
+                   step: tf.Tensor | int = 0, training: bool = True) -> tf.Tensor:
     """The batch loss of any DML loss: a :class:`BatchLoss`, or a TF-Similarity loss (mean over the B anchors)."""
     if isinstance(loss, BatchLoss):
         return loss(labels, embeddings, features=features, step=step)
-    if not training:
-        from tensorflow_similarity.losses import XBM
-
-        if isinstance(loss, XBM):
-            loss = loss.loss  # cross-batch memory must only remember training batches
+    if not training and _is_cross_batch_memory(loss):
+        loss = loss.loss  # cross-batch memory must only remember training batches
     # TF-Similarity's losses branch in Python on tensors; AutoGraph converts them,
     # exactly as keras.losses.Loss.__call__ does, so they also work in a tf.function.
     call = tf.__internal__.autograph.tf_convert(loss.call, tf.__internal__.autograph.control_status_ctx())
@@ -187,6 +192,31 @@ def dml_loss_value(loss, labels, embeddings, features=None, step=0, training=Tru
     return tf.reduce_mean(call(tf.reshape(labels, [-1, 1]), tf.cast(embeddings, tf.float32)))
 
 
-def collect_learning_rate_groups(loss) -> list[LearningRateGroup]:
+def collect_learning_rate_groups(loss: Any) -> list[LearningRateGroup]:
     """The learning-rate groups of a loss (none for a TF-Similarity loss)."""
     return loss.learning_rate_groups() if isinstance(loss, BatchLoss) else []
+
+
+def _is_cross_batch_memory(loss: Any) -> bool:
+    # Without importing TF-Similarity (seconds of start-up): a loss can only be its XBM once it is loaded.
+    xbm = getattr(sys.modules.get("tensorflow_similarity.losses"), "XBM", None)
+    return xbm is not None and isinstance(loss, xbm)
+
+
+def serialize_dml_loss(loss: Any) -> dict[str, Any]:
+    """A built DML loss as a JSON-serialisable Keras config (``keras.utils.serialize_keras_object``).
+
+    TF-Similarity's losses serialise their distance as an object config that their own
+    ``from_config`` refuses ("Unknown distance"); it is kept as the distance's name, which they accept.
+    """
+    config = plain_config(keras.utils.serialize_keras_object(loss))
+    inner = config.get("config", {})
+    distance = inner.get("distance")
+    if isinstance(distance, dict) and "name" in distance.get("config", {}):
+        inner["distance"] = distance["config"]["name"]
+    return config
+
+
+def deserialize_dml_loss(config: dict[str, Any]) -> Any:
+    """The DML loss of a :func:`serialize_dml_loss` config (its class registered with Keras)."""
+    return keras.utils.deserialize_keras_object(config)

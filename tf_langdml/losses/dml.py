@@ -35,14 +35,23 @@ paper's PyTorch code averages over the anchors that survived mining instead; the
 differ by the factor (valid anchors / B), which is 1 early in training.
 """
 
+from __future__ import annotations
+
 import inspect
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from tf_langdml._keras import keras  # noqa: F401  (binds tf.keras to tf-keras first)
+from tf_langdml._keras import keras  # binds tf.keras to tf-keras first
+from tf_langdml.errors import ArgumentError
+from tf_langdml.losses.base import BatchLoss
+from tf_langdml.losses.proxy_losses import ArcFaceLoss, NormalizedSoftmaxLoss, ProxyAnchorLoss, ProxyNCALoss
+from tf_langdml.losses.s2sd import S2SDLoss, head_sizes
+from tf_langdml.losses.tuple_losses import ContrastiveLoss, MarginLoss, NPairLoss, TripletLoss
 
 
-def _tfsim_losses():
-    # Imported lazily: tensorflow_similarity pulls in several heavy modules.
+def _tfsim_losses() -> Any:
+    # The one lazy import of losses/, of a third-party package: tensorflow_similarity doubles the
+    # start-up time of TensorFlow, and the exported embedder, serving and the CLI never need it.
     from tensorflow_similarity import losses
 
     return losses
@@ -81,14 +90,37 @@ def _soft_nearest_neighbor(temperature=1.0, distance="sql2"):
     return _tfsim_losses().SoftNearestNeighborLoss(distance=distance, temperature=temperature)
 
 
-def _batch_losses():
-    from tf_langdml.losses.proxy_losses import ArcFaceLoss, NormalizedSoftmaxLoss, ProxyAnchorLoss, ProxyNCALoss
-    from tf_langdml.losses.s2sd import S2SDLoss
-    from tf_langdml.losses.tuple_losses import ContrastiveLoss, MarginLoss, NPairLoss, TripletLoss
+def _s2sd(target="multisimilarity", target_arguments=None, dims=(1024, 1536, 2048), distill_weight=0.0,
+          temperature=1.0, feature_weight=0.0, feature_delay=0, feature_pooling="avg+max", seed=0):
+    """S2SD around the loss named ``target``: built here once for the embedding and once per head.
 
-    return {"margin": MarginLoss, "triplet": TripletLoss, "contrastive": ContrastiveLoss, "npair": NPairLoss,
-            "proxy_anchor": ProxyAnchorLoss, "proxy_nca": ProxyNCALoss, "normalized_softmax": NormalizedSoftmaxLoss,
-            "arcface": ArcFaceLoss, "s2sd": S2SDLoss}
+    A target loss that takes a seed gets ``seed + index`` (index 0: the embedding, i: head i), unless
+    ``target_arguments`` sets one; the heads' initial weights come from ``seed``.
+    """
+    if str(target).lower() == "s2sd":
+        raise ArgumentError("S2SD's target loss cannot be 's2sd' itself; use e.g. target='multisimilarity'.",
+                            argument="target")
+    if str(target).lower() not in DML_LOSSES:
+        raise ArgumentError(_unknown_loss(target), argument="target")
+    dims = head_sizes(dims)
+    arguments = dict(target_arguments or {})
+    seeded = "seed" in dml_loss_arguments(target) and "seed" not in arguments
+    target_losses = [build_dml_loss(target, **arguments, **({"seed": int(seed) + index} if seeded else {}))
+                     for index in range(len(dims) + 1)]
+    return S2SDLoss(target_losses, dims=dims, distill_weight=distill_weight, temperature=temperature,
+                    feature_weight=feature_weight, feature_delay=feature_delay, feature_pooling=feature_pooling,
+                    seed=seed)
+
+
+# The BatchLoss layer each of these names builds.
+_BATCH_LOSS_CLASSES = {"margin": MarginLoss, "triplet": TripletLoss, "contrastive": ContrastiveLoss,
+                       "npair": NPairLoss, "proxy_anchor": ProxyAnchorLoss, "proxy_nca": ProxyNCALoss,
+                       "normalized_softmax": NormalizedSoftmaxLoss, "arcface": ArcFaceLoss, "s2sd": S2SDLoss}
+
+
+def _batch_losses() -> dict[str, type[BatchLoss]]:
+    """The :class:`BatchLoss` class of each name that builds one."""
+    return dict(_BATCH_LOSS_CLASSES)
 
 
 # TensorFlow-Similarity's losses (MetricLoss objects).
@@ -100,8 +132,9 @@ TFSIM_LOSSES = {
     "soft_nearest_neighbor": _soft_nearest_neighbor,
 }
 
-# Every loss by name: TF-Similarity's, then the BatchLoss layers (tuple, proxy and S2SD losses).
-DML_LOSSES = {**TFSIM_LOSSES, **_batch_losses()}
+# Every loss by name: TF-Similarity's, then the BatchLoss layers (tuple, proxy and S2SD losses): each name's
+# factory, whose keyword arguments (and defaults) are the loss's. S2SD's builds its target losses first.
+DML_LOSSES: dict[str, Callable[..., Any]] = {**TFSIM_LOSSES, **_BATCH_LOSS_CLASSES, "s2sd": _s2sd}
 
 
 def dml_loss_arguments(name: str) -> dict[str, Any]:
@@ -110,14 +143,19 @@ def dml_loss_arguments(name: str) -> dict[str, Any]:
     return {key: param.default for key, param in inspect.signature(factory).parameters.items()}
 
 
-def _lookup(name):
+def _unknown_loss(name: Any) -> str:
+    return f"Unknown DML loss {name!r}; known losses: {sorted(DML_LOSSES)}."
+
+
+def _lookup(name: str) -> Callable[..., Any]:
     key = str(name).lower()
     if key not in DML_LOSSES:
-        raise ValueError(f"Unknown DML loss {name!r}; known losses: {sorted(DML_LOSSES)}.")
+        raise ArgumentError(_unknown_loss(name), argument="name")
     return DML_LOSSES[key]
 
 
-def build_dml_loss(name: str, xbm_memory_size: int | None = None, xbm_warmup_steps: int = 0, **kwargs: Any) -> keras.losses.Loss:
+def build_dml_loss(name: str, xbm_memory_size: int | None = None, xbm_warmup_steps: int = 0,
+                   **kwargs: Any) -> keras.losses.Loss | BatchLoss:
     """Build a TF-Similarity DML loss by name.
 
     Args:
@@ -136,19 +174,19 @@ def build_dml_loss(name: str, xbm_memory_size: int | None = None, xbm_warmup_ste
     accepted = dml_loss_arguments(name)
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
-        raise ValueError(
-            f"Unknown argument(s) {unknown} for DML loss {name!r}; it accepts {sorted(accepted)}."
-        )
+        raise ArgumentError(f"Unknown argument(s) {unknown} for DML loss {name!r}; it accepts {sorted(accepted)}.",
+                            argument="kwargs")
     if xbm_memory_size is not None and name.lower() not in TFSIM_LOSSES:
-        raise ValueError(
+        raise ArgumentError(
             f"xbm_memory_size works with TensorFlow-Similarity's losses ({sorted(TFSIM_LOSSES)}), not with {name!r}; "
-            f"drop xbm_memory_size or pick one of those."
-        )
+            f"drop xbm_memory_size or pick one of those.", argument="xbm_memory_size")
     loss = factory(**kwargs)
     if xbm_memory_size is not None:
         if int(xbm_memory_size) <= 0:
-            raise ValueError(f"xbm_memory_size must be a positive number of embeddings, got {xbm_memory_size!r}.")
+            raise ArgumentError(f"xbm_memory_size must be a positive number of embeddings, got {xbm_memory_size!r}.",
+                                argument="xbm_memory_size")
         if int(xbm_warmup_steps) < 0:
-            raise ValueError(f"xbm_warmup_steps must be >= 0, got {xbm_warmup_steps!r}.")
+            raise ArgumentError(f"xbm_warmup_steps must be >= 0, got {xbm_warmup_steps!r}.",
+                                argument="xbm_warmup_steps")
         loss = _tfsim_losses().XBM(loss, memory_size=int(xbm_memory_size), warmup_steps=int(xbm_warmup_steps))
     return loss

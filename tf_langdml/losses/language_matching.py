@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from tf_langdml._keras import keras
 from tf_langdml._validation import tensor_check
+from tf_langdml.errors import ArgumentError
 from tf_langdml.language.table import LanguageTable, mean_cosine_similarities
 
 DIRECTIONS = ("image_to_language", "language_to_image")
@@ -21,9 +22,9 @@ DIRECTIONS = ("image_to_language", "language_to_image")
 def validate_direction(direction: str) -> str:
     """Return ``direction`` if it is one of ``DIRECTIONS``; otherwise raise ValueError."""
     if direction not in DIRECTIONS:
-        raise ValueError(
+        raise ArgumentError(
             f"Unknown direction {direction!r} for the language-matching loss; expected one "
-            f"of {list(DIRECTIONS)} ('image_to_language' is the paper's equation)."
+            f"of {list(DIRECTIONS)} ('image_to_language' is the paper's equation).", argument="direction"
         )
     return direction
 
@@ -31,9 +32,10 @@ def validate_direction(direction: str) -> str:
 def validate_shift_and_temperature(shift: float, temperature: float) -> None:
     """Raise ValueError unless ``shift`` is finite and ``temperature`` is positive."""
     if not math.isfinite(float(shift)):
-        raise ValueError(f"shift must be a finite number, got {shift!r}; the paper uses 1.0.")
+        raise ArgumentError(f"shift must be a finite number, got {shift!r}; the paper uses 1.0.", argument="shift")
     if not float(temperature) > 0 or not math.isfinite(float(temperature)):
-        raise ValueError(f"temperature must be a positive number, got {temperature!r}; the paper uses 1.0.")
+        raise ArgumentError(f"temperature must be a positive number, got {temperature!r}; the paper uses 1.0.",
+                            argument="temperature")
 
 
 def as_language_table(language_table: Any) -> tf.Tensor:

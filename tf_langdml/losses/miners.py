@@ -60,7 +60,7 @@ def _hash32(x):
     return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
 
 
-def counter_uniform(shape, seed, stream=0):
+def counter_uniform(shape: tf.Tensor | tuple[int, ...], seed: tf.Tensor, stream: int = 0) -> tf.Tensor:
     """Uniform floats in (0, 1) of ``shape`` from a counter-based hash of (seed, stream, position).
 
     ``tf.random.stateless_uniform`` gives other numbers under XLA than without it, which
@@ -97,7 +97,8 @@ def _or_fallback(preferred, fallback):
     return tf.where(tf.reduce_any(preferred, axis=1, keepdims=True), preferred, fallback)
 
 
-def inverse_sphere_density_logits(distances, dim, lower_cutoff=0.5, upper_cutoff=None):
+def inverse_sphere_density_logits(distances: tf.Tensor, dim: int, lower_cutoff: float = 0.5,
+                                  upper_cutoff: float | None = None) -> tf.Tensor:
     """log(1 / q(d)) of the distance-weighted miner (up to a constant), −1e9 where ``upper_cutoff`` excludes.
 
     q(d) ∝ d^(n−2) (1 − d²/4)^((n−3)/2) is the density of distances between two uniform
@@ -112,8 +113,10 @@ def inverse_sphere_density_logits(distances, dim, lower_cutoff=0.5, upper_cutoff
     return logits
 
 
-def mine_triplets(embeddings, labels, miner="semihard", seed=(0, 0), margin=0.2, lower_cutoff=0.5,
-                  upper_cutoff=None, dim=None):
+def mine_triplets(embeddings: tf.Tensor, labels: tf.Tensor, miner: str = "semihard",
+                  seed: tf.Tensor | tuple[int, int] = (0, 0), margin: float = 0.2, lower_cutoff: float = 0.5,
+                  upper_cutoff: float | None = None,
+                  dim: int | None = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
     """(anchors, positives, negatives, valid): one triplet per batch element (module docstring).
 
     Args:

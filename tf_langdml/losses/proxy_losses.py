@@ -35,7 +35,7 @@ from tf_langdml.losses.base import BatchLoss, LearningRateGroup, check_positive
 _NEG = -1e9
 
 
-def _normalize(x):
+def _normalize(x: tf.Tensor) -> tf.Tensor:
     return tf.math.l2_normalize(x, axis=-1, epsilon=1e-12)
 
 
@@ -44,7 +44,8 @@ class ClassVectorLoss(BatchLoss):
 
     needs_classes = True
 
-    def __init__(self, name, learning_rate=None, multiplier=1.0, initializer="proxy", seed=0):
+    def __init__(self, name: str, learning_rate: float | None = None, multiplier: float = 1.0,
+                 initializer: str = "proxy", seed: int = 0) -> None:
         super().__init__(name=name)
         self.class_learning_rate = None if learning_rate is None else check_positive(
             "class_learning_rate", learning_rate, allow_zero=True)
@@ -52,7 +53,7 @@ class ClassVectorLoss(BatchLoss):
         self.initializer_kind = initializer
         self.seed = int(seed)
 
-    def create_variables(self):
+    def create_variables(self) -> None:
         if self.initializer_kind == "proxy":  # the paper's code: randn / 8
             initializer = keras.initializers.RandomNormal(stddev=1.0 / 8.0, seed=self.seed)
         else:  # a Linear layer's default: uniform in ±1/sqrt(d)
@@ -61,11 +62,11 @@ class ClassVectorLoss(BatchLoss):
         self.class_vectors = self.add_weight(name="class_vectors", shape=(self.num_classes, self.embed_dim),
                                              dtype=tf.float32, initializer=initializer, trainable=True)
 
-    def learning_rate_groups(self):
+    def learning_rate_groups(self) -> list[LearningRateGroup]:
         return [LearningRateGroup((self.class_vectors,), learning_rate=self.class_learning_rate,
                                   multiplier=self.multiplier)]
 
-    def similarities(self, labels, embeddings):
+    def similarities(self, labels: tf.Tensor, embeddings: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """(B, C) cosine similarities, (B, C) one-hot labels and the labels; a clear error for a label outside [0, C).
 
         Everything returned depends on the check, so no op can see a bad label before it fails.
@@ -84,13 +85,15 @@ class ClassVectorLoss(BatchLoss):
 class ProxyAnchorLoss(ClassVectorLoss):
     """ProxyAnchor (Kim et al. 2020); see the module docstring."""
 
-    def __init__(self, alpha=32.0, delta=0.1, proxy_lr_multiplier=2000.0, seed=0):
+    def __init__(self, alpha: float = 32.0, delta: float = 0.1, proxy_lr_multiplier: float = 2000.0,
+                 seed: int = 0) -> None:
         super().__init__("proxy_anchor_loss", multiplier=proxy_lr_multiplier, seed=seed)
         self.alpha = check_positive("alpha", alpha)
         self.delta = float(delta)
         self._arguments = dict(alpha=self.alpha, delta=self.delta, proxy_lr_multiplier=self.multiplier, seed=self.seed)
 
-    def loss_value(self, labels, embeddings, features, step):
+    def loss_value(self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None,
+                   step: tf.Tensor) -> tf.Tensor:
         similarities, positive, labels = self.similarities(labels, embeddings)
         negative = 1.0 - positive
 
@@ -108,12 +111,13 @@ class ProxyAnchorLoss(ClassVectorLoss):
 class ProxyNCALoss(ClassVectorLoss):
     """ProxyNCA as the paper's code (scale 3); see the module docstring."""
 
-    def __init__(self, scale=3.0, proxy_lr_multiplier=2000.0, seed=0):
+    def __init__(self, scale: float = 3.0, proxy_lr_multiplier: float = 2000.0, seed: int = 0) -> None:
         super().__init__("proxy_nca_loss", multiplier=proxy_lr_multiplier, seed=seed)
         self.scale = check_positive("scale", scale)
         self._arguments = dict(scale=self.scale, proxy_lr_multiplier=self.multiplier, seed=self.seed)
 
-    def loss_value(self, labels, embeddings, features, step):
+    def loss_value(self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None,
+                   step: tf.Tensor) -> tf.Tensor:
         similarities, positive, labels = self.similarities(labels, embeddings)
         # ‖s x̂ − s p̂‖² = 2 s² (1 − x̂·p̂) for unit vectors
         distances = 2.0 * self.scale ** 2 * (1.0 - similarities)
@@ -125,13 +129,14 @@ class ProxyNCALoss(ClassVectorLoss):
 class NormalizedSoftmaxLoss(ClassVectorLoss):
     """Normalised softmax with temperature (Zhai & Wu 2018); see the module docstring."""
 
-    def __init__(self, temperature=0.05, class_learning_rate=None, seed=0):
+    def __init__(self, temperature: float = 0.05, class_learning_rate: float | None = None, seed: int = 0) -> None:
         super().__init__("normalized_softmax_loss", learning_rate=class_learning_rate, initializer="uniform", seed=seed)
         self.temperature = check_positive("temperature", temperature)
         self._arguments = dict(temperature=self.temperature, class_learning_rate=self.class_learning_rate,
                                seed=self.seed)
 
-    def loss_value(self, labels, embeddings, features, step):
+    def loss_value(self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None,
+                   step: tf.Tensor) -> tf.Tensor:
         similarities, _, labels = self.similarities(labels, embeddings)
         return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, similarities / self.temperature))
 
@@ -139,14 +144,16 @@ class NormalizedSoftmaxLoss(ClassVectorLoss):
 class ArcFaceLoss(ClassVectorLoss):
     """ArcFace (Deng et al. 2019); see the module docstring."""
 
-    def __init__(self, angular_margin=0.5, scale=16.0, class_learning_rate=5e-4, seed=0):
+    def __init__(self, angular_margin: float = 0.5, scale: float = 16.0, class_learning_rate: float | None = 5e-4,
+                 seed: int = 0) -> None:
         super().__init__("arcface_loss", learning_rate=class_learning_rate, initializer="uniform", seed=seed)
         self.angular_margin = check_positive("angular_margin", angular_margin, allow_zero=True)
         self.scale = check_positive("scale", scale)
         self._arguments = dict(angular_margin=self.angular_margin, scale=self.scale,
                                class_learning_rate=self.class_learning_rate, seed=self.seed)
 
-    def loss_value(self, labels, embeddings, features, step):
+    def loss_value(self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None,
+                   step: tf.Tensor) -> tf.Tensor:
         cosine, positive, labels = self.similarities(labels, embeddings)
         cosine = tf.clip_by_value(cosine, -1.0, 1.0)
         sine = tf.sqrt(tf.maximum(1.0 - tf.square(cosine), 1e-12))

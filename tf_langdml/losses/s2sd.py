@@ -20,15 +20,27 @@ the exported embedder holds none of them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import tensorflow as tf
 
 from tf_langdml._keras import keras
-from tf_langdml.losses.base import BatchLoss, check_positive, dml_loss_value
+from tf_langdml.errors import ArgumentError
+from tf_langdml.losses.base import (
+    BatchLoss,
+    LearningRateGroup,
+    check_positive,
+    deserialize_dml_loss,
+    dml_loss_value,
+    plain_config,
+    serialize_dml_loss,
+)
 
 FEATURE_POOLINGS = ("avg+max", "avg", "max")
 
 
-def similarity_distillation(student, teacher, temperature=1.0):
+def similarity_distillation(student: tf.Tensor, teacher: tf.Tensor, temperature: float = 1.0) -> tf.Tensor:
     """KLd(A, B) of S2SD for similarity matrices ``student`` = A, ``teacher`` = B (held constant); float32 scalar."""
     temperature = float(temperature)
     teacher = tf.stop_gradient(tf.cast(teacher, tf.float32)) / temperature
@@ -39,44 +51,60 @@ def similarity_distillation(student, teacher, temperature=1.0):
     return temperature ** 2 / rows * tf.reduce_sum(tf.exp(teacher_log) * (teacher_log - student_log))
 
 
-def _gram(x):
+def _gram(x: tf.Tensor) -> tf.Tensor:
     return tf.matmul(x, x, transpose_b=True)
 
 
+def head_sizes(dims: int | Sequence[int]) -> list[int]:
+    """S2SD's head sizes t_i as a list of ints (one size or a list of them); refused unless non-empty and positive."""
+    sizes = [int(dim) for dim in (dims if isinstance(dims, (list, tuple)) else [dims])]
+    if not sizes or any(size <= 0 for size in sizes):
+        raise ArgumentError(f"dims must be a non-empty list of positive head sizes (default [1024, 1536, 2048]); "
+                            f"got {sizes!r}.", argument="dims")
+    return sizes
+
+
 class S2SDLoss(BatchLoss):
-    """S2SD around a target DML loss; see the module docstring.
+    """S2SD around target DML losses that are already built; see the module docstring.
+
+    ``build_dml_loss("s2sd", target=..., target_arguments=...)`` builds the target losses
+    by name (one per embedding, each with its own seed) and hands them here, as
+    TF-Similarity's ``XBM(loss)`` takes a built loss.
 
     Args:
-        target: the DML loss of the base embedding and every head (a name of
-            ``DML_LOSSES`` other than ``s2sd``; the paper: multi-similarity).
-        target_arguments: that loss's arguments.
+        target_losses: one DML loss for the base embedding, then one per head (``len(dims) + 1``
+            losses, each a TF-Similarity loss or a :class:`BatchLoss` not yet set up; the paper:
+            multi-similarity). A list of their Keras configs is accepted too (:meth:`from_config`).
         dims: the heads' sizes t_i.
         distill_weight: w (the paper's published runs: 0).
         temperature: T.
         feature_weight: w_feat, the weight of the feature distillation (0: off).
         feature_delay: optimizer steps before the feature distillation switches on.
         feature_pooling: how f is pooled from the feature maps (``"avg+max"``: the paper's ``pool_aggr``).
-        seed: for the heads' initial weights and the target losses' miners.
+        seed: for the heads' initial weights.
     """
 
     needs_features = True
 
-    def __init__(self, target="multisimilarity", target_arguments=None, dims=(1024, 1536, 2048), distill_weight=0.0,
-                 temperature=1.0, feature_weight=0.0, feature_delay=0, feature_pooling="avg+max", seed=0):
+    def __init__(self, target_losses: Sequence[Any], dims: int | Sequence[int] = (1024, 1536, 2048),
+                 distill_weight: float = 0.0, temperature: float = 1.0, feature_weight: float = 0.0,
+                 feature_delay: int = 0, feature_pooling: str = "avg+max", seed: int = 0) -> None:
         super().__init__(name="s2sd_loss")
-        from tf_langdml.losses.dml import build_dml_loss
-
-        if str(target).lower() == "s2sd":
-            raise ValueError("S2SD's target loss cannot be 's2sd' itself; use e.g. target='multisimilarity'.")
-        dims = [int(dim) for dim in (dims if isinstance(dims, (list, tuple)) else [dims])]
-        if not dims or any(dim <= 0 for dim in dims):
-            raise ValueError(f"dims must be a non-empty list of positive head sizes (default [1024, 1536, 2048]); got {dims!r}.")
+        dims = head_sizes(dims)
+        target_losses = [deserialize_dml_loss(loss) if isinstance(loss, dict) else loss for loss in target_losses]
+        if len(target_losses) != len(dims) + 1:
+            raise ArgumentError(f"S2SD needs {len(dims) + 1} target losses (one for the embedding, one per head of "
+                                f"dims={dims}), got {len(target_losses)}; build them with build_dml_loss('s2sd', "
+                                "target=..., dims=...).", argument="target_losses")
+        if any(isinstance(loss, S2SDLoss) for loss in target_losses):
+            raise ArgumentError("S2SD's target loss cannot be 's2sd' itself; use e.g. target='multisimilarity'.",
+                                argument="target_losses")
         if feature_pooling not in FEATURE_POOLINGS:
-            raise ValueError(f"Unknown feature_pooling {feature_pooling!r}; expected one of {list(FEATURE_POOLINGS)}.")
+            raise ArgumentError(f"Unknown feature_pooling {feature_pooling!r}; expected one of "
+                                f"{list(FEATURE_POOLINGS)}.", argument="feature_pooling")
         if int(feature_delay) != feature_delay or feature_delay < 0:
-            raise ValueError(f"feature_delay must be a whole number of steps >= 0, got {feature_delay!r}.")
-        self.target = str(target).lower()
-        self.target_arguments = dict(target_arguments or {})
+            raise ArgumentError(f"feature_delay must be a whole number of steps >= 0, got {feature_delay!r}.",
+                                argument="feature_delay")
         self.dims = dims
         self.distill_weight = check_positive("distill_weight", distill_weight, allow_zero=True)
         self.temperature = check_positive("temperature", temperature)
@@ -84,21 +112,8 @@ class S2SDLoss(BatchLoss):
         self.feature_delay = int(feature_delay)
         self.feature_pooling = feature_pooling
         self.seed = int(seed)
-        self._arguments = dict(target=self.target, target_arguments=dict(self.target_arguments), dims=list(dims),
-                               distill_weight=self.distill_weight, temperature=self.temperature,
-                               feature_weight=self.feature_weight, feature_delay=self.feature_delay,
-                               feature_pooling=feature_pooling, seed=self.seed)
-
-        def target_loss(index):
-            arguments = dict(self.target_arguments)
-            from tf_langdml.losses.dml import dml_loss_arguments
-
-            if "seed" in dml_loss_arguments(self.target) and "seed" not in arguments:
-                arguments["seed"] = self.seed + index
-            return build_dml_loss(self.target, **arguments)
-
-        self.base_loss = target_loss(0)
-        self.head_losses = [target_loss(index + 1) for index in range(len(dims))]
+        self.base_loss = target_losses[0]
+        self.head_losses = list(target_losses[1:])
         self.heads = [
             keras.Sequential([
                 keras.layers.Dense(dim, activation="relu", dtype="float32", name=f"head_{dim}_hidden",
@@ -109,13 +124,22 @@ class S2SDLoss(BatchLoss):
             for index, dim in enumerate(dims)
         ]
 
-    def setup(self, num_classes, embed_dim, feature_dim=None):
+    def get_config(self) -> dict[str, Any]:
+        # The target losses as Keras configs, as LanguageGuidedModel.get_config holds its embedder.
+        target_losses = [serialize_dml_loss(loss) for loss in [self.base_loss, *self.head_losses]]
+        return plain_config(dict(target_losses=target_losses, dims=list(self.dims), distill_weight=self.distill_weight,
+                                 temperature=self.temperature, feature_weight=self.feature_weight,
+                                 feature_delay=self.feature_delay, feature_pooling=self.feature_pooling,
+                                 seed=self.seed))
+
+    def setup(self, num_classes: int | None, embed_dim: int, feature_dim: int | None = None) -> None:
         if feature_dim is None:
-            raise ValueError("S2SD needs the backbone's feature size (feature_dim); LanguageGuidedModel.compile passes it.")
+            raise ArgumentError("S2SD needs the backbone's feature size (feature_dim); LanguageGuidedModel.compile "
+                                "passes it.", argument="feature_dim")
         self.feature_dim = int(feature_dim)
         super().setup(num_classes, embed_dim, feature_dim)
 
-    def create_variables(self):
+    def create_variables(self) -> None:
         for head in self.heads:
             head.build((None, self.feature_dim))
         for loss, dim in zip([self.base_loss, *self.head_losses], [self.embed_dim, *self.dims]):
@@ -123,17 +147,17 @@ class S2SDLoss(BatchLoss):
                 loss.setup(self.num_classes, dim)
 
     @property
-    def needs_classes(self):  # noqa: D401  (a target with class vectors needs the class count)
+    def needs_classes(self) -> bool:  # noqa: D401  (a target with class vectors needs the class count)
         return any(getattr(loss, "needs_classes", False) for loss in [self.base_loss, *self.head_losses])
 
-    def learning_rate_groups(self):
+    def learning_rate_groups(self) -> list[LearningRateGroup]:
         groups = []
         for loss in [self.base_loss, *self.head_losses]:
             if isinstance(loss, BatchLoss):
                 groups += loss.learning_rate_groups()
         return groups
 
-    def pool_features(self, feature_maps):
+    def pool_features(self, feature_maps: tf.Tensor) -> tf.Tensor:
         feature_maps = tf.cast(feature_maps, tf.float32)
         average = tf.reduce_mean(feature_maps, axis=[1, 2])
         if self.feature_pooling == "avg":
@@ -141,12 +165,15 @@ class S2SDLoss(BatchLoss):
         maximum = tf.reduce_max(feature_maps, axis=[1, 2])
         return maximum if self.feature_pooling == "max" else average + maximum
 
-    def head_embeddings(self, features):
+    def head_embeddings(self, features: tf.Tensor) -> list[tf.Tensor]:
         """The heads' L2-normalised embeddings of pooled features (a list, one (B, t_i) tensor per head)."""
         return [tf.math.l2_normalize(head(features), axis=-1, epsilon=1e-12) for head in self.heads]
 
-    def loss_value(self, labels, embeddings, features, step):
+    def loss_value(self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None,
+                   step: tf.Tensor) -> tf.Tensor:
         if features is None:
+            # A ValueError: Keras re-raises an error of Layer.call as type(error)(message), which ArgumentError's
+            # required argument would turn into a RuntimeError.
             raise ValueError("S2SD needs the backbone's pooled features: loss(labels, embeddings, features=...).")
         base_similarities = _gram(embeddings)
         targets = self.head_embeddings(features)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tf_langdml._keras import keras
+from tf_langdml.errors import ArgumentError
 from tf_langdml.losses.base import BatchLoss, LearningRateGroup, check_positive, mining_seed, pair_distance
 from tf_langdml.losses.miners import MINERS, mine_triplets
 
@@ -34,24 +35,27 @@ from tf_langdml.losses.miners import MINERS, mine_triplets
 class MinedTupleLoss(BatchLoss):
     """Shared part of the losses on mined triplets: the miner and its seed."""
 
-    def __init__(self, miner, seed, margin, lower_cutoff=0.5, upper_cutoff=None, name=None):
+    def __init__(self, miner: str, seed: int, margin: float, lower_cutoff: float = 0.5,
+                 upper_cutoff: float | None = None, name: str | None = None) -> None:
         super().__init__(name=name)
         if miner not in MINERS:
-            raise ValueError(f"Unknown miner {miner!r}; expected one of {list(MINERS)}.")
+            raise ArgumentError(f"Unknown miner {miner!r}; expected one of {list(MINERS)}.", argument="miner")
         self.miner = miner
         self.seed = int(seed)
         self.margin = float(margin)
         self.lower_cutoff = check_positive("lower_cutoff", lower_cutoff, allow_zero=True)
         self.upper_cutoff = None if upper_cutoff is None else check_positive("upper_cutoff", upper_cutoff)
 
-    def mine(self, labels, embeddings, step):
+    def mine(self, labels: tf.Tensor, embeddings: tf.Tensor,
+             step: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+        """(anchors, positives, negatives, valid as float32) of this step's triplets."""
         anchors, positives, negatives, valid = mine_triplets(
             embeddings, labels, self.miner, seed=mining_seed(self.seed, step), margin=self.margin,
             lower_cutoff=self.lower_cutoff, upper_cutoff=self.upper_cutoff, dim=self.embed_dim)
         return anchors, positives, negatives, tf.cast(valid, tf.float32)
 
 
-def _masked_mean(values, weights):
+def _masked_mean(values: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
     return tf.math.divide_no_nan(tf.reduce_sum(values * weights), tf.reduce_sum(weights))
 
 
@@ -60,8 +64,9 @@ class MarginLoss(MinedTupleLoss):
 
     needs_classes = True
 
-    def __init__(self, margin=0.2, beta=1.2, beta_constant=False, beta_learning_rate=5e-4, nu=0.0,
-                 miner="distance", lower_cutoff=0.5, upper_cutoff=None, seed=0):
+    def __init__(self, margin: float = 0.2, beta: float = 1.2, beta_constant: bool = False,
+                 beta_learning_rate: float = 5e-4, nu: float = 0.0, miner: str = "distance", lower_cutoff: float = 0.5,
+                 upper_cutoff: float | None = None, seed: int = 0) -> None:
         super().__init__(miner, seed, check_positive("margin", margin, allow_zero=True), lower_cutoff, upper_cutoff,
                          name="margin_loss")
         self.beta_init = float(beta)
@@ -73,19 +78,20 @@ class MarginLoss(MinedTupleLoss):
                                lower_cutoff=self.lower_cutoff, upper_cutoff=self.upper_cutoff, seed=self.seed)
 
     @property
-    def needs_classes(self):  # noqa: D401  (one β per class unless it is constant)
+    def needs_classes(self) -> bool:  # noqa: D401  (one β per class unless it is constant)
         return not self.beta_constant
 
-    def create_variables(self):
+    def create_variables(self) -> None:
         self.beta = None
         if not self.beta_constant:
             self.beta = self.add_weight(name="beta", shape=(self.num_classes,), dtype=tf.float32,
                                         initializer=keras.initializers.Constant(self.beta_init), trainable=True)
 
-    def learning_rate_groups(self):
+    def learning_rate_groups(self) -> list[LearningRateGroup]:
         return [] if self.beta is None else [LearningRateGroup((self.beta,), learning_rate=self.beta_learning_rate)]
 
-    def loss_value(self, labels, embeddings, features, step):
+    def loss_value(self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None,
+                   step: tf.Tensor) -> tf.Tensor:
         anchors, positives, negatives, valid = self.mine(labels, embeddings, step)
         beta = self.beta_init * tf.ones_like(valid) if self.beta is None else tf.gather(self.beta, labels)
         positive_loss = tf.nn.relu(pair_distance(embeddings, anchors, positives) - beta + self.margin) * valid
@@ -101,13 +107,15 @@ class MarginLoss(MinedTupleLoss):
 class TripletLoss(MinedTupleLoss):
     """Triplet loss on squared distances with a batch miner (default semihard); see the module docstring."""
 
-    def __init__(self, margin=0.2, miner="semihard", lower_cutoff=0.5, upper_cutoff=None, seed=0):
+    def __init__(self, margin: float = 0.2, miner: str = "semihard", lower_cutoff: float = 0.5,
+                 upper_cutoff: float | None = None, seed: int = 0) -> None:
         super().__init__(miner, seed, check_positive("margin", margin, allow_zero=True), lower_cutoff, upper_cutoff,
                          name="triplet_loss")
         self._arguments = dict(margin=self.margin, miner=miner, lower_cutoff=self.lower_cutoff,
                                upper_cutoff=self.upper_cutoff, seed=self.seed)
 
-    def loss_value(self, labels, embeddings, features, step):
+    def loss_value(self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None,
+                   step: tf.Tensor) -> tf.Tensor:
         anchors, positives, negatives, valid = self.mine(labels, embeddings, step)
         positive = pair_distance(embeddings, anchors, positives, squared=True)
         negative = pair_distance(embeddings, anchors, negatives, squared=True)
@@ -117,8 +125,8 @@ class TripletLoss(MinedTupleLoss):
 class ContrastiveLoss(MinedTupleLoss):
     """Contrastive loss on mined pairs (default miner: distance); see the module docstring."""
 
-    def __init__(self, positive_margin=0.0, negative_margin=1.0, miner="distance", lower_cutoff=0.5,
-                 upper_cutoff=None, seed=0):
+    def __init__(self, positive_margin: float = 0.0, negative_margin: float = 1.0, miner: str = "distance",
+                 lower_cutoff: float = 0.5, upper_cutoff: float | None = None, seed: int = 0) -> None:
         super().__init__(miner, seed, 0.2, lower_cutoff, upper_cutoff, name="contrastive_loss")
         self.positive_margin = check_positive("positive_margin", positive_margin, allow_zero=True)
         self.negative_margin = check_positive("negative_margin", negative_margin, allow_zero=True)
@@ -126,7 +134,8 @@ class ContrastiveLoss(MinedTupleLoss):
                                miner=miner, lower_cutoff=self.lower_cutoff, upper_cutoff=self.upper_cutoff,
                                seed=self.seed)
 
-    def loss_value(self, labels, embeddings, features, step):
+    def loss_value(self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None,
+                   step: tf.Tensor) -> tf.Tensor:
         anchors, positives, negatives, valid = self.mine(labels, embeddings, step)
         positive = tf.nn.relu(pair_distance(embeddings, anchors, positives) - self.positive_margin)
         negative = tf.nn.relu(self.negative_margin - pair_distance(embeddings, anchors, negatives))
@@ -136,13 +145,14 @@ class ContrastiveLoss(MinedTupleLoss):
 class NPairLoss(BatchLoss):
     """N-pair loss (Sohn 2016) with the paper's code's embedding-norm penalty; see the module docstring."""
 
-    def __init__(self, l2_weight=0.005, seed=0):
+    def __init__(self, l2_weight: float = 0.005, seed: int = 0) -> None:
         super().__init__(name="npair_loss")
         self.l2_weight = check_positive("l2_weight", l2_weight, allow_zero=True)
         self.seed = int(seed)
         self._arguments = dict(l2_weight=self.l2_weight, seed=self.seed)
 
-    def loss_value(self, labels, embeddings, features, step):
+    def loss_value(self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None,
+                   step: tf.Tensor) -> tf.Tensor:
         _, positives, _, _ = mine_triplets(embeddings, labels, "random", seed=mining_seed(self.seed, step))
         negative_mask = tf.not_equal(labels[:, None], labels[None, :])
         # Anchors with a positive (the paper's code keeps them even without a negative: ℓ = log 1 = 0).

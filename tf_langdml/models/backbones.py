@@ -5,6 +5,7 @@ import os
 from collections.abc import Sequence
 
 from tf_langdml._keras import keras
+from tf_langdml.errors import ArgumentError
 from tf_langdml.language.imagenet import NUM_IMAGENET_CLASSES
 from tf_langdml.models.efficientnet_lite import build_efficientnet_lite0, efficientnet_lite0_imagenet_weights
 from tf_langdml.models.layers import FrozenStatisticsBatchNormalization
@@ -51,7 +52,8 @@ def _build_toy_cnn(input_shape, include_top):
 
 
 def _no_imagenet_weights(include_top):
-    raise ValueError("Backbone 'toy_cnn' has no ImageNet weights (it is for smoke tests); use weights=None.")
+    raise ArgumentError("Backbone 'toy_cnn' has no ImageNet weights (it is for smoke tests); use weights=None.",
+                        argument="weights")
 
 
 BACKBONES = {
@@ -83,7 +85,7 @@ BACKBONES = {
 def backbone_spec(name: str) -> BackboneSpec:
     """The :class:`BackboneSpec` registered under ``name``; ValueError listing the known ones."""
     if name not in BACKBONES:
-        raise ValueError(f"Unknown backbone {name!r}; known backbones: {sorted(BACKBONES)}.")
+        raise ArgumentError(f"Unknown backbone {name!r}; known backbones: {sorted(BACKBONES)}.", argument="name")
     return BACKBONES[name]
 
 
@@ -152,9 +154,10 @@ def build_backbone(
         try:
             model.load_weights(weights_path)
         except (ValueError, OSError) as error:
-            raise ValueError(
+            raise ArgumentError(
                 f"Could not load weights file {weights_path!r} into backbone {name!r} "
-                f"(include_top={include_top}): {error}. Is it the weights file of this architecture?"
+                f"(include_top={include_top}): {error}. Is it the weights file of this architecture?",
+                argument="weights",
             ) from error
     return model, spec.normalization
 
@@ -166,10 +169,11 @@ def freeze_batchnorm_statistics(model: keras.Model) -> keras.Model:
     with the same config and weights, so γ and β still train.
     """
     if not getattr(model, "_is_graph_network", False) and not isinstance(model, keras.Sequential):
-        raise ValueError(
+        raise ArgumentError(
             f"freeze_bn_statistics=True needs a functional or Sequential backbone to rewrite; "
             f"{type(model).__name__} is a subclassed model. Build its BatchNormalization layers "
-            f"as FrozenStatisticsBatchNormalization yourself, or pass freeze_bn_statistics=False."
+            f"as FrozenStatisticsBatchNormalization yourself, or pass freeze_bn_statistics=False.",
+            argument="freeze_bn_statistics",
         )
 
     def clone_layer(layer):

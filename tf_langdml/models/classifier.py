@@ -4,6 +4,7 @@ import hashlib
 import os
 
 from tf_langdml._keras import keras
+from tf_langdml.errors import ArgumentError
 from tf_langdml.models.backbones import build_backbone
 from tf_langdml.models.layers import ImageNormalization
 
@@ -24,7 +25,8 @@ def build_imagenet_classifier(name: str, weights: str | os.PathLike | None = "im
         image_size: input side; both were trained at 224.
     """
     if name not in CLASSIFIERS:
-        raise ValueError(f"Unknown ImageNet classifier {name!r}; known classifiers: {list(CLASSIFIERS)}.")
+        raise ArgumentError(f"Unknown ImageNet classifier {name!r}; known classifiers: {list(CLASSIFIERS)}.",
+                            argument="name")
     input_shape = (image_size, image_size, 3)
     network, normalization = build_backbone(name, weights=weights, input_shape=input_shape, include_top=True)
     images = keras.Input(shape=input_shape, name="images")

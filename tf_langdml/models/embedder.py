@@ -4,6 +4,7 @@ import os
 from collections.abc import Sequence
 
 from tf_langdml._keras import keras
+from tf_langdml.errors import ArgumentError
 from tf_langdml.models.backbones import build_backbone, freeze_batchnorm_statistics, resolve_weights
 from tf_langdml.models.layers import NORMALIZATION_MODES, ImageNormalization, L2Normalize
 
@@ -52,26 +53,28 @@ def build_embedder(
         to L2-normalised float32 embeddings of shape (B, embed_dim).
     """
     if pooling not in POOLINGS:
-        raise ValueError(f"Unknown pooling {pooling!r}; expected one of {list(POOLINGS)}.")
+        raise ArgumentError(f"Unknown pooling {pooling!r}; expected one of {list(POOLINGS)}.", argument="pooling")
     if int(embed_dim) <= 0:
-        raise ValueError(f"embed_dim must be a positive integer, got {embed_dim!r} (the paper uses 128 or 512).")
+        raise ArgumentError(f"embed_dim must be a positive integer, got {embed_dim!r} (the paper uses 128 or 512).",
+                            argument="embed_dim")
     input_shape = tuple(int(size) for size in input_shape)
     if len(input_shape) != 3 or input_shape[-1] != 3:
-        raise ValueError(f"input_shape must be (height, width, 3) for RGB images, got {input_shape}.")
+        raise ArgumentError(f"input_shape must be (height, width, 3) for RGB images, got {input_shape}.",
+                            argument="input_shape")
 
     if isinstance(backbone, keras.Model):
         if weights == "imagenet":
-            raise ValueError(
+            raise ArgumentError(
                 "weights='imagenet' applies to named backbones only; for a model you pass in, "
-                "use weights=None (keep its weights) or the path of a local weights file."
+                "use weights=None (keep its weights) or the path of a local weights file.", argument="weights"
             )
         if weights is not None:
             backbone.load_weights(resolve_weights(backbone.name, weights))
         expected = tuple(getattr(backbone, "input_shape", (None,))[1:])
         if all(size is not None for size in expected) and expected != input_shape:
-            raise ValueError(
+            raise ArgumentError(
                 f"The backbone model takes inputs of shape {expected}, but input_shape={input_shape}; "
-                f"pass input_shape={expected}."
+                f"pass input_shape={expected}.", argument="input_shape"
             )
         feature_extractor, default_normalization = backbone, "none"
     else:

@@ -17,6 +17,8 @@ import contextlib
 import dataclasses
 import pathlib
 
+from tf_langdml.errors import ArgumentError
+
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 POLICIES = PRECISIONS[:3]
 CPU_BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 instructions with native bfloat16 arithmetic
@@ -105,7 +107,7 @@ def resolve_precision(name, probe=None):
         The Keras policy name (never ``auto``) and a sentence saying why.
     """
     if name not in PRECISIONS:
-        raise ValueError(f"Unknown precision {name!r}; expected one of {list(PRECISIONS)}.")
+        raise ArgumentError(f"Unknown precision {name!r}; expected one of {list(PRECISIONS)}.", argument="name")
     if name != "auto":
         return name, f"precision {name} set explicitly"
     policy, reason = _auto((probe or probe_devices)())
@@ -118,7 +120,8 @@ def precision_policy(policy):
     from tf_langdml._keras import keras
 
     if policy not in POLICIES:
-        raise ValueError(f"Unknown dtype policy {policy!r}; expected one of {list(POLICIES)} (resolve 'auto' first).")
+        raise ArgumentError(f"Unknown dtype policy {policy!r}; expected one of {list(POLICIES)} (resolve 'auto' "
+                            "first).", argument="policy")
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
     try:

@@ -4,9 +4,10 @@ One builder per config section (:func:`dataset`, :func:`text_encoder`,
 :func:`language_table`, :func:`embedder`, :func:`guided_model`, :func:`callbacks`,
 :func:`evaluation_metrics`); each takes only the section(s) it reads. The library checks
 the values itself; its ``ValueError`` / ``TypeError`` / ``KeyError`` is re-raised as
-:class:`~tf_langdml.runs.schema.ConfigError` naming the config key (the keys whose
-library argument the message mentions, else every key the call took), with "did you
-mean" for a misspelt name. An error about the data rather than the config (a class
+:class:`~tf_langdml.runs.schema.ConfigError` naming the config key (the key its
+``argument`` attribute maps to (:class:`~tf_langdml.errors.ArgumentError`; one explicit
+``{argument: config key}`` dict per call, never the message's words), else every key the
+call took), with "did you mean" for a misspelt name. An error about the data rather than the config (a class
 without images, say) of a call that also reads data passes through unchanged.
 
 The ``check_*`` functions run the same library checks before any data is read or any
@@ -14,24 +15,82 @@ weights are loaded: on stand-ins (a one-layer backbone, a two-point retrieval pr
 or by calling a builder where it fails before doing any work.
 """
 
+from __future__ import annotations
+
 import contextlib
+import dataclasses
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
-from tf_langdml.runs.schema import ConfigError, did_you_mean
+from tf_langdml._keras import keras
+from tf_langdml.data import (
+    Split,
+    SplitDataset,
+    class_balanced_indices,
+    hold_out_validation,
+    load_demo,
+    load_image_folder,
+    load_tfds_dataset,
+    make_train_dataset,
+)
+from tf_langdml.data.tfds_datasets import TFDS_DATASETS
+from tf_langdml.errors import argument_of
+from tf_langdml.evaluation import (
+    LanguageGuidanceTensorBoard,
+    RetrievalEvaluation,
+    RetrievalPictures,
+    clustering_metrics,
+    embed_split,
+    make_level_recall_at_1,
+    nearest_neighbors,
+    retrieval_metrics,
+    semantic_consistency,
+    split_retrieval_metrics,
+)
+from tf_langdml.language import (
+    PseudoLabels,
+    TextEncoder,
+    build_text_encoder,
+    expert_language_table,
+    prime,
+    pseudo_label_table,
+    top_k_pseudo_labels,
+)
+from tf_langdml.language.imagenet import NUM_IMAGENET_CLASSES
+from tf_langdml.losses import DML_LOSSES, build_dml_loss, dml_loss_arguments
+from tf_langdml.models import BACKBONES, CLASSIFIERS, LanguageGuidedModel, build_embedder, build_imagenet_classifier
+from tf_langdml.models.backbones import backbone_spec, resolve_weights
+from tf_langdml.models.precision import precision_policy, resolve_precision
+from tf_langdml.runs.schema import (
+    SEED_MAX,
+    ConfigError,
+    DataConfig,
+    EvaluationConfig,
+    LanguageConfig,
+    LossConfig,
+    ModelConfig,
+    OptimizerConfig,
+    TrainingConfig,
+    did_you_mean,
+)
 
 _LIBRARY_ERRORS = (ValueError, TypeError, KeyError)
 
 
 @contextlib.contextmanager
-def config_keys(*keys, words=None, suggest=None):
+def config_keys(*keys: str, arguments: Mapping[str, str] | None = None,
+                suggest: tuple[Any, Sequence[str]] | None = None) -> Iterator[None]:
     """Re-raise a library error inside the block as ConfigError naming the config key(s).
 
     Args:
-        keys: the config keys the library call takes (named when ``words`` names none;
-            none: an error that names no word is not about the config and passes through).
-        words: ``{word in the library's message: config key}``: the keys whose word
-            (the library's argument name) the message contains are the ones named.
+        keys: the config keys the library call takes (named when ``arguments`` does not map the
+            error's argument; none: such an error is not about the config and passes through).
+        arguments: ``{library argument: config key}``: an error whose ``argument`` attribute
+            (:func:`~tf_langdml.errors.argument_of`) is one of these names that key alone.
         suggest: ``(value, choices)``: add "did you mean" the closest choice.
     """
     try:
@@ -40,8 +99,8 @@ def config_keys(*keys, words=None, suggest=None):
         raise
     except _LIBRARY_ERRORS as error:
         message = str(error.args[0]) if type(error) is KeyError and error.args else str(error)
-        named = [key for word, key in (words or {}).items() if word.lower() in message.lower()]
-        named = list(dict.fromkeys(named)) or list(keys)
+        argument = argument_of(error)
+        named = [arguments[argument]] if arguments and argument in arguments else list(keys)
         if not named:
             raise
         hint = did_you_mean(*suggest, fallback=False) if suggest else ""
@@ -52,12 +111,15 @@ def config_keys(*keys, words=None, suggest=None):
 
 # -- data --------------------------------------------------------------------------------------
 
-_DATA_WORDS = {"background": "data.background", "max_pixels": "data.max_pixels",
-               "test_fraction": "data.test_fraction", "manual_dir": "data.manual_dir", "TFDS dataset": "data.dataset",
-               "test_classes": "data.test_classes", "gallery_list": "data.gallery_list"}
+# {library argument: config key} of the data loaders.
+_DECODING_ARGUMENTS = {"background": "data.background", "max_pixels": "data.max_pixels"}
+_FOLDER_ARGUMENTS = {**_DECODING_ARGUMENTS, "root": "data.data_dir", "test_classes": "data.test_classes",
+                     "test_fraction": "data.test_fraction", "gallery_list": "data.gallery_list"}
+_TFDS_ARGUMENTS = {**_DECODING_ARGUMENTS, "name": "data.dataset", "data_dir": "data.data_dir",
+                   "manual_dir": "data.manual_dir"}
 
 
-def dataset(data, evaluation_split="test"):
+def dataset(data: DataConfig, evaluation_split: str = "test") -> SplitDataset:
     """The :class:`~tf_langdml.data.SplitDataset` the ``data`` section names.
 
     With ``data.validation_fraction`` > 0 that part of the training classes is held out
@@ -65,10 +127,6 @@ def dataset(data, evaluation_split="test"):
     ``evaluation_split="validation"`` (model selection) the returned dataset has no
     test split (``test_split`` is None), so nothing downstream can read it.
     """
-    import dataclasses
-
-    from tf_langdml.data import hold_out_validation
-
     splits = _load_dataset(data)
     with config_keys("data.validation_fraction"):
         splits = hold_out_validation(splits, data.validation_fraction)
@@ -77,43 +135,36 @@ def dataset(data, evaluation_split="test"):
     return splits
 
 
-def _load_dataset(data):
-    from tf_langdml.data import load_demo, load_image_folder, load_tfds_dataset
-    from tf_langdml.data.tfds_datasets import TFDS_DATASETS
-
+def _load_dataset(data: DataConfig) -> SplitDataset:
     decoding = {"background": data.background, "max_pixels": data.max_pixels}
     if data.dataset == "demo":
-        with config_keys("data.dataset", words=_DATA_WORDS):
+        with config_keys("data.dataset", arguments=_DECODING_ARGUMENTS):
             return load_demo(**decoding)
     if data.dataset == "folder":
-        with config_keys("data.data_dir", words=_DATA_WORDS):
+        with config_keys("data.data_dir", arguments=_FOLDER_ARGUMENTS):
             return load_image_folder(data.data_dir, test_classes=data.test_classes, test_fraction=data.test_fraction,
                                      gallery_list=data.gallery_list, **decoding)
-    with config_keys("data.dataset", words=_DATA_WORDS,
+    with config_keys("data.dataset", arguments=_TFDS_ARGUMENTS,
                      suggest=(data.dataset, ["demo", "folder", *TFDS_DATASETS])):
         return load_tfds_dataset(data.dataset, data_dir=data.data_dir, manual_dir=data.manual_dir, **decoding)
 
 
-def evaluation_split(evaluation, splits):
+def evaluation_split(evaluation: EvaluationConfig, splits: SplitDataset) -> Split | None:
     """The split that ``evaluation.split`` names: the test classes, or the validation classes (model selection)."""
     return splits.validation_split if evaluation.split == "validation" else splits.test_split
 
 
-def train_batches(data, split, seed, start_batch=0, with_sample_ids=False):
+def train_batches(data: DataConfig, split: Split, seed: int, start_batch: int = 0,
+                  with_sample_ids: bool = False) -> tf.data.Dataset:
     """Class-balanced training batches of ``split`` (the sampler checks the batch against the split)."""
-    from tf_langdml.data import make_train_dataset
-
     with config_keys("data.batch_size", "data.examples_per_class"):
         return make_train_dataset(split, data.batch_size, data.examples_per_class, seed=seed,
                                   image_size=data.image_size, with_sample_ids=with_sample_ids,
                                   start_batch=start_batch, antialias=data.antialias)
 
 
-def check_data(data):
+def check_data(data: DataConfig) -> None:
     """The dataset name and the batch composition (the sampler's rules), without reading data."""
-    from tf_langdml.data import class_balanced_indices
-    from tf_langdml.data.tfds_datasets import TFDS_DATASETS
-
     if data.dataset not in ("demo", "folder", *TFDS_DATASETS):
         _load_dataset(data)  # load_tfds_dataset refuses an unknown name before reading anything
     classes = max(1, data.batch_size // data.examples_per_class)
@@ -123,78 +174,68 @@ def check_data(data):
 
 # -- text encoder, language table ----------------------------------------------------------------
 
+# {library argument: config key} of the language-table builders (top_k_pseudo_labels' ``k``; a precomputed
+# encoder's MissingTextsError is about the ``encoder``) and of the PLG classifier.
+_LANGUAGE_ARGUMENTS = {"encoder": "language.encoder", "template": "language.template", "k": "language.top_k",
+                       "level": "language.level"}
+_CLASSIFIER_ARGUMENTS = {"name": "language.classifier", "weights": "language.classifier_weights"}
 
-def text_encoder(language):
+
+def text_encoder(language: LanguageConfig) -> TextEncoder:
     """The text encoder ``language.encoder`` names (ELG / PLG tables, semantic metrics)."""
-    from tf_langdml.language import build_text_encoder
-
-    with config_keys("language.encoder", words={"output": "language.output_key"}):
+    with config_keys("language.encoder", arguments={"spec": "language.encoder", "output_key": "language.output_key"}):
         return build_text_encoder(language.encoder, output_key=language.output_key)
 
 
-def imagenet_classifier(language, policy="float32"):
+def imagenet_classifier(language: LanguageConfig, policy: str = "float32") -> keras.Model:
     """The PLG ImageNet classifier of the ``language`` section, its layers built under the dtype ``policy`` (float32 logits)."""
-    from tf_langdml.models import CLASSIFIERS, build_imagenet_classifier
-    from tf_langdml.models.precision import precision_policy
-
-    with precision_policy(policy), config_keys("language.classifier", words={"classifier": "language.classifier",
-                                                                         "weights": "language.classifier_weights"},
+    with precision_policy(policy), config_keys("language.classifier", arguments=_CLASSIFIER_ARGUMENTS,
                                                suggest=(language.classifier, CLASSIFIERS)):
         return build_imagenet_classifier(language.classifier, weights=language.classifier_weights,
                                          image_size=language.classifier_image_size)
 
 
-_LANGUAGE_WORDS = {"have no vector": "language.encoder", "template": "language.template", "top-k": "language.top_k",
-                   "level": "language.level"}
-
-
-def pseudo_labels(language, split, encoder, batch_size, output_path=None, verbose=1, policy="float32"):
+def pseudo_labels(language: LanguageConfig, split: Split, encoder: TextEncoder, batch_size: int,
+                  output_path: str | os.PathLike | None = None, verbose: int = 1,
+                  policy: str = "float32") -> tuple[np.ndarray, PseudoLabels]:
     """PLG: (table (C|N, K, D), PseudoLabels) of a training split; ``batch_size``: the classifier's.
 
     ``policy``: the dtype policy the classifier computes in (the run's resolved ``training.precision``).
     """
-    from tf_langdml.language import pseudo_label_table
-
     classifier = imagenet_classifier(language, policy)
-    with config_keys(words=_LANGUAGE_WORDS):
+    with config_keys(arguments=_LANGUAGE_ARGUMENTS):
         return pseudo_label_table(classifier, split, encoder, k=language.top_k, level=language.level,
                                   template=language.template, batch_size=batch_size, output_path=output_path,
                                   verbose=bool(verbose))
 
 
-def language_table(language, split, encoder, batch_size, pseudo_labels_path=None, verbose=1, policy="float32"):
+def language_table(language: LanguageConfig, split: Split, encoder: TextEncoder, batch_size: int,
+                   pseudo_labels_path: str | os.PathLike | None = None, verbose: int = 1,
+                   policy: str = "float32") -> np.ndarray | None:
     """The (C|N, K, D) table of ``language.guidance`` for a training split; None for the baseline.
 
     ELG: the primed class names; PLG: the top-k ImageNet names (written to ``pseudo_labels_path``),
     the classifier computing under the dtype ``policy``.
     """
-    from tf_langdml.language import expert_language_table
-
     if language.guidance == "none":
         return None
     if language.guidance == "elg":
-        with config_keys(words=_LANGUAGE_WORDS):
+        with config_keys(arguments=_LANGUAGE_ARGUMENTS):
             return expert_language_table(split.class_names, encoder, language.template, verbose=bool(verbose))
     return pseudo_labels(language, split, encoder, batch_size, pseudo_labels_path, verbose, policy)[0]
 
 
-def table_index(language):
+def table_index(language: LanguageConfig) -> str:
     """How the model indexes the table: by ``sample_id`` for sample-level PLG, else by ``label``."""
     return "sample_id" if language.guidance == "plg" and language.level == "sample" else "label"
 
 
-def check_language(language):
+def check_language(language: LanguageConfig) -> None:
     """The template, a precomputed encoder's file, and for PLG the classifier name, top-k and level.
 
     Before any data or weights are read, and so before the run directory is written.
     """
-    import os
-
-    from tf_langdml.language import prime, top_k_pseudo_labels
-    from tf_langdml.language.imagenet import NUM_IMAGENET_CLASSES
-    from tf_langdml.models import CLASSIFIERS
-
-    with config_keys("language.template"):
+    with config_keys("language.template", arguments=_LANGUAGE_ARGUMENTS):
         prime(["name"], language.template)
     if language.encoder.startswith("precomputed:"):
         path = language.encoder[len("precomputed:"):]
@@ -207,23 +248,23 @@ def check_language(language):
         return
     if language.classifier not in CLASSIFIERS:
         imagenet_classifier(language)  # refuses an unknown name before building anything
-    with config_keys("language.top_k", "language.level", words=_LANGUAGE_WORDS):
+    with config_keys("language.top_k", "language.level", arguments=_LANGUAGE_ARGUMENTS):
         top_k_pseudo_labels(np.zeros((1, NUM_IMAGENET_CLASSES)), np.zeros(1, np.int64), k=language.top_k,
                             level=language.level)
 
 
 # -- embedder, model -----------------------------------------------------------------------------
 
-_MODEL_WORDS = {"backbone": "model.backbone", "weights": "model.weights", "pooling": "model.pooling",
-                "embed_dim": "model.embed_dim", "input_shape": "data.image_size", "freeze_bn": "model.freeze_bn_statistics"}
+# {library argument: config key} of build_embedder (and build_backbone's ``name`` under it).
+_MODEL_ARGUMENTS = {"backbone": "model.backbone", "name": "model.backbone", "weights": "model.weights",
+                    "pooling": "model.pooling", "embed_dim": "model.embed_dim", "input_shape": "data.image_size",
+                    "freeze_bn_statistics": "model.freeze_bn_statistics"}
 _KEEP = object()
 
 
-def embedder(model, image_size, weights=_KEEP):
+def embedder(model: ModelConfig, image_size: int, weights: Any = _KEEP) -> keras.Model:
     """The embedder the ``model`` section describes for ``image_size`` images; ``weights`` default: ``model.weights``."""
-    from tf_langdml.models import BACKBONES, build_embedder
-
-    with config_keys("model.backbone", words=_MODEL_WORDS, suggest=(model.backbone, BACKBONES)):
+    with config_keys("model.backbone", arguments=_MODEL_ARGUMENTS, suggest=(model.backbone, BACKBONES)):
         return build_embedder(
             model.backbone, weights=model.weights if weights is _KEEP else weights, embed_dim=model.embed_dim,
             pooling=model.pooling, freeze_bn_statistics=model.freeze_bn_statistics,
@@ -231,24 +272,26 @@ def embedder(model, image_size, weights=_KEEP):
         )
 
 
-def _optimizer(optimizer):
-    from tf_langdml._keras import keras
-
+def _optimizer(optimizer: OptimizerConfig) -> keras.optimizers.Optimizer:
     classes = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}
     with config_keys("optimizer.learning_rate"):
         return classes[optimizer.name](learning_rate=optimizer.learning_rate)
 
 
-_COMPILE_WORDS = {"language_weight": "loss.language_weight", "language_delay": "loss.delay",
-                  "weight_decay": "optimizer.weight_decay", "direction": "loss.direction", "shift": "loss.shift",
-                  "temperature": "loss.temperature", "Unknown DML loss": "loss.dml",
-                  "Unknown argument": "loss.dml_arguments"}
+# {library argument: config key} of build_dml_loss: its ``name``; ``kwargs``: an argument the loss does not take.
+_DML_LOSS_ARGUMENTS = {"name": "loss.dml", "kwargs": "loss.dml_arguments"}
+# ... and of LanguageGuidedModel.compile: its parameters, and those of the LanguageMatchingLoss it builds from them.
+_COMPILE_ARGUMENTS = {
+    **_DML_LOSS_ARGUMENTS, "dml_loss": "loss.dml",
+    "language_weight": "loss.language_weight", "language_delay": "loss.delay", "language_direction": "loss.direction",
+    "language_shift": "loss.shift", "language_temperature": "loss.temperature",
+    "weight_decay": "optimizer.weight_decay",
+    "direction": "loss.direction", "shift": "loss.shift", "temperature": "loss.temperature",
+}
 
 
-def dml_loss_spec(loss, training):
+def dml_loss_spec(loss: LossConfig, training: TrainingConfig) -> dict[str, Any]:
     """``{"name": loss.dml, **loss.dml_arguments}``, with ``seed`` = ``training.seed`` for a loss that mines or draws."""
-    from tf_langdml.losses import DML_LOSSES, dml_loss_arguments
-
     spec = {"name": loss.dml, **loss.dml_arguments}
     if str(loss.dml).lower() in DML_LOSSES and "seed" in dml_loss_arguments(loss.dml) and "seed" not in spec:
         spec["seed"] = training.seed
@@ -270,7 +313,7 @@ S2SD_HEADS_MAX = 16
 XBM_MEMORY_MAX = 1 << 20  # embeddings held by cross-batch memory: more than any benchmark's training images
 
 
-def _argument_type(name, default):
+def _argument_type(name: str, default: Any) -> str | None:
     if name in _ARGUMENT_TYPES:
         return _ARGUMENT_TYPES[name]
     for kind, python_type in (("bool", bool), ("integer", int), ("number", float), ("string", str)):
@@ -285,7 +328,7 @@ _EXPECTED = {"number": "a number", "number_or_null": "a number or null", "intege
              "dims": "a positive head size or a list of them, e.g. [1024, 1536, 2048]"}
 
 
-def _kind_of(value):
+def _kind_of(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -297,16 +340,16 @@ def _kind_of(value):
     return repr(value) if len(repr(value)) <= 60 else repr(value)[:60] + "..."
 
 
-def _short(value):
+def _short(value: Sequence[Any]) -> str:
     text = repr(list(value))
     return text if len(text) <= 40 else text[:40] + "..."
 
 
-def _is_integer(value):
+def _is_integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _type_ok(kind, value):
+def _type_ok(kind: str, value: Any) -> bool:
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     return {"number": is_number, "number_or_null": value is None or is_number, "integer": _is_integer(value),
             "integer_or_null": value is None or _is_integer(value), "bool": isinstance(value, bool),
@@ -314,7 +357,8 @@ def _type_ok(kind, value):
             "dims": _is_integer(value) or (isinstance(value, (list, tuple)) and all(map(_is_integer, value)))}[kind]
 
 
-def check_dml_arguments(loss, path="loss.dml_arguments", name=None, arguments=None):
+def check_dml_arguments(loss: LossConfig, path: str = "loss.dml_arguments", name: str | None = None,
+                        arguments: Mapping[str, Any] | None = None) -> None:
     """Each of ``loss.dml_arguments`` has the type its loss takes, before anything is built.
 
     A number where the loss takes a number (never a list), an integer for counts and seeds,
@@ -327,9 +371,6 @@ def check_dml_arguments(loss, path="loss.dml_arguments", name=None, arguments=No
     Raises:
         ConfigError: ``'loss.dml_arguments.gamma' must be a number; got a list ([1, 2])``.
     """
-    from tf_langdml.losses import DML_LOSSES, dml_loss_arguments
-    from tf_langdml.runs.schema import SEED_MAX
-
     name = loss.dml if name is None else name
     arguments = loss.dml_arguments if arguments is None else arguments
     if str(name).lower() not in DML_LOSSES:
@@ -358,10 +399,9 @@ def check_dml_arguments(loss, path="loss.dml_arguments", name=None, arguments=No
             check_dml_arguments(loss, full, name=target, arguments=value)
 
 
-def _compile(network, loss, optimizer, training, guided, num_classes=None):
+def _compile(network: LanguageGuidedModel, loss: LossConfig, optimizer: OptimizerConfig, training: TrainingConfig,
+             guided: bool, num_classes: int | None = None) -> LanguageGuidedModel:
     """``network.compile`` with the loss, optimizer and training sections (ω = 0 without a table)."""
-    from tf_langdml.losses import DML_LOSSES, build_dml_loss, dml_loss_arguments
-
     check_dml_arguments(loss)
     spec = dml_loss_spec(loss, training)
     # "did you mean" from the list the error is about: a misspelt argument among the loss's arguments, a
@@ -372,9 +412,9 @@ def _compile(network, loss, optimizer, training, guided, num_classes=None):
         unknown = sorted(set(loss.dml_arguments) - set(accepted))
         suggest = (unknown[0], accepted) if unknown else None
     # Built here, so that an error in the loss's own arguments names loss.dml_arguments.
-    with config_keys("loss.dml_arguments", words={"Unknown DML loss": "loss.dml"}, suggest=suggest):
+    with config_keys("loss.dml_arguments", arguments=_DML_LOSS_ARGUMENTS, suggest=suggest):
         dml_loss = build_dml_loss(spec.pop("name"), **spec)
-    with config_keys("loss.dml", "loss.dml_arguments", words=_COMPILE_WORDS):
+    with config_keys("loss.dml", "loss.dml_arguments", arguments=_COMPILE_ARGUMENTS):
         network.compile(
             optimizer=_optimizer(optimizer),
             dml_loss=dml_loss,
@@ -390,17 +430,16 @@ def _compile(network, loss, optimizer, training, guided, num_classes=None):
     return network
 
 
-def precision(training, probe=None):
+def precision(training: TrainingConfig, probe: Any = None) -> tuple[str, str]:
     """``(dtype policy, reason)`` of ``training.precision`` (``auto`` resolved on this machine; see
     :func:`~tf_langdml.models.precision.resolve_precision`, ``probe`` for tests)."""
-    from tf_langdml.models.precision import resolve_precision
-
     with config_keys("training.precision"):
         return resolve_precision(training.precision, probe)
 
 
-def guided_model(model, image_size, loss, optimizer, training, table=None, index="label", num_classes=None,
-                 policy=None):
+def guided_model(model: ModelConfig, image_size: int, loss: LossConfig, optimizer: OptimizerConfig,
+                 training: TrainingConfig, table: np.ndarray | None = None, index: str = "label",
+                 num_classes: int | None = None, policy: str | None = None) -> LanguageGuidedModel:
     """The compiled :class:`~tf_langdml.models.LanguageGuidedModel`, its layers under the dtype ``policy``.
 
     ``table``: the language table (None: the baseline, ω = 0); ``index``: :func:`table_index`;
@@ -408,9 +447,6 @@ def guided_model(model, image_size, loss, optimizer, training, table=None, index
     the resolved ``training.precision`` (None: resolve it here). Keras adds loss scaling
     under ``mixed_float16`` only; the losses stay float32 under both mixed policies.
     """
-    from tf_langdml.models import LanguageGuidedModel
-    from tf_langdml.models.precision import precision_policy
-
     with precision_policy(policy or precision(training)[0]):
         network = LanguageGuidedModel(embedder(model, image_size), language_table=table, table_index=index)
         _compile(network, loss, optimizer, training, guided=table is not None, num_classes=num_classes)
@@ -418,31 +454,24 @@ def guided_model(model, image_size, loss, optimizer, training, table=None, index
     return network
 
 
-def _stand_in_backbone(image_size):
-    from tf_langdml._keras import keras
-
+def _stand_in_backbone(image_size: int) -> keras.Model:
     return keras.Sequential([keras.Input((image_size, image_size, 3)), keras.layers.MaxPooling2D(image_size)],
                             name="stand_in_backbone")
 
 
-def check_embedder(model, image_size):
+def check_embedder(model: ModelConfig, image_size: int) -> None:
     """The backbone name, a weights file, pooling, embed_dim and the image size, without building the backbone."""
-    from tf_langdml.models import BACKBONES, build_embedder
-    from tf_langdml.models.backbones import backbone_spec, resolve_weights
-
     with config_keys("model.backbone", suggest=(model.backbone, BACKBONES)):
         backbone_spec(model.backbone)
     if model.weights not in (None, "imagenet"):
         resolve_weights(model.backbone, model.weights)  # FileNotFoundError naming the file
-    with config_keys("model.backbone", words=_MODEL_WORDS):
+    with config_keys("model.backbone", arguments=_MODEL_ARGUMENTS):
         build_embedder(_stand_in_backbone(image_size), weights=None, embed_dim=model.embed_dim, pooling=model.pooling,
                        freeze_bn_statistics=False, input_shape=(image_size, image_size, 3))
 
 
-def check_model(loss, optimizer, training):
+def check_model(loss: LossConfig, optimizer: OptimizerConfig, training: TrainingConfig) -> None:
     """The loss, optimizer and training sections through ``LanguageGuidedModel.compile`` on a stand-in embedder."""
-    from tf_langdml.models import LanguageGuidedModel, build_embedder
-
     stand_in = build_embedder(_stand_in_backbone(2), weights=None, embed_dim=2, freeze_bn_statistics=False,
                               input_shape=(2, 2, 3))
     _compile(LanguageGuidedModel(stand_in), loss, optimizer, training, guided=True, num_classes=2)
@@ -451,7 +480,9 @@ def check_model(loss, optimizer, training):
 # -- callbacks, metrics ------------------------------------------------------------------------
 
 
-def callbacks(training, evaluation, image_size, split, log_dir, fixed_batch, fixed_batch_class_names=None):
+def callbacks(training: TrainingConfig, evaluation: EvaluationConfig, image_size: int, split: Split,
+              log_dir: str | os.PathLike, fixed_batch: Any,
+              fixed_batch_class_names: Sequence[str] | None = None) -> list[keras.callbacks.Callback]:
     """Retrieval evaluation on ``split`` (the evaluation split) and TensorBoard every ``training.eval_every`` epochs.
 
     TensorBoard: the loss diagnostics every epoch; at every evaluation the top-5 retrievals
@@ -459,9 +490,7 @@ def callbacks(training, evaluation, image_size, split, log_dir, fixed_batch, fix
     labels index ``fixed_batch_class_names`` (the training split's class names; None: label
     numbers); the embedding projector of ``split`` at the end.
     """
-    from tf_langdml.evaluation import LanguageGuidanceTensorBoard, RetrievalEvaluation, RetrievalPictures
-
-    with config_keys("training.eval_every", words={"ks": "evaluation.ks"}):
+    with config_keys("training.eval_every", arguments={"every": "training.eval_every", "ks": "evaluation.ks"}):
         retrieval = RetrievalEvaluation(split, every=training.eval_every, batch_size=evaluation.batch_size,
                                         image_size=image_size, ks=evaluation.ks, log_dir=log_dir, verbose=0)
         return [
@@ -473,23 +502,21 @@ def callbacks(training, evaluation, image_size, split, log_dir, fixed_batch, fix
         ]
 
 
-def check_evaluation(evaluation, training):
+def check_evaluation(evaluation: EvaluationConfig, training: TrainingConfig) -> None:
     """``training.eval_every`` (the retrieval callback's check) and ``evaluation.ks`` (retrieval_metrics') on stand-ins."""
-    from tf_langdml.evaluation import RetrievalEvaluation, retrieval_metrics
-
     with config_keys("training.eval_every"):
         RetrievalEvaluation(None, every=training.eval_every)
     with config_keys("evaluation.ks"):
         retrieval_metrics(np.eye(2, dtype=np.float32), np.zeros(2, np.int64), evaluation.ks)
 
 
-def retrievable_images(split):
+def retrievable_images(split: Split) -> int:
     """The fewest images one query of ``split`` can retrieve: the gallery's size (query / gallery protocol),
     else every other image of the split (leave-one-out)."""
     return int(split.gallery.sum()) if split.gallery is not None else len(split.labels) - 1
 
 
-def check_ks(evaluation, split, split_name=None):
+def check_ks(evaluation: EvaluationConfig, split: Split | int, split_name: str | None = None) -> None:
     """``evaluation.ks`` against the evaluation split: no k above what a query can retrieve.
 
     Recall@k with k larger than the gallery is 1 for every query (the whole gallery is
@@ -508,16 +535,15 @@ def check_ks(evaluation, split, split_name=None):
             f"split can retrieve at most {available} images{protocol}; use ks up to {available}.")
 
 
-def evaluation_metrics(evaluation, data, language, seed, network, split, encoder=None, verbose=1):
+def evaluation_metrics(evaluation: EvaluationConfig, data: DataConfig, language: LanguageConfig, seed: int,
+                       network: keras.Model, split: Split, encoder: TextEncoder | None = None,
+                       verbose: int = 1) -> dict[str, float]:
     """Retrieval, clustering and semantic-consistency metrics of ``network`` (an embedder or model) on ``split``.
 
     Retrieval follows the split's protocol (query / gallery when it has a gallery mask,
     else leave-one-out); clustering and the semantic metrics use all images of the split.
     ``encoder``: the text encoder for the semantic metrics (built from ``language`` when None).
     """
-    from tf_langdml.evaluation import (clustering_metrics, embed_split, make_level_recall_at_1, nearest_neighbors,
-                                       semantic_consistency, split_retrieval_metrics)
-
     embeddings = embed_split(network, split, evaluation.batch_size, data.image_size, verbose=verbose)
     with config_keys("evaluation.ks"):
         metrics = split_retrieval_metrics(embeddings, split, evaluation.ks)
@@ -526,7 +552,7 @@ def evaluation_metrics(evaluation, data, language, seed, network, split, encoder
     if evaluation.semantic:
         neighbors = nearest_neighbors(embeddings, k=1)[0][:, 0]
         encoder = text_encoder(language) if encoder is None else encoder
-        with config_keys(words=_LANGUAGE_WORDS):
+        with config_keys(arguments=_LANGUAGE_ARGUMENTS):
             metrics.update(semantic_consistency(embeddings, split.labels, split.class_names, encoder,
                                                 language.template, neighbors=neighbors))
         if data.dataset == "cars196":
