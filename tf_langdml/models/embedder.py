@@ -1,13 +1,17 @@
 """The image embedder: backbone -> global pool -> Dense(embed_dim) -> L2 normalise."""
 
+from __future__ import annotations
+
 import os
 from collections.abc import Sequence
 
 from tf_langdml._keras import keras
+from tf_langdml.errors import ArgumentError
 from tf_langdml.models.backbones import build_backbone, freeze_batchnorm_statistics, resolve_weights
 from tf_langdml.models.layers import NORMALIZATION_MODES, ImageNormalization, L2Normalize
 
 POOLINGS = ("avg", "max", "avg+max")
+POOL_LAYERS = ("avg_pool", "max_pool")  # the names _pool gives its global pooling layers
 
 
 def _pool(feature_maps, pooling):
@@ -52,33 +56,36 @@ def build_embedder(
         to L2-normalised float32 embeddings of shape (B, embed_dim).
     """
     if pooling not in POOLINGS:
-        raise ValueError(f"Unknown pooling {pooling!r}; expected one of {list(POOLINGS)}.")
+        raise ArgumentError(f"Unknown pooling {pooling!r}; expected one of {list(POOLINGS)}.", argument="pooling")
     if int(embed_dim) <= 0:
-        raise ValueError(f"embed_dim must be a positive integer, got {embed_dim!r} (the paper uses 128 or 512).")
+        raise ArgumentError(f"embed_dim must be a positive integer, got {embed_dim!r} (the paper uses 128 or 512).",
+                            argument="embed_dim")
     input_shape = tuple(int(size) for size in input_shape)
     if len(input_shape) != 3 or input_shape[-1] != 3:
-        raise ValueError(f"input_shape must be (height, width, 3) for RGB images, got {input_shape}.")
+        raise ArgumentError(f"input_shape must be (height, width, 3) for RGB images, got {input_shape}.",
+                            argument="input_shape")
 
     if isinstance(backbone, keras.Model):
         if weights == "imagenet":
-            raise ValueError(
+            raise ArgumentError(
                 "weights='imagenet' applies to named backbones only; for a model you pass in, "
-                "use weights=None (keep its weights) or the path of a local weights file."
+                "use weights=None (keep its weights) or the path of a local weights file.", argument="weights"
             )
         if weights is not None:
             backbone.load_weights(resolve_weights(backbone.name, weights))
         expected = tuple(getattr(backbone, "input_shape", (None,))[1:])
         if all(size is not None for size in expected) and expected != input_shape:
-            raise ValueError(
+            raise ArgumentError(
                 f"The backbone model takes inputs of shape {expected}, but input_shape={input_shape}; "
-                f"pass input_shape={expected}."
+                f"pass input_shape={expected}.", argument="input_shape"
             )
         feature_extractor, default_normalization = backbone, "none"
     else:
         feature_extractor, default_normalization = build_backbone(backbone, weights, input_shape)
     normalization = default_normalization if normalization is None else normalization
     if normalization not in NORMALIZATION_MODES:
-        raise ValueError(f"Unknown normalization {normalization!r}; expected one of {list(NORMALIZATION_MODES)}.")
+        raise ArgumentError(f"Unknown normalization {normalization!r}; expected one of {list(NORMALIZATION_MODES)}.",
+                            argument="normalization")
     if freeze_bn_statistics:
         feature_extractor = freeze_batchnorm_statistics(feature_extractor)
 
@@ -86,11 +93,32 @@ def build_embedder(
     normalized = ImageNormalization(normalization, name="normalization")(images)
     feature_maps = feature_extractor(normalized)
     if len(feature_maps.shape) != 4:
-        raise ValueError(
+        raise ArgumentError(
             f"The backbone must output feature maps (batch, height, width, channels); got shape "
-            f"{feature_maps.shape}. Build it without its classification head."
+            f"{feature_maps.shape}. Build it without its classification head.", argument="backbone"
         )
     pooled = _pool(feature_maps, pooling)
     projected = keras.layers.Dense(int(embed_dim), name="projection")(pooled)
     embeddings = L2Normalize(name="l2_normalize")(projected)
     return keras.Model(images, embeddings, name=name)
+
+
+def embedder_with_feature_maps(embedder: keras.Model) -> keras.Model:
+    """A functional model over ``embedder``'s own layers: images -> (embeddings, backbone feature maps).
+
+    The feature maps are the input of its global pooling layer (:data:`POOL_LAYERS`), so
+    one forward pass gives both (what S2SD reads).
+    """
+    for name in POOL_LAYERS:
+        try:
+            pool = embedder.get_layer(name)
+        except ValueError:
+            continue
+        feature_maps = pool.input
+        if len(feature_maps.shape) == 4:
+            return keras.Model(embedder.inputs, [embedder.outputs[0], feature_maps], name=f"{embedder.name}_features")
+    raise ArgumentError(
+        f"The DML loss reads the backbone's feature maps, but the embedder {embedder.name!r} has no global pooling "
+        f"layer named {' or '.join(POOL_LAYERS)} (build it with tf_langdml.models.build_embedder).",
+        argument="embedder",
+    )
