@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,14 +10,18 @@ import tensorflow as tf
 from numpy.typing import ArrayLike
 
 from tf_langdml._keras import keras
-from tf_langdml.errors import ArgumentError, argument_of
+from tf_langdml.errors import ArgumentError
 from tf_langdml.language.table import LanguageTable
 from tf_langdml.losses.base import BatchLoss, dml_loss_value
-from tf_langdml.losses.dml import build_dml_loss
-from tf_langdml.losses.language_matching import LanguageMatchingLoss
-from tf_langdml.models import loss_optimizers
+from tf_langdml.models.compile_arguments import (
+    dml_loss_of,
+    language_guidance_numbers,
+    language_matching_loss,
+    refuse_keras_loss_and_metrics,
+)
 from tf_langdml.models.embedder import embedder_with_feature_maps
 from tf_langdml.models.global_batch import gather_global_batch, num_replicas
+from tf_langdml.models.loss_optimizers import apply_grouped_gradients, build_all_optimizers, loss_groups
 from tf_langdml.models.nonfinite import (
     NonFiniteLossError,
     apply_unless_nonfinite,
@@ -143,39 +145,15 @@ class LanguageGuidedModel(keras.Model):
             tf_langdml.errors.ArgumentError: an argument is refused; ``error.argument`` is
                 this method's parameter name (``"language_weight"``, ``"dml_loss"``, ...).
         """
-        if "loss" in kwargs:
-            raise ArgumentError(
-                "LanguageGuidedModel computes its own loss: pass dml_loss=... (a name such as "
-                "'multisimilarity' or a TF-Similarity loss) instead of loss=...", argument="loss"
-            )
-        for name in ("metrics", "weighted_metrics"):
-            if kwargs.get(name):
-                raise ArgumentError(
-                    "LanguageGuidedModel reports loss, dml_loss and language_loss; Keras metrics on "
-                    "(labels, embeddings) are not meaningful. Measure retrieval (Recall@k, mAP@R) on "
-                    "held-out classes instead, and drop metrics=... from compile().", argument=name
-                )
-        language_weight = float(language_weight)
-        if not math.isfinite(language_weight) or language_weight < 0:
-            raise ArgumentError(f"language_weight must be a finite number >= 0, got {language_weight!r}.",
-                                argument="language_weight")
-        if int(language_delay) != language_delay or language_delay < 0:
-            raise ArgumentError(f"language_delay must be a whole number of steps >= 0, got {language_delay!r}.",
-                                argument="language_delay")
-        weight_decay = float(weight_decay)
-        if not math.isfinite(weight_decay) or weight_decay < 0:
-            raise ArgumentError(f"weight_decay must be a finite number >= 0, got {weight_decay!r} (the paper: 4e-4).",
-                                argument="weight_decay")
-        with _as_compile_argument(_LANGUAGE_MATCHING_ARGUMENTS):
-            self.language_matching = LanguageMatchingLoss(
-                shift=language_shift, temperature=language_temperature, direction=language_direction
-            )
-        with _as_compile_argument({"name": "dml_loss"}):  # the other arguments are the loss's own
-            dml_loss = _build_dml_loss(dml_loss)
+        refuse_keras_loss_and_metrics(kwargs)
+        language_weight, language_delay, weight_decay = language_guidance_numbers(
+            language_weight, language_delay, weight_decay)
+        self.language_matching = language_matching_loss(language_shift, language_temperature, language_direction)
+        dml_loss = dml_loss_of(dml_loss)
         super().compile(optimizer=optimizer, **kwargs)
         self._setup_loss_state(dml_loss, num_classes)
         self.language_weight = language_weight
-        self.language_delay = int(language_delay)
+        self.language_delay = language_delay
         self.weight_decay = weight_decay
 
     def _setup_loss_state(self, dml_loss: Any, num_classes: int | None) -> None:
@@ -197,17 +175,17 @@ class LanguageGuidedModel(keras.Model):
         with self.distribute_strategy.scope():
             dml_loss.setup(num_classes, embed_dim, feature_dim)
             self.dml_loss = dml_loss  # a tracked sub-layer: its variables train and are checkpointed
-            groups = loss_optimizers.loss_groups(self.optimizer, dml_loss)
+            groups = loss_groups(self.optimizer, dml_loss)
         self.loss_optimizers = [optimizer for optimizer, _ in groups]  # tracked: their slots are checkpointed
         self._loss_groups.value = groups
 
     def build_optimizers(self) -> None:
         """Create every optimizer's slots now (for a checkpoint restore that must match them all)."""
-        loss_optimizers.build_optimizers(self.optimizer, self._loss_groups.value, self.trainable_variables)
+        build_all_optimizers(self.optimizer, self._loss_groups.value, self.trainable_variables)
 
     def _apply_gradients(self, pairs: Sequence[tuple[tf.Tensor, tf.Variable]]) -> None:
-        """Apply (gradient, variable) pairs: the loss's learning-rate groups to their optimizers, the rest to ``optimizer``."""
-        loss_optimizers.apply_gradients(self.optimizer, self._loss_groups.value, pairs)
+        """Apply (gradient, variable) pairs: the loss's groups to their optimizers, the rest to ``optimizer``."""
+        apply_grouped_gradients(self.optimizer, self._loss_groups.value, pairs)
 
     def _undecayed(self) -> frozenset:
         """Refs of the variables that get no weight decay: the loss's own (the paper's code decays the network only)."""
@@ -407,40 +385,3 @@ class LanguageGuidedModel(keras.Model):
         config = dict(config)
         embedder = keras.layers.deserialize(config.pop("embedder"), custom_objects=custom_objects)
         return cls(embedder, **config)
-
-
-# LanguageMatchingLoss's parameters -> compile()'s names for them.
-_LANGUAGE_MATCHING_ARGUMENTS = {"shift": "language_shift", "temperature": "language_temperature",
-                                "direction": "language_direction"}
-
-
-@contextlib.contextmanager
-def _as_compile_argument(names: dict[str, str]) -> Iterator[None]:
-    """Re-raise an :class:`ArgumentError` about an argument in ``names`` as one about compile()'s name for it.
-
-    The message is kept; errors about other arguments (or none) pass unchanged.
-    """
-    try:
-        yield
-    except ArgumentError as error:
-        if argument_of(error) not in names:
-            raise
-        raise ArgumentError(str(error), argument=names[argument_of(error)]) from None
-
-
-def _build_dml_loss(dml_loss: str | dict[str, Any] | keras.losses.Loss) -> keras.losses.Loss:
-    """The DML loss compile()'s ``dml_loss`` names: a name, a dict for build_dml_loss, or a loss itself."""
-    if isinstance(dml_loss, str):
-        return build_dml_loss(dml_loss)
-    if isinstance(dml_loss, dict):
-        arguments = dict(dml_loss)
-        if "name" not in arguments:
-            raise ArgumentError(f"A dml_loss dict needs a 'name' key (for example 'multisimilarity'); got {dml_loss}.",
-                                argument="dml_loss")
-        return build_dml_loss(arguments.pop("name"), **arguments)
-    if not callable(getattr(dml_loss, "call", None)):
-        raise ArgumentError(
-            f"dml_loss must be a loss name, a dict for build_dml_loss or a TF-Similarity "
-            f"MetricLoss; got {dml_loss!r}.", argument="dml_loss"
-        )
-    return dml_loss

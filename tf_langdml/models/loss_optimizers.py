@@ -83,7 +83,9 @@ def loss_groups(optimizer: keras.optimizers.Optimizer, loss: Any) -> LossGroups:
             for index, group in enumerate(groups)]
 
 
-def build_optimizers(optimizer: keras.optimizers.Optimizer, groups: LossGroups, variables: Sequence[tf.Variable]) -> None:
+def build_all_optimizers(
+    optimizer: keras.optimizers.Optimizer, groups: LossGroups, variables: Sequence[tf.Variable]
+) -> None:
     """Create the slots of ``optimizer`` (for the ungrouped ``variables``) and of every group's optimizer."""
     grouped = set().union(*(refs for _, refs in groups)) if groups else set()
     optimizer.build([variable for variable in variables if variable.ref() not in grouped])
@@ -91,7 +93,7 @@ def build_optimizers(optimizer: keras.optimizers.Optimizer, groups: LossGroups, 
         own_optimizer.build([variable for variable in variables if variable.ref() in refs])
 
 
-def apply_gradients(
+def apply_grouped_gradients(
     optimizer: keras.optimizers.Optimizer, groups: LossGroups, pairs: Sequence[tuple[tf.Tensor, tf.Variable]]
 ) -> None:
     """Apply (gradient, variable) pairs: the groups' variables to their optimizers, the rest to ``optimizer``.

@@ -77,7 +77,8 @@ def forward_state(variables: Sequence[tf.Variable]) -> list[tuple[tf.Variable, t
     return [
         (variable, tf.identity(variable))
         for variable in variables
-        if variable.dtype.is_floating and getattr(variable, "synchronization", None) == tf.VariableSynchronization.ON_READ
+        if variable.dtype.is_floating
+        and getattr(variable, "synchronization", None) == tf.VariableSynchronization.ON_READ
     ]
 
 
