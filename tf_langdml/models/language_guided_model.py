@@ -309,6 +309,7 @@ class LanguageGuidedModel(keras.Model):
         of the train function, raises the error. A custom loop that calls ``train_step``
         in its own tf.function gets the ``InvalidArgumentError`` (its message contains
         ``tf_langdml-nonfinite [step loss dml_loss language_loss gradients_finite]``).
+        The guard's parts are in :mod:`tf_langdml.models.nonfinite`.
         """
         replicas = num_replicas()
         scaled_optimizer = isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer)
@@ -349,9 +350,9 @@ class LanguageGuidedModel(keras.Model):
 
             apply_unless_nonfinite(finite, report, saved, record, update)
             return {metric.name: metric.result() for metric in self.metrics}
-        else:
-            with tf.control_dependencies([assert_finite(finite, report, saved)]):  # MirroredStrategy carries it
-                self._apply_gradients(pairs)                                       # into merge_call
+        else:  # MirroredStrategy carries the Assert dependency into merge_call
+            with tf.control_dependencies([assert_finite(finite, report, saved)]):
+                self._apply_gradients(pairs)
                 return self._record(total, dml, language)
         return self._record(total, dml, language)
 
