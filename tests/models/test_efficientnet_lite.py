@@ -153,7 +153,7 @@ def test_classifier_takes_uint8_and_any_batch(lite0_classifier):
 
 def test_conversion_is_cached_and_atomic(tmp_path, monkeypatch):
     first = efficientnet_lite.efficientnet_lite0_imagenet_weights(include_top=False, cache=tmp_path, verbose=False)
-    monkeypatch.setattr(torch_legacy, "read_torch_legacy_state_dict", lambda path: pytest.fail("converted twice"))
+    monkeypatch.setattr(efficientnet_lite, "read_torch_legacy_state_dict", lambda path: pytest.fail("converted twice"))
     assert efficientnet_lite.efficientnet_lite0_imagenet_weights(include_top=False, cache=tmp_path, verbose=False) == first
 
 

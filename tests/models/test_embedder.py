@@ -8,7 +8,9 @@ import tensorflow as tf
 
 from helpers import tiny_backbone
 from tf_langdml import keras
+from tf_langdml.errors import argument_of
 from tf_langdml.models import FrozenStatisticsBatchNormalization, ImageNormalization, build_embedder
+from tf_langdml.models.embedder import embedder_with_feature_maps
 
 
 def _one_sgd_step(embedder, images):
@@ -102,6 +104,36 @@ def test_imagenet_weights_offline_names_the_local_alternative(tmp_path, monkeypa
     monkeypatch.setattr(data_utils, "urlretrieve", no_network)
     with pytest.raises(RuntimeError, match=r"pass weights='/path/to/resnet50_weights_tf_dim_ordering_tf_kernels_notop\.h5'"):
         build_embedder("resnet50", weights="imagenet", input_shape=(32, 32, 3))
+
+
+@pytest.mark.parametrize(
+    "arguments, argument",
+    [
+        ({"pooling": "mean"}, "pooling"),
+        ({"embed_dim": 0}, "embed_dim"),
+        ({"input_shape": (16, 16)}, "input_shape"),
+        ({"weights": "imagenet"}, "weights"),
+        ({"input_shape": (32, 32, 3)}, "input_shape"),  # the backbone takes (16, 16, 3)
+        ({"normalization": "zscore"}, "normalization"),
+    ],
+)
+def test_refusals_name_their_argument(arguments, argument):
+    with pytest.raises(ValueError) as info:
+        build_embedder(tiny_backbone(), **{"weights": None, "input_shape": (16, 16, 3), **arguments})
+    assert argument_of(info.value) == argument
+
+
+def test_the_feature_model_needs_a_named_global_pooling_layer():
+    embedder = build_embedder(tiny_backbone(), weights=None, embed_dim=4, input_shape=(16, 16, 3))
+    features = embedder_with_feature_maps(embedder)
+    feature_maps = tuple(embedder.get_layer("avg_pool").input.shape)
+    assert len(feature_maps) == 4
+    assert [tuple(output.shape) for output in features.outputs] == [(None, 4), feature_maps]
+    images = keras.Input((16, 16, 3))
+    plain = keras.Model(images, keras.layers.Flatten()(images), name="flat")
+    with pytest.raises(ValueError, match="has no global pooling layer named avg_pool or max_pool") as info:
+        embedder_with_feature_maps(plain)
+    assert argument_of(info.value) == "embedder"
 
 
 def test_bad_arguments_are_clear_errors():

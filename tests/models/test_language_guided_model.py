@@ -8,9 +8,10 @@ import tensorflow as tf
 
 from helpers import synthetic_problem, tiny_backbone, unit_rows
 from tf_langdml import keras
+from tf_langdml.errors import ArgumentError
 from tf_langdml.language import LanguageTable
 from tf_langdml.losses import build_dml_loss, language_matching_loss
-from tf_langdml.models import LanguageGuidedModel, build_embedder
+from tf_langdml.models import LanguageGuidedModel, build_embedder, compile_arguments
 
 
 def tiny_model(language_table=None, embed_dim=8, seed=0, **kwargs):
@@ -223,6 +224,60 @@ def test_bad_configuration_is_rejected_before_training():
         model.compile(metrics=["accuracy"])
     with pytest.raises(RuntimeError, match="Call compile"):
         LanguageGuidedModel(model.embedder).compute_losses((np.zeros((2, 16, 16, 3), "float32"), [0, 1]), False)
+
+
+@pytest.mark.parametrize(
+    "arguments, argument",
+    [
+        ({"language_weight": -1.0}, "language_weight"),
+        ({"language_delay": 1.5}, "language_delay"),
+        ({"weight_decay": float("nan")}, "weight_decay"),
+        ({"loss": "mse"}, "loss"),
+        ({"metrics": ["accuracy"]}, "metrics"),
+        ({"weighted_metrics": ["accuracy"]}, "weighted_metrics"),
+        ({"dml_loss": {"margin": 0.2}}, "dml_loss"),
+        ({"dml_loss": 3}, "dml_loss"),
+    ],
+)
+def test_compile_refusals_name_the_compile_argument(arguments, argument):
+    model = tiny_model(language_table_for(4))
+    with pytest.raises(ArgumentError) as info:
+        model.compile(**arguments)
+    assert info.value.argument == argument
+
+
+def test_table_index_refusal_names_its_argument():
+    with pytest.raises(ArgumentError, match="Unknown table_index 'class'") as info:
+        tiny_model(table_index="class")
+    assert info.value.argument == "table_index"
+
+
+def test_refusals_from_the_losses_come_out_under_compile_names(monkeypatch):
+    # The losses name their own parameters (shift, the loss name); compile() names its own
+    # (language_shift, dml_loss), which is what callers mapping arguments to config keys read.
+    def refusing(argument):
+        def build(*args, **kwargs):
+            raise ArgumentError(f"bad {argument}", argument=argument)
+
+        return build
+
+    model = tiny_model(language_table_for(4))
+    for own, compiles_as in [("shift", "language_shift"), ("temperature", "language_temperature"),
+                             ("direction", "language_direction")]:
+        monkeypatch.setattr(compile_arguments, "LanguageMatchingLoss", refusing(own))
+        with pytest.raises(ArgumentError, match=f"^bad {own}$") as info:
+            model.compile()
+        assert info.value.argument == compiles_as
+    monkeypatch.undo()
+    monkeypatch.setattr(compile_arguments, "build_dml_loss", refusing("name"))
+    for dml_loss in ("margin", {"name": "margin"}):
+        with pytest.raises(ArgumentError, match="^bad name$") as info:
+            model.compile(dml_loss=dml_loss)
+        assert info.value.argument == "dml_loss"
+    monkeypatch.setattr(compile_arguments, "build_dml_loss", refusing("beta_learning_rate"))
+    with pytest.raises(ArgumentError) as info:  # one of the loss's own arguments keeps its name
+        model.compile(dml_loss={"name": "margin", "beta_learning_rate": -1.0})
+    assert info.value.argument == "beta_learning_rate"
 
 
 def test_scaling_table_rows_does_not_change_the_loss():

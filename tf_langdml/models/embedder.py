@@ -1,5 +1,7 @@
 """The image embedder: backbone -> global pool -> Dense(embed_dim) -> L2 normalise."""
 
+from __future__ import annotations
+
 import os
 from collections.abc import Sequence
 
@@ -9,6 +11,7 @@ from tf_langdml.models.backbones import build_backbone, freeze_batchnorm_statist
 from tf_langdml.models.layers import NORMALIZATION_MODES, ImageNormalization, L2Normalize
 
 POOLINGS = ("avg", "max", "avg+max")
+POOL_LAYERS = ("avg_pool", "max_pool")  # the names _pool gives its global pooling layers
 
 
 def _pool(feature_maps, pooling):
@@ -81,7 +84,8 @@ def build_embedder(
         feature_extractor, default_normalization = build_backbone(backbone, weights, input_shape)
     normalization = default_normalization if normalization is None else normalization
     if normalization not in NORMALIZATION_MODES:
-        raise ValueError(f"Unknown normalization {normalization!r}; expected one of {list(NORMALIZATION_MODES)}.")
+        raise ArgumentError(f"Unknown normalization {normalization!r}; expected one of {list(NORMALIZATION_MODES)}.",
+                            argument="normalization")
     if freeze_bn_statistics:
         feature_extractor = freeze_batchnorm_statistics(feature_extractor)
 
@@ -89,11 +93,32 @@ def build_embedder(
     normalized = ImageNormalization(normalization, name="normalization")(images)
     feature_maps = feature_extractor(normalized)
     if len(feature_maps.shape) != 4:
-        raise ValueError(
+        raise ArgumentError(
             f"The backbone must output feature maps (batch, height, width, channels); got shape "
-            f"{feature_maps.shape}. Build it without its classification head."
+            f"{feature_maps.shape}. Build it without its classification head.", argument="backbone"
         )
     pooled = _pool(feature_maps, pooling)
     projected = keras.layers.Dense(int(embed_dim), name="projection")(pooled)
     embeddings = L2Normalize(name="l2_normalize")(projected)
     return keras.Model(images, embeddings, name=name)
+
+
+def embedder_with_feature_maps(embedder: keras.Model) -> keras.Model:
+    """A functional model over ``embedder``'s own layers: images -> (embeddings, backbone feature maps).
+
+    The feature maps are the input of its global pooling layer (:data:`POOL_LAYERS`), so
+    one forward pass gives both (what S2SD reads).
+    """
+    for name in POOL_LAYERS:
+        try:
+            pool = embedder.get_layer(name)
+        except ValueError:
+            continue
+        feature_maps = pool.input
+        if len(feature_maps.shape) == 4:
+            return keras.Model(embedder.inputs, [embedder.outputs[0], feature_maps], name=f"{embedder.name}_features")
+    raise ArgumentError(
+        f"The DML loss reads the backbone's feature maps, but the embedder {embedder.name!r} has no global pooling "
+        f"layer named {' or '.join(POOL_LAYERS)} (build it with tf_langdml.models.build_embedder).",
+        argument="embedder",
+    )

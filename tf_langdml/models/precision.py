@@ -15,7 +15,13 @@ bfloat16 has float32's exponent range, so gradients do not underflow.
 
 import contextlib
 import dataclasses
+import os
 import pathlib
+from collections.abc import Callable, Iterator
+
+import tensorflow as tf
+
+from tf_langdml._keras import keras
 
 from tf_langdml.errors import ArgumentError
 
@@ -40,7 +46,7 @@ class DeviceCapabilities:
     cpu_flags_source: str | None = "/proc/cpuinfo"
 
 
-def read_cpu_flags(path="/proc/cpuinfo"):
+def read_cpu_flags(path: str | os.PathLike = "/proc/cpuinfo") -> frozenset[str] | None:
     """The ``flags`` of the first processor in ``path`` (Linux); None when the file is absent or has none."""
     try:
         text = pathlib.Path(path).read_text(encoding="utf-8", errors="replace")
@@ -53,10 +59,8 @@ def read_cpu_flags(path="/proc/cpuinfo"):
     return None
 
 
-def probe_devices():
+def probe_devices() -> DeviceCapabilities:
     """The :class:`DeviceCapabilities` of this process (lists the GPUs: TensorFlow initialises them)."""
-    import tensorflow as tf
-
     gpus = []
     for device in tf.config.list_physical_devices("GPU"):
         try:
@@ -92,7 +96,7 @@ def _auto(capabilities):
                        f"(from {capabilities.cpu_flags_source}): bfloat16 would be emulated, slower than float32")
 
 
-def resolve_precision(name, probe=None):
+def resolve_precision(name: str, probe: Callable[[], DeviceCapabilities] | None = None) -> tuple[str, str]:
     """``(policy name, reason)`` for a precision setting.
 
     Args:
@@ -115,10 +119,8 @@ def resolve_precision(name, probe=None):
 
 
 @contextlib.contextmanager
-def precision_policy(policy):
+def precision_policy(policy: str) -> Iterator[None]:
     """Set the Keras global dtype policy to ``policy`` (a resolved name) inside the block, then restore the previous."""
-    from tf_langdml._keras import keras
-
     if policy not in POLICIES:
         raise ArgumentError(f"Unknown dtype policy {policy!r}; expected one of {list(POLICIES)} (resolve 'auto' "
                             "first).", argument="policy")

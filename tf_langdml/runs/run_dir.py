@@ -352,7 +352,7 @@ def latest_finite_checkpoint(manager):
 
 def refuse_nonfinite(variables, step, what):
     """NonFiniteLossError instead of writing ``what`` when a variable holds NaN or Inf."""
-    from tf_langdml.models.language_guided_model import NonFiniteLossError, nonfinite_variables
+    from tf_langdml.models.nonfinite import NonFiniteLossError, nonfinite_variables
 
     bad = nonfinite_variables(variables)
     if bad:

@@ -1,0 +1,118 @@
+"""Optimizers for a DML loss's own variables: one per learning-rate group (docs/dml_losses.md).
+
+β, proxies, class vectors and S2SD's heads train at their own learning rates. Each
+:class:`~tf_langdml.losses.base.LearningRateGroup` gets a fresh optimizer of the model
+optimizer's type and settings at the group's rate; the model's optimizer trains every
+other variable. A model holds the groups as ``[(optimizer, frozenset of variable refs)]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import tensorflow as tf
+
+from tf_langdml._keras import keras
+from tf_langdml.losses.base import LearningRateGroup, collect_learning_rate_groups
+
+LossGroups = list[tuple[keras.optimizers.Optimizer, frozenset]]
+
+
+@keras.utils.register_keras_serializable(package="tf_langdml")
+class ScaledLearningRate(keras.optimizers.schedules.LearningRateSchedule):
+    """A learning-rate schedule times a constant (a learning-rate group's multiplier on a scheduled base rate).
+
+    Args:
+        schedule: the base learning-rate schedule.
+        multiplier: the group's factor on it.
+    """
+
+    def __init__(self, schedule: keras.optimizers.schedules.LearningRateSchedule, multiplier: float) -> None:
+        self.schedule = schedule
+        self.multiplier = float(multiplier)
+
+    def __call__(self, step: tf.Tensor) -> tf.Tensor:
+        return self.schedule(step) * self.multiplier
+
+    def get_config(self) -> dict[str, Any]:
+        return {"schedule": keras.optimizers.schedules.serialize(self.schedule), "multiplier": self.multiplier}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ScaledLearningRate:
+        return cls(keras.optimizers.schedules.deserialize(config["schedule"]), config["multiplier"])
+
+
+def group_optimizer(
+    optimizer: keras.optimizers.Optimizer, group: LearningRateGroup, index: int
+) -> keras.optimizers.Optimizer:
+    """A fresh optimizer of ``optimizer``'s type and settings at ``group``'s learning rate.
+
+    A separate instance, not a gradient multiplier: Adam divides by the gradient's own
+    scale, so scaling a gradient would not change its step.
+
+    Args:
+        optimizer: the model's optimizer (a LossScaleOptimizer's inner optimizer is copied).
+        group: the variables and their learning rate (absolute, or a multiplier on the base rate).
+        index: the group's position, for the optimizer's name (``<name>_loss_group_<index>``).
+    """
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer's optimizer
+    config = inner.get_config()
+    base = getattr(inner, "_learning_rate", None)
+    if base is None:
+        base = inner.learning_rate
+    if group.learning_rate is not None:
+        rate = float(group.learning_rate)
+    elif isinstance(base, keras.optimizers.schedules.LearningRateSchedule):
+        rate = ScaledLearningRate(base, group.multiplier)
+    else:
+        rate = float(keras.backend.get_value(base)) * group.multiplier
+    config["learning_rate"] = rate
+    config["name"] = f"{config.get('name', 'optimizer')}_loss_group_{index}"
+    return type(inner).from_config(config)
+
+
+def loss_groups(optimizer: keras.optimizers.Optimizer, loss: Any) -> LossGroups:
+    """``[(optimizer, frozenset of variable refs)]``: one new optimizer per learning-rate group of ``loss``.
+
+    Call it under the model's distribution strategy (the optimizers' variables belong there);
+    a loss without groups (a TF-Similarity loss) gets none.
+    """
+    groups = collect_learning_rate_groups(loss)
+    return [(group_optimizer(optimizer, group, index), frozenset(variable.ref() for variable in group.variables))
+            for index, group in enumerate(groups)]
+
+
+def build_all_optimizers(
+    optimizer: keras.optimizers.Optimizer, groups: LossGroups, variables: Sequence[tf.Variable]
+) -> None:
+    """Create the slots of ``optimizer`` (for the ungrouped ``variables``) and of every group's optimizer."""
+    grouped = set().union(*(refs for _, refs in groups)) if groups else set()
+    optimizer.build([variable for variable in variables if variable.ref() not in grouped])
+    for own_optimizer, refs in groups:
+        own_optimizer.build([variable for variable in variables if variable.ref() in refs])
+
+
+def apply_grouped_gradients(
+    optimizer: keras.optimizers.Optimizer, groups: LossGroups, pairs: Sequence[tuple[tf.Tensor, tf.Variable]]
+) -> None:
+    """Apply (gradient, variable) pairs: the groups' variables to their optimizers, the rest to ``optimizer``.
+
+    Under loss scaling the model's LossScaleOptimizer skips a step whose unscaled
+    gradients overflowed; the groups' optimizers then get zero gradients instead of
+    NaN or Inf, so the loss's variables stay finite (their Adam moments decay one step).
+    """
+    if not groups:
+        optimizer.apply_gradients(pairs)
+        return
+    rest = [pair for pair in pairs if not any(pair[1].ref() in refs for _, refs in groups)]
+    if rest:
+        optimizer.apply_gradients(rest)
+    if isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer):
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(gradient)))
+                                for gradient, _ in pairs])
+        pairs = [(tf.where(finite, tf.convert_to_tensor(gradient), 0.0), variable) for gradient, variable in pairs]
+    for own_optimizer, refs in groups:
+        grouped = [pair for pair in pairs if pair[1].ref() in refs]
+        if grouped:
+            own_optimizer.apply_gradients(grouped)
