@@ -363,7 +363,7 @@ def _main(arguments, verbose):
         _pseudolabel(config, arguments.out)
     elif arguments.command == "export":
         _load_tensorflow(verbose)
-        from tf_langdml.export import export_run
+        from tf_langdml.runs.serving import export_run
 
         path = export_run(arguments.run, arguments.name, arguments.saved_models, arguments.version,
                           arguments.precision)
@@ -371,7 +371,7 @@ def _main(arguments, verbose):
         print(f"exported {path} (signatures serving_default, embed_images{computing})")
     elif arguments.command == "index":
         _load_tensorflow(verbose)
-        from tf_langdml.gallery import index_run
+        from tf_langdml.runs.serving import index_run
 
         path = index_run(arguments.run, arguments.gallery, arguments.name, arguments.saved_models,
                          arguments.version, arguments.add, arguments.batch_size,
