@@ -154,12 +154,13 @@ def pseudo_labels(language, split, encoder, batch_size, output_path=None, verbos
     ``policy``: the dtype policy the classifier computes in (the run's resolved ``training.precision``).
     """
     from tf_langdml.language import pseudo_label_table
+    from tf_langdml.models import classifier_fingerprint
 
     classifier = imagenet_classifier(language, policy)
     with config_keys(words=_LANGUAGE_WORDS):
         return pseudo_label_table(classifier, split, encoder, k=language.top_k, level=language.level,
                                   template=language.template, batch_size=batch_size, output_path=output_path,
-                                  verbose=bool(verbose))
+                                  verbose=bool(verbose), classifier_key=classifier_fingerprint(classifier))
 
 
 def language_table(language, split, encoder, batch_size, pseudo_labels_path=None, verbose=1, policy="float32"):
