@@ -315,7 +315,7 @@ def _main(arguments, verbose):
 
     if arguments.command == "demo":
         from tf_langdml.demo import demo_configs
-        from tf_langdml.runs.sweep import parse_seeds
+        from tf_langdml.runs.sweep_grid import parse_seeds
 
         seeds = None if arguments.seeds is None else parse_seeds(arguments.seeds)
         for seed in seeds or [None]:  # the config errors, before TensorFlow
@@ -334,7 +334,7 @@ def _main(arguments, verbose):
         metrics = train(config, verbose=0 if arguments.quiet else 1)
         print(json.dumps(metrics, indent=1, default=float))
     elif arguments.command == "sweep":
-        from tf_langdml.runs.sweep import sweep_from_arguments
+        from tf_langdml.runs.sweep_grid import sweep_from_arguments
 
         base_values, grid, seeds = sweep_from_arguments(arguments.config, arguments.set, arguments.grid,
                                                         arguments.seeds, arguments.metric, arguments.final,
