@@ -20,7 +20,7 @@ import tf_langdml  # isort: skip
 from tf_langdml import keras
 from tf_langdml.data import load_demo, make_train_dataset
 from tf_langdml.language import build_text_encoder, pseudo_label_table
-from tf_langdml.models import build_imagenet_classifier
+from tf_langdml.models import build_imagenet_classifier, classifier_fingerprint
 
 
 def main():
@@ -38,7 +38,7 @@ def main():
     with tempfile.TemporaryDirectory() as cache:
         start, cpu = time.perf_counter(), time.process_time()
         table, _ = pseudo_label_table(classifier, split, encoder, k=5, level="class", batch_size=args.batch_size,
-                                      cache_dir=cache, verbose=False)
+                                      cache_dir=cache, verbose=False, classifier_key=classifier_fingerprint(classifier))
         pseudo_seconds, pseudo_cpu = time.perf_counter() - start, time.process_time() - cpu
 
     embedder = tf_langdml.build_embedder(args.backbone, weights=weights, embed_dim=128,

@@ -31,8 +31,10 @@ import tf_langdml  # first: binds tf.keras to tf-keras before TensorFlow loads  
 import numpy as np
 import tensorflow as tf
 
-from tf_langdml.export import DEFAULT_CHUNK_ELEMENTS, Gallery, export_embedder
+from tf_langdml.export import export_embedder
+from tf_langdml.gallery import Gallery
 from tf_langdml.models import build_embedder
+from tf_langdml.top_k import DEFAULT_CHUNK_ELEMENTS
 
 
 def unit_rows(rng, count, dim):

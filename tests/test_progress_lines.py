@@ -156,7 +156,7 @@ def test_a_terminal_gets_keras_progress_bars(inputs):
         "from tf_langdml.cli import main\n"
         f"code = main(['train', *{set_arguments(train_overrides(folder, runs, 'terminal', inputs['encoder']))!r}])\n"
         "if code == 0:\n"
-        "    from tf_langdml.gallery import index_run\n"
+        "    from tf_langdml.runs.serving import index_run\n"
         f"    index_run({str(runs / 'terminal')!r}, {str(folder)!r}, 'terminal', "
         f"saved_models_dir={str(inputs['root'] / 'saved')!r}, batch_size=8, verbose=1)\n"
         "sys.exit(code)\n")
@@ -191,9 +191,9 @@ def test_index_prints_progress_over_the_gallery_when_piped(piped_run, inputs, ca
     assert [(int(match[1]), int(match[2])) for match in shown] == [(8, 16), (16, 33), (24, 50), (32, 66), (40, 83),
                                                                     (48, 100)]
     # Quiet: the same pass prints nothing (index_run(verbose=0) embeds through embed_split(verbose=0)).
-    from tf_langdml.gallery import gallery_split
     from tf_langdml.inference import embed_split
     from tf_langdml.runs.run_dir import restore_embedder
+    from tf_langdml.runs.serving import gallery_split
 
     config, embedder = restore_embedder(inputs["runs"] / "piped")
     split, _, _ = gallery_split(str(inputs["folder"]), config)
@@ -273,7 +273,7 @@ def test_index_quiet_passes_verbose_zero(monkeypatch, tmp_path, capsys):
         calls.append(verbose)
         raise FileNotFoundError("stop here")  # one line, exit 2: nothing is exported
 
-    monkeypatch.setattr("tf_langdml.gallery.index_run", index_run)
+    monkeypatch.setattr("tf_langdml.runs.serving.index_run", index_run)
     for flags in ([], ["--quiet"]):
         assert main(["index", "--run", str(tmp_path), "--gallery", "test", "--name", "x", *flags]) == 2
     assert calls == [1, 0]

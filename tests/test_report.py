@@ -338,7 +338,8 @@ def test_report_help_names_every_flag():
 @pytest.mark.slow
 def test_report_of_a_real_tiny_sweep(tmp_path, minilm_encoder):
     """Two points x one seed and the final run, trained (about 40 s of CPU); the page's numbers equal sweep.json."""
-    from tf_langdml.runs.sweep import parse_grid, run_sweep
+    from tf_langdml.runs.sweep import run_sweep
+    from tf_langdml.runs.sweep_grid import parse_grid
 
     folder = write_colour_folder(tmp_path / "images", num_classes=12, per_class=4)
     values = {

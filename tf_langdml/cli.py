@@ -315,7 +315,7 @@ def _main(arguments, verbose):
 
     if arguments.command == "demo":
         from tf_langdml.demo import demo_configs
-        from tf_langdml.runs.sweep import parse_seeds
+        from tf_langdml.runs.sweep_grid import parse_seeds
 
         seeds = None if arguments.seeds is None else parse_seeds(arguments.seeds)
         for seed in seeds or [None]:  # the config errors, before TensorFlow
@@ -334,7 +334,7 @@ def _main(arguments, verbose):
         metrics = train(config, verbose=0 if arguments.quiet else 1)
         print(json.dumps(metrics, indent=1, default=float))
     elif arguments.command == "sweep":
-        from tf_langdml.runs.sweep import sweep_from_arguments
+        from tf_langdml.runs.sweep_grid import sweep_from_arguments
 
         base_values, grid, seeds = sweep_from_arguments(arguments.config, arguments.set, arguments.grid,
                                                         arguments.seeds, arguments.metric, arguments.final,
@@ -363,7 +363,7 @@ def _main(arguments, verbose):
         _pseudolabel(config, arguments.out)
     elif arguments.command == "export":
         _load_tensorflow(verbose)
-        from tf_langdml.export import export_run
+        from tf_langdml.runs.serving import export_run
 
         path = export_run(arguments.run, arguments.name, arguments.saved_models, arguments.version,
                           arguments.precision)
@@ -371,7 +371,7 @@ def _main(arguments, verbose):
         print(f"exported {path} (signatures serving_default, embed_images{computing})")
     elif arguments.command == "index":
         _load_tensorflow(verbose)
-        from tf_langdml.gallery import index_run
+        from tf_langdml.runs.serving import index_run
 
         path = index_run(arguments.run, arguments.gallery, arguments.name, arguments.saved_models,
                          arguments.version, arguments.add, arguments.batch_size,

@@ -20,7 +20,7 @@ import time
 from tf_langdml.cache import write_json
 from tf_langdml.runs.progress import RunProgress, format_duration
 from tf_langdml.runs.schema import apply_overrides, config_from_dict, read_yaml
-from tf_langdml.runs.sweep import _mean_std, paired_differences
+from tf_langdml.runs.sweep_table import _mean_std, paired_differences
 
 # The demo's base config: package data, the one copy (configs/demo.yaml links to it).
 DEMO_CONFIG = pathlib.Path(__file__).resolve().parent / "runs" / "demo.yaml"

@@ -9,10 +9,10 @@
   in [0, 255] -> ``embeddings``;
 - ``assets/tf_langdml_export.json``: embed_dim, image size, the preprocessing, the
   precision, the training split's class names and the run's config when given;
-- with a :class:`Gallery` (``tf-langdml index``): the gallery as variables and the
+- with a :class:`~tf_langdml.gallery.Gallery` (``tf-langdml index``): the gallery as variables and the
   signatures ``search`` (``images`` + ``k`` -> top-k ``item_ids``, ``class_names``,
   cosine ``scores``, gallery row ``indices``) and ``search_embeddings`` (``embeddings`` +
-  ``k`` -> the same), exact, by :func:`top_k_in_chunks`.
+  ``k`` -> the same), exact, by :func:`~tf_langdml.top_k.top_k_in_chunks`.
 
 ``precision="mixed_bfloat16"`` exports a copy of the embedder whose layers compute in
 bfloat16 (variables stay float32); every signature still takes and returns float32.
@@ -26,19 +26,25 @@ one still being written is kept). A batch of zero images never reaches the netwo
 The text encoder and the language table are training-time only and are not exported.
 """
 
-import dataclasses
+from __future__ import annotations
+
 import json
+import os
 import pathlib
 import shutil
+import typing
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from tf_langdml._keras import keras
 from tf_langdml.cache import atomic_directory, remove_dead_partials
 from tf_langdml.data.preprocessing import (
     DEFAULT_BACKGROUND,
     DEFAULT_MAX_PIXELS,
     UNKNOWN,
+    Background,
     decode_rgb,
     eval_preprocess,
     eval_resize,
@@ -46,10 +52,14 @@ from tf_langdml.data.preprocessing import (
     image_format,
     parse_background,
 )
+from tf_langdml.models.layers import L2Normalize
+from tf_langdml.top_k import DEFAULT_CHUNK_ELEMENTS, top_k_in_chunks
+
+if typing.TYPE_CHECKING:
+    from tf_langdml.gallery import Gallery
 
 ASSET_NAME = "tf_langdml_export.json"
 PRECISIONS = ("float32", "mixed_bfloat16")  # Keras policy names: what the exported embedder computes in
-DEFAULT_CHUNK_ELEMENTS = 4 * 1024 * 1024  # scores held per gallery chunk by the search signatures (16 MB float32)
 
 
 def _surviving(dataset, spec):
@@ -62,7 +72,7 @@ _ROW_PROBLEMS = ("", "empty string (0 bytes)", "not a JPEG, PNG, GIF or BMP imag
                  "the header declares more than max_pixels = {} pixels (not decoded)", "corrupt or truncated image data")
 
 
-def bad_image_rows_message(images, decodable, max_pixels=DEFAULT_MAX_PIXELS):
+def bad_image_rows_message(images: tf.Tensor, decodable: tf.Tensor, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tf.Tensor:
     """'row 1: <why>; row 4: <why>' for each row of ``images`` (encoded, (B,)) that is not ``decodable`` (B,).
 
     Reasons, read from the bytes alone without decoding: an empty string, data that
@@ -171,55 +181,6 @@ class _EmbedderModule(tf.Module):
         return {"embeddings": self._embed(self._decode_batch(images))}
 
 
-def top_k_in_chunks(queries, gallery, k, chunk_elements=DEFAULT_CHUNK_ELEMENTS):
-    """Exact top-``k`` inner products of ``queries`` (B, D) against ``gallery`` (N, D): (scores, indices) (B, k).
-
-    The gallery is scanned in chunks of rows sized so that one chunk's score matrix
-    holds about ``chunk_elements`` values (at least 1024 rows); after each chunk the
-    running top-k and the chunk's own top-k are merged. Nothing larger than one
-    chunk's (B, chunk) scores exists at a time (the loop runs its iterations one after
-    another). Equal scores rank the lower gallery index first, as one stable
-    descending sort of all N scores would. ``k`` must be in 1..N (a graph assertion
-    names both otherwise). Zero queries answer (0, k) without a matmul or a loop. Plain
-    TensorFlow ops only (stock TF Serving runs it).
-    """
-    queries = tf.convert_to_tensor(queries, tf.float32)
-    k = tf.cast(k, tf.int32)
-    count = tf.shape(gallery)[0]
-    check = tf.debugging.Assert((k >= 1) & (k <= count), [tf.strings.format(
-        "k must be between 1 and the number of gallery items; got k = {} for a gallery of {} items.", (k, count))])
-    with tf.control_dependencies([check]):
-        batch = tf.shape(queries)[0]
-    return tf.cond(batch > 0, lambda: _scan_in_chunks(queries, gallery, k, chunk_elements),
-                   lambda: (tf.zeros([0, k], tf.float32), tf.zeros([0, k], tf.int32)))
-
-
-def _scan_in_chunks(queries, gallery, k, chunk_elements):
-    """:func:`top_k_in_chunks` for a batch of at least one query, ``k`` already checked."""
-    count = tf.shape(gallery)[0]
-    batch = tf.shape(queries)[0]
-    chunk = tf.maximum(tf.cast(chunk_elements, tf.int32) // tf.maximum(batch, 1), 1024)
-    num_chunks = (count + chunk - 1) // chunk
-
-    def scan(index, values, indices):
-        start = index * chunk
-        rows = gallery[start:start + chunk]
-        chunk_values, chunk_indices = tf.math.top_k(tf.matmul(queries, rows, transpose_b=True),
-                                                    tf.minimum(k, tf.shape(rows)[0]))
-        # Earlier chunks first: top_k puts the lower position first among equal values.
-        values = tf.concat([values, chunk_values], axis=1)
-        indices = tf.concat([indices, chunk_indices + start], axis=1)
-        values, kept = tf.math.top_k(values, tf.minimum(k, tf.shape(values)[1]))
-        return index + 1, values, tf.gather(indices, kept, batch_dims=1)
-
-    _, values, indices = tf.while_loop(
-        lambda index, values, indices: index < num_chunks, scan,
-        (tf.constant(0), tf.zeros([batch, 0], tf.float32), tf.zeros([batch, 0], tf.int32)),
-        shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None]), tf.TensorShape([None, None])),
-        parallel_iterations=1)
-    return values, indices
-
-
 class _GalleryModule(_EmbedderModule):
     """The embedder's module plus a gallery (unit embeddings, item ids, class names) and the search signatures."""
 
@@ -279,63 +240,16 @@ class _GalleryModule(_EmbedderModule):
         return self._neighbours(self._unit_queries(embeddings), k)
 
 
-def next_version(model_dir):
+def next_version(model_dir: str | os.PathLike) -> int:
     """1 + the largest integer version folder in ``model_dir`` (1 when there is none)."""
     model_dir = pathlib.Path(model_dir)
-    versions = [int(path.name) for path in model_dir.iterdir() if path.is_dir() and path.name.isdigit()] if model_dir.exists() else []
+    versions = ([int(path.name) for path in model_dir.iterdir() if path.is_dir() and path.name.isdigit()]
+                if model_dir.exists() else [])
     return max(versions, default=0) + 1
 
 
-@dataclasses.dataclass(frozen=True)
-class Gallery:
-    """Items a ``search`` signature returns: unit embeddings (N, D) float32, item ids and class names (N,) str.
-
-    Item ids must be unique (they name what was found); the embeddings are
-    L2-normalised here (rows already of unit length within 1e-6 are kept as they are),
-    so scores are cosine similarities.
-    """
-
-    embeddings: np.ndarray
-    item_ids: np.ndarray
-    class_names: np.ndarray
-
-    def __post_init__(self):
-        embeddings = np.asarray(self.embeddings, np.float32)
-        item_ids = np.asarray(self.item_ids, dtype=object).astype(str)
-        class_names = np.asarray(self.class_names, dtype=object).astype(str)
-        if embeddings.ndim != 2 or embeddings.shape[0] == 0:
-            raise ValueError(f"gallery embeddings must be a non-empty (N, D) array; got shape {embeddings.shape}.")
-        if not np.all(np.isfinite(embeddings)):
-            raise ValueError("gallery embeddings contain NaN or Inf.")
-        if item_ids.shape != (embeddings.shape[0],) or class_names.shape != (embeddings.shape[0],):
-            raise ValueError(f"{embeddings.shape[0]} gallery embeddings but {item_ids.shape} item ids and "
-                             f"{class_names.shape} class names; give one of each per item.")
-        unique, counts = np.unique(item_ids, return_counts=True)
-        if unique.size != item_ids.size:
-            repeated = [str(item) for item in unique[counts > 1]]
-            raise ValueError(f"{len(repeated)} gallery item id(s) occur more than once, e.g. {repeated[:5]}; "
-                             "item ids name what a search finds, so each must be unique.")
-        # Rows already of unit length (within 1e-6) are kept bit for bit, so a gallery read back is unchanged.
-        norms = np.linalg.norm(embeddings.astype(np.float64), axis=1, keepdims=True)
-        unit = np.abs(norms - 1) <= 1e-6
-        embeddings = np.where(unit, embeddings, embeddings / np.maximum(norms, 1e-12)).astype(np.float32)
-        object.__setattr__(self, "embeddings", embeddings)
-        object.__setattr__(self, "item_ids", item_ids)
-        object.__setattr__(self, "class_names", class_names)
-
-    def __len__(self):
-        return self.embeddings.shape[0]
-
-    def concatenate(self, other: "Gallery") -> "Gallery":
-        """This gallery's items followed by ``other``'s (same embedding size, no repeated item id)."""
-        if other.embeddings.shape[1] != self.embeddings.shape[1]:
-            raise ValueError(f"cannot add {other.embeddings.shape[1]}-d items to a {self.embeddings.shape[1]}-d gallery.")
-        return Gallery(np.concatenate([self.embeddings, other.embeddings]),
-                       np.concatenate([self.item_ids, other.item_ids]),
-                       np.concatenate([self.class_names, other.class_names]))
-
-
-def _check_precision(precision):
+def check_precision(precision: str) -> None:
+    """Refuse a precision exports do not offer (ValueError naming the ones they do)."""
     if precision == "mixed_float16":
         raise ValueError("precision='mixed_float16' is not offered for exports: float16's 5-bit exponent overflows "
                          "above 65504 where float32 activations do not, and float16 exports are not tested; use "
@@ -344,17 +258,15 @@ def _check_precision(precision):
         raise ValueError(f"Unknown precision {precision!r}; expected one of {list(PRECISIONS)}.")
 
 
-def _layers(model):
+def _layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
     """Every layer of ``model``, nested models' layers included (the nested models too)."""
-    from tf_langdml._keras import keras
-
     for layer in model.layers:
         yield layer
         if isinstance(layer, keras.Model):
             yield from _layers(layer)
 
 
-def with_precision(embedder, precision):
+def with_precision(embedder: keras.Model, precision: str) -> keras.Model:
     """``embedder`` computing under the Keras policy ``precision`` ("float32" or "mixed_bfloat16"), same weights.
 
     The embedder itself when all its layers already compute as asked (the float32
@@ -365,10 +277,7 @@ def with_precision(embedder, precision):
     input layers keep their float32 input, and :class:`~tf_langdml.models.layers.L2Normalize`
     stays float32 (it normalises in float32 under any policy), so the outputs are float32.
     """
-    from tf_langdml._keras import keras
-    from tf_langdml.models.layers import L2Normalize
-
-    _check_precision(precision)
+    check_precision(precision)
     compute_dtype = "float32" if precision == "float32" else "bfloat16"
 
     def wanted(layer):
@@ -397,9 +306,13 @@ def with_precision(embedder, precision):
     return copy
 
 
-def export_embedder(embedder, model_dir, version=None, class_names=None, config=None, image_size=None,
-                    background=DEFAULT_BACKGROUND, max_pixels=DEFAULT_MAX_PIXELS, gallery=None,
-                    gallery_source=None, chunk_elements=DEFAULT_CHUNK_ELEMENTS, precision="float32"):
+def export_embedder(
+    embedder: keras.Model, model_dir: str | os.PathLike, version: int | None = None,
+    class_names: Sequence[str] | None = None, config: dict | None = None, image_size: int | None = None,
+    background: Background = DEFAULT_BACKGROUND, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    gallery: Gallery | None = None, gallery_source: object = None, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    precision: str = "float32",
+) -> pathlib.Path:
     """Write ``<model_dir>/<version>/`` (next integer when ``version`` is None); return its path.
 
     ``background`` and ``max_pixels`` are the decoding of the training run (its
@@ -407,11 +320,11 @@ def export_embedder(embedder, model_dir, version=None, class_names=None, config=
     transparent pixels onto the same colour and refuses the same images, and the
     assets record both.
 
-    With a :class:`Gallery`, the export also holds the gallery (as variables) and two
+    With a :class:`~tf_langdml.gallery.Gallery`, the export also holds the gallery (as variables) and two
     more signatures, ``search`` (encoded images + k) and ``search_embeddings``
     (embeddings + k), each returning the top-k ``item_ids``, ``class_names``, cosine
     ``scores`` and gallery row ``indices``, computed exactly by
-    :func:`top_k_in_chunks` with ``chunk_elements``. ``gallery_source`` (any JSON
+    :func:`~tf_langdml.top_k.top_k_in_chunks` with ``chunk_elements``. ``gallery_source`` (any JSON
     value, e.g. the folders indexed) is recorded in the assets.
 
     ``precision``: ``"float32"`` (default) or ``"mixed_bfloat16"``, the Keras policy the
@@ -432,7 +345,7 @@ def export_embedder(embedder, model_dir, version=None, class_names=None, config=
                          f"outputs {embed_dim}; index the gallery with this embedder.")
     if int(chunk_elements) < 1:
         raise ValueError(f"chunk_elements must be a positive number of scores; got {chunk_elements}.")
-    _check_precision(precision)
+    check_precision(precision)
     background = parse_background(background)
     model_dir = pathlib.Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -510,23 +423,3 @@ def export_embedder(embedder, model_dir, version=None, class_names=None, config=
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return final
-
-
-def train_class_names(run_dir):
-    """The training classes a run directory recorded (``train_class_names.json``), or None."""
-    names_file = pathlib.Path(run_dir) / "train_class_names.json"
-    return json.loads(names_file.read_text()) if names_file.exists() else None
-
-
-def export_run(run_dir, name, saved_models_dir="saved_models", version=None, precision="float32"):
-    """Export a finished run directory's embedder to ``<saved_models_dir>/<name>/<version>/`` (``precision``: as
-    :func:`export_embedder`)."""
-    from tf_langdml.runs.run_dir import restore_embedder
-    from tf_langdml.runs.schema import config_to_dict
-
-    run_dir = pathlib.Path(run_dir)
-    config, embedder = restore_embedder(run_dir)
-    class_names = train_class_names(run_dir)
-    return export_embedder(embedder, pathlib.Path(saved_models_dir) / name, version, class_names,
-                           config_to_dict(config), config.data.image_size, config.data.background,
-                           config.data.max_pixels, precision=precision)

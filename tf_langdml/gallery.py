@@ -1,29 +1,82 @@
-"""Searchable exports: index a gallery with a run's embedder, then query the SavedModel (docs/export.md).
+"""Galleries and searching them: the items of a searchable export, reading one back, querying it (docs/export.md).
 
-``index_run(run, gallery, name)`` embeds a gallery (an image folder, or a split of the
-run's own dataset) with a finished run's embedder and exports
-``saved_models/<name>/<version>/`` holding the embedder, the gallery and the ``search``
-signatures (:func:`tf_langdml.export.export_embedder`). With ``add=True`` the latest
-version's items are kept and the new ones appended, in a new version.
+- :class:`Gallery`: the items a ``search`` signature returns (unit embeddings, item
+  ids, class names);
+- :func:`folder_items`: the images of a gallery folder ``<folder>/<class>/<images>``;
+- :func:`latest_version`, :func:`read_gallery`: an exported version and the gallery it holds;
+- :func:`search_saved_model`: the top-k items of images through an export's ``search``
+  signature. It needs only the SavedModel: no run, no config, no training code.
 
-``search_saved_model(model, images, k)`` needs only the SavedModel: no run, no config,
-no training code.
+The exact top-k the signatures compute is :func:`tf_langdml.top_k.top_k_in_chunks`;
+writing an export is :func:`tf_langdml.export.export_embedder`. Indexing a run's
+gallery (which reads a run directory) is :func:`tf_langdml.runs.serving.index_run`.
+Nothing here reads a run directory or imports :mod:`tf_langdml.runs`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
-import sys
 import warnings
 from collections.abc import Sequence
 
 import numpy as np
+import tensorflow as tf
 
-from tf_langdml.export import ASSET_NAME, Gallery
+from tf_langdml.data.image_folder import IMAGE_EXTENSIONS, SkippedFilesWarning, not_regular_summary, scan_folder
+from tf_langdml.data.preprocessing import read_regular_file
+from tf_langdml.export import ASSET_NAME
 
-SPLIT_NAMES = ("train", "test", "validation")
+
+@dataclasses.dataclass(frozen=True)
+class Gallery:
+    """Items a ``search`` signature returns: unit embeddings (N, D) float32, item ids and class names (N,) str.
+
+    Item ids must be unique (they name what was found); the embeddings are
+    L2-normalised here (rows already of unit length within 1e-6 are kept as they are),
+    so scores are cosine similarities.
+    """
+
+    embeddings: np.ndarray
+    item_ids: np.ndarray
+    class_names: np.ndarray
+
+    def __post_init__(self) -> None:
+        embeddings = np.asarray(self.embeddings, np.float32)
+        item_ids = np.asarray(self.item_ids, dtype=object).astype(str)
+        class_names = np.asarray(self.class_names, dtype=object).astype(str)
+        if embeddings.ndim != 2 or embeddings.shape[0] == 0:
+            raise ValueError(f"gallery embeddings must be a non-empty (N, D) array; got shape {embeddings.shape}.")
+        if not np.all(np.isfinite(embeddings)):
+            raise ValueError("gallery embeddings contain NaN or Inf.")
+        if item_ids.shape != (embeddings.shape[0],) or class_names.shape != (embeddings.shape[0],):
+            raise ValueError(f"{embeddings.shape[0]} gallery embeddings but {item_ids.shape} item ids and "
+                             f"{class_names.shape} class names; give one of each per item.")
+        unique, counts = np.unique(item_ids, return_counts=True)
+        if unique.size != item_ids.size:
+            repeated = [str(item) for item in unique[counts > 1]]
+            raise ValueError(f"{len(repeated)} gallery item id(s) occur more than once, e.g. {repeated[:5]}; "
+                             "item ids name what a search finds, so each must be unique.")
+        # Rows already of unit length (within 1e-6) are kept bit for bit, so a gallery read back is unchanged.
+        norms = np.linalg.norm(embeddings.astype(np.float64), axis=1, keepdims=True)
+        unit = np.abs(norms - 1) <= 1e-6
+        embeddings = np.where(unit, embeddings, embeddings / np.maximum(norms, 1e-12)).astype(np.float32)
+        object.__setattr__(self, "embeddings", embeddings)
+        object.__setattr__(self, "item_ids", item_ids)
+        object.__setattr__(self, "class_names", class_names)
+
+    def __len__(self) -> int:
+        return self.embeddings.shape[0]
+
+    def concatenate(self, other: Gallery) -> Gallery:
+        """This gallery's items followed by ``other``'s (same embedding size, no repeated item id)."""
+        if other.embeddings.shape[1] != self.embeddings.shape[1]:
+            raise ValueError(f"cannot add {other.embeddings.shape[1]}-d items to a {self.embeddings.shape[1]}-d gallery.")
+        return Gallery(np.concatenate([self.embeddings, other.embeddings]),
+                       np.concatenate([self.item_ids, other.item_ids]),
+                       np.concatenate([self.class_names, other.class_names]))
 
 
 def folder_items(root: str | os.PathLike) -> tuple[list[str], list[str], list[str]]:
@@ -37,8 +90,6 @@ def folder_items(root: str | os.PathLike) -> tuple[list[str], list[str], list[st
     are not UTF-8 are left out; one warning counts them by kind and lists those names.
     Links to folders below a class folder are not followed (a link back up would loop).
     """
-    from tf_langdml.data.image_folder import IMAGE_EXTENSIONS, not_regular_summary, scan_folder
-
     root = pathlib.Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"Gallery folder {str(root)!r} does not exist; expected <folder>/<class>/<images>, "
@@ -65,58 +116,12 @@ def folder_items(root: str | os.PathLike) -> tuple[list[str], list[str], list[st
                     ids.append(pathlib.Path(path).relative_to(root).as_posix())
                     classes.append(os.path.basename(class_folder))
     if others:
-        from tf_langdml.data.image_folder import SkippedFilesWarning
-
         warnings.warn(f"Skipped {sum(map(len, others.values()))} entr(ies) under gallery folder {str(root)!r}: "
                       f"{not_regular_summary(others, str(root))}.", SkippedFilesWarning, stacklevel=2)
     if not paths:
         raise ValueError(f"Gallery folder {str(root)!r} has no image in any <class>/ sub-folder "
                          f"({', '.join(IMAGE_EXTENSIONS)}).")
     return paths, ids, classes
-
-
-def gallery_split(gallery: str, config):
-    """(:class:`~tf_langdml.data.Split`, item ids, description) of a gallery folder or a split name of ``config``'s data.
-
-    Folder images that cannot be decoded are skipped with a warning that names them.
-    """
-    from tf_langdml.data.class_names import clean_class_name
-    from tf_langdml.data.image_folder import SkippedFilesWarning, display_path, unreadable_images
-    from tf_langdml.data.preprocessing import source_formats
-    from tf_langdml.data.splits import Split
-
-    data = config.data
-    if gallery in SPLIT_NAMES and not pathlib.Path(gallery).is_dir():
-        from tf_langdml.runs import builders
-
-        splits = builders.dataset(data)
-        split = {"train": splits.train_split, "test": splits.test_split, "validation": splits.validation_split}[gallery]
-        if split is None:
-            raise ValueError(f"The run's dataset has no {gallery} split (data.validation_fraction is 0); "
-                             "index 'train' or 'test', or a folder.")
-        if split.from_files:
-            base = os.path.commonpath([os.path.dirname(os.path.dirname(str(path))) for path in split.sources])
-            ids = [pathlib.Path(os.path.relpath(str(path), base)).as_posix() for path in split.sources]
-        else:
-            ids = [f"{gallery}/{index:07d}" for index in range(len(split.labels))]
-        return split, ids, {"split": gallery, "dataset": data.dataset}
-    paths, ids, classes = folder_items(gallery)
-    bad = set(unreadable_images(paths, data.max_pixels))
-    if bad:
-        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        warnings.warn(f"Skipped {len(bad)} gallery image(s) that cannot be decoded (corrupt, truncated or larger than "
-                      f"data.max_pixels), e.g. {', '.join(display_path(path, gallery) for path in sorted(bad)[:5])}"
-                      f"{more}.", SkippedFilesWarning, stacklevel=2)
-        kept = [index for index, path in enumerate(paths) if path not in bad]
-        paths, ids, classes = [paths[i] for i in kept], [ids[i] for i in kept], [classes[i] for i in kept]
-        if not paths:
-            raise ValueError(f"No image in gallery folder {gallery!r} can be decoded.")
-    folders, labels = np.unique(np.asarray(classes), return_inverse=True)
-    split = Split(sources=np.asarray(paths, dtype=object).astype(str), labels=labels.astype(np.int64),
-                  class_names=tuple(clean_class_name(folder) for folder in folders),
-                  raw_class_names=tuple(folders), from_files=True, background=data.background,
-                  max_pixels=data.max_pixels, formats=source_formats(paths))
-    return split, ids, {"folder": str(pathlib.Path(gallery).resolve())}
 
 
 def latest_version(model_dir: str | os.PathLike) -> pathlib.Path:
@@ -135,9 +140,7 @@ def latest_version(model_dir: str | os.PathLike) -> pathlib.Path:
 
 
 def read_gallery(version_dir: str | os.PathLike) -> tuple[Gallery, dict]:
-    """(the :class:`~tf_langdml.export.Gallery`, the assets JSON) of an exported version that holds one."""
-    import tensorflow as tf
-
+    """(the :class:`Gallery`, the assets JSON) of an exported version that holds one."""
     version_dir = pathlib.Path(version_dir)
     metadata = json.loads((version_dir / "assets" / ASSET_NAME).read_text(encoding="utf-8"))
     if "gallery" not in metadata:
@@ -153,72 +156,15 @@ def read_gallery(version_dir: str | os.PathLike) -> tuple[Gallery, dict]:
     return Gallery(read("gallery_embeddings"), read("gallery_item_ids", True), read("gallery_class_names", True)), metadata
 
 
-def index_run(run_dir, gallery: str, name: str, saved_models_dir="saved_models", version=None, add=False,
-              batch_size=None, verbose=1, precision="float32") -> pathlib.Path:
-    """Embed ``gallery`` with the run's embedder and export ``<saved_models_dir>/<name>/<version>/`` with search.
-
-    ``gallery``: an image folder (``<folder>/<class>/<images>``, any depth below the
-    class folder) or ``train`` / ``test`` / ``validation``, a split of the run's own
-    dataset. With ``add``, the latest version's gallery comes first and the new items
-    are appended; that version must have been indexed from the same run's config, and
-    an item id present in both is an error. Nothing is written until every item is
-    embedded; the new version appears whole or not at all. ``precision``
-    (``"float32"`` or ``"mixed_bfloat16"``) is what the exported embedder computes in
-    (:func:`tf_langdml.export.export_embedder`); the gallery is embedded in float32
-    either way. ``verbose``: a line naming the gallery before its images are checked,
-    then progress over the images as they are embedded (a Keras bar on a terminal, a
-    line per tenth on stderr otherwise; :class:`tf_langdml.inference.ImageProgress`).
-    """
-    from tf_langdml.export import _check_precision, export_embedder, train_class_names
-    from tf_langdml.inference import embed_split
-    from tf_langdml.runs.run_dir import restore_embedder
-    from tf_langdml.runs.schema import config_to_dict
-
-    _check_precision(precision)  # before any embedding work
-    run_dir = pathlib.Path(run_dir)
-    config, embedder = restore_embedder(run_dir)
-    config_values = config_to_dict(config)
-    model_dir = pathlib.Path(saved_models_dir) / name
-    previous, sources = None, []
-    if add:
-        previous_dir = latest_version(model_dir)
-        previous, metadata = read_gallery(previous_dir)
-        if metadata.get("config") != json.loads(json.dumps(config_values)):
-            raise ValueError(f"{previous_dir} was indexed with another run's embedder or config; adding items embedded "
-                             f"by {run_dir} would mix two embedding spaces. Index everything into a new --name instead.")
-        sources = list(metadata["gallery"].get("source") or [])
-    if verbose:  # folder images are all decoded once (to skip broken ones) before they are embedded
-        print(f"tf_langdml: indexing gallery {str(gallery)!r} with the embedder of {str(run_dir)!r}.",
-              file=sys.stderr, flush=True)
-    split, ids, description = gallery_split(gallery, config)
-    if previous is not None:
-        repeated = sorted(set(previous.item_ids) & set(ids))
-        if repeated:
-            raise ValueError(f"{len(repeated)} item id(s) of {gallery!r} are already in {previous_dir}, e.g. "
-                             f"{repeated[:5]}; add only new items (or index everything into a new --name).")
-    embeddings = embed_split(embedder, split, batch_size or config.evaluation.batch_size, config.data.image_size,
-                             verbose=verbose)
-    items = Gallery(embeddings, ids, [split.class_names[label] for label in split.labels])
-    if previous is not None:
-        items = previous.concatenate(items)
-    class_names = train_class_names(run_dir)
-    return export_embedder(embedder, model_dir, version, class_names, config_values, config.data.image_size,
-                           config.data.background, config.data.max_pixels, gallery=items,
-                           gallery_source=sources + [{**description, "items": len(ids), "run": str(run_dir.resolve())}],
-                           precision=precision)
-
-
-def search_saved_model(model, images: Sequence[str | os.PathLike | bytes], k: int = 5) -> list[list[dict]]:
+def search_saved_model(
+    model: str | os.PathLike | tf.Module, images: Sequence[str | os.PathLike | bytes], k: int = 5
+) -> list[list[dict]]:
     """Top-``k`` gallery items of each image through an export's ``search`` signature.
 
     ``model``: ``saved_models/<name>`` (its latest version) or a version folder, or a
     loaded SavedModel. ``images``: file paths or encoded bytes. Returns one list per
     image of ``{"rank", "item_id", "class_name", "score"}`` (rank 1 = nearest).
     """
-    import tensorflow as tf
-
-    from tf_langdml.data.preprocessing import read_regular_file
-
     # Read before the model loads: a FIFO or a link to /dev/zero is refused unopened, never waited on or read forever.
     encoded = [image if isinstance(image, bytes) else read_regular_file(image) for image in images]
     if isinstance(model, (str, os.PathLike)):

@@ -12,15 +12,14 @@ import sys
 import time
 import typing
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
 
 from tf_langdml._keras import keras
-
-if typing.TYPE_CHECKING:
-    from tf_langdml.data.splits import Split
+from tf_langdml.data.splits import Split, make_eval_dataset
+from tf_langdml.durations import format_duration
 
 _TRACED = weakref.WeakKeyDictionary()  # model -> its traced forward pass
 
@@ -58,8 +57,6 @@ def inference_outputs(model: keras.Model, images: tf.Tensor | np.ndarray) -> tf.
 
 def progress_line(done: int, total: int, seconds: float, action: str = "embedded") -> str:
     """``embedded 1,280 / 12,800 images (10 %), 57 s elapsed``: the piped progress line of an image pass."""
-    from tf_langdml.runs.progress import format_duration
-
     percent = 100 * done // total if total else 100
     return f"{action} {done:,} / {total:,} images ({percent} %), {format_duration(seconds)} elapsed"
 
@@ -73,7 +70,7 @@ class ImageProgress:
     """
 
     def __init__(self, total: int, batch_size: int, action: str = "embedded", terminal: bool | None = None,
-                 stream=None, clock=time.monotonic):
+                 stream: typing.TextIO | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.total, self.batch_size, self.action = int(total), int(batch_size), action
         self.terminal = sys.stdout.isatty() if terminal is None else terminal
         self.stream, self.clock, self.started = stream, clock, clock()
@@ -100,8 +97,6 @@ def forward_batches(
 
     ``verbose``: 0 silent; 1 progress (:class:`ImageProgress`; ``action`` is its verb).
     """
-    from tf_langdml.data.splits import make_eval_dataset
-
     dataset = make_eval_dataset(split, batch_size, image_size=image_size)
     progress = ImageProgress(len(split.labels), batch_size, action) if verbose and len(split.labels) else None
     done = 0
@@ -113,7 +108,9 @@ def forward_batches(
             progress.update(done)
 
 
-def embed_split(model: keras.Model, split: Split, batch_size: int = 64, image_size: int = 224, verbose: int = 1) -> np.ndarray:
+def embed_split(
+    model: keras.Model, split: Split, batch_size: int = 64, image_size: int = 224, verbose: int = 1
+) -> np.ndarray:
     """Embeddings (N, D) float32 of a :class:`~tf_langdml.data.Split` with eval preprocessing, in order.
 
     A split of no images gives (0, D) without running the model.

@@ -33,6 +33,8 @@ import pathlib
 import stat
 import struct
 
+from tf_langdml.cache import atomic_file  # no TensorFlow (nor numpy) at import: tf-langdml report stays light
+
 MAX_JSON_BYTES = 16 << 20  # metrics.json is < 1 KB; history.json ~1 KB per epoch; sweep.json ~1 KB per run
 MAX_RECORD_BYTES = 64 << 20  # one of our pictures is < 1 MB of PNG; a larger record is skipped, not read
 MAX_EVENT_BYTES = 2 << 30  # per event file: a 150-epoch run writes ~1 MB of pictures per epoch
@@ -501,8 +503,6 @@ def write_report(folder, out=None):
     Returns the path written. Raises FileNotFoundError or ReportError (one line each)
     for a folder that is neither a run nor a sweep.
     """
-    from tf_langdml.cache import atomic_file
-
     folder = pathlib.Path(folder)
     kind = folder_kind(folder)
     page = run_report(folder) if kind == "run" else sweep_report(folder)

@@ -205,6 +205,7 @@ def test_train_and_eval_pipelines_composite_onto_the_background(transparent_spli
 def test_the_pseudo_label_pass_sees_the_background(transparent_split, tmp_path):
     from tf_langdml import keras
     from tf_langdml.language import IMAGENET_CLASS_NAMES, first_synonym, prime, pseudo_label_table
+    from tf_langdml.models import classifier_fingerprint
 
     # Mean RGB -> logits: 0 wins on white, 1 on black, 2 on the hidden red of the pixels.
     images = keras.Input((16, 16, 3))
@@ -219,7 +220,8 @@ def test_the_pseudo_label_pass_sees_the_background(transparent_split, tmp_path):
     np.savez(tmp_path / "enc.npz", texts=np.array(texts), embeddings=np.eye(len(texts), 4, dtype=np.float32) + 0.1)
     for background, winner in (("white", 0), ("black", 1)):
         _, labels = pseudo_label_table(classifier, transparent_split(background), f"precomputed:{tmp_path / 'enc.npz'}",
-                                       k=1, cache_dir=tmp_path / "cache", verbose=False)
+                                       k=1, cache_dir=tmp_path / "cache", verbose=False,
+                                       classifier_key=classifier_fingerprint(classifier))
         assert labels.indices[:, 0].tolist() == [winner, winner]
 
 

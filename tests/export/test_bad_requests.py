@@ -117,7 +117,7 @@ def served(tmp_path_factory, guarded_embedder):
     """(in-memory embedder, export path, gallery, {request name: outcome} from a fresh serving process, stderr)."""
     import pickle
 
-    from tf_langdml.export import Gallery
+    from tf_langdml.gallery import Gallery
 
     folder = tmp_path_factory.mktemp("bad_requests")
     embedder = guarded_embedder(SIZE, DIM)  # fails on an empty batch on every CPU (conftest.py)

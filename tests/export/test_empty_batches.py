@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 
 from tf_langdml.data.splits import Split
-from tf_langdml.export import top_k_in_chunks
 from tf_langdml.inference import embed_split, inference_outputs
+from tf_langdml.top_k import top_k_in_chunks
 
 SIZE, DIM = 16, 8
 

@@ -16,7 +16,8 @@ import tf_langdml.inference
 from tf_langdml._keras import keras
 from tf_langdml.cli import main
 from tf_langdml.data import decode_rgb, eval_preprocess
-from tf_langdml.export import ASSET_NAME, Gallery, export_embedder, with_precision
+from tf_langdml.export import ASSET_NAME, export_embedder, with_precision
+from tf_langdml.gallery import Gallery
 from tf_langdml.models import build_embedder
 from tf_langdml.runs import builders
 from tf_langdml.runs.schema import config_to_yaml, load_config

@@ -13,13 +13,15 @@ import tensorflow as tf
 from PIL import Image
 
 from tf_langdml.cli import main
-from tf_langdml.export import ASSET_NAME, Gallery, export_embedder, top_k_in_chunks
-from tf_langdml.gallery import folder_items, gallery_split, read_gallery
+from tf_langdml.export import ASSET_NAME, export_embedder
+from tf_langdml.gallery import Gallery, folder_items, read_gallery
 from tf_langdml.inference import embed_split
 from tf_langdml.models import build_embedder
 from tf_langdml.runs import builders
 from tf_langdml.runs.run_dir import restore_embedder
 from tf_langdml.runs.schema import config_to_yaml, load_config
+from tf_langdml.runs.serving import gallery_split
+from tf_langdml.top_k import top_k_in_chunks
 
 SIZE = 16
 
@@ -316,7 +318,7 @@ def test_search_memory_stays_within_one_chunk(tmp_path):
 import resource, sys
 import tf_langdml
 import numpy as np, tensorflow as tf
-from tf_langdml.export import top_k_in_chunks
+from tf_langdml.top_k import top_k_in_chunks
 rng = np.random.default_rng(0)
 gallery = tf.Variable(rng.standard_normal((400_000, 32), dtype=np.float32))
 queries = tf.constant(rng.standard_normal((256, 32), dtype=np.float32))

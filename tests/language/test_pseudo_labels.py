@@ -17,7 +17,7 @@ from tf_langdml.language import (
     pseudo_labels,
     top_k_pseudo_labels,
 )
-from tf_langdml.models import LanguageGuidedModel, build_embedder
+from tf_langdml.models import LanguageGuidedModel, build_embedder, classifier_fingerprint
 
 
 def test_imagenet_class_names_ship_with_the_package():
@@ -99,7 +99,8 @@ def encoder_file(tmp_path_factory):
 def test_class_level_table_and_names(colour_folder, encoder_file, tmp_path, monkeypatch):
     classifier = colour_classifier()
     table, labels = pseudo_label_table(
-        classifier, colour_folder, encoder_file, k=2, level="class", cache_dir=tmp_path, output_path=tmp_path / "pl.json"
+        classifier, colour_folder, encoder_file, k=2, level="class", cache_dir=tmp_path, output_path=tmp_path / "pl.json",
+        classifier_key=classifier_fingerprint(classifier),
     )
     assert table.shape == (4, 2, 6) and table.dtype == np.float32
     # float32 normalisation then norm of 6 terms: <= ~2 x (6/2 + 2) x 2^-24 = 6e-7.
@@ -120,13 +121,16 @@ def test_class_level_table_and_names(colour_folder, encoder_file, tmp_path, monk
         raise AssertionError("the classifier ran again")
 
     monkeypatch.setattr(pseudo_labels, "_classifier_top_k_indices", no_forward_pass)
-    again, _ = pseudo_label_table(classifier, colour_folder, encoder_file, k=2, level="class", cache_dir=tmp_path, verbose=False)
+    again, _ = pseudo_label_table(classifier, colour_folder, encoder_file, k=2, level="class", cache_dir=tmp_path,
+                                  verbose=False, classifier_key=classifier_fingerprint(classifier))
     np.testing.assert_array_equal(again, table)
 
 
 def test_sample_level_table_trains_through_fit(colour_folder, encoder_file, tmp_path):
+    classifier = colour_classifier()
     table, labels = pseudo_label_table(
-        colour_classifier(), colour_folder, encoder_file, k=3, level="sample", cache_dir=tmp_path, verbose=False
+        classifier, colour_folder, encoder_file, k=3, level="sample", cache_dir=tmp_path, verbose=False,
+        classifier_key=classifier_fingerprint(classifier),
     )
     assert table.shape == (12, 3, 6) and labels.indices.shape == (12, 3)
     assert labels.row_names[0] == colour_folder.class_names[colour_folder.labels[0]]
@@ -140,16 +144,19 @@ def test_sample_level_table_trains_through_fit(colour_folder, encoder_file, tmp_
 
 def test_a_damaged_pseudo_label_cache_is_recomputed(colour_folder, encoder_file, tmp_path):
     classifier = colour_classifier()
-    first, _ = pseudo_label_table(classifier, colour_folder, encoder_file, k=1, cache_dir=tmp_path, verbose=False)
+    key = classifier_fingerprint(classifier)
+    first, _ = pseudo_label_table(classifier, colour_folder, encoder_file, k=1, cache_dir=tmp_path, verbose=False,
+                                  classifier_key=key)
     for path in (tmp_path / "pseudo_labels").glob("*.npz"):
         path.write_bytes(b"garbage")
     with pytest.warns(UserWarning, match="damaged pseudo-label cache"):
-        again, _ = pseudo_label_table(classifier, colour_folder, encoder_file, k=1, cache_dir=tmp_path, verbose=False)
+        again, _ = pseudo_label_table(classifier, colour_folder, encoder_file, k=1, cache_dir=tmp_path, verbose=False,
+                                      classifier_key=key)
     np.testing.assert_array_equal(first, again)
 
 
 def test_bad_arguments(colour_folder, encoder_file):
     with pytest.raises(ValueError, match="1..1000"):
-        pseudo_label_table(colour_classifier(), colour_folder, encoder_file, k=1001)
+        pseudo_label_table(colour_classifier(), colour_folder, encoder_file, k=1001, classifier_key="colour")
     with pytest.raises(ValueError, match="Unknown pseudo-label level"):
-        pseudo_label_table(colour_classifier(), colour_folder, encoder_file, level="batch")
+        pseudo_label_table(colour_classifier(), colour_folder, encoder_file, level="batch", classifier_key="colour")

@@ -15,8 +15,9 @@ from PIL import Image
 
 from tf_langdml.runs import sweep as sweep_module
 from tf_langdml.runs.schema import ConfigError
-from tf_langdml.runs.sweep import (SweepResult, effective_point, paired_differences, parse_grid, parse_seeds,
-                                  run_config, run_sweep)
+from tf_langdml.runs.sweep import run_sweep
+from tf_langdml.runs.sweep_grid import effective_point, parse_grid, parse_seeds, run_config, run_name
+from tf_langdml.runs.sweep_table import SweepResult, _mean_std, paired_differences
 
 CLASS_NAMES = ["red apple", "green apple", "blue whale", "grey whale", "red car", "blue car",
                "green frog", "grey mouse", "yellow duck", "pink pig", "black cat", "white dog"]
@@ -90,15 +91,15 @@ def test_long_points_give_bounded_distinct_stable_run_names():
     long_a = {"loss.dml_arguments.positive_weight": 2.0, "loss.dml_arguments.negative_weight": 40.0,
               "loss.language_weight": 2.5, "loss.shift": 1.0, "loss.temperature": 0.25, "language.guidance": "elg"}
     long_b = {**long_a, "loss.temperature": 0.5}
-    names = [sweep_module.run_name(point, seed, final) for point in (long_a, long_b) for seed in (0, 12)
+    names = [run_name(point, seed, final) for point in (long_a, long_b) for seed in (0, 12)
              for final in (False, True)]
     assert all(len(name) <= NAME_MAX for name in names), [len(name) for name in names]
     assert len(set(names)) == len(names)  # the digest keeps points (and seeds, final) apart
-    assert sweep_module.run_name(long_a, 0) == names[0]  # stable: a resumed sweep finds its runs
+    assert run_name(long_a, 0) == names[0]  # stable: a resumed sweep finds its runs
     for name in names:
         _check_name(name)  # the schema takes every name (no "/", no control characters)
     short = {"loss.language_weight": 2.5}
-    assert sweep_module.run_name(short, 1) == "select__language_weight-2.5__seed-1"  # short names unchanged
+    assert run_name(short, 1) == "select__language_weight-2.5__seed-1"  # short names unchanged
 
 
 def test_weight_zero_is_the_baseline_once(tmp_path):
@@ -126,7 +127,7 @@ def _event_tags(folder):
 def _row(weight, guidance, seeds, values):
     point = {"loss.language_weight": weight, "language.guidance": guidance}
     return {"point": point, "label": f"language_weight={weight} guidance={guidance}", "seeds": seeds,
-            "values": values, **dict(zip(["mean", "std"], sweep_module._mean_std(values)))}
+            "values": values, **dict(zip(["mean", "std"], _mean_std(values)))}
 
 
 def test_paired_differences_subtract_the_baseline_of_the_same_seed():

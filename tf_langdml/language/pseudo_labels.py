@@ -23,6 +23,7 @@ import numpy as np
 from tf_langdml.cache import read_cached_arrays, write_cached_arrays, write_json
 from tf_langdml.cache import cache_dir as resolve_cache_dir
 from tf_langdml.errors import ArgumentError
+from tf_langdml.inference import forward_batches
 from tf_langdml.language.imagenet import IMAGENET_CLASS_NAMES, NUM_IMAGENET_CLASSES, first_synonym
 from tf_langdml.language.tables import DEFAULT_TEMPLATE, text_embeddings
 
@@ -100,8 +101,6 @@ def split_fingerprint(split: Split) -> str:
 
 def _classifier_top_k_indices(classifier, split, level, k, batch_size, verbose):
     """Top-k ImageNet indices per class (mean logits) or per image, from one forward pass."""
-    from tf_langdml.inference import forward_batches
-
     num_classes = split.num_classes
     sums, counts, per_image = np.zeros((num_classes, NUM_IMAGENET_CLASSES)), np.zeros(num_classes, np.int64), []
     image_size = int(classifier.input_shape[1])
@@ -144,6 +143,8 @@ def pseudo_label_table(
     cache_dir: str | os.PathLike | None = None,
     output_path: str | os.PathLike | None = None,
     verbose: bool = True,
+    *,
+    classifier_key: str,
 ) -> tuple[np.ndarray, PseudoLabels]:
     """The PLG language table of a training split, and the pseudo-labels chosen.
 
@@ -158,16 +159,17 @@ def pseudo_label_table(
             ``LanguageGuidedModel(..., table_index="sample_id")``).
         template: primer with "{}", e.g. "a photo of a {}".
         output_path: if given, the chosen names are written there as JSON.
+        classifier_key: the classifier's identity in the cache key of the top-k indices,
+            :func:`tf_langdml.models.classifier_fingerprint` of ``classifier`` (the caller
+            computes it, so this module needs nothing from :mod:`tf_langdml.models`).
 
     Returns:
         (table, pseudo_labels): float32 L2-normalised table and a :class:`PseudoLabels`.
     """
-    from tf_langdml.models.classifier import classifier_fingerprint
-
     _check_k_level(k, level)
     rows = split.num_classes if level == "class" else len(split.labels)
     key_text = json.dumps(
-        [classifier_fingerprint(classifier), split_fingerprint(split), int(classifier.input_shape[1]), level, int(k)]
+        [classifier_key, split_fingerprint(split), int(classifier.input_shape[1]), level, int(k)]
     )
     key = hashlib.sha256(key_text.encode()).hexdigest()[:32]
     path = resolve_cache_dir(cache_dir) / "pseudo_labels" / f"{key}.npz"

@@ -9,5 +9,7 @@
 - :mod:`~tf_langdml.runs.run_dir`: the run directory's layout, its resume state and
   :func:`~tf_langdml.runs.run_dir.restore_embedder`.
 - :mod:`~tf_langdml.runs.train`: the resumable training loop and the final metrics.
+- :mod:`~tf_langdml.runs.serving`: a finished run's embedder exported, or a gallery indexed
+  with it (the run-directory side of :mod:`tf_langdml.export` and :mod:`tf_langdml.gallery`).
 - ``demo.yaml``: the base config of ``tf-langdml demo`` (``configs/demo.yaml`` links to it).
 """

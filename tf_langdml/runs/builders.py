@@ -62,7 +62,14 @@ from tf_langdml.language import (
 )
 from tf_langdml.language.imagenet import NUM_IMAGENET_CLASSES
 from tf_langdml.losses import DML_LOSSES, build_dml_loss, dml_loss_arguments
-from tf_langdml.models import BACKBONES, CLASSIFIERS, LanguageGuidedModel, build_embedder, build_imagenet_classifier
+from tf_langdml.models import (
+    BACKBONES,
+    CLASSIFIERS,
+    LanguageGuidedModel,
+    build_embedder,
+    build_imagenet_classifier,
+    classifier_fingerprint,
+)
 from tf_langdml.models.backbones import backbone_spec, resolve_weights
 from tf_langdml.models.precision import precision_policy, resolve_precision
 from tf_langdml.runs.schema import (
@@ -206,7 +213,7 @@ def pseudo_labels(language: LanguageConfig, split: Split, encoder: TextEncoder, 
     with config_keys(arguments=_LANGUAGE_ARGUMENTS):
         return pseudo_label_table(classifier, split, encoder, k=language.top_k, level=language.level,
                                   template=language.template, batch_size=batch_size, output_path=output_path,
-                                  verbose=bool(verbose))
+                                  verbose=bool(verbose), classifier_key=classifier_fingerprint(classifier))
 
 
 def language_table(language: LanguageConfig, split: Split, encoder: TextEncoder, batch_size: int,

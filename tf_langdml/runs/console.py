@@ -6,8 +6,12 @@ TensorBoard and ``history.json`` (the callbacks that write those see the full lo
 which nothing here changes).
 """
 
+from __future__ import annotations
+
 import sys
 import time
+import typing
+from collections.abc import Callable, Mapping
 
 from tf_langdml._keras import keras
 
@@ -15,17 +19,17 @@ LOSS_KEYS = ("loss", "dml_loss", "language_loss")
 RECALL_KEY = "val_recall@1"  # what RetrievalEvaluation puts into the logs of an epoch it evaluated
 
 
-def shown_keys(language):
+def shown_keys(language: bool) -> tuple[str, ...]:
     """The log keys the console shows: the loss terms (language matching only with guidance) and recall@1."""
     return tuple(key for key in LOSS_KEYS if language or key != "language_loss") + (RECALL_KEY,)
 
 
-def step_time(seconds):
+def step_time(seconds: float) -> str:
     """``85 ms/step`` below a second, else ``2.31 s/step``."""
     return f"{seconds * 1000:.0f} ms/step" if seconds < 1 else f"{seconds:.2f} s/step"
 
 
-def epoch_line(epoch, epochs, logs, step_seconds, language):
+def epoch_line(epoch: int, epochs: int, logs: Mapping[str, float], step_seconds: float, language: bool) -> str:
     """``epoch 2/10: loss 1.2345 (dml 1.1000, language 0.1245), 85 ms/step, recall@1 0.5625`` (1-based ``epoch``).
 
     ``language``: guidance is on (the language matching term is shown); recall@1 only
@@ -48,21 +52,22 @@ class EpochLines(keras.callbacks.Callback):
     evaluation callback, whose recall@1 it reads from the epoch's logs.
     """
 
-    def __init__(self, epochs, language, stream=None, clock=time.perf_counter):
+    def __init__(self, epochs: int, language: bool, stream: typing.TextIO | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         super().__init__()
         self.epochs, self.language, self.stream, self.clock = int(epochs), bool(language), stream, clock
         self._started = self._last = None
         self._steps = 0
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._started = self._last = self.clock()
         self._steps = 0
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._last = self.clock()
         self._steps = batch + 1  # the batch index within this epoch (the last of an execution of several steps)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if not logs or not self._steps:
             return
         seconds = (self._last - self._started) / self._steps
@@ -77,21 +82,22 @@ class LossProgbar(keras.callbacks.ProgbarLogger):
     (which would show every diagnostic); list it after the evaluation callback.
     """
 
-    def __init__(self, language):
+    def __init__(self, language: bool) -> None:
         super().__init__(count_mode="steps")
         self.keys = shown_keys(language)
 
     def _shown(self, logs):
         return None if logs is None else {key: value for key, value in logs.items() if key in self.keys}
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         super().on_train_batch_end(batch, self._shown(logs))
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         super().on_epoch_end(epoch, self._shown(logs))
 
 
-def fit_console(verbose, epochs, language, terminal=None):
+def fit_console(verbose: int, epochs: int, language: bool,
+                terminal: bool | None = None) -> tuple[int, list[keras.callbacks.Callback]]:
     """``(fit verbose, callbacks to append)``: quiet; a terminal (stdout a TTY): Keras' bar; else :class:`EpochLines`.
 
     ``terminal`` None asks ``sys.stdout.isatty()``.

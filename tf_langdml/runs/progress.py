@@ -5,20 +5,14 @@ time of the runs that trained in this process times the runs left; runs that wer
 already complete (a resumed sweep) take no time and are not counted in that mean.
 """
 
+from __future__ import annotations
+
 import sys
 import time
+from collections.abc import Callable
+from typing import TextIO
 
-
-def format_duration(seconds: float) -> str:
-    """``45 s``, ``3 min 12 s``, ``2 h 05 min``: whole seconds, the two largest units."""
-    seconds = max(0, int(round(seconds)))
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    if hours:
-        return f"{hours} h {minutes:02d} min"
-    if minutes:
-        return f"{minutes} min {seconds:02d} s"
-    return f"{seconds} s"
+from tf_langdml.durations import format_duration  # noqa: F401  (also imported from here: demo, tests)
 
 
 class RunProgress:
@@ -29,7 +23,8 @@ class RunProgress:
     ``clock``: a monotonic clock in seconds (tests pass their own).
     """
 
-    def __init__(self, total: int, what: str = "run", stream=None, clock=time.monotonic):
+    def __init__(self, total: int, what: str = "run", stream: TextIO | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if total < 1:
             raise ValueError(f"RunProgress needs at least one run; got total = {total}.")
         self.total, self.what, self.clock = int(total), what, clock

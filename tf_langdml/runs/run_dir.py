@@ -45,6 +45,8 @@ regular file) raises OSError carrying that file's path (a checkpoint:
 :class:`RunDirectoryError` naming the folder); the command line prints it as one line.
 """
 
+from __future__ import annotations
+
 import contextlib
 import fcntl
 import hashlib
@@ -54,17 +56,27 @@ import os
 import pathlib
 import sys
 import time
+import typing
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from tf_langdml._keras import keras
 from tf_langdml.cache import atomic_file, json_safe, write_json
-from tf_langdml.runs.schema import ConfigError, config_from_dict, config_to_dict, config_to_yaml, read_yaml
+from tf_langdml.models.nonfinite import NonFiniteLossError, nonfinite_variables
+from tf_langdml.models.precision import precision_policy
+from tf_langdml.runs import builders
+from tf_langdml.runs.schema import (ConfigError, ExperimentConfig, config_from_dict, config_to_dict, config_to_yaml,
+                                    read_yaml)
+
+if typing.TYPE_CHECKING:
+    from tf_langdml.language.table import LanguageTable
 
 LOCK_FILE = "run.lock"
 EMBEDDER_CONFIG = "embedder.config.json"
-RUN_FILES = ("config.yaml", "language_table.npy", "train_class_names.json", "history.json", "embedder.weights.h5",
+CLASS_NAMES_FILE = "train_class_names.json"
+RUN_FILES = ("config.yaml", "language_table.npy", CLASS_NAMES_FILE, "history.json", "embedder.weights.h5",
              "metrics.json")
 PSEUDO_LABELS = "pseudo_labels.json"
 
@@ -84,7 +96,7 @@ class RunDirectoryError(Exception):
 
 
 @contextlib.contextmanager
-def naming(path):
+def naming(path: str | os.PathLike) -> Iterator[None]:
     """Re-raise an OSError that carries no file name (a failed write, ENOSPC) with ``path`` as its file name."""
     try:
         yield
@@ -94,24 +106,24 @@ def naming(path):
         raise
 
 
-def run_folder(config):
+def run_folder(config: ExperimentConfig) -> pathlib.Path:
     """``<runs_dir>/<name>`` (not created)."""
     return pathlib.Path(config.runs_dir) / config.name
 
 
-def config_sha256(values):
+def config_sha256(values: dict) -> str:
     """SHA-256 (hex) of a resolved config's nested dict, in canonical JSON (sorted keys): the config's identity."""
     text = json.dumps(values, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def changed_keys(old, new):
+def changed_keys(old: dict | None, new: dict | None) -> list[str]:
     """The dotted keys whose values differ between two nested config dicts (sorted)."""
     old, new = _flatten(old), _flatten(new)
     return sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
 
 
-def check_config(config):
+def check_config(config: ExperimentConfig) -> tuple[pathlib.Path, bool]:
     """Raise ConfigError when ``<runs_dir>/<name>/config.yaml`` holds another config; writes nothing.
 
     Returns the run folder and whether its ``config.yaml`` exists.
@@ -131,7 +143,7 @@ def check_config(config):
 
 
 @contextlib.contextmanager
-def lock_run(folder):
+def lock_run(folder: str | os.PathLike) -> Iterator[pathlib.Path]:
     """Hold ``<folder>/run.lock`` (``fcntl.flock``, exclusive) with this process's PID in it, or refuse.
 
     A second holder (another process, or another open of the file in this one) gets a
@@ -158,7 +170,7 @@ def lock_run(folder):
 
 
 @contextlib.contextmanager
-def open_run(config):
+def open_run(config: ExperimentConfig) -> Iterator[pathlib.Path]:
     """Create ``<runs_dir>/<name>``, hold its lock, and write ``config.yaml`` (once); yields the folder.
 
     The config is compared again under the lock: another process may have started the
@@ -175,7 +187,7 @@ def open_run(config):
         yield folder
 
 
-def prepare(config):
+def prepare(config: ExperimentConfig) -> pathlib.Path:
     """``<runs_dir>/<name>``, created with ``config.yaml``; a different config already there is an error.
 
     Takes no lock (:func:`open_run` does); for callers that only need the folder.
@@ -185,18 +197,18 @@ def prepare(config):
         return folder
 
 
-def read_config(folder):
+def read_config(folder: str | os.PathLike) -> ExperimentConfig:
     """The :class:`~tf_langdml.runs.schema.ExperimentConfig` of a run directory."""
     return config_from_dict(read_yaml(pathlib.Path(folder) / "config.yaml"))
 
 
-def read_metrics(folder):
+def read_metrics(folder: str | os.PathLike) -> dict | None:
     """The contents of ``metrics.json``; None while the run is not complete."""
     path = pathlib.Path(folder) / "metrics.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def write_metrics(folder, metrics):
+def write_metrics(folder: str | os.PathLike, metrics: dict) -> dict:
     """Write ``metrics.json`` (atomically; NaN as null) and return what it holds: the run is complete."""
     metrics = json_safe(metrics)
     with naming(pathlib.Path(folder) / "metrics.json"):
@@ -204,12 +216,19 @@ def write_metrics(folder, metrics):
     return metrics
 
 
-def write_class_names(folder, class_names):
-    with naming(pathlib.Path(folder) / "train_class_names.json"):
-        write_json(pathlib.Path(folder) / "train_class_names.json", list(class_names))
+def write_class_names(folder: str | os.PathLike, class_names: Sequence[str]) -> None:
+    """``train_class_names.json``: the training classes' names, by label (read by :func:`train_class_names`)."""
+    with naming(pathlib.Path(folder) / CLASS_NAMES_FILE):
+        write_json(pathlib.Path(folder) / CLASS_NAMES_FILE, list(class_names))
 
 
-def write_language_table(folder, table):
+def train_class_names(folder: str | os.PathLike) -> list[str] | None:
+    """The training classes a run directory recorded (``train_class_names.json``), or None."""
+    names_file = pathlib.Path(folder) / CLASS_NAMES_FILE
+    return json.loads(names_file.read_text()) if names_file.exists() else None
+
+
+def write_language_table(folder: str | os.PathLike, table: np.ndarray | LanguageTable) -> None:
     """``language_table.npy``: the (C|N, K, D) float32 rows (of an array or a LanguageTable)."""
     path = pathlib.Path(folder) / "language_table.npy"
     with naming(path), atomic_file(path) as temporary:
@@ -228,7 +247,7 @@ class ResumeCheckpoints(keras.callbacks.Callback):
     a fifth of a run's time. Resume does not need epoch boundaries.
     """
 
-    def __init__(self, manager, every):
+    def __init__(self, manager: tf.train.CheckpointManager, every: int) -> None:
         super().__init__()
         self.manager, self.every, self.last_saved = manager, int(every), None
 
@@ -240,11 +259,11 @@ class ResumeCheckpoints(keras.callbacks.Callback):
             save_checkpoint(self.manager, step)
             self.last_saved = step
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if int(self.model.optimizer.iterations.numpy()) % self.every == 0:
             self._save()
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict | None = None) -> None:
         self._save()
 
 
@@ -254,7 +273,7 @@ _UNWRITABLE = (tf.errors.PermissionDeniedError, tf.errors.FailedPreconditionErro
 CONFIG_VARIABLE = "config_sha256/.ATTRIBUTES/VARIABLE_VALUE"
 
 
-def save_checkpoint(manager, step):
+def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> None:
     """``manager.save`` numbered by optimizer step; an unwritable folder is a one-line RunDirectoryError naming it."""
     try:
         manager.save(checkpoint_number=step)
@@ -264,7 +283,9 @@ def save_checkpoint(manager, step):
             "make that folder writable (and give its disk free space), then run the same command again.") from error
 
 
-def checkpoint_manager(model, folder, config_sha256=None):
+def checkpoint_manager(
+    model: keras.Model, folder: str | os.PathLike, config_sha256: str | None = None
+) -> tuple[tf.train.Checkpoint, tf.train.CheckpointManager]:
     """(checkpoint, manager) of the model and its optimizer in ``<folder>/checkpoints`` (the newest two kept).
 
     ``config_sha256``: saved in every checkpoint as a string variable, so that a
@@ -278,7 +299,7 @@ def checkpoint_manager(model, folder, config_sha256=None):
     return checkpoint, manager
 
 
-def checkpoint_config_sha256(path):
+def checkpoint_config_sha256(path: str | os.PathLike) -> str | None:
     """The config SHA-256 a checkpoint was saved with; None for a checkpoint written before they were recorded."""
     reader = tf.train.load_checkpoint(str(path))
     if not reader.has_tensor(CONFIG_VARIABLE):
@@ -286,14 +307,14 @@ def checkpoint_config_sha256(path):
     return reader.get_tensor(CONFIG_VARIABLE).decode("ascii")
 
 
-def restore_checkpoint(checkpoint, path, model):
+def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str, model: keras.Model) -> None:
     """Restore model and optimizer from ``path`` (one without a config record: the older layout, without it)."""
     if checkpoint_config_sha256(path) is None:
         checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
     checkpoint.restore(path).assert_existing_objects_matched()
 
 
-def recorded_config(folder, sha256):
+def recorded_config(folder: str | os.PathLike, sha256: str) -> dict | None:
     """The resolved config whose SHA-256 is ``sha256``, from a start line of ``run_log.jsonl`` (None if absent)."""
     for record in _log_records(folder):
         if record.get("event") == "start" and record.get("config_sha256") == sha256 and "config" in record:
@@ -308,7 +329,7 @@ def _refuse_other_config(folder, what, recorded_sha256, recorded_values, values,
                       f"(changed: {keys}). {fix}")
 
 
-def check_checkpoints(folder, config):
+def check_checkpoints(folder: str | os.PathLike, config: ExperimentConfig) -> None:
     """Raise ConfigError when a checkpoint of the run was trained with another config than ``config``.
 
     ``config.yaml`` already matches ``config`` (:func:`check_config`); a difference here
@@ -337,7 +358,7 @@ def _nonfinite_tensors(path):
             if dtype.is_floating and not np.isfinite(reader.get_tensor(name)).all()]
 
 
-def latest_finite_checkpoint(manager):
+def latest_finite_checkpoint(manager: tf.train.CheckpointManager) -> str | None:
     """The newest of the manager's checkpoints whose tensors are all finite (None if none), with a message per skipped one."""
     for path in reversed(manager.checkpoints):
         bad = _nonfinite_tensors(path)
@@ -350,10 +371,8 @@ def latest_finite_checkpoint(manager):
     return None
 
 
-def refuse_nonfinite(variables, step, what):
+def refuse_nonfinite(variables: Sequence[tf.Variable], step: int, what: str) -> None:
     """NonFiniteLossError instead of writing ``what`` when a variable holds NaN or Inf."""
-    from tf_langdml.models.nonfinite import NonFiniteLossError, nonfinite_variables
-
     bad = nonfinite_variables(variables)
     if bad:
         raise NonFiniteLossError(
@@ -362,7 +381,7 @@ def refuse_nonfinite(variables, step, what):
             "or check mixed precision without loss scaling, the language table and the input images).", step=step)
 
 
-def log_event(folder, record):
+def log_event(folder: str | os.PathLike, record: dict) -> None:
     """Append one line to ``run_log.jsonl``."""
     path = pathlib.Path(folder) / "run_log.jsonl"
     with naming(path), open(path, "a", encoding="utf-8") as handle:
@@ -380,7 +399,7 @@ def _log_records(folder):
             continue
 
 
-def recorded_precision(folder):
+def recorded_precision(folder: str | os.PathLike) -> tuple[str, str] | None:
     """``(policy, reason)`` the run's first start recorded in ``run_log.jsonl``; None before that (or for an older run)."""
     for record in _log_records(folder):
         if record.get("event") == "start" and record.get("precision"):
@@ -388,7 +407,7 @@ def recorded_precision(folder):
     return None
 
 
-def log_nonfinite(folder, model, error):
+def log_nonfinite(folder: str | os.PathLike, model: keras.Model, error: NonFiniteLossError) -> None:
     """The ``{"event": "nonfinite", "optimizer_step": N, ...}`` line of a NonFiniteLossError."""
     step = error.step if error.step is not None else int(model.optimizer.iterations.numpy())
     values = {key: value if not isinstance(value, float) or math.isfinite(value) else str(value)
@@ -400,17 +419,15 @@ def log_nonfinite(folder, model, error):
 class HistoryFile(keras.callbacks.Callback):
     """``history.json``: the logs of each finished epoch, keyed by epoch (a repeated epoch overwrites)."""
 
-    def __init__(self, path):
+    def __init__(self, path: pathlib.Path) -> None:
         super().__init__()
         self.path = path
         self.epochs = json.loads(path.read_text()) if path.exists() else {}
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         line = {key: float(value) for key, value in (logs or {}).items()}
         bad = sorted(key for key, value in line.items() if not math.isfinite(value))
         if bad:
-            from tf_langdml.models import NonFiniteLossError
-
             step = int(self.model.optimizer.iterations.numpy())
             raise NonFiniteLossError(f"Not writing epoch {epoch + 1} to {self.path.name}: {', '.join(bad)} "
                                      f"{'is' if len(bad) == 1 else 'are'} NaN or Inf (optimizer step {step}).",
@@ -423,7 +440,9 @@ class HistoryFile(keras.callbacks.Callback):
 # -- the trained embedder ----------------------------------------------------------------------
 
 
-def save_embedder(folder, model, step, config_values=None):
+def save_embedder(
+    folder: str | os.PathLike, model: keras.Model, step: int, config_values: dict | None = None
+) -> None:
     """``embedder.weights.h5`` (atomic) and, with ``config_values``, ``embedder.config.json`` beside it.
 
     Refused (NonFiniteLossError, logged to run_log.jsonl) when a weight is not finite.
@@ -450,7 +469,7 @@ def save_embedder(folder, model, step, config_values=None):
             staging.unlink(missing_ok=True)
 
 
-def check_embedder_config(folder):
+def check_embedder_config(folder: str | os.PathLike) -> None:
     """Raise ConfigError when ``config.yaml`` differs from the config ``embedder.weights.h5`` was trained with.
 
     Compares the YAML as written (not re-resolved through today's schema, whose
@@ -468,7 +487,7 @@ def check_embedder_config(folder):
                              "other values is a new run (train it under another name).")
 
 
-def check_finished_run(folder):
+def check_finished_run(folder: str | os.PathLike) -> None:
     """FileNotFoundError telling apart a folder that does not exist, one that is not a run, and an unfinished run."""
     folder = pathlib.Path(folder)
     if not folder.exists():
@@ -483,7 +502,7 @@ def check_finished_run(folder):
                                 "checkpoint), then try again.")
 
 
-def restore_embedder(folder, policy="float32"):
+def restore_embedder(folder: str | os.PathLike, policy: str = "float32") -> tuple[ExperimentConfig, keras.Model]:
     """(config, embedder) of a finished run directory (config.yaml + embedder.weights.h5).
 
     Refused (ConfigError naming the keys) when ``config.yaml`` was edited after training
@@ -493,9 +512,6 @@ def restore_embedder(folder, policy="float32"):
     variables are float32 either way); ``"run"``: the one the run trained in
     (:func:`recorded_precision`, else ``training.precision`` resolved here).
     """
-    from tf_langdml.models.precision import precision_policy
-    from tf_langdml.runs import builders
-
     folder = pathlib.Path(folder)
     weights = folder / "embedder.weights.h5"
     check_finished_run(folder)

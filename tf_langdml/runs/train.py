@@ -18,20 +18,29 @@ run with :class:`~tf_langdml.models.NonFiniteLossError` (see
 no file of the run directory takes a non-finite value (see :mod:`~tf_langdml.runs.run_dir`).
 """
 
+from __future__ import annotations
+
 import math
+import os
 import sys
+from collections.abc import Callable
+
+import tensorflow as tf
 
 from tf_langdml._keras import keras
+from tf_langdml.evaluation import language_table_statistics
+from tf_langdml.models import NonFiniteLossError
+from tf_langdml.models.precision import DeviceCapabilities
 from tf_langdml.runs import builders, run_dir
 from tf_langdml.runs.console import fit_console
-from tf_langdml.runs.schema import config_to_dict
+from tf_langdml.runs.schema import ExperimentConfig, config_to_dict
 
 # What metrics.json holds besides the evaluation metrics (which evaluate() recomputes).
 RUN_INFO_KEYS = ("epochs", "optimizer_steps", "steps_per_epoch", "evaluated_on", "evaluated_classes",
                  "evaluated_images", "training_classes", "table_similarity_mean", "table_similarity_std", "precision")
 
 
-def preflight(config):
+def preflight(config: ExperimentConfig) -> None:
     """The library's checks of every section that need neither data nor weights (ConfigError naming the key)."""
     builders.check_data(config.data)
     builders.check_embedder(config.model, config.data.image_size)
@@ -42,8 +51,6 @@ def preflight(config):
 
 def _fit(model, folder, *args, **kwargs):
     """``model.fit``; a NonFiniteLossError is logged to ``run_log.jsonl`` before it propagates."""
-    from tf_langdml.models import NonFiniteLossError
-
     try:
         return model.fit(*args, **kwargs)
     except NonFiniteLossError as error:
@@ -51,7 +58,8 @@ def _fit(model, folder, *args, **kwargs):
         raise
 
 
-def run_precision(folder, config, verbose=1, probe=None):
+def run_precision(folder: str | os.PathLike, config: ExperimentConfig, verbose: int = 1,
+                  probe: Callable[[], DeviceCapabilities] | None = None) -> tuple[str, str]:
     """``(policy, reason)`` of the run: what its first start recorded, else ``training.precision`` resolved now.
 
     ``auto`` is resolved once per run: a restart (on another machine too) and
@@ -66,13 +74,13 @@ def run_precision(folder, config, verbose=1, probe=None):
     return policy, reason
 
 
-def precision_message(policy, reason, recorded):
+def precision_message(policy: str, reason: str, recorded: bool) -> str:
     """``tf_langdml: computing in float32: precision float32 set explicitly.`` (``recorded``: kept from the first start)."""
     kept = " (recorded at this run's first start)" if recorded else ""
     return f"tf_langdml: computing in {policy}: {reason}{kept}."
 
 
-def train(config, verbose=1):
+def train(config: ExperimentConfig, verbose: int = 1) -> dict:
     """Train (or resume) the run a config describes; returns the final ``metrics.json`` contents.
 
     Raises ConfigError (a config or data problem, a config that differs from the run's
@@ -169,8 +177,6 @@ def _train_locked(config, folder, split, scored_split, index, fixed_batches, ver
                     "evaluated_classes": scored_split.num_classes, "evaluated_images": len(scored_split.labels),
                     "training_classes": split.num_classes, "precision": policy})
     if table is not None:
-        from tf_langdml.evaluation import language_table_statistics
-
         metrics.update(language_table_statistics(table))
     metrics = run_dir.write_metrics(folder, metrics)  # what metrics.json holds (NaN -> None), also on a later call
     if verbose:
@@ -178,7 +184,7 @@ def _train_locked(config, folder, split, scored_split, index, fixed_batches, ver
     return metrics
 
 
-def evaluate(folder, verbose=1):
+def evaluate(folder: str | os.PathLike, verbose: int = 1) -> dict:
     """Metrics of a finished run's embedder on its evaluation split (``evaluation.split``; recomputed).
 
     The embedder computes in the dtype policy the run trained in (``run_log.jsonl``), so
@@ -191,7 +197,7 @@ def evaluate(folder, verbose=1):
                                        embedder, scored_split, verbose=verbose)
 
 
-def enable_determinism():
+def enable_determinism() -> None:
     """TensorFlow op determinism for the rest of the process (bit-identical reruns; see docs/runs.md).
 
     ``tf.config.experimental.enable_op_determinism`` makes every op choose a
@@ -199,6 +205,4 @@ def enable_determinism():
     ``keras.utils.set_random_seed``, and the data pipelines are deterministic by
     construction (stateless per-image seeds, ordered parallel maps).
     """
-    import tensorflow as tf
-
     tf.config.experimental.enable_op_determinism()
