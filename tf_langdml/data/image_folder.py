@@ -149,7 +149,8 @@ def _test_folders(test_classes, class_folders, root):
         raise ArgumentError(
             f"test_classes {unknown[:20]}{' ...' if len(unknown) > 20 else ''} are not class folders of {root!r}"
             f"{source}; {len(unknown)} unknown name(s). Known class folders ({len(class_folders)}), e.g. "
-            f"{class_folders[:5]}" + (f"; did you mean {', '.join(hints)}?" if hints else "."), argument="test_classes"
+            f"{class_folders[:5]}" + (f"; did you mean {', '.join(hints)}?" if hints else "."),
+            argument="test_classes",
         )
     if len(test_folders) == len(class_folders):
         raise ArgumentError(f"test_classes{source} covers every class; leave at least one class for training.",
@@ -167,7 +168,8 @@ def _gallery_list_files(gallery_list, root, known_files):
         raise ArgumentError(
             f"gallery_list {os.fspath(gallery_list)!r} names {len(unknown)} path(s) that are not image files of a "
             f"class folder of {root!r} (paths are relative to it, e.g. '<class>/<image>'): {unknown[:10]}"
-            f"{' ...' if len(unknown) > 10 else ''}.", argument="gallery_list"
+            f"{' ...' if len(unknown) > 10 else ''}.",
+            argument="gallery_list",
         )
     return set(listed.values())
 

@@ -24,7 +24,8 @@ def validate_direction(direction: str) -> str:
     if direction not in DIRECTIONS:
         raise ArgumentError(
             f"Unknown direction {direction!r} for the language-matching loss; expected one "
-            f"of {list(DIRECTIONS)} ('image_to_language' is the paper's equation).", argument="direction"
+            f"of {list(DIRECTIONS)} ('image_to_language' is the paper's equation).",
+            argument="direction",
         )
     return direction
 

@@ -69,7 +69,8 @@ def build_embedder(
         if weights == "imagenet":
             raise ArgumentError(
                 "weights='imagenet' applies to named backbones only; for a model you pass in, "
-                "use weights=None (keep its weights) or the path of a local weights file.", argument="weights"
+                "use weights=None (keep its weights) or the path of a local weights file.",
+                argument="weights",
             )
         if weights is not None:
             backbone.load_weights(resolve_weights(backbone.name, weights))
@@ -77,7 +78,8 @@ def build_embedder(
         if all(size is not None for size in expected) and expected != input_shape:
             raise ArgumentError(
                 f"The backbone model takes inputs of shape {expected}, but input_shape={input_shape}; "
-                f"pass input_shape={expected}.", argument="input_shape"
+                f"pass input_shape={expected}.",
+                argument="input_shape",
             )
         feature_extractor, default_normalization = backbone, "none"
     else:
