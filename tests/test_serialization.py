@@ -29,6 +29,7 @@ from tf_langdml.models import (
     LanguageGuidedModel,
     build_embedder,
 )
+from tf_langdml.models.loss_optimizers import ScaledLearningRate
 
 from tf_langdml.losses.base import BatchLoss
 from tf_langdml.losses.dml import _batch_losses
@@ -38,7 +39,7 @@ from tf_langdml.losses.tuple_losses import MinedTupleLoss
 # The classes this module checks; test_every_custom_class_is_covered keeps the list complete.
 # BatchLoss, MinedTupleLoss and ClassVectorLoss are abstract: their subclasses are checked.
 COVERED = {ImageNormalization, L2Normalize, FrozenStatisticsBatchNormalization, LanguageMatchingLoss, LanguageGuidedModel,
-           BatchLoss, MinedTupleLoss, ClassVectorLoss, *_batch_losses().values()}
+           BatchLoss, MinedTupleLoss, ClassVectorLoss, *_batch_losses().values(), ScaledLearningRate}
 
 SAVE_FORMATS = ("model.keras", "model.h5", "saved_model")
 # HDF5 is legacy but still what tf-keras writes for a path ending in .h5, so it is checked too.
@@ -255,6 +256,24 @@ def test_embedder_saves_and_loads(guided_model, file_name, tmp_path, run_mode):
     images = guided_images()
     expected = run_mode(lambda x: embedder(x, training=False))(images).numpy()
     np.testing.assert_array_equal(run_mode(lambda x: loaded(x, training=True))(images).numpy(), expected)
+
+
+# ---------------------------------------------------------------- learning-rate schedules
+
+
+def test_scaled_learning_rate_round_trips_and_loads_its_config_from_before_it_was_registered():
+    schedule = ScaledLearningRate(keras.optimizers.schedules.ExponentialDecay(1e-4, 10, 0.5), 2000.0)
+    config = json_round_trip(keras.optimizers.schedules.serialize(schedule))
+    assert config["registered_name"] == "tf_langdml>ScaledLearningRate"
+    assert isinstance(keras.optimizers.schedules.deserialize(config), ScaledLearningRate)
+    # Unregistered (in models.language_guided_model) it serialised as below, which loaded only with
+    # custom_objects naming the class (without, Keras returns the string "ScaledLearningRate"); it still does.
+    earlier = {**config, "module": "tf_langdml.models.language_guided_model", "registered_name": "ScaledLearningRate"}
+    for saved, custom_objects in ((config, None), (earlier, {"ScaledLearningRate": ScaledLearningRate})):
+        restored = keras.optimizers.schedules.deserialize(saved, custom_objects=custom_objects)
+        assert isinstance(restored, ScaledLearningRate) and restored.multiplier == 2000.0
+        assert float(restored(20)) == float(schedule(20)) == pytest.approx(0.05)
+    assert float(ScaledLearningRate(schedule.schedule, 1000.0)(20)) != float(schedule(20))  # the multiplier counts
 
 
 # ---------------------------------------------------------------- losses

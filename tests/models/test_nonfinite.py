@@ -1,4 +1,4 @@
-"""The non-finite guard's pure parts: the report an Assert carries, the error's message, the loss-group schedule.
+"""The non-finite guard's pure parts: the report an Assert carries, the error's message; the Untracked holder.
 
 Training that stops on NaN or Inf (eager, tf.function, XLA, MirroredStrategy, run files):
 tests/test_nonfinite_training.py.
@@ -11,7 +11,6 @@ import pytest
 import tensorflow as tf
 
 from tf_langdml import keras
-from tf_langdml.models.loss_optimizers import ScaledLearningRate
 from tf_langdml.models.nonfinite import (
     NONFINITE_MARKER,
     NonFiniteLossError,
@@ -49,14 +48,6 @@ def test_the_error_names_the_step_the_bad_values_and_the_learning_rate():
     assert "current learning rate 0.0003" in str(error) and "those after the last finite step" in str(error)
     weights[0].assign([np.nan, 0.0])
     assert "were already NaN or Inf before it (kernel:0)" in str(nonfinite_error([0, 1, 1, 1, 1], optimizer, weights))
-
-
-def test_scaled_learning_rate_is_registered_and_round_trips():
-    assert keras.utils.get_registered_name(ScaledLearningRate) == "tf_langdml>ScaledLearningRate"
-    schedule = ScaledLearningRate(keras.optimizers.schedules.ExponentialDecay(1e-4, 10, 0.5), 2000.0)
-    restored = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
-    assert isinstance(restored, ScaledLearningRate) and restored.multiplier == 2000.0
-    assert float(restored(20)) == pytest.approx(float(schedule(20))) == pytest.approx(0.05)
 
 
 def test_untracked_values_stay_out_of_a_models_weights():
