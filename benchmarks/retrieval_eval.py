@@ -82,7 +82,7 @@ def main():
     parser.add_argument("--noise", type=float, default=2.4, help="per-dimension noise around the class centres")
     args = parser.parse_args()
     try:
-        import faiss  # noqa: F401
+        import faiss  # noqa: F401  (only checks the extra is installed; the comparison imports it again)
     except ImportError:
         sys.exit("faiss-cpu is a benchmark extra: .venv/bin/pip install faiss-cpu")
     embeddings, labels = sop_like_embeddings(args.noise)

@@ -48,7 +48,7 @@ def red_and_blue(region):
 
 
 def test_retrieval_grid_frames_same_class_green_and_other_class_red():
-    square = lambda value: np.full((64, 64, 3), value, np.uint8)  # noqa: E731
+    square = lambda value: np.full((64, 64, 3), value, np.uint8)
     grid = retrieval_grid([square(128)], ["black footed albatross"], [[square(200), square(60)]],
                           [["black footed albatross", "a very long class name that cannot fit on two short lines"]],
                           [[True, False]], scores=[[0.9, 0.2]])

@@ -2,7 +2,7 @@
 
 from tf_langdml._keras import keras  # noqa: F401  (binds tf.keras to tf-keras first)
 from tf_langdml.data.class_names import clean_class_name
-from tf_langdml.data.demo import demo_classes, load_demo
+from tf_langdml.data.emoji_demo import demo_classes, load_demo
 from tf_langdml.data.image_folder import load_image_folder, unreadable_images
 from tf_langdml.data.preprocessing import (
     decode_rgb,

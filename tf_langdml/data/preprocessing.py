@@ -93,7 +93,7 @@ def _fixed_header_size(encoded, code):
     gif = tf.stack([_uint(header, [8, 9], True), _uint(header, [6, 7], True)], -1)
     # BMP: int32 width and height; a negative height means rows stored top-down.
     bmp_width, bmp_height = _uint(header, [18, 19, 20, 21], True), _uint(header, [22, 23, 24, 25], True)
-    signed = lambda value: tf.where(value >= 2**31, value - 2**32, value)  # noqa: E731
+    signed = lambda value: tf.where(value >= 2**31, value - 2**32, value)
     bmp = tf.stack([tf.abs(signed(bmp_height)), tf.abs(signed(bmp_width))], -1)
     size = tf.zeros_like(png)
     for format_code, format_size in ((PNG, png), (GIF, gif), (BMP, bmp)):
@@ -131,9 +131,9 @@ def _gif_first_image(encoded):
     # Zero padding: a chain that runs off the end stops at a 00 beyond ``size``, which marks it truncated.
     data = tf.io.decode_raw(tf.strings.join([encoded, "\0" * 16]), tf.uint8)  # uint8: 1 byte a byte
     last = tf.size(data) - 1
-    byte = lambda index: tf.cast(tf.gather(data, tf.minimum(index, last)), tf.int32)  # noqa: E731
-    u16 = lambda index: tf.cast(byte(index) + 256 * byte(index + 1), tf.int64)  # noqa: E731
-    table = lambda flags: tf.where(flags >= 128, 3 * tf.bitwise.left_shift(2, flags % 8), 0)  # noqa: E731
+    byte = lambda index: tf.cast(tf.gather(data, tf.minimum(index, last)), tf.int32)
+    u16 = lambda index: tf.cast(byte(index) + 256 * byte(index + 1), tf.int64)
+    table = lambda flags: tf.where(flags >= 128, 3 * tf.bitwise.left_shift(2, flags % 8), 0)
 
     def run_end(position, value, at_block):
         # The first size byte after a run of sub-blocks of ``value`` bytes each (a no-op stride off a chain).
@@ -177,7 +177,7 @@ def _gif_first_image(encoded):
 
     def table_walk():
         jumps = terminators()
-        chain_end = lambda position, value, at_block: tf.gather(jumps, tf.minimum(position, last))  # noqa: E731
+        chain_end = lambda position, value, at_block: tf.gather(jumps, tf.minimum(position, last))
         return walk(walked, chain_end, _GIF_BLOCK_STEPS)
 
     position, state, descriptor = tf.cond(walked[1] < _DONE, table_walk, lambda: walked)
@@ -304,7 +304,7 @@ def _gif_transparency_to_background(encoded, background, search_end):
     size = tf.strings.length(encoded)
     start = tf.where(data[10] >= 128, 13 + 3 * tf.bitwise.left_shift(2, data[10] % 8), 13)
     positions = tf.range(tf.size(data) - 24)
-    at = lambda offset: data[offset : tf.size(data) - 24 + offset]  # noqa: E731  (byte at position + offset)
+    at = lambda offset: data[offset : tf.size(data) - 24 + offset]  # the bytes at each position + offset
     control_block = ((positions >= start) & (positions < search_end) & tf.equal(at(0), 0x21) & tf.equal(at(1), 0xF9)
                      & tf.equal(at(2), 4) & tf.equal(at(7), 0) & (tf.equal(at(8), 0x2C) | tf.equal(at(8), 0x21)))
     found = tf.reduce_any(control_block)

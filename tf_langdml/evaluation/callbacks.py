@@ -16,7 +16,7 @@ from tf_langdml.evaluation.diagnostics import language_table_statistics, loss_di
 from tf_langdml.evaluation.pictures import retrieval_grid, similarity_figure
 from tf_langdml.evaluation.retrieval import DEFAULT_KS, normalized_embeddings, split_retrieval_metrics
 from tf_langdml.inference import embed_split
-from tf_langdml.language.table import LanguageTable
+from tf_langdml.language.language_table import LanguageTable
 
 
 class RetrievalEvaluation(keras.callbacks.Callback):

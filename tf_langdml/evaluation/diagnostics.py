@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tf_langdml.language.table import LanguageTable
+from tf_langdml.language.language_table import LanguageTable
 
 DIAGNOSTICS = ("gradient_norm_ratio", "dml_gradient_norm", "language_gradient_norm", "dml_loss", "language_loss",
                "image_similarity_same_class", "image_similarity_other_class", "language_similarity_other_class")

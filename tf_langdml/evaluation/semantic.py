@@ -7,8 +7,8 @@ import numpy as np
 
 from tf_langdml.evaluation.retrieval import nearest_neighbors
 from tf_langdml.language.encoders import TextEncoder, build_text_encoder
-from tf_langdml.language.table import LanguageTable
-from tf_langdml.language.tables import DEFAULT_TEMPLATE, text_embeddings
+from tf_langdml.language.language_table import LanguageTable
+from tf_langdml.language.text_embeddings import DEFAULT_TEMPLATE, text_embeddings
 
 
 def nearest_classes(similarity: np.ndarray, count: int = 5) -> np.ndarray:

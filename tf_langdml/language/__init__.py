@@ -13,8 +13,8 @@ from tf_langdml.language.encoders import (
 from tf_langdml.language.imagenet import IMAGENET_CLASS_NAMES, first_synonym
 from tf_langdml.language.minilm import build_minilm_savedmodel, minilm_handle, read_safetensors
 from tf_langdml.language.pseudo_labels import PseudoLabels, pseudo_label_table, top_k_pseudo_labels
-from tf_langdml.language.table import LanguageTable
-from tf_langdml.language.tables import DEFAULT_TEMPLATE, expert_language_table, prime, text_embeddings
+from tf_langdml.language.language_table import LanguageTable
+from tf_langdml.language.text_embeddings import DEFAULT_TEMPLATE, expert_language_table, prime, text_embeddings
 
 __all__ = [
     "DEFAULT_ENCODER",

@@ -25,7 +25,7 @@ from tf_langdml.cache import cache_dir as resolve_cache_dir
 from tf_langdml.errors import ArgumentError
 from tf_langdml.inference import forward_batches
 from tf_langdml.language.imagenet import IMAGENET_CLASS_NAMES, NUM_IMAGENET_CLASSES, first_synonym
-from tf_langdml.language.tables import DEFAULT_TEMPLATE, text_embeddings
+from tf_langdml.language.text_embeddings import DEFAULT_TEMPLATE, text_embeddings
 
 if typing.TYPE_CHECKING:
     from tf_langdml._keras import keras

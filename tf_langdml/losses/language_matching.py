@@ -14,7 +14,7 @@ import tensorflow as tf
 from tf_langdml._keras import keras
 from tf_langdml._validation import tensor_check
 from tf_langdml.errors import ArgumentError
-from tf_langdml.language.table import LanguageTable, mean_cosine_similarities
+from tf_langdml.language.language_table import LanguageTable, mean_cosine_similarities
 
 DIRECTIONS = ("image_to_language", "language_to_image")
 

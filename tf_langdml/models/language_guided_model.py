@@ -11,7 +11,7 @@ from numpy.typing import ArrayLike
 
 from tf_langdml._keras import keras
 from tf_langdml.errors import ArgumentError
-from tf_langdml.language.table import LanguageTable
+from tf_langdml.language.language_table import LanguageTable
 from tf_langdml.losses.base import BatchLoss, dml_loss_value
 from tf_langdml.models.compile_arguments import (
     dml_loss_of,

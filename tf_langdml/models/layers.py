@@ -1,5 +1,7 @@
 """Small serializable layers the embedder is made of."""
 
+from typing import Any
+
 import tensorflow as tf
 
 from tf_langdml._keras import keras
@@ -21,7 +23,7 @@ class ImageNormalization(keras.layers.Layer):
         ``none``: unchanged.
     """
 
-    def __init__(self, mode: str = "caffe", **kwargs) -> None:
+    def __init__(self, mode: str = "caffe", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if mode not in NORMALIZATION_MODES:
             raise ValueError(f"Unknown normalization mode {mode!r}; expected one of {list(NORMALIZATION_MODES)}.")
@@ -45,7 +47,7 @@ class ImageNormalization(keras.layers.Layer):
 class L2Normalize(keras.layers.Layer):
     """L2-normalise the last axis, computed in float32 (also under mixed precision)."""
 
-    def __init__(self, epsilon: float = 1e-12, **kwargs) -> None:
+    def __init__(self, epsilon: float = 1e-12, **kwargs: Any) -> None:
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.epsilon = float(epsilon)

@@ -484,7 +484,7 @@ def _read_regular_file(path):
         return handle.read(status.st_size)  # at most the size it had when opened, however it grows
 
 
-def read_torch_legacy_state_dict(path):
+def read_torch_legacy_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """name -> numpy array of a legacy-format ``.pth`` state dict (see the module docstring for what is refused).
 
     Raises:

@@ -71,7 +71,7 @@ from tf_langdml.runs.schema import (ConfigError, ExperimentConfig, config_from_d
                                     read_yaml)
 
 if typing.TYPE_CHECKING:
-    from tf_langdml.language.table import LanguageTable
+    from tf_langdml.language.language_table import LanguageTable
 
 LOCK_FILE = "run.lock"
 EMBEDDER_CONFIG = "embedder.config.json"

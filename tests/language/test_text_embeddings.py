@@ -6,7 +6,7 @@ import pytest
 from helpers import synthetic_problem, tiny_backbone
 from tf_langdml import keras
 from tf_langdml.language import PrecomputedTextEncoder, expert_language_table, prime, text_embeddings
-from tf_langdml.language.tables import _cache_path
+from tf_langdml.language.text_embeddings import _cache_path
 from tf_langdml.models import LanguageGuidedModel, build_embedder
 
 NAMES = ["sparrow", "finch", "pickup truck"]

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 
 from tf_langdml.data import demo_classes, load_demo, make_eval_dataset
-from tf_langdml.data.demo import DEMO_DIR
+from tf_langdml.data.emoji_demo import DEMO_DIR
 
 
 def test_demo_split_is_class_disjoint_within_every_subgroup():
