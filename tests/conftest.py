@@ -10,6 +10,8 @@ import pytest  # noqa: E402
 import tf_langdml  # noqa: E402,F401  (binds tf.keras to tf-keras before TensorFlow loads)
 import tensorflow as tf  # noqa: E402
 
+from shared_artifacts import locked, shared_root  # noqa: E402
+
 
 @pytest.fixture(params=["eager", "graph"])
 def run_mode(request):
@@ -23,8 +25,13 @@ def run_mode(request):
 
 @pytest.fixture(autouse=True, scope="session")
 def isolated_cache(tmp_path_factory):
-    """Every test writes models and embeddings to a throw-away cache, never to ~/.cache."""
-    path = tmp_path_factory.mktemp("tf_langdml_cache")
+    """Every test writes models and embeddings to a throw-away cache, never to ~/.cache.
+
+    One cache for the whole run, shared by the xdist workers (the cache's writes are atomic), so a model
+    built into it (MiniLM, the converted EfficientNet-Lite) is built once, not once per worker.
+    """
+    path = shared_root(tmp_path_factory) / "tf_langdml_cache"
+    path.mkdir(exist_ok=True)
     previous = os.environ.get("TF_LANGDML_CACHE")
     os.environ["TF_LANGDML_CACHE"] = str(path)
     yield path
@@ -36,7 +43,10 @@ def isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def minilm_encoder(isolated_cache):
-    """The offline MiniLM encoder, built once per test session into the isolated cache."""
+    """The offline MiniLM encoder, built once per test run into the shared cache (other workers wait, then load it)."""
     from tf_langdml.language import build_text_encoder
 
-    return build_text_encoder("minilm")
+    encoder = build_text_encoder("minilm")
+    with locked(isolated_cache / "minilm.lock"):
+        encoder.encode(["warm"])  # builds the SavedModel on the first call (a complete folder, or waits for one)
+    return encoder
