@@ -204,6 +204,11 @@ def quiet_env(*, drop: Iterable[str] = (), **extra: str) -> dict[str, str]:
     return environment
 
 
+def _describe(command: Sequence[str]) -> str:
+    return " ".join(part if len(part) <= 60 else part[:40].replace("\n", " ") + f"... ({len(part)} chars)"
+                    for part in command)
+
+
 def _tail(text: str | bytes | None, limit: int = 4000) -> str:
     if isinstance(text, bytes):
         text = text.decode(errors="replace")
@@ -229,12 +234,12 @@ def run_process(argv: Sequence[str | os.PathLike], *, timeout: float = 600, retu
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                                 env=quiet_env() if env is None else dict(env), **run_arguments)
     except subprocess.TimeoutExpired as error:
-        raise AssertionError(f"{command[:4]} did not end within {timeout} s\n--- stdout:\n{_tail(error.stdout)}"
+        raise AssertionError(f"{_describe(command)} did not end within {timeout} s\n--- stdout:\n{_tail(error.stdout)}"
                              f"\n--- stderr:\n{_tail(error.stderr)}") from error
     if returncode is not None:
         assert result.returncode == returncode, (
-            f"{command[:4]} exited with {result.returncode}, expected {returncode}\n--- stdout:\n{_tail(result.stdout)}"
-            f"\n--- stderr:\n{_tail(result.stderr)}")
+            f"{_describe(command)} exited with {result.returncode}, expected {returncode}"
+            f"\n--- stdout:\n{_tail(result.stdout)}\n--- stderr:\n{_tail(result.stderr)}")
     return result
 
 
