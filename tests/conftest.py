@@ -1,6 +1,7 @@
 """Shared fixtures: tiny backbones, a synthetic retrieval problem, eager/graph modes."""
 
 import os
+import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -11,6 +12,34 @@ import tf_langdml  # noqa: E402,F401  (binds tf.keras to tf-keras before TensorF
 import tensorflow as tf  # noqa: E402
 
 from shared_artifacts import locked, shared_root  # noqa: E402
+
+
+TESTS = pathlib.Path(__file__).resolve().parent
+
+# The longest test files (make test's durations, 2026-12-05), longest first. `make test` hands whole files to
+# two workers in collection order (--dist loadfile --no-loadscope-reorder); a long file handed out last keeps
+# one worker busy while the other idles, so these go first and the many short files fill in at the end.
+LONGEST_FIRST = [
+    "test_experiment.py", "test_demo.py", "export/test_search.py", "runs/test_sweep.py", "export/test_export.py",
+    "test_keras_binding.py", "test_progress_lines.py", "data/test_image_folder.py", "test_nonfinite_training.py",
+    "models/test_loss_state.py", "export/test_bad_requests.py", "models/test_embedder.py",
+    "runs/test_run_dir_lifecycle.py", "export/test_export_precision.py", "distribute/test_mirrored.py",
+    "models/test_language_guided_model.py", "data/test_preprocessing.py", "test_cli.py", "test_report.py",
+    "distribute/test_multi_worker.py",
+]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    """Longest files first (:data:`LONGEST_FIRST`), the rest in collection order; each file's tests keep theirs."""
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+
+    def file_rank(item):
+        path = pathlib.Path(item.path)
+        name = path.relative_to(TESTS).as_posix() if path.is_relative_to(TESTS) else str(path)
+        return rank.get(name, len(rank))
+
+    items.sort(key=file_rank)  # stable
 
 
 @pytest.fixture(params=["eager", "graph"])
