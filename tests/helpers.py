@@ -3,7 +3,8 @@
 Data: :func:`synthetic_problem` (arrays), :func:`write_colour_folder` (an image folder on disk).
 Models: :func:`toy_backbone` (the library's ``toy_cnn``, the one tiny backbone), :func:`tiny_embedder`,
 :func:`tiny_guided_model`. Runs: :func:`write_fake_run` (a finished run directory without training).
-Processes: :func:`quiet_env`, :func:`run_process`, :func:`run_python`, :func:`run_cli` and :data:`CLI_PROBE`.
+Processes: :func:`quiet_env`, :func:`user_env`, :func:`run_process`, :func:`run_python`, :func:`run_cli` and
+:data:`CLI_PROBE`.
 Files: :func:`h5_arrays`, :func:`unit_rows`.
 """
 
@@ -202,6 +203,15 @@ def quiet_env(*, drop: Iterable[str] = (), **extra: str) -> dict[str, str]:
     for name in drop:
         environment.pop(name, None)
     return environment
+
+
+def user_env(**extra: str) -> dict[str, str]:
+    """This process's environment without the variables tf_langdml sets for itself, as a user's shell starts a command.
+
+    For children that must show the command line's own defaults (its quiet TensorFlow log level, its Keras binding):
+    TF_CPP_MIN_LOG_LEVEL and TF_USE_LEGACY_KERAS removed, then ``extra`` set.
+    """
+    return {**quiet_env(drop=("TF_CPP_MIN_LOG_LEVEL", "TF_USE_LEGACY_KERAS")), **extra}
 
 
 def _describe(command: Sequence[str]) -> str:

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from helpers import (quiet_env, run_cli, run_process, run_python, tiny_embedder, tiny_guided_model, toy_backbone,
-                     write_colour_folder, write_fake_run)
+                     user_env, write_colour_folder, write_fake_run)
 from tf_langdml.data import load_image_folder
 from tf_langdml.models import LanguageGuidedModel
 from tf_langdml.runs.run_dir import check_finished_run
@@ -76,7 +76,7 @@ def test_a_fake_run_is_a_finished_run(tmp_path):
     assert "embed_dim: 4" in config and "batch_size: 2" in config and str(folder) in config
 
 
-def test_the_quiet_environment_keeps_this_one_and_drops_what_is_asked(monkeypatch):
+def test_the_child_environments_keep_this_one_and_drop_what_is_asked(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", "/somewhere")
     monkeypatch.setenv("TF_USE_LEGACY_KERAS", "1")
     environment = quiet_env(drop=["TF_USE_LEGACY_KERAS"], EXTRA="x")
@@ -84,6 +84,10 @@ def test_the_quiet_environment_keeps_this_one_and_drops_what_is_asked(monkeypatc
     assert environment["TF_CPP_MIN_LOG_LEVEL"] == "3" and "TF_USE_LEGACY_KERAS" not in environment
     assert quiet_env(TF_CPP_MIN_LOG_LEVEL="2")["TF_CPP_MIN_LOG_LEVEL"] == "2"
     assert "TF_CPP_MIN_LOG_LEVEL" not in quiet_env(drop=["TF_CPP_MIN_LOG_LEVEL"])
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    shell = user_env(EXTRA="y")
+    assert "TF_CPP_MIN_LOG_LEVEL" not in shell and "TF_USE_LEGACY_KERAS" not in shell
+    assert shell["PYTHONPATH"] == "/somewhere" and shell["EXTRA"] == "y"
 
 
 def test_the_runner_returns_the_process_and_a_failure_shows_its_output():
