@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import tf_langdml
-from helpers import tiny_backbone, unit_rows
+from helpers import toy_backbone, unit_rows
 from tf_langdml import keras
 from tf_langdml.losses import LanguageMatchingLoss, build_dml_loss
 from tf_langdml.losses.dml import TFSIM_LOSSES
@@ -197,11 +197,11 @@ def test_functional_model_with_every_layer_saves_and_loads(every_layer_model, fi
 
 @pytest.fixture(scope="module")
 def guided_model():
-    embedder = build_embedder(tiny_backbone(), weights=None, embed_dim=8, input_shape=(16, 16, 3))
+    embedder = build_embedder(toy_backbone(), weights=None, embed_dim=8, input_shape=(16, 16, 3))
     table = np.random.default_rng(2).normal(size=(3, 5)).astype("float32")
     model = LanguageGuidedModel(embedder, table, table_index="sample_id", name="guided")
     bn = [layer for layer in embedder.submodules if isinstance(layer, FrozenStatisticsBatchNormalization)]
-    assert len(bn) == 2  # build_embedder froze the backbone's BatchNorm layers
+    assert len(bn) == 3  # build_embedder froze the backbone's BatchNorm layers (toy_cnn has three)
     rng = np.random.default_rng(4)
     for layer in bn:  # gamma, beta and the moving statistics away from 1, 0, 0, 1, so a wrong restore shows
         layer.set_weights([w + rng.uniform(0.1, 0.5, w.shape) for w in layer.get_weights()])
