@@ -2,7 +2,8 @@
 
 Data: :func:`synthetic_problem` (arrays), :func:`write_colour_folder` (an image folder on disk).
 Models: :func:`toy_backbone` (the library's ``toy_cnn``, the one tiny backbone), :func:`tiny_embedder`,
-:func:`tiny_guided_model`. Runs: :func:`write_fake_run` (a finished run directory without training).
+:func:`tiny_guided_model`, :func:`global_policy`.
+Runs: :func:`write_fake_run` (a finished run directory without training).
 Processes: :func:`quiet_env`, :func:`user_env`, :func:`run_process`, :func:`run_python`, :func:`run_cli` and
 :data:`CLI_PROBE`.
 Files: :func:`h5_arrays`, :func:`unit_rows`.
@@ -10,12 +11,13 @@ Files: :func:`h5_arrays`, :func:`unit_rows`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -151,6 +153,16 @@ def tiny_guided_model(language_table: np.ndarray | None = None, *, embed_dim: in
     elif compile_arguments:
         raise ValueError(f"compile arguments {sorted(compile_arguments)} need an optimizer; pass optimizer=...")
     return model
+
+
+@contextlib.contextmanager
+def global_policy(name: str) -> Iterator[None]:
+    """Keras's global dtype policy is ``name`` (e.g. ``"mixed_float16"``) inside the block, float32 again after it."""
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
 
 
 # -- runs -----------------------------------------------------------------------------------------------------------

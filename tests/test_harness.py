@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import (quiet_env, run_cli, run_process, run_python, tiny_embedder, tiny_guided_model, toy_backbone,
-                     user_env, write_colour_folder, write_fake_run)
+from helpers import (global_policy, quiet_env, run_cli, run_process, run_python, tiny_embedder, tiny_guided_model,
+                     toy_backbone, user_env, write_colour_folder, write_fake_run)
+from tf_langdml import keras
 from tf_langdml.data import load_image_folder
 from tf_langdml.models import LanguageGuidedModel
 from tf_langdml.runs.run_dir import check_finished_run
@@ -62,6 +63,14 @@ def test_the_tiny_models_are_the_library_toy_cnn_and_repeat_for_a_seed():
     assert tiny_guided_model(optimizer=None, model_arguments={"name": "named"}).name == "named"
     with pytest.raises(ValueError, match=r"compile arguments \['language_weight'\] need an optimizer"):
         tiny_guided_model(optimizer=None, language_weight=1.0)
+
+
+def test_the_global_policy_is_float32_again_after_the_block_even_after_an_error():
+    with pytest.raises(RuntimeError, match="inside"):
+        with global_policy("mixed_float16"):
+            assert keras.mixed_precision.global_policy().name == "mixed_float16"
+            raise RuntimeError("inside")
+    assert keras.mixed_precision.global_policy().name == "float32"
 
 
 def test_a_fake_run_is_a_finished_run(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import run_python, tiny_embedder, tiny_guided_model, write_colour_folder
+from helpers import global_policy, run_python, tiny_embedder, tiny_guided_model, write_colour_folder
 from tf_langdml import keras
 from tf_langdml.runs import builders
 from tf_langdml.runs.run_dir import HistoryFile, ResumeCheckpoints, checkpoint_manager, latest_finite_checkpoint
@@ -112,9 +112,8 @@ def test_several_steps_per_execution_stop_at_the_nonfinite_one():
 
 @pytest.fixture
 def mixed_policy():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    yield
-    keras.mixed_precision.set_global_policy("float32")
+    with global_policy("mixed_float16"):
+        yield
 
 
 def test_loss_scaling_skips_overflowing_steps_without_an_error(mixed_policy):
