@@ -99,25 +99,6 @@ def toy_backbone(input_shape: Sequence[int] = (16, 16, 3)) -> keras.Model:
     return model
 
 
-def tiny_backbone(input_shape: Sequence[int] = (16, 16, 3)) -> keras.Model:
-    """Retired: use :func:`toy_backbone`. Kept only while tests/test_serialization.py still imports it.
-
-    Two conv + BatchNorm blocks; test_serialization's guided_model counts its two BatchNorm layers.
-    """
-    return keras.Sequential(
-        [
-            keras.Input(input_shape),
-            keras.layers.Conv2D(8, 3, padding="same"),
-            keras.layers.BatchNormalization(),
-            keras.layers.ReLU(),
-            keras.layers.Conv2D(16, 3, strides=2, padding="same"),
-            keras.layers.BatchNormalization(),
-            keras.layers.ReLU(),
-        ],
-        name="tiny_backbone",
-    )
-
-
 def tiny_embedder(embed_dim: int = 8, image_size: int = 16, **build_arguments: object) -> keras.Model:
     """``build_embedder("toy_cnn", weights=None, ...)`` for ``image_size`` x ``image_size`` RGB images."""
     return build_embedder("toy_cnn", weights=None, embed_dim=embed_dim, input_shape=(image_size, image_size, 3),
