@@ -39,9 +39,10 @@ format: install
 	$(BIN)/ruff format .
 
 # The test suite (CI runs this through .ci/run); long checks are marked slow. Two pytest-xdist workers,
-# one test file per worker at a time (module fixtures are built once).
+# one test file per worker at a time (module fixtures are built once), handed out in collection order
+# (tests/conftest.py puts the longest files first) rather than xdist's most-tests-first.
 test: install
-	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadfile --durations=15
+	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 # pytest exits 5 when no test is marked slow; that is not a failure here.
 test-slow: install

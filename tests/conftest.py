@@ -1,6 +1,7 @@
 """Shared fixtures: tiny backbones, a synthetic retrieval problem, eager/graph modes."""
 
 import os
+import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -9,6 +10,36 @@ import pytest  # noqa: E402
 
 import tf_langdml  # noqa: E402,F401  (binds tf.keras to tf-keras before TensorFlow loads)
 import tensorflow as tf  # noqa: E402
+
+from shared_artifacts import locked, shared_root  # noqa: E402
+
+
+TESTS = pathlib.Path(__file__).resolve().parent
+
+# The longest test files (make test's durations, 2026-12-05), longest first. `make test` hands whole files to
+# two workers in collection order (--dist loadfile --no-loadscope-reorder); a long file handed out last keeps
+# one worker busy while the other idles, so these go first and the many short files fill in at the end.
+LONGEST_FIRST = [
+    "test_experiment.py", "test_demo.py", "export/test_search.py", "runs/test_sweep.py", "export/test_export.py",
+    "test_keras_binding.py", "test_progress_lines.py", "data/test_image_folder.py", "test_nonfinite_training.py",
+    "models/test_loss_state.py", "export/test_bad_requests.py", "models/test_embedder.py",
+    "runs/test_run_dir_lifecycle.py", "export/test_export_precision.py", "distribute/test_mirrored.py",
+    "models/test_language_guided_model.py", "data/test_preprocessing.py", "test_cli.py", "test_report.py",
+    "distribute/test_multi_worker.py",
+]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    """Longest files first (:data:`LONGEST_FIRST`), the rest in collection order; each file's tests keep theirs."""
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+
+    def file_rank(item):
+        path = pathlib.Path(item.path)
+        name = path.relative_to(TESTS).as_posix() if path.is_relative_to(TESTS) else str(path)
+        return rank.get(name, len(rank))
+
+    items.sort(key=file_rank)  # stable
 
 
 @pytest.fixture(params=["eager", "graph"])
@@ -23,8 +54,13 @@ def run_mode(request):
 
 @pytest.fixture(autouse=True, scope="session")
 def isolated_cache(tmp_path_factory):
-    """Every test writes models and embeddings to a throw-away cache, never to ~/.cache."""
-    path = tmp_path_factory.mktemp("tf_langdml_cache")
+    """Every test writes models and embeddings to a throw-away cache, never to ~/.cache.
+
+    One cache for the whole run, shared by the xdist workers (the cache's writes are atomic), so a model
+    built into it (MiniLM, the converted EfficientNet-Lite) is built once, not once per worker.
+    """
+    path = shared_root(tmp_path_factory) / "tf_langdml_cache"
+    path.mkdir(exist_ok=True)
     previous = os.environ.get("TF_LANGDML_CACHE")
     os.environ["TF_LANGDML_CACHE"] = str(path)
     yield path
@@ -36,7 +72,10 @@ def isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def minilm_encoder(isolated_cache):
-    """The offline MiniLM encoder, built once per test session into the isolated cache."""
+    """The offline MiniLM encoder, built once per test run into the shared cache (other workers wait, then load it)."""
     from tf_langdml.language import build_text_encoder
 
-    return build_text_encoder("minilm")
+    encoder = build_text_encoder("minilm")
+    with locked(isolated_cache / "minilm.lock"):
+        encoder.encode(["warm"])  # builds the SavedModel on the first call (a complete folder, or waits for one)
+    return encoder

@@ -7,16 +7,13 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import write_colour_folder
+from helpers import run_cli, write_colour_folder
 from tf_langdml.runs import schema
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -329,22 +326,15 @@ def test_folder_config_without_its_folder_is_refused_before_writing(tmp_path, mo
     assert not (tmp_path / "runs").exists()
 
 
-def _cli(arguments, cwd, timeout):
-    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, "-m", "tf_langdml", *arguments], cwd=cwd, env=environment,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.mark.slow  # 56 s alone, 129 s sharing 2 cores: TensorFlow start-up, EfficientNet-Lite0 built from its wheel
 def test_folder_config_trains_on_a_generated_folder(tmp_path):
     """The README's own-images command on a generated folder, with a tiny budget, finishes and writes metrics.json."""
     images = write_colour_folder(tmp_path / "images", num_classes=8, per_class=3, size=40)
     start = time.monotonic()
-    result = _cli(["train", "--config", str(ROOT / "configs" / "folder.yaml"), "--set", f"data.data_dir={images}",
-                   "--set", f"runs_dir={tmp_path / 'runs'}", "--set", "data.batch_size=4", "--set",
-                   "data.image_size=32", "--set", "training.epochs=1", "--set", "training.steps_per_epoch=2",
-                   "--set", "evaluation.batch_size=16"], cwd=tmp_path, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
+    run_cli(["train", "--config", str(ROOT / "configs" / "folder.yaml"), "--set", f"data.data_dir={images}",
+             "--set", f"runs_dir={tmp_path / 'runs'}", "--set", "data.batch_size=4", "--set",
+             "data.image_size=32", "--set", "training.epochs=1", "--set", "training.steps_per_epoch=2",
+             "--set", "evaluation.batch_size=16"], cwd=tmp_path, timeout=600)
     metrics = json.loads((tmp_path / "runs" / "folder" / "metrics.json").read_text())
     # 8 classes, test_fraction 0.5: 4 unseen classes of 3 images; 2 steps of one epoch
     assert (metrics["training_classes"], metrics["evaluated_classes"], metrics["evaluated_images"]) == (4, 4, 12)

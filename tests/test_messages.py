@@ -16,15 +16,12 @@ import time
 
 import pytest
 
-from helpers import CLI_PROBE
+from helpers import CLI_PROBE, run_cli, run_python, tiny_embedder, user_env, write_colour_folder
 from tf_langdml.cli import _parser, main
 from tf_langdml.runs.schema import CHOICE_KEYS, ConfigError, config_to_yaml, load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-def environment(**extra):
-    return {**{key: value for key, value in os.environ.items()
-               if key not in ("TF_CPP_MIN_LOG_LEVEL", "TF_USE_LEGACY_KERAS")}, **extra}
 
 
 # -- every flag has help ---------------------------------------------------------------------------
@@ -50,8 +47,7 @@ def test_every_flag_of_every_subcommand_has_help_text():
 
 
 def test_a_bare_train_without_a_terminal_refuses_before_loading_tensorflow():
-    result = subprocess.run([sys.executable, "-c", CLI_PROBE, "train"], capture_output=True, text=True, cwd=ROOT,
-                            env=environment(), stdin=subprocess.DEVNULL, timeout=120)
+    result = run_python(CLI_PROBE, "train", cwd=ROOT, env=user_env(), stdin=subprocess.DEVNULL, timeout=120)
     assert result.stdout.strip().splitlines()[-1] == "exit 2 tensorflow False", result.stderr[-3000:]
     (line,) = result.stderr.splitlines()  # one line, no traceback
     assert line.startswith("tf-langdml train: no --config given, and the defaults (hours of CPU time) would train "
@@ -68,7 +64,7 @@ def test_a_bare_train_on_a_terminal_asks_and_no_means_nothing_starts():
     leader, follower = pty.openpty()
     try:
         process = subprocess.Popen([sys.executable, "-c", CLI_PROBE, "train"], stdin=follower, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, cwd=ROOT, env=environment())
+                                   stderr=subprocess.PIPE, text=True, cwd=ROOT, env=user_env())
         os.write(leader, b"n\n")
         out, err = process.communicate(timeout=120)
     finally:
@@ -124,7 +120,7 @@ def test_ctrl_c_during_start_up_prints_one_line_and_exits_130(tmp_path):
     # handler); a user's shell starts the command with the default disposition, so the child gets it back.
     process = subprocess.Popen([sys.executable, "-c", IN_THE_IMPORT, str(marker), "evaluate", "--run", str(tmp_path)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                               env=environment(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                               env=user_env(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None and not marker.exists():
         time.sleep(0.01)
@@ -266,8 +262,6 @@ def test_search_on_text_files_names_them_without_stray_brackets(tmp_path, monkey
 
 
 def _colour_folder(root, bad):
-    from helpers import write_colour_folder
-
     write_colour_folder(root, num_classes=4, per_class=3, size=16)
     from PIL import Image
     import numpy as np
@@ -283,13 +277,11 @@ def _colour_folder(root, bad):
 def test_the_cli_prints_the_skip_warning_as_one_plain_line_and_no_libjpeg_chatter(tmp_path):
     folder = _colour_folder(tmp_path / "photos", bad=6)
     # evaluation.ks = 50 fails after the data load (the test split has 6 images), before any model is built.
-    command = [sys.executable, "-m", "tf_langdml", "train", "--quiet", "--yes",
-               "--set", f"runs_dir={tmp_path / 'runs'}",
-               "--set", "data.dataset=folder", "--set", f"data.data_dir={folder}", "--set", "model.backbone=toy_cnn",
-               "--set", "model.weights=null", "--set", "data.image_size=16", "--set", "data.batch_size=4",
-               "--set", "evaluation.ks=[1,50]"]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=environment(), timeout=600)
-    assert result.returncode == 2, result.stderr[-3000:]
+    result = run_cli(["train", "--quiet", "--yes", "--set", f"runs_dir={tmp_path / 'runs'}",
+                      "--set", "data.dataset=folder", "--set", f"data.data_dir={folder}",
+                      "--set", "model.backbone=toy_cnn", "--set", "model.weights=null", "--set", "data.image_size=16",
+                      "--set", "data.batch_size=4", "--set", "evaluation.ks=[1,50]"], cwd=ROOT, env=user_env(),
+                     returncode=2)
     lines = [line for line in result.stderr.splitlines() if not line.startswith("computing in")]  # runs/train.py's
     assert lines[0] == (
         f"tf-langdml train: warning: Skipped 7 file(s) under '{folder}' that are not readable images: 1 without an "
@@ -339,9 +331,8 @@ def test_a_missing_precomputed_file_is_refused_before_the_run_folder(tmp_path, m
 
 def test_an_existing_export_version_names_the_cli_flag_and_the_python_argument(tmp_path):
     from tf_langdml.export import export_embedder
-    from tf_langdml.models import build_embedder
 
-    embedder = build_embedder("toy_cnn", weights=None, input_shape=(16, 16, 3), embed_dim=4)
+    embedder = tiny_embedder(embed_dim=4)
     (tmp_path / "model" / "1").mkdir(parents=True)
     with pytest.raises(FileExistsError) as raised:
         export_embedder(embedder, tmp_path / "model", version=1)

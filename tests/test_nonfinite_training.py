@@ -2,21 +2,18 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
+from helpers import global_policy, run_python, tiny_embedder, tiny_guided_model, write_colour_folder
 from tf_langdml import keras
 from tf_langdml.runs import builders
 from tf_langdml.runs.run_dir import HistoryFile, ResumeCheckpoints, checkpoint_manager, latest_finite_checkpoint
 from tf_langdml.runs.schema import load_config
 from tf_langdml.runs.train import train
-from tf_langdml.models import LanguageGuidedModel, NonFiniteLossError, build_embedder
+from tf_langdml.models import LanguageGuidedModel, NonFiniteLossError
 
 RNG = np.random.default_rng(0)
 LABELS = np.repeat(np.arange(4), 2).astype("int32")  # 4 classes x 2 images: one batch of 8
@@ -25,13 +22,9 @@ TABLE = RNG.normal(size=(4, 1, 5)).astype("float32")
 
 
 def toy_model(optimizer, **compile_arguments):
-    keras.utils.set_random_seed(1)
     # BatchNorm statistics that move in training, so the tests see them put back after a NaN step.
-    embedder = build_embedder("toy_cnn", weights=None, embed_dim=8, input_shape=(16, 16, 3),
-                              freeze_bn_statistics=False)
-    model = LanguageGuidedModel(embedder, language_table=TABLE)
-    model.compile(optimizer=optimizer, language_weight=1.0, **compile_arguments)
-    return model
+    return tiny_guided_model(TABLE, seed=1, optimizer=optimizer, embedder_arguments={"freeze_bn_statistics": False},
+                             language_weight=1.0, **compile_arguments)
 
 
 def batches(nan_at=None, count=50):
@@ -97,8 +90,7 @@ def test_an_absurd_learning_rate_stops_fit_at_the_first_nonfinite_step(mode):
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_nan_pixels_at_step_k_stop_fit_at_step_k(mode):
     with pytest.raises(ValueError, match="NaN or Inf values in row"):  # a NaN table is refused up front
-        LanguageGuidedModel(build_embedder("toy_cnn", weights=None, embed_dim=8, input_shape=(16, 16, 3)),
-                            language_table=np.where(np.arange(4)[:, None, None] == 2, np.nan, TABLE))
+        LanguageGuidedModel(tiny_embedder(), language_table=np.where(np.arange(4)[:, None, None] == 2, np.nan, TABLE))
     model = toy_model(keras.optimizers.Adam(1e-3), weight_decay=1e-3, **MODES[mode])
     capture = Capture()
     with pytest.raises(NonFiniteLossError, match=r"optimizer step 3 \(0-based optimizer.iterations; the 4th update\)"):
@@ -120,9 +112,8 @@ def test_several_steps_per_execution_stop_at_the_nonfinite_one():
 
 @pytest.fixture
 def mixed_policy():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    yield
-    keras.mixed_precision.set_global_policy("float32")
+    with global_policy("mixed_float16"):
+        yield
 
 
 def test_loss_scaling_skips_overflowing_steps_without_an_error(mixed_policy):
@@ -156,15 +147,8 @@ def test_loss_scaling_still_stops_on_a_nonfinite_loss(mixed_policy):
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
     """8 named classes x 6 noisy solid-colour PNGs."""
-    root = tmp_path_factory.mktemp("folder")
-    rng = np.random.default_rng(0)
-    for index in range(8):
-        colour = rng.integers(0, 256, 3)
-        (root / f"{index:02d}.class_{index}").mkdir()
-        for image in range(6):
-            pixels = np.clip(colour + rng.integers(-30, 31, (24, 24, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / f"{index:02d}.class_{index}" / f"{image}.png")
-    return root
+    return write_colour_folder(tmp_path_factory.mktemp("folder"), per_class=6, size=24, noise=30,
+                               class_name="{0:02d}.class_{0}")
 
 
 def diverging_config(folder, runs):
@@ -319,9 +303,7 @@ print(json.dumps({**report, "replicas": model.distribute_strategy.num_replicas_i
 
 @pytest.mark.slow  # a second TensorFlow process with 2 logical CPUs (~30 s); run with `make test-slow`
 def test_mirrored_strategy_stops_every_replica_at_the_nonfinite_step():
-    result = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_python(MIRRORED)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["replicas"] == 2 and report["raised"], report
     assert report["step"] == report["finite_steps"] == report["iterations"] == 3

@@ -1,12 +1,12 @@
 """The README's quick-start is examples/quickstart.py, and it runs as written."""
 
-import os
 import pathlib
 import re
-import subprocess
 import sys
 
 import pytest
+
+from helpers import quiet_env, run_process
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -21,12 +21,8 @@ def test_readme_quickstart_is_the_module():
 
 @pytest.mark.slow  # minutes of ResNet50 steps (README.md states the time); make test-slow and make quickstart run it
 def test_quickstart_trains_offline():
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env.pop("TF_USE_LEGACY_KERAS", None)
-    result = subprocess.run(
-        [sys.executable, "examples/quickstart.py"], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_process([sys.executable, "examples/quickstart.py"], env=quiet_env(drop=["TF_USE_LEGACY_KERAS"]),
+                         cwd=ROOT)
     match = re.search(r"final loss ([0-9.]+) embeddings \(4, 128\)", result.stdout)
     assert match, result.stdout[-2000:]
     losses = [float(value) for value in re.findall(r"- loss: ([0-9.]+)", result.stdout)]

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import tf_langdml
-from helpers import tiny_backbone, unit_rows
+from helpers import toy_backbone, unit_rows
 from tf_langdml import keras
 from tf_langdml.losses import LanguageMatchingLoss, build_dml_loss
 from tf_langdml.losses.dml import TFSIM_LOSSES
@@ -160,12 +160,30 @@ def every_layer_model():
     return model
 
 
+@pytest.fixture(scope="module")
+def saved_and_loaded(tmp_path_factory):
+    """A function (key, model, file_name) -> the model saved in that format and loaded back, once per key and format.
+
+    The eager/graph parametrisation compares outputs, never saves: one save serves both modes.
+    """
+    root = tmp_path_factory.mktemp("saves")
+    loaded = {}
+
+    def save_and_load(key, model, file_name):
+        if (key, file_name) not in loaded:
+            path = root / key / file_name
+            path.parent.mkdir(exist_ok=True)
+            model.save(str(path))
+            loaded[key, file_name] = keras.models.load_model(str(path), compile=False)
+        return loaded[key, file_name]
+
+    return save_and_load
+
+
 @pytest.mark.parametrize("file_name", SAVE_FORMATS)
-def test_functional_model_with_every_layer_saves_and_loads(every_layer_model, file_name, tmp_path, run_mode):
+def test_functional_model_with_every_layer_saves_and_loads(every_layer_model, file_name, saved_and_loaded, run_mode):
     model = every_layer_model
-    path = str(tmp_path / file_name)
-    model.save(path)
-    loaded = keras.models.load_model(path, compile=False)
+    loaded = saved_and_loaded("every_layer", model, file_name)
     assert [type(layer) for layer in loaded.layers] == [type(layer) for layer in model.layers]
     assert [layer.get_config() for layer in loaded.layers[1:]] == [layer.get_config() for layer in model.layers[1:]]
     images = np.random.default_rng(1).uniform(0, 255, (3, 6, 6, 3)).astype("float32")
@@ -180,11 +198,11 @@ def test_functional_model_with_every_layer_saves_and_loads(every_layer_model, fi
 
 @pytest.fixture(scope="module")
 def guided_model():
-    embedder = build_embedder(tiny_backbone(), weights=None, embed_dim=8, input_shape=(16, 16, 3))
+    embedder = build_embedder(toy_backbone(), weights=None, embed_dim=8, input_shape=(16, 16, 3))
     table = np.random.default_rng(2).normal(size=(3, 5)).astype("float32")
     model = LanguageGuidedModel(embedder, table, table_index="sample_id", name="guided")
     bn = [layer for layer in embedder.submodules if isinstance(layer, FrozenStatisticsBatchNormalization)]
-    assert len(bn) == 2  # build_embedder froze the backbone's BatchNorm layers
+    assert len(bn) == 3  # build_embedder froze the backbone's BatchNorm layers (toy_cnn has three)
     rng = np.random.default_rng(4)
     for layer in bn:  # gamma, beta and the moving statistics away from 1, 0, 0, 1, so a wrong restore shows
         layer.set_weights([w + rng.uniform(0.1, 0.5, w.shape) for w in layer.get_weights()])
@@ -218,14 +236,9 @@ def test_language_guided_model_outputs_depend_on_the_embedder_config(guided_mode
     assert np.abs(changed(images).numpy() - guided_model(images).numpy()).max() > 1e-2
 
 
-def save_and_load(model, path):
-    model.save(str(path))
-    return keras.models.load_model(str(path), compile=False)
-
-
 @pytest.mark.parametrize("file_name", ["model.keras", "saved_model"])  # HDF5 takes functional models only
-def test_language_guided_model_saves_and_loads(guided_model, file_name, tmp_path, run_mode):
-    loaded = save_and_load(guided_model, tmp_path / file_name)
+def test_language_guided_model_saves_and_loads(guided_model, file_name, saved_and_loaded, run_mode):
+    loaded = saved_and_loaded("guided", guided_model, file_name)
     images = guided_images()
     expected = run_mode(lambda x: guided_model(x, training=False))(images).numpy()
     np.testing.assert_array_equal(run_mode(lambda x: loaded(x, training=False))(images).numpy(), expected)
@@ -239,17 +252,15 @@ def test_language_guided_model_saves_and_loads(guided_model, file_name, tmp_path
         "saved_model",
     ],
 )
-def test_language_guided_model_reloads_as_its_own_class(guided_model, file_name, tmp_path):
-    loaded = save_and_load(guided_model, tmp_path / file_name)
+def test_language_guided_model_reloads_as_its_own_class(guided_model, file_name, saved_and_loaded):
+    loaded = saved_and_loaded("guided", guided_model, file_name)
     assert type(loaded) is LanguageGuidedModel and loaded.table_index == "sample_id"
 
 
 @pytest.mark.parametrize("file_name", SAVE_FORMATS)
-def test_embedder_saves_and_loads(guided_model, file_name, tmp_path, run_mode):
+def test_embedder_saves_and_loads(guided_model, file_name, saved_and_loaded, run_mode):
     embedder = guided_model.embedder  # build_embedder's model: ImageNormalization, frozen BN, L2Normalize
-    path = str(tmp_path / file_name)
-    embedder.save(path)
-    loaded = keras.models.load_model(path, compile=False)
+    loaded = saved_and_loaded("embedder", embedder, file_name)
     types = {type(layer) for layer in loaded.submodules}
     assert {ImageNormalization, L2Normalize, FrozenStatisticsBatchNormalization} <= types
     assert keras.layers.BatchNormalization not in types  # not silently reloaded as a training BatchNorm

@@ -3,12 +3,15 @@
 import io
 import json
 import os
-import subprocess
+import pathlib
 import sys
 import textwrap
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # tests/, for `helpers` when run as a script
+from helpers import quiet_env, run_python  # noqa: E402
 
 # name -> (PIL mode, PIL format, save options); noise in the pixels, so no decoder can shortcut.
 KINDS = {
@@ -89,9 +92,7 @@ def measure_file(path, warm_up=None, address_space=None):
         warm_up = path + ".warm_up.png"
         Image.new("RGB", (2, 2)).save(warm_up)
     limit = [] if address_space is None else [str(int(address_space))]
-    done = subprocess.run([sys.executable, "-c", _RUNNER, warm_up, path, *limit], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_python(_RUNNER, warm_up, path, *limit, env=quiet_env(TF_CPP_MIN_LOG_LEVEL="2"))
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

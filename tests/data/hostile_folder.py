@@ -2,11 +2,11 @@
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 from PIL import Image
+
+from helpers import quiet_env, run_python
 
 # Entries of root/a/ that are not regular image files, by the kind the skip warning counts them as.
 HOSTILE = {"fifo.png": "FIFO", "zero.png": "device", "dangling.png": "dangling link", "loop.png": "link loop"}
@@ -57,11 +57,8 @@ def walk_in_limited_process(expression, timeout=120):
     ever) and an address-space limit of 1 GiB above what TensorFlow holds after start
     (a read of /dev/zero never ends). Raises AssertionError with the process's error.
     """
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     try:
-        done = subprocess.run([sys.executable, "-c", _RUNNER, expression], capture_output=True, text=True,
-                              timeout=timeout, env=environment)
-    except subprocess.TimeoutExpired as error:
-        raise AssertionError(f"the walk of {expression} did not end within {timeout} s (a FIFO opened?)") from error
-    assert done.returncode == 0, f"the walk of {expression} failed: {done.stderr[-2000:]}"
+        done = run_python(_RUNNER, expression, timeout=timeout, env=quiet_env(TF_CPP_MIN_LOG_LEVEL="2"))
+    except AssertionError as error:  # a timeout here means a FIFO was opened
+        raise AssertionError(f"the walk of {expression} failed or did not end (a FIFO opened?): {error}") from None
     return json.loads(done.stdout.strip().splitlines()[-1])

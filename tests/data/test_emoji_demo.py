@@ -4,11 +4,10 @@ import collections
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 
+from helpers import run_python
 from tf_langdml.data import demo_classes, load_demo, make_eval_dataset
 from tf_langdml.data.emoji_demo import DEMO_DIR
 
@@ -59,8 +58,7 @@ def test_the_build_script_writes_where_load_demo_reads_without_tensorflow(tmp_pa
         "print([(c['code'], c['split']) for c in found['select_classes'](entries)])"
     )
     # Another working directory: the default output comes from the script's own location.
-    result = subprocess.run([sys.executable, "-c", code, str(script)], capture_output=True, text=True, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_python(code, script, cwd=tmp_path)
     demo_dir, imports_tensorflow, classes = result.stdout.splitlines()
     assert os.path.samefile(demo_dir, DEMO_DIR) and imports_tensorflow == "False"
     # Sorted; other groups and emoji one design lacks are left out; alternate per sub-group, train first.

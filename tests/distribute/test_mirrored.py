@@ -1,11 +1,12 @@
 """Global-batch losses under tf.distribute: MirroredStrategy on 2 logical CPUs equals one device."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
+
+from helpers import quiet_env
 
 SCRIPT = r"""
 import json, sys
@@ -99,7 +100,7 @@ print(json.dumps({"single": {k: v[0] for k, v in single_logs.items()},
 def report():
     """The script's report: one subprocess (one MirroredStrategy) for the float32 and the bfloat16 tests."""
     result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                            env=quiet_env())
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -136,7 +137,7 @@ def test_mirrored_strategy_in_bfloat16_gives_the_single_device_loss_and_update(r
 @pytest.mark.slow  # two more pairs of models in the subprocess, about 40 s; make test-slow
 def test_mirrored_strategy_gives_the_single_device_update_of_the_loss_s_own_variables():
     result = subprocess.run([sys.executable, "-c", SCRIPT, "--state"], capture_output=True, text=True, timeout=900,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                            env=quiet_env())
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(report["state"]) == {"proxy_anchor", "s2sd"}

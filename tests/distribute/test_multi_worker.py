@@ -1,12 +1,13 @@
 """MultiWorkerMirroredStrategy: two worker processes on localhost train a few steps and end identical."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
 
 import numpy as np
+
+from helpers import quiet_env
 
 WORKER = r"""
 import json, sys
@@ -47,8 +48,7 @@ def test_two_workers_end_with_identical_weights(tmp_path):
     cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
     workers = []
     for index in range(2):
-        environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
-                       "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        environment = quiet_env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
         workers.append(subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path / f"worker{index}.npy")],
                                         env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = []

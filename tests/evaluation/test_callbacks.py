@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import tiny_backbone
+from helpers import tiny_guided_model
 from tf_langdml import keras
 from tf_langdml.data import make_train_dataset
 from tf_langdml.evaluation import (
@@ -17,7 +17,6 @@ from tf_langdml.evaluation import (
     retrieval_metrics,
     similarity_heatmap,
 )
-from tf_langdml.models import LanguageGuidedModel, build_embedder
 
 
 
@@ -33,9 +32,7 @@ def read_events(folder):
 def test_fit_with_evaluation_checkpoint_and_tensorboard(colour_data, tmp_path):
     train_split, test_split = colour_data.train_split, colour_data.test_split
     table = np.random.default_rng(1).normal(size=(4, 1, 5)).astype(np.float32)
-    embedder = build_embedder(tiny_backbone(), weights=None, embed_dim=8, input_shape=(16, 16, 3))
-    model = LanguageGuidedModel(embedder, table)
-    model.compile(optimizer=keras.optimizers.SGD(0.05), language_weight=1.0)
+    model = tiny_guided_model(table, optimizer=keras.optimizers.SGD(0.05), language_weight=1.0)
     train = make_train_dataset(train_split, batch_size=8, examples_per_class=2, seed=0, image_size=16)
     fixed_batch = next(iter(train))
     log_dir = tmp_path / "logs"

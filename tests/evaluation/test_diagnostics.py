@@ -4,20 +4,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import synthetic_problem, tiny_backbone
+from helpers import synthetic_problem, tiny_guided_model
 from tf_langdml import keras
 from tf_langdml.evaluation import LanguageGuidanceTensorBoard, language_table_statistics, loss_diagnostics
 from tf_langdml.losses import build_dml_loss, language_matching_loss
-from tf_langdml.models import LanguageGuidedModel, build_embedder
 
 
 def _model(table, weight=3.0, delay=0, shift=1.0, temperature=1.0):
-    keras.utils.set_random_seed(0)
-    embedder = build_embedder(tiny_backbone(), weights=None, embed_dim=8, input_shape=(16, 16, 3))
-    model = LanguageGuidedModel(embedder, table)
-    model.compile(optimizer=keras.optimizers.SGD(0.01), language_weight=weight, language_delay=delay,
-                  language_shift=shift, language_temperature=temperature)
-    return model
+    return tiny_guided_model(table, optimizer=keras.optimizers.SGD(0.01), language_weight=weight, language_delay=delay,
+                             language_shift=shift, language_temperature=temperature)
 
 
 @pytest.mark.parametrize("shift, temperature", [(1.0, 1.0), (0.0, 0.5)])

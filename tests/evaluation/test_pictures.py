@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import tiny_backbone
+from helpers import tiny_guided_model
 from tf_langdml import keras
 from tf_langdml.data import make_train_dataset
 from tf_langdml.evaluation import (
@@ -20,7 +20,6 @@ from tf_langdml.evaluation import (
     similarity_figure,
 )
 from tf_langdml.evaluation import pictures
-from tf_langdml.models import LanguageGuidedModel, build_embedder
 
 
 def frame_colour(picture, row, column):
@@ -129,9 +128,7 @@ def test_retrieval_pictures_and_heat_map_during_fit(colour_data, tmp_path):
     train_split, test_split = colour_data.train_split, colour_data.test_split
     # Language rows v, -v, w, -w: S_lang of the fixed batch holds +1 and -1.
     table = np.array([[[1.0, 0.0]], [[-1.0, 0.0]], [[0.0, 1.0]], [[0.0, -1.0]]], np.float32)
-    embedder = build_embedder(tiny_backbone(), weights=None, embed_dim=8, input_shape=(16, 16, 3))
-    model = LanguageGuidedModel(embedder, table)
-    model.compile(optimizer=keras.optimizers.SGD(0.05), language_weight=1.0)
+    model = tiny_guided_model(table, optimizer=keras.optimizers.SGD(0.05), language_weight=1.0)
     train = make_train_dataset(train_split, batch_size=8, examples_per_class=2, seed=0, image_size=16)
     fixed_batch = next(iter(train))
     log_dir = str(tmp_path / "logs")
@@ -175,9 +172,7 @@ def test_retrieval_pictures_and_heat_map_during_fit(colour_data, tmp_path):
 
 
 def test_retrieval_pictures_must_follow_the_evaluation(colour_data, tmp_path):
-    embedder = build_embedder(tiny_backbone(), weights=None, embed_dim=4, input_shape=(16, 16, 3))
-    model = LanguageGuidedModel(embedder)
-    model.compile(optimizer=keras.optimizers.SGD(0.05))
+    model = tiny_guided_model(embed_dim=4, optimizer=keras.optimizers.SGD(0.05))
     train = make_train_dataset(colour_data.train_split, batch_size=8, examples_per_class=2, seed=0, image_size=16)
     evaluation = RetrievalEvaluation(colour_data.test_split, image_size=16, log_dir=str(tmp_path), verbose=0)
     drawn = RetrievalPictures(evaluation, str(tmp_path), image_size=16)

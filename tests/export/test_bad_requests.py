@@ -2,7 +2,6 @@
 
 import io
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from helpers import quiet_env
 from tf_langdml.data import decode_rgb, eval_preprocess
 from tf_langdml.export import ASSET_NAME, export_embedder
 
@@ -127,7 +127,7 @@ def served(tmp_path_factory, guarded_embedder):
     (folder / "requests.pkl").write_bytes(pickle.dumps(REQUESTS))
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(path), str(folder / "requests.pkl"), str(folder / "outcomes.jsonl")],
-        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        capture_output=True, text=True, env=quiet_env())
     lines = (folder / "outcomes.jsonl").read_text().splitlines() if (folder / "outcomes.jsonl").exists() else []
     outcomes = {outcome.pop("name"): outcome for outcome in map(json.loads, lines)}
     return embedder, path, gallery, outcomes, result.stderr[-3000:]

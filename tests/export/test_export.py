@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from helpers import quiet_env
 from tf_langdml.data import decode_rgb, eval_preprocess
 from tf_langdml.export import ASSET_NAME, export_embedder, next_version
 from tf_langdml.models import build_embedder
@@ -62,7 +63,7 @@ np.save({str(tmp_path / "served.npy")!r}, served); np.save({str(tmp_path / "floa
     for index, data in enumerate(encoded):
         (tmp_path / f"{index}.jpg").write_bytes(data)
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "0.jpg"), str(tmp_path / "1.jpg")],
-                            capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                            capture_output=True, text=True, env=quiet_env())
     assert result.returncode == 0, result.stderr[-3000:]
     # The SavedModel's graph vs eager calls: same float32 ops, fused differently (up to 3 ulps seen).
     # Through a 50-layer ResNet that can grow to ~1e-6 on unit-vector entries; 1e-5 leaves room.
@@ -84,7 +85,7 @@ def test_metadata_asset(exported):
 def test_saved_model_cli_lists_both_signatures_and_embeds_a_jpeg(exported, tmp_path):
     _, _, path = exported
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    environment = quiet_env()
     shown = subprocess.run([cli, "show", "--dir", str(path), "--all"], capture_output=True, text=True, env=environment)
     assert shown.returncode == 0, shown.stderr[-2000:]
     for text in ("signature_def['serving_default']", "signature_def['embed_images']", "dtype: DT_STRING",

@@ -10,6 +10,7 @@ import tempfile
 
 import pytest
 
+from helpers import quiet_env
 from tf_langdml.cache import atomic_directory
 from tf_langdml.export import export_embedder
 from tf_langdml.models import build_embedder
@@ -49,7 +50,7 @@ def exported(tmp_path_factory):
     temporary_dir.mkdir()
     process = subprocess.Popen(
         [sys.executable, "-c", KILLED_EXPORT, str(model_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(temporary_dir)})
+        text=True, env=quiet_env(TMPDIR=str(temporary_dir)))
     try:
         written = process.stdout.readline().strip()
     finally:

@@ -2,7 +2,6 @@
 
 import io
 import json
-import os
 import subprocess
 import sys
 
@@ -11,6 +10,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from helpers import quiet_env, write_fake_run
 import tf_langdml.export
 import tf_langdml.inference
 from tf_langdml._keras import keras
@@ -19,8 +19,6 @@ from tf_langdml.data import decode_rgb, eval_preprocess
 from tf_langdml.export import ASSET_NAME, export_embedder, with_precision
 from tf_langdml.gallery import Gallery
 from tf_langdml.models import build_embedder
-from tf_langdml.runs import builders
-from tf_langdml.runs.schema import config_to_yaml, load_config
 
 SIZE = 32
 DIM = 16
@@ -93,7 +91,7 @@ def bfloat16_export(tmp_path_factory):
                       [f"item/{index}" for index in range(8)], ["photo"] * 2 + ["random"] * 6)
     path = export_embedder(embedder, folder / "saved" / "bf16", gallery=gallery, precision="mixed_bfloat16")
     result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(folder), str(path)], capture_output=True,
-                            text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                            text=True, env=quiet_env())
     assert result.returncode == 0, result.stderr[-3000:]
     return {"embedder": embedder, "path": path, "images": images, "encoded": encoded, "gallery": gallery,
             "outputs": dict(np.load(folder / "outputs.npz")), "graph": json.loads((folder / "graph.json").read_text())}
@@ -159,13 +157,7 @@ def fake_run(base):
             pixels = np.random.default_rng(10 * label + image).integers(0, 256, (24, 24, 3)).astype(np.uint8)
             Image.fromarray(pixels).save(buffer, format="PNG")
             (folder / name / f"{image}.png").write_bytes(buffer.getvalue())
-    config = load_config(None, ["data.dataset=folder", f"data.data_dir={folder}", f"data.image_size={SIZE}",
-                                "model.backbone=toy_cnn", "model.weights=null", "model.embed_dim=8",
-                                "evaluation.batch_size=4"])
-    run = base / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text(config_to_yaml(config), encoding="utf-8")
-    builders.embedder(config.model, SIZE, weights=None).save_weights(str(run / "embedder.weights.h5"))
+    run = write_fake_run(base / "run", folder, image_size=SIZE, overrides=["evaluation.batch_size=4"])
     return run, folder
 
 

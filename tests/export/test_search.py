@@ -12,12 +12,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from helpers import quiet_env, write_fake_run
 from tf_langdml.cli import main
 from tf_langdml.export import ASSET_NAME, export_embedder
 from tf_langdml.gallery import Gallery, folder_items, read_gallery
 from tf_langdml.inference import embed_split
 from tf_langdml.models import build_embedder
-from tf_langdml.runs import builders
 from tf_langdml.runs.run_dir import restore_embedder
 from tf_langdml.runs.schema import config_to_yaml, load_config
 from tf_langdml.runs.serving import gallery_split
@@ -166,7 +166,7 @@ def test_a_tf_serving_rest_body_through_saved_model_cli(random_export, tmp_path)
         "item_ids": (tf.string, [None, None]), "class_names": (tf.string, [None, None]),
         "scores": (tf.float32, [None, None]), "indices": (tf.int32, [None, None])}
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    environment = quiet_env()
     run = subprocess.run(
         [cli, "run", "--dir", str(path), "--tag_set", "serve", "--signature_def", "search",
          "--inputs", f"images={tmp_path / 'images.npy'};k={tmp_path / 'k.npy'}",
@@ -193,18 +193,10 @@ def write_folder(root, classes, per_class, seed):
     return root
 
 
-def fake_run(folder, run_dir, embed_dim=8, seed=0):
-    """A finished run directory (config.yaml, embedder.weights.h5, train_class_names.json) without training."""
-    config = load_config(None, ["data.dataset=folder", f"data.data_dir={folder}", f"data.image_size={SIZE}",
-                                "model.backbone=toy_cnn", "model.weights=null", f"model.embed_dim={embed_dim}",
-                                f"training.seed={seed}", "evaluation.batch_size=8"])
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(config_to_yaml(config), encoding="utf-8")
-    tf.keras.utils.set_random_seed(seed)
-    embedder = builders.embedder(config.model, SIZE, weights=None)
-    embedder.save_weights(str(run_dir / "embedder.weights.h5"))
-    (run_dir / "train_class_names.json").write_text(json.dumps(["green frog"]))
-    return run_dir
+def fake_run(folder, run_dir, seed=0):
+    """A finished run directory over ``folder`` (toy_cnn, random weights for ``seed``) without training."""
+    return write_fake_run(run_dir, folder, image_size=SIZE, seed=seed, train_class_names=["green frog"],
+                          overrides=["evaluation.batch_size=8"])
 
 
 @pytest.fixture(scope="module")
@@ -330,7 +322,7 @@ after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print((after - before) / 1024, int(indices.shape[1]))
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                            env=quiet_env())
     assert result.returncode == 0, result.stderr[-2000:]
     growth_mb, k = result.stdout.split()
     assert int(k) == 10

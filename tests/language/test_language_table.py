@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import synthetic_problem, tiny_backbone, unit_rows
+from helpers import synthetic_problem, tiny_embedder, tiny_guided_model, unit_rows
 from tf_langdml import keras
 from tf_langdml.evaluation import language_similarity
 from tf_langdml.language import LanguageTable
 from tf_langdml.losses import language_matching_loss
-from tf_langdml.models import LanguageGuidedModel, build_embedder
+from tf_langdml.models import LanguageGuidedModel
 
 NAMES = ("sparrow", "finch", "truck", "car")
 
@@ -221,10 +221,7 @@ def test_no_normalisation_or_finiteness_check_in_a_step_with_a_language_table():
     images, image_labels = synthetic_problem(num_classes=4, per_class=2)
     steps = {}
     for name, language_table in (("plain", None), ("language", array * 5.0)):
-        keras.utils.set_random_seed(0)
-        embedder = build_embedder(tiny_backbone(), weights=None, embed_dim=8, input_shape=(16, 16, 3))
-        model = LanguageGuidedModel(embedder, language_table)
-        model.compile(optimizer=keras.optimizers.SGD(0.0), language_weight=1.0)
+        model = tiny_guided_model(language_table, optimizer=keras.optimizers.SGD(0.0), language_weight=1.0)
         steps[name] = op_types(lambda x, y: model.compute_losses((x, y), training=True)[0], images, image_labels)
     added = steps["language"] - steps["plain"]
     assert added["MatMul"] and added["LogSoftmax"]  # the language loss is there
@@ -235,7 +232,7 @@ def test_model_uses_the_table_as_given():
     images, labels = synthetic_problem(num_classes=4, per_class=2)
     array = raw_table(seed=5) * 4.0
     keras.utils.set_random_seed(0)
-    embedder = build_embedder(tiny_backbone(), weights=None, embed_dim=8, input_shape=(16, 16, 3))
+    embedder = tiny_embedder()
     trusted = LanguageTable._from_unit_rows(array)  # not unit: only a re-normalising step would undo it
     model = LanguageGuidedModel(embedder, trusted)
     assert model.language_table is trusted

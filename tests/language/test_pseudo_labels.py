@@ -4,9 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from helpers import tiny_backbone
+from helpers import tiny_guided_model, write_colour_folder
 from tf_langdml import keras
 from tf_langdml.data import load_image_folder, make_train_dataset
 from tf_langdml.language import (
@@ -63,13 +62,8 @@ COLOURS = {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230), 
 @pytest.fixture(scope="module")
 def colour_folder(tmp_path_factory):
     """4 classes of 3 solid-colour PNGs with a little noise; all train classes."""
-    root = tmp_path_factory.mktemp("colours")
-    rng = np.random.default_rng(0)
-    for name, colour in COLOURS.items():
-        (root / name).mkdir()
-        for index in range(3):
-            pixels = np.clip(np.array(colour) + rng.integers(-10, 11, (20, 24, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{index}.png")
+    root = write_colour_folder(tmp_path_factory.mktemp("colours"), per_class=3, size=(20, 24), noise=10,
+                               class_names=list(COLOURS), colours=list(COLOURS.values()))
     return load_image_folder(root, test_classes=[]).train_split
 
 
@@ -134,9 +128,8 @@ def test_sample_level_table_trains_through_fit(colour_folder, encoder_file, tmp_
     )
     assert table.shape == (12, 3, 6) and labels.indices.shape == (12, 3)
     assert labels.row_names[0] == colour_folder.class_names[colour_folder.labels[0]]
-    embedder = build_embedder(tiny_backbone(), weights=None, embed_dim=8, input_shape=(16, 16, 3))
-    model = LanguageGuidedModel(embedder, language_table=table, table_index="sample_id")
-    model.compile(optimizer=keras.optimizers.SGD(0.01), language_weight=1.0)
+    model = tiny_guided_model(table, optimizer=keras.optimizers.SGD(0.01), model_arguments={"table_index": "sample_id"},
+                              language_weight=1.0)
     train = make_train_dataset(colour_folder, batch_size=8, examples_per_class=2, seed=0, image_size=16, with_sample_ids=True)
     history = model.fit(train, steps_per_epoch=2, epochs=1, verbose=0)
     assert np.isfinite(history.history["language_loss"][0])

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from helpers import synthetic_problem, tiny_backbone
+from helpers import synthetic_problem, tiny_guided_model
 from tf_langdml import keras
 from tf_langdml.language import PrecomputedTextEncoder, expert_language_table, prime, text_embeddings
 from tf_langdml.language.text_embeddings import _cache_path
@@ -92,8 +92,6 @@ def test_minilm_elg_table_trains_a_language_guided_model(minilm_encoder):
     assert table.shape == (3, 1, 384)
     # Nearer classes in language space: sparrow-finch over sparrow-truck.
     assert table[0, 0] @ table[1, 0] > table[0, 0] @ table[2, 0]
-    embedder = build_embedder(tiny_backbone(), weights=None, embed_dim=8, input_shape=(16, 16, 3))
-    model = LanguageGuidedModel(embedder, language_table=table)
-    model.compile(optimizer=keras.optimizers.SGD(0.01), language_weight=1.0)
+    model = tiny_guided_model(table, optimizer=keras.optimizers.SGD(0.01), language_weight=1.0)
     history = model.fit(images, labels, batch_size=12, epochs=1, verbose=0)
     assert np.isfinite(history.history["language_loss"][0]) and history.history["language_loss"][0] > 0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import tiny_backbone
+from helpers import toy_backbone
 from tf_langdml import keras
 from tf_langdml.errors import argument_of
 from tf_langdml.models import FrozenStatisticsBatchNormalization, ImageNormalization, build_embedder
@@ -42,7 +42,7 @@ def test_resnet50_frozen_bn_keeps_statistics_and_trains_affine(freeze):
 
 
 def test_embeddings_are_unit_norm_float32_with_the_requested_size():
-    embedder = build_embedder(tiny_backbone(), weights=None, embed_dim=12, input_shape=(16, 16, 3))
+    embedder = build_embedder(toy_backbone(), weights=None, embed_dim=12, input_shape=(16, 16, 3))
     embeddings = embedder(np.random.default_rng(0).uniform(0, 255, (5, 16, 16, 3)).astype("float32"))
     assert embeddings.shape == (5, 12) and embeddings.dtype == tf.float32
     # float32 l2_normalize then a float32 norm of 12 terms: <= ~(12/2 + 2) x 2^-24 each, < 1e-6 together.
@@ -50,7 +50,7 @@ def test_embeddings_are_unit_norm_float32_with_the_requested_size():
 
 
 def test_avg_plus_max_pooling_is_the_sum_of_both():
-    backbone = tiny_backbone()
+    backbone = toy_backbone()
     images = np.random.default_rng(1).uniform(0, 255, (3, 16, 16, 3)).astype("float32")
     embedder = build_embedder(
         backbone, weights=None, embed_dim=4, pooling="avg+max", freeze_bn_statistics=False, input_shape=(16, 16, 3)
@@ -60,12 +60,13 @@ def test_avg_plus_max_pooling_is_the_sum_of_both():
     projection = embedder.get_layer("projection")
     expected = pooled @ projection.kernel.numpy() + projection.bias.numpy()
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
-    # float32 on both sides, different kernels: a mean of 64 non-negative values (<= 63 x 2^-24 relative
-    # even summed sequentially), a 16-term projection whose terms are <= 1.7x its norm, normalisation:
-    # <= ~140 x 2^-24 ~ 9e-6 on unit-vector entries (1.2e-7 seen). A relative term adds nothing.
+    # float32 on both sides, different kernels. toy_cnn leaves 2 x 2 x 64 maps: a mean of 4 non-negative values
+    # (<= 3 x 2^-24 relative), a 64-term projection whose |terms| add up to <= ~15x its norm, rounded in <= ~6
+    # levels of a blocked sum, normalisation: <= ~95 x 2^-24 ~ 6e-6 on unit-vector entries (1.8e-7 seen).
+    # A relative term adds nothing.
     np.testing.assert_allclose(embedder(images, training=False).numpy(), expected, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match=r"Unknown pooling 'mean'; expected one of \['avg', 'max', 'avg\+max'\]"):
-        build_embedder(tiny_backbone(), weights=None, pooling="mean", input_shape=(16, 16, 3))
+        build_embedder(toy_backbone(), weights=None, pooling="mean", input_shape=(16, 16, 3))
 
 
 def test_caffe_normalization_matches_keras_applications():
@@ -140,10 +141,10 @@ def test_bad_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="Unknown backbone 'vgg'; known backbones: \\['efficientnet_lite0', 'resnet50', 'toy_cnn'\\]"):
         build_embedder("vgg", weights=None)
     with pytest.raises(ValueError, match="embed_dim must be a positive integer"):
-        build_embedder(tiny_backbone(), weights=None, embed_dim=0, input_shape=(16, 16, 3))
+        build_embedder(toy_backbone(), weights=None, embed_dim=0, input_shape=(16, 16, 3))
     with pytest.raises(ValueError, match="input_shape must be \\(height, width, 3\\)"):
-        build_embedder(tiny_backbone(), weights=None, input_shape=(16, 16))
+        build_embedder(toy_backbone(), weights=None, input_shape=(16, 16))
     with pytest.raises(ValueError, match="weights='imagenet' applies to named backbones only"):
-        build_embedder(tiny_backbone(), weights="imagenet", input_shape=(16, 16, 3))
+        build_embedder(toy_backbone(), weights="imagenet", input_shape=(16, 16, 3))
     with pytest.raises(ValueError, match=r"takes inputs of shape \(16, 16, 3\).*pass input_shape=\(16, 16, 3\)"):
-        build_embedder(tiny_backbone(), weights=None)
+        build_embedder(toy_backbone(), weights=None)

@@ -6,18 +6,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import synthetic_problem, tiny_backbone, unit_rows
+from helpers import synthetic_problem, tiny_guided_model, unit_rows
 from tf_langdml import keras
 from tf_langdml.errors import ArgumentError
 from tf_langdml.language import LanguageTable
 from tf_langdml.losses import build_dml_loss, language_matching_loss
 from tf_langdml.models import LanguageGuidedModel, build_embedder, compile_arguments
-
-
-def tiny_model(language_table=None, embed_dim=8, seed=0, **kwargs):
-    keras.utils.set_random_seed(seed)
-    embedder = build_embedder(tiny_backbone(), weights=None, embed_dim=embed_dim, input_shape=(16, 16, 3))
-    return LanguageGuidedModel(embedder, language_table, **kwargs)
 
 
 def language_table_for(num_classes, num_names=1, seed=0):
@@ -33,7 +27,7 @@ def dataset(images, labels, batch_size, *extra):
 @pytest.mark.parametrize("run_eagerly", [False, True])
 def test_delay_gate_switches_on_at_the_right_step(run_eagerly):
     images, labels = synthetic_problem(num_classes=4, per_class=2)
-    model = tiny_model(language_table_for(4))
+    model = tiny_guided_model(language_table_for(4), optimizer=None)
     weight, delay = 3.0, 2
     model.compile(
         optimizer=keras.optimizers.SGD(0.01),
@@ -56,7 +50,7 @@ def test_delay_gate_switches_on_at_the_right_step(run_eagerly):
 def test_losses_match_the_loss_functions_on_one_batch():
     images, labels = synthetic_problem(num_classes=4, per_class=2)
     table = language_table_for(4, num_names=5)
-    model = tiny_model(table)
+    model = tiny_guided_model(table, optimizer=None)
     model.compile(optimizer=keras.optimizers.SGD(0.0), language_weight=2.0)
     logs = model.evaluate(images, labels, batch_size=8, verbose=0, return_dict=True)
     embeddings = model(images, training=False)
@@ -76,7 +70,7 @@ def test_losses_match_the_loss_functions_on_one_batch():
 @pytest.mark.parametrize("with_language", [False, True])
 def test_fit_lowers_the_loss(with_language):
     images, labels = synthetic_problem(num_classes=6, per_class=4)
-    model = tiny_model(language_table_for(6) if with_language else None, embed_dim=16)
+    model = tiny_guided_model(language_table_for(6) if with_language else None, embed_dim=16, optimizer=None)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), language_weight=1.0 if with_language else 0.0)
     data = dataset(images, labels, 24).shuffle(24, seed=0).cache()
     before = model.evaluate(data, verbose=0, return_dict=True)
@@ -93,7 +87,7 @@ def test_sample_level_table_is_indexed_by_sample_ids():
     images, labels = synthetic_problem(num_classes=4, per_class=2)
     sample_ids = np.arange(8, dtype="int32")[::-1].copy()
     table = language_table_for(8, num_names=3)
-    model = tiny_model(table, table_index="sample_id")
+    model = tiny_guided_model(table, optimizer=None, model_arguments={"table_index": "sample_id"})
     model.compile(optimizer=keras.optimizers.SGD(0.0), language_weight=1.0)
     logs = model.evaluate(dataset(images, labels, 8, sample_ids), verbose=0, return_dict=True)
     embeddings = model(images, training=False)
@@ -109,7 +103,7 @@ def test_weight_zero_and_no_table_are_the_plain_baseline():
     images, labels = synthetic_problem(num_classes=4, per_class=2)
     results = []
     for table in (None, language_table_for(4)):
-        model = tiny_model(table, seed=3)
+        model = tiny_guided_model(table, seed=3, optimizer=None)
         model.compile(optimizer=keras.optimizers.SGD(0.05), language_weight=0.0)
         history = model.fit(dataset(images, labels, 8), epochs=3, verbose=0).history
         results.append((history, [w.numpy() for w in model.embedder.weights]))
@@ -125,7 +119,7 @@ def test_weight_zero_and_no_table_are_the_plain_baseline():
 
 def test_table_is_a_normalised_constant_not_a_weight():
     table = language_table_for(4, num_names=2) * 7
-    model = tiny_model(table)
+    model = tiny_guided_model(table, optimizer=None)
     assert isinstance(model.language_table, LanguageTable)
     assert isinstance(model.language_table.tensor, tf.Tensor) and not isinstance(model.language_table.tensor, tf.Variable)
     # float32 normalisation then a float32 norm of 12 terms: each <= ~(12/2 + 1) ulps, < 1e-6 together.
@@ -141,7 +135,7 @@ def test_coupled_weight_decay_adds_decay_times_weight_to_the_gradient():
     learning_rate, decay = 0.1, 4e-4
     updated = []
     for weight_decay in (0.0, decay):
-        model = tiny_model(seed=5)
+        model = tiny_guided_model(seed=5, optimizer=None)
         model.compile(optimizer=keras.optimizers.SGD(learning_rate), weight_decay=weight_decay)
         initial = [v.numpy().copy() for v in model.trainable_variables]
         model.fit(dataset(images, labels, 8), epochs=1, verbose=0)
@@ -155,7 +149,7 @@ def test_coupled_weight_decay_adds_decay_times_weight_to_the_gradient():
 
 def test_evaluate_changes_no_weights_and_reports_the_same_metrics():
     images, labels = synthetic_problem(num_classes=4, per_class=2)
-    model = tiny_model(language_table_for(4))
+    model = tiny_guided_model(language_table_for(4), optimizer=None)
     model.compile(optimizer=keras.optimizers.Adam(1e-2), language_weight=1.0)
     train_logs = model.fit(dataset(images, labels, 8), epochs=1, verbose=0).history
     before = [w.numpy().copy() for w in model.embedder.weights]
@@ -167,7 +161,7 @@ def test_evaluate_changes_no_weights_and_reports_the_same_metrics():
 
 def test_xbm_memory_only_sees_training_batches():
     images, labels = synthetic_problem(num_classes=4, per_class=2)
-    model = tiny_model()
+    model = tiny_guided_model(optimizer=None)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), dml_loss={"name": "multisimilarity", "xbm_memory_size": 16})
     model.fit(dataset(images, labels, 8), epochs=3, verbose=0)
     memory = model.dml_loss._y_pred_memory.numpy().copy()
@@ -177,7 +171,7 @@ def test_xbm_memory_only_sees_training_batches():
 
 
 def test_config_round_trips_and_reproduces_embeddings():
-    model = tiny_model(language_table_for(4), table_index="label")
+    model = tiny_guided_model(language_table_for(4), optimizer=None, model_arguments={"table_index": "label"})
     config = json.loads(json.dumps(model.get_config()))
     restored = LanguageGuidedModel.from_config(config)
     restored.set_weights(model.get_weights())
@@ -189,7 +183,7 @@ def test_config_round_trips_and_reproduces_embeddings():
 
 def test_label_outside_the_table_fails_before_any_weight_changes():
     images, labels = synthetic_problem(num_classes=4, per_class=2)
-    model = tiny_model(language_table_for(3))  # labels go up to 3, the table has 3 rows
+    model = tiny_guided_model(language_table_for(3), optimizer=None)  # labels go up to 3, the table has 3 rows
     model.compile(optimizer=keras.optimizers.SGD(0.1), language_weight=1.0)
     before = [w.numpy().copy() for w in model.embedder.weights]
     with pytest.raises(tf.errors.InvalidArgumentError, match="outside the language table"):
@@ -202,12 +196,12 @@ def test_bad_configuration_is_rejected_before_training():
     bad_table = language_table_for(4)
     bad_table[1, 3] = np.nan
     with pytest.raises(ValueError, match=r"NaN or Inf values in row\(s\) \[1\]"):
-        tiny_model(bad_table)
+        tiny_guided_model(bad_table, optimizer=None)
     with pytest.raises(ValueError, match=r"all-zero embedding\(s\) in row\(s\) \[0\]"):
-        tiny_model(np.zeros((2, 4), "float32") + np.array([[0], [1]], "float32"))
+        tiny_guided_model(np.zeros((2, 4), "float32") + np.array([[0], [1]], "float32"), optimizer=None)
     with pytest.raises(ValueError, match="Unknown table_index 'class'"):
-        tiny_model(table_index="class")
-    model = tiny_model(language_table_for(4))
+        tiny_guided_model(optimizer=None, model_arguments={"table_index": "class"})
+    model = tiny_guided_model(language_table_for(4), optimizer=None)
     with pytest.raises(ValueError, match="Unknown DML loss 'contrastiv'"):
         model.compile(dml_loss="contrastiv")
     with pytest.raises(ValueError, match="Unknown direction 'backward'"):
@@ -240,7 +234,7 @@ def test_bad_configuration_is_rejected_before_training():
     ],
 )
 def test_compile_refusals_name_the_compile_argument(arguments, argument):
-    model = tiny_model(language_table_for(4))
+    model = tiny_guided_model(language_table_for(4), optimizer=None)
     with pytest.raises(ArgumentError) as info:
         model.compile(**arguments)
     assert info.value.argument == argument
@@ -248,7 +242,7 @@ def test_compile_refusals_name_the_compile_argument(arguments, argument):
 
 def test_table_index_refusal_names_its_argument():
     with pytest.raises(ArgumentError, match="Unknown table_index 'class'") as info:
-        tiny_model(table_index="class")
+        tiny_guided_model(optimizer=None, model_arguments={"table_index": "class"})
     assert info.value.argument == "table_index"
 
 
@@ -261,7 +255,7 @@ def test_refusals_from_the_losses_come_out_under_compile_names(monkeypatch):
 
         return build
 
-    model = tiny_model(language_table_for(4))
+    model = tiny_guided_model(language_table_for(4), optimizer=None)
     for own, compiles_as in [("shift", "language_shift"), ("temperature", "language_temperature"),
                              ("direction", "language_direction")]:
         monkeypatch.setattr(compile_arguments, "LanguageMatchingLoss", refusing(own))
@@ -286,7 +280,7 @@ def test_scaling_table_rows_does_not_change_the_loss():
     table = language_table_for(4)
     values = []
     for scale in (1.0, 5.0):
-        model = tiny_model(table * scale, seed=9)
+        model = tiny_guided_model(table * scale, seed=9, optimizer=None)
         model.compile(optimizer=keras.optimizers.SGD(0.0), language_weight=1.0)
         values.append(model.evaluate(images, labels, batch_size=8, verbose=0, return_dict=True)["language_loss"])
     # Mathematically equal, not bit-equal: the float32 unit rows of table and 5 * table differ by an

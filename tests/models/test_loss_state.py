@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import tiny_embedder, tiny_guided_model
 from tf_langdml import keras
 from tf_langdml.export import export_embedder
 from tf_langdml.losses import DML_LOSSES, build_dml_loss
@@ -30,12 +31,11 @@ def problem(seed=0):
 
 
 def make_model(dml_loss, learning_rate=1e-3, weight_decay=0.0, table=True, **compile_arguments):
-    keras.utils.set_random_seed(3)
+    """(model, images, labels): helpers.tiny_guided_model (seed 3) on :func:`problem`, its loss optimizers built."""
     images, labels, language = problem()
-    embedder = build_embedder("toy_cnn", weights=None, embed_dim=8, input_shape=(16, 16, 3))
-    model = LanguageGuidedModel(embedder, language_table=language if table else None)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), dml_loss=dml_loss, language_weight=1.0 if table else 0.0,
-                  weight_decay=weight_decay, **compile_arguments)
+    model = tiny_guided_model(language if table else None, seed=3, optimizer=keras.optimizers.Adam(learning_rate),
+                              dml_loss=dml_loss, language_weight=1.0 if table else 0.0, weight_decay=weight_decay,
+                              **compile_arguments)
     model.build_optimizers()
     return model, images, labels
 
@@ -171,7 +171,7 @@ def test_the_export_of_an_s2sd_run_with_proxies_is_a_plain_run_s_export(tmp_path
 
 
 def test_clear_errors_for_losses_that_cannot_be_set_up():
-    embedder = build_embedder("toy_cnn", weights=None, embed_dim=8, input_shape=(16, 16, 3))
+    embedder = tiny_embedder()
     with pytest.raises(ValueError, match=r"needs num_classes >= 2 .*Pass num_classes=\.\.\. to compile\(\)"):
         LanguageGuidedModel(embedder).compile(dml_loss="proxy_anchor")
     model = LanguageGuidedModel(embedder)

@@ -19,7 +19,6 @@ import pickletools
 import re
 import struct
 import subprocess
-import sys
 import threading
 import time
 import tracemalloc
@@ -28,6 +27,7 @@ import _pickle
 import numpy as np
 import pytest
 
+from helpers import quiet_env, run_python
 from models.test_efficientnet_lite import fake_torch, write_legacy_state_dict  # noqa: F401  (fake_torch: fixture)
 from tf_langdml.models import torch_legacy
 from tf_langdml.models.torch_legacy import TorchPickleRefused, read_torch_legacy_state_dict
@@ -740,11 +740,8 @@ for case in range(count):
 def read_in_subprocess(folder, count):
     """The outcome of reading ``folder/<case>.pth`` for each case, in a fresh process under an address-space limit
     (TensorFlow not imported); one dict per case: {"loaded": ...}, {"ValueError": message} or {"other": ...}."""
-    result = subprocess.run(
-        [sys.executable, "-c", READ_WORKER, torch_legacy.__file__, str(folder), str(count)],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_python(READ_WORKER, torch_legacy.__file__, folder, str(count), timeout=120,
+                        env=quiet_env(OPENBLAS_NUM_THREADS="1"))
     outcomes = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(outcomes) == count, result.stderr[-2000:]
     return outcomes

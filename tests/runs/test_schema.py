@@ -7,12 +7,11 @@ import configparser
 import dataclasses
 import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 import yaml
 
+from helpers import run_python
 from tf_langdml.demo import DEMO_CONFIG, VARIANTS, demo_configs
 from tf_langdml.runs.schema import (ConfigError, config_from_dict, config_from_yaml, config_to_dict, config_to_yaml,
                                     load_config)
@@ -26,8 +25,7 @@ def test_importing_the_schema_does_not_import_tensorflow():
             "schema.load_config('configs/cub200_plg_128.yaml', ['training.epochs=3'])\n"
             "assert 'tensorflow' not in sys.modules, sorted(m for m in sys.modules if m.startswith('tensorflow'))\n"
             "print('ok')\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_python(code, cwd=ROOT, timeout=120)
     assert result.stdout.strip() == "ok"
 
 
