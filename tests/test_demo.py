@@ -19,8 +19,13 @@ from tf_langdml.runs.train import RUN_INFO_KEYS, evaluate
 
 
 def test_demo_code_path_on_a_reduced_budget(tmp_path, capsys, minilm_encoder):
+    # The budget: fewer steps and pixels, and toy_cnn for the demo's EfficientNet-Lite0 embedder (building and
+    # tracing it six times, for three runs and three evaluations, was most of this test's time). The demo's
+    # ImageNet weights still load here, in PLG's EfficientNet-Lite0 classifier; the demo's own backbone runs
+    # in test_the_full_demo_finishes_within_15_minutes (make test-slow).
     overrides = ["training.epochs=1", "training.steps_per_epoch=2", "training.eval_every=1", "data.image_size=32",
-                 "language.classifier_image_size=64", "evaluation.clustering=false"]
+                 "model.backbone=toy_cnn", "model.weights=null", "language.classifier_image_size=64",
+                 "evaluation.clustering=false"]
     results = run_demo(overrides=overrides, runs_dir=tmp_path, verbose=0)
     assert list(results) == ["baseline", "elg", "plg"]
     assert (tmp_path / "demo_plg" / "pseudo_labels.json").exists()
