@@ -16,11 +16,12 @@ from shared_artifacts import locked, shared_root  # noqa: E402
 
 TESTS = pathlib.Path(__file__).resolve().parent
 
-# The longest test files (make test's durations, 2026-12-05), longest first. `make test` hands whole files to
-# two workers in collection order (--dist loadfile --no-loadscope-reorder); a long file handed out last keeps
-# one worker busy while the other idles, so these go first and the many short files fill in at the end.
+# The longest test files (make test's durations, 2026-12-05; test_demo's after its toy_cnn budget), longest
+# first. `make test` hands whole files to two workers in collection order (--dist loadfile
+# --no-loadscope-reorder); a long file handed out last keeps one worker busy while the other idles, so these go
+# first and the many short files fill in at the end.
 LONGEST_FIRST = [
-    "test_experiment.py", "test_demo.py", "export/test_search.py", "runs/test_sweep.py", "export/test_export.py",
+    "test_experiment.py", "export/test_search.py", "runs/test_sweep.py", "test_demo.py", "export/test_export.py",
     "test_keras_binding.py", "test_progress_lines.py", "data/test_image_folder.py", "test_nonfinite_training.py",
     "models/test_loss_state.py", "export/test_bad_requests.py", "models/test_embedder.py",
     "runs/test_run_dir_lifecycle.py", "export/test_export_precision.py", "distribute/test_mirrored.py",

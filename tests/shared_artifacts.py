@@ -1,8 +1,8 @@
-"""Expensive test artifacts built once per pytest session and shared by every xdist worker of it.
+"""What the xdist workers of one pytest run share: a folder, and an ``fcntl`` lock to build into it once.
 
-A session fixture runs once per worker process; an artifact built through :func:`build_once`
-is built by the first worker that asks for it, under an ``fcntl`` lock on a file in a folder
-all workers of the run share, while the others wait and then reuse it.
+A session fixture runs once per worker process; to build an expensive artifact once per run, a
+fixture builds it into :func:`shared_root` while holding :func:`locked` on a file there, and a
+worker that finds it built (after waiting for the lock) reuses it (tests/conftest.py: the cache).
 """
 
 from __future__ import annotations
@@ -11,12 +11,9 @@ import contextlib
 import fcntl
 import os
 import pathlib
-import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
-
-DONE = ".built"
 
 
 def shared_root(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
@@ -38,26 +35,3 @@ def locked(path: pathlib.Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def build_once(tmp_path_factory: pytest.TempPathFactory, name: str,
-               build: Callable[[pathlib.Path], None]) -> pathlib.Path:
-    """``<shared root>/<name>``, filled by ``build(folder)`` by the first worker to ask; the others wait and reuse it.
-
-    A build that raised leaves no marker, so the next caller clears the folder and builds again (and sees the error).
-    """
-    folder = shared_root(tmp_path_factory) / name
-    with locked(folder.with_name(name + ".lock")):
-        if not (folder / DONE).exists():
-            if folder.exists():
-                shutil.rmtree(folder)
-            folder.mkdir()
-            build(folder)
-            (folder / DONE).touch()
-    return folder
-
-
-def copy_of(artifact: pathlib.Path, destination: pathlib.Path) -> pathlib.Path:
-    """A private copy of a shared artifact (for a test that writes into it), without the build marker."""
-    shutil.copytree(artifact, destination, ignore=shutil.ignore_patterns(DONE))
-    return destination

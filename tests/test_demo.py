@@ -1,7 +1,6 @@
 """The offline demo: its code path on a reduced budget; the full demo is a slow test."""
 
 import json
-import os
 import pathlib
 import re
 import subprocess
@@ -10,7 +9,7 @@ import time
 
 import pytest
 
-from helpers import h5_arrays
+from helpers import h5_arrays, quiet_env, write_colour_folder
 import tf_langdml.runs.train as train_module
 from tf_langdml.cache import json_safe
 from tf_langdml.cli import main
@@ -20,8 +19,13 @@ from tf_langdml.runs.train import RUN_INFO_KEYS, evaluate
 
 
 def test_demo_code_path_on_a_reduced_budget(tmp_path, capsys, minilm_encoder):
+    # The budget: fewer steps and pixels, and toy_cnn for the demo's EfficientNet-Lite0 embedder (building and
+    # tracing it six times, for three runs and three evaluations, was most of this test's time). The demo's
+    # ImageNet weights still load here, in PLG's EfficientNet-Lite0 classifier; the demo's own backbone runs
+    # in test_the_full_demo_finishes_within_15_minutes (make test-slow).
     overrides = ["training.epochs=1", "training.steps_per_epoch=2", "training.eval_every=1", "data.image_size=32",
-                 "language.classifier_image_size=64", "evaluation.clustering=false"]
+                 "model.backbone=toy_cnn", "model.weights=null", "language.classifier_image_size=64",
+                 "evaluation.clustering=false"]
     results = run_demo(overrides=overrides, runs_dir=tmp_path, verbose=0)
     assert list(results) == ["baseline", "elg", "plg"]
     assert (tmp_path / "demo_plg" / "pseudo_labels.json").exists()
@@ -293,7 +297,7 @@ def test_the_full_demo_finishes_within_15_minutes(tmp_path):
     start = time.time()
     result = subprocess.run([sys.executable, "-m", "tf_langdml", "demo", "--runs-dir", str(tmp_path)],
                             capture_output=True, text=True, timeout=1800,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                            env=quiet_env())
     elapsed = time.time() - start
     assert result.returncode == 0, result.stderr[-3000:]
     print(result.stdout)
@@ -310,15 +314,8 @@ def test_deterministic_runs_are_identical_on_one_instruction_set_and_differ_on_a
     between an AVX2 and an AVX-512 machine.
     """
     import numpy as np
-    from PIL import Image
 
-    rng = np.random.default_rng(0)
-    for index in range(8):
-        (tmp_path / "images" / f"class_{index}").mkdir(parents=True)
-        colour = rng.integers(0, 256, 3)
-        for image in range(4):
-            pixels = np.clip(colour + rng.integers(-40, 41, (20, 20, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(tmp_path / "images" / f"class_{index}" / f"{image}.png")
+    write_colour_folder(tmp_path / "images", size=20, noise=40)
     weights = {}
     for label, isa in (("first", None), ("second", None), ("sse41", "SSE41")):
         overrides = ["name=run", f"runs_dir={tmp_path / label}", "data.dataset=folder",
@@ -327,10 +324,7 @@ def test_deterministic_runs_are_identical_on_one_instruction_set_and_differ_on_a
                      "loss.language_weight=0", "optimizer.learning_rate=0.05", "training.epochs=2",
                      "training.steps_per_epoch=4", "training.eval_every=2", "training.deterministic=true",
                      "evaluation.semantic=false", "evaluation.batch_size=16"]
-        env = {key: value for key, value in os.environ.items() if key != "ONEDNN_MAX_CPU_ISA"}
-        env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-        if isa:
-            env["ONEDNN_MAX_CPU_ISA"] = isa
+        env = quiet_env(ONEDNN_MAX_CPU_ISA=isa) if isa else quiet_env(drop=["ONEDNN_MAX_CPU_ISA"])
         result = subprocess.run([sys.executable, "-m", "tf_langdml", "train", "--quiet", "--yes"]
                                 + [f"--set={item}" for item in overrides], env=env, capture_output=True, text=True,
                                 timeout=600)

@@ -1,7 +1,6 @@
 """tf-langdml train end to end on a generated image folder; kill -9 mid-epoch and resume; the CLI."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
-from PIL import Image
 
+from helpers import quiet_env, write_colour_folder
 from tf_langdml.cli import main
 from tf_langdml.runs import run_dir
 from tf_langdml.runs.run_dir import RUN_FILES
@@ -26,16 +25,9 @@ METRICS = ["recall@1", "recall@2", "recall@4", "recall@8", "map@r", "map@1000", 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
     """8 named classes x 6 noisy solid-colour PNGs (4 train classes, 4 test classes)."""
-    root = tmp_path_factory.mktemp("folder")
-    rng = np.random.default_rng(0)
     names = ["red_apple", "green_apple", "blue_whale", "grey_whale", "red_car", "blue_car", "green_frog", "grey_mouse"]
-    for index, name in enumerate(names):
-        colour = rng.integers(0, 256, 3)
-        (root / f"{index:02d}.{name}").mkdir()
-        for image in range(6):
-            pixels = np.clip(colour + rng.integers(-30, 31, (24, 24, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / f"{index:02d}.{name}" / f"{image}.png")
-    return root
+    return write_colour_folder(tmp_path_factory.mktemp("folder"), per_class=6, size=24, noise=30,
+                               class_names=[f"{index:02d}.{name}" for index, name in enumerate(names)])
 
 
 def tiny_overrides(folder, runs, name, guidance="elg", epochs=2, steps=3, every=1):
@@ -103,7 +95,7 @@ def test_a_run_killed_mid_epoch_resumes_bit_exactly_and_counts_every_step_once(i
                                every=2) + ["evaluation.semantic=false", "evaluation.clustering=false",
                                            "loss.dml=margin", "training.deterministic=true"]
     command = [sys.executable, "-m", "tf_langdml", "train", "--quiet", "--yes"] + [f"--set={item}" for item in overrides]
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    environment = quiet_env()
     folder = tmp_path / "resume"
     first = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 300

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import write_colour_folder
+from helpers import quiet_env, write_colour_folder
 from tf_langdml.inference import ImageProgress, progress_line
 from tf_langdml.runs.console import EpochLines, LossProgbar, epoch_line, fit_console, shown_keys
 
@@ -93,7 +93,7 @@ def piped_run(inputs):
     command = [sys.executable, "-m", "tf_langdml.cli", "train", "--yes",
                *set_arguments(train_overrides(inputs["folder"], inputs["runs"], "piped", inputs["encoder"]))]
     try:
-        done = subprocess.run(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True,
+        done = subprocess.run(command, env=quiet_env(), capture_output=True,
                               text=True, timeout=TIMEOUT)
     except subprocess.TimeoutExpired as error:
         return {"code": "timeout", "out": error.stdout or "", "err": str(error.stderr or "")}
@@ -160,7 +160,7 @@ def test_a_terminal_gets_keras_progress_bars(inputs):
         f"    index_run({str(runs / 'terminal')!r}, {str(folder)!r}, 'terminal', "
         f"saved_models_dir={str(inputs['root'] / 'saved')!r}, batch_size=8, verbose=1)\n"
         "sys.exit(code)\n")
-    terminal = run_on_terminal([sys.executable, "-c", script], {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    terminal = run_on_terminal([sys.executable, "-c", script], quiet_env())
     assert terminal["code"] == 0, terminal["output"][-3000:]
     lines = terminal_lines(terminal["output"])
     assert [line for line in lines if line.startswith("Epoch ")] == [f"Epoch {i}/{EPOCHS}" for i in range(1, EPOCHS + 1)]

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import global_policy, synthetic_problem
 from tf_langdml import keras
 from tf_langdml.runs import builders
 from tf_langdml.runs.schema import load_config
@@ -25,9 +26,8 @@ def make(jit_compile=False):
 
 @pytest.fixture
 def mixed_policy():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    yield
-    keras.mixed_precision.set_global_policy("float32")
+    with global_policy("mixed_float16"):
+        yield
 
 
 def test_mixed_precision_losses_match_float32(mixed_policy):
@@ -102,17 +102,12 @@ FORWARD_ROUNDINGS, BACKWARD_ROUNDINGS = 13, 12
 
 def _step(policy, weights=None):
     """(loss, gradients, embeddings, d loss / d embeddings, weights) of one training step from ``weights`` (None: seed 1)."""
-    from helpers import synthetic_problem
-
     images, labels = synthetic_problem(4, 2, 16)
-    keras.mixed_precision.set_global_policy(policy)
-    try:
+    with global_policy(policy):
         keras.utils.set_random_seed(1)
         embedder = build_embedder("toy_cnn", weights=None, embed_dim=8, input_shape=(16, 16, 3))
         model = LanguageGuidedModel(embedder, language_table=TABLE)
         model.compile(optimizer=keras.optimizers.SGD(0.1), language_weight=2.0)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     if weights is not None:
         model.set_weights(weights)
     with tf.GradientTape(persistent=True) as tape:
@@ -151,15 +146,12 @@ def test_a_bfloat16_step_matches_float32_within_the_mantissa_bound(mixed_policy)
 
 
 def test_fit_lowers_the_loss_under_bfloat16(mixed_policy):
-    from helpers import synthetic_problem
-
     images, labels = synthetic_problem(4, 4, 16)
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    keras.utils.set_random_seed(2)
-    embedder = build_embedder("toy_cnn", weights=None, embed_dim=8, input_shape=(16, 16, 3))
-    model = LanguageGuidedModel(embedder, language_table=TABLE)
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), language_weight=1.0)
-    keras.mixed_precision.set_global_policy("float32")
+    with global_policy("mixed_bfloat16"):
+        keras.utils.set_random_seed(2)
+        embedder = build_embedder("toy_cnn", weights=None, embed_dim=8, input_shape=(16, 16, 3))
+        model = LanguageGuidedModel(embedder, language_table=TABLE)
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), language_weight=1.0)
     history = model.fit(images, labels, batch_size=16, epochs=15, verbose=0, shuffle=False).history
     assert embedder.get_layer("toy_cnn").get_layer("toy_conv1").compute_dtype == "bfloat16"
     assert all(np.isfinite(history["loss"]))

@@ -1,29 +1,18 @@
 """training.deterministic: the same command twice gives bit-identical weights and metrics."""
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from helpers import h5_arrays
+from helpers import h5_arrays, quiet_env, write_colour_folder
 
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("determinism_folder")
-    rng = np.random.default_rng(0)
-    for index in range(8):
-        folder = root / f"class_{index}"
-        folder.mkdir()
-        colour = rng.integers(0, 256, 3)
-        for image in range(4):
-            pixels = np.clip(colour + rng.integers(-40, 41, (20, 20, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(folder / f"{image}.png")
-    return root
+    return write_colour_folder(tmp_path_factory.mktemp("determinism_folder"), size=20, noise=40)
 
 
 @pytest.mark.slow  # two training subprocesses, about a minute; make test-slow
@@ -38,7 +27,7 @@ def test_two_deterministic_runs_are_bit_identical(image_folder, tmp_path):
                      "training.steps_per_epoch=4", "training.eval_every=2", "training.deterministic=true",
                      "evaluation.semantic=false", "evaluation.batch_size=16"]
         command = [sys.executable, "-m", "tf_langdml", "train", "--quiet"] + [f"--set={item}" for item in overrides]
-        result = subprocess.run(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True,
+        result = subprocess.run(command, env=quiet_env(), capture_output=True,
                                 text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         runs.append(tmp_path / attempt / "run")

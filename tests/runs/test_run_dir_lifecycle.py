@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from helpers import write_colour_folder
+from helpers import quiet_env, write_colour_folder
 from tf_langdml.cli import main
 from tf_langdml.runs import run_dir
 from tf_langdml.runs.run_dir import RunDirectoryError
@@ -144,7 +144,7 @@ def test_a_second_process_is_refused_naming_the_first_and_kill_9_frees_the_run(i
     folder.mkdir(parents=True)
     holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(folder)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                              env=quiet_env())
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert (folder / run_dir.LOCK_FILE).read_text() == f"{holder.pid}\n"

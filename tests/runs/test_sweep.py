@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import re
 import signal
 import subprocess
@@ -11,8 +10,8 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from helpers import quiet_env, write_colour_folder
 from tf_langdml.runs import sweep as sweep_module
 from tf_langdml.runs.schema import ConfigError
 from tf_langdml.runs.sweep import run_sweep
@@ -26,16 +25,8 @@ CLASS_NAMES = ["red apple", "green apple", "blue whale", "grey whale", "red car"
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
     """12 classes x 4 noisy solid-colour PNGs: 6 train classes (2 of them validation), 6 test classes."""
-    root = tmp_path_factory.mktemp("sweep_folder")
-    rng = np.random.default_rng(0)
-    for index, name in enumerate(CLASS_NAMES):
-        colour = rng.integers(0, 256, 3)
-        folder = root / f"{index:02d}.{name.replace(' ', '_')}"
-        folder.mkdir()
-        for image in range(4):
-            pixels = np.clip(colour + rng.integers(-30, 31, (16, 16, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(folder / f"{image}.png")
-    return root
+    return write_colour_folder(tmp_path_factory.mktemp("sweep_folder"), noise=30, class_names=[
+        f"{index:02d}.{name.replace(' ', '_')}" for index, name in enumerate(CLASS_NAMES)])
 
 
 def base_values(folder, runs, name="tiny"):
@@ -245,7 +236,7 @@ def test_a_sweep_killed_between_points_resumes_without_retraining(image_folder, 
     config.write_text(yaml.safe_dump(base_values(image_folder, tmp_path, "killed")))
     command = [sys.executable, "-m", "tf_langdml", "sweep", "--config", str(config), "--quiet",
                "--grid", "loss.language_weight=0,1", "--set", "evaluation.semantic=false"]
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    environment = quiet_env()
     folder = tmp_path / "killed_sweep"
     first_run = folder / "select__language_weight-0__seed-0"
     process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
