@@ -3,6 +3,7 @@
 import contextlib
 import difflib
 import errno
+import functools
 import os
 import re
 import stat
@@ -85,13 +86,29 @@ def unreadable_images(paths: Sequence[str], max_pixels: int | None = DEFAULT_MAX
     """
     if not paths:
         return []
+    decoded_height = _decoded_height(max_pixels)
     data = tf.data.Dataset.from_tensor_slices((list(paths), np.arange(len(paths))))
-    data = data.map(lambda path, index: (tf.shape(decode_rgb(tf.io.read_file(path), max_pixels=max_pixels))[0], index),
+    data = data.map(lambda path, index: (decoded_height(path), index),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     data = data.ignore_errors()
     with libjpeg_messages_dropped():  # the unreadable files are returned (and named by the callers' warnings)
         readable = {int(index) for _, index in data.as_numpy_iterator()}
     return [path for index, path in enumerate(paths) if index not in readable]
+
+
+@functools.lru_cache(maxsize=8)
+def _decoded_height(max_pixels: int | None) -> tf.types.experimental.GenericFunction:
+    """The decoded height of the image file at a path, as a function traced once per ``max_pixels``.
+
+    The decoder's graph (every format, the GIF block walk) takes about a second to trace; a
+    dataset that calls this traced function reuses it instead of tracing the decoder again.
+    """
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+    def decoded_height(path):
+        return tf.shape(decode_rgb(tf.io.read_file(path), max_pixels=max_pixels))[0]
+
+    return decoded_height
 
 
 def _declared_pixels(path):
