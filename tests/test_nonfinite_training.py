@@ -13,7 +13,8 @@ from PIL import Image
 
 from tf_langdml import keras
 from tf_langdml.runs import builders
-from tf_langdml.runs.run_dir import HistoryFile, ResumeCheckpoints, checkpoint_manager, latest_finite_checkpoint
+from tf_langdml.runs.checkpoints import ResumeCheckpoints, checkpoint_manager, latest_finite_checkpoint
+from tf_langdml.runs.run_dir import HistoryFile
 from tf_langdml.runs.schema import load_config
 from tf_langdml.runs.train import train
 from tf_langdml.models import LanguageGuidedModel, NonFiniteLossError, build_embedder
