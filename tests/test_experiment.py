@@ -13,7 +13,7 @@ import yaml
 
 from helpers import quiet_env, write_colour_folder
 from tf_langdml.cli import main
-from tf_langdml.runs import run_dir
+from tf_langdml.runs import checkpoints
 from tf_langdml.runs.run_dir import RUN_FILES
 from tf_langdml.runs.schema import ConfigError, load_config
 from tf_langdml.runs.train import train
@@ -130,7 +130,7 @@ def test_a_run_killed_mid_epoch_resumes_bit_exactly_and_counts_every_step_once(i
     assert beta and any("loss_optimizers" in key for key in expected), sorted(expected)[:20]
     assert not np.array_equal(expected[beta[0]], np.full_like(expected[beta[0]], 1.2))  # beta did train
     for key in expected:
-        if key != run_dir.CONFIG_VARIABLE:  # (the two runs differ in runs_dir, so in their config's SHA-256)
+        if key != checkpoints.CONFIG_VARIABLE:  # (the two runs differ in runs_dir, so in their config's SHA-256)
             assert np.array_equal(resumed[key], expected[key]), key
     assert json.loads((tmp_path / "unbroken" / "resume" / "metrics.json").read_text())["recall@1"] == metrics["recall@1"]
 
@@ -174,17 +174,17 @@ def test_a_bfloat16_run_resumes_in_the_precision_it_began_with(image_folder, tmp
     unbroken = train(load_config(None, overrides + [f"runs_dir={tmp_path / 'unbroken'}"]), verbose=0)
     assert unbroken["precision"] == "mixed_bfloat16"
 
-    save = run_dir.ResumeCheckpoints.on_train_batch_end
+    save = checkpoints.ResumeCheckpoints.on_train_batch_end
 
     def stop_after_step_3(self, batch, logs=None):
         save(self, batch, logs)
         if int(self.model.optimizer.iterations.numpy()) == 3:
             raise _Interrupted
 
-    monkeypatch.setattr(run_dir.ResumeCheckpoints, "on_train_batch_end", stop_after_step_3)
+    monkeypatch.setattr(checkpoints.ResumeCheckpoints, "on_train_batch_end", stop_after_step_3)
     with pytest.raises(_Interrupted):
         train(config, verbose=0)
-    monkeypatch.setattr(run_dir.ResumeCheckpoints, "on_train_batch_end", save)
+    monkeypatch.setattr(checkpoints.ResumeCheckpoints, "on_train_batch_end", save)
     monkeypatch.setattr(precision, "probe_devices", lambda: slow)  # auto would now give float32
     metrics = train(config, verbose=0)
     folder = tmp_path / "runs" / "bf16"

@@ -12,7 +12,7 @@ from helpers import (global_policy, quiet_env, run_cli, run_process, run_python,
 from tf_langdml import keras
 from tf_langdml.data import load_image_folder
 from tf_langdml.models import LanguageGuidedModel
-from tf_langdml.runs.run_dir import check_finished_run
+from tf_langdml.runs.trained_embedder import check_finished_run
 
 
 def read_folder(root):

@@ -10,7 +10,8 @@ import tensorflow as tf
 from helpers import global_policy, run_python, tiny_embedder, tiny_guided_model, write_colour_folder
 from tf_langdml import keras
 from tf_langdml.runs import builders
-from tf_langdml.runs.run_dir import HistoryFile, ResumeCheckpoints, checkpoint_manager, latest_finite_checkpoint
+from tf_langdml.runs.checkpoints import ResumeCheckpoints, checkpoint_manager, latest_finite_checkpoint
+from tf_langdml.runs.run_dir import HistoryFile
 from tf_langdml.runs.schema import load_config
 from tf_langdml.runs.train import train
 from tf_langdml.models import LanguageGuidedModel, NonFiniteLossError

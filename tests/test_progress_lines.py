@@ -192,7 +192,7 @@ def test_index_prints_progress_over_the_gallery_when_piped(piped_run, inputs, ca
                                                                     (48, 100)]
     # Quiet: the same pass prints nothing (index_run(verbose=0) embeds through embed_split(verbose=0)).
     from tf_langdml.inference import embed_split
-    from tf_langdml.runs.run_dir import restore_embedder
+    from tf_langdml.runs.trained_embedder import restore_embedder
     from tf_langdml.runs.serving import gallery_split
 
     config, embedder = restore_embedder(inputs["runs"] / "piped")

@@ -17,9 +17,10 @@ from PIL import Image
 from tensorboard.compat.proto import event_pb2
 
 from helpers import write_colour_folder
-from tf_langdml import report
+from tf_langdml import report, report_files
 from tf_langdml.cli import main
-from tf_langdml.report import ReportError, read_json, read_pictures, sweep_curves, write_report
+from tf_langdml.report import sweep_curves, write_report
+from tf_langdml.report_files import ReportError, read_json, read_pictures
 from tf_langdml.runs.schema import load_config
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -242,7 +243,7 @@ def test_hostile_json_files_are_one_line(tmp_path, monkeypatch):
     assert "metrics.json holds a JSON list, not the object" in one_line_error([str(tmp_path / "run")])
     big = tmp_path / "big.json"
     with open(big, "wb") as handle:  # sparse: its size, not its bytes, is what is refused
-        handle.truncate(report.MAX_JSON_BYTES + 1)
+        handle.truncate(report_files.MAX_JSON_BYTES + 1)
     with pytest.raises(ReportError, match="big.json is 16777217 bytes, more than the 16777216"):
         read_json(big)
     fifo = tmp_path / "fifo.json"
@@ -283,7 +284,7 @@ def test_event_reading_keeps_the_newest_picture_and_is_bounded(tmp_path, monkeyp
     assert (scan.pictures["retrieval/top5"].width, scan.pictures["retrieval/top5"].height) == (3, 2)
 
     # A record larger than the bound is skipped unread; the pictures after it are still found.
-    monkeypatch.setattr(report, "MAX_RECORD_BYTES", 4096)
+    monkeypatch.setattr(report_files, "MAX_RECORD_BYTES", 4096)
     (logs / "events.out.tfevents.2.b").write_bytes(frame(image_event(3, tiny_png(30), padding=b"x" * 5000))
                                                    + frame(image_event(4, tiny_png(40))))
     scan = read_pictures(logs)
@@ -295,7 +296,7 @@ def test_event_reading_keeps_the_newest_picture_and_is_bounded(tmp_path, monkeyp
     assert read_pictures(logs).pictures["retrieval/top5"].step == 4
 
     # Past MAX_EVENT_BYTES of a file, reading stops and the page says so.
-    monkeypatch.setattr(report, "MAX_EVENT_BYTES", len(frame(image_event(5, tiny_png(50)))))
+    monkeypatch.setattr(report_files, "MAX_EVENT_BYTES", len(frame(image_event(5, tiny_png(50)))))
     (logs / "events.out.tfevents.4.d").write_bytes(frame(image_event(5, tiny_png(50)))
                                                    + frame(image_event(6, tiny_png(60))))
     scan = read_pictures(logs)

@@ -18,9 +18,10 @@ from tf_langdml.export import ASSET_NAME, export_embedder
 from tf_langdml.gallery import Gallery, folder_items, read_gallery
 from tf_langdml.inference import embed_split
 from tf_langdml.models import build_embedder
-from tf_langdml.runs.run_dir import restore_embedder
+from tf_langdml.runs import builders
 from tf_langdml.runs.schema import config_to_yaml, load_config
 from tf_langdml.runs.serving import gallery_split
+from tf_langdml.runs.trained_embedder import restore_embedder
 from tf_langdml.top_k import top_k_in_chunks
 
 SIZE = 16

@@ -59,7 +59,7 @@ def test_check_language_names_the_key_of_the_argument(argument, key, monkeypatch
     def refuse(*args, **kwargs):
         raise ArgumentError(UNRELATED, argument=argument)
 
-    monkeypatch.setattr(builders, "top_k_pseudo_labels", refuse)
+    monkeypatch.setattr(builders.language, "top_k_pseudo_labels", refuse)  # where check_language looks it up
     config = load_config(None, ["language.guidance=plg", "loss.language_weight=1"])
     with pytest.raises(ConfigError, match=f"^'{key}': {UNRELATED}$"):
         builders.check_language(config.language)
@@ -71,7 +71,7 @@ def test_check_embedder_names_the_key_of_the_argument(argument, key, monkeypatch
     def refuse(*args, **kwargs):
         raise ArgumentError(UNRELATED, argument=argument)
 
-    monkeypatch.setattr(builders, "build_embedder", refuse)
+    monkeypatch.setattr(builders.model, "build_embedder", refuse)  # where check_embedder looks it up
     config = load_config(None, [])
     with pytest.raises(ConfigError, match=f"^'{key}': {UNRELATED}$"):
         builders.check_embedder(config.model, config.data.image_size)

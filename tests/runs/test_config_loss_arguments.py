@@ -20,7 +20,7 @@ def loss_config(name, arguments):
 
 def typed_arguments(name):
     arguments = {**dml_loss_arguments(name), "xbm_memory_size": None, "xbm_warmup_steps": 0}
-    return {key: builders._argument_type(key, default) for key, default in arguments.items()}
+    return {key: builders.loss_arguments._argument_type(key, default) for key, default in arguments.items()}
 
 
 @pytest.mark.parametrize("name", sorted(DML_LOSSES))

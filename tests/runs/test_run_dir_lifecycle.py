@@ -16,7 +16,8 @@ import yaml
 
 from helpers import quiet_env, write_colour_folder
 from tf_langdml.cli import main
-from tf_langdml.runs import run_dir
+from tf_langdml.runs import run_dir, trained_embedder
+from tf_langdml.runs.checkpoints import CONFIG_VARIABLE, ResumeCheckpoints
 from tf_langdml.runs.run_dir import RunDirectoryError
 from tf_langdml.runs.schema import ConfigError, config_to_yaml, load_config
 from tf_langdml.runs.train import train
@@ -55,7 +56,7 @@ def runs(image_folder, tmp_path_factory):
     3. the same command again, resumed to the end (3 steps): ``<base>/done/runs/tiny``.
     """
     base = tmp_path_factory.mktemp("lifecycle_runs")
-    save = run_dir.ResumeCheckpoints.on_train_batch_end
+    save = ResumeCheckpoints.on_train_batch_end
 
     def stop_after_step_2(self, batch, logs=None):
         save(self, batch, logs)
@@ -75,12 +76,12 @@ def runs(image_folder, tmp_path_factory):
             failed[-1]["left"] = sorted(str(path.relative_to(base)) for path in base.rglob("*"))
         (base / "failed_starts.json").write_text(json.dumps(failed))
         config = load_config(None, overrides(image_folder))
-        run_dir.ResumeCheckpoints.on_train_batch_end = stop_after_step_2
+        ResumeCheckpoints.on_train_batch_end = stop_after_step_2
         try:
             with pytest.raises(_Stop):
                 train(config, verbose=0)
         finally:
-            run_dir.ResumeCheckpoints.on_train_batch_end = save
+            ResumeCheckpoints.on_train_batch_end = save
         shutil.copytree(base / "runs", base / "stopped" / "runs")
         train(config, verbose=0)
         shutil.move(base / "runs", base / "done" / "runs")
@@ -188,7 +189,7 @@ def test_the_config_sha256_is_recorded_at_start_in_each_checkpoint_and_beside_th
     assert [path.name for path in checkpoints] == ["ckpt-2.index", "ckpt-3.index"]
     for path in checkpoints:
         reader = tf.train.load_checkpoint(str(path).removesuffix(".index"))
-        assert reader.get_tensor(run_dir.CONFIG_VARIABLE).decode() == expected
+        assert reader.get_tensor(CONFIG_VARIABLE).decode() == expected
     record = json.loads((folder / run_dir.EMBEDDER_CONFIG).read_text())
     assert record == {"config_sha256": expected, "optimizer_step": 3, "config": values}
 
@@ -241,7 +242,7 @@ def test_embedder_weights_are_written_atomically(tmp_path):
     from tf_langdml.models import build_embedder
 
     embedder = build_embedder("toy_cnn", weights=None, embed_dim=4, input_shape=(16, 16, 3))
-    run_dir.save_embedder(tmp_path, _EmbedderHolder(embedder), 5)
+    trained_embedder.save_embedder(tmp_path, _EmbedderHolder(embedder), 5)
     weights = tmp_path / "embedder.weights.h5"
     reloaded = build_embedder("toy_cnn", weights=None, embed_dim=4, input_shape=(16, 16, 3))
     reloaded.load_weights(str(weights))
@@ -256,7 +257,7 @@ def test_embedder_weights_are_written_atomically(tmp_path):
 
     embedder.save_weights = dies_half_way
     with pytest.raises(OSError, match="No space left") as error:
-        run_dir.save_embedder(tmp_path, _EmbedderHolder(embedder), 6)
+        trained_embedder.save_embedder(tmp_path, _EmbedderHolder(embedder), 6)
     assert error.value.filename == str(weights)  # named for the one-line message
     assert weights.read_bytes() == complete  # the previous file, whole
     assert sorted(path.name for path in tmp_path.iterdir()) == ["embedder.weights.h5"]
@@ -318,7 +319,7 @@ def test_a_planted_config_yaml_goes_through_the_config_loader(tmp_path):
         f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8))
     (folder / "config.yaml").write_text(bomb)  # 10**9 leaves if expanded
     for read in (lambda: run_dir.check_config(config), lambda: run_dir.read_config(folder),
-                 lambda: run_dir.check_embedder_config(folder)):
+                 lambda: trained_embedder.check_embedder_config(folder)):
         (folder / run_dir.EMBEDDER_CONFIG).write_text(json.dumps({"config_sha256": "0" * 64, "config": {}}))
         started = time.perf_counter()
         with pytest.raises(ConfigError, match="anchor"):

@@ -6,8 +6,9 @@
   encoder, language table, embedder, model, callbacks); the only place that turns
   config values into library calls. The library's own errors do the validating,
   re-raised as :class:`~tf_langdml.runs.schema.ConfigError` naming the config key.
-- :mod:`~tf_langdml.runs.run_dir`: the run directory's layout, its resume state and
-  :func:`~tf_langdml.runs.run_dir.restore_embedder`.
+- :mod:`~tf_langdml.runs.run_dir`: the run directory's layout, lock, config identity and records;
+  :mod:`~tf_langdml.runs.checkpoints`: its resume state; :mod:`~tf_langdml.runs.trained_embedder`:
+  the trained embedder saved and restored (:func:`~tf_langdml.runs.trained_embedder.restore_embedder`).
 - :mod:`~tf_langdml.runs.train`: the resumable training loop and the final metrics.
 - :mod:`~tf_langdml.runs.serving`: a finished run's embedder exported, or a gallery indexed
   with it (the run-directory side of :mod:`tf_langdml.export` and :mod:`tf_langdml.gallery`).

@@ -1,4 +1,7 @@
-"""A run directory: its layout, its resume state, and the trained embedder it holds.
+"""A run directory: its layout, its lock, its config identity and the records it keeps.
+
+The resume state (``checkpoints/``) is :mod:`~tf_langdml.runs.checkpoints`; the trained
+embedder (``embedder.weights.h5``, saved and restored) is :mod:`~tf_langdml.runs.trained_embedder`.
 
 ``<runs_dir>/<name>/``:
 
@@ -54,19 +57,15 @@ import json
 import math
 import os
 import pathlib
-import sys
 import time
 import typing
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from tf_langdml._keras import keras
 from tf_langdml.cache import atomic_file, json_safe, write_json
-from tf_langdml.models.nonfinite import NonFiniteLossError, nonfinite_variables
-from tf_langdml.models.precision import precision_policy
-from tf_langdml.runs import builders
+from tf_langdml.models.nonfinite import NonFiniteLossError
 from tf_langdml.runs.schema import (ConfigError, ExperimentConfig, config_from_dict, config_to_dict, config_to_yaml,
                                     read_yaml)
 
@@ -236,151 +235,6 @@ def write_language_table(folder: str | os.PathLike, table: np.ndarray | Language
             np.save(handle, np.asarray(getattr(table, "rows", table), dtype=np.float32))
 
 
-# -- resume state ------------------------------------------------------------------------------
-
-
-class ResumeCheckpoints(keras.callbacks.Callback):
-    """Saves model + optimizer every ``every`` optimizer steps and when ``fit`` ends (a tf.train.CheckpointManager).
-
-    Not at every epoch end: a checkpoint of a whole model with its optimizer state costs
-    about a second of Python work, which on a small dataset (a few steps per epoch) was
-    a fifth of a run's time. Resume does not need epoch boundaries.
-    """
-
-    def __init__(self, manager: tf.train.CheckpointManager, every: int) -> None:
-        super().__init__()
-        self.manager, self.every, self.last_saved = manager, int(every), None
-
-    def _save(self):
-        step = int(self.model.optimizer.iterations.numpy())
-        if step != self.last_saved:
-            refuse_nonfinite(self.model.variables + list(self.model.optimizer.variables), step,
-                             f"checkpoint ckpt-{step}")
-            save_checkpoint(self.manager, step)
-            self.last_saved = step
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if int(self.model.optimizer.iterations.numpy()) % self.every == 0:
-            self._save()
-
-    def on_train_end(self, logs: dict | None = None) -> None:
-        self._save()
-
-
-# What TensorFlow raises when a checkpoint cannot be written (a folder that is a file, no permission, a full disk).
-_UNWRITABLE = (tf.errors.PermissionDeniedError, tf.errors.FailedPreconditionError, tf.errors.ResourceExhaustedError,
-               tf.errors.NotFoundError, tf.errors.AlreadyExistsError)
-CONFIG_VARIABLE = "config_sha256/.ATTRIBUTES/VARIABLE_VALUE"
-
-
-def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> None:
-    """``manager.save`` numbered by optimizer step; an unwritable folder is a one-line RunDirectoryError naming it."""
-    try:
-        manager.save(checkpoint_number=step)
-    except _UNWRITABLE as error:
-        raise RunDirectoryError(
-            f"Cannot write checkpoint ckpt-{step} to {manager.directory}: {error.message.splitlines()[0]}; "
-            "make that folder writable (and give its disk free space), then run the same command again.") from error
-
-
-def checkpoint_manager(
-    model: keras.Model, folder: str | os.PathLike, config_sha256: str | None = None
-) -> tuple[tf.train.Checkpoint, tf.train.CheckpointManager]:
-    """(checkpoint, manager) of the model and its optimizer in ``<folder>/checkpoints`` (the newest two kept).
-
-    ``config_sha256``: saved in every checkpoint as a string variable, so that a
-    checkpoint names the config it was trained with (:func:`check_checkpoints`).
-    """
-    objects = {"model": model, "optimizer": model.optimizer}
-    if config_sha256 is not None:
-        objects["config_sha256"] = tf.Variable(config_sha256, trainable=False, dtype=tf.string)
-    checkpoint = tf.train.Checkpoint(**objects)
-    manager = tf.train.CheckpointManager(checkpoint, str(pathlib.Path(folder) / "checkpoints"), max_to_keep=2)
-    return checkpoint, manager
-
-
-def checkpoint_config_sha256(path: str | os.PathLike) -> str | None:
-    """The config SHA-256 a checkpoint was saved with; None for a checkpoint written before they were recorded."""
-    reader = tf.train.load_checkpoint(str(path))
-    if not reader.has_tensor(CONFIG_VARIABLE):
-        return None
-    return reader.get_tensor(CONFIG_VARIABLE).decode("ascii")
-
-
-def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str, model: keras.Model) -> None:
-    """Restore model and optimizer from ``path`` (one without a config record: the older layout, without it)."""
-    if checkpoint_config_sha256(path) is None:
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    checkpoint.restore(path).assert_existing_objects_matched()
-
-
-def recorded_config(folder: str | os.PathLike, sha256: str) -> dict | None:
-    """The resolved config whose SHA-256 is ``sha256``, from a start line of ``run_log.jsonl`` (None if absent)."""
-    for record in _log_records(folder):
-        if record.get("event") == "start" and record.get("config_sha256") == sha256 and "config" in record:
-            return record["config"]
-    return None
-
-
-def _refuse_other_config(folder, what, recorded_sha256, recorded_values, values, fix):
-    changed = changed_keys(recorded_values, values) if recorded_values is not None else None
-    keys = ", ".join(changed) if changed else f"not recorded; it had config SHA-256 {recorded_sha256[:12]}"
-    raise ConfigError(f"{what} in {folder} was trained with another config than config.yaml now holds "
-                      f"(changed: {keys}). {fix}")
-
-
-def check_checkpoints(folder: str | os.PathLike, config: ExperimentConfig) -> None:
-    """Raise ConfigError when a checkpoint of the run was trained with another config than ``config``.
-
-    ``config.yaml`` already matches ``config`` (:func:`check_config`); a difference here
-    means ``config.yaml`` was edited after the checkpoints were written.
-    """
-    state = tf.train.get_checkpoint_state(str(pathlib.Path(folder) / "checkpoints"))
-    if state is None:
-        return
-    values = config_to_dict(config)
-    expected = config_sha256(values)
-    for path in state.all_model_checkpoint_paths:
-        if not tf.io.gfile.exists(path + ".index"):
-            continue
-        recorded = checkpoint_config_sha256(path)
-        if recorded is not None and recorded != expected:
-            _refuse_other_config(
-                folder, f"Checkpoint {pathlib.Path(path).name}", recorded, recorded_config(folder, recorded), values,
-                "Put config.yaml back as it was (run_log.jsonl's start lines hold it) and run that config to resume, "
-                "or train the new config under another name (--set name=...).")
-
-
-def _nonfinite_tensors(path):
-    """Names of a checkpoint's floating-point tensors holding NaN or Inf."""
-    reader = tf.train.load_checkpoint(path)
-    return [name for name, dtype in sorted(reader.get_variable_to_dtype_map().items())
-            if dtype.is_floating and not np.isfinite(reader.get_tensor(name)).all()]
-
-
-def latest_finite_checkpoint(manager: tf.train.CheckpointManager) -> str | None:
-    """The newest of the manager's checkpoints whose tensors are all finite (None if none), with a message per skipped one."""
-    for path in reversed(manager.checkpoints):
-        bad = _nonfinite_tensors(path)
-        if not bad:
-            return path
-        print(f"tf_langdml: checkpoint {path} holds NaN or Inf ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
-              "not resuming from it.", file=sys.stderr)
-    if manager.checkpoints:
-        print("tf_langdml: no checkpoint with finite values; starting this run from scratch.", file=sys.stderr)
-    return None
-
-
-def refuse_nonfinite(variables: Sequence[tf.Variable], step: int, what: str) -> None:
-    """NonFiniteLossError instead of writing ``what`` when a variable holds NaN or Inf."""
-    bad = nonfinite_variables(variables)
-    if bad:
-        raise NonFiniteLossError(
-            f"Not writing {what}: after optimizer step {step} variable(s) {', '.join(bad[:5])}"
-            f"{' ...' if len(bad) > 5 else ''} hold NaN or Inf (an update overflowed: lower the learning rate, "
-            "or check mixed precision without loss scaling, the language table and the input images).", step=step)
-
-
 def log_event(folder: str | os.PathLike, record: dict) -> None:
     """Append one line to ``run_log.jsonl``."""
     path = pathlib.Path(folder) / "run_log.jsonl"
@@ -405,6 +259,23 @@ def recorded_precision(folder: str | os.PathLike) -> tuple[str, str] | None:
         if record.get("event") == "start" and record.get("precision"):
             return record["precision"], record.get("precision_reason", "")
     return None
+
+
+def recorded_config(folder: str | os.PathLike, sha256: str) -> dict | None:
+    """The resolved config whose SHA-256 is ``sha256``, from a start line of ``run_log.jsonl`` (None if absent)."""
+    for record in _log_records(folder):
+        if record.get("event") == "start" and record.get("config_sha256") == sha256 and "config" in record:
+            return record["config"]
+    return None
+
+
+def refuse_other_config(folder: str | os.PathLike, what: str, recorded_sha256: str, recorded_values: dict | None,
+                        values: dict, fix: str) -> typing.NoReturn:
+    """Raise ConfigError: ``what`` in ``folder`` was trained with another config (changed keys, else its SHA-256)."""
+    changed = changed_keys(recorded_values, values) if recorded_values is not None else None
+    keys = ", ".join(changed) if changed else f"not recorded; it had config SHA-256 {recorded_sha256[:12]}"
+    raise ConfigError(f"{what} in {folder} was trained with another config than config.yaml now holds "
+                      f"(changed: {keys}). {fix}")
 
 
 def log_nonfinite(folder: str | os.PathLike, model: keras.Model, error: NonFiniteLossError) -> None:
@@ -435,91 +306,3 @@ class HistoryFile(keras.callbacks.Callback):
         self.epochs[str(epoch + 1)] = line
         with naming(self.path):
             write_json(self.path, self.epochs)
-
-
-# -- the trained embedder ----------------------------------------------------------------------
-
-
-def save_embedder(
-    folder: str | os.PathLike, model: keras.Model, step: int, config_values: dict | None = None
-) -> None:
-    """``embedder.weights.h5`` (atomic) and, with ``config_values``, ``embedder.config.json`` beside it.
-
-    Refused (NonFiniteLossError, logged to run_log.jsonl) when a weight is not finite.
-    The config record is written first: weights never appear without the config they
-    were trained with.
-    """
-    try:
-        refuse_nonfinite(model.embedder.variables, step, "embedder.weights.h5")
-    except FloatingPointError as error:  # NonFiniteLossError
-        log_nonfinite(folder, model, error)
-        raise
-    folder = pathlib.Path(folder)
-    if config_values is not None:
-        with naming(folder / EMBEDDER_CONFIG):
-            write_json(folder / EMBEDDER_CONFIG, {"config_sha256": config_sha256(config_values),
-                                                  "optimizer_step": int(step), "config": config_values})
-    path = folder / "embedder.weights.h5"
-    with naming(path), atomic_file(path) as temporary:
-        staging = temporary.with_name(temporary.name + ".weights.h5")  # Keras picks the file format by this suffix
-        try:
-            model.embedder.save_weights(str(staging))
-            os.replace(staging, temporary)
-        finally:
-            staging.unlink(missing_ok=True)
-
-
-def check_embedder_config(folder: str | os.PathLike) -> None:
-    """Raise ConfigError when ``config.yaml`` differs from the config ``embedder.weights.h5`` was trained with.
-
-    Compares the YAML as written (not re-resolved through today's schema, whose
-    defaults may have grown). Runs without ``embedder.config.json`` pass unchecked.
-    """
-    folder = pathlib.Path(folder)
-    record_path = folder / EMBEDDER_CONFIG
-    if not record_path.exists():
-        return
-    record = json.loads(record_path.read_text(encoding="utf-8"))
-    values = read_yaml(folder / "config.yaml")
-    if config_sha256(values) != record["config_sha256"]:
-        _refuse_other_config(folder, "embedder.weights.h5", record["config_sha256"], record.get("config"), values,
-                             f"Put config.yaml back as it was ({EMBEDDER_CONFIG} holds it); a run trained with "
-                             "other values is a new run (train it under another name).")
-
-
-def check_finished_run(folder: str | os.PathLike) -> None:
-    """FileNotFoundError telling apart a folder that does not exist, one that is not a run, and an unfinished run."""
-    folder = pathlib.Path(folder)
-    if not folder.exists():
-        raise FileNotFoundError(f"{folder} does not exist; give a run directory, <runs_dir>/<name> (the folder "
-                                "`tf-langdml train` printed and wrote).")
-    if not (folder / "config.yaml").is_file():
-        raise FileNotFoundError(f"{folder} is not a run directory (it has no config.yaml); give the folder "
-                                "`tf-langdml train` wrote, <runs_dir>/<name>.")
-    if not (folder / "embedder.weights.h5").exists():
-        raise FileNotFoundError(f"{folder} has not finished (no embedder.weights.h5 yet); finish it with "
-                                f"`tf-langdml train --config {folder / 'config.yaml'}` (it resumes from its last "
-                                "checkpoint), then try again.")
-
-
-def restore_embedder(folder: str | os.PathLike, policy: str = "float32") -> tuple[ExperimentConfig, keras.Model]:
-    """(config, embedder) of a finished run directory (config.yaml + embedder.weights.h5).
-
-    Refused (ConfigError naming the keys) when ``config.yaml`` was edited after training
-    (:func:`check_embedder_config`); a folder without ``config.yaml`` is not a run.
-
-    ``policy``: the Keras dtype policy the rebuilt embedder's layers compute in (its
-    variables are float32 either way); ``"run"``: the one the run trained in
-    (:func:`recorded_precision`, else ``training.precision`` resolved here).
-    """
-    folder = pathlib.Path(folder)
-    weights = folder / "embedder.weights.h5"
-    check_finished_run(folder)
-    check_embedder_config(folder)
-    config = read_config(folder)
-    if policy == "run":
-        policy = (recorded_precision(folder) or builders.precision(config.training))[0]
-    with precision_policy(policy):
-        embedder = builders.embedder(config.model, config.data.image_size, weights=None)
-    embedder.load_weights(str(weights))
-    return config, embedder

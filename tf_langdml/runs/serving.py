@@ -2,7 +2,7 @@
 
 The run-directory side of :mod:`tf_langdml.export` and :mod:`tf_langdml.gallery`,
 which know no run directory: here the run's config, weights
-(:func:`~tf_langdml.runs.run_dir.restore_embedder`) and training class names
+(:func:`~tf_langdml.runs.trained_embedder.restore_embedder`) and training class names
 (:func:`~tf_langdml.runs.run_dir.train_class_names`) are read and handed to them.
 
 ``index_run(run, gallery, name)`` embeds a gallery (an image folder, or a split of the
@@ -30,8 +30,9 @@ from tf_langdml.data.preprocessing import source_formats
 from tf_langdml.data.splits import Split
 from tf_langdml.gallery import Gallery, folder_items, latest_version, read_gallery
 from tf_langdml.runs import builders
-from tf_langdml.runs.run_dir import restore_embedder, train_class_names
+from tf_langdml.runs.run_dir import train_class_names
 from tf_langdml.runs.schema import ExperimentConfig, config_to_dict
+from tf_langdml.runs.trained_embedder import restore_embedder
 
 SPLIT_NAMES = ("train", "test", "validation")
 

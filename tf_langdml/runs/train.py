@@ -31,7 +31,7 @@ from tf_langdml._keras import keras
 from tf_langdml.evaluation import language_table_statistics
 from tf_langdml.models import NonFiniteLossError
 from tf_langdml.models.precision import DeviceCapabilities
-from tf_langdml.runs import builders, run_dir
+from tf_langdml.runs import builders, checkpoints, run_dir, trained_embedder
 from tf_langdml.runs.console import fit_console
 from tf_langdml.runs.schema import ExperimentConfig, config_to_dict
 
@@ -108,7 +108,7 @@ def train(config: ExperimentConfig, verbose: int = 1) -> dict:
         metrics = _complete(folder, verbose)  # (another process may have finished it meanwhile)
         if metrics is not None:
             return metrics
-        run_dir.check_checkpoints(folder, config)
+        checkpoints.check_checkpoints(folder, config)
         return _train_locked(config, folder, split, scored_split, index, fixed_batches, verbose)
 
 
@@ -117,7 +117,7 @@ def _complete(folder, verbose):
     metrics = run_dir.read_metrics(folder)
     if metrics is None:
         return None
-    run_dir.check_embedder_config(folder)
+    trained_embedder.check_embedder_config(folder)
     if verbose:
         print(f"tf_langdml: run {folder} is complete; its metrics are in {folder / 'metrics.json'}.")
     return metrics
@@ -139,10 +139,10 @@ def _train_locked(config, folder, split, scored_split, index, fixed_batches, ver
                                   config.training, table, index, num_classes=split.num_classes, policy=policy)
     if verbose:  # not before an error of the text encoder, the table or the model: those name their own fix
         print(precision_message(policy, policy_reason, recorded), file=sys.stderr)
-    checkpoint, manager = run_dir.checkpoint_manager(model, folder, config_sha256)
-    resume_from = run_dir.latest_finite_checkpoint(manager)
+    checkpoint, manager = checkpoints.checkpoint_manager(model, folder, config_sha256)
+    resume_from = checkpoints.latest_finite_checkpoint(manager)
     if resume_from:
-        run_dir.restore_checkpoint(checkpoint, resume_from, model)
+        checkpoints.restore_checkpoint(checkpoint, resume_from, model)
         if verbose:
             print(f"tf_langdml: resuming {folder} from optimizer step {int(model.optimizer.iterations.numpy())}.")
     steps_per_epoch = config.training.steps_per_epoch or max(1, len(split.labels) // config.data.batch_size)
@@ -155,7 +155,7 @@ def _train_locked(config, folder, split, scored_split, index, fixed_batches, ver
     callbacks = builders.callbacks(config.training, config.evaluation, config.data.image_size, scored_split, log_dir,
                                    fixed_batch=next(iter(fixed_batches)), fixed_batch_class_names=split.class_names)
     callbacks += [run_dir.HistoryFile(folder / "history.json"),
-                  run_dir.ResumeCheckpoints(manager, config.training.checkpoint_every)]
+                  checkpoints.ResumeCheckpoints(manager, config.training.checkpoint_every)]
     # After the evaluation callback, whose recall@1 they show; the full logs still reach history.json and TensorBoard.
     fit_verbose, console = fit_console(verbose, config.training.epochs, language=table is not None)
     callbacks += console
@@ -169,7 +169,7 @@ def _train_locked(config, folder, split, scored_split, index, fixed_batches, ver
              steps_per_epoch=steps_per_epoch - done_in_epoch if done_in_epoch else steps_per_epoch,
              callbacks=callbacks, verbose=fit_verbose)
         step = int(model.optimizer.iterations.numpy())
-    run_dir.save_embedder(folder, model, step, config_values)
+    trained_embedder.save_embedder(folder, model, step, config_values)
     metrics = builders.evaluation_metrics(config.evaluation, config.data, config.language, config.training.seed,
                                           model, scored_split, encoder=encoder, verbose=verbose)
     metrics.update({"epochs": math.ceil(step / steps_per_epoch), "optimizer_steps": step,
@@ -190,7 +190,7 @@ def evaluate(folder: str | os.PathLike, verbose: int = 1) -> dict:
     The embedder computes in the dtype policy the run trained in (``run_log.jsonl``), so
     the metrics are those training reported.
     """
-    config, embedder = run_dir.restore_embedder(folder, policy="run")
+    config, embedder = trained_embedder.restore_embedder(folder, policy="run")
     scored_split = builders.evaluation_split(config.evaluation, builders.dataset(config.data, config.evaluation.split))
     builders.check_ks(config.evaluation, scored_split)  # the data may have changed since training
     return builders.evaluation_metrics(config.evaluation, config.data, config.language, config.training.seed,
