@@ -5,13 +5,13 @@ import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np  # noqa: E402  (after TF_CPP_MIN_LOG_LEVEL is set, before TensorFlow loads)
+import pytest  # noqa: E402  (after TF_CPP_MIN_LOG_LEVEL is set, before TensorFlow loads)
 
 import tf_langdml  # noqa: E402,F401  (binds tf.keras to tf-keras before TensorFlow loads)
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf  # noqa: E402  (after TF_CPP_MIN_LOG_LEVEL is set, before TensorFlow loads)
 
-from shared_artifacts import locked, shared_root  # noqa: E402
+from shared_artifacts import locked, shared_root  # noqa: E402  (after TF_CPP_MIN_LOG_LEVEL is set, before TensorFlow loads)
 
 
 TESTS = pathlib.Path(__file__).resolve().parent

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # tests/, for `helpers` when run as a script
-from helpers import quiet_env, run_python  # noqa: E402
+from helpers import quiet_env, run_python  # noqa: E402  (after tests/ is put on sys.path for a run as a script)
 
 # name -> (PIL mode, PIL format, save options); noise in the pixels, so no decoder can shortcut.
 KINDS = {

@@ -18,7 +18,7 @@ from tf_langdml.models.torch_legacy import read_torch_legacy_state_dict
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))
-from make_efficientnet_lite0_reference import reference_inputs  # noqa: E402
+from make_efficientnet_lite0_reference import reference_inputs  # noqa: E402  (after fixtures/ is on sys.path)
 
 
 @pytest.fixture

@@ -55,7 +55,7 @@ EXTENSION_CODES = {"EXT1": 0x7A, "EXT2": 0x7A7A, "EXT4": 0x7A7A7A}
 
 
 @pytest.fixture
-def valid_file(tmp_path, fake_torch):  # noqa: F811
+def valid_file(tmp_path, fake_torch):  # noqa: F811  (pytest fixture argument)
     path = tmp_path / "valid.pth"
     write_legacy_state_dict(path, TENSORS, fake_torch)
     return path
@@ -529,7 +529,7 @@ def test_dict_keys_of_equal_hash_are_refused_before_the_quadratic_build(tmp_path
     ],
 )
 def test_a_malformed_persistent_id_in_the_state_dict_is_a_clear_value_error(
-    tmp_path, valid_file, fake_torch, saved_id, match  # noqa: F811
+    tmp_path, valid_file, fake_torch, saved_id, match  # noqa: F811  (pytest fixture argument)
 ):
     torch_module, _utils = fake_torch
     marker = object()
@@ -571,7 +571,7 @@ INT_RANGE = r"ints in \[0, 2\*\*63\), with as many strides as sizes and at most 
         ((BASE, 0, (2**20,), (0,)), "needs 4194304 bytes"),  # 4 MiB from one element of a ~1.2 KB file
     ],
 )
-def test_an_impossible_or_oversized_tensor_is_a_clear_value_error(tmp_path, fake_torch, spec, match):  # noqa: F811
+def test_an_impossible_or_oversized_tensor_is_a_clear_value_error(tmp_path, fake_torch, spec, match):  # noqa: F811  (pytest fixture argument)
     path = tmp_path / "bad.pth"
     write_legacy_state_dict(path, {"ok": (BASE, 0, (24,), (1,)), "bad": spec}, fake_torch)
     _, peak = traced_peak(
@@ -589,7 +589,7 @@ def test_an_impossible_or_oversized_tensor_is_a_clear_value_error(tmp_path, fake
         ((BASE, 23, (), ()), BASE[23]),
     ],
 )
-def test_views_torch_can_write_read(tmp_path, fake_torch, spec, expected):  # noqa: F811
+def test_views_torch_can_write_read(tmp_path, fake_torch, spec, expected):  # noqa: F811  (pytest fixture argument)
     path = tmp_path / "state.pth"
     write_legacy_state_dict(path, {"view": spec}, fake_torch)
     view = read_torch_legacy_state_dict(path)["view"]
@@ -608,7 +608,7 @@ class ClaimedStorage:
 
 
 @pytest.mark.parametrize("claimed", [25, 2**40, 2**60, 2**63 - 1])
-def test_a_storage_larger_than_the_file_is_refused_before_allocating(tmp_path, fake_torch, claimed):  # noqa: F811
+def test_a_storage_larger_than_the_file_is_refused_before_allocating(tmp_path, fake_torch, claimed):  # noqa: F811  (pytest fixture argument)
     path = tmp_path / "huge.pth"
     write_legacy_state_dict(path, {"weight": (ClaimedStorage(BASE, claimed), 0, (24,), (1,))}, fake_torch)
     _, peak = traced_peak(
@@ -667,7 +667,7 @@ def test_a_fifo_a_device_or_a_directory_is_refused_without_reading(tmp_path):
     assert_refused(tmp_path, "it is not a regular file")
 
 
-def test_memory_is_the_file_and_the_arrays_at_most_twice_its_size(tmp_path, fake_torch):  # noqa: F811
+def test_memory_is_the_file_and_the_arrays_at_most_twice_its_size(tmp_path, fake_torch):  # noqa: F811  (pytest fixture argument)
     """Peak traced memory of a read: the file's bytes once, the returned copies (at most 2 x the file, else
     refused) and the unpickled metadata (< 100 bytes per pickle byte, tried below); the storages are not copied."""
     storage = np.arange(2**20, dtype=np.float32)  # 4 MiB
