@@ -37,20 +37,8 @@ from tf_langdml.runs.builders.language import (
     table_index,
     text_encoder,
 )
-from tf_langdml.runs.builders.loss_arguments import (
-    S2SD_DIM_MAX,
-    S2SD_HEADS_MAX,
-    XBM_MEMORY_MAX,
-    check_dml_arguments,
-)
-from tf_langdml.runs.builders.model import (
-    check_embedder,
-    check_model,
-    dml_loss_spec,
-    embedder,
-    guided_model,
-    precision,
-)
+from tf_langdml.runs.builders.loss_arguments import S2SD_DIM_MAX, S2SD_HEADS_MAX, XBM_MEMORY_MAX, check_dml_arguments
+from tf_langdml.runs.builders.model import check_embedder, check_model, dml_loss_spec, embedder, guided_model, precision
 
 __all__ = [
     "S2SD_DIM_MAX", "S2SD_HEADS_MAX", "XBM_MEMORY_MAX", "callbacks", "check_data", "check_dml_arguments",

@@ -7,10 +7,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from tf_langdml.errors import argument_of
-from tf_langdml.runs.schema import (
-    ConfigError,
-    did_you_mean,
-)
+from tf_langdml.runs.schema import ConfigError, did_you_mean
 
 _LIBRARY_ERRORS = (ValueError, TypeError, KeyError)
 

@@ -19,10 +19,7 @@ from tf_langdml.data import (
 )
 from tf_langdml.data.tfds_datasets import TFDS_DATASETS
 from tf_langdml.runs.builders.config_errors import config_keys
-from tf_langdml.runs.schema import (
-    DataConfig,
-    EvaluationConfig,
-)
+from tf_langdml.runs.schema import DataConfig, EvaluationConfig
 
 # {library argument: config key} of the data loaders.
 _DECODING_ARGUMENTS = {"background": "data.background", "max_pixels": "data.max_pixels"}

@@ -9,9 +9,7 @@ from typing import Any
 import numpy as np
 
 from tf_langdml._keras import keras
-from tf_langdml.data import (
-    Split,
-)
+from tf_langdml.data import Split
 from tf_langdml.evaluation import (
     LanguageGuidanceTensorBoard,
     RetrievalEvaluation,
@@ -24,18 +22,10 @@ from tf_langdml.evaluation import (
     semantic_consistency,
     split_retrieval_metrics,
 )
-from tf_langdml.language import (
-    TextEncoder,
-)
+from tf_langdml.language import TextEncoder
 from tf_langdml.runs.builders.config_errors import config_keys
 from tf_langdml.runs.builders.language import LANGUAGE_ARGUMENTS, text_encoder
-from tf_langdml.runs.schema import (
-    ConfigError,
-    DataConfig,
-    EvaluationConfig,
-    LanguageConfig,
-    TrainingConfig,
-)
+from tf_langdml.runs.schema import ConfigError, DataConfig, EvaluationConfig, LanguageConfig, TrainingConfig
 
 
 def callbacks(training: TrainingConfig, evaluation: EvaluationConfig, image_size: int, split: Split,

@@ -7,9 +7,7 @@ import os
 import numpy as np
 
 from tf_langdml._keras import keras
-from tf_langdml.data import (
-    Split,
-)
+from tf_langdml.data import Split
 from tf_langdml.language import (
     PseudoLabels,
     TextEncoder,
@@ -20,17 +18,10 @@ from tf_langdml.language import (
     top_k_pseudo_labels,
 )
 from tf_langdml.language.imagenet import NUM_IMAGENET_CLASSES
-from tf_langdml.models import (
-    CLASSIFIERS,
-    build_imagenet_classifier,
-    classifier_fingerprint,
-)
+from tf_langdml.models import CLASSIFIERS, build_imagenet_classifier, classifier_fingerprint
 from tf_langdml.models.precision import precision_policy
 from tf_langdml.runs.builders.config_errors import config_keys
-from tf_langdml.runs.schema import (
-    ConfigError,
-    LanguageConfig,
-)
+from tf_langdml.runs.schema import ConfigError, LanguageConfig
 
 # {library argument: config key} of the language-table builders (top_k_pseudo_labels' ``k``; a precomputed
 # encoder's MissingTextsError is about the ``encoder``) and of the PLG classifier.

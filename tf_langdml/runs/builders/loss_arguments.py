@@ -6,11 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tf_langdml.losses import DML_LOSSES, dml_loss_arguments
-from tf_langdml.runs.schema import (
-    SEED_MAX,
-    ConfigError,
-    LossConfig,
-)
+from tf_langdml.runs.schema import SEED_MAX, ConfigError, LossConfig
 
 # The type of each loss argument, from its default in the registry (``dml_loss_arguments``): a float
 # default takes a number, an int an integer, a bool true / false, a str a string. Where the default

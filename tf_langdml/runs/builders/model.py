@@ -8,21 +8,12 @@ import numpy as np
 
 from tf_langdml._keras import keras
 from tf_langdml.losses import DML_LOSSES, build_dml_loss, dml_loss_arguments
-from tf_langdml.models import (
-    BACKBONES,
-    LanguageGuidedModel,
-    build_embedder,
-)
+from tf_langdml.models import BACKBONES, LanguageGuidedModel, build_embedder
 from tf_langdml.models.backbones import backbone_spec, resolve_weights
 from tf_langdml.models.precision import precision_policy, resolve_precision
 from tf_langdml.runs.builders.config_errors import config_keys
 from tf_langdml.runs.builders.loss_arguments import BUILD_ARGUMENTS, check_dml_arguments
-from tf_langdml.runs.schema import (
-    LossConfig,
-    ModelConfig,
-    OptimizerConfig,
-    TrainingConfig,
-)
+from tf_langdml.runs.schema import LossConfig, ModelConfig, OptimizerConfig, TrainingConfig
 
 # {library argument: config key} of build_embedder (and build_backbone's ``name`` under it).
 _MODEL_ARGUMENTS = {"backbone": "model.backbone", "name": "model.backbone", "weights": "model.weights",
@@ -111,9 +102,9 @@ def guided_model(model: ModelConfig, image_size: int, loss: LossConfig, optimize
     """The compiled :class:`~tf_langdml.models.LanguageGuidedModel`, its layers under the dtype ``policy``.
 
     ``table``: the language table (None: the baseline, ω = 0); ``index``:
-    :func:`~tf_langdml.runs.builders.language.table_index`; ``num_classes``: the training classes (for losses with
-    a vector per class); ``policy``: the resolved ``training.precision`` (None: resolve it here). Keras adds loss scaling
-    under ``mixed_float16`` only; the losses stay float32 under both mixed policies.
+    :func:`~tf_langdml.runs.builders.language.table_index`; ``num_classes``: the training classes (for losses
+    with a vector per class); ``policy``: the resolved ``training.precision`` (None: resolve it here). Keras adds
+    loss scaling under ``mixed_float16`` only; the losses stay float32 under both mixed policies.
     """
     with precision_policy(policy or precision(training)[0]):
         network = LanguageGuidedModel(embedder(model, image_size), language_table=table, table_index=index)
