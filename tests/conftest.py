@@ -4,6 +4,13 @@ import os
 import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# `make test` runs two xdist workers on two cores, and many tests start a TensorFlow child process besides. With
+# TensorFlow's default pools (one thread per core for ops, more between ops) two busy workers put 4+ spinning threads
+# on 2 cores; one of each per process leaves the cores to the processes (test_experiment.py with export/test_search.py
+# side by side: 190 s -> 113 s). Children inherit it through helpers.quiet_env / user_env (os.environ copies).
+# setdefault: a machine that wants other numbers sets them.
+for _variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
 
 import numpy as np  # noqa: E402  (after TF_CPP_MIN_LOG_LEVEL is set, before TensorFlow loads)
 import pytest  # noqa: E402  (after TF_CPP_MIN_LOG_LEVEL is set, before TensorFlow loads)

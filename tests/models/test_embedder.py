@@ -120,12 +120,12 @@ def test_imagenet_weights_offline_names_the_local_alternative(tmp_path, monkeypa
 )
 def test_refusals_name_their_argument(arguments, argument):
     with pytest.raises(ValueError) as info:
-        build_embedder(tiny_backbone(), **{"weights": None, "input_shape": (16, 16, 3), **arguments})
+        build_embedder(toy_backbone(), **{"weights": None, "input_shape": (16, 16, 3), **arguments})
     assert argument_of(info.value) == argument
 
 
 def test_the_feature_model_needs_a_named_global_pooling_layer():
-    embedder = build_embedder(tiny_backbone(), weights=None, embed_dim=4, input_shape=(16, 16, 3))
+    embedder = build_embedder(toy_backbone(), weights=None, embed_dim=4, input_shape=(16, 16, 3))
     features = embedder_with_feature_maps(embedder)
     feature_maps = tuple(embedder.get_layer("avg_pool").input.shape)
     assert len(feature_maps) == 4
