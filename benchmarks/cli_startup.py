@@ -30,7 +30,13 @@ PROBE = (
 COMMANDS = {
     "tf-langdml --help": ["--help"],
     "tf-langdml train --help": ["train", "--help"],
-    "tf-langdml train (config error)": ["train", "--config", "configs/cub200_plg_128.yaml", "--set", "training.epoch=3"],
+    "tf-langdml train (config error)": [
+        "train",
+        "--config",
+        "configs/cub200_plg_128.yaml",
+        "--set",
+        "training.epoch=3",
+    ],
     "tf-langdml pseudolabel (config error)": ["pseudolabel", "--config", "configs/missing.yaml", "--out", "x.json"],
 }
 

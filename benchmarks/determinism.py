@@ -34,8 +34,9 @@ def worker(deterministic, steps):
         tf.config.experimental.enable_op_determinism()
     split = load_demo().train_split
     table = np.random.default_rng(0).normal(size=(split.num_classes, 384)).astype(np.float32)
-    model = LanguageGuidedModel(build_embedder("efficientnet_lite0", weights=None, embed_dim=128,
-                                               input_shape=(96, 96, 3)), table)
+    model = LanguageGuidedModel(
+        build_embedder("efficientnet_lite0", weights=None, embed_dim=128, input_shape=(96, 96, 3)), table
+    )
     model.compile(optimizer=keras.optimizers.Adam(1e-4), language_weight=7.5, weight_decay=4e-4)
     batches = iter(make_train_dataset(split, 32, 2, seed=0, image_size=96))
     for _ in range(3):
@@ -63,8 +64,13 @@ def main():
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     for round_index in range(arguments.rounds):
         for mode in ("default", "deterministic") if round_index % 2 == 0 else ("deterministic", "default"):
-            output = subprocess.run([sys.executable, __file__, "--worker", mode, "--steps", str(arguments.steps)],
-                                    env=environment, capture_output=True, text=True, check=True).stdout
+            output = subprocess.run(
+                [sys.executable, __file__, "--worker", mode, "--steps", str(arguments.steps)],
+                env=environment,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             result = json.loads(output.strip().splitlines()[-1])
             for key in ("wall", "cpu"):
                 times[mode][key] += result[key]
@@ -74,8 +80,10 @@ def main():
     for mode, values in times.items():
         medians[mode] = {key: statistics.median(values[key]) for key in ("wall", "cpu")}
         print(f"{mode:15s}{medians[mode]['wall']:20.4f}{medians[mode]['cpu']:20.4f}")
-    print(f"deterministic / default: wall {medians['deterministic']['wall'] / medians['default']['wall']:.3f}x, "
-          f"CPU {medians['deterministic']['cpu'] / medians['default']['cpu']:.3f}x")
+    print(
+        f"deterministic / default: wall {medians['deterministic']['wall'] / medians['default']['wall']:.3f}x, "
+        f"CPU {medians['deterministic']['cpu'] / medians['default']['cpu']:.3f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -76,16 +76,21 @@ def compare(split, args, antialias):
     """Alternating timed rounds of tf.data and the loop; returns rates and CPU times per image."""
     rng = np.random.default_rng(0)
     loop_images = args.loop_images // args.rounds
-    indices = np.concatenate([batch.numpy() for batch in class_balanced_indices(split.labels, 90, 2, seed=0).take(
-        math.ceil(args.loop_images / 90))])
+    indices = np.concatenate(
+        [
+            batch.numpy()
+            for batch in class_balanced_indices(split.labels, 90, 2, seed=0).take(math.ceil(args.loop_images / 90))
+        ]
+    )
     result = {"tfdata": [], "loop": [], "tfdata_cpu": [], "loop_cpu": []}
     # Alternating rounds, so a slow spell of the machine hits both sides alike. Each
     # tf.data round gets a fresh iterator (one warm-up batch, untimed) that is dropped
     # before the loop runs, so no batch is prefetched while the loop is timed.
     per_round = args.batches // args.rounds
     for round_index in range(args.rounds):
-        dataset = iter(make_train_dataset(
-            split, 90, 2, seed=0, start_batch=round_index * (per_round + 1), antialias=antialias))
+        dataset = iter(
+            make_train_dataset(split, 90, 2, seed=0, start_batch=round_index * (per_round + 1), antialias=antialias)
+        )
         next(dataset)
         start, cpu = time.perf_counter(), time.process_time()
         for _ in range(per_round):
@@ -134,10 +139,12 @@ def decode_cost(paths, decode, repeats):
 
 DECODERS = {
     "decode_rgb, the split's formats (what the pipelines run)": lambda formats: (
-        lambda data: decode_rgb(data, formats=formats)),
+        lambda data: decode_rgb(data, formats=formats)
+    ),
     "decode_rgb, any format (serving, mixed folders)": lambda formats: decode_rgb,
     "tf.io.decode_image (alpha dropped, no size check)": lambda formats: (
-        lambda data: tf.io.decode_image(data, channels=3, expand_animations=False)),
+        lambda data: tf.io.decode_image(data, channels=3, expand_animations=False)
+    ),
 }
 
 
@@ -185,27 +192,42 @@ def main():
     print(f"{args.rounds} alternating rounds per setting; images/s as best | median; CPU time per image (all threads)")
     for antialias, result in results.items():
         tfdata, loop = result["tfdata"], result["loop"]
-        title = ("antialiased resize (default; the paper's PIL resize)" if antialias
-                 else "antialias=False (TensorFlow's default resize; PIL transform in the loop)")
+        title = (
+            "antialiased resize (default; the paper's PIL resize)"
+            if antialias
+            else "antialias=False (TensorFlow's default resize; PIL transform in the loop)"
+        )
         print(title)
-        print(f"  tf.data train pipeline : {max(tfdata):7.1f} | {np.median(tfdata):7.1f} images/s   "
-              f"{min(result['tfdata_cpu']):5.2f} ms CPU")
-        print(f"  plain PIL + numpy loop : {max(loop):7.1f} | {np.median(loop):7.1f} images/s   "
-              f"{min(result['loop_cpu']):5.2f} ms CPU")
-        print(f"  ratio tf.data / loop   : {max(tfdata) / max(loop):7.2f} | {np.median(tfdata) / np.median(loop):7.2f}"
-              "  (target >= 2)")
-    print(f"decoding alone, 300 images of 500 x 375, {args.rounds} alternating rounds; CPU ms per image as "
-          "best | median, and the ratio to tf.io.decode_image:")
+        print(
+            f"  tf.data train pipeline : {max(tfdata):7.1f} | {np.median(tfdata):7.1f} images/s   "
+            f"{min(result['tfdata_cpu']):5.2f} ms CPU"
+        )
+        print(
+            f"  plain PIL + numpy loop : {max(loop):7.1f} | {np.median(loop):7.1f} images/s   "
+            f"{min(result['loop_cpu']):5.2f} ms CPU"
+        )
+        print(
+            f"  ratio tf.data / loop   : {max(tfdata) / max(loop):7.2f} | {np.median(tfdata) / np.median(loop):7.2f}"
+            "  (target >= 2)"
+        )
+    print(
+        f"decoding alone, 300 images of 500 x 375, {args.rounds} alternating rounds; CPU ms per image as "
+        "best | median, and the ratio to tf.io.decode_image:"
+    )
     bare_name = list(DECODERS)[-1]
     for kind in ("RGB JPEG", "RGBA PNG"):
         bare = decoders[kind, bare_name]
         for name in DECODERS:
             cost = decoders[kind, name]
-            print(f"  {kind} {name:55s} {min(cost):6.2f} | {np.median(cost):6.2f} ms   ratio "
-                  f"{min(cost) / min(bare):5.2f} | {np.median(cost) / np.median(bare):5.2f}")
+            print(
+                f"  {kind} {name:55s} {min(cost):6.2f} | {np.median(cost):6.2f} ms   ratio "
+                f"{min(cost) / min(bare):5.2f} | {np.median(cost) / np.median(bare):5.2f}"
+            )
     slowest = min(float(np.median(result["tfdata"])) for result in results.values())
-    print(f"ResNet50 train step      : {train_rate:7.1f} images/s  (batch 32, 224 x 224) -> "
-          f"{'input keeps up' if slowest > train_rate else 'input would starve training'}")
+    print(
+        f"ResNet50 train step      : {train_rate:7.1f} images/s  (batch 32, 224 x 224) -> "
+        f"{'input keeps up' if slowest > train_rate else 'input would starve training'}"
+    )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import time
 import tf_langdml  # first: binds tf.keras to tf-keras before TensorFlow loads  # isort: skip
 import numpy as np
 import tensorflow as tf
+
 from tf_langdml import keras
 
 
@@ -102,10 +103,14 @@ def main():
         summary[key] = (min(walls), statistics.median(walls), statistics.median(cpus))
         print(f"{label:36s}{summary[key][0]:11.3f}{summary[key][1]:13.3f}{summary[key][2]:12.3f}")
     ratios = [guided / baseline for guided, baseline in zip(summary["guided"], summary["baseline"])]
-    print(f"ratio guided / baseline: wall best {ratios[0]:.3f}, wall median {ratios[1]:.3f}, "
-          f"CPU median {ratios[2]:.3f}  (target <= 1.03)")
+    print(
+        f"ratio guided / baseline: wall best {ratios[0]:.3f}, wall median {ratios[1]:.3f}, "
+        f"CPU median {ratios[2]:.3f}  (target <= 1.03)"
+    )
     alone = time_language_loss_alone(args.batch, labels, table)
-    print(f"L_match alone, forward + backward: {alone * 1e3:.2f} ms = {alone / summary['baseline'][0]:.2%} of a baseline step")
+    print(
+        f"L_match alone, forward + backward: {alone * 1e3:.2f} ms = {alone / summary['baseline'][0]:.2%} of a baseline step"
+    )
 
 
 if __name__ == "__main__":

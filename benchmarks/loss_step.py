@@ -34,7 +34,9 @@ import resource
 import statistics
 import time
 
-import tf_langdml  # first: binds tf.keras to tf-keras before TensorFlow loads  # isort: skip
+import tf_langdml  # noqa: F401  (first: binds tf.keras to tf-keras before TensorFlow loads)
+
+# isort: split
 import numpy as np
 import tensorflow as tf
 
@@ -46,18 +48,30 @@ NUM_CLASSES = 100  # training classes: the table's rows, the proxies, the margin
 VARIANTS = {
     "multisimilarity": "multisimilarity",
     "proxy_anchor": "proxy_anchor",
-    "s2sd": {"name": "s2sd", "target": "multisimilarity", "dims": [1024, 1536, 2048], "feature_weight": 125.0,
-             "feature_pooling": "avg+max"},
+    "s2sd": {
+        "name": "s2sd",
+        "target": "multisimilarity",
+        "dims": [1024, 1536, 2048],
+        "feature_weight": 125.0,
+        "feature_pooling": "avg+max",
+    },
     "margin": {"name": "margin", "miner": "distance"},
 }
 
 
 def make(args, table, dml_loss):
     keras.utils.set_random_seed(0)
-    embedder = build_embedder(args.backbone, weights=None, embed_dim=128, input_shape=(args.image_size, args.image_size, 3))
+    embedder = build_embedder(
+        args.backbone, weights=None, embed_dim=128, input_shape=(args.image_size, args.image_size, 3)
+    )
     model = LanguageGuidedModel(embedder, language_table=table)
-    model.compile(optimizer=keras.optimizers.Adam(1e-5), dml_loss=dml_loss, language_weight=7.5, weight_decay=4e-4,
-                  num_classes=NUM_CLASSES)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-5),
+        dml_loss=dml_loss,
+        language_weight=7.5,
+        weight_decay=4e-4,
+        num_classes=NUM_CLASSES,
+    )
     return model
 
 
@@ -83,7 +97,9 @@ def time_loss_alone(model, labels, repeats=50):
     if getattr(loss, "needs_features", False):
         feature_dim = int(model.embedder.get_layer("avg_pool").input.shape[-1])
         features = tf.Variable(tf.nn.relu(tf.random.stateless_normal((batch, feature_dim), seed=(0, 2))))
-    sources = [embeddings] + ([features] if features is not None else []) + list(getattr(loss, "trainable_variables", []))
+    sources = (
+        [embeddings] + ([features] if features is not None else []) + list(getattr(loss, "trainable_variables", []))
+    )
 
     @tf.function
     def forward_backward():
@@ -105,8 +121,9 @@ def main():
     parser.add_argument("--batch", type=int, default=90)
     parser.add_argument("--steps", type=int, default=2, help="timed steps per block")
     parser.add_argument("--rounds", type=int, default=2, help="blocks per model")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke check in seconds: toy_cnn at 32 x 32, 3 rounds of 2 steps")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke check in seconds: toy_cnn at 32 x 32, 3 rounds of 2 steps"
+    )
     parser.add_argument("--verbose", action="store_true", help="print every step, the untimed first ones in brackets")
     args = parser.parse_args()
     if args.quick:
@@ -138,17 +155,26 @@ def main():
             times[name] += [time_step(models[name], images, labels) for _ in range(args.steps)]
     if args.verbose:
         for name in names:
-            blocks = [f"[{first[0]:.2f}] " + " ".join(f"{wall:.2f}" for wall, _ in times[name][i * args.steps:(i + 1) * args.steps])
-                      for i, first in enumerate(untimed[name])]
+            blocks = [
+                f"[{first[0]:.2f}] "
+                + " ".join(f"{wall:.2f}" for wall, _ in times[name][i * args.steps : (i + 1) * args.steps])
+                for i, first in enumerate(untimed[name])
+            ]
             print(f"{name:16s} wall s: {' | '.join(blocks)}")
 
-    print(f"{args.backbone} -> 128-d, input {args.image_size}x{args.image_size}, batch {labels.shape[0]} "
-          f"({labels.shape[0] // images_per_class} classes x {images_per_class} of {NUM_CLASSES}), "
-          f"L_match w=7.5 on a ({NUM_CLASSES}, 5, 384) table, Adam 1e-5, weight decay 4e-4")
-    print(f"{args.rounds * args.steps} timed steps each, in rotating blocks of {args.steps} (+1 untimed); "
-          f"first step (tracing): " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in warmup.items()))
-    print(f"{'s/step':18s}{'wall best':>10s}{'wall median':>12s}{'CPU median':>11s}"
-          f"{'ratio best':>11s}{'ratio median':>13s}{'ratio CPU':>10s}{'loss params':>13s}{'loss alone':>12s}")
+    print(
+        f"{args.backbone} -> 128-d, input {args.image_size}x{args.image_size}, batch {labels.shape[0]} "
+        f"({labels.shape[0] // images_per_class} classes x {images_per_class} of {NUM_CLASSES}), "
+        f"L_match w=7.5 on a ({NUM_CLASSES}, 5, 384) table, Adam 1e-5, weight decay 4e-4"
+    )
+    print(
+        f"{args.rounds * args.steps} timed steps each, in rotating blocks of {args.steps} (+1 untimed); "
+        f"first step (tracing): " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in warmup.items())
+    )
+    print(
+        f"{'s/step':18s}{'wall best':>10s}{'wall median':>12s}{'CPU median':>11s}"
+        f"{'ratio best':>11s}{'ratio median':>13s}{'ratio CPU':>10s}{'loss params':>13s}{'loss alone':>12s}"
+    )
     summary = {}
     for name in names:
         walls = [wall for wall, _ in times[name]]
@@ -157,12 +183,16 @@ def main():
     for name in names:
         ratios = [value / baseline for value, baseline in zip(summary[name], summary["multisimilarity"])]
         alone = time_loss_alone(models[name], labels)
-        print(f"{name:18s}{summary[name][0]:10.3f}{summary[name][1]:12.3f}{summary[name][2]:11.3f}"
-              f"{ratios[0]:11.3f}{ratios[1]:13.3f}{ratios[2]:10.3f}{loss_parameters(models[name]):13,d}"
-              f"{alone * 1e3:9.2f} ms")
+        print(
+            f"{name:18s}{summary[name][0]:10.3f}{summary[name][1]:12.3f}{summary[name][2]:11.3f}"
+            f"{ratios[0]:11.3f}{ratios[1]:13.3f}{ratios[2]:10.3f}{loss_parameters(models[name]):13,d}"
+            f"{alone * 1e3:9.2f} ms"
+        )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-    print(f"(ratios: to multisimilarity; loss alone: its forward + backward on (batch, 128) embeddings, "
-          f"and pooled features for s2sd)")
+    print(
+        "(ratios: to multisimilarity; loss alone: its forward + backward on (batch, 128) embeddings, "
+        "and pooled features for s2sd)"
+    )
     print(f"peak RSS {peak:.1f} GiB, total wall {time.perf_counter() - start_all:.0f} s")
 
 

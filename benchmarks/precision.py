@@ -25,7 +25,9 @@ import argparse
 import statistics
 import time
 
-import tf_langdml  # first: binds tf.keras to tf-keras before TensorFlow loads  # isort: skip
+import tf_langdml  # noqa: F401  (first: binds tf.keras to tf-keras before TensorFlow loads)
+
+# isort: split
 import numpy as np
 import tensorflow as tf
 
@@ -69,21 +71,26 @@ def measure(backbone, args, images, labels, eval_images, table):
     steps = {policy: [] for policy in POLICIES}
     embeds = {policy: [] for policy in POLICIES}
     for round_index in range(args.rounds):
-        for policy in (POLICIES if round_index % 2 == 0 else POLICIES[::-1]):
+        for policy in POLICIES if round_index % 2 == 0 else POLICIES[::-1]:
             model = models[policy]
             model.train_on_batch(images, labels)  # untimed: the block's first step
-            steps[policy] += [timed(lambda: model.train_on_batch(images, labels))[:2] for _ in range(args.steps)]
-            embeds[policy].append(timed(lambda: inference_outputs(model.embedder, eval_images).numpy())[0])
+            steps[policy] += [
+                timed(lambda model=model: model.train_on_batch(images, labels))[:2] for _ in range(args.steps)
+            ]
+            embeds[policy].append(timed(lambda model=model: inference_outputs(model.embedder, eval_images).numpy())[0])
     base = statistics.median(wall for wall, _ in steps["float32"])
     base_embed = statistics.median(embeds["float32"])
     for policy in POLICIES:
         walls = [wall for wall, _ in steps[policy]]
         cpus = [cpu for _, cpu in steps[policy]]
         embed = statistics.median(embeds[policy])
-        print(f"{backbone:18s} {policy:15s} step {statistics.median(walls):7.2f} s (best {min(walls):6.2f}, CPU "
-              f"{statistics.median(cpus):6.2f})  ratio {statistics.median(walls) / base:5.2f}   first loss "
-              f"{first_loss[policy]:.6f}   embedding {eval_images.shape[0] / embed:6.1f} images/s "
-              f"(ratio {embed / base_embed:5.2f})", flush=True)
+        print(
+            f"{backbone:18s} {policy:15s} step {statistics.median(walls):7.2f} s (best {min(walls):6.2f}, CPU "
+            f"{statistics.median(cpus):6.2f})  ratio {statistics.median(walls) / base:5.2f}   first loss "
+            f"{first_loss[policy]:.6f}   embedding {eval_images.shape[0] / embed:6.1f} images/s "
+            f"(ratio {embed / base_embed:5.2f})",
+            flush=True,
+        )
 
 
 def cpu_features():
@@ -120,8 +127,10 @@ def main():
     except ImportError:
         auto = "auto: not available in this version"
     print(f"CPU features reported: {', '.join(cpu_features()) or 'none of avx2/avx512f/avx512_bf16/amx_bf16'}; {auto}")
-    print(f"batch {labels.shape[0]} at {args.image_size}, {args.rounds} rounds x {args.steps} timed steps per policy, "
-          "alternating; embedding pass: 64 images, eval mode")
+    print(
+        f"batch {labels.shape[0]} at {args.image_size}, {args.rounds} rounds x {args.steps} timed steps per policy, "
+        "alternating; embedding pass: 64 images, eval mode"
+    )
     for backbone in backbones:
         measure(backbone, args, images, labels, eval_images, table)
 

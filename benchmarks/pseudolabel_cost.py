@@ -37,12 +37,22 @@ def main():
     classifier = build_imagenet_classifier(args.backbone, weights=weights, image_size=args.image_size)
     with tempfile.TemporaryDirectory() as cache:
         start, cpu = time.perf_counter(), time.process_time()
-        table, _ = pseudo_label_table(classifier, split, encoder, k=5, level="class", batch_size=args.batch_size,
-                                      cache_dir=cache, verbose=False, classifier_key=classifier_fingerprint(classifier))
+        table, _ = pseudo_label_table(
+            classifier,
+            split,
+            encoder,
+            k=5,
+            level="class",
+            batch_size=args.batch_size,
+            cache_dir=cache,
+            verbose=False,
+            classifier_key=classifier_fingerprint(classifier),
+        )
         pseudo_seconds, pseudo_cpu = time.perf_counter() - start, time.process_time() - cpu
 
-    embedder = tf_langdml.build_embedder(args.backbone, weights=weights, embed_dim=128,
-                                         input_shape=(args.image_size, args.image_size, 3))
+    embedder = tf_langdml.build_embedder(
+        args.backbone, weights=weights, embed_dim=128, input_shape=(args.image_size, args.image_size, 3)
+    )
     model = tf_langdml.LanguageGuidedModel(embedder, table)
     model.compile(optimizer=keras.optimizers.Adam(1e-5), language_weight=1.0)
     steps = math.ceil(len(split.labels) / args.batch_size)
@@ -52,12 +62,20 @@ def main():
     model.fit(train, steps_per_epoch=steps, epochs=1, verbose=0)
     epoch_seconds, epoch_cpu = time.perf_counter() - start, time.process_time() - cpu
 
-    print(f"{args.backbone} at {args.image_size} x {args.image_size}, {len(split.labels)} training images, batch {args.batch_size}")
+    print(
+        f"{args.backbone} at {args.image_size} x {args.image_size}, {len(split.labels)} training images, batch {args.batch_size}"
+    )
     print("wall-clock s | CPU s (all threads; wall-clock on this VM sometimes stalls in steps of ~2.5 s)")
-    print(f"pseudo-labelling pass : {pseudo_seconds:7.1f} | {pseudo_cpu:7.1f}  ({len(split.labels) / pseudo_seconds:6.1f} images/s)")
-    print(f"one training epoch    : {epoch_seconds:7.1f} | {epoch_cpu:7.1f}  "
-          f"({steps} steps, {steps * args.batch_size / epoch_seconds:6.1f} images/s)")
-    print(f"ratio pass / epoch    : {pseudo_seconds / epoch_seconds:7.2f} | {pseudo_cpu / epoch_cpu:7.2f}  (target <= 0.5)")
+    print(
+        f"pseudo-labelling pass : {pseudo_seconds:7.1f} | {pseudo_cpu:7.1f}  ({len(split.labels) / pseudo_seconds:6.1f} images/s)"
+    )
+    print(
+        f"one training epoch    : {epoch_seconds:7.1f} | {epoch_cpu:7.1f}  "
+        f"({steps} steps, {steps * args.batch_size / epoch_seconds:6.1f} images/s)"
+    )
+    print(
+        f"ratio pass / epoch    : {pseudo_seconds / epoch_seconds:7.2f} | {pseudo_cpu / epoch_cpu:7.2f}  (target <= 0.5)"
+    )
 
 
 if __name__ == "__main__":

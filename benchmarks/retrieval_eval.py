@@ -60,7 +60,7 @@ def sop_like_embeddings(noise, seed=0):
     extra = NUM_IMAGES - sizes.sum()
     while extra > 0:  # spread the remaining images, at most 12 per class
         grow = rng.choice(np.flatnonzero(sizes < 12), size=min(extra, NUM_CLASSES), replace=False)
-        sizes[grow[: extra]] += 1
+        sizes[grow[:extra]] += 1
         extra = NUM_IMAGES - sizes.sum()
     labels = np.repeat(np.arange(NUM_CLASSES), sizes)
     centres = rng.standard_normal((NUM_CLASSES, DIM), dtype=np.float32)
@@ -70,8 +70,12 @@ def sop_like_embeddings(noise, seed=0):
 
 
 def run(code, *arguments):
-    result = subprocess.run([sys.executable, "-c", code, *arguments], capture_output=True, text=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    result = subprocess.run(
+        [sys.executable, "-c", code, *arguments],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-3000:])
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -92,15 +96,23 @@ def main():
         np.save(labels_path, labels)
         ours = run(TF_SIDE, embeddings_path, labels_path)
         theirs = run(FAISS_SIDE, embeddings_path)
-    print(f"{NUM_IMAGES} x {DIM} float32, {NUM_CLASSES} classes; each side in a fresh process on {os.cpu_count()} cores")
+    print(
+        f"{NUM_IMAGES} x {DIM} float32, {NUM_CLASSES} classes; each side in a fresh process on {os.cpu_count()} cores"
+    )
     shown = ", ".join(f"{name} {value:.4f}" for name, value in ours["metrics"].items())
     print(f"metrics: {shown}")
-    print(f"tf_langdml retrieval_metrics : {ours['seconds']:7.1f} s ({ours['cpu']:6.1f} s CPU)   "
-          f"peak RSS {ours['peak_rss_gib']:.2f} GiB (target <= 3)")
-    print(f"faiss IndexFlatIP, k = 1001  : {theirs['seconds']:7.1f} s ({theirs['cpu']:6.1f} s CPU)   "
-          f"peak RSS {theirs['peak_rss_gib']:.2f} GiB, {theirs['threads']} threads")
-    print(f"ratio tf_langdml / faiss     : {ours['seconds'] / theirs['seconds']:7.2f} wall, "
-          f"{ours['cpu'] / theirs['cpu']:.2f} CPU  (target <= 0.5)")
+    print(
+        f"tf_langdml retrieval_metrics : {ours['seconds']:7.1f} s ({ours['cpu']:6.1f} s CPU)   "
+        f"peak RSS {ours['peak_rss_gib']:.2f} GiB (target <= 3)"
+    )
+    print(
+        f"faiss IndexFlatIP, k = 1001  : {theirs['seconds']:7.1f} s ({theirs['cpu']:6.1f} s CPU)   "
+        f"peak RSS {theirs['peak_rss_gib']:.2f} GiB, {theirs['threads']} threads"
+    )
+    print(
+        f"ratio tf_langdml / faiss     : {ours['seconds'] / theirs['seconds']:7.2f} wall, "
+        f"{ours['cpu'] / theirs['cpu']:.2f} CPU  (target <= 0.5)"
+    )
 
 
 if __name__ == "__main__":

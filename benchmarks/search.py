@@ -27,7 +27,9 @@ import statistics
 import tempfile
 import time
 
-import tf_langdml  # first: binds tf.keras to tf-keras before TensorFlow loads  # isort: skip
+import tf_langdml  # noqa: F401  (first: binds tf.keras to tf-keras before TensorFlow loads)
+
+# isort: split
 import numpy as np
 import tensorflow as tf
 
@@ -56,8 +58,11 @@ def run(size, args, folder):
     rng = np.random.default_rng(size)
     vectors = unit_rows(rng, size, args.dim)
     embedder = build_embedder("toy_cnn", weights=None, embed_dim=args.dim, input_shape=(32, 32, 3))
-    gallery = Gallery(vectors, np.char.add("item/", np.arange(size).astype(str)),
-                      np.char.add("class ", (np.arange(size) % 1000).astype(str)))
+    gallery = Gallery(
+        vectors,
+        np.char.add("item/", np.arange(size).astype(str)),
+        np.char.add("class ", (np.arange(size) % 1000).astype(str)),
+    )
     started = time.perf_counter()
     path = export_embedder(embedder, f"{folder}/g{size}", gallery=gallery, chunk_elements=args.chunk_elements)
     export_seconds = time.perf_counter() - started
@@ -81,20 +86,23 @@ def run(size, args, folder):
     for round_index in range(args.rounds):
         queries = unit_rows(rng, args.batch, args.dim)
         results = {}
-        for name in (("signature", "faiss") if round_index % 2 == 0 else ("faiss", "signature")):
+        for name in ("signature", "faiss") if round_index % 2 == 0 else ("faiss", "signature"):
             started = time.perf_counter()
             results[name] = (ours if name == "signature" else theirs)(queries)
             times[name].append(time.perf_counter() - started)
         round_wrong, round_largest = agreement(*results["signature"], *results["faiss"])
         wrong, largest = wrong + round_wrong, max(largest, round_largest)
     median = {name: statistics.median(values) for name, values in times.items()}
-    print(f"gallery {size:>9,} x {args.dim}  export {export_seconds:6.1f} s   "
-          f"signature {median['signature'] * 1e3:8.1f} ms/batch (best {min(times['signature']) * 1e3:.1f}, "
-          f"{args.batch / median['signature']:8.0f} q/s)   faiss {median['faiss'] * 1e3:8.1f} ms/batch "
-          f"(best {min(times['faiss']) * 1e3:.1f}, {args.batch / median['faiss']:8.0f} q/s)   "
-          f"ratio {median['signature'] / median['faiss']:.2f}   "
-          f"untied ids differing {wrong}/{args.rounds * args.batch * args.k}, max |score diff| {largest:.1e}   "
-          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB", flush=True)
+    print(
+        f"gallery {size:>9,} x {args.dim}  export {export_seconds:6.1f} s   "
+        f"signature {median['signature'] * 1e3:8.1f} ms/batch (best {min(times['signature']) * 1e3:.1f}, "
+        f"{args.batch / median['signature']:8.0f} q/s)   faiss {median['faiss'] * 1e3:8.1f} ms/batch "
+        f"(best {min(times['faiss']) * 1e3:.1f}, {args.batch / median['faiss']:8.0f} q/s)   "
+        f"ratio {median['signature'] / median['faiss']:.2f}   "
+        f"untied ids differing {wrong}/{args.rounds * args.batch * args.k}, max |score diff| {largest:.1e}   "
+        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB",
+        flush=True,
+    )
     return median["signature"] / median["faiss"], wrong
 
 
@@ -105,8 +113,12 @@ def main():
     parser.add_argument("--batch", type=int, default=64, help="queries per request")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=7, help="timed batches per side")
-    parser.add_argument("--chunk-elements", type=int, default=DEFAULT_CHUNK_ELEMENTS,
-                        help="scores per gallery chunk in the signature (the export's default)")
+    parser.add_argument(
+        "--chunk-elements",
+        type=int,
+        default=DEFAULT_CHUNK_ELEMENTS,
+        help="scores per gallery chunk in the signature (the export's default)",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke check: one 20,000-item gallery, 3 rounds")
     args = parser.parse_args()
     sizes = [20_000] if args.quick else [int(size) for size in args.sizes.split(",")]
@@ -114,9 +126,11 @@ def main():
         args.rounds = 3
     import faiss
 
-    print(f"TensorFlow {tf.__version__}, {tf.config.threading.get_intra_op_parallelism_threads() or 'all'} intra-op "
-          f"threads; faiss {faiss.__version__}, {faiss.omp_get_max_threads()} OpenMP threads; batch {args.batch}, "
-          f"k {args.k}, {args.rounds} rounds; median (best) of the timed batches")
+    print(
+        f"TensorFlow {tf.__version__}, {tf.config.threading.get_intra_op_parallelism_threads() or 'all'} intra-op "
+        f"threads; faiss {faiss.__version__}, {faiss.omp_get_max_threads()} OpenMP threads; batch {args.batch}, "
+        f"k {args.k}, {args.rounds} rounds; median (best) of the timed batches"
+    )
     folder = tempfile.mkdtemp(prefix="tf_langdml_search_benchmark_")
     try:
         for size in sizes:

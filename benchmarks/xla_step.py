@@ -10,7 +10,9 @@ alternate between the two so a slow spell of the machine hits both alike.
 import argparse
 import time
 
-import tf_langdml  # isort: skip
+import tf_langdml  # noqa: F401  (first: binds tf.keras to tf-keras before TensorFlow loads)
+
+# isort: split
 import numpy as np
 import tensorflow as tf
 
@@ -20,9 +22,13 @@ from tf_langdml.models import LanguageGuidedModel, build_embedder
 
 def make(args, table, jit_compile):
     keras.utils.set_random_seed(0)
-    embedder = build_embedder(args.backbone, weights=None, embed_dim=128, input_shape=(args.image_size, args.image_size, 3))
+    embedder = build_embedder(
+        args.backbone, weights=None, embed_dim=128, input_shape=(args.image_size, args.image_size, 3)
+    )
     model = LanguageGuidedModel(embedder, language_table=table)
-    model.compile(optimizer=keras.optimizers.Adam(1e-5), language_weight=7.5, weight_decay=4e-4, jit_compile=jit_compile)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-5), language_weight=7.5, weight_decay=4e-4, jit_compile=jit_compile
+    )
     return model
 
 
@@ -52,13 +58,19 @@ def main():
             model.train_on_batch(images, labels)
             wall[name].append(time.perf_counter() - start)
             cpu[name].append(time.process_time() - cpu_start)
-    print(f"{args.backbone} at {args.image_size} x {args.image_size}, batch {args.batch}, {args.steps} steps each "
-          "(seconds: first step incl. tracing/compilation | best | median | median CPU)")
+    print(
+        f"{args.backbone} at {args.image_size} x {args.image_size}, batch {args.batch}, {args.steps} steps each "
+        "(seconds: first step incl. tracing/compilation | best | median | median CPU)"
+    )
     for name in models:
-        print(f"  {name:5s}: {warmup[name]:7.1f} | {min(wall[name]):6.3f} | {np.median(wall[name]):6.3f} | "
-              f"{np.median(cpu[name]):6.3f}")
-    print(f"ratio xla / plain: best {min(wall['xla']) / min(wall['plain']):.2f}, median "
-          f"{np.median(wall['xla']) / np.median(wall['plain']):.2f}, CPU {np.median(cpu['xla']) / np.median(cpu['plain']):.2f}")
+        print(
+            f"  {name:5s}: {warmup[name]:7.1f} | {min(wall[name]):6.3f} | {np.median(wall[name]):6.3f} | "
+            f"{np.median(cpu[name]):6.3f}"
+        )
+    print(
+        f"ratio xla / plain: best {min(wall['xla']) / min(wall['plain']):.2f}, median "
+        f"{np.median(wall['xla']) / np.median(wall['plain']):.2f}, CPU {np.median(cpu['xla']) / np.median(cpu['plain']):.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -12,14 +12,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 for _variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
 
-import numpy as np  # noqa: E402  (after TF_CPP_MIN_LOG_LEVEL is set, before TensorFlow loads)
-import pytest  # noqa: E402  (after TF_CPP_MIN_LOG_LEVEL is set, before TensorFlow loads)
+import tf_langdml  # noqa: E402,F401  (after the variables above; binds tf.keras to tf-keras before TensorFlow loads)
 
-import tf_langdml  # noqa: E402,F401  (binds tf.keras to tf-keras before TensorFlow loads)
-import tensorflow as tf  # noqa: E402  (after TF_CPP_MIN_LOG_LEVEL is set, before TensorFlow loads)
-
-from shared_artifacts import locked, shared_root  # noqa: E402  (after TF_CPP_MIN_LOG_LEVEL is set, before TensorFlow loads)
-
+# isort: split
+import pytest  # noqa: E402  (after tf_langdml)
+import tensorflow as tf  # noqa: E402  (after tf_langdml)
+from shared_artifacts import locked, shared_root  # noqa: E402  (after tf_langdml)
 
 TESTS = pathlib.Path(__file__).resolve().parent
 
@@ -28,11 +26,25 @@ TESTS = pathlib.Path(__file__).resolve().parent
 # --no-loadscope-reorder); a long file handed out last keeps one worker busy while the other idles, so these go
 # first and the many short files fill in at the end.
 LONGEST_FIRST = [
-    "test_experiment.py", "export/test_search.py", "runs/test_sweep.py", "test_demo.py", "export/test_export.py",
-    "test_keras_binding.py", "test_progress_lines.py", "data/test_image_folder.py", "test_nonfinite_training.py",
-    "models/test_loss_state.py", "export/test_bad_requests.py", "models/test_embedder.py",
-    "runs/test_run_dir_lifecycle.py", "export/test_export_precision.py", "distribute/test_mirrored.py",
-    "models/test_language_guided_model.py", "data/test_preprocessing.py", "test_cli.py", "test_report.py",
+    "test_experiment.py",
+    "export/test_search.py",
+    "runs/test_sweep.py",
+    "test_demo.py",
+    "export/test_export.py",
+    "test_keras_binding.py",
+    "test_progress_lines.py",
+    "data/test_image_folder.py",
+    "test_nonfinite_training.py",
+    "models/test_loss_state.py",
+    "export/test_bad_requests.py",
+    "models/test_embedder.py",
+    "runs/test_run_dir_lifecycle.py",
+    "export/test_export_precision.py",
+    "distribute/test_mirrored.py",
+    "models/test_language_guided_model.py",
+    "data/test_preprocessing.py",
+    "test_cli.py",
+    "test_report.py",
     "distribute/test_multi_worker.py",
 ]
 

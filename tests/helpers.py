@@ -32,8 +32,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # -- data -----------------------------------------------------------------------------------------------------------
 
 
-def synthetic_problem(num_classes: int = 6, per_class: int = 4, size: int = 16,
-                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_problem(
+    num_classes: int = 6, per_class: int = 4, size: int = 16, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Images = a random prototype per class + noise, values in [0, 255]; returns (float32 images, int32 labels)."""
     rng = np.random.default_rng(seed)
     prototypes = rng.uniform(0, 255, (num_classes, size, size, 3))
@@ -49,10 +50,17 @@ def unit_rows(array: np.ndarray) -> np.ndarray:
     return array / np.linalg.norm(array, axis=-1, keepdims=True)
 
 
-def write_colour_folder(root: str | os.PathLike, num_classes: int = 8, per_class: int = 4,
-                        size: int | tuple[int, int] = 16, noise: int = 20, seed: int = 0, class_name: str = "class_{}",
-                        class_names: Sequence[str] | None = None,
-                        colours: Sequence[Sequence[int]] | None = None) -> pathlib.Path:
+def write_colour_folder(
+    root: str | os.PathLike,
+    num_classes: int = 8,
+    per_class: int = 4,
+    size: int | tuple[int, int] = 16,
+    noise: int = 20,
+    seed: int = 0,
+    class_name: str = "class_{}",
+    class_names: Sequence[str] | None = None,
+    colours: Sequence[Sequence[int]] | None = None,
+) -> pathlib.Path:
     """``root/<class folder>/<j>.png``: per class, noisy copies (±``noise``) of one colour; returns root.
 
     The image folder most tests train and evaluate on: classes are told apart by colour alone.
@@ -101,15 +109,22 @@ def toy_backbone(input_shape: Sequence[int] = (16, 16, 3)) -> keras.Model:
 
 def tiny_embedder(embed_dim: int = 8, image_size: int = 16, **build_arguments: object) -> keras.Model:
     """``build_embedder("toy_cnn", weights=None, ...)`` for ``image_size`` x ``image_size`` RGB images."""
-    return build_embedder("toy_cnn", weights=None, embed_dim=embed_dim, input_shape=(image_size, image_size, 3),
-                          **build_arguments)
+    return build_embedder(
+        "toy_cnn", weights=None, embed_dim=embed_dim, input_shape=(image_size, image_size, 3), **build_arguments
+    )
 
 
-def tiny_guided_model(language_table: np.ndarray | None = None, *, embed_dim: int = 8, image_size: int = 16,
-                      seed: int | None = 0, optimizer: keras.optimizers.Optimizer | str | None = "sgd",
-                      embedder_arguments: Mapping[str, object] | None = None,
-                      model_arguments: Mapping[str, object] | None = None,
-                      **compile_arguments: object) -> LanguageGuidedModel:
+def tiny_guided_model(
+    language_table: np.ndarray | None = None,
+    *,
+    embed_dim: int = 8,
+    image_size: int = 16,
+    seed: int | None = 0,
+    optimizer: keras.optimizers.Optimizer | str | None = "sgd",
+    embedder_arguments: Mapping[str, object] | None = None,
+    model_arguments: Mapping[str, object] | None = None,
+    **compile_arguments: object,
+) -> LanguageGuidedModel:
     """A small LanguageGuidedModel on :func:`tiny_embedder`, compiled unless ``optimizer`` is None.
 
     Args:
@@ -149,9 +164,16 @@ def global_policy(name: str) -> Iterator[None]:
 # -- runs -----------------------------------------------------------------------------------------------------------
 
 
-def write_fake_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, *, image_size: int = 16,
-                   embed_dim: int = 8, seed: int | None = None, train_class_names: Sequence[str] | None = None,
-                   overrides: Iterable[str] = ()) -> pathlib.Path:
+def write_fake_run(
+    run_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    *,
+    image_size: int = 16,
+    embed_dim: int = 8,
+    seed: int | None = None,
+    train_class_names: Sequence[str] | None = None,
+    overrides: Iterable[str] = (),
+) -> pathlib.Path:
     """A finished run directory without training: config.yaml and a random toy_cnn ``embedder.weights.h5``.
 
     Args:
@@ -167,8 +189,14 @@ def write_fake_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, *, i
         ``run_dir`` as a ``pathlib.Path``.
     """
     run_dir = pathlib.Path(run_dir)
-    values = ["data.dataset=folder", f"data.data_dir={data_dir}", f"data.image_size={image_size}",
-              "model.backbone=toy_cnn", "model.weights=null", f"model.embed_dim={embed_dim}"]
+    values = [
+        "data.dataset=folder",
+        f"data.data_dir={data_dir}",
+        f"data.image_size={image_size}",
+        "model.backbone=toy_cnn",
+        "model.weights=null",
+        f"model.embed_dim={embed_dim}",
+    ]
     if seed is not None:
         values.append(f"training.seed={seed}")
     config = load_config(None, [*values, *overrides])
@@ -208,8 +236,9 @@ def user_env(**extra: str) -> dict[str, str]:
 
 
 def _describe(command: Sequence[str]) -> str:
-    return " ".join(part if len(part) <= 60 else part[:40].replace("\n", " ") + f"... ({len(part)} chars)"
-                    for part in command)
+    return " ".join(
+        part if len(part) <= 60 else part[:40].replace("\n", " ") + f"... ({len(part)} chars)" for part in command
+    )
 
 
 def _tail(text: str | bytes | None, limit: int = 4000) -> str:
@@ -218,8 +247,14 @@ def _tail(text: str | bytes | None, limit: int = 4000) -> str:
     return "" if not text else text[-limit:]
 
 
-def run_process(argv: Sequence[str | os.PathLike], *, timeout: float = 600, returncode: int | None = 0,
-                env: Mapping[str, str] | None = None, **run_arguments: object) -> subprocess.CompletedProcess:
+def run_process(
+    argv: Sequence[str | os.PathLike],
+    *,
+    timeout: float = 600,
+    returncode: int | None = 0,
+    env: Mapping[str, str] | None = None,
+    **run_arguments: object,
+) -> subprocess.CompletedProcess:
     """Run ``argv`` with captured text output under ``timeout`` seconds; assert its exit status.
 
     Args:
@@ -234,15 +269,24 @@ def run_process(argv: Sequence[str | os.PathLike], *, timeout: float = 600, retu
     """
     command = [str(part) for part in argv]
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                                env=quiet_env() if env is None else dict(env), **run_arguments)
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=quiet_env() if env is None else dict(env),
+            **run_arguments,
+        )
     except subprocess.TimeoutExpired as error:
-        raise AssertionError(f"{_describe(command)} did not end within {timeout} s\n--- stdout:\n{_tail(error.stdout)}"
-                             f"\n--- stderr:\n{_tail(error.stderr)}") from error
+        raise AssertionError(
+            f"{_describe(command)} did not end within {timeout} s\n--- stdout:\n{_tail(error.stdout)}"
+            f"\n--- stderr:\n{_tail(error.stderr)}"
+        ) from error
     if returncode is not None:
         assert result.returncode == returncode, (
             f"{_describe(command)} exited with {result.returncode}, expected {returncode}"
-            f"\n--- stdout:\n{_tail(result.stdout)}\n--- stderr:\n{_tail(result.stderr)}")
+            f"\n--- stdout:\n{_tail(result.stdout)}\n--- stderr:\n{_tail(result.stderr)}"
+        )
     return result
 
 
@@ -277,6 +321,7 @@ def h5_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     arrays = {}
     with h5py.File(path, "r") as handle:
-        handle.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset)
-                          else None)
+        handle.visititems(
+            lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None
+        )
     return arrays

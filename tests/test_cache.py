@@ -42,8 +42,9 @@ def entries(folder):
 
 def start_writer(final_path):
     """(process, its partial folder) once the writer is inside atomic_directory."""
-    process = subprocess.Popen([sys.executable, "-c", WRITER, str(final_path)], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(final_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     line = process.stdout.readline().strip()
     assert line, f"the writer of {final_path} exited with {process.wait()} before writing"
     return process, pathlib.Path(line)
@@ -56,8 +57,10 @@ def test_current_umask_reads_the_umask_without_changing_it(umask, mask):
     assert os.umask(mask) == mask  # still set as it was
 
 
-@pytest.mark.parametrize("mask,folder_mode,file_mode", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640),
-                                                        (0o002, 0o775, 0o664), (0o077, 0o700, 0o600)])
+@pytest.mark.parametrize(
+    "mask,folder_mode,file_mode",
+    [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640), (0o002, 0o775, 0o664), (0o077, 0o700, 0o600)],
+)
 def test_atomic_writes_get_the_permissions_of_the_umask(umask, tmp_path, mask, folder_mode, file_mode):
     umask(mask)
     with atomic_directory(tmp_path / "built") as temporary:
@@ -86,8 +89,9 @@ def test_a_killed_writer_is_removed_and_a_live_one_kept(tmp_path):
         dead.send_signal(signal.SIGKILL)
         dead.wait()
         assert (dead_partial / "part.bin").exists()  # kill -9 left the folder and its lock file
-        assert entries(tmp_path) == sorted([dead_partial.name, dead_partial.name + ".lock",
-                                            live_partial.name, live_partial.name + ".lock"])
+        assert entries(tmp_path) == sorted(
+            [dead_partial.name, dead_partial.name + ".lock", live_partial.name, live_partial.name + ".lock"]
+        )
         with atomic_directory(tmp_path / "3") as in_this_process:  # a live writer in this process too
             assert remove_dead_partials(tmp_path) == [dead_partial]
             assert remove_dead_partials(tmp_path) == []

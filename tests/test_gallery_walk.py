@@ -3,7 +3,6 @@
 import os
 
 import pytest
-
 from data.hostile_folder import NOT_UTF8_NAME, make_hostile_folder, walk_in_limited_process
 
 

@@ -5,10 +5,21 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import (
+    global_policy,
+    quiet_env,
+    run_cli,
+    run_process,
+    run_python,
+    tiny_embedder,
+    tiny_guided_model,
+    toy_backbone,
+    user_env,
+    write_colour_folder,
+    write_fake_run,
+)
 from PIL import Image
 
-from helpers import (global_policy, quiet_env, run_cli, run_process, run_python, tiny_embedder, tiny_guided_model,
-                     toy_backbone, user_env, write_colour_folder, write_fake_run)
 from tf_langdml import keras
 from tf_langdml.data import load_image_folder
 from tf_langdml.models import LanguageGuidedModel
@@ -20,8 +31,9 @@ def read_folder(root):
 
 
 def test_the_colour_folder_has_the_classes_and_images_asked_for_and_repeats_for_a_seed(tmp_path):
-    root = write_colour_folder(tmp_path / "a", num_classes=3, per_class=2, size=(6, 10), noise=5, seed=4,
-                               class_name="{0:02d}.class_{0}")
+    root = write_colour_folder(
+        tmp_path / "a", num_classes=3, per_class=2, size=(6, 10), noise=5, seed=4, class_name="{0:02d}.class_{0}"
+    )
     assert sorted(path.name for path in root.iterdir()) == ["00.class_0", "01.class_1", "02.class_2"]
     images = read_folder(root)
     assert sorted(images) == [f"{index:02d}.class_{index}/{image}.png" for index in range(3) for image in range(2)]
@@ -30,19 +42,26 @@ def test_the_colour_folder_has_the_classes_and_images_asked_for_and_repeats_for_
         first = images[f"{index:02d}.class_{index}/0.png"].astype(int)
         second = images[f"{index:02d}.class_{index}/1.png"].astype(int)
         assert np.abs(second - first[0, 0]).max() <= 10 and np.abs(first - first[0, 0]).max() <= 10
-    again = read_folder(write_colour_folder(tmp_path / "b", num_classes=3, per_class=2, size=(6, 10), noise=5, seed=4,
-                                            class_name="{0:02d}.class_{0}"))
+    again = read_folder(
+        write_colour_folder(
+            tmp_path / "b", num_classes=3, per_class=2, size=(6, 10), noise=5, seed=4, class_name="{0:02d}.class_{0}"
+        )
+    )
     assert images.keys() == again.keys() and all(np.array_equal(images[key], again[key]) for key in images)
-    other = read_folder(write_colour_folder(tmp_path / "c", num_classes=3, per_class=2, size=(6, 10), noise=5, seed=5,
-                                            class_name="{0:02d}.class_{0}"))
+    other = read_folder(
+        write_colour_folder(
+            tmp_path / "c", num_classes=3, per_class=2, size=(6, 10), noise=5, seed=5, class_name="{0:02d}.class_{0}"
+        )
+    )
     assert any(not np.array_equal(images[key], other[key]) for key in images)
     split = load_image_folder(root, test_classes=[]).train_split
     assert len(split.labels) == 6
 
 
 def test_the_colour_folder_takes_names_and_fixed_colours(tmp_path):
-    root = write_colour_folder(tmp_path, per_class=1, noise=0, class_names=["red", "blue"],
-                               colours=[(255, 0, 0), (0, 0, 255)])
+    root = write_colour_folder(
+        tmp_path, per_class=1, noise=0, class_names=["red", "blue"], colours=[(255, 0, 0), (0, 0, 255)]
+    )
     images = read_folder(root)
     assert sorted(images) == ["blue/0.png", "red/0.png"]
     assert (images["red/0.png"] == [255, 0, 0]).all() and (images["blue/0.png"] == [0, 0, 255]).all()
@@ -75,11 +94,20 @@ def test_the_global_policy_is_float32_again_after_the_block_even_after_an_error(
 
 def test_a_fake_run_is_a_finished_run(tmp_path):
     folder = write_colour_folder(tmp_path / "images", num_classes=2, per_class=2)
-    run = write_fake_run(tmp_path / "runs" / "fake", folder, embed_dim=4, seed=1, train_class_names=["class 0"],
-                         overrides=["evaluation.batch_size=2"])
+    run = write_fake_run(
+        tmp_path / "runs" / "fake",
+        folder,
+        embed_dim=4,
+        seed=1,
+        train_class_names=["class 0"],
+        overrides=["evaluation.batch_size=2"],
+    )
     check_finished_run(run)  # raises FileNotFoundError on a folder that is not a finished run
-    assert sorted(path.name for path in run.iterdir()) == ["config.yaml", "embedder.weights.h5",
-                                                           "train_class_names.json"]
+    assert sorted(path.name for path in run.iterdir()) == [
+        "config.yaml",
+        "embedder.weights.h5",
+        "train_class_names.json",
+    ]
     assert json.loads((run / "train_class_names.json").read_text()) == ["class 0"]
     config = (run / "config.yaml").read_text()
     assert "embed_dim: 4" in config and "batch_size: 2" in config and str(folder) in config

@@ -1,8 +1,7 @@
 """Importing tf_langdml binds tf.keras to tf-keras, or says exactly what to do."""
 
-import pytest
-
 import helpers
+import pytest
 
 
 def run_python(code, returncode=0):
@@ -10,8 +9,9 @@ def run_python(code, returncode=0):
 
     The exit status is asserted unless ``returncode`` is None.
     """
-    return helpers.run_python(code, env=helpers.quiet_env(drop=["TF_USE_LEGACY_KERAS"]), timeout=300,
-                              returncode=returncode)
+    return helpers.run_python(
+        code, env=helpers.quiet_env(drop=["TF_USE_LEGACY_KERAS"]), timeout=300, returncode=returncode
+    )
 
 
 def test_import_sets_legacy_keras_before_tensorflow_loads():

@@ -8,20 +8,18 @@ import argparse
 import io
 import os
 import pathlib
-import re
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-
 from helpers import CLI_PROBE, run_cli, run_python, tiny_embedder, user_env, write_colour_folder
+
 from tf_langdml.cli import _parser, main
 from tf_langdml.runs.schema import CHOICE_KEYS, ConfigError, config_to_yaml, load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
 
 
 # -- every flag has help ---------------------------------------------------------------------------
@@ -50,11 +48,19 @@ def test_a_bare_train_without_a_terminal_refuses_before_loading_tensorflow():
     result = run_python(CLI_PROBE, "train", cwd=ROOT, env=user_env(), stdin=subprocess.DEVNULL, timeout=120)
     assert result.stdout.strip().splitlines()[-1] == "exit 2 tensorflow False", result.stderr[-3000:]
     (line,) = result.stderr.splitlines()  # one line, no traceback
-    assert line.startswith("tf-langdml train: no --config given, and the defaults (hours of CPU time) would train "
-                           "backbone resnet50 "
-                           "(ImageNet weights downloaded from storage.googleapis.com")
-    for part in ("224 x 224 images", "150 epochs", "--config configs/demo.yaml", "configs/folder.yaml",
-                 "18 paper runs", "or --yes to start it."):
+    assert line.startswith(
+        "tf-langdml train: no --config given, and the defaults (hours of CPU time) would train "
+        "backbone resnet50 "
+        "(ImageNet weights downloaded from storage.googleapis.com"
+    )
+    for part in (
+        "224 x 224 images",
+        "150 epochs",
+        "--config configs/demo.yaml",
+        "configs/folder.yaml",
+        "18 paper runs",
+        "or --yes to start it.",
+    ):
         assert part in line, part
 
 
@@ -63,8 +69,15 @@ def test_a_bare_train_on_a_terminal_asks_and_no_means_nothing_starts():
 
     leader, follower = pty.openpty()
     try:
-        process = subprocess.Popen([sys.executable, "-c", CLI_PROBE, "train"], stdin=follower, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, cwd=ROOT, env=user_env())
+        process = subprocess.Popen(
+            [sys.executable, "-c", CLI_PROBE, "train"],
+            stdin=follower,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=user_env(),
+        )
         os.write(leader, b"n\n")
         out, err = process.communicate(timeout=120)
     finally:
@@ -83,8 +96,9 @@ def test_set_without_a_config_still_asks_and_yes_starts(monkeypatch, capsys):
     # --set name=x alone leaves ResNet50, the download and 150 epochs in place: still asked, and it says what runs.
     assert main(["train", "--set", "name=x"]) == 2
     (line,) = capsys.readouterr().err.splitlines()
-    assert line.startswith("tf-langdml train: no --config given, and the defaults with your --set values would "
-                           "train backbone resnet50"), line
+    assert line.startswith(
+        "tf-langdml train: no --config given, and the defaults with your --set values would train backbone resnet50"
+    ), line
     assert "150 epochs" in line and line.endswith("or --yes to start it.")
     assert started == []
     assert main(["train", "--yes"]) == 0
@@ -118,9 +132,15 @@ def test_ctrl_c_during_start_up_prints_one_line_and_exits_130(tmp_path):
     marker = tmp_path / "in_the_import"
     # pytest-xdist's workers ignore SIGINT, and a child inherits that (Python then never installs its Ctrl-C
     # handler); a user's shell starts the command with the default disposition, so the child gets it back.
-    process = subprocess.Popen([sys.executable, "-c", IN_THE_IMPORT, str(marker), "evaluate", "--run", str(tmp_path)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                               env=user_env(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = subprocess.Popen(
+        [sys.executable, "-c", IN_THE_IMPORT, str(marker), "evaluate", "--run", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=user_env(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None and not marker.exists():
         time.sleep(0.01)
@@ -132,11 +152,17 @@ def test_ctrl_c_during_start_up_prints_one_line_and_exits_130(tmp_path):
     assert out == ""
 
 
-@pytest.mark.parametrize("command,argv,resume", [
-    ("train", ["train", "--yes", "--set", "training.epochs=1"],
-     "run the same command again: it resumes from the run's last checkpoint."),
-    ("evaluate", ["evaluate", "--run", "runs/x"], "run the same command again."),
-])
+@pytest.mark.parametrize(
+    "command,argv,resume",
+    [
+        (
+            "train",
+            ["train", "--yes", "--set", "training.epochs=1"],
+            "run the same command again: it resumes from the run's last checkpoint.",
+        ),
+        ("evaluate", ["evaluate", "--run", "runs/x"], "run the same command again."),
+    ],
+)
 def test_ctrl_c_at_work_says_how_to_resume(command, argv, resume, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -153,16 +179,26 @@ def test_ctrl_c_at_work_says_how_to_resume(command, argv, resume, monkeypatch, c
 # -- config values -----------------------------------------------------------------------------------
 
 # A valid value of each choice key, written in capitals.
-CHOICES = {"data.dataset": "DEMO", "model.backbone": "ResNet50", "model.pooling": "AVG", "loss.dml": "Margin",
-           "loss.direction": "Image_To_Language", "language.guidance": "PLG", "language.classifier": "ResNet50",
-           "language.level": "Sample", "optimizer.name": "SGD", "training.precision": "Float32",
-           "evaluation.split": "Test"}
+CHOICES = {
+    "data.dataset": "DEMO",
+    "model.backbone": "ResNet50",
+    "model.pooling": "AVG",
+    "loss.dml": "Margin",
+    "loss.direction": "Image_To_Language",
+    "language.guidance": "PLG",
+    "language.classifier": "ResNet50",
+    "language.level": "Sample",
+    "optimizer.name": "SGD",
+    "training.precision": "Float32",
+    "evaluation.split": "Test",
+}
 
 
 def test_choice_values_are_case_insensitive():
     assert set(CHOICES) == CHOICE_KEYS
-    config = load_config(None, [f"{key}={value}" for key, value in CHOICES.items()]
-                         + ["loss.language_weight=1", "data.background=BLACK"])
+    config = load_config(
+        None, [f"{key}={value}" for key, value in CHOICES.items()] + ["loss.language_weight=1", "data.background=BLACK"]
+    )
     for key, value in CHOICES.items():
         section, name = key.split(".")
         assert getattr(getattr(config, section), name) == value.lower(), key
@@ -172,23 +208,37 @@ def test_choice_values_are_case_insensitive():
 
 
 def test_the_precision_flags_are_case_insensitive():
-    assert _parser().parse_args(["export", "--run", "r", "--name", "n", "--precision", "Mixed_BFloat16"]).precision \
+    assert (
+        _parser().parse_args(["export", "--run", "r", "--name", "n", "--precision", "Mixed_BFloat16"]).precision
         == "mixed_bfloat16"
-    assert _parser().parse_args(["index", "--run", "r", "--gallery", "g", "--name", "n", "--precision", "FLOAT32"]
-                                ).precision == "float32"
+    )
+    assert (
+        _parser()
+        .parse_args(["index", "--run", "r", "--gallery", "g", "--name", "n", "--precision", "FLOAT32"])
+        .precision
+        == "float32"
+    )
 
 
-@pytest.mark.parametrize("key,choices", [
-    ("language.guidance", "['none', 'elg', 'plg']"), ("optimizer.name", "['adam', 'sgd']"),
-    ("training.precision", "['float32', 'mixed_float16', 'mixed_bfloat16', 'auto']"),
-    ("evaluation.split", "['test', 'validation']"),
-])
+@pytest.mark.parametrize(
+    "key,choices",
+    [
+        ("language.guidance", "['none', 'elg', 'plg']"),
+        ("optimizer.name", "['adam', 'sgd']"),
+        ("training.precision", "['float32', 'mixed_float16', 'mixed_bfloat16', 'auto']"),
+        ("evaluation.split", "['test', 'validation']"),
+    ],
+)
 def test_an_invalid_choice_lists_the_valid_values_once(key, choices):
     with pytest.raises(ConfigError) as far:
         load_config(None, [f"{key}=zzzzzz", "loss.language_weight=1"])
     assert str(far.value) == f"'{key}' is 'zzzzzz'; expected one of {choices}."
-    close = {"language.guidance": ("PLGX", "plg"), "optimizer.name": ("Adamm", "adam"),
-             "training.precision": ("flot32", "float32"), "evaluation.split": ("tst", "test")}[key]
+    close = {
+        "language.guidance": ("PLGX", "plg"),
+        "optimizer.name": ("Adamm", "adam"),
+        "training.precision": ("flot32", "float32"),
+        "evaluation.split": ("tst", "test"),
+    }[key]
     with pytest.raises(ConfigError) as near:
         load_config(None, [f"{key}={close[0]}", "loss.language_weight=1"])
     assert str(near.value) == f"'{key}' is '{close[0].lower()}'; expected one of {choices}; did you mean '{close[1]}'?"
@@ -209,15 +259,21 @@ def test_a_missing_folder_a_non_run_and_an_unfinished_run_are_told_apart(argv, t
     (unfinished / "config.yaml").write_text(config_to_yaml(load_config()))
     expected = {
         missing: f"{missing} does not exist; give a run directory, <runs_dir>/<name> (the folder `tf-langdml train` "
-                 "printed and wrote).",
+        "printed and wrote).",
         photos: f"{photos} is not a run directory (it has no config.yaml); give the folder `tf-langdml train` "
-                "wrote, <runs_dir>/<name>.",
+        "wrote, <runs_dir>/<name>.",
         unfinished: f"{unfinished} has not finished (no embedder.weights.h5 yet); finish it with `tf-langdml train "
-                    f"--config {unfinished / 'config.yaml'}` (it resumes from its last checkpoint), then try again.",
+        f"--config {unfinished / 'config.yaml'}` (it resumes from its last checkpoint), then try again.",
     }
     for folder, message in expected.items():
-        assert main([argv[0], "--run", str(folder), *argv[1:], "--saved-models", str(tmp_path / "sm")]
-                    if argv[0] != "evaluate" else ["evaluate", "--run", str(folder)]) == 2
+        assert (
+            main(
+                [argv[0], "--run", str(folder), *argv[1:], "--saved-models", str(tmp_path / "sm")]
+                if argv[0] != "evaluate"
+                else ["evaluate", "--run", str(folder)]
+            )
+            == 2
+        )
         assert capsys.readouterr().err == f"tf-langdml {argv[0]}: {message}\n"
     assert not (tmp_path / "sm").exists()
 
@@ -231,14 +287,17 @@ def test_search_on_a_missing_model_names_it_as_missing(tmp_path, capsys):
     assert main(["search", "--model", str(tmp_path / "saved_models" / "nope"), str(image)]) == 2
     assert capsys.readouterr().err == (
         f"tf-langdml search: {tmp_path / 'saved_models' / 'nope'} does not exist; give saved_models/<name> (its latest "
-        "version) or saved_models/<name>/<version>, as `tf-langdml index` printed.\n")
+        "version) or saved_models/<name>/<version>, as `tf-langdml index` printed.\n"
+    )
 
 
 # What the search signature's tf.debugging.Assert raised for a text file (copied from a real run), and for k.
-ASSERTED = ("Graph execution error:\n\nDetected at node Assert/Assert defined at (most recent call last):\n"
-            "<stack traces unavailable>\nassertion failed: [Bad image(s) in the request; nothing was embedded.] "
-            "[row 0: not a JPEG, PNG, GIF or BMP image] [row 1: not a JPEG, PNG, GIF or BMP image]\n"
-            "\t [[{{node Assert/Assert}}]] [Op:__inference_signature_wrapper_13298]")
+ASSERTED = (
+    "Graph execution error:\n\nDetected at node Assert/Assert defined at (most recent call last):\n"
+    "<stack traces unavailable>\nassertion failed: [Bad image(s) in the request; nothing was embedded.] "
+    "[row 0: not a JPEG, PNG, GIF or BMP image] [row 1: not a JPEG, PNG, GIF or BMP image]\n"
+    "\t [[{{node Assert/Assert}}]] [Op:__inference_signature_wrapper_13298]"
+)
 
 
 def test_search_on_text_files_names_them_without_stray_brackets(tmp_path, monkeypatch, capsys):
@@ -255,7 +314,8 @@ def test_search_on_text_files_names_them_without_stray_brackets(tmp_path, monkey
     assert main(["search", "--model", str(tmp_path), str(notes), str(odd)]) == 2
     assert capsys.readouterr().err == (
         f"tf-langdml search: Bad image(s) in the request; nothing was embedded. {notes}: not a JPEG, PNG, GIF or BMP "
-        f"image {odd}: not a JPEG, PNG, GIF or BMP image\n")
+        f"image {odd}: not a JPEG, PNG, GIF or BMP image\n"
+    )
 
 
 # -- data: the skip warning, libjpeg, test classes, precomputed files ----------------------------
@@ -263,8 +323,8 @@ def test_search_on_text_files_names_them_without_stray_brackets(tmp_path, monkey
 
 def _colour_folder(root, bad):
     write_colour_folder(root, num_classes=4, per_class=3, size=16)
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
@@ -277,17 +337,39 @@ def _colour_folder(root, bad):
 def test_the_cli_prints_the_skip_warning_as_one_plain_line_and_no_libjpeg_chatter(tmp_path):
     folder = _colour_folder(tmp_path / "photos", bad=6)
     # evaluation.ks = 50 fails after the data load (the test split has 6 images), before any model is built.
-    result = run_cli(["train", "--quiet", "--yes", "--set", f"runs_dir={tmp_path / 'runs'}",
-                      "--set", "data.dataset=folder", "--set", f"data.data_dir={folder}",
-                      "--set", "model.backbone=toy_cnn", "--set", "model.weights=null", "--set", "data.image_size=16",
-                      "--set", "data.batch_size=4", "--set", "evaluation.ks=[1,50]"], cwd=ROOT, env=user_env(),
-                     returncode=2)
+    result = run_cli(
+        [
+            "train",
+            "--quiet",
+            "--yes",
+            "--set",
+            f"runs_dir={tmp_path / 'runs'}",
+            "--set",
+            "data.dataset=folder",
+            "--set",
+            f"data.data_dir={folder}",
+            "--set",
+            "model.backbone=toy_cnn",
+            "--set",
+            "model.weights=null",
+            "--set",
+            "data.image_size=16",
+            "--set",
+            "data.batch_size=4",
+            "--set",
+            "evaluation.ks=[1,50]",
+        ],
+        cwd=ROOT,
+        env=user_env(),
+        returncode=2,
+    )
     lines = [line for line in result.stderr.splitlines() if not line.startswith("computing in")]  # runs/train.py's
     assert lines[0] == (
         f"tf-langdml train: warning: Skipped 7 file(s) under '{folder}' that are not readable images: 1 without an "
         "image extension (.jpg, .jpeg, .png, .gif, .bmp); 6 not decodable (corrupt, truncated or another format); "
         "0 above max_pixels=64000000 by their header. Examples: 'class_2/notes.txt', 'class_1/cut_0.jpg', "
-        "'class_1/cut_1.jpg', 'class_1/cut_2.jpg', 'class_1/cut_3.jpg' and 2 more.")
+        "'class_1/cut_1.jpg', 'class_1/cut_2.jpg', 'class_1/cut_3.jpg' and 2 more."
+    )
     assert lines[1].startswith("tf-langdml train: 'evaluation.ks' has k = 50") and len(lines) == 2, lines
     assert "JPEG library" not in result.stderr and "UserWarning" not in result.stderr
     assert not (tmp_path / "runs").exists()
@@ -298,8 +380,11 @@ def test_library_users_still_get_a_warning(tmp_path):
     from tf_langdml.data.image_folder import SkippedFilesWarning
 
     folder = _colour_folder(tmp_path / "photos", bad=1)
-    with pytest.warns(SkippedFilesWarning, match=r"Skipped 2 file\(s\).*by their header\. Examples: "
-                                                 r"'class_2/notes\.txt', 'class_1/cut_0\.jpg'\.$"):
+    with pytest.warns(
+        SkippedFilesWarning,
+        match=r"Skipped 2 file\(s\).*by their header\. Examples: "
+        r"'class_2/notes\.txt', 'class_1/cut_0\.jpg'\.$",
+    ):
         load_image_folder(folder)
 
 
@@ -311,7 +396,8 @@ def test_one_unknown_test_class_gets_a_plain_did_you_mean(tmp_path):
         load_image_folder(folder, test_classes=["clas_2"])
     assert str(raised.value) == (
         f"test_classes ['clas_2'] are not class folders of '{folder}'; 1 unknown name(s). Known class folders (4), "
-        "e.g. ['class_0', 'class_1', 'class_2', 'class_3']; did you mean 'class_2'?")
+        "e.g. ['class_0', 'class_1', 'class_2', 'class_3']; did you mean 'class_2'?"
+    )
     with pytest.raises(ValueError) as raised:
         load_image_folder(folder, test_classes=["zebra"])
     assert str(raised.value).endswith("e.g. ['class_0', 'class_1', 'class_2', 'class_3'].")
@@ -319,13 +405,27 @@ def test_one_unknown_test_class_gets_a_plain_did_you_mean(tmp_path):
 
 def test_a_missing_precomputed_file_is_refused_before_the_run_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    argv = ["train", "--yes", "--set", f"runs_dir={tmp_path / 'runs'}", "--set", "language.guidance=elg",
-            "--set", "loss.language_weight=1", "--set", "language.encoder=precomputed:nope.npz",
-            "--set", "model.backbone=toy_cnn", "--set", "model.weights=null"]
+    argv = [
+        "train",
+        "--yes",
+        "--set",
+        f"runs_dir={tmp_path / 'runs'}",
+        "--set",
+        "language.guidance=elg",
+        "--set",
+        "loss.language_weight=1",
+        "--set",
+        "language.encoder=precomputed:nope.npz",
+        "--set",
+        "model.backbone=toy_cnn",
+        "--set",
+        "model.weights=null",
+    ]
     assert main(argv) == 2
     assert capsys.readouterr().err == (
         f"tf-langdml train: 'language.encoder': the precomputed embeddings file 'nope.npz' does not exist (resolved "
-        f"from {tmp_path}); give the path of an .npz written by `tf-langdml embed-classes`, or use 'minilm'.\n")
+        f"from {tmp_path}); give the path of an .npz written by `tf-langdml embed-classes`, or use 'minilm'.\n"
+    )
     assert not (tmp_path / "runs").exists()
 
 
@@ -336,6 +436,8 @@ def test_an_existing_export_version_names_the_cli_flag_and_the_python_argument(t
     (tmp_path / "model" / "1").mkdir(parents=True)
     with pytest.raises(FileExistsError) as raised:
         export_embedder(embedder, tmp_path / "model", version=1)
-    assert str(raised.value) == (f"{tmp_path / 'model' / '1'} exists; exported versions are never overwritten. Pass "
-                                 "another version (`--version N` on the command line, version=N in Python), or none "
-                                 "for the next number.")
+    assert str(raised.value) == (
+        f"{tmp_path / 'model' / '1'} exists; exported versions are never overwritten. Pass "
+        "another version (`--version N` on the command line, version=N in Python), or none "
+        "for the next number."
+    )

@@ -6,15 +6,15 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import global_policy, run_python, tiny_embedder, tiny_guided_model, write_colour_folder
+
 from tf_langdml import keras
+from tf_langdml.models import LanguageGuidedModel, NonFiniteLossError
 from tf_langdml.runs import builders
 from tf_langdml.runs.checkpoints import ResumeCheckpoints, checkpoint_manager, latest_finite_checkpoint
 from tf_langdml.runs.run_dir import HistoryFile
 from tf_langdml.runs.schema import load_config
 from tf_langdml.runs.train import train
-from tf_langdml.models import LanguageGuidedModel, NonFiniteLossError
 
 RNG = np.random.default_rng(0)
 LABELS = np.repeat(np.arange(4), 2).astype("int32")  # 4 classes x 2 images: one batch of 8
@@ -24,8 +24,14 @@ TABLE = RNG.normal(size=(4, 1, 5)).astype("float32")
 
 def toy_model(optimizer, **compile_arguments):
     # BatchNorm statistics that move in training, so the tests see them put back after a NaN step.
-    return tiny_guided_model(TABLE, seed=1, optimizer=optimizer, embedder_arguments={"freeze_bn_statistics": False},
-                             language_weight=1.0, **compile_arguments)
+    return tiny_guided_model(
+        TABLE,
+        seed=1,
+        optimizer=optimizer,
+        embedder_arguments={"freeze_bn_statistics": False},
+        language_weight=1.0,
+        **compile_arguments,
+    )
 
 
 def batches(nan_at=None, count=50):
@@ -118,18 +124,20 @@ def mixed_policy():
 
 
 def test_loss_scaling_skips_overflowing_steps_without_an_error(mixed_policy):
-    initial_scale = 2.0 ** 40
+    initial_scale = 2.0**40
     model = toy_model(keras.mixed_precision.LossScaleOptimizer(keras.optimizers.SGD(0.1), initial_scale=initial_scale))
     before = [variable.numpy().copy() for variable in model.trainable_variables]
     capture = Capture()
     history = model.fit(batches(), epochs=1, steps_per_epoch=40, verbose=0, callbacks=[capture]).history
     assert int(model.optimizer.iterations.numpy()) == 40  # the loss scale optimizer counts skipped steps too
-    assert float(model.optimizer.loss_scale) < initial_scale / 2 ** 10
+    assert float(model.optimizer.loss_scale) < initial_scale / 2**10
     trainable = [index for index, variable in enumerate(model.variables) if variable.trainable]
     # The first steps' float16 gradients overflowed: the optimizer skipped them itself ...
     np.testing.assert_array_equal(capture.states[0][trainable[0]], before[0])
     # ... and later steps trained.
-    assert any(not np.array_equal(variable.numpy(), value) for variable, value in zip(model.trainable_variables, before))
+    assert any(
+        not np.array_equal(variable.numpy(), value) for variable, value in zip(model.trainable_variables, before)
+    )
     assert np.isfinite(history["loss"]).all()
 
 
@@ -148,19 +156,38 @@ def test_loss_scaling_still_stops_on_a_nonfinite_loss(mixed_policy):
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
     """8 named classes x 6 noisy solid-colour PNGs."""
-    return write_colour_folder(tmp_path_factory.mktemp("folder"), per_class=6, size=24, noise=30,
-                               class_name="{0:02d}.class_{0}")
+    return write_colour_folder(
+        tmp_path_factory.mktemp("folder"), per_class=6, size=24, noise=30, class_name="{0:02d}.class_{0}"
+    )
 
 
 def diverging_config(folder, runs):
     # SGD at learning rate 1e4 on the toy backbone: finite for a few steps, then NaN.
-    return load_config(None, [
-        "name=diverge", f"runs_dir={runs}", "data.dataset=folder", f"data.data_dir={folder}", "data.image_size=16",
-        "data.batch_size=8", "model.backbone=toy_cnn", "model.weights=null", "model.embed_dim=8",
-        "language.guidance=none", "loss.language_weight=0", "optimizer.name=sgd", "optimizer.learning_rate=1.0e+4",
-        "training.epochs=3", "training.steps_per_epoch=5", "training.eval_every=1", "training.checkpoint_every=1",
-        "evaluation.batch_size=16", "evaluation.semantic=false", "evaluation.clustering=false",
-    ])
+    return load_config(
+        None,
+        [
+            "name=diverge",
+            f"runs_dir={runs}",
+            "data.dataset=folder",
+            f"data.data_dir={folder}",
+            "data.image_size=16",
+            "data.batch_size=8",
+            "model.backbone=toy_cnn",
+            "model.weights=null",
+            "model.embed_dim=8",
+            "language.guidance=none",
+            "loss.language_weight=0",
+            "optimizer.name=sgd",
+            "optimizer.learning_rate=1.0e+4",
+            "training.epochs=3",
+            "training.steps_per_epoch=5",
+            "training.eval_every=1",
+            "training.checkpoint_every=1",
+            "evaluation.batch_size=16",
+            "evaluation.semantic=false",
+            "evaluation.clustering=false",
+        ],
+    )
 
 
 def checkpoint_steps(folder):

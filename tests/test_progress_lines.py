@@ -17,8 +17,8 @@ import time
 
 import numpy as np
 import pytest
-
 from helpers import quiet_env, write_colour_folder
+
 from tf_langdml.inference import ImageProgress, progress_line
 from tf_langdml.runs.console import EpochLines, LossProgbar, epoch_line, fit_console, shown_keys
 
@@ -28,11 +28,24 @@ TIMEOUT = 300
 
 def train_overrides(folder, runs, name, encoder):
     return [
-        f"name={name}", f"runs_dir={runs}", "data.dataset=folder", f"data.data_dir={folder}", "data.image_size=16",
-        "data.batch_size=8", "model.backbone=toy_cnn", "model.weights=null", "model.embed_dim=8",
-        "language.guidance=elg", f"language.encoder=precomputed:{encoder}", 'language.template="{}"',
-        "loss.language_weight=1.0", f"training.epochs={EPOCHS}", f"training.steps_per_epoch={STEPS}",
-        f"training.eval_every={EVAL_EVERY}", "evaluation.batch_size=16", "evaluation.semantic=false",
+        f"name={name}",
+        f"runs_dir={runs}",
+        "data.dataset=folder",
+        f"data.data_dir={folder}",
+        "data.image_size=16",
+        "data.batch_size=8",
+        "model.backbone=toy_cnn",
+        "model.weights=null",
+        "model.embed_dim=8",
+        "language.guidance=elg",
+        f"language.encoder=precomputed:{encoder}",
+        'language.template="{}"',
+        "loss.language_weight=1.0",
+        f"training.epochs={EPOCHS}",
+        f"training.steps_per_epoch={STEPS}",
+        f"training.eval_every={EVAL_EVERY}",
+        "evaluation.batch_size=16",
+        "evaluation.semantic=false",
     ]
 
 
@@ -46,7 +59,9 @@ def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("progress")
     folder = write_colour_folder(root / "folder", num_classes=8, per_class=6)
     names = np.array([f"class {index}" for index in range(8)])  # the cleaned folder names, template "{}"
-    np.savez(root / "names.npz", texts=names, embeddings=np.random.default_rng(0).normal(size=(8, 16)).astype(np.float32))
+    np.savez(
+        root / "names.npz", texts=names, embeddings=np.random.default_rng(0).normal(size=(8, 16)).astype(np.float32)
+    )
     return {"root": root, "folder": folder, "encoder": root / "names.npz", "runs": root / "runs"}
 
 
@@ -90,18 +105,25 @@ def run_on_terminal(command, environment, timeout=TIMEOUT):
 @pytest.fixture(scope="module")
 def piped_run(inputs):
     """``{"code", "out", "err"}`` of ``tf-langdml train`` with stdout and stderr to pipes (recorded, never raised)."""
-    command = [sys.executable, "-m", "tf_langdml.cli", "train", "--yes",
-               *set_arguments(train_overrides(inputs["folder"], inputs["runs"], "piped", inputs["encoder"]))]
+    command = [
+        sys.executable,
+        "-m",
+        "tf_langdml.cli",
+        "train",
+        "--yes",
+        *set_arguments(train_overrides(inputs["folder"], inputs["runs"], "piped", inputs["encoder"])),
+    ]
     try:
-        done = subprocess.run(command, env=quiet_env(), capture_output=True,
-                              text=True, timeout=TIMEOUT)
+        done = subprocess.run(command, env=quiet_env(), capture_output=True, text=True, timeout=TIMEOUT)
     except subprocess.TimeoutExpired as error:
         return {"code": "timeout", "out": error.stdout or "", "err": str(error.stderr or "")}
     return {"code": done.returncode, "out": done.stdout, "err": done.stderr}
 
 
-EPOCH_LINE = re.compile(r"^tf_langdml: epoch (\d+)/(\d+): loss (\d+\.\d{4}) \(dml (\d+\.\d{4}), language (\d+\.\d{4})\), "
-                        r"(\d+ ms|\d+\.\d\d s)/step(?:, recall@1 (\d\.\d{4}))?$")
+EPOCH_LINE = re.compile(
+    r"^tf_langdml: epoch (\d+)/(\d+): loss (\d+\.\d{4}) \(dml (\d+\.\d{4}), language (\d+\.\d{4})\), "
+    r"(\d+ ms|\d+\.\d\d s)/step(?:, recall@1 (\d\.\d{4}))?$"
+)
 
 
 def test_piped_training_prints_one_short_line_per_epoch(piped_run, inputs):
@@ -130,15 +152,23 @@ def test_piped_training_prints_one_short_line_per_epoch(piped_run, inputs):
     assert "diagnostics" not in piped["err"] and "[==" not in piped["err"] + piped["out"]
     # The precision line once, after the table and the model are built, and still in run_log.jsonl.
     assert [line for line in lines if "computing in" in line] == [
-        "tf_langdml: computing in float32: precision float32 set explicitly."]
+        "tf_langdml: computing in float32: precision float32 set explicitly."
+    ]
     assert lines.index("tf_langdml: computing in float32: precision float32 set explicitly.") > next(
-        index for index, line in enumerate(lines) if line.startswith("tf_langdml: embedding 4 texts"))
+        index for index, line in enumerate(lines) if line.startswith("tf_langdml: embedding 4 texts")
+    )
     start = json.loads((inputs["runs"] / "piped" / "run_log.jsonl").read_text().splitlines()[0])
     assert start["event"] == "start" and start["precision"] == "float32"
     # The final evaluation's pass over the 24 test images: one line per tenth crossed (batches of 16).
     assert [line for line in lines if " images (" in line] == [
-        line for line in lines if re.fullmatch(r"tf_langdml: embedded (16 / 24 images \(66|24 / 24 images \(100) %\), "
-                                               r"\d+ s elapsed", line)]
+        line
+        for line in lines
+        if re.fullmatch(
+            r"tf_langdml: embedded (16 / 24 images \(66|24 / 24 images \(100) %\), "
+            r"\d+ s elapsed",
+            line,
+        )
+    ]
     assert len([line for line in lines if " images (" in line]) == 2
 
 
@@ -159,17 +189,22 @@ def test_a_terminal_gets_keras_progress_bars(inputs):
         "    from tf_langdml.runs.serving import index_run\n"
         f"    index_run({str(runs / 'terminal')!r}, {str(folder)!r}, 'terminal', "
         f"saved_models_dir={str(inputs['root'] / 'saved')!r}, batch_size=8, verbose=1)\n"
-        "sys.exit(code)\n")
+        "sys.exit(code)\n"
+    )
     terminal = run_on_terminal([sys.executable, "-c", script], quiet_env())
     assert terminal["code"] == 0, terminal["output"][-3000:]
     lines = terminal_lines(terminal["output"])
-    assert [line for line in lines if line.startswith("Epoch ")] == [f"Epoch {i}/{EPOCHS}" for i in range(1, EPOCHS + 1)]
+    assert [line for line in lines if line.startswith("Epoch ")] == [
+        f"Epoch {i}/{EPOCHS}" for i in range(1, EPOCHS + 1)
+    ]
     finished = [line for line in lines if line.startswith(f"{STEPS}/{STEPS} [") and "/step - loss" in line]
     assert len(finished) == EPOCHS, lines
     for number, line in enumerate(finished, start=1):
-        assert re.fullmatch(rf"{STEPS}/{STEPS} \[=+\] - .* - loss: \d\.\d{{4}} - dml_loss: \d\.\d{{4}} - "
-                            r"language_loss: \d\.\d{4}" + (r" - val_recall@1: \d\.\d{4}" if number % EVAL_EVERY == 0
-                                                            else ""), line), line
+        assert re.fullmatch(
+            rf"{STEPS}/{STEPS} \[=+\] - .* - loss: \d\.\d{{4}} - dml_loss: \d\.\d{{4}} - "
+            r"language_loss: \d\.\d{4}" + (r" - val_recall@1: \d\.\d{4}" if number % EVAL_EVERY == 0 else ""),
+            line,
+        ), line
     assert "diagnostics" not in terminal["output"] and "tf_langdml: epoch" not in terminal["output"]
     # index on a terminal: the gallery line, then Keras' bar over its 6 batches of 8 images.
     gallery = next(index for index, line in enumerate(lines) if line.startswith("tf_langdml: indexing gallery"))
@@ -181,19 +216,43 @@ def test_index_prints_progress_over_the_gallery_when_piped(piped_run, inputs, ca
     from tf_langdml.cli import main
 
     assert piped_run["code"] == 0, "the run to index did not train"
-    assert main(["index", "--run", str(inputs["runs"] / "piped"), "--gallery", str(inputs["folder"]), "--name", "piped",
-                 "--saved-models", str(inputs["root"] / "saved"), "--batch-size", "8"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "--run",
+                str(inputs["runs"] / "piped"),
+                "--gallery",
+                str(inputs["folder"]),
+                "--name",
+                "piped",
+                "--saved-models",
+                str(inputs["root"] / "saved"),
+                "--batch-size",
+                "8",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("tf_langdml: indexing gallery ")
     # 48 images in batches of 8: 16.7 %, 33.3 %, ... cross a new tenth at every batch, so one line each.
-    shown = [re.fullmatch(r"tf_langdml: embedded (\d+) / 48 images \((\d+) %\), \d+ s elapsed", line) for line in err[1:]]
+    shown = [
+        re.fullmatch(r"tf_langdml: embedded (\d+) / 48 images \((\d+) %\), \d+ s elapsed", line) for line in err[1:]
+    ]
     assert all(shown), err
-    assert [(int(match[1]), int(match[2])) for match in shown] == [(8, 16), (16, 33), (24, 50), (32, 66), (40, 83),
-                                                                    (48, 100)]
+    assert [(int(match[1]), int(match[2])) for match in shown] == [
+        (8, 16),
+        (16, 33),
+        (24, 50),
+        (32, 66),
+        (40, 83),
+        (48, 100),
+    ]
     # Quiet: the same pass prints nothing (index_run(verbose=0) embeds through embed_split(verbose=0)).
     from tf_langdml.inference import embed_split
-    from tf_langdml.runs.trained_embedder import restore_embedder
     from tf_langdml.runs.serving import gallery_split
+    from tf_langdml.runs.trained_embedder import restore_embedder
 
     config, embedder = restore_embedder(inputs["runs"] / "piped")
     split, _, _ = gallery_split(str(inputs["folder"]), config)
@@ -233,12 +292,19 @@ def test_image_progress_prints_a_line_per_tenth_with_counts_and_time():
 
 
 def test_epoch_line_format_and_step_time():
-    logs = {"loss": 1.23456, "dml_loss": 1.1, "language_loss": 0.13456, "val_recall@1": 0.5625,
-            "diagnostics/gradient_norm_ratio": 3.0}
+    logs = {
+        "loss": 1.23456,
+        "dml_loss": 1.1,
+        "language_loss": 0.13456,
+        "val_recall@1": 0.5625,
+        "diagnostics/gradient_norm_ratio": 3.0,
+    }
     assert epoch_line(2, 10, logs, 0.085, language=True) == (
-        "epoch 2/10: loss 1.2346 (dml 1.1000, language 0.1346), 85 ms/step, recall@1 0.5625")
+        "epoch 2/10: loss 1.2346 (dml 1.1000, language 0.1346), 85 ms/step, recall@1 0.5625"
+    )
     assert epoch_line(2, 10, {"loss": 1.0, "dml_loss": 1.0, "language_loss": 0.0}, 2.314, language=False) == (
-        "epoch 2/10: loss 1.0000 (dml 1.0000), 2.31 s/step")
+        "epoch 2/10: loss 1.0000 (dml 1.0000), 2.31 s/step"
+    )
     # The longest plausible line (five-digit losses, 1000 epochs, slow steps) stays well under 150 characters.
     huge = {"loss": 99999.9999, "dml_loss": 99999.9999, "language_loss": 99999.9999, "val_recall@1": 1.0}
     assert len("tf_langdml: " + epoch_line(1000, 1000, huge, 99.99, language=True)) < 130

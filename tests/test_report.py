@@ -13,10 +13,10 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import write_colour_folder
 from PIL import Image
 from tensorboard.compat.proto import event_pb2
 
-from helpers import write_colour_folder
 from tf_langdml import report, report_files
 from tf_langdml.cli import main
 from tf_langdml.report import sweep_curves, write_report
@@ -72,7 +72,7 @@ def decoded_images(page):
     for source in page.sources:
         prefix = "data:image/png;base64,"
         assert source.startswith(prefix)
-        with Image.open(io.BytesIO(base64.b64decode(source[len(prefix):], validate=True))) as image:
+        with Image.open(io.BytesIO(base64.b64decode(source[len(prefix) :], validate=True))) as image:
             assert image.format == "PNG"
             images.append(np.asarray(image.convert("RGB")))
     return images
@@ -92,11 +92,24 @@ def tiny_run(tmp_path_factory, minilm_encoder):
     folder = write_colour_folder(root / "images", num_classes=8, per_class=4)
     os.rename(folder / "class_1", folder / HOSTILE)  # sorted first among the training classes' names
     overrides = [
-        "name=tiny", f"runs_dir={root / 'runs'}", "data.dataset=folder", f"data.data_dir={folder}",
-        "data.image_size=16", "data.batch_size=8", "model.backbone=toy_cnn", "model.weights=null",
-        "model.embed_dim=8", "language.guidance=elg", "loss.language_weight=1.0", "optimizer.learning_rate=0.01",
-        "training.epochs=2", "training.steps_per_epoch=2", "training.eval_every=1", "training.checkpoint_every=4",
-        "evaluation.batch_size=16", "evaluation.clustering=false",
+        "name=tiny",
+        f"runs_dir={root / 'runs'}",
+        "data.dataset=folder",
+        f"data.data_dir={folder}",
+        "data.image_size=16",
+        "data.batch_size=8",
+        "model.backbone=toy_cnn",
+        "model.weights=null",
+        "model.embed_dim=8",
+        "language.guidance=elg",
+        "loss.language_weight=1.0",
+        "optimizer.learning_rate=0.01",
+        "training.epochs=2",
+        "training.steps_per_epoch=2",
+        "training.eval_every=1",
+        "training.checkpoint_every=4",
+        "evaluation.batch_size=16",
+        "evaluation.clustering=false",
     ]
     train(load_config(None, overrides), verbose=0)
     return root / "runs" / "tiny"
@@ -155,9 +168,11 @@ def test_hostile_class_name_is_escaped(run_page, tiny_run):
 
 def test_report_reads_files_only_no_tensorflow_no_model(tiny_run, tmp_path):
     out = tmp_path / "elsewhere.html"
-    code = ("import sys, time; from tf_langdml.cli import main; started = time.time(); "
-            f"status = main(['report', {str(tiny_run)!r}, '--out', {str(out)!r}]); "
-            "print(status, 'tensorflow' in sys.modules, 'keras' in sys.modules, time.time() - started)")
+    code = (
+        "import sys, time; from tf_langdml.cli import main; started = time.time(); "
+        f"status = main(['report', {str(tiny_run)!r}, '--out', {str(out)!r}]); "
+        "print(status, 'tensorflow' in sys.modules, 'keras' in sys.modules, time.time() - started)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     status, tensorflow, keras, seconds = result.stdout.split()[-4:]
     assert (status, tensorflow, keras) == ("0", "False", "False")
@@ -208,8 +223,13 @@ def test_sweep_curves_share_the_baseline_and_follow_omega():
 
 
 def one_line_error(arguments):
-    result = subprocess.run([sys.executable, "-m", "tf_langdml", "report", *arguments], capture_output=True,
-                            text=True, timeout=120, cwd=REPOSITORY)
+    result = subprocess.run(
+        [sys.executable, "-m", "tf_langdml", "report", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPOSITORY,
+    )
     assert result.returncode == 2 and result.stdout == "", result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
@@ -219,8 +239,10 @@ def one_line_error(arguments):
 def test_a_folder_that_is_neither_a_run_nor_a_sweep_is_one_line(tmp_path):
     (tmp_path / "plain").mkdir()
     line = one_line_error([str(tmp_path / "plain")])
-    assert line == (f"tf-langdml report: {tmp_path / 'plain'} is neither a run directory (no config.yaml) nor a sweep "
-                    "folder (no sweep.json); give runs/<name> or runs/<name>_sweep.")
+    assert line == (
+        f"tf-langdml report: {tmp_path / 'plain'} is neither a run directory (no config.yaml) nor a sweep "
+        "folder (no sweep.json); give runs/<name> or runs/<name>_sweep."
+    )
     assert "does not exist" in one_line_error([str(tmp_path / "missing")])
     (tmp_path / "file.txt").write_text("x")
     assert "is not a folder" in one_line_error([str(tmp_path / "file.txt")])
@@ -277,36 +299,40 @@ def image_event(step, png, tag="retrieval/top5", padding=b""):
 def test_event_reading_keeps_the_newest_picture_and_is_bounded(tmp_path, monkeypatch):
     logs = tmp_path / "logs"
     logs.mkdir()
-    (logs / "events.out.tfevents.1.a").write_bytes(frame(image_event(2, tiny_png(20)))
-                                                   + frame(image_event(1, tiny_png(10))))
+    (logs / "events.out.tfevents.1.a").write_bytes(
+        frame(image_event(2, tiny_png(20))) + frame(image_event(1, tiny_png(10)))
+    )
     scan = read_pictures(logs)
     assert scan.pictures["retrieval/top5"].step == 2 and scan.pictures["retrieval/top5"].png == tiny_png(20)
     assert (scan.pictures["retrieval/top5"].width, scan.pictures["retrieval/top5"].height) == (3, 2)
 
     # A record larger than the bound is skipped unread; the pictures after it are still found.
     monkeypatch.setattr(report_files, "MAX_RECORD_BYTES", 4096)
-    (logs / "events.out.tfevents.2.b").write_bytes(frame(image_event(3, tiny_png(30), padding=b"x" * 5000))
-                                                   + frame(image_event(4, tiny_png(40))))
+    (logs / "events.out.tfevents.2.b").write_bytes(
+        frame(image_event(3, tiny_png(30), padding=b"x" * 5000)) + frame(image_event(4, tiny_png(40)))
+    )
     scan = read_pictures(logs)
     assert scan.pictures["retrieval/top5"].png == tiny_png(40)
     assert any("skipped a record of" in note for note in scan.notes)
 
     # A frame claiming 2**62 bytes (a cut or hostile file) ends the file's reading: nothing is allocated for it.
-    (logs / "events.out.tfevents.3.c").write_bytes(struct.pack("<QI", 2 ** 62, 0) + b"\0" * 64)
+    (logs / "events.out.tfevents.3.c").write_bytes(struct.pack("<QI", 2**62, 0) + b"\0" * 64)
     assert read_pictures(logs).pictures["retrieval/top5"].step == 4
 
     # Past MAX_EVENT_BYTES of a file, reading stops and the page says so.
     monkeypatch.setattr(report_files, "MAX_EVENT_BYTES", len(frame(image_event(5, tiny_png(50)))))
-    (logs / "events.out.tfevents.4.d").write_bytes(frame(image_event(5, tiny_png(50)))
-                                                   + frame(image_event(6, tiny_png(60))))
+    (logs / "events.out.tfevents.4.d").write_bytes(
+        frame(image_event(5, tiny_png(50))) + frame(image_event(6, tiny_png(60)))
+    )
     scan = read_pictures(logs)
     assert scan.pictures["retrieval/top5"].step == 5 and any("read the first" in note for note in scan.notes)
 
     # Not a PNG, and not an event at all: left out, no exception.
     for path in logs.iterdir():
         path.unlink()
-    (logs / "events.out.tfevents.5.e").write_bytes(frame(image_event(7, b"GIF89a not a png"))
-                                                   + struct.pack("<QI", 3, 0) + b"\xff\xff\xff" + b"\0" * 4)
+    (logs / "events.out.tfevents.5.e").write_bytes(
+        frame(image_event(7, b"GIF89a not a png")) + struct.pack("<QI", 3, 0) + b"\xff\xff\xff" + b"\0" * 4
+    )
     scan = read_pictures(logs)
     assert scan.pictures == {} and any("not an event" in note for note in scan.notes)
 
@@ -331,8 +357,14 @@ def test_the_report_replaces_the_old_page_whole_or_not_at_all(demo_sweep, monkey
 
 
 def test_report_help_names_every_flag():
-    result = subprocess.run([sys.executable, "-m", "tf_langdml", "report", "--help"], capture_output=True, text=True,
-                            timeout=60, cwd=REPOSITORY, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "tf_langdml", "report", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPOSITORY,
+        check=True,
+    )
     assert "RUN_OR_SWEEP" in result.stdout and "default: <folder>/report.html" in result.stdout
 
 
@@ -344,11 +376,19 @@ def test_report_of_a_real_tiny_sweep(tmp_path, minilm_encoder):
 
     folder = write_colour_folder(tmp_path / "images", num_classes=12, per_class=4)
     values = {
-        "name": "tiny", "runs_dir": str(tmp_path / "runs"),
-        "data": {"dataset": "folder", "data_dir": str(folder), "image_size": 16, "batch_size": 8,
-                 "validation_fraction": 0.34},
-        "model": {"backbone": "toy_cnn", "weights": None, "embed_dim": 8}, "loss": {"language_weight": 1.0},
-        "language": {"guidance": "elg"}, "optimizer": {"learning_rate": 0.01},
+        "name": "tiny",
+        "runs_dir": str(tmp_path / "runs"),
+        "data": {
+            "dataset": "folder",
+            "data_dir": str(folder),
+            "image_size": 16,
+            "batch_size": 8,
+            "validation_fraction": 0.34,
+        },
+        "model": {"backbone": "toy_cnn", "weights": None, "embed_dim": 8},
+        "loss": {"language_weight": 1.0},
+        "language": {"guidance": "elg"},
+        "optimizer": {"learning_rate": 0.01},
         "training": {"epochs": 1, "steps_per_epoch": 2, "eval_every": 1, "checkpoint_every": 2},
         "evaluation": {"batch_size": 16, "clustering": False, "ks": [1, 2, 4]},
     }
@@ -359,7 +399,8 @@ def test_report_of_a_real_tiny_sweep(tmp_path, minilm_encoder):
     page = Page((sweep_folder / "report.html").read_text(encoding="utf-8"))
     assert len(decoded_images(page)) == 1
     assert [[cell["text"] for cell in row[:2]] for row in page.rows["points"][1:]] == [
-        [row["label"], f"{row['mean']:.4f} ± {row['std']:.4f}"] for row in saved["rows"]]
+        [row["label"], f"{row['mean']:.4f} ± {row['std']:.4f}"] for row in saved["rows"]
+    ]
     assert page.rows["final"][1][1]["text"] == f"{saved['final'][0]['mean']:.4f} ± {saved['final'][0]['std']:.4f}"
     run = sweep_folder / saved["rows"][1]["runs"][0]
     assert main(["report", str(run)]) == 0 and len(decoded_images(Page((run / "report.html").read_text()))) == 3

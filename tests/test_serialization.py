@@ -16,12 +16,15 @@ import pkgutil
 
 import numpy as np
 import pytest
+from helpers import toy_backbone, unit_rows
 
 import tf_langdml
-from helpers import toy_backbone, unit_rows
 from tf_langdml import keras
 from tf_langdml.losses import LanguageMatchingLoss, build_dml_loss
-from tf_langdml.losses.dml import TFSIM_LOSSES
+from tf_langdml.losses.base import BatchLoss
+from tf_langdml.losses.dml import TFSIM_LOSSES, _batch_losses
+from tf_langdml.losses.proxy_losses import ClassVectorLoss
+from tf_langdml.losses.tuple_losses import MinedTupleLoss
 from tf_langdml.models import (
     FrozenStatisticsBatchNormalization,
     ImageNormalization,
@@ -31,15 +34,20 @@ from tf_langdml.models import (
 )
 from tf_langdml.models.loss_optimizers import ScaledLearningRate
 
-from tf_langdml.losses.base import BatchLoss
-from tf_langdml.losses.dml import _batch_losses
-from tf_langdml.losses.proxy_losses import ClassVectorLoss
-from tf_langdml.losses.tuple_losses import MinedTupleLoss
-
 # The classes this module checks; test_every_custom_class_is_covered keeps the list complete.
 # BatchLoss, MinedTupleLoss and ClassVectorLoss are abstract: their subclasses are checked.
-COVERED = {ImageNormalization, L2Normalize, FrozenStatisticsBatchNormalization, LanguageMatchingLoss, LanguageGuidedModel,
-           BatchLoss, MinedTupleLoss, ClassVectorLoss, *_batch_losses().values(), ScaledLearningRate}
+COVERED = {
+    ImageNormalization,
+    L2Normalize,
+    FrozenStatisticsBatchNormalization,
+    LanguageMatchingLoss,
+    LanguageGuidedModel,
+    BatchLoss,
+    MinedTupleLoss,
+    ClassVectorLoss,
+    *_batch_losses().values(),
+    ScaledLearningRate,
+}
 
 SAVE_FORMATS = ("model.keras", "model.h5", "saved_model")
 # HDF5 is legacy but still what tf-keras writes for a path ending in .h5, so it is checked too.
@@ -87,7 +95,11 @@ def frozen_batch_norm():
 # name -> (build the layer, input, config changes that must change the outputs)
 LAYER_CASES = {
     "image_normalization_caffe": (lambda: ImageNormalization("caffe"), "images", {"mode": "tf"}),
-    "image_normalization_efficientnet_lite": (lambda: ImageNormalization("efficientnet_lite"), "images", {"mode": "none"}),
+    "image_normalization_efficientnet_lite": (
+        lambda: ImageNormalization("efficientnet_lite"),
+        "images",
+        {"mode": "none"},
+    ),
     "image_normalization_tf": (lambda: ImageNormalization("tf"), "images", {"mode": "caffe"}),
     "image_normalization_none": (lambda: ImageNormalization("none"), "images", {"mode": "efficientnet_lite"}),
     # Rows with squared norm below epsilon = 0.5 are divided by sqrt(epsilon), not by their norm.
@@ -388,8 +400,11 @@ def batch_loss_value(loss, run_mode, source=None):
     loss.setup(4, 6, 5)
     if source is not None:
         loss.set_weights(source.get_weights())
-    return float(run_mode(lambda y, x, f: loss(y, x, features=loss.pool_features(f) if loss.needs_features else None,
-                                             step=3))(labels, embeddings, features))
+    return float(
+        run_mode(lambda y, x, f: loss(y, x, features=loss.pool_features(f) if loss.needs_features else None, step=3))(
+            labels, embeddings, features
+        )
+    )
 
 
 @pytest.mark.parametrize("name", sorted(BATCH_LOSS_CHANGES))

@@ -9,9 +9,9 @@ import TensorFlow; ``tf_langdml.keras``, ``tf_langdml.LanguageGuidedModel`` and 
 rest import their submodule (and TensorFlow, bound to tf-keras) when first touched.
 """
 
-from tf_langdml import _keras  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS, refuses an already bound Keras 3)
-
 import importlib as _importlib
+
+from tf_langdml import _keras  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS, refuses an already bound Keras 3)
 
 __version__ = "0.1.0"
 

@@ -172,7 +172,9 @@ def atomic_directory(final_path: str | os.PathLike, exist_ok: bool = True) -> It
             if not final_path.exists():
                 raise
             if not exist_ok:
-                raise FileExistsError(f"{final_path} appeared while it was being written; it was left as it is.")
+                raise FileExistsError(
+                    f"{final_path} appeared while it was being written; it was left as it is."
+                ) from None
     finally:
         try:
             if temporary.exists():

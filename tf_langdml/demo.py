@@ -14,7 +14,6 @@ by seed, measured on this machine, with the arithmetic of :mod:`tf_langdml.runs.
 
 import json
 import pathlib
-import sys
 import time
 
 from tf_langdml.cache import write_json
@@ -108,23 +107,29 @@ def chosen_with_lines(sweep=None, one_seed=True):
     rows, metric = sweep["rows"], sweep["metric"]
     baseline = rows["baseline"]
     opening = "One seed is not a comparison. The" if one_seed else "The"
-    lines = [f"{opening} demo's ω were chosen by a sweep over seeds {_seeds_text(baseline['seeds'])} on validation "
-             f"classes ({sweep['validation_fraction']:.0%} of the training classes); its paired {metric} difference "
-             f"to the baseline, seed by seed (docs/choosing.md):"]
+    lines = [
+        f"{opening} demo's ω were chosen by a sweep over seeds {_seeds_text(baseline['seeds'])} on validation "
+        f"classes ({sweep['validation_fraction']:.0%} of the training classes); its paired {metric} difference "
+        f"to the baseline, seed by seed (docs/choosing.md):"
+    ]
     for variant, row in rows.items():
         difference = row.get("paired_difference")
         if difference:
             weight = row["point"]["loss.language_weight"]
             lines.append(f"  {variant} (ω = {weight:g}): {difference['mean']:+.4f} ± {difference['std']:.4f}")
     lows, highs = min(baseline["values"]), max(baseline["values"])
-    lines.append(f"One run can move {metric} by several points: in that sweep the baseline alone had a seed std of "
-                 f"{baseline['std']:.4f} ({lows:.4f} to {highs:.4f} over seeds {_seeds_text(baseline['seeds'])}).")
+    lines.append(
+        f"One run can move {metric} by several points: in that sweep the baseline alone had a seed std of "
+        f"{baseline['std']:.4f} ({lows:.4f} to {highs:.4f} over seeds {_seeds_text(baseline['seeds'])})."
+    )
     for final in sweep.get("final", []):
         variant = next((name for name, row in rows.items() if row["point"] == final["point"]), final["label"])
         weight = final["point"].get("loss.language_weight", 0)
-        lines.append(f"Its test runs of {variant} (ω = {weight:g}): "
-                     f"{metric} {final['mean']:.4f} ± {final['std']:.4f} "
-                     f"over seeds {_seeds_text(final['seeds'])}.")
+        lines.append(
+            f"Its test runs of {variant} (ω = {weight:g}): "
+            f"{metric} {final['mean']:.4f} ± {final['std']:.4f} "
+            f"over seeds {_seeds_text(final['seeds'])}."
+        )
     if one_seed:
         lines.append("Compare the variants on this machine: tf-langdml demo --seeds 0,1,2 (three runs per variant).")
     return lines
@@ -143,8 +148,9 @@ def seed_rows(results, seeds, metric="recall@1"):
         mean, std = _mean_std(values)
         weight = 0 if variant == "baseline" else VARIANTS[variant]["loss"]["language_weight"]
         point = {"loss.language_weight": weight, "language.guidance": VARIANTS[variant]["language"]["guidance"]}
-        rows.append({"variant": variant, "point": point, "mean": mean, "std": std, "values": values,
-                     "seeds": list(seeds)})
+        rows.append(
+            {"variant": variant, "point": point, "mean": mean, "std": std, "values": values, "seeds": list(seeds)}
+        )
     for row, difference in zip(rows, paired_differences(rows)):
         row["paired_difference"] = difference
     return rows
@@ -203,16 +209,30 @@ def run_demo(overrides=(), runs_dir=None, verbose=1, seeds=None):
         write_json(example_dir / f"{name}{suffix}_results.json", results)
     else:
         rows = seed_rows(results, seeds)
-        print(f"Unseen emoji classes (test split), R@1 over seeds {_seeds_text(seeds)} on this machine "
-              f"({format_duration(wall_seconds)} for {progress.total} runs, {progress.trained} trained now):")
+        print(
+            f"Unseen emoji classes (test split), R@1 over seeds {_seeds_text(seeds)} on this machine "
+            f"({format_duration(wall_seconds)} for {progress.total} runs, {progress.trained} trained now):"
+        )
         print(seeds_table(rows))
         print("(paired Δ: the variant's R@1 minus the baseline's of the same seed, mean ± std over the seeds)")
         print("\n".join(chosen_with_lines(one_seed=False)))
-        write_json(example_dir / f"{name}_seeds-{'-'.join(map(str, seeds))}_results.json",
-                   {"seeds": list(seeds), "rows": rows, "runs": results, "wall_seconds": wall_seconds})
+        write_json(
+            example_dir / f"{name}_seeds-{'-'.join(map(str, seeds))}_results.json",
+            {"seeds": list(seeds), "rows": rows, "runs": results, "wall_seconds": wall_seconds},
+        )
     print(f"TensorBoard: tensorboard --logdir {example_dir}")
     return results
 
 
-__all__ = ["DEMO_CONFIG", "DEMO_SWEEP", "VARIANTS", "chosen_with_lines", "demo_configs", "read_demo_sweep",
-           "results_table", "run_demo", "seed_rows", "seeds_table"]
+__all__ = [
+    "DEMO_CONFIG",
+    "DEMO_SWEEP",
+    "VARIANTS",
+    "chosen_with_lines",
+    "demo_configs",
+    "read_demo_sweep",
+    "results_table",
+    "run_demo",
+    "seed_rows",
+    "seeds_table",
+]

@@ -68,11 +68,19 @@ def _surviving(dataset, spec):
     return (dataset.batch(2**31 - 1).concatenate(empty).take(1)).get_single_element()
 
 
-_ROW_PROBLEMS = ("", "empty string (0 bytes)", "not a JPEG, PNG, GIF or BMP image", "the image header is damaged",
-                 "the header declares more than max_pixels = {} pixels (not decoded)", "corrupt or truncated image data")
+_ROW_PROBLEMS = (
+    "",
+    "empty string (0 bytes)",
+    "not a JPEG, PNG, GIF or BMP image",
+    "the image header is damaged",
+    "the header declares more than max_pixels = {} pixels (not decoded)",
+    "corrupt or truncated image data",
+)
 
 
-def bad_image_rows_message(images: tf.Tensor, decodable: tf.Tensor, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tf.Tensor:
+def bad_image_rows_message(
+    images: tf.Tensor, decodable: tf.Tensor, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> tf.Tensor:
     """'row 1: <why>; row 4: <why>' for each row of ``images`` (encoded, (B,)) that is not ``decodable`` (B,).
 
     Reasons, read from the bytes alone without decoding: an empty string, data that
@@ -84,26 +92,35 @@ def bad_image_rows_message(images: tf.Tensor, decodable: tf.Tensor, max_pixels: 
     unknown = tf.equal(image_format(images), UNKNOWN) & ~empty
     known = tf.boolean_mask(rows, ~(empty | unknown))
     sizes = tf.data.Dataset.from_tensor_slices((tf.gather(images, known), known))
-    sizes, read_rows = _surviving(sizes.map(lambda image, row: (header_image_size(image), row)).ignore_errors(),
-                                  [([2], tf.int64), ([], tf.int32)])
+    sizes, read_rows = _surviving(
+        sizes.map(lambda image, row: (header_image_size(image), row)).ignore_errors(), [([2], tf.int64), ([], tf.int32)]
+    )
     header_read = tf.reduce_any(tf.equal(rows[:, None], read_rows[None, :]), axis=1)
-    too_large_rows = read_rows if max_pixels is None else tf.boolean_mask(
-        read_rows, sizes[:, 0] * sizes[:, 1] > int(max_pixels))
+    too_large_rows = (
+        read_rows if max_pixels is None else tf.boolean_mask(read_rows, sizes[:, 0] * sizes[:, 1] > int(max_pixels))
+    )
     too_large = tf.reduce_any(tf.equal(rows[:, None], too_large_rows[None, :]), axis=1) & (max_pixels is not None)
     problem = tf.where(empty, 1, tf.where(unknown, 2, tf.where(~header_read, 3, tf.where(too_large, 4, 5))))
     problem = tf.where(decodable, 0, problem)
     reasons = tf.constant([reason.format(max_pixels) for reason in _ROW_PROBLEMS])
     bad = tf.not_equal(problem, 0)
-    lines = tf.strings.join(["row ", tf.strings.as_string(tf.boolean_mask(rows, bad)), ": ",
-                             tf.gather(reasons, tf.boolean_mask(problem, bad))])
+    lines = tf.strings.join(
+        [
+            "row ",
+            tf.strings.as_string(tf.boolean_mask(rows, bad)),
+            ": ",
+            tf.gather(reasons, tf.boolean_mask(problem, bad)),
+        ]
+    )
     return tf.strings.reduce_join(lines, separator="; ")
 
 
 class _EmbedderModule(tf.Module):
     """The embedder plus its two serving functions (and the metadata asset)."""
 
-    def __init__(self, embedder, image_size, metadata_path, background=DEFAULT_BACKGROUND,
-                 max_pixels=DEFAULT_MAX_PIXELS):
+    def __init__(
+        self, embedder, image_size, metadata_path, background=DEFAULT_BACKGROUND, max_pixels=DEFAULT_MAX_PIXELS
+    ):
         super().__init__()
         self.embedder = embedder
         self.embed_dim = int(embedder.output_shape[-1])
@@ -118,6 +135,7 @@ class _EmbedderModule(tf.Module):
         The network never sees an empty batch (oneDNN's AVX-512 convolution rejects one):
         a ``tf.cond`` on the batch size runs only the branch that returns zeros.
         """
+
         def run():
             return tf.math.l2_normalize(tf.cast(self.embedder(images, training=False), tf.float32), axis=-1)
 
@@ -134,19 +152,31 @@ class _EmbedderModule(tf.Module):
         shape = tf.shape(images)
         padded = tf.concat([shape, tf.zeros([4], tf.int32)], axis=0)  # shape[1:4] exists at any rank
         right_size = tf.equal(tf.size(shape), 4) & tf.reduce_all(tf.equal(padded[1:4], [size, size, 3]))
-        check_size = tf.debugging.Assert(right_size, [tf.strings.format(
-            "embed_images takes float32 RGB images of shape (batch, {}, {}, 3), values in [0, 255]; got shape {}. "
-            "Resize and centre-crop them to {} x {} first, or send the encoded images to serving_default.",
-            (size, size, shape, size, size))])
+        check_size = tf.debugging.Assert(
+            right_size,
+            [
+                tf.strings.format(
+                    "embed_images takes float32 RGB images of shape (batch, {}, {}, 3), values in [0, 255]; got shape {}. "
+                    "Resize and centre-crop them to {} x {} first, or send the encoded images to serving_default.",
+                    (size, size, shape, size, size),
+                )
+            ],
+        )
         with tf.control_dependencies([check_size]):
             finite = tf.reduce_all(tf.math.is_finite(images), axis=[1, 2, 3])
         all_finite = tf.reduce_all(finite)
         rows = tf.range(tf.shape(finite)[0])
-        problems = tf.cond(all_finite, lambda: tf.constant(""), lambda: tf.strings.reduce_join(tf.strings.join(
-            ["row ", tf.strings.as_string(tf.boolean_mask(rows, ~finite)), ": NaN or Inf pixel values"]),
-            separator="; "))
-        check_values = tf.debugging.Assert(all_finite, ["Bad image(s) in the request; nothing was embedded.",
-                                                        problems])
+        problems = tf.cond(
+            all_finite,
+            lambda: tf.constant(""),
+            lambda: tf.strings.reduce_join(
+                tf.strings.join(
+                    ["row ", tf.strings.as_string(tf.boolean_mask(rows, ~finite)), ": NaN or Inf pixel values"]
+                ),
+                separator="; ",
+            ),
+        )
+        check_values = tf.debugging.Assert(all_finite, ["Bad image(s) in the request; nothing was embedded.", problems])
         with tf.control_dependencies([check_values]):
             return tf.identity(images)
 
@@ -163,15 +193,21 @@ class _EmbedderModule(tf.Module):
         """
         size, background, max_pixels = self.image_size, self.background, self.max_pixels
         rows = tf.range(tf.size(images, out_type=tf.int32))
-        decoded = tf.data.Dataset.from_tensor_slices((images, rows)).map(
-            lambda image, row: (eval_preprocess(decode_rgb(image, background, max_pixels), size=size), row),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
-        ).ignore_errors()
+        decoded = (
+            tf.data.Dataset.from_tensor_slices((images, rows))
+            .map(
+                lambda image, row: (eval_preprocess(decode_rgb(image, background, max_pixels), size=size), row),
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            )
+            .ignore_errors()
+        )
         batch, decoded_rows = _surviving(decoded, [([size, size, 3], tf.float32), ([], tf.int32)])
         decodable = tf.reduce_any(tf.equal(rows[:, None], decoded_rows[None, :]), axis=1)
         all_decoded = tf.reduce_all(decodable)
-        problems = tf.cond(all_decoded, lambda: tf.constant(""),
-                           lambda: bad_image_rows_message(images, decodable, max_pixels))
+        problems = tf.cond(
+            all_decoded, lambda: tf.constant(""), lambda: bad_image_rows_message(images, decodable, max_pixels)
+        )
         check = tf.debugging.Assert(all_decoded, ["Bad image(s) in the request; nothing was embedded.", problems])
         with tf.control_dependencies([check]):
             return tf.identity(batch)
@@ -184,8 +220,16 @@ class _EmbedderModule(tf.Module):
 class _GalleryModule(_EmbedderModule):
     """The embedder's module plus a gallery (unit embeddings, item ids, class names) and the search signatures."""
 
-    def __init__(self, embedder, image_size, metadata_path, gallery, background=DEFAULT_BACKGROUND,
-                 max_pixels=DEFAULT_MAX_PIXELS, chunk_elements=DEFAULT_CHUNK_ELEMENTS):
+    def __init__(
+        self,
+        embedder,
+        image_size,
+        metadata_path,
+        gallery,
+        background=DEFAULT_BACKGROUND,
+        max_pixels=DEFAULT_MAX_PIXELS,
+        chunk_elements=DEFAULT_CHUNK_ELEMENTS,
+    ):
         super().__init__(embedder, image_size, metadata_path, background, max_pixels)
         self.gallery_embeddings = tf.Variable(gallery.embeddings, trainable=False, name="gallery_embeddings")
         self.gallery_item_ids = tf.Variable(gallery.item_ids, trainable=False, name="gallery_item_ids")
@@ -194,9 +238,12 @@ class _GalleryModule(_EmbedderModule):
 
     def _neighbours(self, queries, k):
         scores, indices = top_k_in_chunks(queries, self.gallery_embeddings, k, self.chunk_elements)
-        return {"item_ids": tf.gather(self.gallery_item_ids, indices),
-                "class_names": tf.gather(self.gallery_class_names, indices),
-                "scores": scores, "indices": indices}
+        return {
+            "item_ids": tf.gather(self.gallery_item_ids, indices),
+            "class_names": tf.gather(self.gallery_class_names, indices),
+            "scores": scores,
+            "indices": indices,
+        }
 
     @tf.function
     def search(self, images, k):
@@ -213,9 +260,16 @@ class _GalleryModule(_EmbedderModule):
         shape = tf.shape(embeddings)
         padded = tf.concat([shape, tf.zeros([2], tf.int32)], axis=0)
         right_size = tf.equal(tf.size(shape), 2) & tf.equal(padded[1], self.embed_dim)
-        check_size = tf.debugging.Assert(right_size, [tf.strings.format(
-            "search_embeddings takes float32 embeddings of shape (batch, {}); got shape {}. Embed the images with "
-            "this export's embed_images or serving_default.", (self.embed_dim, shape))])
+        check_size = tf.debugging.Assert(
+            right_size,
+            [
+                tf.strings.format(
+                    "search_embeddings takes float32 embeddings of shape (batch, {}); got shape {}. Embed the images with "
+                    "this export's embed_images or serving_default.",
+                    (self.embed_dim, shape),
+                )
+            ],
+        )
         with tf.control_dependencies([check_size]):
             finite = tf.reduce_all(tf.math.is_finite(embeddings), axis=1)
         scale = tf.where(finite, tf.reduce_max(tf.abs(embeddings), axis=1), 0.0)
@@ -224,14 +278,21 @@ class _GalleryModule(_EmbedderModule):
         rows = tf.range(tf.shape(good)[0])
 
         def problems():
-            reasons = tf.where(tf.boolean_mask(finite, ~good), "all zeros (a zero-length vector has no direction)",
-                               "NaN or Inf values")
-            return tf.strings.reduce_join(tf.strings.join(
-                ["row ", tf.strings.as_string(tf.boolean_mask(rows, ~good)), ": ", reasons]), separator="; ")
+            reasons = tf.where(
+                tf.boolean_mask(finite, ~good), "all zeros (a zero-length vector has no direction)", "NaN or Inf values"
+            )
+            return tf.strings.reduce_join(
+                tf.strings.join(["row ", tf.strings.as_string(tf.boolean_mask(rows, ~good)), ": ", reasons]),
+                separator="; ",
+            )
 
-        check_values = tf.debugging.Assert(all_good, [
-            "Bad query embedding(s) in the request; nothing was searched.",
-            tf.cond(all_good, lambda: tf.constant(""), problems)])
+        check_values = tf.debugging.Assert(
+            all_good,
+            [
+                "Bad query embedding(s) in the request; nothing was searched.",
+                tf.cond(all_good, lambda: tf.constant(""), problems),
+            ],
+        )
         with tf.control_dependencies([check_values]):
             return tf.math.l2_normalize(embeddings / tf.where(good, scale, 1.0)[:, None], axis=-1)
 
@@ -243,17 +304,22 @@ class _GalleryModule(_EmbedderModule):
 def next_version(model_dir: str | os.PathLike) -> int:
     """1 + the largest integer version folder in ``model_dir`` (1 when there is none)."""
     model_dir = pathlib.Path(model_dir)
-    versions = ([int(path.name) for path in model_dir.iterdir() if path.is_dir() and path.name.isdigit()]
-                if model_dir.exists() else [])
+    versions = (
+        [int(path.name) for path in model_dir.iterdir() if path.is_dir() and path.name.isdigit()]
+        if model_dir.exists()
+        else []
+    )
     return max(versions, default=0) + 1
 
 
 def check_precision(precision: str) -> None:
     """Refuse a precision exports do not offer (ValueError naming the ones they do)."""
     if precision == "mixed_float16":
-        raise ValueError("precision='mixed_float16' is not offered for exports: float16's 5-bit exponent overflows "
-                         "above 65504 where float32 activations do not, and float16 exports are not tested; use "
-                         f"one of {list(PRECISIONS)} (bfloat16 keeps float32's range).")
+        raise ValueError(
+            "precision='mixed_float16' is not offered for exports: float16's 5-bit exponent overflows "
+            "above 65504 where float32 activations do not, and float16 exports are not tested; use "
+            f"one of {list(PRECISIONS)} (bfloat16 keeps float32's range)."
+        )
     if precision not in PRECISIONS:
         raise ValueError(f"Unknown precision {precision!r}; expected one of {list(PRECISIONS)}.")
 
@@ -288,10 +354,12 @@ def with_precision(embedder: keras.Model, precision: str) -> keras.Model:
 
     def clone(model):
         if not getattr(model, "_is_graph_network", False) and not isinstance(model, keras.Sequential):
-            raise ValueError(f"precision={precision!r} rebuilds the embedder's layers under that policy, which needs a "
-                             f"functional or Sequential model; {model.name!r} is a subclassed "
-                             f"{type(model).__name__}. Export it with precision='float32', or build it under "
-                             f"keras.mixed_precision.set_global_policy({precision!r}) yourself.")
+            raise ValueError(
+                f"precision={precision!r} rebuilds the embedder's layers under that policy, which needs a "
+                f"functional or Sequential model; {model.name!r} is a subclassed "
+                f"{type(model).__name__}. Export it with precision='float32', or build it under "
+                f"keras.mixed_precision.set_global_policy({precision!r}) yourself."
+            )
         return keras.models.clone_model(model, clone_function=clone_layer)
 
     def clone_layer(layer):
@@ -307,10 +375,17 @@ def with_precision(embedder: keras.Model, precision: str) -> keras.Model:
 
 
 def export_embedder(
-    embedder: keras.Model, model_dir: str | os.PathLike, version: int | None = None,
-    class_names: Sequence[str] | None = None, config: dict | None = None, image_size: int | None = None,
-    background: Background = DEFAULT_BACKGROUND, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    gallery: Gallery | None = None, gallery_source: object = None, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    embedder: keras.Model,
+    model_dir: str | os.PathLike,
+    version: int | None = None,
+    class_names: Sequence[str] | None = None,
+    config: dict | None = None,
+    image_size: int | None = None,
+    background: Background = DEFAULT_BACKGROUND,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    gallery: Gallery | None = None,
+    gallery_source: object = None,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     precision: str = "float32",
 ) -> pathlib.Path:
     """Write ``<model_dir>/<version>/`` (next integer when ``version`` is None); return its path.
@@ -341,8 +416,10 @@ def export_embedder(
         raise ValueError("The embedder has no fixed input size; pass image_size=.")
     embed_dim = int(embedder.output_shape[-1])
     if gallery is not None and gallery.embeddings.shape[1] != embed_dim:
-        raise ValueError(f"the gallery's embeddings have {gallery.embeddings.shape[1]} dimensions but the embedder "
-                         f"outputs {embed_dim}; index the gallery with this embedder.")
+        raise ValueError(
+            f"the gallery's embeddings have {gallery.embeddings.shape[1]} dimensions but the embedder "
+            f"outputs {embed_dim}; index the gallery with this embedder."
+        )
     if int(chunk_elements) < 1:
         raise ValueError(f"chunk_elements must be a positive number of scores; got {chunk_elements}.")
     check_precision(precision)
@@ -355,8 +432,10 @@ def export_embedder(
         raise ValueError(f"version must be a positive integer; got {version}.")
     final = model_dir / str(version)
     if final.exists():
-        raise FileExistsError(f"{final} exists; exported versions are never overwritten. Pass another version "
-                              "(`--version N` on the command line, version=N in Python), or none for the next number.")
+        raise FileExistsError(
+            f"{final} exists; exported versions are never overwritten. Pass another version "
+            "(`--version N` on the command line, version=N in Python), or none for the next number."
+        )
     served = with_precision(embedder, precision)
     with atomic_directory(final, exist_ok=False) as temporary:
         metadata = {
@@ -364,26 +443,29 @@ def export_embedder(
             "image_size": image_size,
             "preprocessing": {
                 "serving_default": f"decode JPEG/PNG/GIF/BMP to RGB (transparent pixels composited onto "
-                                   f"RGB {list(background)}, 16-bit PNG rounded to 8 bits, images whose header "
-                                   f"declares more than {max_pixels} pixels refused), resize the shorter side to "
-                                   f"{eval_resize(image_size)} (bilinear, antialiased), centre crop "
-                                   f"{image_size} x {image_size}, float32 in [0, 255]",
+                f"RGB {list(background)}, 16-bit PNG rounded to 8 bits, images whose header "
+                f"declares more than {max_pixels} pixels refused), resize the shorter side to "
+                f"{eval_resize(image_size)} (bilinear, antialiased), centre crop "
+                f"{image_size} x {image_size}, float32 in [0, 255]",
                 "embed_images": f"float32 RGB in [0, 255], shape (batch, {image_size}, {image_size}, 3)",
                 "inside_the_model": "the backbone's own normalisation",
             },
             "precision": precision,
-            "precision_note": ("the embedder computes in float32" if precision == "float32" else
-                               "the embedder's layers compute in bfloat16 (Keras policy mixed_bfloat16) with "
-                               "float32 variables") + "; every input and output of the signatures is float32 "
-                               "(the L2 normalisation, the gallery and the search scores too)",
+            "precision_note": (
+                "the embedder computes in float32"
+                if precision == "float32"
+                else "the embedder's layers compute in bfloat16 (Keras policy mixed_bfloat16) with float32 variables"
+            )
+            + "; every input and output of the signatures is float32 "
+            "(the L2 normalisation, the gallery and the search scores too)",
             "background": list(background),
             "max_pixels": max_pixels,
             "bad_requests": "a batch with any image that cannot be decoded fails as a whole (nothing is "
-                            "embedded); the error names every bad row (0-based) and why. embed_images refuses "
-                            "another image size (naming both) and NaN or Inf pixels (naming the rows); "
-                            "search_embeddings refuses another embedding size and rows with NaN or Inf or all "
-                            "zeros (naming the rows). A batch of zero images answers (0, embed_dim) embeddings, "
-                            "or (0, k) search results, without running the network",
+            "embedded); the error names every bad row (0-based) and why. embed_images refuses "
+            "another image size (naming both) and NaN or Inf pixels (naming the rows); "
+            "search_embeddings refuses another embedding size and rows with NaN or Inf or all "
+            "zeros (naming the rows). A batch of zero images answers (0, embed_dim) embeddings, "
+            "or (0, k) search results, without running the network",
             "class_names": list(class_names) if class_names is not None else None,
             "config": config,
         }
@@ -393,7 +475,7 @@ def export_embedder(
                 "classes": int(np.unique(gallery.class_names).size),
                 "source": gallery_source,
                 "search": "exact cosine top-k over every item (matmul + top-k in chunks of about "
-                          f"{int(chunk_elements)} scores); equal scores rank the lower gallery row first",
+                f"{int(chunk_elements)} scores); equal scores rank the lower gallery row first",
             }
         # The asset is staged inside the partial version folder (never in $TMPDIR), so a killed export leaves
         # nothing that the next one's remove_dead_partials does not remove.
@@ -405,20 +487,25 @@ def export_embedder(
             if gallery is None:
                 module = _EmbedderModule(served, image_size, metadata_path, background, max_pixels)
             else:
-                module = _GalleryModule(served, image_size, metadata_path, gallery, background, max_pixels,
-                                        chunk_elements)
+                module = _GalleryModule(
+                    served, image_size, metadata_path, gallery, background, max_pixels, chunk_elements
+                )
             signatures = {
                 "serving_default": module.serving_default.get_concrete_function(
-                    tf.TensorSpec([None], tf.string, name="images")),
+                    tf.TensorSpec([None], tf.string, name="images")
+                ),
                 "embed_images": module.embed_images.get_concrete_function(
-                    tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")),
+                    tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")
+                ),
             }
             if gallery is not None:
                 signatures["search"] = module.search.get_concrete_function(
-                    tf.TensorSpec([None], tf.string, name="images"), tf.TensorSpec([], tf.int32, name="k"))
+                    tf.TensorSpec([None], tf.string, name="images"), tf.TensorSpec([], tf.int32, name="k")
+                )
                 signatures["search_embeddings"] = module.search_embeddings.get_concrete_function(
                     tf.TensorSpec([None, embed_dim], tf.float32, name="embeddings"),
-                    tf.TensorSpec([], tf.int32, name="k"))
+                    tf.TensorSpec([], tf.int32, name="k"),
+                )
             tf.saved_model.save(module, str(temporary), signatures=signatures)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -52,13 +52,17 @@ class Gallery:
         if not np.all(np.isfinite(embeddings)):
             raise ValueError("gallery embeddings contain NaN or Inf.")
         if item_ids.shape != (embeddings.shape[0],) or class_names.shape != (embeddings.shape[0],):
-            raise ValueError(f"{embeddings.shape[0]} gallery embeddings but {item_ids.shape} item ids and "
-                             f"{class_names.shape} class names; give one of each per item.")
+            raise ValueError(
+                f"{embeddings.shape[0]} gallery embeddings but {item_ids.shape} item ids and "
+                f"{class_names.shape} class names; give one of each per item."
+            )
         unique, counts = np.unique(item_ids, return_counts=True)
         if unique.size != item_ids.size:
             repeated = [str(item) for item in unique[counts > 1]]
-            raise ValueError(f"{len(repeated)} gallery item id(s) occur more than once, e.g. {repeated[:5]}; "
-                             "item ids name what a search finds, so each must be unique.")
+            raise ValueError(
+                f"{len(repeated)} gallery item id(s) occur more than once, e.g. {repeated[:5]}; "
+                "item ids name what a search finds, so each must be unique."
+            )
         # Rows already of unit length (within 1e-6) are kept bit for bit, so a gallery read back is unchanged.
         norms = np.linalg.norm(embeddings.astype(np.float64), axis=1, keepdims=True)
         unit = np.abs(norms - 1) <= 1e-6
@@ -73,10 +77,14 @@ class Gallery:
     def concatenate(self, other: Gallery) -> Gallery:
         """This gallery's items followed by ``other``'s (same embedding size, no repeated item id)."""
         if other.embeddings.shape[1] != self.embeddings.shape[1]:
-            raise ValueError(f"cannot add {other.embeddings.shape[1]}-d items to a {self.embeddings.shape[1]}-d gallery.")
-        return Gallery(np.concatenate([self.embeddings, other.embeddings]),
-                       np.concatenate([self.item_ids, other.item_ids]),
-                       np.concatenate([self.class_names, other.class_names]))
+            raise ValueError(
+                f"cannot add {other.embeddings.shape[1]}-d items to a {self.embeddings.shape[1]}-d gallery."
+            )
+        return Gallery(
+            np.concatenate([self.embeddings, other.embeddings]),
+            np.concatenate([self.item_ids, other.item_ids]),
+            np.concatenate([self.class_names, other.class_names]),
+        )
 
 
 def folder_items(root: str | os.PathLike) -> tuple[list[str], list[str], list[str]]:
@@ -92,8 +100,10 @@ def folder_items(root: str | os.PathLike) -> tuple[list[str], list[str], list[st
     """
     root = pathlib.Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"Gallery folder {str(root)!r} does not exist; expected <folder>/<class>/<images>, "
-                                "or a split name of the run's dataset (train, test, validation).")
+        raise FileNotFoundError(
+            f"Gallery folder {str(root)!r} does not exist; expected <folder>/<class>/<images>, "
+            "or a split name of the run's dataset (train, test, validation)."
+        )
     paths, ids, classes, others = [], [], [], {}
 
     def scan(folder):
@@ -116,11 +126,16 @@ def folder_items(root: str | os.PathLike) -> tuple[list[str], list[str], list[st
                     ids.append(pathlib.Path(path).relative_to(root).as_posix())
                     classes.append(os.path.basename(class_folder))
     if others:
-        warnings.warn(f"Skipped {sum(map(len, others.values()))} entr(ies) under gallery folder {str(root)!r}: "
-                      f"{not_regular_summary(others, str(root))}.", SkippedFilesWarning, stacklevel=2)
+        warnings.warn(
+            f"Skipped {sum(map(len, others.values()))} entr(ies) under gallery folder {str(root)!r}: "
+            f"{not_regular_summary(others, str(root))}.",
+            SkippedFilesWarning,
+            stacklevel=2,
+        )
     if not paths:
-        raise ValueError(f"Gallery folder {str(root)!r} has no image in any <class>/ sub-folder "
-                         f"({', '.join(IMAGE_EXTENSIONS)}).")
+        raise ValueError(
+            f"Gallery folder {str(root)!r} has no image in any <class>/ sub-folder ({', '.join(IMAGE_EXTENSIONS)})."
+        )
     return paths, ids, classes
 
 
@@ -128,14 +143,18 @@ def latest_version(model_dir: str | os.PathLike) -> pathlib.Path:
     """``model_dir`` itself when it is a SavedModel folder, else its largest integer version folder."""
     model_dir = pathlib.Path(model_dir)
     if not model_dir.exists():
-        raise FileNotFoundError(f"{model_dir} does not exist; give saved_models/<name> (its latest version) or "
-                                "saved_models/<name>/<version>, as `tf-langdml index` printed.")
+        raise FileNotFoundError(
+            f"{model_dir} does not exist; give saved_models/<name> (its latest version) or "
+            "saved_models/<name>/<version>, as `tf-langdml index` printed."
+        )
     if (model_dir / "saved_model.pb").exists():
         return model_dir
     versions = sorted((int(path.name), path) for path in model_dir.glob("*") if path.is_dir() and path.name.isdigit())
     if not versions:
-        raise FileNotFoundError(f"{model_dir} is neither a SavedModel folder (no saved_model.pb) nor a model folder "
-                                "with integer version folders (saved_models/<name>/<version>/).")
+        raise FileNotFoundError(
+            f"{model_dir} is neither a SavedModel folder (no saved_model.pb) nor a model folder "
+            "with integer version folders (saved_models/<name>/<version>/)."
+        )
     return versions[-1][1]
 
 
@@ -144,8 +163,9 @@ def read_gallery(version_dir: str | os.PathLike) -> tuple[Gallery, dict]:
     version_dir = pathlib.Path(version_dir)
     metadata = json.loads((version_dir / "assets" / ASSET_NAME).read_text(encoding="utf-8"))
     if "gallery" not in metadata:
-        raise ValueError(f"{version_dir} holds no gallery (exported without one); index a gallery first "
-                         "(tf-langdml index).")
+        raise ValueError(
+            f"{version_dir} holds no gallery (exported without one); index a gallery first (tf-langdml index)."
+        )
     # The variables checkpoint alone: no graph is loaded.
     reader = tf.train.load_checkpoint(str(version_dir / "variables" / "variables"))
 
@@ -153,7 +173,9 @@ def read_gallery(version_dir: str | os.PathLike) -> tuple[Gallery, dict]:
         value = reader.get_tensor(f"{name}/.ATTRIBUTES/VARIABLE_VALUE")
         return np.array([item.decode("utf-8") for item in value]) if text else value
 
-    return Gallery(read("gallery_embeddings"), read("gallery_item_ids", True), read("gallery_class_names", True)), metadata
+    return Gallery(
+        read("gallery_embeddings"), read("gallery_item_ids", True), read("gallery_class_names", True)
+    ), metadata
 
 
 def search_saved_model(
@@ -173,11 +195,22 @@ def search_saved_model(
     else:
         version_dir, loaded = None, model
     if "search" not in loaded.signatures:
-        raise ValueError(f"{version_dir or 'the model'} has no 'search' signature (an export without a gallery); "
-                         "make one with `tf-langdml index --run RUN --gallery FOLDER --name NAME`.")
+        raise ValueError(
+            f"{version_dir or 'the model'} has no 'search' signature (an export without a gallery); "
+            "make one with `tf-langdml index --run RUN --gallery FOLDER --name NAME`."
+        )
     outputs = loaded.signatures["search"](images=tf.constant(encoded, tf.string), k=tf.constant(int(k), tf.int32))
     item_ids, class_names = outputs["item_ids"].numpy(), outputs["class_names"].numpy()
     scores = outputs["scores"].numpy()
-    return [[{"rank": rank + 1, "item_id": item_ids[row, rank].decode("utf-8"),
-              "class_name": class_names[row, rank].decode("utf-8"), "score": float(scores[row, rank])}
-             for rank in range(scores.shape[1])] for row in range(scores.shape[0])]
+    return [
+        [
+            {
+                "rank": rank + 1,
+                "item_id": item_ids[row, rank].decode("utf-8"),
+                "class_name": class_names[row, rank].decode("utf-8"),
+                "score": float(scores[row, rank]),
+            }
+            for rank in range(scores.shape[1])
+        ]
+        for row in range(scores.shape[0])
+    ]

@@ -69,14 +69,20 @@ class ImageProgress:
     piped lines go (stderr when None, looked up at each line); ``clock``: monotonic seconds.
     """
 
-    def __init__(self, total: int, batch_size: int, action: str = "embedded", terminal: bool | None = None,
-                 stream: typing.TextIO | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        total: int,
+        batch_size: int,
+        action: str = "embedded",
+        terminal: bool | None = None,
+        stream: typing.TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.total, self.batch_size, self.action = int(total), int(batch_size), action
         self.terminal = sys.stdout.isatty() if terminal is None else terminal
         self.stream, self.clock, self.started = stream, clock, clock()
         self.tenths_shown = 0
-        self.bar = (keras.utils.Progbar(-(-self.total // self.batch_size), unit_name="batch")
-                    if self.terminal else None)
+        self.bar = keras.utils.Progbar(-(-self.total // self.batch_size), unit_name="batch") if self.terminal else None
 
     def update(self, done: int) -> None:
         if self.bar is not None:
@@ -85,12 +91,19 @@ class ImageProgress:
         tenths = 10 * done // self.total if self.total else 10
         if tenths > self.tenths_shown:  # one line per tenth crossed, however many batches that took
             self.tenths_shown = tenths
-            print(f"tf_langdml: {progress_line(done, self.total, self.clock() - self.started, self.action)}",
-                  file=self.stream or sys.stderr, flush=True)
+            print(
+                f"tf_langdml: {progress_line(done, self.total, self.clock() - self.started, self.action)}",
+                file=self.stream or sys.stderr,
+                flush=True,
+            )
 
 
 def forward_batches(
-    model: keras.Model, split: Split, batch_size: int = 64, image_size: int = 224, verbose: int = 1,
+    model: keras.Model,
+    split: Split,
+    batch_size: int = 64,
+    image_size: int = 224,
+    verbose: int = 1,
     action: str = "embedded",
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (outputs, labels) as numpy for each eval-preprocessed batch of a split, in order.

@@ -45,6 +45,7 @@ RETRIEVAL_TAG_PREFIX = "retrieval/"
 
 # ---------------------------------------------------------------- drawing (matplotlib Agg, no pyplot state)
 
+
 def _png(figure):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -113,7 +114,8 @@ def sweep_curves(rows: list[dict]) -> dict[str, list[tuple]]:
         if weight is None or row is baseline:
             continue
         curves.setdefault(_curve_name(row), []).append(
-            (weight, row.get("mean"), row.get("std"), row.get("paired_difference")))
+            (weight, row.get("mean"), row.get("std"), row.get("paired_difference"))
+        )
     if baseline is not None:
         for points in curves.values():
             points.append((0.0, baseline.get("mean"), baseline.get("std"), {"mean": 0.0, "std": 0.0}))
@@ -135,8 +137,11 @@ def sweep_figure(rows: list[dict], metric: str) -> bytes | None:
         shown = [(weight + offset, mean, std or 0.0) for weight, mean, std, _ in points if _number(mean)]
         if shown:
             values.errorbar(*zip(*shown), marker="o", capsize=3, label=name)
-        paired = [(weight + offset, delta["mean"], delta.get("std") or 0.0) for weight, _, _, delta in points
-                  if delta and _number(delta.get("mean"))]
+        paired = [
+            (weight + offset, delta["mean"], delta.get("std") or 0.0)
+            for weight, _, _, delta in points
+            if delta and _number(delta.get("mean"))
+        ]
         if paired:
             deltas.errorbar(*zip(*paired), marker="o", capsize=3, label=name)
     values.set(title=f"validation {metric}: mean ± std over seeds", xlabel="ω (loss.language_weight)")
@@ -194,8 +199,10 @@ def _image(png, alt):
 
 
 def _page(title, body):
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-            f"<style>{_STYLE}</style></head>\n<body>\n<h1>{_e(title)}</h1>\n{body}\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+        f"<style>{_STYLE}</style></head>\n<body>\n<h1>{_e(title)}</h1>\n{body}\n</body></html>\n"
+    )
 
 
 def run_report(folder: str | os.PathLike) -> str:
@@ -207,8 +214,10 @@ def run_report(folder: str | os.PathLike) -> str:
     status = "finished" if isinstance(metrics, dict) else "not finished (no metrics.json yet)"
     evaluated = ""
     if isinstance(metrics, dict) and metrics.get("evaluated_on"):
-        evaluated = (f"; evaluated on the {metrics.get('evaluated_on')} split "
-                     f"({metrics.get('evaluated_classes')} classes, {metrics.get('evaluated_images')} images)")
+        evaluated = (
+            f"; evaluated on the {metrics.get('evaluated_on')} split "
+            f"({metrics.get('evaluated_classes')} classes, {metrics.get('evaluated_images')} images)"
+        )
     parts.append(f"<p>Run directory <code>{_e(folder)}</code>: {_e(status + evaluated)}.</p>")
 
     parts.append("<h2>Metrics</h2>")
@@ -225,21 +234,26 @@ def run_report(folder: str | os.PathLike) -> str:
     scans = {name: read_pictures(folder / "logs" / name) for name in ("validation", "train")}
     for name, scan in scans.items():
         notes += [f"logs/{name}/{note}" for note in scan.notes]
-    retrieval = [picture for tag, picture in sorted(scans["validation"].pictures.items())
-                 if tag.startswith(RETRIEVAL_TAG_PREFIX)]
+    retrieval = [
+        picture for tag, picture in sorted(scans["validation"].pictures.items()) if tag.startswith(RETRIEVAL_TAG_PREFIX)
+    ]
     heat_map = scans["train"].pictures.get(HEAT_MAP_TAG)
     parts.append("<h2>Retrieval grid</h2>")
     if retrieval:
         for picture in retrieval:
-            parts.append(f"<p>{_e(picture.tag)}, epoch {picture.step}: each row is a query (black frame) and its "
-                         "nearest gallery images, framed green (same class) or red (another class).</p>")
+            parts.append(
+                f"<p>{_e(picture.tag)}, epoch {picture.step}: each row is a query (black frame) and its "
+                "nearest gallery images, framed green (same class) or red (another class).</p>"
+            )
             parts.append(_image(picture.png, picture.tag))
     else:
         parts.append("<p>No retrieval grid in logs/validation (written at each evaluation).</p>")
     parts.append("<h2>S_img | S_lang</h2>")
     if heat_map:
-        parts.append(f"<p>{_e(heat_map.tag)}, epoch {heat_map.step}: the cosine similarities of one fixed batch's "
-                     "images (left) and of their classes' language embeddings (right), -1 blue, 0 white, +1 red.</p>")
+        parts.append(
+            f"<p>{_e(heat_map.tag)}, epoch {heat_map.step}: the cosine similarities of one fixed batch's "
+            "images (left) and of their classes' language embeddings (right), -1 blue, 0 white, +1 red.</p>"
+        )
         parts.append(_image(heat_map.png, heat_map.tag))
     else:
         parts.append("<p>No heat map in logs/train (written for runs with language guidance).</p>")
@@ -250,8 +264,8 @@ def run_report(folder: str | os.PathLike) -> str:
         if isinstance(names, list):
             shown = ", ".join(_e(name) for name in names[:MAX_CLASS_NAMES])
             more = f" … and {len(names) - MAX_CLASS_NAMES} more" if len(names) > MAX_CLASS_NAMES else ""
-            parts.append(f"<h2>Training classes ({len(names)})</h2><p id=\"classes\">{shown}{_e(more)}</p>")
-    parts.append(f"<h2>Config</h2><pre id=\"config\">{_e(read_config_text(folder))}</pre>")
+            parts.append(f'<h2>Training classes ({len(names)})</h2><p id="classes">{shown}{_e(more)}</p>')
+    parts.append(f'<h2>Config</h2><pre id="config">{_e(read_config_text(folder))}</pre>')
     if notes:
         parts.append("<h2>Notes</h2>" + "".join(f'<p class="note">{_e(note)}</p>' for note in notes))
     return _page(f"tf-langdml run {folder.name}", "\n".join(parts))
@@ -262,24 +276,36 @@ def sweep_report(folder: str | os.PathLike) -> str:
     folder = pathlib.Path(folder)
     path = folder / "sweep.json"
     sweep = read_json(path)
-    if not isinstance(sweep, dict) or not isinstance(sweep.get("rows"), list) or not all(
-            isinstance(row, dict) and isinstance(row.get("point"), dict) for row in sweep["rows"]):
+    if (
+        not isinstance(sweep, dict)
+        or not isinstance(sweep.get("rows"), list)
+        or not all(isinstance(row, dict) and isinstance(row.get("point"), dict) for row in sweep["rows"])
+    ):
         raise ReportError(f"{path} has no list of rows with points; rerun the sweep command that wrote it.")
     metric, rows = str(sweep.get("metric", "recall@1")), sweep["rows"]
     final_rows = [row for row in sweep.get("final") or [] if isinstance(row, dict)]
     best = sweep.get("best") if isinstance(sweep.get("best"), dict) else {}
-    parts = [f"<p>Sweep folder <code>{_e(folder)}</code>: {len(rows)} points, selected on validation {_e(metric)} "
-             f"with {_e(sweep.get('validation_fraction'))} of the training classes held out; best: "
-             f"<b>{_e(best.get('label', '—'))}</b>.</p>"]
+    parts = [
+        f"<p>Sweep folder <code>{_e(folder)}</code>: {len(rows)} points, selected on validation {_e(metric)} "
+        f"with {_e(sweep.get('validation_fraction'))} of the training classes held out; best: "
+        f"<b>{_e(best.get('label', '—'))}</b>.</p>"
+    ]
     picture = sweep_figure(rows, metric)
     parts.append(f"<h2>Validation {_e(metric)} against ω</h2>")
-    parts.append(_image(picture, "validation metric and paired difference against omega") if picture else
-                 "<p>No point has a numeric loss.language_weight: see the table.</p>")
-    parts.append("<p>Each point: mean ± sample standard deviation over seeds. The paired Δ subtracts the ω = 0 "
-                 "baseline of the same seed before averaging, so it is free of what a seed does to every point.</p>")
+    parts.append(
+        _image(picture, "validation metric and paired difference against omega")
+        if picture
+        else "<p>No point has a numeric loss.language_weight: see the table.</p>"
+    )
+    parts.append(
+        "<p>Each point: mean ± sample standard deviation over seeds. The paired Δ subtracts the ω = 0 "
+        "baseline of the same seed before averaging, so it is free of what a seed does to every point.</p>"
+    )
 
-    header = (f"<tr><th>point</th><th>validation {_e(metric)}</th><th>paired Δ vs ω=0</th><th>seeds</th>"
-              f"<th>per seed</th></tr>")
+    header = (
+        f"<tr><th>point</th><th>validation {_e(metric)}</th><th>paired Δ vs ω=0</th><th>seeds</th>"
+        f"<th>per seed</th></tr>"
+    )
     lines = []
     for row in rows:
         difference = row.get("paired_difference") if isinstance(row.get("paired_difference"), dict) else None
@@ -289,21 +315,29 @@ def sweep_report(folder: str | os.PathLike) -> str:
             std = difference.get("std")
             delta = f"{difference['mean']:+.4f}" + (f" ± {std:.4f}" if _number(std) else "")
         mark = ' class="best"' if row.get("label") == best.get("label") else ""
-        lines.append(f"<tr{mark}><td>{_e(row.get('label', ''))}</td>"
-                     f"<td class=\"n\">{_mean_std(row.get('mean'), row.get('std'))}</td><td class=\"n\">{delta}</td>"
-                     f"<td>{_e(' '.join(map(str, row.get('seeds') or [])))}</td><td class=\"n\">{values}</td></tr>")
+        lines.append(
+            f"<tr{mark}><td>{_e(row.get('label', ''))}</td>"
+            f'<td class="n">{_mean_std(row.get("mean"), row.get("std"))}</td><td class="n">{delta}</td>'
+            f'<td>{_e(" ".join(map(str, row.get("seeds") or [])))}</td><td class="n">{values}</td></tr>'
+        )
     parts.append(f'<h2>Points</h2><table id="points">{header}{"".join(lines)}</table>')
 
     parts.append("<h2>Final test rows</h2>")
     if final_rows:
-        lines = [f"<tr><td>{_e(row.get('label', ''))}</td><td class=\"n\">{_mean_std(row.get('mean'), row.get('std'))}"
-                 f"</td><td class=\"n\">{_per_seed(row)}</td><td>{_e(' '.join(map(str, row.get('runs') or [])))}"
-                 "</td></tr>" for row in final_rows]
-        parts.append(f'<table id="final"><tr><th>point</th><th>test {_e(metric)}</th><th>per seed</th><th>runs</th>'
-                     f'</tr>{"".join(lines)}</table>')
+        lines = [
+            f'<tr><td>{_e(row.get("label", ""))}</td><td class="n">{_mean_std(row.get("mean"), row.get("std"))}'
+            f'</td><td class="n">{_per_seed(row)}</td><td>{_e(" ".join(map(str, row.get("runs") or [])))}'
+            "</td></tr>"
+            for row in final_rows
+        ]
+        parts.append(
+            f'<table id="final"><tr><th>point</th><th>test {_e(metric)}</th><th>per seed</th><th>runs</th>'
+            f"</tr>{''.join(lines)}</table>"
+        )
     else:
-        parts.append("<p>No final runs (run the sweep again with --final to score the best point on the test "
-                     "classes).</p>")
+        parts.append(
+            "<p>No final runs (run the sweep again with --final to score the best point on the test classes).</p>"
+        )
     if _number(sweep.get("wall_seconds")):
         parts.append(f'<p class="note">Wall time of the sweep: {sweep["wall_seconds"] / 60:.1f} min.</p>')
     return _page(f"tf-langdml sweep {folder.name}", "\n".join(parts))
@@ -324,5 +358,12 @@ def write_report(folder: str | os.PathLike, out: str | os.PathLike | None = None
     return out
 
 
-__all__ = ["ReportError", "history_figure", "run_report", "sweep_curves", "sweep_figure", "sweep_report",
-           "write_report"]
+__all__ = [
+    "ReportError",
+    "history_figure",
+    "run_report",
+    "sweep_curves",
+    "sweep_figure",
+    "sweep_report",
+    "write_report",
+]

@@ -57,8 +57,10 @@ def _regular_size(path):
     """The size of the regular file ``path``; a FIFO, device or folder is refused before it is opened."""
     status = os.stat(path)
     if not stat.S_ISREG(status.st_mode):
-        raise ReportError(f"{path} is not a regular file (a FIFO, device or folder); remove it or replace it with "
-                          "the file the run wrote.")
+        raise ReportError(
+            f"{path} is not a regular file (a FIFO, device or folder); remove it or replace it with "
+            "the file the run wrote."
+        )
     return status.st_size
 
 
@@ -77,8 +79,10 @@ def read_json(path: str | os.PathLike, limit: int | None = None) -> Any:
     limit = MAX_JSON_BYTES if limit is None else limit
     size = _regular_size(path)
     if size > limit:
-        raise ReportError(f"{path} is {size} bytes, more than the {limit} a report reads; it is not a file the run "
-                          "wrote: move it away.")
+        raise ReportError(
+            f"{path} is {size} bytes, more than the {limit} a report reads; it is not a file the run "
+            "wrote: move it away."
+        )
     with _open_regular(path) as handle:
         data = handle.read(limit + 1)
     try:
@@ -91,21 +95,27 @@ def folder_kind(folder: str | os.PathLike) -> str:
     """``"run"`` (it has ``config.yaml``) or ``"sweep"`` (``sweep.json``); anything else is refused in one line."""
     folder = pathlib.Path(folder)
     if not os.path.lexists(folder):
-        raise FileNotFoundError(f"{folder} does not exist; give a run directory (runs/<name>) or a sweep folder "
-                                "(runs/<name>_sweep).")
+        raise FileNotFoundError(
+            f"{folder} does not exist; give a run directory (runs/<name>) or a sweep folder (runs/<name>_sweep)."
+        )
     if not folder.is_dir():
-        raise ReportError(f"{folder} is not a folder; give a run directory (runs/<name>) or a sweep folder "
-                          "(runs/<name>_sweep).")
+        raise ReportError(
+            f"{folder} is not a folder; give a run directory (runs/<name>) or a sweep folder (runs/<name>_sweep)."
+        )
     if (folder / "sweep.json").exists():
         return "sweep"
     if (folder / "config.yaml").exists():
         return "run"
     runs = sorted(child.name for child in _bounded_children(folder) if (child / "config.yaml").exists())
     if runs:
-        raise ReportError(f"{folder} has runs but no sweep.json: the sweep has not finished (rerun the sweep command "
-                          f"to finish it), or report one of its runs, e.g. {folder / runs[0]}.")
-    raise ReportError(f"{folder} is neither a run directory (no config.yaml) nor a sweep folder (no sweep.json); "
-                      "give runs/<name> or runs/<name>_sweep.")
+        raise ReportError(
+            f"{folder} has runs but no sweep.json: the sweep has not finished (rerun the sweep command "
+            f"to finish it), or report one of its runs, e.g. {folder / runs[0]}."
+        )
+    raise ReportError(
+        f"{folder} is neither a run directory (no config.yaml) nor a sweep folder (no sweep.json); "
+        "give runs/<name> or runs/<name>_sweep."
+    )
 
 
 def _bounded_children(folder, limit=1000):
@@ -215,6 +225,18 @@ def read_config_text(folder: pathlib.Path) -> str:
         return handle.read(MAX_JSON_BYTES).decode("utf-8", "replace")
 
 
-__all__ = ["MAX_EVENT_BYTES", "MAX_EVENT_FILES", "MAX_JSON_BYTES", "MAX_PICTURE_PIXELS", "MAX_RECORD_BYTES",
-           "EventScan", "Picture", "ReportError", "folder_kind", "read_config_text", "read_json", "read_optional_json",
-           "read_pictures"]
+__all__ = [
+    "MAX_EVENT_BYTES",
+    "MAX_EVENT_FILES",
+    "MAX_JSON_BYTES",
+    "MAX_PICTURE_PIXELS",
+    "MAX_RECORD_BYTES",
+    "EventScan",
+    "Picture",
+    "ReportError",
+    "folder_kind",
+    "read_config_text",
+    "read_json",
+    "read_optional_json",
+    "read_pictures",
+]

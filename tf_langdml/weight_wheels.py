@@ -24,6 +24,7 @@ def wheel_package_dir(module, wheel, version, required_files, purpose, alternati
     package = pathlib.Path(list(spec.submodule_search_locations)[0])
     missing = [name for name in required_files if not (package / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"The {wheel} wheel at {package} lacks {', '.join(missing)}; reinstall it: "
-                                f"{install} --force-reinstall")
+        raise FileNotFoundError(
+            f"The {wheel} wheel at {package} lacks {', '.join(missing)}; reinstall it: {install} --force-reinstall"
+        )
     return package

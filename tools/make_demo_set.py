@@ -30,14 +30,19 @@ GROUPS = ("Animals & Nature", "Food & Drink")
 DEMO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tf_langdml", "data", "demo_emoji")
 EMOJI_STYLES = {
     "google": ("Google Noto Color Emoji", "Apache License 2.0", "https://github.com/googlefonts/noto-emoji"),
-    "twitter": ("Twitter Twemoji", "Creative Commons Attribution 4.0 (CC-BY-4.0)", "https://github.com/jdecked/twemoji"),
+    "twitter": (
+        "Twitter Twemoji",
+        "Creative Commons Attribution 4.0 (CC-BY-4.0)",
+        "https://github.com/jdecked/twemoji",
+    ),
 }
 
 
 def select_classes(emoji):
     """The demo's classes with their split, in the packages' sort order."""
     chosen = [
-        entry for entry in emoji
+        entry
+        for entry in emoji
         if entry["category"] in GROUPS and entry.get("has_img_google") and entry.get("has_img_twitter")
     ]
     chosen.sort(key=lambda entry: entry["sort_order"])
@@ -82,17 +87,21 @@ def main():
         json.dump({"source": f"emoji-datasource-google / -twitter {version}", "classes": classes}, file, indent=1)
     with open(os.path.join(args.out, "ATTRIBUTION.md"), "w") as file:
         file.write("# Demo images: licences and attribution\n\n")
-        file.write(f"Made by `python tools/make_demo_set.py` from the npm packages "
-                   f"emoji-datasource-google and emoji-datasource-twitter {version} (the 64 x 64 PNGs under "
-                   f"`img/*/64/`, unchanged). Names, groups and sub-groups come from their "
-                   f"`emoji.json` (emoji-data, MIT licence, Copyright (c) 2013 Cal Henderson).\n\n")
+        file.write(
+            f"Made by `python tools/make_demo_set.py` from the npm packages "
+            f"emoji-datasource-google and emoji-datasource-twitter {version} (the 64 x 64 PNGs under "
+            f"`img/*/64/`, unchanged). Names, groups and sub-groups come from their "
+            f"`emoji.json` (emoji-data, MIT licence, Copyright (c) 2013 Cal Henderson).\n\n"
+        )
         for design, (title, licence, url) in EMOJI_STYLES.items():
             file.write(f"- `{design}/`: {title}, {licence}, {url}\n")
-        file.write("\nTwemoji graphics: Copyright 2019 Twitter, Inc and other contributors; "
-                   "Copyright 2024 jdecked and other contributors. Licensed under CC-BY 4.0: "
-                   "https://creativecommons.org/licenses/by/4.0/\n"
-                   "Noto Emoji images: Copyright Google Inc., licensed under the Apache License, "
-                   "Version 2.0: https://www.apache.org/licenses/LICENSE-2.0\n")
+        file.write(
+            "\nTwemoji graphics: Copyright 2019 Twitter, Inc and other contributors; "
+            "Copyright 2024 jdecked and other contributors. Licensed under CC-BY 4.0: "
+            "https://creativecommons.org/licenses/by/4.0/\n"
+            "Noto Emoji images: Copyright Google Inc., licensed under the Apache License, "
+            "Version 2.0: https://www.apache.org/licenses/LICENSE-2.0\n"
+        )
     counts = {split: sum(entry["split"] == split for entry in classes) for split in ("train", "test")}
     print(f"wrote {len(classes)} classes x 2 designs to {args.out}: {counts}")
 

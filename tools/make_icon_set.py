@@ -140,12 +140,35 @@ NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*([-.+][a-z0-9]+)*$")
 # First words of toolkit- or program-specific legacy names (gtk-copy, gnome-fs-directory,
 # stock_..., nm-signal-50, xfpm-..., notification-..., indicator-...): aliases of
 # standard names or variants for one program's panel, not names of their own.
-LEGACY_FIRST_WORDS = {"gtk", "gnome", "stock", "xfce", "xfce4", "xfpm", "gpm", "nm", "redhat", "kde", "mate",
-                      "indicator", "notification", "cs", "kcm"}
+LEGACY_FIRST_WORDS = {
+    "gtk",
+    "gnome",
+    "stock",
+    "xfce",
+    "xfce4",
+    "xfpm",
+    "gpm",
+    "nm",
+    "redhat",
+    "kde",
+    "mate",
+    "indicator",
+    "notification",
+    "cs",
+    "kcm",
+}
 # In the apps context only the generic names (accessories-calculator, utilities-terminal,
 # preferences-desktop-theme...) are kept: the others name one program and show its logo.
-GENERIC_APP_FIRST_WORDS = {"accessories", "help", "internet", "multimedia", "office", "preferences", "system",
-                           "utilities"}
+GENERIC_APP_FIRST_WORDS = {
+    "accessories",
+    "help",
+    "internet",
+    "multimedia",
+    "office",
+    "preferences",
+    "system",
+    "utilities",
+}
 
 # index.theme "Context" values -> the context names written to classes.json
 # (freedesktop Icon Theme spec names, lower case; "apps" for Applications).
@@ -253,11 +276,11 @@ class BuildError(Exception):
 
 def find_deb(debs_dir, package, alternative="or leave its theme out with --themes"):
     """The one ``<package>_*.deb`` in ``debs_dir``."""
-    matches = sorted(name for name in os.listdir(debs_dir)
-                     if name.startswith(package + "_") and name.endswith(".deb"))
+    matches = sorted(name for name in os.listdir(debs_dir) if name.startswith(package + "_") and name.endswith(".deb"))
     if not matches:
         raise BuildError(
-            f"no {package}_*.deb in {debs_dir}: run `cd {debs_dir} && apt-get download {package}` ({alternative})")
+            f"no {package}_*.deb in {debs_dir}: run `cd {debs_dir} && apt-get download {package}` ({alternative})"
+        )
     if len(matches) > 1:
         raise BuildError(f"several .deb files of {package} in {debs_dir} ({', '.join(matches)}): keep only one")
     return os.path.join(debs_dir, matches[0])
@@ -330,8 +353,10 @@ def extract_theme(deb_path, theme, dest):
     extracted = extract_members(deb_path, lambda name: name.startswith(icons_prefix) or name == copyright_name, dest)
     theme_dir = os.path.join(dest, icons_prefix)
     if not os.path.isfile(os.path.join(theme_dir, "index.theme")):
-        raise BuildError(f"{deb_path} has no usr/share/icons/{theme.folder}/index.theme: "
-                         f"is it the {theme.package} package of an icon theme? fix THEMES or the download")
+        raise BuildError(
+            f"{deb_path} has no usr/share/icons/{theme.folder}/index.theme: "
+            f"is it the {theme.package} package of an icon theme? fix THEMES or the download"
+        )
     if copyright_name not in extracted:
         raise BuildError(f"{deb_path} has no {copyright_name}: cannot name the licence of {theme.id}")
     return theme_dir, os.path.join(dest, copyright_name)
@@ -429,9 +454,17 @@ def index_theme(theme_dir):
                 continue
             if (resolved_kind == "png" and size * scale < MIN_PNG_SIZE) or size < MIN_SVG_SIZE:
                 continue
-            sources[name].append(Source(
-                path=resolved, listed_path=os.path.join(folder, file_name), kind=resolved_kind,
-                size=size, scale=scale, context=context, is_link=resolved_name != name))
+            sources[name].append(
+                Source(
+                    path=resolved,
+                    listed_path=os.path.join(folder, file_name),
+                    kind=resolved_kind,
+                    size=size,
+                    scale=scale,
+                    context=context,
+                    is_link=resolved_name != name,
+                )
+            )
     return {name: min(found, key=Source.rank) for name, found in sources.items()}
 
 
@@ -479,8 +512,10 @@ class Rasterizer:
             self.gobject = ctypes.CDLL("libgobject-2.0.so.0")
             self.glib = ctypes.CDLL("libglib-2.0.so.0")
         except OSError as error:
-            raise BuildError(f"cannot load gdk-pixbuf ({error}): install it with "
-                             f"`apt-get install libgdk-pixbuf-2.0-0 librsvg2-common`") from None
+            raise BuildError(
+                f"cannot load gdk-pixbuf ({error}): install it with "
+                f"`apt-get install libgdk-pixbuf-2.0-0 librsvg2-common`"
+            ) from None
         p, gp, vp, ip = self.pixbuf, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int
         error_out = ctypes.POINTER(ctypes.POINTER(GError))
         for name, restype, argtypes in (
@@ -496,8 +531,11 @@ class Rasterizer:
             ("gdk_pixbuf_get_n_channels", ip, [gp]),
             ("gdk_pixbuf_get_has_alpha", ip, [gp]),
             ("gdk_pixbuf_get_pixels", vp, [gp]),
-            ("gdk_pixbuf_save_to_bufferv", ip, [gp, ctypes.POINTER(vp), ctypes.POINTER(ctypes.c_size_t),
-                                                ctypes.c_char_p, vp, vp, error_out]),
+            (
+                "gdk_pixbuf_save_to_bufferv",
+                ip,
+                [gp, ctypes.POINTER(vp), ctypes.POINTER(ctypes.c_size_t), ctypes.c_char_p, vp, vp, error_out],
+            ),
         ):
             function = getattr(p, name)
             function.restype, function.argtypes = restype, argtypes
@@ -508,13 +546,16 @@ class Rasterizer:
 
     def _check_svg_support(self):
         with tempfile.NamedTemporaryFile("w", suffix=".svg", delete=False) as probe:
-            probe.write('<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8">'
-                        '<rect width="8" height="8" fill="red"/></svg>')
+            probe.write(
+                '<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8">'
+                '<rect width="8" height="8" fill="red"/></svg>'
+            )
         try:
             self.render(probe.name)
         except BuildError as error:
-            raise BuildError(f"gdk-pixbuf cannot read SVG ({error}): install its SVG loader with "
-                             f"`apt-get install librsvg2-common`") from None
+            raise BuildError(
+                f"gdk-pixbuf cannot read SVG ({error}): install its SVG loader with `apt-get install librsvg2-common`"
+            ) from None
         finally:
             os.unlink(probe.name)
 
@@ -542,8 +583,9 @@ class Rasterizer:
             width, height = p.gdk_pixbuf_get_width(loaded), p.gdk_pixbuf_get_height(loaded)
             canvas = p.gdk_pixbuf_new(self.COLORSPACE_RGB, 1, 8, ICON_SIZE, ICON_SIZE)
             p.gdk_pixbuf_fill(canvas, 0)
-            p.gdk_pixbuf_copy_area(loaded, 0, 0, width, height, canvas,
-                                   (ICON_SIZE - width) // 2, (ICON_SIZE - height) // 2)
+            p.gdk_pixbuf_copy_area(
+                loaded, 0, 0, width, height, canvas, (ICON_SIZE - width) // 2, (ICON_SIZE - height) // 2
+            )
         finally:
             self._unref(loaded)
         try:
@@ -559,13 +601,14 @@ class Rasterizer:
         width, height = p.gdk_pixbuf_get_width(pixbuf), p.gdk_pixbuf_get_height(pixbuf)
         rowstride = p.gdk_pixbuf_get_rowstride(pixbuf)
         raw = ctypes.string_at(p.gdk_pixbuf_get_pixels(pixbuf), rowstride * (height - 1) + width * 4)
-        return b"".join(raw[row * rowstride: row * rowstride + width * 4] for row in range(height))
+        return b"".join(raw[row * rowstride : row * rowstride + width * 4] for row in range(height))
 
     def _png_bytes(self, pixbuf, path):
         buffer, size = ctypes.c_void_p(), ctypes.c_size_t()
         error = ctypes.POINTER(GError)()
-        if not self.pixbuf.gdk_pixbuf_save_to_bufferv(pixbuf, ctypes.byref(buffer), ctypes.byref(size),
-                                                      b"png", None, None, ctypes.byref(error)):
+        if not self.pixbuf.gdk_pixbuf_save_to_bufferv(
+            pixbuf, ctypes.byref(buffer), ctypes.byref(size), b"png", None, None, ctypes.byref(error)
+        ):
             self._raise(error, f"cannot encode {path} as PNG")
         try:
             return ctypes.string_at(buffer, size.value)
@@ -578,7 +621,7 @@ def on_white(thumbnail):
     values = []
     for offset in range(0, len(thumbnail), 4):
         alpha = thumbnail[offset + 3]
-        values.extend((channel * alpha + 255 * (255 - alpha)) // 255 for channel in thumbnail[offset:offset + 3])
+        values.extend((channel * alpha + 255 * (255 - alpha)) // 255 for channel in thumbnail[offset : offset + 3])
     return values
 
 
@@ -587,8 +630,10 @@ def ink(rgba):
 
     A pixel's distance is its largest channel difference from white, times its alpha.
     """
-    distances = sorted((255 - min(red, green, blue)) * alpha // 255
-                       for red, green, blue, alpha in zip(rgba[0::4], rgba[1::4], rgba[2::4], rgba[3::4]))
+    distances = sorted(
+        (255 - min(red, green, blue)) * alpha // 255
+        for red, green, blue, alpha in zip(rgba[0::4], rgba[1::4], rgba[2::4], rgba[3::4])
+    )
     return distances[-FAINT_PIXELS]
 
 
@@ -670,9 +715,14 @@ def assign_pictures_exclusively(pictures, own_files, min_themes):
         taken_away = 0
         for name in alive:
             for theme_id, digest in pictures[name].items():
-                owner = min(names_by_digest[digest], key=lambda other, digest=digest: (
-                    not any((other, t) in own_files for t, d in pictures[other].items() if d == digest),
-                    -len(pictures[other]), other))
+                owner = min(
+                    names_by_digest[digest],
+                    key=lambda other, digest=digest: (
+                        not any((other, t) in own_files for t, d in pictures[other].items() if d == digest),
+                        -len(pictures[other]),
+                        other,
+                    ),
+                )
                 if owner == name:
                     kept[name].append(theme_id)
                 else:
@@ -702,8 +752,9 @@ def check_output_folder(out_dir):
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise BuildError(f"--out {out_dir} is a file: pass a folder")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, "classes.json")):
-        raise BuildError(f"--out {out_dir} is not empty and holds no classes.json of a previous build: "
-                         f"pass an empty or new folder")
+        raise BuildError(
+            f"--out {out_dir} is not empty and holds no classes.json of a previous build: pass an empty or new folder"
+        )
 
 
 def prepare_output(out_dir):
@@ -731,13 +782,18 @@ def build(debs_dir, out_dir, work_dir, themes, min_themes, all_names=False, excl
         theme_dir, copyrights[theme.id] = extract_theme(deb_path, theme, dest)
         with open(copyrights[theme.id], encoding="utf-8", errors="replace") as file:
             if LICENCE_EVIDENCE[theme.id] not in file.read():
-                raise BuildError(f"the copyright file of {theme.package} {theme_versions[theme.id]} no longer says "
-                                 f"{LICENCE_EVIDENCE[theme.id]!r}: check its licence and update THEMES and "
-                                 f"LICENCE_EVIDENCE")
+                raise BuildError(
+                    f"the copyright file of {theme.package} {theme_versions[theme.id]} no longer says "
+                    f"{LICENCE_EVIDENCE[theme.id]!r}: check its licence and update THEMES and "
+                    f"LICENCE_EVIDENCE"
+                )
         indexes[theme.id] = index_theme(theme_dir)
         from_legacy = add_standard_names(indexes[theme.id], legacy_names)
-        print(f"{theme.id:16s} {theme.package} {theme_versions[theme.id]}: "
-              f"{len(indexes[theme.id])} icon names ({from_legacy} standard names from legacy names)", flush=True)
+        print(
+            f"{theme.id:16s} {theme.package} {theme_versions[theme.id]}: "
+            f"{len(indexes[theme.id])} icon names ({from_legacy} standard names from legacy names)",
+            flush=True,
+        )
     theme_order = [theme.id for theme in themes]
 
     # Names that enough themes draw at all (before any de-duplication).
@@ -777,8 +833,11 @@ def build(debs_dir, out_dir, work_dir, themes, min_themes, all_names=False, excl
             kept.append(theme_id)
         if len(kept) >= min_themes:
             designs[name] = kept
-    print(f"{len(candidates)} names drawn by >= {min_themes} themes; {len(aliases_of)} aliases dropped, "
-          f"{byte_copies} byte-identical copies dropped", flush=True)
+    print(
+        f"{len(candidates)} names drawn by >= {min_themes} themes; {len(aliases_of)} aliases dropped, "
+        f"{byte_copies} byte-identical copies dropped",
+        flush=True,
+    )
     print(f"rendering {len(designs)} names", flush=True)
 
     # Step 7: render, drop blank and faint pictures and near copies.
@@ -799,8 +858,14 @@ def build(debs_dir, out_dir, work_dir, themes, min_themes, all_names=False, excl
                 faint.append(f"{name}/{theme_id}")
                 continue
             values = on_white(thumbnail)
-            copy_of = next((other for other, other_values, _ in kept
-                            if picture_difference(values, other_values) < NEAR_COPY_DIFFERENCE), None)
+            copy_of = next(
+                (
+                    other
+                    for other, other_values, _ in kept
+                    if picture_difference(values, other_values) < NEAR_COPY_DIFFERENCE
+                ),
+                None,
+            )
             if copy_of:
                 near_copies.append(f"{name}/{theme_id}~{copy_of}")
                 continue
@@ -811,18 +876,27 @@ def build(debs_dir, out_dir, work_dir, themes, min_themes, all_names=False, excl
             print(f"  rendered {count}/{len(designs)} names", flush=True)
 
     # Step 8: the same image under several names.
-    image_digests = {name: {theme_id: hashlib.sha256(png).hexdigest() for theme_id, png in pngs.items()}
-                     for name, pngs in rendered.items()}
+    image_digests = {
+        name: {theme_id: hashlib.sha256(png).hexdigest() for theme_id, png in pngs.items()}
+        for name, pngs in rendered.items()
+    }
     shared_taken_away = 0
     if exclusive_pictures:
-        own_files = {(name, theme_id) for name, pngs in rendered.items() for theme_id in pngs
-                     if not indexes[theme_id][name].is_link}
+        own_files = {
+            (name, theme_id)
+            for name, pngs in rendered.items()
+            for theme_id in pngs
+            if not indexes[theme_id][name].is_link
+        }
         kept_themes, shared_taken_away = assign_pictures_exclusively(image_digests, own_files, min_themes)
         rendered = {name: {t: rendered[name][t] for t in theme_ids} for name, theme_ids in kept_themes.items()}
-        image_digests = {name: {t: image_digests[name][t] for t in theme_ids}
-                         for name, theme_ids in kept_themes.items()}
-        print(f"exclusive pictures: {shared_taken_away} shared images taken from classes, "
-              f"{len(rendered)} classes left", flush=True)
+        image_digests = {
+            name: {t: image_digests[name][t] for t in theme_ids} for name, theme_ids in kept_themes.items()
+        }
+        print(
+            f"exclusive pictures: {shared_taken_away} shared images taken from classes, {len(rendered)} classes left",
+            flush=True,
+        )
     images_by_digest = collections.defaultdict(list)
     for name, digests in image_digests.items():
         for theme_id, digest in digests.items():
@@ -834,8 +908,9 @@ def build(debs_dir, out_dir, work_dir, themes, min_themes, all_names=False, excl
         theme_ids = sorted(rendered[name])
         shared = {}
         for theme_id in theme_ids:
-            same = sorted(image for image in images_by_digest[image_digests[name][theme_id]]
-                          if not image.startswith(name + "/"))
+            same = sorted(
+                image for image in images_by_digest[image_digests[name][theme_id]] if not image.startswith(name + "/")
+            )
             if same:
                 shared[theme_id] = same
         sources = {t: indexes[t][name] for t in theme_ids}
@@ -858,17 +933,25 @@ def build(debs_dir, out_dir, work_dir, themes, min_themes, all_names=False, excl
             with open(os.path.join(out_dir, name, f"{theme_id}.png"), "wb") as file:
                 file.write(png)
     theme_table = {
-        theme.id: {"package": theme.package, "version": theme_versions[theme.id],
-                   "deb_sha256": deb_digests[theme.id], "folder": theme.folder, "licence": theme.licence,
-                   "images": sum(theme.id in pictures for pictures in rendered.values())}
+        theme.id: {
+            "package": theme.package,
+            "version": theme_versions[theme.id],
+            "deb_sha256": deb_digests[theme.id],
+            "folder": theme.folder,
+            "licence": theme.licence,
+            "images": sum(theme.id in pictures for pictures in rendered.values()),
+        }
         for theme in themes
     }
     per_theme_count = collections.Counter(len(pictures) for pictures in rendered.values())
     summary = {
         "classes": len(classes),
         "images": sum(per_theme_count[k] * k for k in per_theme_count),
-        "classes_with_3_4_5plus_themes": [per_theme_count[3], per_theme_count[4],
-                                          sum(n for k, n in per_theme_count.items() if k >= 5)],
+        "classes_with_3_4_5plus_themes": [
+            per_theme_count[3],
+            per_theme_count[4],
+            sum(n for k, n in per_theme_count.items() if k >= 5),
+        ],
         "classes_per_theme_count": {str(k): per_theme_count[k] for k in sorted(per_theme_count)},
         "classes_per_context": dict(sorted(collections.Counter(c["context"] or "other" for c in classes).items())),
         "aliases_dropped": len(aliases_of),
@@ -883,16 +966,21 @@ def build(debs_dir, out_dir, work_dir, themes, min_themes, all_names=False, excl
         "shared_pictures_taken_away": shared_taken_away,
     }
     with open(os.path.join(out_dir, "classes.json"), "w") as file:
-        json.dump({
-            "source": "tools/make_icon_set.py: freedesktop icon themes from Debian packages",
-            "image_size": ICON_SIZE,
-            "min_themes": min_themes,
-            "name_rules": not all_names,
-            "exclusive_pictures": exclusive_pictures,
-            "themes": theme_table,
-            "summary": summary,
-            "classes": classes,
-        }, file, indent=1, sort_keys=False)
+        json.dump(
+            {
+                "source": "tools/make_icon_set.py: freedesktop icon themes from Debian packages",
+                "image_size": ICON_SIZE,
+                "min_themes": min_themes,
+                "name_rules": not all_names,
+                "exclusive_pictures": exclusive_pictures,
+                "themes": theme_table,
+                "summary": summary,
+                "classes": classes,
+            },
+            file,
+            indent=1,
+            sort_keys=False,
+        )
         file.write("\n")
     write_licences(out_dir, themes, theme_table, copyrights)
     summary["wall_seconds"] = round(time.time() - started, 1)
@@ -904,8 +992,13 @@ def build(debs_dir, out_dir, work_dir, themes, min_themes, all_names=False, excl
 
 def source_record(source):
     """What classes.json says of the source of one image."""
-    record = {"file": source.listed_path, "context": source.context, "kind": source.kind,
-              "drawn_for_px": source.size, "scale": source.scale}
+    record = {
+        "file": source.listed_path,
+        "context": source.context,
+        "kind": source.kind,
+        "drawn_for_px": source.size,
+        "scale": source.scale,
+    }
     if source.legacy_name:
         record["legacy_name"] = source.legacy_name
     return record
@@ -914,27 +1007,35 @@ def source_record(source):
 def write_licences(out_dir, themes, theme_table, copyrights):
     """LICENSES.md: each theme's package, version and licence, then the packages' copyright files."""
     with open(os.path.join(out_dir, "LICENSES.md"), "w") as file:
-        file.write("# Icon images: licences\n\n"
-                   "Made by `python tools/make_icon_set.py` from the icon themes of the Debian packages below "
-                   "(pictures rasterised or resized to 64 x 64 PNG, otherwise unchanged). Each theme's "
-                   "licence is the one its package's Debian copyright file gives for the icons; the "
-                   "copyright files, with the authors to credit, follow the table.\n\n"
-                   "| theme (file name) | Debian package | version | theme folder | licence | images |\n"
-                   "| --- | --- | --- | --- | --- | --- |\n")
+        file.write(
+            "# Icon images: licences\n\n"
+            "Made by `python tools/make_icon_set.py` from the icon themes of the Debian packages below "
+            "(pictures rasterised or resized to 64 x 64 PNG, otherwise unchanged). Each theme's "
+            "licence is the one its package's Debian copyright file gives for the icons; the "
+            "copyright files, with the authors to credit, follow the table.\n\n"
+            "| theme (file name) | Debian package | version | theme folder | licence | images |\n"
+            "| --- | --- | --- | --- | --- | --- |\n"
+        )
         for theme in themes:
             row = theme_table[theme.id]
-            file.write(f"| `{theme.id}.png` | {theme.package} | {row['version']} | {theme.folder} | "
-                       f"{theme.licence} | {row['images']} |\n")
-        file.write(f"\nThe class names of some pictures come from the table of legacy icon names of "
-                   f"{LEGACY_MAPPING_PACKAGE} (GPL-2; only used, not copied).\n"
-                   "\nMost themes are under copyleft licences (GPL, LGPL, CC-BY-SA): "
-                   "keep this file with any copy of the images.\n"
-                   "\n## The packages' copyright files\n")
+            file.write(
+                f"| `{theme.id}.png` | {theme.package} | {row['version']} | {theme.folder} | "
+                f"{theme.licence} | {row['images']} |\n"
+            )
+        file.write(
+            f"\nThe class names of some pictures come from the table of legacy icon names of "
+            f"{LEGACY_MAPPING_PACKAGE} (GPL-2; only used, not copied).\n"
+            "\nMost themes are under copyleft licences (GPL, LGPL, CC-BY-SA): "
+            "keep this file with any copy of the images.\n"
+            "\n## The packages' copyright files\n"
+        )
         for theme in themes:
             with open(copyrights[theme.id], encoding="utf-8", errors="replace") as copyright_file:
                 text = copyright_file.read().rstrip("\n")
-            file.write(f"\n### {theme.package} {theme_table[theme.id]['version']} "
-                       f"(`usr/share/doc/{theme.package}/copyright`)\n\n~~~~~~~~ text\n{text}\n~~~~~~~~\n")
+            file.write(
+                f"\n### {theme.package} {theme_table[theme.id]['version']} "
+                f"(`usr/share/doc/{theme.package}/copyright`)\n\n~~~~~~~~ text\n{text}\n~~~~~~~~\n"
+            )
 
 
 def main():
@@ -942,13 +1043,19 @@ def main():
     parser.add_argument("--debs", required=True, help="folder with the theme packages' .deb files (apt-get download)")
     parser.add_argument("--out", required=True, help="output folder (new, empty, or a previous build's)")
     parser.add_argument("--work", help="scratch folder for the extracted themes (default: a temporary folder)")
-    parser.add_argument("--themes", help="comma-separated theme ids to use (default: all of THEMES): "
-                        + ",".join(theme.id for theme in THEMES))
+    parser.add_argument(
+        "--themes",
+        help="comma-separated theme ids to use (default: all of THEMES): " + ",".join(theme.id for theme in THEMES),
+    )
     parser.add_argument("--min-themes", type=int, default=3, help="keep names drawn by at least this many themes")
-    parser.add_argument("--exclusive-pictures", action="store_true",
-                        help="show each picture under one name only (no identical images in two classes)")
-    parser.add_argument("--all-names", action="store_true",
-                        help="keep every icon name (program logos, legacy and numbered names too)")
+    parser.add_argument(
+        "--exclusive-pictures",
+        action="store_true",
+        help="show each picture under one name only (no identical images in two classes)",
+    )
+    parser.add_argument(
+        "--all-names", action="store_true", help="keep every icon name (program logos, legacy and numbered names too)"
+    )
     args = parser.parse_args()
 
     themes = THEMES
@@ -966,12 +1073,14 @@ def main():
     try:
         if args.work:
             os.makedirs(args.work, exist_ok=True)
-            summary = build(args.debs, args.out, args.work, themes, args.min_themes, args.all_names,
-                            args.exclusive_pictures)
+            summary = build(
+                args.debs, args.out, args.work, themes, args.min_themes, args.all_names, args.exclusive_pictures
+            )
         else:
             with tempfile.TemporaryDirectory(prefix="icon_themes_") as work_dir:
-                summary = build(args.debs, args.out, work_dir, themes, args.min_themes, args.all_names,
-                                args.exclusive_pictures)
+                summary = build(
+                    args.debs, args.out, work_dir, themes, args.min_themes, args.all_names, args.exclusive_pictures
+                )
     except BuildError as error:
         sys.exit(f"error: {error}")
     for key in ("near_copies", "blank", "faint"):

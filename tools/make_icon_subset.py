@@ -45,8 +45,10 @@ def main():
     if not os.path.isfile(index):
         raise SystemExit(f"{index} does not exist: build the collection first with tools/make_icon_set.py.")
     if arguments.designs < 2 or arguments.min_themes < arguments.designs:
-        raise SystemExit(f"--designs must be at least 2 and at most --min-themes; got {arguments.designs} "
-                         f"and {arguments.min_themes}.")
+        raise SystemExit(
+            f"--designs must be at least 2 and at most --min-themes; got {arguments.designs} "
+            f"and {arguments.min_themes}."
+        )
     with open(index, encoding="utf-8") as handle:
         chosen = choose(json.load(handle), arguments.min_themes, arguments.designs)
     if os.path.exists(arguments.out):
@@ -54,8 +56,9 @@ def main():
     for name, themes in chosen:
         os.makedirs(os.path.join(arguments.out, name))
         for theme in themes:
-            shutil.copyfile(os.path.join(arguments.icons, name, f"{theme}.png"),
-                            os.path.join(arguments.out, name, f"{theme}.png"))
+            shutil.copyfile(
+                os.path.join(arguments.icons, name, f"{theme}.png"), os.path.join(arguments.out, name, f"{theme}.png")
+            )
     print(f"wrote {len(chosen)} classes, {sum(len(themes) for _, themes in chosen)} images to {arguments.out}")
 
 

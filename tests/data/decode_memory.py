@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # tests/, for `helpers` when run as a script
-from helpers import quiet_env, run_python  # noqa: E402  (after tests/ is put on sys.path for a run as a script)
+from helpers import quiet_env, run_python
 
 # name -> (PIL mode, PIL format, save options); noise in the pixels, so no decoder can shortcut.
 KINDS = {
@@ -103,6 +103,9 @@ if __name__ == "__main__":  # python tests/data/decode_memory.py [side]: the tab
     with tempfile.TemporaryDirectory() as folder:
         for kind in KINDS:
             result = measure(kind, side, folder)
-            print(f"{kind:16s} {side}x{side}: encoded {result['encoded_bytes'] / 1e6:7.1f} MB, peak "
-                  f"{result['peak_bytes'] / 1e6:7.1f} MB = {result['bytes_per_pixel']:5.1f} B/px, "
-                  f"at 64 MP {result['bytes_per_pixel'] * 64e6 / 1e9:5.2f} GB", flush=True)
+            print(
+                f"{kind:16s} {side}x{side}: encoded {result['encoded_bytes'] / 1e6:7.1f} MB, peak "
+                f"{result['peak_bytes'] / 1e6:7.1f} MB = {result['bytes_per_pixel']:5.1f} B/px, "
+                f"at 64 MP {result['bytes_per_pixel'] * 64e6 / 1e9:5.2f} GB",
+                flush=True,
+            )

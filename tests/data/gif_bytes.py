@@ -3,8 +3,6 @@
 import io
 import struct
 
-from PIL import Image
-
 
 def lzw(indices, min_code_size=2):
     """GIF LZW of pixel indices as literal codes only (a clear code first, the end code last)."""
@@ -38,8 +36,13 @@ def sub_blocks(data, sizes=(255,)):
 
 def image_block(left, top, width, height, data, min_code_size=2, sizes=(255,)):
     """An image descriptor (no local table), the LZW code size and ``data`` (LZW bytes) as sub-blocks."""
-    return (b"\x2c" + struct.pack("<HHHH", left, top, width, height) + b"\x00" + bytes([min_code_size])
-            + sub_blocks(data, sizes))
+    return (
+        b"\x2c"
+        + struct.pack("<HHHH", left, top, width, height)
+        + b"\x00"
+        + bytes([min_code_size])
+        + sub_blocks(data, sizes)
+    )
 
 
 PALETTE = bytes([10, 20, 30, 200, 100, 50, 0, 0, 0, 255, 255, 255])  # colours 0..3 of a 4-colour global table

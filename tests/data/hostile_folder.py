@@ -4,9 +4,8 @@ import json
 import os
 import textwrap
 
-from PIL import Image
-
 from helpers import quiet_env, run_python
+from PIL import Image
 
 # Entries of root/a/ that are not regular image files, by the kind the skip warning counts them as.
 HOSTILE = {"fifo.png": "FIFO", "zero.png": "device", "dangling.png": "dangling link", "loop.png": "link loop"}

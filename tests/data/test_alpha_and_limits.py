@@ -7,9 +7,9 @@ import zlib
 import numpy as np
 import pytest
 import tensorflow as tf
+from data.gif_bytes import lzw as gif_lzw
 from PIL import Image
 
-from data.gif_bytes import lzw as gif_lzw
 from tf_langdml.data import Split, load_image_folder, make_eval_dataset, make_train_dataset
 from tf_langdml.data.preprocessing import (
     BMP,
@@ -52,11 +52,14 @@ def rgba_pixels():
 
 def png_with_header_size(width, height):
     """A valid 69-byte PNG whose header claims width x height (its data could never fill it)."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    )
 
 
 def transparent_png(size=(20, 30), hidden=(200, 0, 0)):
@@ -68,7 +71,9 @@ def transparent_png(size=(20, 30), hidden=(200, 0, 0)):
 
 @pytest.mark.parametrize("background,expected", BACKGROUNDS)
 def test_rgba_png_is_composited_exactly(rgba_pixels, background, expected, run_mode):
-    decoded = run_mode(lambda data: decode_rgb(data, background))(tf.constant(encode(Image.fromarray(rgba_pixels)))).numpy()
+    decoded = run_mode(lambda data: decode_rgb(data, background))(
+        tf.constant(encode(Image.fromarray(rgba_pixels)))
+    ).numpy()
     reference = reference_composite(rgba_pixels, expected)
     # Float32 products of 8-bit values round to the same integer as float64 except at exact .5 ties.
     assert np.abs(decoded.astype(int) - reference).max() <= 1
@@ -108,11 +113,27 @@ def test_gif_without_transparency_and_with_a_local_colour_table_after_extensions
     local_table = bytes([9, 8, 7, 100, 110, 120])
     pixels = bytes([0, 1, 1, 0])  # 2 x 2
     lzw = gif_lzw(pixels, min_code_size=2)
-    data = (b"GIF89a" + struct.pack("<HH", 2, 2) + bytes([0x00, 0, 0])
-            + b"\x21\xfe" + bytes([5]) + b"hello" + b"\x00"
-            + b"\x21\xf9\x04" + bytes([0x01, 0, 0, 0]) + b"\x00"
-            + b"\x2c" + struct.pack("<HHHH", 0, 0, 2, 2) + bytes([0x80]) + local_table
-            + bytes([2]) + bytes([len(lzw)]) + lzw + b"\x00" + b"\x3b")
+    data = (
+        b"GIF89a"
+        + struct.pack("<HH", 2, 2)
+        + bytes([0x00, 0, 0])
+        + b"\x21\xfe"
+        + bytes([5])
+        + b"hello"
+        + b"\x00"
+        + b"\x21\xf9\x04"
+        + bytes([0x01, 0, 0, 0])
+        + b"\x00"
+        + b"\x2c"
+        + struct.pack("<HHHH", 0, 0, 2, 2)
+        + bytes([0x80])
+        + local_table
+        + bytes([2])
+        + bytes([len(lzw)])
+        + lzw
+        + b"\x00"
+        + b"\x3b"
+    )
     decoded = decode_rgb(tf.constant(data), "black").numpy()
     np.testing.assert_array_equal(decoded.reshape(4, 3), [[0, 0, 0], [100, 110, 120], [100, 110, 120], [0, 0, 0]])
     assert tuple(header_image_size(tf.constant(data)).numpy()) == (2, 2)
@@ -140,10 +161,16 @@ def test_bmp_and_jpeg_decode_as_before(rgba_pixels):
 
 def test_formats_and_header_sizes_without_decoding():
     image = Image.new("RGB", (37, 23))
-    samples = {JPEG: encode(image, "JPEG"), PNG: encode(image), GIF: encode(image.convert("P"), "GIF"),
-               BMP: encode(image, "BMP")}
-    np.testing.assert_array_equal(image_format(tf.constant(list(samples.values()) + [b"", b"text"])).numpy(),
-                                  [JPEG, PNG, GIF, BMP, UNKNOWN, UNKNOWN])
+    samples = {
+        JPEG: encode(image, "JPEG"),
+        PNG: encode(image),
+        GIF: encode(image.convert("P"), "GIF"),
+        BMP: encode(image, "BMP"),
+    }
+    np.testing.assert_array_equal(
+        image_format(tf.constant(list(samples.values()) + [b"", b"text"])).numpy(),
+        [JPEG, PNG, GIF, BMP, UNKNOWN, UNKNOWN],
+    )
     for data in samples.values():
         assert tuple(header_image_size(tf.constant(data)).numpy()) == (23, 37)
     top_down = bytearray(samples[BMP])
@@ -219,9 +246,15 @@ def test_the_pseudo_label_pass_sees_the_background(transparent_split, tmp_path):
     texts = sorted(set(prime([first_synonym(name) for name in IMAGENET_CLASS_NAMES])))
     np.savez(tmp_path / "enc.npz", texts=np.array(texts), embeddings=np.eye(len(texts), 4, dtype=np.float32) + 0.1)
     for background, winner in (("white", 0), ("black", 1)):
-        _, labels = pseudo_label_table(classifier, transparent_split(background), f"precomputed:{tmp_path / 'enc.npz'}",
-                                       k=1, cache_dir=tmp_path / "cache", verbose=False,
-                                       classifier_key=classifier_fingerprint(classifier))
+        _, labels = pseudo_label_table(
+            classifier,
+            transparent_split(background),
+            f"precomputed:{tmp_path / 'enc.npz'}",
+            k=1,
+            cache_dir=tmp_path / "cache",
+            verbose=False,
+            classifier_key=classifier_fingerprint(classifier),
+        )
         assert labels.indices[:, 0].tolist() == [winner, winner]
 
 
@@ -233,8 +266,11 @@ def test_folder_scan_skips_huge_headers_with_the_counted_warning(tmp_path):
     (tmp_path / "a" / "bomb.png").write_bytes(png_with_header_size(100_000, 100_000))
     (tmp_path / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
     (tmp_path / "a" / "notes.txt").write_text("x")
-    with pytest.warns(UserWarning, match=r"Skipped 3 file\(s\).*1 without an image extension.*1 not decodable.*"
-                                         r"1 above max_pixels=64000000.*bomb.png"):
+    with pytest.warns(
+        UserWarning,
+        match=r"Skipped 3 file\(s\).*1 without an image extension.*1 not decodable.*"
+        r"1 above max_pixels=64000000.*bomb.png",
+    ):
         data = load_image_folder(tmp_path)
     assert sorted(path.rsplit("/", 1)[-1] for path in data.skipped_files) == ["bomb.png", "broken.jpg", "notes.txt"]
     assert len(data.train_split.sources) == 2
@@ -247,7 +283,12 @@ def test_a_split_decodes_with_only_the_formats_it_holds(tmp_path):
 
     jpeg, png = encode(Image.new("RGB", (6, 4), (9, 99, 199)), "JPEG"), encode(Image.new("RGBA", (6, 4)))
     assert source_formats([jpeg, png, b"BMxx", b"GIF89a..", b"??"], from_files=False) == (
-        "BMP", "GIF", "JPEG", "PNG", "unknown")
+        "BMP",
+        "GIF",
+        "JPEG",
+        "PNG",
+        "unknown",
+    )
     for name in ("a", "b", "c"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "0.jpg").write_bytes(jpeg)
@@ -258,7 +299,8 @@ def test_a_split_decodes_with_only_the_formats_it_holds(tmp_path):
     with pytest.raises(tf.errors.InvalidArgumentError, match="JPEG"):
         decode_rgb(tf.constant(png), formats=("JPEG",))
     for formats in (("JPEG",), ("JPEG", "PNG"), None):
-        np.testing.assert_array_equal(decode_rgb(tf.constant(jpeg), formats=formats).numpy(),
-                                      tf.io.decode_jpeg(jpeg, channels=3).numpy())
+        np.testing.assert_array_equal(
+            decode_rgb(tf.constant(jpeg), formats=formats).numpy(), tf.io.decode_jpeg(jpeg, channels=3).numpy()
+        )
     images, _ = next(iter(make_eval_dataset(data.test_split, 2, image_size=8)))
     np.testing.assert_allclose(images[1].numpy(), 255.0, atol=1e-3)  # the transparent PNG, on white

@@ -20,7 +20,9 @@ def test_8_bit_png_compositing_is_exact_for_every_value_and_alpha(background):
     values, alphas = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
     rgba = np.stack([values, 255 - values, (values * 7) % 256, alphas], -1).astype(np.uint8)
     decoded = decode_rgb(tf.io.encode_png(rgba), background).numpy()
-    exact = (rgba[..., :3].astype(np.int64) * rgba[..., 3:] + np.asarray(background) * (255 - rgba[..., 3:].astype(np.int64)))
+    exact = rgba[..., :3].astype(np.int64) * rgba[..., 3:] + np.asarray(background) * (
+        255 - rgba[..., 3:].astype(np.int64)
+    )
     np.testing.assert_array_equal(decoded, np.round(exact / 255.0).astype(np.uint8))
 
 

@@ -6,8 +6,8 @@ import os
 import pathlib
 
 import numpy as np
-
 from helpers import run_python
+
 from tf_langdml.data import demo_classes, load_demo, make_eval_dataset
 from tf_langdml.data.emoji_demo import DEMO_DIR
 

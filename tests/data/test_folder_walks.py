@@ -15,7 +15,8 @@ def test_training_folder_skips_and_counts_every_kind(tmp_path):
     # The split feeds a pipeline: a non-UTF-8 path among its sources would fail the tensor conversion.
     walked = walk_in_limited_process(
         f"[(list(split.sources), next(iter(tf_langdml.data.make_eval_dataset(split, 2, image_size=8)))[0].shape.as_list())"
-        f" for split in [tf_langdml.data.load_image_folder({str(tmp_path)!r}, test_classes=['b']).train_split]][0]")
+        f" for split in [tf_langdml.data.load_image_folder({str(tmp_path)!r}, test_classes=['b']).train_split]][0]"
+    )
     sources, batch_shape = walked["value"]
     assert [os.path.relpath(path, tmp_path) for path in sources] == ["a/0.png", "a/1.png"]
     assert batch_shape == [2, 8, 8, 3]
@@ -33,7 +34,10 @@ def test_scan_folder_sorts_entries_by_kind_without_opening_them(tmp_path):
     assert [os.path.basename(path) for path in folders] == ["gallery"]
     by_name = {os.path.basename(path): kind for kind, paths in others.items() for path in paths}
     assert by_name == {**HOSTILE, os.fsdecode(NOT_UTF8_NAME): "name not UTF-8"}
-    assert not_regular_summary({"FIFO": ["x", "y"], "socket": ["z"]}) == "not regular files, never opened: 2 FIFOs, 1 socket"
+    assert (
+        not_regular_summary({"FIFO": ["x", "y"], "socket": ["z"]})
+        == "not regular files, never opened: 2 FIFOs, 1 socket"
+    )
     assert scan_folder(os.path.join(hostile, "missing")) == ([], [], {})
 
 

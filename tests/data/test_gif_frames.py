@@ -30,8 +30,9 @@ def test_a_small_screen_with_a_giant_frame_is_refused_by_its_frame(left, top, ex
     data = tf.constant(giant_frame_gif(left=left, top=top))
     # The frame's extent, offsets included: the screen (1 x 1) would let it through.
     assert tuple(header_image_size(data).numpy()) == expected
-    with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=rf"declares {expected[0]} x {expected[1]} pixels.*max_pixels = 64000000"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=rf"declares {expected[0]} x {expected[1]} pixels.*max_pixels = 64000000"
+    ):
         run_mode(decode_rgb)(data)
     with pytest.raises(tf.errors.InvalidArgumentError, match="max_pixels = 64000000"):
         train_image_from_bytes(data, 16, seed=[0, 0])
@@ -45,7 +46,9 @@ def test_the_folder_scan_counts_the_giant_frame_as_too_large(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "ok.gif").write_bytes(good)
     (tmp_path / "a" / "bomb.gif").write_bytes(giant_frame_gif())
-    with pytest.warns(UserWarning, match=r"Skipped 1 file\(s\).*0 not decodable.*1 above max_pixels=64000000.*bomb.gif"):
+    with pytest.warns(
+        UserWarning, match=r"Skipped 1 file\(s\).*0 not decodable.*1 above max_pixels=64000000.*bomb.gif"
+    ):
         data = load_image_folder(tmp_path)
     assert [path.rsplit("/", 1)[-1] for path in data.skipped_files] == ["bomb.gif"]
 
@@ -89,7 +92,8 @@ def test_damaged_and_block_flooded_gifs_are_refused_as_damaged():
         "no image before the trailer": gif((2, 2), []),
         # A one-byte comment takes 3 walk steps (block, sub-block, terminator); so does the image.
         "too many blocks before the first image": gif(
-            (2, 2), [comment()] * ((_GIF_BLOCK_STEPS + _GIF_RUN_STEPS) // 3) + [frame(0, 0, 2, 2, pixels)]),
+            (2, 2), [comment()] * ((_GIF_BLOCK_STEPS + _GIF_RUN_STEPS) // 3) + [frame(0, 0, 2, 2, pixels)]
+        ),
     }
     for what, data in damaged.items():
         with pytest.raises(tf.errors.InvalidArgumentError, match=r"GIF \(\d+ bytes\) is truncated or damaged"):

@@ -99,7 +99,9 @@ def test_train_preprocess_is_the_random_resized_crop_flipped_or_not(photo):
 def test_random_resized_crop_covers_the_requested_area(photo):
     # A crop of the full area with the image's own aspect is the resized image.
     image = tf.constant(photo)
-    crop = random_resized_crop(image, 60, scale=(1.0, 1.0), ratio=(120 / 90, 120 / 90), seed=tf.constant([1, 2], tf.int64))
+    crop = random_resized_crop(
+        image, 60, scale=(1.0, 1.0), ratio=(120 / 90, 120 / 90), seed=tf.constant([1, 2], tf.int64)
+    )
     full = tf.image.resize(tf.cast(image, tf.float32), [60, 60], antialias=True)
     # The same op on the same pixels: bit-identical here; 1e-3 is the float32 bound should the sample
     # positions be computed differently (a box off by one pixel would differ by tens).

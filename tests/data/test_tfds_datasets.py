@@ -79,7 +79,9 @@ def test_sop_names_are_the_super_classes():
 
 
 def test_missing_data_says_where_and_what_to_do(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"'caltech_birds2011' is not prepared in .*tfds build caltech_birds2011"):
+    with pytest.raises(
+        FileNotFoundError, match=r"'caltech_birds2011' is not prepared in .*tfds build caltech_birds2011"
+    ):
         load_tfds_dataset("cub200", data_dir=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="manual_dir .* does not exist"):
         load_tfds_dataset("cars196", data_dir=str(tmp_path), manual_dir=str(tmp_path / "nope"))

@@ -9,16 +9,23 @@ from tf_langdml.data import Split, SplitDataset, hold_out_validation, validation
 def _split(num_classes, per_class=2, prefix="c"):
     labels = np.repeat(np.arange(num_classes, dtype=np.int64), per_class)
     names = tuple(f"{prefix}{index}" for index in range(num_classes))
-    return Split(sources=np.array([f"{names[label]}/{i}.png" for i, label in enumerate(labels)]), labels=labels,
-                 class_names=names, raw_class_names=names)
+    return Split(
+        sources=np.array([f"{names[label]}/{i}.png" for i, label in enumerate(labels)]),
+        labels=labels,
+        class_names=names,
+        raw_class_names=names,
+    )
 
 
-@pytest.mark.parametrize("num_classes, fraction, expected", [
-    (10, 0.3, [3, 6, 9]),            # every 1/0.3-th class: floor((c+1)*0.3) > floor(c*0.3)
-    (10, 0.5, [1, 3, 5, 7, 9]),
-    (7, 0.25, [3]),
-    (148, 0.3, None),                # the demo: floor(148 * 0.3) = 44 classes
-])
+@pytest.mark.parametrize(
+    "num_classes, fraction, expected",
+    [
+        (10, 0.3, [3, 6, 9]),  # every 1/0.3-th class: floor((c+1)*0.3) > floor(c*0.3)
+        (10, 0.5, [1, 3, 5, 7, 9]),
+        (7, 0.25, [3]),
+        (148, 0.3, None),  # the demo: floor(148 * 0.3) = 44 classes
+    ],
+)
 def test_validation_classes_are_evenly_spread_and_counted_exactly(num_classes, fraction, expected):
     chosen = validation_classes(num_classes, fraction)
     if expected is not None:
@@ -27,6 +34,7 @@ def test_validation_classes_are_evenly_spread_and_counted_exactly(num_classes, f
     assert np.array_equal(chosen, validation_classes(num_classes, fraction))  # deterministic
     # hand check of the rule, with exact decimals (0.3 * 10 is 3.0000000000000004 in binary floating point)
     from fractions import Fraction
+
     exact = Fraction(str(fraction))
     assert chosen.tolist() == [c for c in range(num_classes) if (c + 1) * exact // 1 > c * exact // 1]
 

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import quiet_env
 
 SCRIPT = r"""
@@ -99,8 +98,9 @@ print(json.dumps({"single": {k: v[0] for k, v in single_logs.items()},
 @pytest.fixture(scope="module")
 def report():
     """The script's report: one subprocess (one MirroredStrategy) for the float32 and the bfloat16 tests."""
-    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600,
-                            env=quiet_env())
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600, env=quiet_env()
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -131,13 +131,14 @@ def test_mirrored_strategy_in_bfloat16_gives_the_single_device_loss_and_update(r
     # sum over 8 once. Rounding three partial or full sums, each <= 2 x the largest update in magnitude: at most
     # 3 x 2 x u = 6 u (u = 2^-8) of the largest update.
     assert result["max_update"] > 1e-4
-    assert result["max_update_difference"] <= 6 * 2.0 ** -8 * result["max_update"], result
+    assert result["max_update_difference"] <= 6 * 2.0**-8 * result["max_update"], result
 
 
 @pytest.mark.slow  # two more pairs of models in the subprocess, about 40 s; make test-slow
 def test_mirrored_strategy_gives_the_single_device_update_of_the_loss_s_own_variables():
-    result = subprocess.run([sys.executable, "-c", SCRIPT, "--state"], capture_output=True, text=True, timeout=900,
-                            env=quiet_env())
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, "--state"], capture_output=True, text=True, timeout=900, env=quiet_env()
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(report["state"]) == {"proxy_anchor", "s2sd"}

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-
 from helpers import quiet_env
 
 WORKER = r"""
@@ -49,8 +48,15 @@ def test_two_workers_end_with_identical_weights(tmp_path):
     workers = []
     for index in range(2):
         environment = quiet_env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        workers.append(subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path / f"worker{index}.npy")],
-                                        env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        workers.append(
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER, str(tmp_path / f"worker{index}.npy")],
+                env=environment,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outputs = []
     for worker in workers:
         stdout, stderr = worker.communicate(timeout=600)

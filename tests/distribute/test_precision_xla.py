@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import global_policy, synthetic_problem
+
 from tf_langdml import keras
+from tf_langdml.models import LanguageGuidedModel, build_embedder
 from tf_langdml.runs import builders
 from tf_langdml.runs.schema import load_config
-from tf_langdml.models import LanguageGuidedModel, build_embedder
 
 RNG = np.random.default_rng(0)
 LABELS = np.repeat(np.arange(4), 2).astype("int32")
@@ -63,22 +63,43 @@ def test_xla_step_matches_the_plain_step():
 
 
 def test_config_options_reach_the_model():
-    config = load_config(None, ["training.precision=mixed_float16", "training.jit_compile=true", "model.backbone=toy_cnn",
-                                "model.weights=null", "data.image_size=32", "language.guidance=elg",
-                                "loss.language_weight=1"])
-    model = builders.guided_model(config.model, config.data.image_size, config.loss, config.optimizer, config.training,
-                                  TABLE)
+    config = load_config(
+        None,
+        [
+            "training.precision=mixed_float16",
+            "training.jit_compile=true",
+            "model.backbone=toy_cnn",
+            "model.weights=null",
+            "data.image_size=32",
+            "language.guidance=elg",
+            "loss.language_weight=1",
+        ],
+    )
+    model = builders.guided_model(
+        config.model, config.data.image_size, config.loss, config.optimizer, config.training, TABLE
+    )
     assert isinstance(model.optimizer, keras.mixed_precision.LossScaleOptimizer)
     assert model._jit_compile is True
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after building
 
 
 def test_bfloat16_config_builds_bfloat16_layers_without_loss_scaling():
-    config = load_config(None, ["training.precision=mixed_bfloat16", "model.backbone=toy_cnn", "model.weights=null",
-                                "data.image_size=32", "language.guidance=elg", "loss.language_weight=1",
-                                "loss.dml=s2sd", "loss.dml_arguments={dims: [16]}"])
-    model = builders.guided_model(config.model, config.data.image_size, config.loss, config.optimizer, config.training,
-                                  TABLE)
+    config = load_config(
+        None,
+        [
+            "training.precision=mixed_bfloat16",
+            "model.backbone=toy_cnn",
+            "model.weights=null",
+            "data.image_size=32",
+            "language.guidance=elg",
+            "loss.language_weight=1",
+            "loss.dml=s2sd",
+            "loss.dml_arguments={dims: [16]}",
+        ],
+    )
+    model = builders.guided_model(
+        config.model, config.data.image_size, config.loss, config.optimizer, config.training, TABLE
+    )
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after building
     assert model.embedder.get_layer("toy_cnn").get_layer("toy_conv0").compute_dtype == "bfloat16"
     assert not isinstance(model.optimizer, keras.mixed_precision.LossScaleOptimizer)  # bfloat16: float32's range
@@ -90,8 +111,8 @@ def test_bfloat16_config_builds_bfloat16_layers_without_loss_scaling():
 
 # -- bfloat16: one step against float32, fit ----------------------------------------------------
 
-U_BFLOAT16 = 2.0 ** -8  # unit roundoff: 8 significant bits (7 stored + the implicit one), round to nearest
-U_FLOAT32 = 2.0 ** -24
+U_BFLOAT16 = 2.0**-8  # unit roundoff: 8 significant bits (7 stored + the implicit one), round to nearest
+U_FLOAT32 = 2.0**-24
 # Roundings of bfloat16 a value passes through in toy_cnn + the embedder head, forward: the input cast, per
 # conv block the kernel cast, the conv output and the (frozen, affine) batch-norm output (3 x 3), the pooled
 # features, the projection's kernel cast and output: 13. Backward: the projection's dx and dW, the pooling,
@@ -117,8 +138,13 @@ def _step(policy, weights=None):
         total = dml + weight * language
     gradients = tape.gradient(total, model.trainable_variables)
     flat = np.concatenate([gradient.numpy().ravel() for gradient in gradients]).astype(np.float64)
-    return (float(total), flat, embeddings.numpy().astype(np.float64), tape.gradient(total, embeddings).numpy(),
-            model.get_weights())
+    return (
+        float(total),
+        flat,
+        embeddings.numpy().astype(np.float64),
+        tape.gradient(total, embeddings).numpy(),
+        model.get_weights(),
+    )
 
 
 def test_a_bfloat16_step_matches_float32_within_the_mantissa_bound(mixed_policy):

@@ -1,8 +1,8 @@
 """Fixtures shared by the evaluation tests."""
 
 import pytest
-
 from helpers import write_colour_folder
+
 from tf_langdml.data import load_image_folder
 
 

@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import tiny_guided_model
+
 from tf_langdml import keras
 from tf_langdml.data import make_train_dataset
 from tf_langdml.evaluation import (
@@ -17,7 +17,6 @@ from tf_langdml.evaluation import (
     retrieval_metrics,
     similarity_heatmap,
 )
-
 
 
 def read_events(folder):
@@ -37,10 +36,16 @@ def test_fit_with_evaluation_checkpoint_and_tensorboard(colour_data, tmp_path):
     fixed_batch = next(iter(train))
     log_dir = tmp_path / "logs"
     evaluation = RetrievalEvaluation(test_split, every=1, batch_size=16, image_size=16, log_dir=str(log_dir), verbose=0)
-    board = LanguageGuidanceTensorBoard(str(log_dir), fixed_batch=fixed_batch, every=2, projector_split=test_split,
-                                        projector_size=10, image_size=16)
-    checkpoint = keras.callbacks.ModelCheckpoint(str(tmp_path / "best.weights.h5"), monitor="val_recall@1", mode="max",
-                                                 save_best_only=True, save_weights_only=True)
+    board = LanguageGuidanceTensorBoard(
+        str(log_dir), fixed_batch=fixed_batch, every=2, projector_split=test_split, projector_size=10, image_size=16
+    )
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        str(tmp_path / "best.weights.h5"),
+        monitor="val_recall@1",
+        mode="max",
+        save_best_only=True,
+        save_weights_only=True,
+    )
     history = model.fit(train, steps_per_epoch=3, epochs=2, verbose=0, callbacks=[evaluation, board, checkpoint])
 
     # Metrics reach logs, History and the checkpoint's monitor.

@@ -83,6 +83,8 @@ def test_make_level_recall_at_1():
     names = ["bmw m3 coupe 2012", "bmw x5 suv 2007", "audi tt rs coupe 2012"]
     labels = np.array([0, 1, 2, 2])
     neighbors = np.array([1, 0, 0, 2])  # bmw->bmw (make hit), bmw->bmw, audi->bmw (miss), audi->audi
-    assert make_level_recall_at_1(None, labels, names, neighbors=neighbors) == pytest.approx(3 / 4, rel=1e-12)  # float64
+    assert make_level_recall_at_1(None, labels, names, neighbors=neighbors) == pytest.approx(
+        3 / 4, rel=1e-12
+    )  # float64
     # Groups x, y, y: x->y miss, y->x miss, y->x miss, y->y hit.
     assert group_recall_at_1(None, labels, ["x", "y", "y"], neighbors=neighbors) == pytest.approx(1 / 4, rel=1e-12)

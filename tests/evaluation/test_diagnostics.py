@@ -3,16 +3,22 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import synthetic_problem, tiny_guided_model
+
 from tf_langdml import keras
 from tf_langdml.evaluation import LanguageGuidanceTensorBoard, language_table_statistics, loss_diagnostics
 from tf_langdml.losses import build_dml_loss, language_matching_loss
 
 
 def _model(table, weight=3.0, delay=0, shift=1.0, temperature=1.0):
-    return tiny_guided_model(table, optimizer=keras.optimizers.SGD(0.01), language_weight=weight, language_delay=delay,
-                             language_shift=shift, language_temperature=temperature)
+    return tiny_guided_model(
+        table,
+        optimizer=keras.optimizers.SGD(0.01),
+        language_weight=weight,
+        language_delay=delay,
+        language_shift=shift,
+        language_temperature=temperature,
+    )
 
 
 @pytest.mark.parametrize("shift, temperature", [(1.0, 1.0), (0.0, 0.5)])
@@ -88,7 +94,10 @@ def test_the_callback_logs_diagnostics_every_epoch_into_logs_and_tensorboard(tmp
     for path in (tmp_path / "train").glob("events.out.tfevents.*"):
         for event in tf.compat.v1.train.summary_iterator(str(path)):
             tags.update(value.tag for value in event.summary.value)
-    assert {"diagnostics/gradient_norm_ratio", "diagnostics/table_similarity_std",
-            "similarity/image_vs_language"} <= tags
+    assert {
+        "diagnostics/gradient_norm_ratio",
+        "diagnostics/table_similarity_std",
+        "similarity/image_vs_language",
+    } <= tags
     with pytest.raises(ValueError, match="diagnostics_every"):
         LanguageGuidanceTensorBoard(str(tmp_path), diagnostics_every=0)

@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import tiny_guided_model
+
 from tf_langdml import keras
 from tf_langdml.data import make_train_dataset
 from tf_langdml.evaluation import (
@@ -16,10 +16,10 @@ from tf_langdml.evaluation import (
     RetrievalEvaluation,
     RetrievalPictures,
     nearest_neighbors,
+    pictures,
     retrieval_grid,
     similarity_figure,
 )
-from tf_langdml.evaluation import pictures
 
 
 def frame_colour(picture, row, column):
@@ -48,9 +48,14 @@ def red_and_blue(region):
 
 def test_retrieval_grid_frames_same_class_green_and_other_class_red():
     square = lambda value: np.full((64, 64, 3), value, np.uint8)
-    grid = retrieval_grid([square(128)], ["black footed albatross"], [[square(200), square(60)]],
-                          [["black footed albatross", "a very long class name that cannot fit on two short lines"]],
-                          [[True, False]], scores=[[0.9, 0.2]])
+    grid = retrieval_grid(
+        [square(128)],
+        ["black footed albatross"],
+        [[square(200), square(60)]],
+        [["black footed albatross", "a very long class name that cannot fit on two short lines"]],
+        [[True, False]],
+        scores=[[0.9, 0.2]],
+    )
     columns = 3
     assert grid.dtype == np.uint8
     assert grid.shape == (pictures.CELL_HEIGHT, columns * pictures.CELL_WIDTH + pictures.QUERY_GAP, 3)
@@ -65,8 +70,14 @@ def test_retrieval_grid_frames_same_class_green_and_other_class_red():
     np.testing.assert_allclose(same_centre, 200, atol=3)
     np.testing.assert_allclose(other_centre, 60, atol=3)
 
-    figure = pictures._retrieval_plot([square(128)], ["black footed albatross"], [[square(200), square(60)]],
-                                      [["black footed albatross", "x" * 80]], [[True, False]], [[0.9, 0.2]])
+    figure = pictures._retrieval_plot(
+        [square(128)],
+        ["black footed albatross"],
+        [[square(200), square(60)]],
+        [["black footed albatross", "x" * 80]],
+        [[True, False]],
+        [[0.9, 0.2]],
+    )
     titles = [text.get_text() for text in figure.texts]
     assert titles[0] == "query: black footed\nalbatross"
     assert titles[1] == "black footed albatross\ncos 0.900"
@@ -110,7 +121,6 @@ def test_similarity_figure_has_both_panels_a_colour_bar_and_class_names():
     labels = [label.get_text() for label in figure.axes[0].get_yticklabels()]
     assert labels == [f"class {index}" for index in range(0, 100, 3)]
     assert figure.axes[1].get_title() == "S_lang: no language table" and not figure.axes[1].images
-
 
 
 def read_images(folder, tag):

@@ -163,8 +163,9 @@ def test_gallery_hand_computed_case():
     ranks, positives = gallery_positive_ranks(queries, query_labels, gallery, gallery_labels)
     np.testing.assert_array_equal(positives, [3, 2, 0])
     np.testing.assert_array_equal(ranks, [[1, 3, 5], [2, 4, 0], [0, 0, 0]])
-    metrics = retrieval_metrics(queries, query_labels, ks=(1, 2), gallery_embeddings=gallery,
-                                gallery_labels=gallery_labels)
+    metrics = retrieval_metrics(
+        queries, query_labels, ks=(1, 2), gallery_embeddings=gallery, gallery_labels=gallery_labels
+    )
     # float64 arithmetic on integer ranks on both sides: rel=1e-12.
     assert metrics["recall@1"] == pytest.approx(1 / 3, rel=1e-12)
     assert metrics["recall@2"] == pytest.approx(2 / 3, rel=1e-12)
@@ -181,8 +182,10 @@ def gallery_brute_force(queries, query_labels, gallery, gallery_labels, ks):
     recall = {k: 0.0 for k in ks}
     map_r, map_1000 = [], []
     for query in range(count):
-        order = sorted(range(len(gallery_labels)),
-                       key=lambda item: (-similarity[query, item], gallery_labels[item] == query_labels[query]))
+        order = sorted(
+            range(len(gallery_labels)),
+            key=lambda item: (-similarity[query, item], gallery_labels[item] == query_labels[query]),
+        )
         relevant = np.array([gallery_labels[item] == query_labels[query] for item in order])
         positives = int(relevant.sum())
         for k in ks:
@@ -208,8 +211,14 @@ def test_gallery_against_brute_force_with_ties_and_queries_in_the_gallery(block_
     queries = np.concatenate([points[rng.integers(0, len(points), 25)], gallery[in_gallery]])
     query_labels = np.concatenate([rng.integers(0, 8, 25), gallery_labels[in_gallery]])  # 6, 7: not in the gallery
     assert {6, 7} & set(query_labels.tolist())
-    metrics = retrieval_metrics(queries, query_labels, ks=(1, 2, 4, 8, 16), block_elements=block_elements,
-                                gallery_embeddings=gallery, gallery_labels=gallery_labels)
+    metrics = retrieval_metrics(
+        queries,
+        query_labels,
+        ks=(1, 2, 4, 8, 16),
+        block_elements=block_elements,
+        gallery_embeddings=gallery,
+        gallery_labels=gallery_labels,
+    )
     expected = gallery_brute_force(queries, query_labels, gallery, gallery_labels, (1, 2, 4, 8, 16))
     # Exact similarities on both sides, metrics float64 on integer ranks: 1e-12.
     for name, value in expected.items():
@@ -222,11 +231,20 @@ def test_gallery_against_brute_force_on_clustered_data_chunked_or_not():
     gallery_labels = rng.integers(0, 20, 300)  # classes 20..24 only among the queries
     gallery = (centres[gallery_labels] + 0.8 * rng.normal(size=(300, 6))).astype(np.float32)
     query_labels = np.concatenate([rng.integers(0, 25, 90), gallery_labels[:30]])
-    queries = np.concatenate([(centres[query_labels[:90]] + 0.8 * rng.normal(size=(90, 6))).astype(np.float32),
-                              gallery[:30]])
-    results = [retrieval_metrics(queries, query_labels, ks=(1, 4, 16), block_elements=block_elements,
-                                 gallery_embeddings=gallery, gallery_labels=gallery_labels)
-               for block_elements in (100, 3000, 32 * 1024 * 1024)]
+    queries = np.concatenate(
+        [(centres[query_labels[:90]] + 0.8 * rng.normal(size=(90, 6))).astype(np.float32), gallery[:30]]
+    )
+    results = [
+        retrieval_metrics(
+            queries,
+            query_labels,
+            ks=(1, 4, 16),
+            block_elements=block_elements,
+            gallery_embeddings=gallery,
+            gallery_labels=gallery_labels,
+        )
+        for block_elements in (100, 3000, 32 * 1024 * 1024)
+    ]
     assert results[0] == results[1] == results[2]  # the same integer ranks whatever the blocks
     expected = gallery_brute_force(queries, query_labels, gallery, gallery_labels, (1, 4, 16))
     # Ranks from float32 sims here and float64 there: no positive / negative pair of a query is within
@@ -237,11 +255,13 @@ def test_gallery_against_brute_force_on_clustered_data_chunked_or_not():
 
 def test_gallery_queries_of_missing_classes_are_misses_left_out_of_map_r():
     gallery, gallery_labels = angles(0, 5, 90), np.array([1, 1, 2])
-    metrics = retrieval_metrics(angles(1, 180), np.array([1, 3]), ks=(1,), gallery_embeddings=gallery,
-                                gallery_labels=gallery_labels)
+    metrics = retrieval_metrics(
+        angles(1, 180), np.array([1, 3]), ks=(1,), gallery_embeddings=gallery, gallery_labels=gallery_labels
+    )
     assert metrics["recall@1"] == 0.5 and metrics["map@r"] == 1.0 and metrics["map@1000"] == 0.5
-    none_found = retrieval_metrics(angles(1), np.array([3]), ks=(1,), gallery_embeddings=gallery,
-                                   gallery_labels=gallery_labels)
+    none_found = retrieval_metrics(
+        angles(1), np.array([3]), ks=(1,), gallery_embeddings=gallery, gallery_labels=gallery_labels
+    )
     assert none_found == {"recall@1": 0.0, "map@r": 0.0, "map@1000": 0.0}
 
 
@@ -275,8 +295,12 @@ def test_split_retrieval_metrics_follows_the_split_s_gallery_mask():
     gallery = np.arange(20) % 5 >= 2
     marked = dataclasses.replace(split, gallery=gallery)
     assert split_retrieval_metrics(embeddings, marked, (1, 2)) == retrieval_metrics(
-        embeddings[~gallery], labels[~gallery], (1, 2), gallery_embeddings=embeddings[gallery],
-        gallery_labels=labels[gallery])
+        embeddings[~gallery],
+        labels[~gallery],
+        (1, 2),
+        gallery_embeddings=embeddings[gallery],
+        gallery_labels=labels[gallery],
+    )
     # The mask follows subset and select_classes; a mask without gallery items is leave-one-out (None).
     np.testing.assert_array_equal(marked.subset(np.arange(3, 12)).gallery, gallery[3:12])
     np.testing.assert_array_equal(marked.select_classes([2, 0]).gallery, np.concatenate([gallery[10:15], gallery[:5]]))

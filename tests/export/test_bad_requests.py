@@ -10,9 +10,9 @@ import zlib
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import quiet_env
 from PIL import Image
 
-from helpers import quiet_env
 from tf_langdml.data import decode_rgb, eval_preprocess
 from tf_langdml.export import ASSET_NAME, export_embedder
 
@@ -30,8 +30,12 @@ def huge_png():
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+        + chunk(b"IEND", b"")
+    )
 
 
 def photo(seed):
@@ -83,11 +87,18 @@ REQUESTS = {
     "no_embeddings_bad_k": ("search_embeddings", {**floats(embeddings=np.zeros((0, DIM))), "k": (0, "int32")}),
     "wrong_size": ("embed_images", floats(images=np.full((1, SIZE + 1, SIZE + 1, 3), 128))),
     "nan_pixels": ("embed_images", floats(images=nan_pixels())),
-    "bad_queries": ("search_embeddings", {**floats(embeddings=[QUERY, np.full(DIM, np.nan), np.full(DIM, np.inf),
-                                                               np.zeros(DIM), QUERY]), "k": (2, "int32")}),
+    "bad_queries": (
+        "search_embeddings",
+        {
+            **floats(embeddings=[QUERY, np.full(DIM, np.nan), np.full(DIM, np.inf), np.zeros(DIM), QUERY]),
+            "k": (2, "int32"),
+        },
+    ),
     "wrong_dim_queries": ("search_embeddings", {**floats(embeddings=np.ones((1, DIM + 1))), "k": (2, "int32")}),
-    "scaled_queries": ("search_embeddings", {**floats(embeddings=[QUERY, QUERY * 1e30, QUERY * 1e-30]),
-                                             "k": (ITEMS, "int32")}),
+    "scaled_queries": (
+        "search_embeddings",
+        {**floats(embeddings=[QUERY, QUERY * 1e30, QUERY * 1e-30]), "k": (ITEMS, "int32")},
+    ),
 }
 
 # One JSON line per request, written as soon as it is answered: an exception (of any type) is that request's
@@ -127,7 +138,10 @@ def served(tmp_path_factory, guarded_embedder):
     (folder / "requests.pkl").write_bytes(pickle.dumps(REQUESTS))
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(path), str(folder / "requests.pkl"), str(folder / "outcomes.jsonl")],
-        capture_output=True, text=True, env=quiet_env())
+        capture_output=True,
+        text=True,
+        env=quiet_env(),
+    )
     lines = (folder / "outcomes.jsonl").read_text().splitlines() if (folder / "outcomes.jsonl").exists() else []
     outcomes = {outcome.pop("name"): outcome for outcome in map(json.loads, lines)}
     return embedder, path, gallery, outcomes, result.stderr[-3000:]
@@ -157,12 +171,15 @@ def in_memory(embedder, encoded):
     return embedder(images, training=False).numpy()
 
 
-@pytest.mark.parametrize("name,message", [
-    ("empty", "row 0: empty string (0 bytes)"),
-    ("truncated_jpeg", "row 0: corrupt or truncated image data"),
-    ("text", "row 0: not a JPEG, PNG, GIF or BMP image"),
-    ("huge_header", "row 0: the header declares more than max_pixels = 64000000 pixels (not decoded)"),
-])
+@pytest.mark.parametrize(
+    "name,message",
+    [
+        ("empty", "row 0: empty string (0 bytes)"),
+        ("truncated_jpeg", "row 0: corrupt or truncated image data"),
+        ("text", "row 0: not a JPEG, PNG, GIF or BMP image"),
+        ("huge_header", "row 0: the header declares more than max_pixels = 64000000 pixels (not decoded)"),
+    ],
+)
 def test_a_bad_image_fails_the_request_with_its_row_and_reason(served, name, message):
     error = bad_image_error(outcome_of(served, name))
     assert error.startswith("assertion failed: [Bad image(s) in the request; nothing was embedded.]")
@@ -173,7 +190,8 @@ def test_a_mixed_batch_fails_as_a_whole_and_names_each_bad_row(served):
     error = bad_image_error(outcome_of(served, "mixed"))
     assert error.endswith(
         "[row 1: empty string (0 bytes); row 3: the header declares more than max_pixels = 64000000 "
-        "pixels (not decoded); row 4: the image header is damaged]"), error
+        "pixels (not decoded); row 4: the image header is damaged]"
+    ), error
     assert "row 0" not in error and "row 2" not in error
 
 
@@ -202,12 +220,15 @@ def test_serving_composites_alpha_onto_the_training_background(served):
     assert np.abs(expected - dropped_alpha.numpy()).max() > 1e-2  # the check above can tell the two apart
 
 
-@pytest.mark.parametrize("name,outputs", [
-    ("no_images", {"embeddings": [0, DIM]}),
-    ("embed_no_images", {"embeddings": [0, DIM]}),
-    ("search_no_images", {"item_ids": [0, 3], "class_names": [0, 3], "scores": [0, 3], "indices": [0, 3]}),
-    ("search_no_embeddings", {"item_ids": [0, 3], "class_names": [0, 3], "scores": [0, 3], "indices": [0, 3]}),
-])
+@pytest.mark.parametrize(
+    "name,outputs",
+    [
+        ("no_images", {"embeddings": [0, DIM]}),
+        ("embed_no_images", {"embeddings": [0, DIM]}),
+        ("search_no_images", {"item_ids": [0, 3], "class_names": [0, 3], "scores": [0, 3], "indices": [0, 3]}),
+        ("search_no_embeddings", {"item_ids": [0, 3], "class_names": [0, 3], "scores": [0, 3], "indices": [0, 3]}),
+    ],
+)
 def test_an_empty_batch_is_answered_with_empty_outputs_without_the_network(served, name, outputs):
     """The served embedder fails on an empty batch (conftest.py): these answer only if it is not run."""
     outcome = outcome_of(served, name)
@@ -222,8 +243,10 @@ def test_an_empty_batch_still_checks_k(served):
 
 def test_embed_images_refuses_a_wrong_image_size_naming_both(served):
     error = error_line(outcome_of(served, "wrong_size"), "embed_images takes")
-    assert (f"embed_images takes float32 RGB images of shape (batch, {SIZE}, {SIZE}, 3), values in [0, 255]; "
-            f"got shape [1 {SIZE + 1} {SIZE + 1} 3]. Resize and centre-crop them to {SIZE} x {SIZE} first") in error
+    assert (
+        f"embed_images takes float32 RGB images of shape (batch, {SIZE}, {SIZE}, 3), values in [0, 255]; "
+        f"got shape [1 {SIZE + 1} {SIZE + 1} 3]. Resize and centre-crop them to {SIZE} x {SIZE} first"
+    ) in error
 
 
 def test_embed_images_refuses_nan_and_inf_pixels_naming_the_rows(served):
@@ -234,9 +257,11 @@ def test_embed_images_refuses_nan_and_inf_pixels_naming_the_rows(served):
 
 def test_search_embeddings_refuses_nan_inf_and_zero_queries_naming_the_rows(served):
     error = error_line(outcome_of(served, "bad_queries"), "Bad query embedding(s)")
-    assert error.endswith("[Bad query embedding(s) in the request; nothing was searched.] [row 1: NaN or Inf "
-                          "values; row 2: NaN or Inf values; row 3: all zeros (a zero-length vector has no "
-                          "direction)]"), error
+    assert error.endswith(
+        "[Bad query embedding(s) in the request; nothing was searched.] [row 1: NaN or Inf "
+        "values; row 2: NaN or Inf values; row 3: all zeros (a zero-length vector has no "
+        "direction)]"
+    ), error
     assert "row 0" not in error and "row 4" not in error
 
 

@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import quiet_env
 from PIL import Image
 
-from helpers import quiet_env
 from tf_langdml.data import decode_rgb, eval_preprocess
 from tf_langdml.export import ASSET_NAME, export_embedder, next_version
 from tf_langdml.models import build_embedder
@@ -31,8 +31,14 @@ def jpeg_bytes(seed=0, shape=(40, 50)):
 # The real backbones run with `make test-slow`: ResNet50 (a 100 MB SavedModel written and reloaded in fresh
 # processes) and EfficientNet-Lite0 with its ImageNet weights (about 85 s of the default suite's 20-minute
 # budget); toy_cnn (conv + BatchNorm) runs every export path here in the default suite.
-@pytest.fixture(scope="module", params=["toy_cnn", pytest.param("efficientnet_lite0", marks=pytest.mark.slow),
-                                        pytest.param("resnet50", marks=pytest.mark.slow)])
+@pytest.fixture(
+    scope="module",
+    params=[
+        "toy_cnn",
+        pytest.param("efficientnet_lite0", marks=pytest.mark.slow),
+        pytest.param("resnet50", marks=pytest.mark.slow),
+    ],
+)
 def exported(request, tmp_path_factory):
     weights = "imagenet" if request.param == "efficientnet_lite0" else None
     embedder = build_embedder(request.param, weights=weights, embed_dim=16, input_shape=(SIZE, SIZE, 3))
@@ -42,7 +48,9 @@ def exported(request, tmp_path_factory):
 
 
 def in_memory(embedder, encoded):
-    images = tf.stack([eval_preprocess(decode_rgb(tf.constant(item)), round(SIZE * 256 / 224), SIZE) for item in encoded])
+    images = tf.stack(
+        [eval_preprocess(decode_rgb(tf.constant(item)), round(SIZE * 256 / 224), SIZE) for item in encoded]
+    )
     return embedder(images, training=False).numpy(), images.numpy()
 
 
@@ -62,8 +70,12 @@ np.save({str(tmp_path / "served.npy")!r}, served); np.save({str(tmp_path / "floa
 """
     for index, data in enumerate(encoded):
         (tmp_path / f"{index}.jpg").write_bytes(data)
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "0.jpg"), str(tmp_path / "1.jpg")],
-                            capture_output=True, text=True, env=quiet_env())
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "0.jpg"), str(tmp_path / "1.jpg")],
+        capture_output=True,
+        text=True,
+        env=quiet_env(),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     # The SavedModel's graph vs eager calls: same float32 ops, fused differently (up to 3 ulps seen).
     # Through a 50-layer ResNet that can grow to ~1e-6 on unit-vector entries; 1e-5 leaves room.
@@ -88,16 +100,35 @@ def test_saved_model_cli_lists_both_signatures_and_embeds_a_jpeg(exported, tmp_p
     environment = quiet_env()
     shown = subprocess.run([cli, "show", "--dir", str(path), "--all"], capture_output=True, text=True, env=environment)
     assert shown.returncode == 0, shown.stderr[-2000:]
-    for text in ("signature_def['serving_default']", "signature_def['embed_images']", "dtype: DT_STRING",
-                 "dtype: DT_FLOAT", f"shape: (-1, {SIZE}, {SIZE}, 3)", "shape: (-1, 16)"):
+    for text in (
+        "signature_def['serving_default']",
+        "signature_def['embed_images']",
+        "dtype: DT_STRING",
+        "dtype: DT_FLOAT",
+        f"shape: (-1, {SIZE}, {SIZE}, 3)",
+        "shape: (-1, 16)",
+    ):
         assert text in shown.stdout, text
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(jpeg_bytes(3, (20, 24)))
     np.save(tmp_path / "request.npy", np.array([photo.read_bytes()]))  # a batch of one JPEG string (dtype S)
     run = subprocess.run(
-        [cli, "run", "--dir", str(path), "--tag_set", "serve", "--signature_def", "serving_default",
-         "--inputs", f"images={tmp_path / 'request.npy'}"],
-        capture_output=True, text=True, env=environment)
+        [
+            cli,
+            "run",
+            "--dir",
+            str(path),
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--inputs",
+            f"images={tmp_path / 'request.npy'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=environment,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "embeddings" in run.stdout
 

@@ -9,8 +9,8 @@ import sys
 import tempfile
 
 import pytest
-
 from helpers import quiet_env
+
 from tf_langdml.cache import atomic_directory
 from tf_langdml.export import export_embedder
 from tf_langdml.models import build_embedder
@@ -49,17 +49,26 @@ def exported(tmp_path_factory):
     model_dir, temporary_dir = folder / "model", folder / "tmp"
     temporary_dir.mkdir()
     process = subprocess.Popen(
-        [sys.executable, "-c", KILLED_EXPORT, str(model_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=quiet_env(TMPDIR=str(temporary_dir)))
+        [sys.executable, "-c", KILLED_EXPORT, str(model_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=quiet_env(TMPDIR=str(temporary_dir)),
+    )
     try:
         written = process.stdout.readline().strip()
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    seen = {"folder": folder, "model_dir": model_dir, "temporary_dir": temporary_dir,
-            "killed": pathlib.Path(written) if written else None, "killed_stderr": process.stderr.read()[-3000:],
-            "after_kill": entries(model_dir) if model_dir.exists() else [],
-            "killed_had_saved_model": bool(written) and (pathlib.Path(written) / "saved_model.pb").exists()}
+    seen = {
+        "folder": folder,
+        "model_dir": model_dir,
+        "temporary_dir": temporary_dir,
+        "killed": pathlib.Path(written) if written else None,
+        "killed_stderr": process.stderr.read()[-3000:],
+        "after_kill": entries(model_dir) if model_dir.exists() else [],
+        "killed_had_saved_model": bool(written) and (pathlib.Path(written) / "saved_model.pb").exists(),
+    }
     embedder = build_embedder("toy_cnn", weights=None, embed_dim=4, input_shape=(SIZE, SIZE, 3))
     previous_mask, previous_tempdir = os.umask(0o022), tempfile.tempdir
     tempfile.tempdir = str(temporary_dir)
@@ -87,12 +96,21 @@ def ours(folder):
 def test_an_export_under_umask_022_is_readable_by_every_user(exported):
     """TF Serving often runs as another user: 0755 folders, 0644 files (the umask's; tests/test_cache.py: others)."""
     folder, version = exported["folder"], exported["version"]
-    modes = {path.relative_to(folder).as_posix(): stat.S_IMODE(path.stat().st_mode)
-             for path in [folder / "model", *version.rglob("*"), version, folder / "model" / "7"]}
-    assert {"model", "model/1", "model/1/saved_model.pb", "model/1/assets/tf_langdml_export.json",
-            "model/1/variables", "model/7"} <= set(modes)
-    wrong = {name: oct(value) for name, value in modes.items()
-             if value != (0o755 if (folder / name).is_dir() else 0o644)}
+    modes = {
+        path.relative_to(folder).as_posix(): stat.S_IMODE(path.stat().st_mode)
+        for path in [folder / "model", *version.rglob("*"), version, folder / "model" / "7"]
+    }
+    assert {
+        "model",
+        "model/1",
+        "model/1/saved_model.pb",
+        "model/1/assets/tf_langdml_export.json",
+        "model/1/variables",
+        "model/7",
+    } <= set(modes)
+    wrong = {
+        name: oct(value) for name, value in modes.items() if value != (0o755 if (folder / name).is_dir() else 0o644)
+    }
     assert wrong == {}
 
 

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import quiet_env, write_fake_run
 from PIL import Image
 
-from helpers import quiet_env, write_fake_run
 import tf_langdml.export
 import tf_langdml.inference
 from tf_langdml._keras import keras
@@ -49,8 +49,9 @@ def jpeg_bytes(seed, shape=(40, 50)):
 
 
 def preprocessed(encoded):
-    return tf.stack([eval_preprocess(decode_rgb(tf.constant(item)), round(SIZE * 256 / 224), SIZE)
-                     for item in encoded]).numpy()
+    return tf.stack(
+        [eval_preprocess(decode_rgb(tf.constant(item)), round(SIZE * 256 / 224), SIZE) for item in encoded]
+    ).numpy()
 
 
 FRESH_PROCESS = """
@@ -87,14 +88,25 @@ def bfloat16_export(tmp_path_factory):
     np.save(folder / "images.npy", images)
     # The gallery: the two JPEGs embedded in float32 (rows 0, 1), then 6 random unit vectors.
     others = np.random.default_rng(1).normal(size=(6, DIM)).astype(np.float32)
-    gallery = Gallery(np.concatenate([embedder(preprocessed(encoded), training=False).numpy(), others]),
-                      [f"item/{index}" for index in range(8)], ["photo"] * 2 + ["random"] * 6)
+    gallery = Gallery(
+        np.concatenate([embedder(preprocessed(encoded), training=False).numpy(), others]),
+        [f"item/{index}" for index in range(8)],
+        ["photo"] * 2 + ["random"] * 6,
+    )
     path = export_embedder(embedder, folder / "saved" / "bf16", gallery=gallery, precision="mixed_bfloat16")
-    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(folder), str(path)], capture_output=True,
-                            text=True, env=quiet_env())
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, str(folder), str(path)], capture_output=True, text=True, env=quiet_env()
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    return {"embedder": embedder, "path": path, "images": images, "encoded": encoded, "gallery": gallery,
-            "outputs": dict(np.load(folder / "outputs.npz")), "graph": json.loads((folder / "graph.json").read_text())}
+    return {
+        "embedder": embedder,
+        "path": path,
+        "images": images,
+        "encoded": encoded,
+        "gallery": gallery,
+        "outputs": dict(np.load(folder / "outputs.npz")),
+        "graph": json.loads((folder / "graph.json").read_text()),
+    }
 
 
 def test_bfloat16_export_reloaded_in_a_fresh_process_is_within_the_bfloat16_tolerance(bfloat16_export):
@@ -174,8 +186,11 @@ def test_cli_export_and_index_pass_the_precision_on(tmp_path, monkeypatch):
         return path
 
     monkeypatch.setattr(tf_langdml.export, "export_embedder", recording_export)
-    monkeypatch.setattr(tf_langdml.inference, "embed_split",
-                        lambda embedder, split, *args, **kwargs: np.ones((len(split.labels), 8), np.float32))
+    monkeypatch.setattr(
+        tf_langdml.inference,
+        "embed_split",
+        lambda embedder, split, *args, **kwargs: np.ones((len(split.labels), 8), np.float32),
+    )
     common = ["--run", str(run), "--name", "m", "--saved-models", str(tmp_path / "saved")]
     assert main(["export", *common]) == 0
     assert main(["export", *common, "--precision", "mixed_bfloat16"]) == 0
@@ -188,7 +203,9 @@ def test_other_precisions_are_refused_before_anything_is_written(tmp_path, capsy
     embedder = build_embedder("toy_cnn", weights=None, embed_dim=4, input_shape=(SIZE, SIZE, 3))
     with pytest.raises(ValueError, match=r"mixed_float16.*overflows.*\['float32', 'mixed_bfloat16'\]"):
         export_embedder(embedder, tmp_path / "m", precision="mixed_float16")
-    with pytest.raises(ValueError, match=r"Unknown precision 'bfloat16'; expected one of \['float32', 'mixed_bfloat16'\]"):
+    with pytest.raises(
+        ValueError, match=r"Unknown precision 'bfloat16'; expected one of \['float32', 'mixed_bfloat16'\]"
+    ):
         export_embedder(embedder, tmp_path / "m", precision="bfloat16")
     assert not (tmp_path / "m").exists()
     with pytest.raises(SystemExit):

@@ -10,16 +10,14 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import quiet_env, write_fake_run
 from PIL import Image
 
-from helpers import quiet_env, write_fake_run
 from tf_langdml.cli import main
 from tf_langdml.export import ASSET_NAME, export_embedder
 from tf_langdml.gallery import Gallery, folder_items, read_gallery
 from tf_langdml.inference import embed_split
 from tf_langdml.models import build_embedder
-from tf_langdml.runs import builders
-from tf_langdml.runs.schema import config_to_yaml, load_config
 from tf_langdml.runs.serving import gallery_split
 from tf_langdml.runs.trained_embedder import restore_embedder
 from tf_langdml.top_k import top_k_in_chunks
@@ -58,7 +56,7 @@ def random_gallery(count=3000, dim=16, duplicates=40, seed=0):
     """Gaussian unit vectors; the last ``duplicates`` rows repeat earlier rows exactly (exact ties)."""
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((count, dim)).astype(np.float32)
-    vectors[count - duplicates:] = vectors[rng.choice(count - duplicates, duplicates, replace=False)]
+    vectors[count - duplicates :] = vectors[rng.choice(count - duplicates, duplicates, replace=False)]
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
@@ -66,7 +64,9 @@ def random_gallery(count=3000, dim=16, duplicates=40, seed=0):
 @pytest.mark.parametrize("k", [1, 5, 1500, 3000])
 def test_chunked_top_k_equals_a_full_sort(graph, k):
     gallery = random_gallery()
-    queries = np.concatenate([np.random.default_rng(1).standard_normal((5, 16)), gallery[[2990, 2995, 7]]]).astype(np.float32)
+    queries = np.concatenate([np.random.default_rng(1).standard_normal((5, 16)), gallery[[2990, 2995, 7]]]).astype(
+        np.float32
+    )
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)  # inner products of unit vectors = cosine
     search = tf.function(top_k_in_chunks) if graph else top_k_in_chunks
     # 8 queries x 1024 rows per chunk: three chunks, the last one partial; k = 1500 exceeds one chunk.
@@ -87,8 +87,11 @@ def test_exact_ties_rank_the_lower_row_first_across_chunks():
 def test_k_outside_one_to_gallery_size_is_refused_by_value():
     gallery = tf.constant(random_gallery(50, 4, 0))
     for k in (0, 51):
-        with pytest.raises(tf.errors.InvalidArgumentError, match=rf"k must be between 1 and the number of gallery "
-                                                                  rf"items; got k = {k} for a gallery of 50 items"):
+        with pytest.raises(
+            tf.errors.InvalidArgumentError,
+            match=rf"k must be between 1 and the number of gallery "
+            rf"items; got k = {k} for a gallery of 50 items",
+        ):
             top_k_in_chunks(np.ones((1, 4), np.float32), gallery, k)
 
 
@@ -101,7 +104,9 @@ def test_gallery_checks_its_items():
         Gallery(np.full((1, 2), np.nan), ["a"], ["x"])
     embedder = build_embedder("toy_cnn", weights=None, embed_dim=8, input_shape=(SIZE, SIZE, 3))
     with pytest.raises(ValueError, match="4 dimensions but the embedder outputs 8"):
-        export_embedder(embedder, "/nonexistent/never/written", gallery=Gallery(np.ones((2, 4)), ["a", "b"], ["x", "y"]))
+        export_embedder(
+            embedder, "/nonexistent/never/written", gallery=Gallery(np.ones((2, 4)), ["a", "b"], ["x", "y"])
+        )
 
 
 def png_bytes(colour, seed, size=24):
@@ -116,10 +121,12 @@ def png_bytes(colour, seed, size=24):
 def random_export(tmp_path_factory):
     """A toy embedder exported with a 3000-item random gallery (40 exact duplicates), small chunks."""
     embedder = build_embedder("toy_cnn", weights=None, embed_dim=16, input_shape=(SIZE, SIZE, 3))
-    gallery = Gallery(random_gallery(), [f"item/{index:04d}.jpg" for index in range(3000)],
-                      [f"class {index % 7}" for index in range(3000)])
-    path = export_embedder(embedder, tmp_path_factory.mktemp("saved") / "random", gallery=gallery,
-                           chunk_elements=1000)
+    gallery = Gallery(
+        random_gallery(),
+        [f"item/{index:04d}.jpg" for index in range(3000)],
+        [f"class {index % 7}" for index in range(3000)],
+    )
+    path = export_embedder(embedder, tmp_path_factory.mktemp("saved") / "random", gallery=gallery, chunk_elements=1000)
     return embedder, gallery, path
 
 
@@ -154,25 +161,45 @@ def test_a_tf_serving_rest_body_through_saved_model_cli(random_export, tmp_path)
     """The README's columnar REST body, decoded as TF Serving does ({"b64": ...} -> bytes), run by saved_model_cli."""
     _, gallery, path = random_export
     photo = png_bytes((90, 200, 90), 3)
-    body = json.dumps({"signature_name": "search",
-                       "inputs": {"images": [{"b64": base64.b64encode(photo).decode("ascii")}], "k": 3}})
+    body = json.dumps(
+        {"signature_name": "search", "inputs": {"images": [{"b64": base64.b64encode(photo).decode("ascii")}], "k": 3}}
+    )
     request = json.loads(body)["inputs"]
     np.save(tmp_path / "images.npy", np.array([base64.b64decode(item["b64"]) for item in request["images"]]))
     np.save(tmp_path / "k.npy", np.array(request["k"], np.int32))  # a JSON number for an int32 scalar input
     loaded = tf.saved_model.load(str(path))
     signature = loaded.signatures["search"]
-    assert signature.structured_input_signature[1] == {"images": tf.TensorSpec([None], tf.string, "images"),
-                                                       "k": tf.TensorSpec([], tf.int32, "k")}
+    assert signature.structured_input_signature[1] == {
+        "images": tf.TensorSpec([None], tf.string, "images"),
+        "k": tf.TensorSpec([], tf.int32, "k"),
+    }
     assert {name: (spec.dtype, spec.shape.as_list()) for name, spec in signature.structured_outputs.items()} == {
-        "item_ids": (tf.string, [None, None]), "class_names": (tf.string, [None, None]),
-        "scores": (tf.float32, [None, None]), "indices": (tf.int32, [None, None])}
+        "item_ids": (tf.string, [None, None]),
+        "class_names": (tf.string, [None, None]),
+        "scores": (tf.float32, [None, None]),
+        "indices": (tf.int32, [None, None]),
+    }
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     environment = quiet_env()
     run = subprocess.run(
-        [cli, "run", "--dir", str(path), "--tag_set", "serve", "--signature_def", "search",
-         "--inputs", f"images={tmp_path / 'images.npy'};k={tmp_path / 'k.npy'}",
-         "--outdir", str(tmp_path / "out")],
-        capture_output=True, text=True, env=environment)
+        [
+            cli,
+            "run",
+            "--dir",
+            str(path),
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "search",
+            "--inputs",
+            f"images={tmp_path / 'images.npy'};k={tmp_path / 'k.npy'}",
+            "--outdir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=environment,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     served_ids = np.load(tmp_path / "out" / "item_ids.npy", allow_pickle=True)
     served_scores = np.load(tmp_path / "out" / "scores.npy")
@@ -183,7 +210,12 @@ def test_a_tf_serving_rest_body_through_saved_model_cli(random_export, tmp_path)
 
 # -- tf-langdml index / search on a fabricated finished run ---------------------------------------------------------
 
-COLOURS = {"red_apple": (210, 30, 30), "green_frog": (30, 200, 40), "blue_whale": (30, 40, 210), "grey_mouse": (128, 128, 128)}
+COLOURS = {
+    "red_apple": (210, 30, 30),
+    "green_frog": (30, 200, 40),
+    "blue_whale": (30, 40, 210),
+    "grey_mouse": (128, 128, 128),
+}
 
 
 def write_folder(root, classes, per_class, seed):
@@ -196,8 +228,14 @@ def write_folder(root, classes, per_class, seed):
 
 def fake_run(folder, run_dir, seed=0):
     """A finished run directory over ``folder`` (toy_cnn, random weights for ``seed``) without training."""
-    return write_fake_run(run_dir, folder, image_size=SIZE, seed=seed, train_class_names=["green frog"],
-                          overrides=["evaluation.batch_size=8"])
+    return write_fake_run(
+        run_dir,
+        folder,
+        image_size=SIZE,
+        seed=seed,
+        train_class_names=["green frog"],
+        overrides=["evaluation.batch_size=8"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -223,22 +261,36 @@ def test_index_writes_versions_and_add_appends_in_a_new_one(indexed):
     assert sorted(path.name for path in model_dir.iterdir()) == ["1", "2"]
     first, metadata = read_gallery(model_dir / "1")
     both, metadata_2 = read_gallery(model_dir / "2")
-    assert list(first.item_ids) == ["blue_whale/1_0.png", "blue_whale/1_1.png", "blue_whale/1_2.png",
-                                    "blue_whale/gallery/deep.png", "green_frog/1_0.png", "green_frog/1_1.png",
-                                    "green_frog/1_2.png", "red_apple/1_0.png", "red_apple/1_1.png", "red_apple/1_2.png"]
+    assert list(first.item_ids) == [
+        "blue_whale/1_0.png",
+        "blue_whale/1_1.png",
+        "blue_whale/1_2.png",
+        "blue_whale/gallery/deep.png",
+        "green_frog/1_0.png",
+        "green_frog/1_1.png",
+        "green_frog/1_2.png",
+        "red_apple/1_0.png",
+        "red_apple/1_1.png",
+        "red_apple/1_2.png",
+    ]
     assert list(first.class_names[:4]) == ["blue whale"] * 4
     assert len(both) == 14 and list(both.item_ids[:10]) == list(first.item_ids)
     np.testing.assert_array_equal(both.embeddings[:10], first.embeddings)  # the old items are kept, not re-embedded
-    assert list(both.item_ids[10:]) == ["grey_mouse/2_0.png", "grey_mouse/2_1.png", "red_apple/2_0.png",
-                                        "red_apple/2_1.png"]
+    assert list(both.item_ids[10:]) == [
+        "grey_mouse/2_0.png",
+        "grey_mouse/2_1.png",
+        "red_apple/2_0.png",
+        "red_apple/2_1.png",
+    ]
     assert [source["items"] for source in metadata_2["gallery"]["source"]] == [10, 4]
     assert metadata["gallery"]["source"][0]["folder"] == str(gallery_a.resolve())
     # The gallery embeddings are the run's embedder's, as the evaluation pipeline computes them.
     run_config, embedder = restore_embedder(run)
     split, ids, _ = gallery_split(str(gallery_b), run_config)
     expected = embed_split(embedder, split, 8, SIZE, verbose=0)
-    np.testing.assert_allclose(both.embeddings[10:], expected / np.linalg.norm(expected, axis=1, keepdims=True),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        both.embeddings[10:], expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-6
+    )
 
 
 def test_index_add_refuses_repeated_items_and_another_run_and_writes_nothing(indexed, tmp_path, capsys):
@@ -261,14 +313,22 @@ def test_search_command_prints_the_neighbours_and_json(indexed, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == str(query) and len(lines) == 4
     assert lines[1].split() == ["1", "1.0000", "blue", "whale", "blue_whale/1_0.png"]  # the item itself, score 1
-    assert main(["search", "--model", str(model_dir / "1"), str(query), str(gallery_b / "grey_mouse" / "2_1.png"),
-                 "--json"]) == 0
+    assert (
+        main(
+            ["search", "--model", str(model_dir / "1"), str(query), str(gallery_b / "grey_mouse" / "2_1.png"), "--json"]
+        )
+        == 0
+    )
     results = json.loads(capsys.readouterr().out)
     assert [result["image"] for result in results] == [str(query), str(gallery_b / "grey_mouse" / "2_1.png")]
     assert [len(result["neighbours"]) for result in results] == [5, 5]
     assert all("grey_mouse" not in neighbour["item_id"] for neighbour in results[1]["neighbours"])  # version 1
-    assert results[0]["neighbours"][0] == {"rank": 1, "item_id": "blue_whale/1_0.png", "class_name": "blue whale",
-                                           "score": pytest.approx(1.0, abs=1e-5)}
+    assert results[0]["neighbours"][0] == {
+        "rank": 1,
+        "item_id": "blue_whale/1_0.png",
+        "class_name": "blue whale",
+        "score": pytest.approx(1.0, abs=1e-5),
+    }
 
 
 def test_search_command_names_bad_images_and_k(indexed, tmp_path, capsys):
@@ -322,8 +382,7 @@ scores, indices = search(queries, gallery, 10)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print((after - before) / 1024, int(indices.shape[1]))
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            env=quiet_env())
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=quiet_env())
     assert result.returncode == 0, result.stderr[-2000:]
     growth_mb, k = result.stdout.split()
     assert int(k) == 10

@@ -51,7 +51,9 @@ class TinyBertEncoder(tf.Module):
         self.pool = tf.Variable(rng.normal(size=(6, 6)).astype(np.float32))
 
     @tf.function(
-        input_signature=[{name: tf.TensorSpec([None, None], tf.int32) for name in ("input_word_ids", "input_mask", "input_type_ids")}]
+        input_signature=[
+            {name: tf.TensorSpec([None, None], tf.int32) for name in ("input_word_ids", "input_mask", "input_type_ids")}
+        ]
     )
     def __call__(self, inputs):
         sequence = tf.gather(self.table, inputs["input_word_ids"])
@@ -163,10 +165,14 @@ def test_precomputed_vectors_are_looked_up_and_normalised(tmp_path):
     rng = np.random.default_rng(2)
     vectors = rng.normal(size=(3, 5)).astype(np.float32)
     path = tmp_path / "clip.npz"
-    np.savez(path, texts=np.array(["a photo of a sparrow", "a photo of a finch", "a photo of a truck"]), embeddings=vectors)
+    np.savez(
+        path, texts=np.array(["a photo of a sparrow", "a photo of a finch", "a photo of a truck"]), embeddings=vectors
+    )
     encoder = build_text_encoder(f"precomputed:{path}")
     # float32 normalisation of 5-d vectors vs float64: <= ~5 x 2^-24 = 3e-7.
-    np.testing.assert_allclose(encoder.encode(["a photo of a truck", "a photo of a sparrow"]), normalized(vectors[[2, 0]]), atol=1e-6)
+    np.testing.assert_allclose(
+        encoder.encode(["a photo of a truck", "a photo of a sparrow"]), normalized(vectors[[2, 0]]), atol=1e-6
+    )
     with pytest.raises(KeyError) as error:
         encoder.encode(["a photo of a sparrow", "a photo of an owl", "a photo of a crow"])
     assert "'a photo of an owl'" in str(error.value) and "'a photo of a crow'" in str(error.value)

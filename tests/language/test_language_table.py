@@ -7,8 +7,8 @@ import pickle
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import synthetic_problem, tiny_embedder, tiny_guided_model, unit_rows
+
 from tf_langdml import keras
 from tf_langdml.evaluation import language_similarity
 from tf_langdml.language import LanguageTable
@@ -66,7 +66,9 @@ def test_validation_errors_name_the_rows():
     many = np.zeros((12, 2), np.float32)
     with pytest.raises(ValueError, match=r"row\(s\) \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\] \.\.\."):
         LanguageTable.from_array(many)
-    with pytest.raises(ValueError, match=r"\(C, D\) for expert labels or \(C, K, D\) for top-k pseudo-labels; got shape \(7,\)"):
+    with pytest.raises(
+        ValueError, match=r"\(C, D\) for expert labels or \(C, K, D\) for top-k pseudo-labels; got shape \(7,\)"
+    ):
         LanguageTable.from_array(raw_table()[0, 0])
     with pytest.raises(ValueError, match=r"language_table is empty \(shape \(0, 1, 4\)\)"):
         LanguageTable.from_array(np.zeros((0, 4), np.float32))
@@ -206,7 +208,9 @@ def test_loss_does_not_renormalise_a_language_table(run_mode):
 
 
 def op_types(function, *args):
-    return collections.Counter(op.type for op in tf.function(function).get_concrete_function(*args).graph.get_operations())
+    return collections.Counter(
+        op.type for op in tf.function(function).get_concrete_function(*args).graph.get_operations()
+    )
 
 
 def test_no_normalisation_or_finiteness_check_in_a_step_with_a_language_table():
@@ -222,7 +226,7 @@ def test_no_normalisation_or_finiteness_check_in_a_step_with_a_language_table():
     steps = {}
     for name, language_table in (("plain", None), ("language", array * 5.0)):
         model = tiny_guided_model(language_table, optimizer=keras.optimizers.SGD(0.0), language_weight=1.0)
-        steps[name] = op_types(lambda x, y: model.compute_losses((x, y), training=True)[0], images, image_labels)
+        steps[name] = op_types(lambda x, y: model.compute_losses((x, y), training=True)[0], images, image_labels)  # noqa: B023  (traced at once, in this iteration)
     added = steps["language"] - steps["plain"]
     assert added["MatMul"] and added["LogSoftmax"]  # the language loss is there
     assert not added["Rsqrt"] and not added["IsFinite"] and not added["Square"]

@@ -59,7 +59,9 @@ def test_minilm_tokenizes_like_the_reference_tokenizer():
 
 
 def test_minilm_sanity_and_batches(minilm_encoder):
-    sparrow, finch, truck = minilm_encoder.encode(["a photo of a sparrow", "a photo of a finch", "a photo of a pickup truck"])
+    sparrow, finch, truck = minilm_encoder.encode(
+        ["a photo of a sparrow", "a photo of a finch", "a photo of a pickup truck"]
+    )
     assert sparrow @ finch > sparrow @ truck + 0.2
     names = [f"a photo of bird number {index}" for index in range(500)]
     batch = minilm_encoder.encode(names)

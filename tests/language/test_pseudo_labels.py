@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-
 from helpers import tiny_guided_model, write_colour_folder
+
 from tf_langdml import keras
 from tf_langdml.data import load_image_folder, make_train_dataset
 from tf_langdml.language import (
@@ -16,7 +16,7 @@ from tf_langdml.language import (
     pseudo_labels,
     top_k_pseudo_labels,
 )
-from tf_langdml.models import LanguageGuidedModel, build_embedder, classifier_fingerprint
+from tf_langdml.models import classifier_fingerprint
 
 
 def test_imagenet_class_names_ship_with_the_package():
@@ -31,7 +31,9 @@ def test_imagenet_class_names_ship_with_the_package():
 
 def reference_top_k(rows, k):
     """Loop reference: sort (value descending, index ascending)."""
-    return np.array([[index for _, index in sorted((-value, index) for index, value in enumerate(row))[:k]] for row in rows])
+    return np.array(
+        [[index for _, index in sorted((-value, index) for index, value in enumerate(row))[:k]] for row in rows]
+    )
 
 
 @pytest.mark.parametrize("k", [1, 3, 1000])
@@ -62,8 +64,14 @@ COLOURS = {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230), 
 @pytest.fixture(scope="module")
 def colour_folder(tmp_path_factory):
     """4 classes of 3 solid-colour PNGs with a little noise; all train classes."""
-    root = write_colour_folder(tmp_path_factory.mktemp("colours"), per_class=3, size=(20, 24), noise=10,
-                               class_names=list(COLOURS), colours=list(COLOURS.values()))
+    root = write_colour_folder(
+        tmp_path_factory.mktemp("colours"),
+        per_class=3,
+        size=(20, 24),
+        noise=10,
+        class_names=list(COLOURS),
+        colours=list(COLOURS.values()),
+    )
     return load_image_folder(root, test_classes=[]).train_split
 
 
@@ -93,7 +101,13 @@ def encoder_file(tmp_path_factory):
 def test_class_level_table_and_names(colour_folder, encoder_file, tmp_path, monkeypatch):
     classifier = colour_classifier()
     table, labels = pseudo_label_table(
-        classifier, colour_folder, encoder_file, k=2, level="class", cache_dir=tmp_path, output_path=tmp_path / "pl.json",
+        classifier,
+        colour_folder,
+        encoder_file,
+        k=2,
+        level="class",
+        cache_dir=tmp_path,
+        output_path=tmp_path / "pl.json",
         classifier_key=classifier_fingerprint(classifier),
     )
     assert table.shape == (4, 2, 6) and table.dtype == np.float32
@@ -115,22 +129,39 @@ def test_class_level_table_and_names(colour_folder, encoder_file, tmp_path, monk
         raise AssertionError("the classifier ran again")
 
     monkeypatch.setattr(pseudo_labels, "_classifier_top_k_indices", no_forward_pass)
-    again, _ = pseudo_label_table(classifier, colour_folder, encoder_file, k=2, level="class", cache_dir=tmp_path,
-                                  verbose=False, classifier_key=classifier_fingerprint(classifier))
+    again, _ = pseudo_label_table(
+        classifier,
+        colour_folder,
+        encoder_file,
+        k=2,
+        level="class",
+        cache_dir=tmp_path,
+        verbose=False,
+        classifier_key=classifier_fingerprint(classifier),
+    )
     np.testing.assert_array_equal(again, table)
 
 
 def test_sample_level_table_trains_through_fit(colour_folder, encoder_file, tmp_path):
     classifier = colour_classifier()
     table, labels = pseudo_label_table(
-        classifier, colour_folder, encoder_file, k=3, level="sample", cache_dir=tmp_path, verbose=False,
+        classifier,
+        colour_folder,
+        encoder_file,
+        k=3,
+        level="sample",
+        cache_dir=tmp_path,
+        verbose=False,
         classifier_key=classifier_fingerprint(classifier),
     )
     assert table.shape == (12, 3, 6) and labels.indices.shape == (12, 3)
     assert labels.row_names[0] == colour_folder.class_names[colour_folder.labels[0]]
-    model = tiny_guided_model(table, optimizer=keras.optimizers.SGD(0.01), model_arguments={"table_index": "sample_id"},
-                              language_weight=1.0)
-    train = make_train_dataset(colour_folder, batch_size=8, examples_per_class=2, seed=0, image_size=16, with_sample_ids=True)
+    model = tiny_guided_model(
+        table, optimizer=keras.optimizers.SGD(0.01), model_arguments={"table_index": "sample_id"}, language_weight=1.0
+    )
+    train = make_train_dataset(
+        colour_folder, batch_size=8, examples_per_class=2, seed=0, image_size=16, with_sample_ids=True
+    )
     history = model.fit(train, steps_per_epoch=2, epochs=1, verbose=0)
     assert np.isfinite(history.history["language_loss"][0])
 
@@ -138,13 +169,15 @@ def test_sample_level_table_trains_through_fit(colour_folder, encoder_file, tmp_
 def test_a_damaged_pseudo_label_cache_is_recomputed(colour_folder, encoder_file, tmp_path):
     classifier = colour_classifier()
     key = classifier_fingerprint(classifier)
-    first, _ = pseudo_label_table(classifier, colour_folder, encoder_file, k=1, cache_dir=tmp_path, verbose=False,
-                                  classifier_key=key)
+    first, _ = pseudo_label_table(
+        classifier, colour_folder, encoder_file, k=1, cache_dir=tmp_path, verbose=False, classifier_key=key
+    )
     for path in (tmp_path / "pseudo_labels").glob("*.npz"):
         path.write_bytes(b"garbage")
     with pytest.warns(UserWarning, match="damaged pseudo-label cache"):
-        again, _ = pseudo_label_table(classifier, colour_folder, encoder_file, k=1, cache_dir=tmp_path, verbose=False,
-                                      classifier_key=key)
+        again, _ = pseudo_label_table(
+            classifier, colour_folder, encoder_file, k=1, cache_dir=tmp_path, verbose=False, classifier_key=key
+        )
     np.testing.assert_array_equal(first, again)
 
 

@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
-
 from helpers import synthetic_problem, tiny_guided_model
+
 from tf_langdml import keras
 from tf_langdml.language import PrecomputedTextEncoder, expert_language_table, prime, text_embeddings
 from tf_langdml.language.text_embeddings import _cache_path
-from tf_langdml.models import LanguageGuidedModel, build_embedder
 
 NAMES = ["sparrow", "finch", "pickup truck"]
 

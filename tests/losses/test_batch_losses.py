@@ -21,8 +21,8 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import unit_rows
+
 from tf_langdml.losses import build_dml_loss
 from tf_langdml.losses.base import mining_seed
 from tf_langdml.losses.miners import mine_triplets
@@ -31,8 +31,16 @@ from tf_langdml.losses.miners import mine_triplets
 LABELS = np.array([0, 0, 0, 1, 1, 2, 3, 3, 3, 3, 4], np.int32)
 NUM_CLASSES = 6
 DIM = 8
-BATCH_LOSSES = ["margin", "triplet", "contrastive", "npair", "proxy_anchor", "proxy_nca", "normalized_softmax",
-                "arcface"]
+BATCH_LOSSES = [
+    "margin",
+    "triplet",
+    "contrastive",
+    "npair",
+    "proxy_anchor",
+    "proxy_nca",
+    "normalized_softmax",
+    "arcface",
+]
 CLASS_VECTOR_LOSSES = ["proxy_anchor", "proxy_nca", "normalized_softmax", "arcface"]
 
 
@@ -47,16 +55,26 @@ def batch_case(seed, batch_labels=LABELS, dim=DIM, spread=0.9):
 
 def mined(embeddings, labels, miner, seed, step, margin=0.2, lower_cutoff=0.5, upper_cutoff=None):
     """The triplets the loss uses: the library's miner with the loss's seed. Numpy positives and negatives."""
-    _, positives, negatives, _ = mine_triplets(embeddings, labels, miner, seed=mining_seed(seed, step), margin=margin,
-                                               lower_cutoff=lower_cutoff, upper_cutoff=upper_cutoff)
+    _, positives, negatives, _ = mine_triplets(
+        embeddings,
+        labels,
+        miner,
+        seed=mining_seed(seed, step),
+        margin=margin,
+        lower_cutoff=lower_cutoff,
+        upper_cutoff=upper_cutoff,
+    )
     return positives.numpy(), negatives.numpy()
 
 
 def kept_anchors(labels):
     """The anchors with a positive and a negative (computed here from the labels, not taken from the miner)."""
-    return [i for i in range(len(labels))
-            if any(labels[j] == labels[i] for j in range(len(labels)) if j != i)
-            and any(labels[j] != labels[i] for j in range(len(labels)))]
+    return [
+        i
+        for i in range(len(labels))
+        if any(labels[j] == labels[i] for j in range(len(labels)) if j != i)
+        and any(labels[j] != labels[i] for j in range(len(labels)))
+    ]
 
 
 def d(x, i, j):
@@ -64,6 +82,7 @@ def d(x, i, j):
 
 
 # --- references (float64, from the docstrings' equations) --------------------------------------------------
+
 
 def reference_margin(x, labels, positives, negatives, beta, margin, nu, beta_constant=False):
     """Wu et al. 2017: ℓ⁺ = relu(d(a,p) − β + m), ℓ⁻ = relu(β − d(a,n) + m); Σ(ℓ⁺ + ℓ⁻) / #non-zero + ν Σ β.
@@ -111,8 +130,9 @@ def reference_npair(x, labels, positives, l2_weight):
         if not any(labels[j] == labels[i] for j in range(batch) if j != i):
             continue  # no positive
         a_p = float(np.dot(x[i], x[positives[i]]))
-        terms.append(math.log(1 + sum(math.exp(float(np.dot(x[i], x[j])) - a_p)
-                                      for j in range(batch) if labels[j] != labels[i])))
+        terms.append(
+            math.log(1 + sum(math.exp(float(np.dot(x[i], x[j])) - a_p) for j in range(batch) if labels[j] != labels[i]))
+        )
     norms = [math.sqrt(float(np.dot(row, row))) for row in x]
     return sum(terms) / len(terms) + l2_weight * sum(norms) / batch
 
@@ -128,10 +148,13 @@ def reference_proxy_anchor(x, labels, proxies, alpha, delta, positive_denominato
     s = cosines(x, proxies)
     num_classes, batch = len(proxies), len(labels)
     present = sorted(set(int(label) for label in labels))
-    positive = sum(math.log(1 + sum(math.exp(-alpha * (s[i, c] - delta)) for i in range(batch) if labels[i] == c))
-                   for c in present)
-    negative = sum(math.log(1 + sum(math.exp(alpha * (s[i, c] + delta)) for i in range(batch) if labels[i] != c))
-                   for c in range(num_classes))
+    positive = sum(
+        math.log(1 + sum(math.exp(-alpha * (s[i, c] - delta)) for i in range(batch) if labels[i] == c)) for c in present
+    )
+    negative = sum(
+        math.log(1 + sum(math.exp(alpha * (s[i, c] + delta)) for i in range(batch) if labels[i] != c))
+        for c in range(num_classes)
+    )
     return positive / (positive_denominator or len(present)) + negative / (negative_denominator or num_classes)
 
 
@@ -176,6 +199,7 @@ def loss_value(loss, run_mode, labels, embeddings, step):
 
 # --- values against the references -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "arguments,step",
     [
@@ -198,11 +222,19 @@ def test_margin_loss_matches_reference(arguments, step, run_mode):
         loss.beta.assign(beta)
     value = loss_value(loss, run_mode, labels, embeddings, step)
     margin, nu = arguments.get("margin", 0.2), arguments.get("nu", 0.0)
-    positives, negatives = mined(embeddings, labels, arguments.get("miner", "distance"), arguments.get("seed", 0),
-                                 step, margin=margin, lower_cutoff=arguments.get("lower_cutoff", 0.5),
-                                 upper_cutoff=arguments.get("upper_cutoff"))
-    expected, hinges, pair_count = reference_margin(embeddings, labels, positives, negatives,
-                                                    beta, margin, nu, constant)
+    positives, negatives = mined(
+        embeddings,
+        labels,
+        arguments.get("miner", "distance"),
+        arguments.get("seed", 0),
+        step,
+        margin=margin,
+        lower_cutoff=arguments.get("lower_cutoff", 0.5),
+        upper_cutoff=arguments.get("upper_cutoff"),
+    )
+    expected, hinges, pair_count = reference_margin(
+        embeddings, labels, positives, negatives, beta, margin, nu, constant
+    )
     assert np.abs(hinges).min() > 1e-4
     # the normalisation is by the number of non-zero terms: neither the mean nor the sum over the 2 × 7 terms
     assert 0 < pair_count < len(hinges)
@@ -238,8 +270,9 @@ def test_triplet_loss_matches_reference(arguments, step, run_mode):
     loss.setup(None, DIM)
     value = loss_value(loss, run_mode, labels, embeddings, step)
     margin = arguments.get("margin", 0.2)
-    positives, negatives = mined(embeddings, labels, arguments.get("miner", "semihard"), arguments.get("seed", 0),
-                                 step, margin=margin)
+    positives, negatives = mined(
+        embeddings, labels, arguments.get("miner", "semihard"), arguments.get("seed", 0), step, margin=margin
+    )
     expected, hinges = reference_triplet(embeddings, labels, positives, negatives, margin)
     assert np.abs(hinges).min() > 1e-4 and expected > 0
     assert value == pytest.approx(expected, rel=1e-5, abs=1e-6)
@@ -258,8 +291,9 @@ def test_contrastive_loss_matches_reference(arguments, step, run_mode):
     loss = build_dml_loss("contrastive", **arguments)
     loss.setup(None, DIM)
     value = loss_value(loss, run_mode, labels, embeddings, step)
-    positives, negatives = mined(embeddings, labels, arguments.get("miner", "distance"), arguments.get("seed", 0),
-                                 step, margin=0.2)
+    positives, negatives = mined(
+        embeddings, labels, arguments.get("miner", "distance"), arguments.get("seed", 0), step, margin=0.2
+    )
     margins = arguments.get("positive_margin", 0.0), arguments.get("negative_margin", 1.0)
     expected, hinges = reference_contrastive(embeddings, labels, positives, negatives, *margins)
     assert np.abs(hinges).min() > 1e-4 and expected > 0
@@ -421,6 +455,7 @@ def test_gradients_match_central_differences_of_the_reference(name):
 
 # --- errors ----------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", BATCH_LOSSES)
 def test_calling_before_setup_is_a_clear_error(name):
     embeddings, labels = batch_case(seed=0)
@@ -452,8 +487,11 @@ def test_a_label_beyond_the_class_vectors_is_a_clear_error(name, run_mode):
 
 @pytest.mark.parametrize("name", ["margin", "triplet", "contrastive"])
 def test_unknown_miner_is_a_clear_error(name):
-    with pytest.raises(ValueError, match=r"Unknown miner 'hardest'; expected one of \['random', 'semihard', "
-                                         r"'softhard', 'distance'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"Unknown miner 'hardest'; expected one of \['random', 'semihard', "
+        r"'softhard', 'distance'\]",
+    ):
         build_dml_loss(name, miner="hardest")
 
 

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import unit_rows
+
 from tf_langdml.losses import build_dml_loss, dml_loss_arguments
 from tf_langdml.losses.dml import TFSIM_LOSSES
 
@@ -134,7 +134,9 @@ def test_unknown_names_and_arguments_are_clear_errors():
         build_dml_loss("multisimilarity", alpha=2.0)
     with pytest.raises(ValueError, match="xbm_memory_size must be a positive"):
         build_dml_loss("circle", xbm_memory_size=0)
-    with pytest.raises(ValueError, match=r"xbm_memory_size works with TensorFlow-Similarity's losses .*not with 'margin'"):
+    with pytest.raises(
+        ValueError, match=r"xbm_memory_size works with TensorFlow-Similarity's losses .*not with 'margin'"
+    ):
         build_dml_loss("margin", xbm_memory_size=16)
 
 

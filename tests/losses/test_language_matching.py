@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import unit_rows
+
 from tf_langdml import keras
 from tf_langdml.losses import LanguageMatchingLoss, language_matching_loss
 
@@ -29,9 +29,9 @@ def reference_loss(embeddings, labels, table, shift, temperature, direction):
                 language_row.append(1.0 + shift)
             else:
                 image_sim = sum(embeddings[i, d] * embeddings[j, d] for d in range(embeddings.shape[1]))
-                language_sim = sum(
-                    float(np.dot(table[labels[i], k], table[labels[j], k])) for k in range(num_names)
-                ) / num_names
+                language_sim = (
+                    sum(float(np.dot(table[labels[i], k], table[labels[j], k])) for k in range(num_names)) / num_names
+                )
                 image_row.append(image_sim)
                 language_row.append(language_sim + shift)
         p = [math.exp(a / temperature) for a in image_row]
@@ -86,9 +86,11 @@ def test_hand_derived_three_samples():
 
     # Row 1: P ∝ (e², 1, e), Q ∝ (e², e², e) -> KL = Σ p log p/q written out:
     z_p1, z_q1 = e**2 + 1 + e, 2 * e**2 + e
-    row1 = (e**2 / z_p1) * math.log(z_q1 / z_p1) + (1 / z_p1) * math.log(z_q1 / (z_p1 * e**2)) + (
-        e / z_p1
-    ) * math.log(z_q1 / z_p1)
+    row1 = (
+        (e**2 / z_p1) * math.log(z_q1 / z_p1)
+        + (1 / z_p1) * math.log(z_q1 / (z_p1 * e**2))
+        + (e / z_p1) * math.log(z_q1 / z_p1)
+    )
     assert row1 == pytest.approx(kl([2, 0, 1], [2, 2, 1]), rel=1e-12)  # float64 on both sides
     expected = (row1 + kl([0, 2, 0], [2, 2, 1]) + kl([1, 0, 2], [1, 1, 2])) / 3
     assert expected == pytest.approx(0.21035499, rel=1e-7)  # the literal has 8 significant digits

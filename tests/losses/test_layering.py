@@ -12,8 +12,12 @@ ALLOWED_LOCAL_IMPORTS = {("dml.py", "from tensorflow_similarity import losses")}
 
 
 def test_no_module_of_losses_imports_inside_a_function():
-    local = {(path.name, line.strip()) for path in sorted(LOSSES.glob("*.py"))
-             for line in path.read_text(encoding="utf-8").splitlines() if re.match(r"^\s+(from \S+ )?import ", line)}
+    local = {
+        (path.name, line.strip())
+        for path in sorted(LOSSES.glob("*.py"))
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if re.match(r"^\s+(from \S+ )?import ", line)
+    }
     assert local == ALLOWED_LOCAL_IMPORTS
 
 

@@ -15,8 +15,8 @@ inside one ``tf.function`` (the same op the loss runs, with the seed as a tensor
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import unit_rows
+
 from tf_langdml.losses.base import mining_seed
 from tf_langdml.losses.miners import MINERS, mine_triplets
 
@@ -29,18 +29,27 @@ LABELS = np.array([0, 0, 0, 1, 1, 2, 3, 3, 3, 3, 4, 4], np.int32)
 def _draw_many(embeddings, labels, seeds, miner, margin, lower_cutoff, upper_cutoff):
     def one(arguments):
         x, y, seed = arguments
-        _, positives, negatives, valid = mine_triplets(x, y, miner, seed=seed, margin=margin,
-                                                       lower_cutoff=lower_cutoff, upper_cutoff=upper_cutoff)
+        _, positives, negatives, valid = mine_triplets(
+            x, y, miner, seed=seed, margin=margin, lower_cutoff=lower_cutoff, upper_cutoff=upper_cutoff
+        )
         return positives, negatives, valid
 
-    return tf.map_fn(one, (embeddings, labels, seeds), fn_output_signature=(tf.int32, tf.int32, tf.bool),
-                     parallel_iterations=64)
+    return tf.map_fn(
+        one, (embeddings, labels, seeds), fn_output_signature=(tf.int32, tf.int32, tf.bool), parallel_iterations=64
+    )
 
 
 def draw_many(embeddings, labels, seeds, miner, margin=0.2, lower_cutoff=0.5, upper_cutoff=None):
     """mine_triplets on embeddings[k], labels[k] with seeds[k] for every k: numpy positives, negatives, valid (N, B)."""
-    positives, negatives, valid = _draw_many(tf.constant(embeddings, tf.float32), tf.constant(labels, tf.int32),
-                                             tf.constant(seeds, tf.int64), miner, margin, lower_cutoff, upper_cutoff)
+    positives, negatives, valid = _draw_many(
+        tf.constant(embeddings, tf.float32),
+        tf.constant(labels, tf.int32),
+        tf.constant(seeds, tf.int64),
+        miner,
+        margin,
+        lower_cutoff,
+        upper_cutoff,
+    )
     return positives.numpy(), negatives.numpy(), valid.numpy()
 
 
@@ -81,8 +90,11 @@ def tile_seeds(count, seeds_per_batch, first=0):
 
 
 def test_unknown_miner_lists_the_miners():
-    with pytest.raises(ValueError, match=r"Unknown miner 'hardest'; expected one of \['random', 'semihard', "
-                                         r"'softhard', 'distance'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"Unknown miner 'hardest'; expected one of \['random', 'semihard', "
+        r"'softhard', 'distance'\]",
+    ):
         mine_triplets(tf.zeros((4, 3)), tf.constant([0, 0, 1, 1]), "hardest")
 
 
@@ -114,7 +126,7 @@ def test_every_miner_returns_a_positive_and_a_negative_for_valid_anchors(miner):
 def test_draws_are_reproducible_for_a_seed_and_change_with_it(miner, run_mode):
     embeddings, labels = random_batches(2, seed=5)
     x, y = embeddings[1], labels[1]
-    mine = run_mode(lambda e, l, s: mine_triplets(e, l, miner, seed=s)[1:3])
+    mine = run_mode(lambda e, labels, s: mine_triplets(e, labels, miner, seed=s)[1:3])
 
     def draw(seed, step):
         return np.stack([t.numpy() for t in mine(x, y, mining_seed(seed, step))])
@@ -158,8 +170,13 @@ def test_semihard_window_and_fallback_on_a_constructed_anchor(positive_distance,
     embeddings, labels = semihard_case(positive_distance, negative_distances)
     np.testing.assert_allclose(distances(embeddings)[0, 1:], [positive_distance, *negative_distances], atol=1e-6)
     draws = 600
-    _, negatives, valid = draw_many(np.repeat(embeddings[None], draws, 0), np.repeat(labels[None], draws, 0),
-                                    np.stack([np.zeros(draws), np.arange(draws)], 1), "semihard", margin=0.3)
+    _, negatives, valid = draw_many(
+        np.repeat(embeddings[None], draws, 0),
+        np.repeat(labels[None], draws, 0),
+        np.stack([np.zeros(draws), np.arange(draws)], 1),
+        "semihard",
+        margin=0.3,
+    )
     assert valid[:, 0].all()
     counts = np.bincount(negatives[:, 0], minlength=len(labels))
     assert set(np.flatnonzero(counts)) == set(expected)
@@ -173,8 +190,9 @@ def test_semihard_negative_is_in_the_window_whenever_one_exists():
     margin = 0.3
     embeddings, labels = random_batches(40, seed=11)
     batch_index, seeds = tile_seeds(40, 50)
-    positives, negatives, valid = draw_many(embeddings[batch_index], labels[batch_index], seeds, "semihard",
-                                            margin=margin)
+    positives, negatives, valid = draw_many(
+        embeddings[batch_index], labels[batch_index], seeds, "semihard", margin=margin
+    )
     d = distances(embeddings)[batch_index]
     _, negative_mask = label_masks(labels[batch_index])
     d_positive = np.take_along_axis(d, positives[..., None], axis=2)  # (N, B, 1)
@@ -201,11 +219,19 @@ def test_softhard_follows_its_rule():
     farthest_positive = np.where(positive_mask, d, -np.inf).max(axis=2, keepdims=True)
     rules = [
         # a positive farther than the nearest negative, else any positive
-        (positives, positive_mask & (d > nearest_negative + TOL), positive_mask & (d > nearest_negative - TOL),
-         positive_mask),
+        (
+            positives,
+            positive_mask & (d > nearest_negative + TOL),
+            positive_mask & (d > nearest_negative - TOL),
+            positive_mask,
+        ),
         # a negative nearer than the farthest positive, else any negative
-        (negatives, negative_mask & (d < farthest_positive - TOL), negative_mask & (d < farthest_positive + TOL),
-         negative_mask),
+        (
+            negatives,
+            negative_mask & (d < farthest_positive - TOL),
+            negative_mask & (d < farthest_positive + TOL),
+            negative_mask,
+        ),
     ]
     for chosen, strict, loose, allowed in rules:
         preferred = valid & strict.any(axis=2)
@@ -253,7 +279,7 @@ def inverse_density_probabilities(embeddings, labels, lower_cutoff=0.5, upper_cu
     _, negative_mask = label_masks(labels)
     clipped = np.maximum(d, lower_cutoff) if clip else np.where(negative_mask, d, 1.0)  # (1.0: not a negative)
     clipped = np.minimum(clipped, 2 - 1e-4)
-    log_q_inverse = (2 - n) * np.log(clipped) - (n - 3) / 2 * np.log(1 - clipped ** 2 / 4)
+    log_q_inverse = (2 - n) * np.log(clipped) - (n - 3) / 2 * np.log(1 - clipped**2 / 4)
     kept = negative_mask if upper_cutoff is None else negative_mask & (d < upper_cutoff)
     row_maximum = np.where(kept, log_q_inverse, -np.inf).max(axis=1, keepdims=True)
     row_maximum = np.where(np.isfinite(row_maximum), row_maximum, 0.0)  # rows with nothing kept: uniform below
@@ -276,8 +302,13 @@ def chi_square(counts, probabilities, anchors):
 
 def distance_miner_counts(embeddings, labels, upper_cutoff):
     seeds = np.stack([np.full(DRAWS, 17), np.arange(DRAWS)], axis=1)  # the seed's second component varies
-    _, negatives, valid = draw_many(np.repeat(embeddings[None], DRAWS, 0), np.repeat(labels[None], DRAWS, 0), seeds,
-                                    "distance", upper_cutoff=upper_cutoff)
+    _, negatives, valid = draw_many(
+        np.repeat(embeddings[None], DRAWS, 0),
+        np.repeat(labels[None], DRAWS, 0),
+        seeds,
+        "distance",
+        upper_cutoff=upper_cutoff,
+    )
     singleton = np.arange(len(labels)) == 11
     np.testing.assert_array_equal(valid, np.broadcast_to(~singleton, valid.shape))
     # (the singleton's negative is drawn by the same rule: it is checked too)

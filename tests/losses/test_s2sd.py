@@ -17,8 +17,8 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import unit_rows
+
 from tf_langdml.errors import ArgumentError
 from tf_langdml.losses import S2SDLoss, build_dml_loss, similarity_distillation
 from tf_langdml.losses.base import dml_loss_value
@@ -41,7 +41,7 @@ def reference_distillation(student, teacher, temperature):
     for i in range(len(teacher)):
         for j in range(teacher.shape[1]):
             total += np.exp(log_p[i, j]) * (log_p[i, j] - log_q[i, j])
-    return temperature ** 2 / len(teacher) * total
+    return temperature**2 / len(teacher) * total
 
 
 def s2sd_case(seed=0):
@@ -97,6 +97,7 @@ def reference_s2sd(parts, step, distill_weight=0.7, feature_weight=2.0, feature_
 
 # --- the distillation term -------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
 def test_similarity_distillation_matches_reference(temperature, run_mode):
     rng = np.random.default_rng(int(10 * temperature))
@@ -124,13 +125,15 @@ def test_similarity_distillation_gradient_reaches_the_student_only():
         plus, minus = student_value.astype(np.float64), student_value.astype(np.float64)
         plus[index] += eps
         minus[index] -= eps
-        numeric[index] = (reference_distillation(plus, teacher_value, 2.0)
-                          - reference_distillation(minus, teacher_value, 2.0)) / (2 * eps)
+        numeric[index] = (
+            reference_distillation(plus, teacher_value, 2.0) - reference_distillation(minus, teacher_value, 2.0)
+        ) / (2 * eps)
     assert np.abs(numeric).max() > 1e-2
     np.testing.assert_allclose(student_gradient.numpy(), numeric, rtol=1e-4, atol=1e-5 * np.abs(numeric).max())
 
 
 # --- the full loss ---------------------------------------------------------------------------------------------
+
 
 def test_s2sd_loss_matches_reference_before_and_after_the_feature_delay(run_mode):
     embeddings, labels, features = s2sd_case()
@@ -188,8 +191,9 @@ def test_s2sd_gradients():
 
     def distillation_terms(e):
         similarities = e @ e.T
-        return (0.7 * np.mean([reference_distillation(similarities, h @ h.T, 2.0) for h in heads])
-                + 2.0 * reference_distillation(similarities, f @ f.T, 2.0))
+        return 0.7 * np.mean(
+            [reference_distillation(similarities, h @ h.T, 2.0) for h in heads]
+        ) + 2.0 * reference_distillation(similarities, f @ f.T, 2.0)
 
     eps = 1e-6
     numeric = np.zeros(embeddings.shape)
@@ -199,8 +203,9 @@ def test_s2sd_gradients():
         minus[index] -= eps
         numeric[index] = (distillation_terms(plus) - distillation_terms(minus)) / (2 * eps)
     assert np.abs(numeric).max() > 1e-2
-    np.testing.assert_allclose(full_gradients[0] - plain_gradients[0], numeric, rtol=1e-3,
-                               atol=1e-4 * np.abs(numeric).max())
+    np.testing.assert_allclose(
+        full_gradients[0] - plain_gradients[0], numeric, rtol=1e-3, atol=1e-4 * np.abs(numeric).max()
+    )
 
 
 @pytest.mark.parametrize("pooling", ["avg+max", "avg", "max"])
@@ -226,6 +231,7 @@ def test_target_losses_get_their_own_seeds_and_variables():
 
 
 # --- errors ----------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "arguments,message",
@@ -264,6 +270,7 @@ def test_setup_and_call_errors():
 
 # --- the loss takes its target losses built (the registry builds them by name) -----------------------------------
 
+
 def test_s2sd_takes_built_target_losses_and_keeps_them_through_its_config():
     targets = [build_dml_loss("margin", seed=index) for index in range(3)]
     loss = S2SDLoss(targets, dims=[4, 6], seed=3)
@@ -275,13 +282,20 @@ def test_s2sd_takes_built_target_losses_and_keeps_them_through_its_config():
     assert [target.seed for target in [restored.base_loss, *restored.head_losses]] == [0, 1, 2]
     # TF-Similarity's losses too (their distance is kept by name: their from_config refuses its object config)
     restored = S2SDLoss.from_config(json.loads(json.dumps(build_dml_loss("s2sd", dims=[4]).get_config())))
-    assert type(restored.base_loss).__name__ == "MultiSimilarityLoss" and restored.base_loss.get_config()["beta"] == 40.0
+    assert (
+        type(restored.base_loss).__name__ == "MultiSimilarityLoss" and restored.base_loss.get_config()["beta"] == 40.0
+    )
 
 
 @pytest.mark.parametrize(
     "targets,dims,argument,message",
     [
-        (1, [4, 6], "target_losses", r"S2SD needs 3 target losses \(one for the embedding, one per head of dims=\[4, 6\]\), got 1"),
+        (
+            1,
+            [4, 6],
+            "target_losses",
+            r"S2SD needs 3 target losses \(one for the embedding, one per head of dims=\[4, 6\]\), got 1",
+        ),
         ("s2sd", [4], "target_losses", r"S2SD's target loss cannot be 's2sd' itself"),
         (2, [], "dims", r"dims must be a non-empty list of positive head sizes"),
     ],
@@ -294,4 +308,3 @@ def test_s2sd_refuses_a_wrong_number_or_kind_of_target_losses(targets, dims, arg
     with pytest.raises(ArgumentError, match=message) as info:
         S2SDLoss(targets, dims=dims)
     assert info.value.argument == argument
-

@@ -73,7 +73,10 @@ def write_legacy_state_dict(path, tensors, fake_torch):
         Pickler(handle, protocol=2).dump(state)
         pickle.dump([storage.key for storage in storages.values()], handle, protocol=2)
         for storage in storages.values():
-            handle.write(struct.pack("<q", storage.array.size) + storage.array.astype(storage.array.dtype.newbyteorder("<")).tobytes())
+            handle.write(
+                struct.pack("<q", storage.array.size)
+                + storage.array.astype(storage.array.dtype.newbyteorder("<")).tobytes()
+            )
 
 
 def test_legacy_reader_rebuilds_views_offsets_and_strides(tmp_path, fake_torch):
@@ -103,7 +106,9 @@ def test_legacy_reader_refuses_code_and_other_formats(tmp_path):
         read_torch_legacy_state_dict(evil)
     zipped = tmp_path / "new.pth"
     zipped.write_bytes(b"PK\x03\x04" + b"\0" * 100)
-    with pytest.raises(ValueError, match=r"new\.pth is a zip archive: files written by torch >= 1\.6 are, and this reader"):
+    with pytest.raises(
+        ValueError, match=r"new\.pth is a zip archive: files written by torch >= 1\.6 are, and this reader"
+    ):
         read_torch_legacy_state_dict(zipped)
 
 
@@ -154,7 +159,9 @@ def test_classifier_takes_uint8_and_any_batch(lite0_classifier):
 def test_conversion_is_cached_and_atomic(tmp_path, monkeypatch):
     first = efficientnet_lite.efficientnet_lite0_imagenet_weights(include_top=False, cache=tmp_path, verbose=False)
     monkeypatch.setattr(efficientnet_lite, "read_torch_legacy_state_dict", lambda path: pytest.fail("converted twice"))
-    assert efficientnet_lite.efficientnet_lite0_imagenet_weights(include_top=False, cache=tmp_path, verbose=False) == first
+    assert (
+        efficientnet_lite.efficientnet_lite0_imagenet_weights(include_top=False, cache=tmp_path, verbose=False) == first
+    )
 
 
 def test_failed_conversion_leaves_nothing(tmp_path, monkeypatch):

@@ -5,8 +5,8 @@ import urllib.error
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import toy_backbone
+
 from tf_langdml import keras
 from tf_langdml.errors import argument_of
 from tf_langdml.models import FrozenStatisticsBatchNormalization, ImageNormalization, build_embedder
@@ -23,20 +23,29 @@ def _one_sgd_step(embedder, images):
 
 def _bn_state(model):
     layers = [layer for layer in model.submodules if isinstance(layer, keras.layers.BatchNormalization)]
-    return layers, [[w.numpy().copy() for w in (l.moving_mean, l.moving_variance, l.gamma, l.beta)] for l in layers]
+    return layers, [
+        [w.numpy().copy() for w in (layer.moving_mean, layer.moving_variance, layer.gamma, layer.beta)]
+        for layer in layers
+    ]
 
 
 @pytest.mark.parametrize("freeze", [True, False])
 def test_resnet50_frozen_bn_keeps_statistics_and_trains_affine(freeze):
-    embedder = build_embedder("resnet50", weights=None, embed_dim=16, input_shape=(32, 32, 3), freeze_bn_statistics=freeze)
+    embedder = build_embedder(
+        "resnet50", weights=None, embed_dim=16, input_shape=(32, 32, 3), freeze_bn_statistics=freeze
+    )
     layers, before = _bn_state(embedder)
     assert len(layers) == 53
     assert all(isinstance(layer, FrozenStatisticsBatchNormalization) == freeze for layer in layers)
     images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     _one_sgd_step(embedder, images)
     _, after = _bn_state(embedder)
-    statistics_changed = any(not np.array_equal(b[0], a[0]) or not np.array_equal(b[1], a[1]) for b, a in zip(before, after))
-    affine_changed = any(not np.array_equal(b[2], a[2]) or not np.array_equal(b[3], a[3]) for b, a in zip(before, after))
+    statistics_changed = any(
+        not np.array_equal(b[0], a[0]) or not np.array_equal(b[1], a[1]) for b, a in zip(before, after)
+    )
+    affine_changed = any(
+        not np.array_equal(b[2], a[2]) or not np.array_equal(b[3], a[3]) for b, a in zip(before, after)
+    )
     assert affine_changed
     assert statistics_changed is not freeze
 
@@ -103,7 +112,9 @@ def test_imagenet_weights_offline_names_the_local_alternative(tmp_path, monkeypa
 
     monkeypatch.setenv("HOME", str(tmp_path))  # an empty ~/.keras cache
     monkeypatch.setattr(data_utils, "urlretrieve", no_network)
-    with pytest.raises(RuntimeError, match=r"pass weights='/path/to/resnet50_weights_tf_dim_ordering_tf_kernels_notop\.h5'"):
+    with pytest.raises(
+        RuntimeError, match=r"pass weights='/path/to/resnet50_weights_tf_dim_ordering_tf_kernels_notop\.h5'"
+    ):
         build_embedder("resnet50", weights="imagenet", input_shape=(32, 32, 3))
 
 
@@ -138,7 +149,9 @@ def test_the_feature_model_needs_a_named_global_pooling_layer():
 
 
 def test_bad_arguments_are_clear_errors():
-    with pytest.raises(ValueError, match="Unknown backbone 'vgg'; known backbones: \\['efficientnet_lite0', 'resnet50', 'toy_cnn'\\]"):
+    with pytest.raises(
+        ValueError, match="Unknown backbone 'vgg'; known backbones: \\['efficientnet_lite0', 'resnet50', 'toy_cnn'\\]"
+    ):
         build_embedder("vgg", weights=None)
     with pytest.raises(ValueError, match="embed_dim must be a positive integer"):
         build_embedder(toy_backbone(), weights=None, embed_dim=0, input_shape=(16, 16, 3))

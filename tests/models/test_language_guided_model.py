@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import synthetic_problem, tiny_guided_model, unit_rows
+
 from tf_langdml import keras
 from tf_langdml.errors import ArgumentError
 from tf_langdml.language import LanguageTable
 from tf_langdml.losses import build_dml_loss, language_matching_loss
-from tf_langdml.models import LanguageGuidedModel, build_embedder, compile_arguments
+from tf_langdml.models import LanguageGuidedModel, compile_arguments
 
 
 def language_table_for(num_classes, num_names=1, seed=0):
@@ -121,7 +121,9 @@ def test_table_is_a_normalised_constant_not_a_weight():
     table = language_table_for(4, num_names=2) * 7
     model = tiny_guided_model(table, optimizer=None)
     assert isinstance(model.language_table, LanguageTable)
-    assert isinstance(model.language_table.tensor, tf.Tensor) and not isinstance(model.language_table.tensor, tf.Variable)
+    assert isinstance(model.language_table.tensor, tf.Tensor) and not isinstance(
+        model.language_table.tensor, tf.Variable
+    )
     # float32 normalisation then a float32 norm of 12 terms: each <= ~(12/2 + 1) ulps, < 1e-6 together.
     np.testing.assert_allclose(np.linalg.norm(model.language_table.rows, axis=-1), 1.0, rtol=1e-6)
     assert model.language_table.shape == (4, 2, 12)
@@ -256,8 +258,11 @@ def test_refusals_from_the_losses_come_out_under_compile_names(monkeypatch):
         return build
 
     model = tiny_guided_model(language_table_for(4), optimizer=None)
-    for own, compiles_as in [("shift", "language_shift"), ("temperature", "language_temperature"),
-                             ("direction", "language_direction")]:
+    for own, compiles_as in [
+        ("shift", "language_shift"),
+        ("temperature", "language_temperature"),
+        ("direction", "language_direction"),
+    ]:
         monkeypatch.setattr(compile_arguments, "LanguageMatchingLoss", refusing(own))
         with pytest.raises(ArgumentError, match=f"^bad {own}$") as info:
             model.compile()

@@ -9,8 +9,8 @@ export; S2SD reads pooled features from the same forward pass as the embeddings.
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import tiny_embedder, tiny_guided_model
+
 from tf_langdml import keras
 from tf_langdml.export import export_embedder
 from tf_langdml.losses import DML_LOSSES, build_dml_loss
@@ -33,9 +33,15 @@ def problem(seed=0):
 def make_model(dml_loss, learning_rate=1e-3, weight_decay=0.0, table=True, **compile_arguments):
     """(model, images, labels): helpers.tiny_guided_model (seed 3) on :func:`problem`, its loss optimizers built."""
     images, labels, language = problem()
-    model = tiny_guided_model(language if table else None, seed=3, optimizer=keras.optimizers.Adam(learning_rate),
-                              dml_loss=dml_loss, language_weight=1.0 if table else 0.0, weight_decay=weight_decay,
-                              **compile_arguments)
+    model = tiny_guided_model(
+        language if table else None,
+        seed=3,
+        optimizer=keras.optimizers.Adam(learning_rate),
+        dml_loss=dml_loss,
+        language_weight=1.0 if table else 0.0,
+        weight_decay=weight_decay,
+        **compile_arguments,
+    )
     model.build_optimizers()
     return model, images, labels
 
@@ -49,8 +55,9 @@ def spec(name):
 IN_DEFAULT_SUITE = ("margin", "proxy_anchor", "arcface", "s2sd")
 
 
-@pytest.mark.parametrize("name", [name if name in IN_DEFAULT_SUITE else pytest.param(name, marks=pytest.mark.slow)
-                                  for name in NEW_LOSSES])
+@pytest.mark.parametrize(
+    "name", [name if name in IN_DEFAULT_SUITE else pytest.param(name, marks=pytest.mark.slow) for name in NEW_LOSSES]
+)
 def test_fit_with_each_loss_and_elg_lowers_the_total_loss(name):
     model, images, labels = make_model(spec(name), learning_rate=3e-3)
     # train_on_batch returns each step's loss, computed before its update (one traced function).
@@ -67,18 +74,27 @@ def test_loss_variables_are_owned_by_the_model_and_train_at_their_own_rate_witho
     assert proxies.shape == (6, 8)  # num_classes from the table's rows, embed_dim from the embedder
     assert any(variable is proxies for variable in plain.trainable_variables)
     assert not any(variable is proxies for variable in plain.embedder.variables)
-    assert [optimizer.learning_rate.numpy() for optimizer in plain.loss_optimizers] == pytest.approx([0.2])  # 1e-4 x 2000
+    assert [optimizer.learning_rate.numpy() for optimizer in plain.loss_optimizers] == pytest.approx(
+        [0.2]
+    )  # 1e-4 x 2000
     start_proxies, start_embedder = proxies.numpy(), [w.numpy() for w in plain.embedder.trainable_variables]
     for model in (plain, decayed):
         model.train_on_batch(images, labels)
     # Adam's first step moves every coordinate with a non-zero gradient by about its learning rate.
     proxy_step = np.abs(proxies.numpy() - start_proxies).max()
-    embedder_step = max(np.abs(w.numpy() - w0).max() for w, w0 in zip(plain.embedder.trainable_variables, start_embedder))
+    embedder_step = max(
+        np.abs(w.numpy() - w0).max() for w, w0 in zip(plain.embedder.trainable_variables, start_embedder)
+    )
     assert 0.15 < proxy_step <= 0.2 + 1e-6 and embedder_step <= 1e-4 + 1e-7
     # Weight decay reaches the network, not the proxies (the paper's code: only the network's group decays).
     np.testing.assert_array_equal(decayed.dml_loss.class_vectors.numpy(), proxies.numpy())
-    assert max(np.abs(a.numpy() - b.numpy()).max()
-               for a, b in zip(decayed.embedder.trainable_variables, plain.embedder.trainable_variables)) > 0
+    assert (
+        max(
+            np.abs(a.numpy() - b.numpy()).max()
+            for a, b in zip(decayed.embedder.trainable_variables, plain.embedder.trainable_variables)
+        )
+        > 0
+    )
 
 
 def test_margin_beta_trains_at_its_absolute_learning_rate():
@@ -123,8 +139,9 @@ def test_s2sd_reads_features_of_the_same_forward_pass_and_leaves_the_embedder_as
     embedder = build_embedder(backbone, weights=None, embed_dim=8, input_shape=(16, 16, 3), freeze_bn_statistics=False)
     images, labels, language = problem()
     model = LanguageGuidedModel(embedder, language_table=language)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), dml_loss={**S2SD_SMALL, "feature_pooling": "avg"},
-                  run_eagerly=True)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3), dml_loss={**S2SD_SMALL, "feature_pooling": "avg"}, run_eagerly=True
+    )
     assert len(embedder.outputs) == 1 and embedder.output_shape == (None, 8)  # what build_embedder returned
     CountingLayer.calls = 0
     model.train_on_batch(images, labels)
@@ -143,7 +160,9 @@ def test_checkpoint_round_trip_of_proxies_and_their_optimizer(tmp_path):
     tf.train.Checkpoint(model=fresh, optimizer=fresh.optimizer).restore(path).assert_existing_objects_matched()
     np.testing.assert_array_equal(fresh.dml_loss.class_vectors.numpy(), model.dml_loss.class_vectors.numpy())
     slots = [v.numpy() for v in model.loss_optimizers[0].variables]
-    assert [np.array_equal(a, v.numpy()) for a, v in zip(slots, fresh.loss_optimizers[0].variables)] == [True] * len(slots)
+    assert [np.array_equal(a, v.numpy()) for a, v in zip(slots, fresh.loss_optimizers[0].variables)] == [True] * len(
+        slots
+    )
     # The next step is then the same step.
     model.train_on_batch(images, labels)
     fresh.train_on_batch(images, labels)
@@ -164,8 +183,10 @@ def test_the_export_of_an_s2sd_run_with_proxies_is_a_plain_run_s_export(tmp_path
         assert not any("class_vectors" in key or "s2sd" in key or "head_" in key for key in shapes), name
         sizes[name] = sum(int(np.prod(shape)) for key, shape in shapes.items() if "OPTIMIZER" not in key)
         loaded = tf.saved_model.load(str(folder))
-        signatures[name] = {key: (str(function.structured_input_signature), str(function.structured_outputs))
-                            for key, function in loaded.signatures.items()}
+        signatures[name] = {
+            key: (str(function.structured_input_signature), str(function.structured_outputs))
+            for key, function in loaded.signatures.items()
+        }
     assert sizes["s2sd"] == sizes["plain"]
     assert signatures["s2sd"] == signatures["plain"]
 
@@ -218,8 +239,12 @@ def test_mined_and_s2sd_losses_compile_under_xla(name):
 
 def test_an_overflowing_loss_scaled_step_leaves_the_loss_variables_finite():
     model, images, labels = make_model({"name": "proxy_anchor"})
-    model.compile(optimizer=keras.mixed_precision.LossScaleOptimizer(keras.optimizers.Adam(1e-3)),
-                  dml_loss={"name": "proxy_anchor"}, language_weight=1.0, run_eagerly=True)
+    model.compile(
+        optimizer=keras.mixed_precision.LossScaleOptimizer(keras.optimizers.Adam(1e-3)),
+        dml_loss={"name": "proxy_anchor"},
+        language_weight=1.0,
+        run_eagerly=True,
+    )
     proxies, kernel = model.dml_loss.class_vectors, model.embedder.get_layer("projection").kernel
     before, kernel_before = proxies.numpy(), kernel.numpy()
     # What a float16 overflow gives: the unscaled gradients are Inf. The loss-scale optimizer skips the step.

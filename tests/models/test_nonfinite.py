@@ -44,7 +44,9 @@ def test_the_error_names_the_step_the_bad_values_and_the_learning_rate():
     assert isinstance(error, NonFiniteLossError) and isinstance(error, FloatingPointError)
     assert (error.step, error.learning_rate) == (2, pytest.approx(3e-4))
     assert error.values["gradients_finite"] is False and error.values["language_loss"] == 0.25
-    assert "optimizer step 2 (0-based optimizer.iterations; the 3rd update): loss, dml_loss, gradients are NaN" in str(error)
+    assert "optimizer step 2 (0-based optimizer.iterations; the 3rd update): loss, dml_loss, gradients are NaN" in str(
+        error
+    )
     assert "current learning rate 0.0003" in str(error) and "those after the last finite step" in str(error)
     weights[0].assign([np.nan, 0.0])
     assert "were already NaN or Inf before it (kernel:0)" in str(nonfinite_error([0, 1, 1, 1, 1], optimizer, weights))

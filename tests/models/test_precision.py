@@ -2,8 +2,13 @@
 
 import pytest
 
-from tf_langdml.models.precision import (PRECISIONS, DeviceCapabilities, precision_policy, read_cpu_flags,
-                                         resolve_precision)
+from tf_langdml.models.precision import (
+    PRECISIONS,
+    DeviceCapabilities,
+    precision_policy,
+    read_cpu_flags,
+    resolve_precision,
+)
 from tf_langdml.runs import schema
 
 
@@ -21,7 +26,9 @@ def test_auto_on_a_cpu_without_fast_bfloat16_is_float32():
     policy, reason = resolve_precision("auto", probe(flags=["sse2", "avx2", "avx512f"]))
     assert policy == "float32" and "neither avx512_bf16 nor amx_bf16" in reason
     assert resolve_precision("auto", probe(source=None)) == (
-        "float32", "auto: no GPU, and the CPU's flags could not be read (no /proc/cpuinfo)")
+        "float32",
+        "auto: no GPU, and the CPU's flags could not be read (no /proc/cpuinfo)",
+    )
 
 
 def test_auto_on_gpus_follows_the_compute_capability():

@@ -8,6 +8,7 @@ outside their storage or larger than the file, absurd storage sizes, trailing or
 a few hundred seeded byte mutations) must raise a one-line ValueError naming the file, within a memory bound.
 """
 
+import _pickle
 import builtins
 import contextlib
 import copyreg
@@ -23,12 +24,11 @@ import threading
 import time
 import tracemalloc
 
-import _pickle
 import numpy as np
 import pytest
-
 from helpers import quiet_env, run_python
 from models.test_efficientnet_lite import fake_torch, write_legacy_state_dict  # noqa: F401  (fake_torch: fixture)
+
 from tf_langdml.models import torch_legacy
 from tf_langdml.models.torch_legacy import TorchPickleRefused, read_torch_legacy_state_dict
 
@@ -344,8 +344,16 @@ BUILD_AND_SETITEM = {  # name -> (opcodes run on the finished state dict, what t
     "OrderedDict with arguments": (text("extra") + ORDERED_DICT + b"(]tRs", "calls collections.OrderedDict with arg"),
     "BUILD on a tensor": (text("extra") + tensor_opcodes() + b"}" + text("x") + b"Nsbs", "AttributeError"),
     "BUILD on a storage reference": (
-        text("extra") + b"(" + text("storage") + b"ctorch\nFloatStorage\n" + text("0") + text("cpu") + b"K\x18tQ"
-        + b"}" + text("x") + b"Nsbs",
+        text("extra")
+        + b"("
+        + text("storage")
+        + b"ctorch\nFloatStorage\n"
+        + text("0")
+        + text("cpu")
+        + b"K\x18tQ"
+        + b"}"
+        + text("x")
+        + b"Nsbs",
         "AttributeError",
     ),
     "BUILD on a plain dict": (text("extra") + b"}}" + text("x") + b"Nsbs", "AttributeError"),
@@ -398,11 +406,15 @@ def test_torch_metadata_on_the_state_dict_and_extra_tensors_read(tmp_path, valid
         # str() of these ints raises (past 4300 digits), and a megabyte of bytes is no message.
         pytest.param("magic number", 1 << 80_000, "magic number <int of 80001 bits>, expected", id="long-magic"),
         pytest.param(
-            "system info", {"little_endian": False, "n": -(1 << 20_000)}, r"'n': <int of 20001 bits>\}\); this",
+            "system info",
+            {"little_endian": False, "n": -(1 << 20_000)},
+            r"'n': <int of 20001 bits>\}\); this",
             id="long-int-in-system-info",
         ),
         pytest.param(
-            "system info", {"little_endian": b"\x00" * 10**6}, r"\{'little_endian': b'\\x00\\x00\\x0\.\.\.0\\x00\\x00\\x00'\}\); this",
+            "system info",
+            {"little_endian": b"\x00" * 10**6},
+            r"\{'little_endian': b'\\x00\\x00\\x0\.\.\.0\\x00\\x00\\x00'\}\); this",
             id="long-bytes-in-system-info",
         ),
     ],
@@ -480,8 +492,12 @@ def test_plain_data_of_any_shape_passes_the_stack_check(tmp_path, valid_file, pr
     (the system info dict holds it: 100 deep) pickled by Python's own pickler read back equal."""
     shared, raw = [1, 2], (b"xy", b"") if protocol >= 3 else ()  # protocols 0-2 write bytes through a global
     extra = {
-        "shared": [shared, shared, (shared, shared)], "scalars": (1.5, "\u00e9\u4e2d", None, True, 2**70, -3, *raw),
-        "empty": ([], {}, (), ""), "nested": nested(98), "dicts": {"k": {"j": [{"i": ()}]}}, "long": list(range(2000)),
+        "shared": [shared, shared, (shared, shared)],
+        "scalars": (1.5, "\u00e9\u4e2d", None, True, 2**70, -3, *raw),
+        "empty": ([], {}, (), ""),
+        "nested": nested(98),
+        "dicts": {"k": {"j": [{"i": ()}]}},
+        "long": list(range(2000)),
     }
     pickles, tail = split_legacy_file(valid_file)
     pickles[2] = pickle.dumps({"little_endian": True, **extra}, protocol=protocol)
@@ -502,7 +518,7 @@ def test_a_million_nested_tuples_are_refused_before_python_hashes_them(tmp_path,
     write_with(tmp_path / "0.pth", valid_file, position, data)
     (outcome,) = read_in_subprocess(tmp_path, 1)
     assert list(outcome) == ["ValueError"], outcome
-    assert f"Refusing an object nested 101 deep (TUPLE1 at byte" in outcome["ValueError"]
+    assert "Refusing an object nested 101 deep (TUPLE1 at byte" in outcome["ValueError"]
 
 
 def test_dict_keys_of_equal_hash_are_refused_before_the_quadratic_build(tmp_path, valid_file):
@@ -529,7 +545,11 @@ def test_dict_keys_of_equal_hash_are_refused_before_the_quadratic_build(tmp_path
     ],
 )
 def test_a_malformed_persistent_id_in_the_state_dict_is_a_clear_value_error(
-    tmp_path, valid_file, fake_torch, saved_id, match  # noqa: F811  (pytest fixture argument)
+    tmp_path,
+    valid_file,
+    fake_torch,  # noqa: F811  (pytest fixture argument)
+    saved_id,
+    match,
 ):
     torch_module, _utils = fake_torch
     marker = object()
@@ -575,7 +595,10 @@ def test_an_impossible_or_oversized_tensor_is_a_clear_value_error(tmp_path, fake
     path = tmp_path / "bad.pth"
     write_legacy_state_dict(path, {"ok": (BASE, 0, (24,), (1,)), "bad": spec}, fake_torch)
     _, peak = traced_peak(
-        lambda: assert_refused(path, f"^{re.escape(str(path))}: not a legacy torch weights file: tensor 'bad' .*{match}"))
+        lambda: assert_refused(
+            path, f"^{re.escape(str(path))}: not a legacy torch weights file: tensor 'bad' .*{match}"
+        )
+    )
     # Refused before allocating: the file, the pickles' objects (< 100 bytes per file byte) and the error.
     assert peak < 100 * path.stat().st_size, peak
 
@@ -612,7 +635,10 @@ def test_a_storage_larger_than_the_file_is_refused_before_allocating(tmp_path, f
     path = tmp_path / "huge.pth"
     write_legacy_state_dict(path, {"weight": (ClaimedStorage(BASE, claimed), 0, (24,), (1,))}, fake_torch)
     _, peak = traced_peak(
-        lambda: assert_refused(path, rf"truncated \(storage 0 is incomplete: {claimed} elements of 4 bytes, 96 bytes left\)"))
+        lambda: assert_refused(
+            path, rf"truncated \(storage 0 is incomplete: {claimed} elements of 4 bytes, 96 bytes left\)"
+        )
+    )
     assert peak < 100 * path.stat().st_size, peak
 
 
@@ -740,8 +766,9 @@ for case in range(count):
 def read_in_subprocess(folder, count):
     """The outcome of reading ``folder/<case>.pth`` for each case, in a fresh process under an address-space limit
     (TensorFlow not imported); one dict per case: {"loaded": ...}, {"ValueError": message} or {"other": ...}."""
-    result = run_python(READ_WORKER, torch_legacy.__file__, folder, str(count), timeout=120,
-                        env=quiet_env(OPENBLAS_NUM_THREADS="1"))
+    result = run_python(
+        READ_WORKER, torch_legacy.__file__, folder, str(count), timeout=120, env=quiet_env(OPENBLAS_NUM_THREADS="1")
+    )
     outcomes = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(outcomes) == count, result.stderr[-2000:]
     return outcomes

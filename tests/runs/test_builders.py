@@ -20,17 +20,28 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
         ("loss.direction=sideways", r"'loss.direction': Unknown direction 'sideways'"),
         ("loss.dml=multisimilarty", r"'loss.dml': Unknown DML loss 'multisimilarty'"),
         # "did you mean" from the loss's argument names (it used to suggest a loss name, 'multisimilarity').
-        ("loss.dml_arguments={marginn: 0.2}", r"^'loss.dml_arguments': Unknown argument\(s\) \['marginn'\] for DML loss "
-                                              r"'multisimilarity'; it accepts \['margin', 'negative_weight', "
-                                              r"'positive_weight', 'threshold'\]; did you mean 'margin'\?$"),
-        ("language.encoder=precomputed:/nonexistent/table.npz",
-         r"^'language.encoder': the precomputed embeddings file '/nonexistent/table.npz' does not exist"),
+        (
+            "loss.dml_arguments={marginn: 0.2}",
+            r"^'loss.dml_arguments': Unknown argument\(s\) \['marginn'\] for DML loss "
+            r"'multisimilarity'; it accepts \['margin', 'negative_weight', "
+            r"'positive_weight', 'threshold'\]; did you mean 'margin'\?$",
+        ),
+        (
+            "language.encoder=precomputed:/nonexistent/table.npz",
+            r"^'language.encoder': the precomputed embeddings file '/nonexistent/table.npz' does not exist",
+        ),
         ("loss.dml=proxy_ancor", r"'loss.dml': Unknown DML loss 'proxy_ancor'.*did you mean 'proxy_anchor'"),
         ("optimizer.weight_decay=-1", r"'optimizer.weight_decay': weight_decay must be"),
         ("language.top_k=1001", r"'language.top_k': Top-k must be an integer in 1..1000"),
         ("language.level=pixel", r"'language.level': Unknown pseudo-label level 'pixel'"),
-        ("language.classifier=resnet5", r"'language.classifier': Unknown ImageNet classifier 'resnet5'.*did you mean 'resnet50'"),
-        ("data.batch_size=91", r"'data.batch_size' / 'data.examples_per_class': batch_size=91 must be a positive multiple of examples_per_class=2"),
+        (
+            "language.classifier=resnet5",
+            r"'language.classifier': Unknown ImageNet classifier 'resnet5'.*did you mean 'resnet50'",
+        ),
+        (
+            "data.batch_size=91",
+            r"'data.batch_size' / 'data.examples_per_class': batch_size=91 must be a positive multiple of examples_per_class=2",
+        ),
         ("model.backbone=resnet5", r"'model.backbone': Unknown backbone 'resnet5'.*did you mean 'resnet50'"),
         ("model.pooling=mean", r"'model.pooling': Unknown pooling 'mean'"),
         ("language.template=a photo", r"'language.template': Template 'a photo' has no '\{\}'"),
@@ -48,20 +59,39 @@ def test_bad_values_fail_before_any_data_is_read(override, match, monkeypatch, t
 @pytest.mark.parametrize(
     "overrides,match",
     [
-        (["loss.dml=margin", "loss.dml_arguments={miner: hardest}"],
-         r"'loss.dml_arguments': Unknown miner 'hardest'; expected one of \['random', 'semihard', 'softhard', 'distance'\]"),
-        (["loss.dml=proxy_anchor", "loss.dml_arguments={alpha: -1}"], r"'loss.dml_arguments': alpha must be a finite number > 0"),
-        (["loss.dml=s2sd", "loss.dml_arguments={feature_pooling: sum}"], r"'loss.dml_arguments': Unknown feature_pooling 'sum'"),
-        (["loss.dml=s2sd", "loss.dml_arguments={target: s2sd}"], r"'loss.dml_arguments': S2SD's target loss cannot be 's2sd'"),
-        (["loss.dml=margin", "loss.dml_arguments={xbm_memory_size: 8}"],
-         r"'loss.dml_arguments': xbm_memory_size works with TensorFlow-Similarity's losses"),
+        (
+            ["loss.dml=margin", "loss.dml_arguments={miner: hardest}"],
+            r"'loss.dml_arguments': Unknown miner 'hardest'; expected one of \['random', 'semihard', 'softhard', 'distance'\]",
+        ),
+        (
+            ["loss.dml=proxy_anchor", "loss.dml_arguments={alpha: -1}"],
+            r"'loss.dml_arguments': alpha must be a finite number > 0",
+        ),
+        (
+            ["loss.dml=s2sd", "loss.dml_arguments={feature_pooling: sum}"],
+            r"'loss.dml_arguments': Unknown feature_pooling 'sum'",
+        ),
+        (
+            ["loss.dml=s2sd", "loss.dml_arguments={target: s2sd}"],
+            r"'loss.dml_arguments': S2SD's target loss cannot be 's2sd'",
+        ),
+        (
+            ["loss.dml=margin", "loss.dml_arguments={xbm_memory_size: 8}"],
+            r"'loss.dml_arguments': xbm_memory_size works with TensorFlow-Similarity's losses",
+        ),
         # A list where the loss takes a number (the shape of the reproduced alias bomb, without the alias).
-        (["loss.dml=circle", "loss.dml_arguments={gamma: [80, 80]}"],
-         r"^'loss.dml_arguments.gamma' must be a number \(circle's gamma\); got a list \(\[80, 80\]\)\.$"),
-        (["loss.dml=margin", "loss.dml_arguments={beta_constant: [false]}"],
-         r"^'loss.dml_arguments.beta_constant' must be true or false \(margin's beta_constant\); got a list"),
-        (["loss.dml=s2sd", "loss.dml_arguments={target_arguments: {margin: [0.1]}}"],
-         r"^'loss.dml_arguments.target_arguments.margin' must be a number \(multisimilarity's margin\)"),
+        (
+            ["loss.dml=circle", "loss.dml_arguments={gamma: [80, 80]}"],
+            r"^'loss.dml_arguments.gamma' must be a number \(circle's gamma\); got a list \(\[80, 80\]\)\.$",
+        ),
+        (
+            ["loss.dml=margin", "loss.dml_arguments={beta_constant: [false]}"],
+            r"^'loss.dml_arguments.beta_constant' must be true or false \(margin's beta_constant\); got a list",
+        ),
+        (
+            ["loss.dml=s2sd", "loss.dml_arguments={target_arguments: {margin: [0.1]}}"],
+            r"^'loss.dml_arguments.target_arguments.margin' must be a number \(multisimilarity's margin\)",
+        ),
     ],
 )
 def test_bad_arguments_of_the_paper_s_losses_name_dml_arguments_before_any_data(overrides, match):
@@ -87,16 +117,19 @@ def test_a_builder_error_names_the_key_and_the_library_s_own_valid_values():
     assert "loss.direction" in str(info.value) and str(list(DIRECTIONS)) in str(info.value)
     assert isinstance(info.value.__cause__, ValueError)  # the library's error, re-raised
     # The real build names it the same way.
-    config = load_config(None, ["loss.direction=sideways", "model.backbone=toy_cnn", "model.weights=null",
-                                "data.image_size=16"])
+    config = load_config(
+        None, ["loss.direction=sideways", "model.backbone=toy_cnn", "model.weights=null", "data.image_size=16"]
+    )
     with pytest.raises(ConfigError, match=r"'loss.direction': .*\['image_to_language', 'language_to_image'\]"):
         builders.guided_model(config.model, config.data.image_size, config.loss, config.optimizer, config.training)
 
 
 def test_what_the_library_accepts_passes_the_checks():
     # The loss takes any finite shift (γ), negative ones too; the checks agree with it.
-    config = load_config(CONFIGS / "cub200_plg_128.yaml", ["loss.shift=-1", "loss.direction=language_to_image",
-                                                           "model.pooling=avg+max", "language.level=sample"])
+    config = load_config(
+        CONFIGS / "cub200_plg_128.yaml",
+        ["loss.shift=-1", "loss.direction=language_to_image", "model.pooling=avg+max", "language.level=sample"],
+    )
     training.preflight(config)
     for path in sorted(CONFIGS.glob("*.yaml")):
         training.preflight(load_config(path))
@@ -122,7 +155,9 @@ def test_background_and_max_pixels_reach_the_split():
 def test_too_many_classes_per_batch_for_the_split_is_named(tmp_path):
     config = load_config(overrides=["data.dataset=demo", "data.batch_size=400"])
     split = builders.dataset(config.data).train_split
-    with pytest.raises(ConfigError, match=r"'data.batch_size' / 'data.examples_per_class': .*distinct classes per batch"):
+    with pytest.raises(
+        ConfigError, match=r"'data.batch_size' / 'data.examples_per_class': .*distinct classes per batch"
+    ):
         builders.train_batches(config.data, split, seed=0)
 
 
@@ -142,16 +177,29 @@ def test_a_folder_with_a_gallery_is_scored_by_the_query_gallery_protocol(tmp_pat
                 pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(root / name / where / f"{index}.png")
     (tmp_path / "test.txt").write_text("# test classes\nc\nd\ne\n")
-    config = load_config(overrides=["data.dataset=folder", f"data.data_dir={root}", f"data.test_classes={tmp_path}/test.txt",
-                                    "data.image_size=8", "evaluation.clustering=false", "evaluation.semantic=false",
-                                    "evaluation.ks=[1, 2]"])
+    config = load_config(
+        overrides=[
+            "data.dataset=folder",
+            f"data.data_dir={root}",
+            f"data.test_classes={tmp_path}/test.txt",
+            "data.image_size=8",
+            "evaluation.clustering=false",
+            "evaluation.semantic=false",
+            "evaluation.ks=[1, 2]",
+        ]
+    )
     split = builders.dataset(config.data).test_split
     assert split.raw_class_names == ("c", "d", "e") and split.gallery.sum() == 9 and len(split.labels) == 18
     network = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D()])  # mean colour
     metrics = builders.evaluation_metrics(config.evaluation, config.data, config.language, 0, network, split, verbose=0)
     embeddings, gallery = embed_split(network, split, 64, 8, verbose=0), split.gallery
-    assert metrics == retrieval_metrics(embeddings[~gallery], split.labels[~gallery], (1, 2),
-                                        gallery_embeddings=embeddings[gallery], gallery_labels=split.labels[gallery])
+    assert metrics == retrieval_metrics(
+        embeddings[~gallery],
+        split.labels[~gallery],
+        (1, 2),
+        gallery_embeddings=embeddings[gallery],
+        gallery_labels=split.labels[gallery],
+    )
     assert metrics != retrieval_metrics(embeddings, split.labels, (1, 2))  # not leave-one-out
     callback = RetrievalEvaluation(split, batch_size=64, image_size=8, ks=(1, 2), verbose=0)  # during training too
     callback.set_model(network)
@@ -161,6 +209,8 @@ def test_a_folder_with_a_gallery_is_scored_by_the_query_gallery_protocol(tmp_pat
     with pytest.raises(ConfigError, match=r"'data.test_classes': test_classes \['x'\] are not class folders"):
         builders.dataset(bad.data)
     (tmp_path / "gallery.txt").write_text("a/0.png\na/9.png\n")
-    bad = load_config(overrides=["data.dataset=folder", f"data.data_dir={root}", f"data.gallery_list={tmp_path}/gallery.txt"])
+    bad = load_config(
+        overrides=["data.dataset=folder", f"data.data_dir={root}", f"data.gallery_list={tmp_path}/gallery.txt"]
+    )
     with pytest.raises(ConfigError, match=r"'data.gallery_list': .*\['a/9.png'\]"):
         builders.dataset(bad.data)

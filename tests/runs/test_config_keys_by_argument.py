@@ -9,8 +9,8 @@ test_config_loss_arguments.py.
 import dataclasses
 
 import pytest
-
 from helpers import write_colour_folder
+
 from tf_langdml.errors import ArgumentError, ArgumentTypeError
 from tf_langdml.models import LanguageGuidedModel
 from tf_langdml.runs import builders
@@ -33,8 +33,9 @@ def test_words_in_the_message_name_no_key():
     # The old lists matched "top-k", "template", "level" in messages; now only the call's keys are named.
     message = "Top-k, template and level are all mentioned here"
     with pytest.raises(ConfigError, match=f"^'language.encoder': {message}$"):
-        with builders.config_keys("language.encoder",
-                                  arguments={"k": "language.top_k", "template": "language.template"}):
+        with builders.config_keys(
+            "language.encoder", arguments={"k": "language.top_k", "template": "language.template"}
+        ):
             raise ValueError(message)
     with pytest.raises(ConfigError, match=f"^'language.encoder': {message}$"):  # an argument the call does not map
         with builders.config_keys("language.encoder", arguments={"k": "language.top_k"}):
@@ -65,8 +66,14 @@ def test_check_language_names_the_key_of_the_argument(argument, key, monkeypatch
         builders.check_language(config.language)
 
 
-@pytest.mark.parametrize("argument,key", [("pooling", "model.pooling"), ("input_shape", "data.image_size"),
-                                          ("freeze_bn_statistics", "model.freeze_bn_statistics")])
+@pytest.mark.parametrize(
+    "argument,key",
+    [
+        ("pooling", "model.pooling"),
+        ("input_shape", "data.image_size"),
+        ("freeze_bn_statistics", "model.freeze_bn_statistics"),
+    ],
+)
 def test_check_embedder_names_the_key_of_the_argument(argument, key, monkeypatch):
     def refuse(*args, **kwargs):
         raise ArgumentError(UNRELATED, argument=argument)
@@ -78,11 +85,18 @@ def test_check_embedder_names_the_key_of_the_argument(argument, key, monkeypatch
 
 
 # LanguageGuidedModel.compile's parameters (and those of the LanguageMatchingLoss it builds) -> config keys.
-COMPILE_KEYS = [("language_weight", "loss.language_weight"), ("language_delay", "loss.delay"),
-                ("language_direction", "loss.direction"), ("language_shift", "loss.shift"),
-                ("language_temperature", "loss.temperature"), ("weight_decay", "optimizer.weight_decay"),
-                ("dml_loss", "loss.dml"), ("direction", "loss.direction"), ("shift", "loss.shift"),
-                ("temperature", "loss.temperature")]
+COMPILE_KEYS = [
+    ("language_weight", "loss.language_weight"),
+    ("language_delay", "loss.delay"),
+    ("language_direction", "loss.direction"),
+    ("language_shift", "loss.shift"),
+    ("language_temperature", "loss.temperature"),
+    ("weight_decay", "optimizer.weight_decay"),
+    ("dml_loss", "loss.dml"),
+    ("direction", "loss.direction"),
+    ("shift", "loss.shift"),
+    ("temperature", "loss.temperature"),
+]
 
 
 @pytest.mark.parametrize("argument,key", COMPILE_KEYS)
@@ -98,8 +112,10 @@ def test_check_model_names_the_key_of_a_compile_argument(argument, key, monkeypa
 
 def test_an_unknown_argument_of_the_target_loss_names_dml_arguments_and_an_unknown_target_too():
     config = load_config(None, ["loss.dml=s2sd"])
-    for arguments, match in [({"target_arguments": {"marginn": 0.1}}, r"Unknown argument\(s\) \['marginn'\]"),
-                             ({"target": "multisimilarty"}, r"Unknown DML loss 'multisimilarty'")]:
+    for arguments, match in [
+        ({"target_arguments": {"marginn": 0.1}}, r"Unknown argument\(s\) \['marginn'\]"),
+        ({"target": "multisimilarty"}, r"Unknown DML loss 'multisimilarty'"),
+    ]:
         loss = dataclasses.replace(config.loss, dml_arguments=arguments)
         with pytest.raises(ConfigError, match=f"^'loss.dml_arguments': {match}"):
             builders.check_model(loss, config.optimizer, config.training)
@@ -108,10 +124,13 @@ def test_an_unknown_argument_of_the_target_loss_names_dml_arguments_and_an_unkno
 # -- real bad values that reach the library (the schema checks some of them itself, so it is bypassed) --------
 
 
-@pytest.mark.parametrize("change,match", [
-    ({"background": "purple"}, r"^'data.background': Unknown background 'purple'"),
-    ({"max_pixels": 0}, r"^'data.max_pixels': max_pixels must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"background": "purple"}, r"^'data.background': Unknown background 'purple'"),
+        ({"max_pixels": 0}, r"^'data.max_pixels': max_pixels must be a positive integer"),
+    ],
+)
 def test_the_demo_loader_s_refusals_name_their_key(change, match):
     data = dataclasses.replace(load_config(None, ["data.dataset=demo"]).data, **change)
     with pytest.raises(ConfigError, match=match):
@@ -135,9 +154,15 @@ def test_an_unknown_tfds_name_names_data_dataset():
 
 def test_the_classifier_s_weights_name_language_classifier_weights(tmp_path):
     (tmp_path / "junk.h5").write_bytes(b"not weights")
-    language = load_config(None, ["language.guidance=plg", "loss.language_weight=1",
-                                  "language.classifier=efficientnet_lite0",
-                                  f"language.classifier_weights={tmp_path / 'junk.h5'}"]).language
+    language = load_config(
+        None,
+        [
+            "language.guidance=plg",
+            "loss.language_weight=1",
+            "language.classifier=efficientnet_lite0",
+            f"language.classifier_weights={tmp_path / 'junk.h5'}",
+        ],
+    ).language
     with pytest.raises(ConfigError, match=r"^'language.classifier_weights': Could not load weights file"):
         builders.imagenet_classifier(language)
 

@@ -12,8 +12,17 @@ import time
 import pytest
 import yaml
 
-from tf_langdml.runs.schema import (MAX_CONFIG_BYTES, MAX_DEPTH, ConfigError, config_from_dict, config_from_yaml,
-                                    config_to_yaml, load_config, load_yaml, read_yaml)
+from tf_langdml.runs.schema import (
+    MAX_CONFIG_BYTES,
+    MAX_DEPTH,
+    ConfigError,
+    config_from_dict,
+    config_from_yaml,
+    config_to_yaml,
+    load_config,
+    load_yaml,
+    read_yaml,
+)
 
 
 def refused(match, path=None, overrides=()):
@@ -39,7 +48,7 @@ def count_leaves(value):
 
 def test_the_alias_bomb_is_real_for_a_plain_safe_loader():
     # Three levels through yaml.safe_load: 10**3 leaves from a few lines; nine levels are 10**9 (MemoryError).
-    assert count_leaves(yaml.safe_load(alias_bomb(3))["loss"]["dml_arguments"]["margin"]) == 10 ** 3
+    assert count_leaves(yaml.safe_load(alias_bomb(3))["loss"]["dml_arguments"]["margin"]) == 10**3
 
 
 def test_a_billion_laughs_file_is_refused_at_its_first_anchor_in_well_under_a_second(tmp_path):
@@ -48,16 +57,28 @@ def test_a_billion_laughs_file_is_refused_at_its_first_anchor_in_well_under_a_se
     path = tmp_path / "bomb.yaml"
     path.write_text(text)
     start = time.perf_counter()
-    message = refused(r"^Config file .*bomb.yaml: 'loss.dml_arguments.l0' \(line 4, column 9\) uses a YAML anchor "
-                      r"\(&l0\); anchors and aliases are refused .*: write the value out\.$", path)
+    message = refused(
+        r"^Config file .*bomb.yaml: 'loss.dml_arguments.l0' \(line 4, column 9\) uses a YAML anchor "
+        r"\(&l0\); anchors and aliases are refused .*: write the value out\.$",
+        path,
+    )
     assert time.perf_counter() - start < 1.0, message  # the refusal reads ~100 bytes; 1 s is a generous bound
 
 
-@pytest.mark.parametrize("text, match", [
-    ("loss:\n  dml_arguments:\n    gamma: &g [*g]\n", r"'loss.dml_arguments.gamma' \(line 3, column 12\) uses a YAML anchor \(&g\)"),
-    ("loss:\n  dml_arguments:\n    gamma: *g\n", r"'loss.dml_arguments.gamma' \(line 3, column 12\) uses a YAML alias \(\*g\)"),
-    ("name: &n x\nruns_dir: *n\n", r"'name' \(line 1, column 7\) uses a YAML anchor \(&n\)"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        (
+            "loss:\n  dml_arguments:\n    gamma: &g [*g]\n",
+            r"'loss.dml_arguments.gamma' \(line 3, column 12\) uses a YAML anchor \(&g\)",
+        ),
+        (
+            "loss:\n  dml_arguments:\n    gamma: *g\n",
+            r"'loss.dml_arguments.gamma' \(line 3, column 12\) uses a YAML alias \(\*g\)",
+        ),
+        ("name: &n x\nruns_dir: *n\n", r"'name' \(line 1, column 7\) uses a YAML anchor \(&n\)"),
+    ],
+)
 def test_self_references_and_plain_aliases_are_refused_in_files(tmp_path, text, match):
     path = tmp_path / "self.yaml"
     path.write_text(text)
@@ -66,11 +87,20 @@ def test_self_references_and_plain_aliases_are_refused_in_files(tmp_path, text, 
     assert time.perf_counter() - start < 1.0  # no recursion, no expansion
 
 
-@pytest.mark.parametrize("override, match", [
-    ("loss.dml_arguments={gamma: &g [*g]}", r"^--set loss.dml_arguments: 'loss.dml_arguments.gamma' .* YAML anchor \(&g\)"),
-    ("loss.dml_arguments.gamma=&g [1, 1]", r"^--set loss.dml_arguments.gamma: 'loss.dml_arguments.gamma' .* YAML anchor"),
-    ("loss.dml_arguments.gamma=*g", r"^--set loss.dml_arguments.gamma: .* YAML alias \(\*g\)"),
-])
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        (
+            "loss.dml_arguments={gamma: &g [*g]}",
+            r"^--set loss.dml_arguments: 'loss.dml_arguments.gamma' .* YAML anchor \(&g\)",
+        ),
+        (
+            "loss.dml_arguments.gamma=&g [1, 1]",
+            r"^--set loss.dml_arguments.gamma: 'loss.dml_arguments.gamma' .* YAML anchor",
+        ),
+        ("loss.dml_arguments.gamma=*g", r"^--set loss.dml_arguments.gamma: .* YAML alias \(\*g\)"),
+    ],
+)
 def test_anchors_and_aliases_are_refused_in_set_values(override, match):
     start = time.perf_counter()
     refused(match, overrides=[override])
@@ -79,28 +109,38 @@ def test_anchors_and_aliases_are_refused_in_set_values(override, match):
 
 def test_the_bomb_through_set_is_refused_too():
     flow = ", ".join(line.strip() for line in alias_bomb(9).split("dml_arguments:\n")[1].splitlines())
-    refused(r"^--set loss.dml_arguments: 'loss.dml_arguments.l0' .*YAML anchor \(&l0\)",
-            overrides=["loss.dml=circle", f"loss.dml_arguments={{{flow}}}"])
+    refused(
+        r"^--set loss.dml_arguments: 'loss.dml_arguments.l0' .*YAML anchor \(&l0\)",
+        overrides=["loss.dml=circle", f"loss.dml_arguments={{{flow}}}"],
+    )
 
 
-@pytest.mark.parametrize("value, tag", [
-    ("!!python/object/apply:os.system ['touch {marker}']", "!!python/object/apply:os.system"),
-    ("!!python/name:os.system", "!!python/name:os.system"),
-    ("!!binary aGVsbG8=", "!!binary"),
-    ("!!set {a, b}", "!!set"),
-    ("!!timestamp 2026-12-05", "!!timestamp"),
-    ("!custom 3", "!custom"),
-])
+@pytest.mark.parametrize(
+    "value, tag",
+    [
+        ("!!python/object/apply:os.system ['touch {marker}']", "!!python/object/apply:os.system"),
+        ("!!python/name:os.system", "!!python/name:os.system"),
+        ("!!binary aGVsbG8=", "!!binary"),
+        ("!!set {a, b}", "!!set"),
+        ("!!timestamp 2026-12-05", "!!timestamp"),
+        ("!custom 3", "!custom"),
+    ],
+)
 def test_tags_are_refused_naming_the_key_in_files_and_set(tmp_path, value, tag):
     marker = tmp_path / "ran"
     value = value.replace("{marker}", str(marker))
     path = tmp_path / "tagged.yaml"
     path.write_text(f"loss:\n  dml_arguments:\n    margin: {value}\n")
     escaped = tag.replace("!", "!").replace(".", r"\.")
-    refused(rf"^Config file .*tagged.yaml: 'loss.dml_arguments.margin' \(line 3, column 13\) has the YAML tag "
-            rf"{escaped}; .*remove the tag\.$", path)
-    refused(rf"^--set loss.dml_arguments.margin: 'loss.dml_arguments.margin' .*has the YAML tag {escaped};",
-            overrides=[f"loss.dml_arguments.margin={value}"])
+    refused(
+        rf"^Config file .*tagged.yaml: 'loss.dml_arguments.margin' \(line 3, column 13\) has the YAML tag "
+        rf"{escaped}; .*remove the tag\.$",
+        path,
+    )
+    refused(
+        rf"^--set loss.dml_arguments.margin: 'loss.dml_arguments.margin' .*has the YAML tag {escaped};",
+        overrides=[f"loss.dml_arguments.margin={value}"],
+    )
     assert not marker.exists()
 
 
@@ -113,7 +153,8 @@ def test_the_plain_tags_are_accepted():
 def test_yaml_1_2_floats_are_numbers_in_files_and_set(tmp_path, text):
     expected = float(text.replace("_", ""))
     assert load_config(None, [f"optimizer.learning_rate={text.lstrip('-')}"]).optimizer.learning_rate == float(
-        text.lstrip("-").replace("_", ""))
+        text.lstrip("-").replace("_", "")
+    )
     assert load_config(None, [f"loss.shift={text}"]).loss.shift == expected
     path = tmp_path / "floats.yaml"
     path.write_text(f"optimizer:\n  learning_rate: {text.lstrip('-')}  # the docs' notation\nloss:\n  shift: {text}\n")
@@ -122,10 +163,20 @@ def test_yaml_1_2_floats_are_numbers_in_files_and_set(tmp_path, text):
     assert load_yaml(f"x: {text}")["x"] == expected
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("'1e-4'", "1e-4"), ("2026-12-05", "2026-12-05"), ("1e", "1e"), ("e5", "e5"), ("1.2.3", "1.2.3"), ("0x1F", 31),
-    ("1_000", 1000), ("1.5", 1.5), ("-.inf", float("-inf")),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("'1e-4'", "1e-4"),
+        ("2026-12-05", "2026-12-05"),
+        ("1e", "1e"),
+        ("e5", "e5"),
+        ("1.2.3", "1.2.3"),
+        ("0x1F", 31),
+        ("1_000", 1000),
+        ("1.5", 1.5),
+        ("-.inf", float("-inf")),
+    ],
+)
 def test_what_is_not_a_yaml_1_2_float_keeps_its_type(text, expected):
     assert load_yaml(f"x: {text}")["x"] == expected
 
@@ -139,8 +190,12 @@ def test_names_that_look_like_numbers_round_trip_through_config_yaml(name):
 
 
 def test_config_yaml_never_holds_an_alias():
-    config = config_from_dict({"loss": {"dml": "s2sd", "dml_arguments": {"dims": [64, 64], "target_arguments": {}}},
-                               "data": {"background": [1, 2, 3]}})
+    config = config_from_dict(
+        {
+            "loss": {"dml": "s2sd", "dml_arguments": {"dims": [64, 64], "target_arguments": {}}},
+            "data": {"background": [1, 2, 3]},
+        }
+    )
     text = config_to_yaml(config)
     assert "&" not in text and "*" not in text
     assert config_from_yaml(text) == config
@@ -149,15 +204,20 @@ def test_config_yaml_never_holds_an_alias():
 def test_deep_nesting_is_refused_without_a_recursion_error(tmp_path):
     path = tmp_path / "deep.yaml"
     path.write_text("name: " + "[" * 100_000 + "]" * 100_000 + "\n")
-    refused(rf"^Config file .*deep.yaml: 'name\[0\](\[0\])*' \(line 1, column \d+\) is nested more than {MAX_DEPTH} "
-            r"levels deep", path)
+    refused(
+        rf"^Config file .*deep.yaml: 'name\[0\](\[0\])*' \(line 1, column \d+\) is nested more than {MAX_DEPTH} "
+        r"levels deep",
+        path,
+    )
     refused(r"^--set name: .* is nested more than", overrides=["name=" + "{a: " * 5000 + "1" + "}" * 5000])
 
 
 def test_an_integer_of_thousands_of_digits_is_refused_without_a_traceback(tmp_path):
     # Python refuses int("9" * 5000) with a ValueError of its own (the 4300-digit limit).
-    refused(r"^--set training.seed: 'training.seed' \(line 1, column 1\) is an integer of 5000 digits",
-            overrides=["training.seed=" + "9" * 5000])
+    refused(
+        r"^--set training.seed: 'training.seed' \(line 1, column 1\) is an integer of 5000 digits",
+        overrides=["training.seed=" + "9" * 5000],
+    )
     path = tmp_path / "long.yaml"
     path.write_text("training:\n  epochs: " + "1" * 50 + "\n")
     refused(r"'training.epochs' \(line 2, column 11\) is an integer of 50 digits", path)
@@ -169,8 +229,9 @@ def test_a_syntax_error_is_one_line_with_its_position(tmp_path):
     message = refused(r"^Config file .*bad.yaml is not valid YAML: .*\(line \d+, column \d+\)\.$", path)
     assert "\n" not in message
     refused(r"^--set name is not valid YAML: .*special characters", overrides=["name=a\0b"])
-    refused(r"^--set training.epochs is not valid YAML: expected a single document",
-            overrides=["training.epochs=2\n---\n3"])
+    refused(
+        r"^--set training.epochs is not valid YAML: expected a single document", overrides=["training.epochs=2\n---\n3"]
+    )
 
 
 def test_a_file_larger_than_the_cap_is_refused_before_parsing(tmp_path):
@@ -221,6 +282,9 @@ def test_not_utf8_and_unreadable_files_are_one_line(tmp_path):
 def test_a_top_level_list_and_a_nul_in_the_path_are_one_line_errors(tmp_path):
     path = tmp_path / "list.yaml"
     path.write_text("- name: x\n")
-    refused(r"^Config file .*list.yaml must be a mapping of sections at the top level .*; got list\.$", path,
-            ["training.epochs=3"])  # with --set too (it used to be an AttributeError)
+    refused(
+        r"^Config file .*list.yaml must be a mapping of sections at the top level .*; got list\.$",
+        path,
+        ["training.epochs=3"],
+    )  # with --set too (it used to be an AttributeError)
     refused(r"^Config file path .* is not a valid path", str(tmp_path / "a\0b.yaml"))

@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from helpers import h5_arrays, quiet_env, write_colour_folder
 
 
@@ -20,15 +19,28 @@ def test_two_deterministic_runs_are_bit_identical(image_folder, tmp_path):
     # A subprocess: op determinism is switched on for the rest of a process.
     runs = []
     for attempt in ("first", "second"):
-        overrides = [f"name=run", f"runs_dir={tmp_path / attempt}", "data.dataset=folder",
-                     f"data.data_dir={image_folder}", "data.image_size=16", "data.batch_size=8",
-                     "model.backbone=toy_cnn", "model.weights=null", "model.embed_dim=8", "language.guidance=none",
-                     "loss.language_weight=0", "optimizer.learning_rate=0.05", "training.epochs=2",
-                     "training.steps_per_epoch=4", "training.eval_every=2", "training.deterministic=true",
-                     "evaluation.semantic=false", "evaluation.batch_size=16"]
+        overrides = [
+            "name=run",
+            f"runs_dir={tmp_path / attempt}",
+            "data.dataset=folder",
+            f"data.data_dir={image_folder}",
+            "data.image_size=16",
+            "data.batch_size=8",
+            "model.backbone=toy_cnn",
+            "model.weights=null",
+            "model.embed_dim=8",
+            "language.guidance=none",
+            "loss.language_weight=0",
+            "optimizer.learning_rate=0.05",
+            "training.epochs=2",
+            "training.steps_per_epoch=4",
+            "training.eval_every=2",
+            "training.deterministic=true",
+            "evaluation.semantic=false",
+            "evaluation.batch_size=16",
+        ]
         command = [sys.executable, "-m", "tf_langdml", "train", "--quiet"] + [f"--set={item}" for item in overrides]
-        result = subprocess.run(command, env=quiet_env(), capture_output=True,
-                                text=True, timeout=600)
+        result = subprocess.run(command, env=quiet_env(), capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         runs.append(tmp_path / attempt / "run")
     first, second = (h5_arrays(run / "embedder.weights.h5") for run in runs)

@@ -15,8 +15,9 @@ class Clock:
         return self.now
 
 
-@pytest.mark.parametrize("seconds,text", [(0, "0 s"), (44.6, "45 s"), (192, "3 min 12 s"), (7500, "2 h 05 min"),
-                                          (-3, "0 s")])
+@pytest.mark.parametrize(
+    "seconds,text", [(0, "0 s"), (44.6, "45 s"), (192, "3 min 12 s"), (7500, "2 h 05 min"), (-3, "0 s")]
+)
 def test_durations_are_read_in_two_units(seconds, text):
     assert format_duration(seconds) == text
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
-
 from helpers import quiet_env, write_colour_folder
+
 from tf_langdml.cli import main
 from tf_langdml.runs import run_dir, trained_embedder
 from tf_langdml.runs.checkpoints import CONFIG_VARIABLE, ResumeCheckpoints
@@ -34,12 +34,28 @@ def image_folder(tmp_path_factory):
 def overrides(folder, runs_dir="runs", steps=3, *extra):
     """A tiny run: toy CNN on 16 x 16 images, no language, a checkpoint every step. ``runs_dir`` relative by default,
     so that a copied tree of runs is the same run in another working directory."""
-    return [f"name={NAME}", f"runs_dir={runs_dir}", "data.dataset=folder", f"data.data_dir={folder}",
-            "data.image_size=16", "data.batch_size=8", "model.backbone=toy_cnn", "model.weights=null",
-            "model.embed_dim=8", "language.guidance=none", "loss.language_weight=0", "optimizer.learning_rate=0.01",
-            "training.epochs=1", f"training.steps_per_epoch={steps}", "training.eval_every=5",
-            "training.checkpoint_every=1", "evaluation.batch_size=16", "evaluation.semantic=false",
-            "evaluation.clustering=false", *extra]
+    return [
+        f"name={NAME}",
+        f"runs_dir={runs_dir}",
+        "data.dataset=folder",
+        f"data.data_dir={folder}",
+        "data.image_size=16",
+        "data.batch_size=8",
+        "model.backbone=toy_cnn",
+        "model.weights=null",
+        "model.embed_dim=8",
+        "language.guidance=none",
+        "loss.language_weight=0",
+        "optimizer.learning_rate=0.01",
+        "training.epochs=1",
+        f"training.steps_per_epoch={steps}",
+        "training.eval_every=5",
+        "training.checkpoint_every=1",
+        "evaluation.batch_size=16",
+        "evaluation.semantic=false",
+        "evaluation.clustering=false",
+        *extra,
+    ]
 
 
 class _Stop(Exception):
@@ -106,8 +122,11 @@ def edit_config(folder, section, key, value):
 
 def snapshot(folder):
     """Every file of a run directory (but the lock) and its bytes."""
-    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*"))
-            if path.is_file() and path.name != run_dir.LOCK_FILE}
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != run_dir.LOCK_FILE
+    }
 
 
 # -- creation order ----------------------------------------------------------------------------
@@ -143,9 +162,14 @@ HOLD_THE_LOCK = (
 def test_a_second_process_is_refused_naming_the_first_and_kill_9_frees_the_run(image_folder, tmp_path, capsys):
     folder = tmp_path / "runs" / NAME
     folder.mkdir(parents=True)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(folder)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                              env=quiet_env())
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_LOCK, str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=quiet_env(),
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert (folder / run_dir.LOCK_FILE).read_text() == f"{holder.pid}\n"
@@ -199,10 +223,14 @@ def test_a_resume_with_an_edited_config_yaml_is_refused_naming_the_keys(runs, im
     edit_config(folder, "optimizer", "learning_rate", 0.5)
     edit_config(folder, "training", "checkpoint_every", 7)
     before = snapshot(folder)
-    edited = load_config(None, overrides(image_folder, "runs", 3, "optimizer.learning_rate=0.5",
-                                         "training.checkpoint_every=7"))
-    with pytest.raises(ConfigError, match=r"Checkpoint ckpt-\d.*changed: optimizer.learning_rate, "
-                                          r"training.checkpoint_every\)"):
+    edited = load_config(
+        None, overrides(image_folder, "runs", 3, "optimizer.learning_rate=0.5", "training.checkpoint_every=7")
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"Checkpoint ckpt-\d.*changed: optimizer.learning_rate, "
+        r"training.checkpoint_every\)",
+    ):
         train(edited, verbose=0)
     assert snapshot(folder) == before  # refused before anything was written
 
@@ -216,11 +244,14 @@ def test_a_finished_run_with_an_edited_config_yaml_is_refused(runs, image_folder
         train(load_config(None, overrides(image_folder, "runs", 3, "optimizer.learning_rate=0.5")), verbose=0)
 
 
-@pytest.mark.parametrize("command", [
-    ["export", "--name", "x", "--saved-models", "saved"],
-    ["evaluate"],
-    ["index", "--gallery", "test", "--name", "x", "--saved-models", "saved"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["export", "--name", "x", "--saved-models", "saved"],
+        ["evaluate"],
+        ["index", "--gallery", "test", "--name", "x", "--saved-models", "saved"],
+    ],
+)
 def test_export_evaluate_and_index_refuse_an_edited_image_size(runs, tmp_path, monkeypatch, capsys, command):
     folder = working_copy(runs, "done", tmp_path, monkeypatch)
     edit_config(folder, "data", "image_size", 32)
@@ -304,8 +335,10 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("tf_langdml.runs.train.train", fills_the_disk)
     assert main(["train", "--yes", "--set", f"runs_dir={tmp_path / 'runs'}", "--set", f"name={NAME}"]) == 2
     error = capsys.readouterr().err
-    assert error == f"tf-langdml train: {target}: No space left on device; free space on that disk, or choose a " \
-                    "location on another one.\n"
+    assert (
+        error == f"tf-langdml train: {target}: No space left on device; free space on that disk, or choose a "
+        "location on another one.\n"
+    )
 
 
 def test_a_planted_config_yaml_goes_through_the_config_loader(tmp_path):
@@ -316,10 +349,14 @@ def test_a_planted_config_yaml_goes_through_the_config_loader(tmp_path):
     folder = tmp_path / NAME
     folder.mkdir()
     bomb = "a: &a [1,1,1,1,1,1,1,1,1,1]\n" + "".join(
-        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8))
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8)
+    )
     (folder / "config.yaml").write_text(bomb)  # 10**9 leaves if expanded
-    for read in (lambda: run_dir.check_config(config), lambda: run_dir.read_config(folder),
-                 lambda: trained_embedder.check_embedder_config(folder)):
+    for read in (
+        lambda: run_dir.check_config(config),
+        lambda: run_dir.read_config(folder),
+        lambda: trained_embedder.check_embedder_config(folder),
+    ):
         (folder / run_dir.EMBEDDER_CONFIG).write_text(json.dumps({"config_sha256": "0" * 64, "config": {}}))
         started = time.perf_counter()
         with pytest.raises(ConfigError, match="anchor"):

@@ -10,28 +10,38 @@ import pathlib
 
 import pytest
 import yaml
-
 from helpers import run_python
+
 from tf_langdml.demo import DEMO_CONFIG, VARIANTS, demo_configs
-from tf_langdml.runs.schema import (ConfigError, config_from_dict, config_from_yaml, config_to_dict, config_to_yaml,
-                                    load_config)
+from tf_langdml.runs.schema import (
+    ConfigError,
+    config_from_dict,
+    config_from_yaml,
+    config_to_dict,
+    config_to_yaml,
+    load_config,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 
 
 def test_importing_the_schema_does_not_import_tensorflow():
-    code = ("import sys\nimport tf_langdml.runs.schema as schema\n"
-            "schema.load_config('configs/cub200_plg_128.yaml', ['training.epochs=3'])\n"
-            "assert 'tensorflow' not in sys.modules, sorted(m for m in sys.modules if m.startswith('tensorflow'))\n"
-            "print('ok')\n")
+    code = (
+        "import sys\nimport tf_langdml.runs.schema as schema\n"
+        "schema.load_config('configs/cub200_plg_128.yaml', ['training.epochs=3'])\n"
+        "assert 'tensorflow' not in sys.modules, sorted(m for m in sys.modules if m.startswith('tensorflow'))\n"
+        "print('ok')\n"
+    )
     result = run_python(code, cwd=ROOT, timeout=120)
     assert result.stdout.strip() == "ok"
 
 
 def test_the_paper_grid_and_the_demo_are_shipped():
     names = {path.stem for path in CONFIGS.glob("*.yaml")}
-    expected = {f"{d}_{v}_{k}" for d in ("cub200", "cars196", "sop") for v in ("baseline", "elg", "plg") for k in (128, 512)}
+    expected = {
+        f"{d}_{v}_{k}" for d in ("cub200", "cars196", "sop") for v in ("baseline", "elg", "plg") for k in (128, 512)
+    }
     assert expected | {"demo", "folder"} == names  # folder: your own image folder (issue 26)
 
 
@@ -59,8 +69,17 @@ def test_every_config_loads_and_validates(path):
 def test_yaml_lists_every_key_in_declaration_order_and_fills_defaults():
     text = config_to_yaml(config_from_yaml("name: x\ntraining:\n  epochs: 3\n"))
     values = yaml.safe_load(text)
-    assert list(values) == ["name", "runs_dir", "data", "model", "loss", "language", "optimizer", "training",
-                            "evaluation"]
+    assert list(values) == [
+        "name",
+        "runs_dir",
+        "data",
+        "model",
+        "loss",
+        "language",
+        "optimizer",
+        "training",
+        "evaluation",
+    ]
     assert values["training"]["epochs"] == 3 and values["evaluation"]["ks"] == [1, 2, 4, 8]
     assert list(values["data"])[:2] == ["dataset", "data_dir"]
 
@@ -109,8 +128,17 @@ def test_bad_keys_and_types_are_named(override, match):
 
 
 def test_overrides_are_typed_and_nested():
-    config = load_config(None, ["training.epochs=7", "loss.language_weight=2", "evaluation.ks=[1, 5]",
-                                "model.weights=null", "loss.dml_arguments={margin: 0.2}", "name=x"])
+    config = load_config(
+        None,
+        [
+            "training.epochs=7",
+            "loss.language_weight=2",
+            "evaluation.ks=[1, 5]",
+            "model.weights=null",
+            "loss.dml_arguments={margin: 0.2}",
+            "name=x",
+        ],
+    )
     assert config.training.epochs == 7 and config.loss.language_weight == 2.0
     assert config.evaluation.ks == (1, 5) and config.model.weights is None
     assert config.loss.dml_arguments == {"margin": 0.2} and config.name == "x"
@@ -134,11 +162,13 @@ def test_background_and_max_pixels_are_checked_without_tensorflow():
     assert load_config(overrides=["data.background=black"]).data.background == "black"
     assert load_config().data.background == "white" and load_config().data.max_pixels == 64_000_000
     assert load_config(overrides=["data.max_pixels=null"]).data.max_pixels is None
-    for override, message in [("data.background=grey", "'data.background'.*'grey'"),
-                              ("data.background=[0, 0, 300]", "'data.background'.*300"),
-                              ("data.background=[0, 0]", "'data.background'"),
-                              ("data.background=[0, 0, true]", "'data.background'"),
-                              ("data.max_pixels=0", "'data.max_pixels'")]:
+    for override, message in [
+        ("data.background=grey", "'data.background'.*'grey'"),
+        ("data.background=[0, 0, 300]", "'data.background'.*300"),
+        ("data.background=[0, 0]", "'data.background'"),
+        ("data.background=[0, 0, true]", "'data.background'"),
+        ("data.max_pixels=0", "'data.max_pixels'"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             load_config(overrides=[override])
 
@@ -146,8 +176,22 @@ def test_background_and_max_pixels_are_checked_without_tensorflow():
 def test_the_schema_background_check_agrees_with_the_library():
     from tf_langdml.data.preprocessing import parse_background
 
-    for value in ["white", "black", "grey", "", [0, 0, 0], [255, 255, 255], [0, 0, 256], [-1, 0, 0], [0, 0],
-                  [0, 0, 0, 0], [0.0, 0, 0], [True, 0, 0], 7, None]:
+    for value in [
+        "white",
+        "black",
+        "grey",
+        "",
+        [0, 0, 0],
+        [255, 255, 255],
+        [0, 0, 256],
+        [-1, 0, 0],
+        [0, 0],
+        [0, 0, 0, 0],
+        [0.0, 0, 0],
+        [True, 0, 0],
+        7,
+        None,
+    ]:
         try:
             parse_background(value)
             library_accepts = True
@@ -162,8 +206,12 @@ def test_the_schema_background_check_agrees_with_the_library():
 
 
 # The paper's run script's four "Multisimilarity + S2SD + PLG" runs: (epochs, feature weight, ω).
-S2SD_RUNS = {"cub200_s2sd_plg_128": (300, 125.0, 1.5), "cub200_s2sd_plg_512": (250, 60.0, 2.0),
-             "cars196_s2sd_plg_128": (250, 50.0, 2.5), "cars196_s2sd_plg_512": (300, 40.0, 2.0)}
+S2SD_RUNS = {
+    "cub200_s2sd_plg_128": (300, 125.0, 1.5),
+    "cub200_s2sd_plg_512": (250, 60.0, 2.0),
+    "cars196_s2sd_plg_128": (250, 50.0, 2.5),
+    "cars196_s2sd_plg_512": (300, 40.0, 2.0),
+}
 
 
 @pytest.mark.parametrize("path", sorted((CONFIGS / "dml_losses").glob("*.yaml")), ids=lambda path: path.stem)
@@ -184,7 +232,10 @@ def test_the_dml_loss_configs_load_validate_and_hold_the_published_s2sd_settings
         if path.stem in S2SD_RUNS:
             epochs, feature_weight, omega = S2SD_RUNS[path.stem]
             assert (config.training.epochs, arguments["feature_weight"], config.loss.language_weight) == (
-                epochs, feature_weight, omega)
+                epochs,
+                feature_weight,
+                omega,
+            )
 
 
 def test_every_published_s2sd_run_is_shipped():
@@ -204,7 +255,10 @@ def test_test_classes_and_gallery_list_are_checked_without_tensorflow():
         (folder + ["data.test_classes=[]"], "'data.test_classes' is an empty list"),
         (folder + ["data.test_classes=''"], "'data.test_classes' is an empty string"),
         (folder + ["data.test_classes=[001, b]"], r"'data.test_classes\[0\]' must be a class-folder name.*quote"),
-        (folder + ["data.test_classes=3"], "'data.test_classes' must be null, a list of class-folder names or the path"),
+        (
+            folder + ["data.test_classes=3"],
+            "'data.test_classes' must be null, a list of class-folder names or the path",
+        ),
         (folder + ["data.test_classes={a: 1}"], "'data.test_classes' must be null"),
         (folder + ["data.gallery_list=[a]"], "'data.gallery_list' must be a string"),
         (folder + ["data.gallery_list=''"], "'data.gallery_list' is an empty string"),
@@ -225,8 +279,11 @@ def test_training_precision_values():
     assert load_config().training.precision == "float32"  # the default: the same numbers on every machine
     for value in ("float32", "mixed_float16", "mixed_bfloat16", "auto"):
         assert load_config(None, [f"training.precision={value}"]).training.precision == value
-    with pytest.raises(ConfigError, match=r"'training.precision' is 'bfloat16'; expected one of \['float32', "
-                                          r"'mixed_float16', 'mixed_bfloat16', 'auto'\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"'training.precision' is 'bfloat16'; expected one of \['float32', "
+        r"'mixed_float16', 'mixed_bfloat16', 'auto'\]",
+    ):
         load_config(None, ["training.precision=bfloat16"])
     with pytest.raises(ConfigError, match="must be a string"):
         load_config(None, ["training.precision=true"])

@@ -10,30 +10,51 @@ import time
 
 import numpy as np
 import pytest
-
 from helpers import quiet_env, write_colour_folder
+
 from tf_langdml.runs import sweep as sweep_module
 from tf_langdml.runs.schema import ConfigError
 from tf_langdml.runs.sweep import run_sweep
 from tf_langdml.runs.sweep_grid import effective_point, parse_grid, parse_seeds, run_config, run_name
 from tf_langdml.runs.sweep_table import SweepResult, _mean_std, paired_differences
 
-CLASS_NAMES = ["red apple", "green apple", "blue whale", "grey whale", "red car", "blue car",
-               "green frog", "grey mouse", "yellow duck", "pink pig", "black cat", "white dog"]
+CLASS_NAMES = [
+    "red apple",
+    "green apple",
+    "blue whale",
+    "grey whale",
+    "red car",
+    "blue car",
+    "green frog",
+    "grey mouse",
+    "yellow duck",
+    "pink pig",
+    "black cat",
+    "white dog",
+]
 
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
     """12 classes x 4 noisy solid-colour PNGs: 6 train classes (2 of them validation), 6 test classes."""
-    return write_colour_folder(tmp_path_factory.mktemp("sweep_folder"), noise=30, class_names=[
-        f"{index:02d}.{name.replace(' ', '_')}" for index, name in enumerate(CLASS_NAMES)])
+    return write_colour_folder(
+        tmp_path_factory.mktemp("sweep_folder"),
+        noise=30,
+        class_names=[f"{index:02d}.{name.replace(' ', '_')}" for index, name in enumerate(CLASS_NAMES)],
+    )
 
 
 def base_values(folder, runs, name="tiny"):
     return {
-        "name": name, "runs_dir": str(runs),
-        "data": {"dataset": "folder", "data_dir": str(folder), "image_size": 16, "batch_size": 8,
-                 "validation_fraction": 0.34},
+        "name": name,
+        "runs_dir": str(runs),
+        "data": {
+            "dataset": "folder",
+            "data_dir": str(folder),
+            "image_size": 16,
+            "batch_size": 8,
+            "validation_fraction": 0.34,
+        },
         "model": {"backbone": "toy_cnn", "weights": None, "embed_dim": 8},
         "loss": {"language_weight": 1.0},
         "language": {"guidance": "elg"},
@@ -49,7 +70,10 @@ def test_grid_parsing_names_the_bad_key_and_value(tmp_path):
     assert grid == {"loss.language_weight": [0, 2.5, 5], "language.guidance": ["elg", "plg"]}
     assert parse_seeds("0,1,2") == [0, 1, 2]
     cases = [
-        (["loss.language_wieght=1,2"], "unknown config key 'loss.language_wieght'.*did you mean 'loss.language_weight'"),
+        (
+            ["loss.language_wieght=1,2"],
+            "unknown config key 'loss.language_wieght'.*did you mean 'loss.language_weight'",
+        ),
         (["language.guidance=elg,elgg"], r"language.guidance=elgg.*did you mean 'elg'"),
         (["loss.language_weight=1,abc"], "loss.language_weight=abc.*must be a number"),
         (["training.seed=0,1"], "cannot be swept.*--seeds"),
@@ -70,8 +94,11 @@ def test_grid_values_go_through_the_config_loader(tmp_path):
     values = base_values(tmp_path, tmp_path)
     # YAML 1.2 floats are numbers (PyYAML alone reads "1e-4" as a string).
     assert parse_grid(["optimizer.learning_rate=1e-4,3E-5"], values) == {"optimizer.learning_rate": [1e-4, 3e-5]}
-    for text, message in [("loss.shift=&a 1,*a", "anchor"), ("loss.shift=!!python/object:os.system 1", "tag"),
-                          ("loss.shift=.inf,1", "finite")]:
+    for text, message in [
+        ("loss.shift=&a 1,*a", "anchor"),
+        ("loss.shift=!!python/object:os.system 1", "tag"),
+        ("loss.shift=.inf,1", "finite"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             parse_grid([text], values)
 
@@ -79,11 +106,16 @@ def test_grid_values_go_through_the_config_loader(tmp_path):
 def test_long_points_give_bounded_distinct_stable_run_names():
     from tf_langdml.runs.schema import NAME_MAX, _check_name
 
-    long_a = {"loss.dml_arguments.positive_weight": 2.0, "loss.dml_arguments.negative_weight": 40.0,
-              "loss.language_weight": 2.5, "loss.shift": 1.0, "loss.temperature": 0.25, "language.guidance": "elg"}
+    long_a = {
+        "loss.dml_arguments.positive_weight": 2.0,
+        "loss.dml_arguments.negative_weight": 40.0,
+        "loss.language_weight": 2.5,
+        "loss.shift": 1.0,
+        "loss.temperature": 0.25,
+        "language.guidance": "elg",
+    }
     long_b = {**long_a, "loss.temperature": 0.5}
-    names = [run_name(point, seed, final) for point in (long_a, long_b) for seed in (0, 12)
-             for final in (False, True)]
+    names = [run_name(point, seed, final) for point in (long_a, long_b) for seed in (0, 12) for final in (False, True)]
     assert all(len(name) <= NAME_MAX for name in names), [len(name) for name in names]
     assert len(set(names)) == len(names)  # the digest keeps points (and seeds, final) apart
     assert run_name(long_a, 0) == names[0]  # stable: a resumed sweep finds its runs
@@ -95,11 +127,16 @@ def test_long_points_give_bounded_distinct_stable_run_names():
 
 def test_weight_zero_is_the_baseline_once(tmp_path):
     values = base_values(tmp_path, tmp_path)
-    assert effective_point(values, {"loss.language_weight": 0, "language.guidance": "plg"}) == \
-        {"loss.language_weight": 0, "language.guidance": "none"}
+    assert effective_point(values, {"loss.language_weight": 0, "language.guidance": "plg"}) == {
+        "loss.language_weight": 0,
+        "language.guidance": "none",
+    }
     selection = run_config(values, {"loss.language_weight": 2.5}, 1, tmp_path / "s")
-    assert (selection.evaluation.split, selection.data.validation_fraction, selection.training.seed) == \
-        ("validation", 0.34, 1)
+    assert (selection.evaluation.split, selection.data.validation_fraction, selection.training.seed) == (
+        "validation",
+        0.34,
+        1,
+    )
     final = run_config(values, {"loss.language_weight": 2.5}, 1, tmp_path / "s", final=True)
     assert (final.evaluation.split, final.data.validation_fraction) == ("test", 0.0)
     assert selection.name != final.name
@@ -117,8 +154,13 @@ def _event_tags(folder):
 
 def _row(weight, guidance, seeds, values):
     point = {"loss.language_weight": weight, "language.guidance": guidance}
-    return {"point": point, "label": f"language_weight={weight} guidance={guidance}", "seeds": seeds,
-            "values": values, **dict(zip(["mean", "std"], _mean_std(values)))}
+    return {
+        "point": point,
+        "label": f"language_weight={weight} guidance={guidance}",
+        "seeds": seeds,
+        "values": values,
+        **dict(zip(["mean", "std"], _mean_std(values))),
+    }
 
 
 def test_paired_differences_subtract_the_baseline_of_the_same_seed():
@@ -148,8 +190,9 @@ def test_paired_differences_subtract_the_baseline_of_the_same_seed():
     assert "+0.0433 ± 0.0850" in next(line for line in table.splitlines() if "guidance=plg" in line)
 
 
-def test_a_tiny_sweep_writes_the_table_and_hparams_and_selection_never_reads_test(image_folder, tmp_path,
-                                                                                   minilm_encoder, monkeypatch, capsys):
+def test_a_tiny_sweep_writes_the_table_and_hparams_and_selection_never_reads_test(
+    image_folder, tmp_path, minilm_encoder, monkeypatch, capsys
+):
     from tf_langdml.data import splits as splits_module
     from tf_langdml.data.image_folder import load_image_folder
 
@@ -188,8 +231,11 @@ def test_a_tiny_sweep_writes_the_table_and_hparams_and_selection_never_reads_tes
     matches = [re.fullmatch(pattern, line) for line in lines]
     assert len(lines) == 3 and all(matches), lines
     assert [match[1] for match in matches] == ["1", "2", "3"]
-    assert [match[2] for match in matches] == ["language_weight=0 seed=0", "language_weight=1.5 seed=0",
-                                              f"final {result.best['label']} seed=0"]
+    assert [match[2] for match in matches] == [
+        "language_weight=0 seed=0",
+        "language_weight=1.5 seed=0",
+        f"final {result.best['label']} seed=0",
+    ]
     assert matches[0][4] == "no estimate yet"
     # Before run 2 the estimate is run 1's time x 2 runs left, and the elapsed time is run 1's time (+ the
     # microseconds before it started): each shown rounded to whole seconds, so they agree within 0.5 + 2 x 0.5.
@@ -205,14 +251,15 @@ def test_a_tiny_sweep_writes_the_table_and_hparams_and_selection_never_reads_tes
     assert [row["point"] for row in table] == ["language_weight=0", "language_weight=1.5"]
     assert table[0]["paired_difference_vs_baseline_mean"] == ""
     assert float(table[1]["paired_difference_vs_baseline_mean"]) == pytest.approx(
-        float(table[1]["validation_recall@1_mean"]) - float(table[0]["validation_recall@1_mean"]), abs=2e-6)
+        float(table[1]["validation_recall@1_mean"]) - float(table[0]["validation_recall@1_mean"]), abs=2e-6
+    )
     saved = json.loads((folder / "sweep.json").read_text())
     for row, saved_row in zip(result.rows, saved["rows"]):
         run = json.loads((folder / saved_row["runs"][0] / "metrics.json").read_text())
         assert run["evaluated_on"] == "validation" and run["evaluated_classes"] == 2 and run["training_classes"] == 4
         assert saved_row["values"] == [run["recall@1"]] and float(
-            next(line for line in table if line["point"] == row["label"])["validation_recall@1_mean"]) == \
-            pytest.approx(run["recall@1"], abs=1e-6)
+            next(line for line in table if line["point"] == row["label"])["validation_recall@1_mean"]
+        ) == pytest.approx(run["recall@1"], abs=1e-6)
     assert saved["best"]["label"] in {row["point"] for row in table}
     final_run = json.loads((folder / saved["final"][0]["runs"][0] / "metrics.json").read_text())
     assert final_run["evaluated_on"] == "test" and final_run["evaluated_classes"] == 6
@@ -234,8 +281,19 @@ def test_a_sweep_killed_between_points_resumes_without_retraining(image_folder, 
 
     config = tmp_path / "base.yaml"
     config.write_text(yaml.safe_dump(base_values(image_folder, tmp_path, "killed")))
-    command = [sys.executable, "-m", "tf_langdml", "sweep", "--config", str(config), "--quiet",
-               "--grid", "loss.language_weight=0,1", "--set", "evaluation.semantic=false"]
+    command = [
+        sys.executable,
+        "-m",
+        "tf_langdml",
+        "sweep",
+        "--config",
+        str(config),
+        "--quiet",
+        "--grid",
+        "loss.language_weight=0,1",
+        "--set",
+        "evaluation.semantic=false",
+    ]
     environment = quiet_env()
     folder = tmp_path / "killed_sweep"
     first_run = folder / "select__language_weight-0__seed-0"
@@ -256,7 +314,8 @@ def test_a_sweep_killed_between_points_resumes_without_retraining(image_folder, 
     progress = [line for line in second.stderr.splitlines() if line.startswith("tf_langdml: run ")]
     assert [re.sub(r"(\d+ min )?\d+ s elapsed", "T", line) for line in progress] == [
         "tf_langdml: run 1/2 (language_weight=0 seed=0): T, no estimate yet",
-        "tf_langdml: run 2/2 (language_weight=1 seed=0): T, no estimate yet"], second.stderr[-3000:]
+        "tf_langdml: run 2/2 (language_weight=1 seed=0): T, no estimate yet",
+    ], second.stderr[-3000:]
     assert (first_run / "metrics.json").read_text() == first_metrics
     assert len((first_run / "run_log.jsonl").read_text().splitlines()) == 1  # started once: not retrained
     assert "best on validation" in second.stdout

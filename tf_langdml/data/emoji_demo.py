@@ -45,10 +45,14 @@ def load_demo(background: Background = DEFAULT_BACKGROUND, max_pixels: int | Non
     splits = []
     for split in ("train", "test"):
         chosen = [entry for entry in classes if entry["split"] == split]
-        sources = [os.path.join(DEMO_DIR, design, f"{entry['code']}.png") for entry in chosen for design in EMOJI_STYLES]
+        sources = [
+            os.path.join(DEMO_DIR, design, f"{entry['code']}.png") for entry in chosen for design in EMOJI_STYLES
+        ]
         missing = [path for path in sources if not os.path.isfile(path)]
         if missing:
-            raise FileNotFoundError(f"{len(missing)} demo image(s) are missing, e.g. {missing[0]}; reinstall tf_langdml.")
+            raise FileNotFoundError(
+                f"{len(missing)} demo image(s) are missing, e.g. {missing[0]}; reinstall tf_langdml."
+            )
         splits.append(
             Split(
                 sources=np.asarray(sources),

@@ -31,9 +31,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 GALLERY_FOLDER = "gallery"  # root/<class>/gallery/<images>: that class's gallery images
 
 # What libjpeg itself writes to file descriptor 2 when TensorFlow's decoder meets a corrupt JPEG (jerror.h).
-LIBJPEG_MESSAGE = re.compile(rb"^(Improper call to JPEG library in state \d+|Corrupt JPEG data:.*|Premature end of "
-                             rb"JPEG file|Not a JPEG file:.*|Invalid JPEG file structure:.*|Bogus .*|Unsupported "
-                             rb"marker type.*|JPEG datastream contains no image|Invalid SOS parameters.*)\r?$")
+LIBJPEG_MESSAGE = re.compile(
+    rb"^(Improper call to JPEG library in state \d+|Corrupt JPEG data:.*|Premature end of "
+    rb"JPEG file|Not a JPEG file:.*|Invalid JPEG file structure:.*|Bogus .*|Unsupported "
+    rb"marker type.*|JPEG datastream contains no image|Invalid SOS parameters.*)\r?$"
+)
 
 
 class SkippedFilesWarning(UserWarning):
@@ -58,8 +60,11 @@ def libjpeg_messages_dropped():
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            kept = [line for line in captured.read().splitlines(keepends=True)
-                    if not LIBJPEG_MESSAGE.match(line.rstrip(b"\n"))]
+            kept = [
+                line
+                for line in captured.read().splitlines(keepends=True)
+                if not LIBJPEG_MESSAGE.match(line.rstrip(b"\n"))
+            ]
             if kept:
                 os.write(2, b"".join(kept))
 
@@ -88,8 +93,9 @@ def unreadable_images(paths: Sequence[str], max_pixels: int | None = DEFAULT_MAX
         return []
     decoded_height = _decoded_height(max_pixels)
     data = tf.data.Dataset.from_tensor_slices((list(paths), np.arange(len(paths))))
-    data = data.map(lambda path, index: (decoded_height(path), index),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    data = data.map(
+        lambda path, index: (decoded_height(path), index), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False
+    )
     data = data.ignore_errors()
     with libjpeg_messages_dropped():  # the unreadable files are returned (and named by the callers' warnings)
         readable = {int(index) for _, index in data.as_numpy_iterator()}
@@ -145,24 +151,30 @@ def _test_folders(test_classes, class_folders, root):
     if isinstance(test_classes, (str, os.PathLike)):
         path = os.fspath(test_classes)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"test_classes file {path!r} does not exist: a string is read as a text file of "
-                                    "class-folder names, one a line; pass a list for the names themselves.")
+            raise FileNotFoundError(
+                f"test_classes file {path!r} does not exist: a string is read as a text file of "
+                "class-folder names, one a line; pass a list for the names themselves."
+            )
         source = f" (read from {path!r})"
         test_classes = read_list_file(path, "test_classes")
     test_classes = list(test_classes)
     bad = [name for name in test_classes if not isinstance(name, str)]
     if bad:
-        raise ArgumentTypeError(f"test_classes must be class-folder names (strings); got {bad[:5]}.",
-                                argument="test_classes")
+        raise ArgumentTypeError(
+            f"test_classes must be class-folder names (strings); got {bad[:5]}.", argument="test_classes"
+        )
     if not test_classes and source:
-        raise ArgumentError(f"test_classes{source} names no class folder; give at least one (or None: test_fraction).",
-                            argument="test_classes")
+        raise ArgumentError(
+            f"test_classes{source} names no class folder; give at least one (or None: test_fraction).",
+            argument="test_classes",
+        )
     test_folders = sorted(set(test_classes))
     unknown = sorted(set(test_folders) - set(class_folders))
     if unknown:
         close = {name: difflib.get_close_matches(name, class_folders, n=1) for name in unknown[:5]}
-        hints = [f"{match[0]!r}" + (f" for {name!r}" if len(unknown) > 1 else "")
-                 for name, match in close.items() if match]
+        hints = [
+            f"{match[0]!r}" + (f" for {name!r}" if len(unknown) > 1 else "") for name, match in close.items() if match
+        ]
         raise ArgumentError(
             f"test_classes {unknown[:20]}{' ...' if len(unknown) > 20 else ''} are not class folders of {root!r}"
             f"{source}; {len(unknown)} unknown name(s). Known class folders ({len(class_folders)}), e.g. "
@@ -170,8 +182,9 @@ def _test_folders(test_classes, class_folders, root):
             argument="test_classes",
         )
     if len(test_folders) == len(class_folders):
-        raise ArgumentError(f"test_classes{source} covers every class; leave at least one class for training.",
-                            argument="test_classes")
+        raise ArgumentError(
+            f"test_classes{source} covers every class; leave at least one class for training.", argument="test_classes"
+        )
     return test_folders
 
 
@@ -250,8 +263,9 @@ def load_image_folder(
     # The split first: a wrong test_classes / test_fraction fails before any image is read.
     if test_classes is None:
         if not 0 < test_fraction < 1:
-            raise ArgumentError(f"test_fraction must be between 0 and 1, got {test_fraction!r}.",
-                                argument="test_fraction")
+            raise ArgumentError(
+                f"test_fraction must be between 0 and 1, got {test_fraction!r}.", argument="test_fraction"
+            )
         num_test = min(len(class_folders) - 1, max(1, round(len(class_folders) * test_fraction)))
         test_folders = class_folders[-num_test:]
     else:
@@ -276,8 +290,11 @@ def load_image_folder(
     all_images = [path for folder in class_folders for path in files_by_class[folder]]
     unreadable = set(unreadable_images(all_images, max_pixels))
     with libjpeg_messages_dropped():  # reading a corrupt JPEG's header makes libjpeg print too
-        too_large = [] if max_pixels is None else [
-            path for path in sorted(unreadable) if (_declared_pixels(path) or 0) > max_pixels]
+        too_large = (
+            []
+            if max_pixels is None
+            else [path for path in sorted(unreadable) if (_declared_pixels(path) or 0) > max_pixels]
+        )
     skipped += sorted(unreadable) + not_regular
     for folder in class_folders:
         files_by_class[folder] = [path for path in files_by_class[folder] if path not in unreadable]
@@ -287,35 +304,50 @@ def load_image_folder(
                 f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder."
             )
     if skipped:
-        reasons = [f"{not_images} without an image extension ({', '.join(IMAGE_EXTENSIONS)})",
-                   f"{len(unreadable) - len(too_large)} not decodable (corrupt, truncated or another format)",
-                   f"{len(too_large)} above max_pixels={max_pixels} by their header"]
+        reasons = [
+            f"{not_images} without an image extension ({', '.join(IMAGE_EXTENSIONS)})",
+            f"{len(unreadable) - len(too_large)} not decodable (corrupt, truncated or another format)",
+            f"{len(too_large)} above max_pixels={max_pixels} by their header",
+        ]
         reasons += [not_regular_summary(others, root)] if not_regular else []
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         warnings.warn(
             f"Skipped {len(skipped)} file(s) under {root!r} that are not readable images: {'; '.join(reasons)}. "
             f"Examples: {', '.join(display_path(path, root) for path in skipped[:5])}{more}.",
-            SkippedFilesWarning, stacklevel=2,
+            SkippedFilesWarning,
+            stacklevel=2,
         )
 
     train_folders = [folder for folder in class_folders if folder not in set(test_folders)]
-    splits = [_split_from(folders, files_by_class, background, max_pixels, gallery_files)
-              for folders in (train_folders, test_folders)]
+    splits = [
+        _split_from(folders, files_by_class, background, max_pixels, gallery_files)
+        for folders in (train_folders, test_folders)
+    ]
     test = splits[1]
     if test.gallery is not None and test.gallery.all():
-        raise ValueError(f"Every image of the test classes of {root!r} is a gallery image; the query / gallery "
-                         f"protocol needs query images: images directly in root/<class>/ (not in {GALLERY_FOLDER}/) "
-                         "and not in the gallery list.")
+        raise ValueError(
+            f"Every image of the test classes of {root!r} is a gallery image; the query / gallery "
+            f"protocol needs query images: images directly in root/<class>/ (not in {GALLERY_FOLDER}/) "
+            "and not in the gallery list."
+        )
     return SplitDataset(*splits, tuple(skipped))
 
 
 # Why a folder entry is not read, by kind (os.stat, which follows links, says what it is).
-NOT_REGULAR_KINDS = ("FIFO", "device", "socket", "dangling link", "link loop", "unstatable entry", "special file",
-                     "name not UTF-8")
+NOT_REGULAR_KINDS = (
+    "FIFO",
+    "device",
+    "socket",
+    "dangling link",
+    "link loop",
+    "unstatable entry",
+    "special file",
+    "name not UTF-8",
+)
 
 
 def _entry_kind(path):
-    """"file", "folder" or one of NOT_REGULAR_KINDS for ``path``; never opens it (os.stat only)."""
+    """ "file", "folder" or one of NOT_REGULAR_KINDS for ``path``; never opens it (os.stat only)."""
     if not _is_utf8(os.path.basename(path)):
         return "name not UTF-8"
     try:
@@ -383,11 +415,16 @@ def not_regular_summary(others: dict[str, list[str]], root: str | None = None) -
     Names that are not UTF-8 are counted apart and listed (the first five, as bytes).
     Empty when nothing was left out.
     """
-    counts = [f"{len(others[kind])} {kind}{'s' if len(others[kind]) > 1 else ''}"
-              for kind in NOT_REGULAR_KINDS[:-1] if others.get(kind)]
+    counts = [
+        f"{len(others[kind])} {kind}{'s' if len(others[kind]) > 1 else ''}"
+        for kind in NOT_REGULAR_KINDS[:-1]
+        if others.get(kind)
+    ]
     phrases = [f"not regular files, never opened: {', '.join(counts)}"] if counts else []
     names = others.get("name not UTF-8", [])
     if names:
-        phrases.append(f"{len(names)} with a name that is not UTF-8 (rename them): "
-                       f"{', '.join(display_path(path, root) for path in names[:5])}{' ...' if len(names) > 5 else ''}")
+        phrases.append(
+            f"{len(names)} with a name that is not UTF-8 (rename them): "
+            f"{', '.join(display_path(path, root) for path in names[:5])}{' ...' if len(names) > 5 else ''}"
+        )
     return "; ".join(phrases)

@@ -45,14 +45,21 @@ def parse_background(background: Background) -> tuple[int, int, int]:
     """An (r, g, b) tuple of ints in 0..255 from ``"white"``, ``"black"`` or ``[r, g, b]``."""
     if isinstance(background, str):
         if background not in BACKGROUNDS:
-            raise ArgumentError(f"Unknown background {background!r}; expected 'white', 'black' or [r, g, b] in 0..255.",
-                                argument="background")
+            raise ArgumentError(
+                f"Unknown background {background!r}; expected 'white', 'black' or [r, g, b] in 0..255.",
+                argument="background",
+            )
         return BACKGROUNDS[background]
     values = tuple(background) if isinstance(background, (list, tuple, np.ndarray)) else None
-    if (values is None or len(values) != 3
-            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v <= 255 for v in values)):
-        raise ArgumentError(f"background must be 'white', 'black' or [r, g, b] with integers in 0..255; "
-                            f"got {background!r}.", argument="background")
+    if (
+        values is None
+        or len(values) != 3
+        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v <= 255 for v in values)
+    ):
+        raise ArgumentError(
+            f"background must be 'white', 'black' or [r, g, b] with integers in 0..255; got {background!r}.",
+            argument="background",
+        )
     return tuple(int(v) for v in values)
 
 
@@ -148,32 +155,65 @@ def _gif_first_image(encoded):
         extension, image = at_block & tf.equal(value, 0x21), at_block & tf.equal(value, 0x2C)
         chain_end = ~at_block & tf.equal(value, 0)
         # An image: 10 descriptor bytes, its local colour table, the LZW code size, then sub-blocks.
-        moved = tf.where(extension, position + 2, tf.where(image, position + 11 + table(byte(position + 9)),
-                                                           tf.where(chain_end, position + 1,
-                                                                    chain_next(position, value, at_block))))
-        state = tf.where(extension, _IN_EXTENSION, tf.where(image, _IN_IMAGE, tf.where(
-            chain_end, tf.where(tf.equal(state, _IN_EXTENSION), _AT_BLOCK, _DONE),
-            tf.where(at_block, _DAMAGED, state))))
+        moved = tf.where(
+            extension,
+            position + 2,
+            tf.where(
+                image,
+                position + 11 + table(byte(position + 9)),
+                tf.where(chain_end, position + 1, chain_next(position, value, at_block)),
+            ),
+        )
+        state = tf.where(
+            extension,
+            _IN_EXTENSION,
+            tf.where(
+                image,
+                _IN_IMAGE,
+                tf.where(
+                    chain_end,
+                    tf.where(tf.equal(state, _IN_EXTENSION), _AT_BLOCK, _DONE),
+                    tf.where(at_block, _DAMAGED, state),
+                ),
+            ),
+        )
         state = tf.where(tf.not_equal(state, _DONE) & (moved >= size), _DAMAGED, state)
-        descriptor = tf.where(image, tf.stack([u16(position + 3), u16(position + 1), u16(position + 7),
-                                               u16(position + 5), tf.cast(position, tf.int64)]), descriptor)
+        descriptor = tf.where(
+            image,
+            tf.stack(
+                [
+                    u16(position + 3),
+                    u16(position + 1),
+                    u16(position + 7),
+                    u16(position + 5),
+                    tf.cast(position, tf.int64),
+                ]
+            ),
+            descriptor,
+        )
         return moved, state, descriptor
 
     def walk(walked, chain_next, steps):
-        return tf.while_loop(lambda position, state, descriptor: state < _DONE,
-                             lambda *walked: step(*walked, chain_next), walked, maximum_iterations=steps)
+        return tf.while_loop(
+            lambda position, state, descriptor: state < _DONE,
+            lambda *walked: step(*walked, chain_next),
+            walked,
+            maximum_iterations=steps,
+        )
 
     def terminators():
         # jumps[i]: where the chain through size byte i ends (its 00), after log2(len) doublings.
         indices = tf.range(last + 1)
         jumps = tf.where(tf.equal(data, 0), indices, tf.minimum(indices + tf.cast(data, tf.int32) + 1, last))
         rounds = tf.cast(tf.math.ceil(tf.math.log(tf.cast(last + 2, tf.float32)) / np.log(2.0)), tf.int32) + 1
-        return tf.while_loop(lambda i, jumps: i < rounds, lambda i, jumps: (i + 1, tf.gather(jumps, jumps)),
-                             (0, jumps))[1]
+        return tf.while_loop(
+            lambda i, jumps: i < rounds, lambda i, jumps: (i + 1, tf.gather(jumps, jumps)), (0, jumps)
+        )[1]
 
     start = 13 + table(byte(10))
-    walked = walk((start, tf.where(start < size, _AT_BLOCK, _DAMAGED), tf.zeros([5], tf.int64)), run_end,
-                  _GIF_RUN_STEPS)
+    walked = walk(
+        (start, tf.where(start < size, _AT_BLOCK, _DAMAGED), tf.zeros([5], tf.int64)), run_end, _GIF_RUN_STEPS
+    )
 
     def table_walk():
         jumps = terminators()
@@ -224,16 +264,22 @@ def header_image_size(encoded: tf.Tensor) -> tf.Tensor:
     code = image_format(encoded)
     return tf.switch_case(
         tf.where(tf.equal(code, JPEG), 0, tf.where(tf.equal(code, GIF), 1, 2)),
-        [lambda: tf.cast(tf.io.extract_jpeg_shape(encoded)[:2], tf.int64), lambda: _gif_size(encoded)[1],
-         lambda: _fixed_header_size(encoded, code)])
+        [
+            lambda: tf.cast(tf.io.extract_jpeg_shape(encoded)[:2], tf.int64),
+            lambda: _gif_size(encoded)[1],
+            lambda: _fixed_header_size(encoded, code),
+        ],
+    )
 
 
 def _check_pixels(size, max_pixels):
     size = tf.cast(size, tf.int64)
     message = tf.strings.format(
-        "The image header declares {} x {} pixels (height x width), above max_pixels = " + str(int(max_pixels))
+        "The image header declares {} x {} pixels (height x width), above max_pixels = "
+        + str(int(max_pixels))
         + " (data.max_pixels); the image is not decoded. Resize it, or raise max_pixels if it is genuine.",
-        (size[0], size[1]))
+        (size[0], size[1]),
+    )
     return tf.debugging.Assert(size[0] * size[1] <= int(max_pixels), [message])
 
 
@@ -243,6 +289,7 @@ def _composite(rgba, background, scale):
     An opaque image (every alpha at ``scale``) skips the alpha arithmetic: its rounded
     RGB is what compositing gives (x + (rgb - x) * 1 = rgb), at a third of the memory.
     """
+
     def opaque():
         return tf.cast(tf.round(tf.cast(rgba[..., :3], tf.float32) * (255.0 / scale)), tf.uint8)
 
@@ -266,6 +313,7 @@ def _composite_8_bit(rgba, background):
     :func:`_composite` without its float32 copies (16 bytes a pixel). An opaque image
     (every alpha 255, as any PNG without alpha or ``tRNS``) is its RGB channels.
     """
+
     def composite():
         rgb, alpha = tf.cast(rgba[..., :3], tf.uint16), tf.cast(rgba[..., 3:], tf.uint16)
         covered = tf.constant(background, tf.uint16) * (255 - alpha)
@@ -283,9 +331,11 @@ def _decode_png(encoded, background):
     16-bit one as uint16, composited in float32 and rounded to 8 bits (x / 257), not
     truncated to the high byte.
     """
-    return tf.cond(tf.equal(_header(encoded)[24], 16),
-                   lambda: _composite(tf.io.decode_png(encoded, channels=4, dtype=tf.uint16), background, 65535.0),
-                   lambda: _composite_8_bit(tf.io.decode_png(encoded, channels=4), background))
+    return tf.cond(
+        tf.equal(_header(encoded)[24], 16),
+        lambda: _composite(tf.io.decode_png(encoded, channels=4, dtype=tf.uint16), background, 65535.0),
+        lambda: _composite_8_bit(tf.io.decode_png(encoded, channels=4), background),
+    )
 
 
 def _gif_transparency_to_background(encoded, background, search_end):
@@ -305,8 +355,15 @@ def _gif_transparency_to_background(encoded, background, search_end):
     start = tf.where(data[10] >= 128, 13 + 3 * tf.bitwise.left_shift(2, data[10] % 8), 13)
     positions = tf.range(tf.size(data) - 24)
     at = lambda offset: data[offset : tf.size(data) - 24 + offset]  # the bytes at each position + offset
-    control_block = ((positions >= start) & (positions < search_end) & tf.equal(at(0), 0x21) & tf.equal(at(1), 0xF9)
-                     & tf.equal(at(2), 4) & tf.equal(at(7), 0) & (tf.equal(at(8), 0x2C) | tf.equal(at(8), 0x21)))
+    control_block = (
+        (positions >= start)
+        & (positions < search_end)
+        & tf.equal(at(0), 0x21)
+        & tf.equal(at(1), 0xF9)
+        & tf.equal(at(2), 4)
+        & tf.equal(at(7), 0)
+        & (tf.equal(at(8), 0x2C) | tf.equal(at(8), 0x21))
+    )
     found = tf.reduce_any(control_block)
     control = tf.cast(tf.argmax(tf.cast(control_block, tf.int32)), tf.int32)
     image = control + 8
@@ -334,8 +391,11 @@ def _refuse_unknown_format(encoded):
     message = tf.where(
         tf.equal(length, 0),
         "The image is empty (0 bytes).",
-        tf.strings.format("Not a JPEG, PNG, GIF or BMP image: it is {} bytes long and starts with {}.",
-                          (length, _header(encoded)[:8]), summarize=8),
+        tf.strings.format(
+            "Not a JPEG, PNG, GIF or BMP image: it is {} bytes long and starts with {}.",
+            (length, _header(encoded)[:8]),
+            summarize=8,
+        ),
     )
     with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
         return tf.zeros([1, 1, 3], tf.uint8)
@@ -350,8 +410,10 @@ def read_regular_file(path: str | os.PathLike, count: int | None = None) -> byte
     """
     path = os.fspath(path)
     if not stat.S_ISREG(os.stat(path).st_mode):
-        raise ValueError(f"{path!r} is not a regular file (a FIFO, device, socket or folder); "
-                         "only image files are read: remove it or point to the file itself.")
+        raise ValueError(
+            f"{path!r} is not a regular file (a FIFO, device, socket or folder); "
+            "only image files are read: remove it or point to the file itself."
+        )
     descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
         status = os.fstat(descriptor)
@@ -386,9 +448,18 @@ def _decoder(code, encoded, background, max_pixels):
     checks = []
     if code == GIF:
         found, size, start, end = _gif_size(encoded)
-        checks.append(tf.debugging.Assert(found, [tf.strings.format(
-            "The GIF ({} bytes) is truncated or damaged: its blocks end before the first image's data does; "
-            "re-save it.", tf.strings.length(encoded))]))
+        checks.append(
+            tf.debugging.Assert(
+                found,
+                [
+                    tf.strings.format(
+                        "The GIF ({} bytes) is truncated or damaged: its blocks end before the first image's data does; "
+                        "re-save it.",
+                        tf.strings.length(encoded),
+                    )
+                ],
+            )
+        )
     elif max_pixels is not None:
         size = tf.io.extract_jpeg_shape(encoded)[:2] if code == JPEG else _fixed_header_size(encoded, code)
     if max_pixels is not None:
@@ -512,7 +583,9 @@ def _flip_and_resize(crop, size, seed, antialias):
     return tf.clip_by_value(resized, 0.0, 255.0)
 
 
-def train_preprocess(image: tf.Tensor, size: int = 224, seed: tf.Tensor | None = None, antialias: bool = True) -> tf.Tensor:
+def train_preprocess(
+    image: tf.Tensor, size: int = 224, seed: tf.Tensor | None = None, antialias: bool = True
+) -> tf.Tensor:
     """Random resized crop to ``size`` and a random horizontal flip; float32 in [0, 255].
 
     ``antialias``: see :func:`resize_bilinear` (True = the paper's PIL resize).

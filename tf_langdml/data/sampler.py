@@ -10,7 +10,11 @@ _INT64_MAX = np.iinfo(np.int64).max
 
 
 def class_balanced_indices(
-    labels: np.ndarray | Sequence[int], batch_size: int, examples_per_class: int = 2, seed: int = 0, start_batch: int = 0
+    labels: np.ndarray | Sequence[int],
+    batch_size: int,
+    examples_per_class: int = 2,
+    seed: int = 0,
+    start_batch: int = 0,
 ) -> tf.data.Dataset:
     """An infinite dataset of index batches with ``batch_size / examples_per_class`` classes each.
 

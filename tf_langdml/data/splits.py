@@ -54,19 +54,25 @@ class Split:
 
     def __post_init__(self):
         object.__setattr__(self, "background", parse_background(self.background))
-        if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int)
-                                            or self.max_pixels < 1):
-            raise ArgumentError(f"max_pixels must be a positive integer or None (no limit); got {self.max_pixels!r}.",
-                                argument="max_pixels")
+        if self.max_pixels is not None and (
+            isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 1
+        ):
+            raise ArgumentError(
+                f"max_pixels must be a positive integer or None (no limit); got {self.max_pixels!r}.",
+                argument="max_pixels",
+            )
         if len(self.sources) != len(self.labels):
             raise ValueError(f"{len(self.sources)} images but {len(self.labels)} labels.")
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
-            raise ValueError(f"labels must be 0..{len(self.class_names) - 1}; got {self.labels.min()}..{self.labels.max()}.")
+            raise ValueError(
+                f"labels must be 0..{len(self.class_names) - 1}; got {self.labels.min()}..{self.labels.max()}."
+            )
         if self.gallery is not None:
             gallery = np.asarray(self.gallery)
             if gallery.dtype != bool or gallery.shape != (len(self.labels),):
-                raise ValueError(f"gallery must be a ({len(self.labels)},) bool mask or None; got "
-                                 f"{gallery.dtype} {gallery.shape}.")
+                raise ValueError(
+                    f"gallery must be a ({len(self.labels)},) bool mask or None; got {gallery.dtype} {gallery.shape}."
+                )
             object.__setattr__(self, "gallery", gallery if gallery.any() else None)
 
     @property
@@ -93,10 +99,13 @@ class Split:
         new_label[class_indices] = np.arange(len(class_indices))
         keep = new_label[self.labels] >= 0
         return dataclasses.replace(
-            self, sources=self.sources[keep], labels=new_label[self.labels[keep]],
+            self,
+            sources=self.sources[keep],
+            labels=new_label[self.labels[keep]],
             gallery=None if self.gallery is None else self.gallery[keep],
             class_names=tuple(self.class_names[index] for index in class_indices),
-            raw_class_names=tuple(self.raw_class_names[index] for index in class_indices))
+            raw_class_names=tuple(self.raw_class_names[index] for index in class_indices),
+        )
 
     def dataset(self) -> tf.data.Dataset:
         """``tf.data`` of (encoded image bytes, label, sample id), in order."""
@@ -169,11 +178,14 @@ def hold_out_validation(dataset: SplitDataset, fraction: float) -> SplitDataset:
             f"validation_fraction={fraction} of {train.num_classes} training classes leaves "
             f"{len(held_out)} validation and {train.num_classes - len(held_out)} training classes; both need at "
             f"least 2: choose a fraction between {2 / train.num_classes:.3g} and "
-            f"{1 - 2 / train.num_classes:.3g}." if train.num_classes >= 4 else
-            f"validation_fraction={fraction}: {train.num_classes} training classes are too few to hold some out.")
+            f"{1 - 2 / train.num_classes:.3g}."
+            if train.num_classes >= 4
+            else f"validation_fraction={fraction}: {train.num_classes} training classes are too few to hold some out."
+        )
     kept = np.setdiff1d(np.arange(train.num_classes), held_out)
-    return dataclasses.replace(dataset, train_split=train.select_classes(kept),
-                               validation_split=train.select_classes(held_out))
+    return dataclasses.replace(
+        dataset, train_split=train.select_classes(kept), validation_split=train.select_classes(held_out)
+    )
 
 
 def make_train_dataset(
@@ -201,9 +213,15 @@ def make_train_dataset(
     def load(position, index):
         image_seed = tf.stack([tf.constant(int(seed), tf.int64), position])
         encoded = split.encoded(tf.gather(sources, index))
-        image = train_image_from_bytes(encoded, image_size, seed=image_seed, antialias=antialias,
-                                       background=split.background, max_pixels=split.max_pixels,
-                                       formats=split.formats)
+        image = train_image_from_bytes(
+            encoded,
+            image_size,
+            seed=image_seed,
+            antialias=antialias,
+            background=split.background,
+            max_pixels=split.max_pixels,
+            formats=split.formats,
+        )
         if with_sample_ids:
             return image, tf.gather(labels, index), index
         return image, tf.gather(labels, index)

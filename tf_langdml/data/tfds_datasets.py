@@ -30,15 +30,27 @@ class TfdsDatasetSpec:
 
 TFDS_DATASETS = {
     "cub200": TfdsDatasetSpec(
-        "caltech_birds2011", 200, 100, "label", "label_name",
+        "caltech_birds2011",
+        200,
+        100,
+        "label",
+        "label_name",
         "CUB_200_2011.tgz and segmentations.tgz from https://www.vision.caltech.edu/datasets/cub_200_2011/",
     ),
     "cars196": TfdsDatasetSpec(
-        "cars196", 196, 98, "label", "",
+        "cars196",
+        196,
+        98,
+        "label",
+        "",
         "the Stanford Cars images and devkit (cars_train.tgz, cars_test.tgz, car_devkit.tgz, cars_test_annos_withlabels.mat)",
     ),
     "sop": TfdsDatasetSpec(
-        "stanford_online_products", 22634, 11318, "class_id", "super_class_id",
+        "stanford_online_products",
+        22634,
+        11318,
+        "class_id",
+        "super_class_id",
         "Stanford_Online_Products.zip from https://cvgl.stanford.edu/projects/lifted_struct/",
     ),
 }
@@ -81,8 +93,13 @@ def _class_names(spec, builder, labels, names):
     if spec.name_key == "super_class_id":
         super_names = builder.info.features["super_class_id"].names
         # SOP has no per-product names: each product is called by its super-class.
-        return [super_names[int(by_class[c])].replace("_", " ") if c in by_class else "" for c in range(spec.num_classes)]
-    return [by_class[c].decode() if isinstance(by_class.get(c), bytes) else by_class.get(c, "") for c in range(spec.num_classes)]
+        return [
+            super_names[int(by_class[c])].replace("_", " ") if c in by_class else "" for c in range(spec.num_classes)
+        ]
+    return [
+        by_class[c].decode() if isinstance(by_class.get(c), bytes) else by_class.get(c, "")
+        for c in range(spec.num_classes)
+    ]
 
 
 def load_tfds_dataset(
@@ -114,8 +131,10 @@ def load_tfds_dataset(
         FileNotFoundError: the dataset is not prepared; the message says what to do.
     """
     if name not in TFDS_DATASETS:
-        raise ArgumentError(f"Unknown TFDS dataset {name!r}; known: {sorted(TFDS_DATASETS)}. For other data use "
-                            "load_image_folder.", argument="name")
+        raise ArgumentError(
+            f"Unknown TFDS dataset {name!r}; known: {sorted(TFDS_DATASETS)}. For other data use load_image_folder.",
+            argument="name",
+        )
     spec = TFDS_DATASETS[name]
     import tensorflow_datasets as tfds
 

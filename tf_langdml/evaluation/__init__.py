@@ -8,9 +8,9 @@ from tf_langdml.evaluation.callbacks import (
     language_similarity,
     similarity_heatmap,
 )
-from tf_langdml.evaluation.pictures import retrieval_grid, similarity_figure
 from tf_langdml.evaluation.clustering import clustering_metrics, pairwise_f1
 from tf_langdml.evaluation.diagnostics import language_table_statistics, loss_diagnostics
+from tf_langdml.evaluation.pictures import retrieval_grid, similarity_figure
 from tf_langdml.evaluation.retrieval import (
     DEFAULT_KS,
     gallery_positive_ranks,
@@ -20,13 +20,13 @@ from tf_langdml.evaluation.retrieval import (
     retrieval_metrics,
     split_retrieval_metrics,
 )
-from tf_langdml.inference import embed_split
 from tf_langdml.evaluation.semantic import (
     group_recall_at_1,
     make_level_recall_at_1,
     nearest_classes,
     semantic_consistency,
 )
+from tf_langdml.inference import embed_split
 
 __all__ = [
     "DEFAULT_KS",

@@ -30,8 +30,18 @@ class RetrievalEvaluation(keras.callbacks.Callback):
     protocol (:func:`~tf_langdml.evaluation.split_retrieval_metrics`), clustering on all its images.
     """
 
-    def __init__(self, split, every=1, batch_size=64, image_size=224, ks=DEFAULT_KS, log_dir=None,
-                 clustering=False, prefix="val_", verbose=1):
+    def __init__(
+        self,
+        split,
+        every=1,
+        batch_size=64,
+        image_size=224,
+        ks=DEFAULT_KS,
+        log_dir=None,
+        clustering=False,
+        prefix="val_",
+        verbose=1,
+    ):
         super().__init__()
         if every < 1:
             raise ArgumentError(f"every must be >= 1 epoch; got {every}.", argument="every")
@@ -147,9 +157,10 @@ class RetrievalPictures(keras.callbacks.Callback):
         if image is None:
             split = self.evaluation.split
             if self._load is None:
-                self._load = tf.function(lambda source: eval_preprocess(split.decode(split.encoded(source)),
-                                                                        size=self.image_size),
-                                         input_signature=[tf.TensorSpec([], tf.string)])  # traced once
+                self._load = tf.function(
+                    lambda source: eval_preprocess(split.decode(split.encoded(source)), size=self.image_size),
+                    input_signature=[tf.TensorSpec([], tf.string)],
+                )  # traced once
             image = self._load(tf.constant(split.sources[index])).numpy().round().astype(np.uint8)
             if len(self._thumbnails) >= 4096:
                 self._thumbnails.clear()
@@ -180,7 +191,8 @@ class RetrievalPictures(keras.callbacks.Callback):
         if not evaluation.results or evaluation.results[-1][0] != epoch + 1 or evaluation.last_embeddings is None:
             raise RuntimeError(
                 f"RetrievalPictures: the RetrievalEvaluation of epoch {epoch + 1} has not run. List RetrievalPictures "
-                "after its RetrievalEvaluation in the callbacks, and pass both to fit.")
+                "after its RetrievalEvaluation in the callbacks, and pass both to fit."
+            )
         image, found = self.picture(evaluation.last_embeddings)
         self.pictures.append((epoch + 1, self.queries.copy(), found))
         with self.writer.as_default():
@@ -237,8 +249,19 @@ class LanguageGuidanceTensorBoard(keras.callbacks.Callback):
       projector for up to ``projector_size`` test embeddings with class names as metadata.
     """
 
-    def __init__(self, log_dir, fixed_batch=None, every=1, projector_split=None, projector_size=1000,
-                 projector_every=None, image_size=224, update_freq=1, diagnostics_every=None, class_names=None):
+    def __init__(
+        self,
+        log_dir,
+        fixed_batch=None,
+        every=1,
+        projector_split=None,
+        projector_size=1000,
+        projector_every=None,
+        image_size=224,
+        update_freq=1,
+        diagnostics_every=None,
+        class_names=None,
+    ):
         super().__init__()
         if diagnostics_every is not None and int(diagnostics_every) < 1:
             raise ValueError(f"diagnostics_every must be >= 1 epoch or None; got {diagnostics_every}.")
@@ -291,7 +314,9 @@ class LanguageGuidanceTensorBoard(keras.callbacks.Callback):
             language = None
         else:
             sample_ids = self.fixed_batch[2] if len(self.fixed_batch) > 2 else None
-            language = table.similarities(self.model.table_rows(labels, sample_ids)).numpy()  # the training step's S_lang, same rows
+            language = table.similarities(
+                self.model.table_rows(labels, sample_ids)
+            ).numpy()  # the training step's S_lang, same rows
         if self.class_names is None:
             names = [str(label) for label in labels]
         else:
@@ -312,8 +337,12 @@ class LanguageGuidanceTensorBoard(keras.callbacks.Callback):
         return loss_diagnostics(self.model, self.fixed_batch)
 
     def on_epoch_end(self, epoch, logs=None):
-        if (self.fixed_batch is not None and self.diagnostics_every is not None
-                and (epoch + 1) % self.diagnostics_every == 0 and getattr(self.model, "dml_loss", None) is not None):
+        if (
+            self.fixed_batch is not None
+            and self.diagnostics_every is not None
+            and (epoch + 1) % self.diagnostics_every == 0
+            and getattr(self.model, "dml_loss", None) is not None
+        ):
             values = self.diagnostics()
             with self.writer.as_default():
                 for name, value in values.items():

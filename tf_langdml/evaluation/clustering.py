@@ -28,7 +28,9 @@ def pairwise_f1(labels: np.ndarray, clusters: np.ndarray) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def clustering_metrics(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0, max_iter: int = 100) -> dict[str, float]:
+def clustering_metrics(
+    embeddings: np.ndarray, labels: np.ndarray, seed: int = 0, max_iter: int = 100
+) -> dict[str, float]:
     """``nmi`` and ``f1`` of k-means (scikit-learn, k-means++, as many clusters as classes, seeded).
 
     Embeddings are L2-normalised first (k-means on the unit sphere, as the retrieval

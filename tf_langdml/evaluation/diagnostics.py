@@ -29,8 +29,16 @@ import tensorflow as tf
 
 from tf_langdml.language.language_table import LanguageTable
 
-DIAGNOSTICS = ("gradient_norm_ratio", "dml_gradient_norm", "language_gradient_norm", "dml_loss", "language_loss",
-               "image_similarity_same_class", "image_similarity_other_class", "language_similarity_other_class")
+DIAGNOSTICS = (
+    "gradient_norm_ratio",
+    "dml_gradient_norm",
+    "language_gradient_norm",
+    "dml_loss",
+    "language_loss",
+    "image_similarity_same_class",
+    "image_similarity_other_class",
+    "language_similarity_other_class",
+)
 
 
 def _pair_means(similarities, labels):
@@ -64,8 +72,7 @@ def loss_diagnostics(model, batch) -> dict[str, float]:
         language = language_norm = language_other = tf.zeros([], tf.float32)
     else:
         language_norm = tf.norm(tape.gradient(weighted, embeddings))
-        _, language_other = _pair_means(model.language_table.similarities(model.table_rows(labels, sample_ids)),
-                                        labels)
+        _, language_other = _pair_means(model.language_table.similarities(model.table_rows(labels, sample_ids)), labels)
     del tape
     image_similarities = tf.matmul(embeddings, embeddings, transpose_b=True)
     same, other = _pair_means(image_similarities, labels)
@@ -82,7 +89,9 @@ def loss_diagnostics(model, batch) -> dict[str, float]:
     return {name: float(value.numpy()) for name, value in values.items()}
 
 
-def language_table_statistics(table: LanguageTable | np.ndarray, max_rows: int = 2000, seed: int = 0) -> dict[str, float]:
+def language_table_statistics(
+    table: LanguageTable | np.ndarray, max_rows: int = 2000, seed: int = 0
+) -> dict[str, float]:
     """Mean and standard deviation of S_lang over pairs of different rows (of up to ``max_rows`` sampled rows)."""
     table = LanguageTable.coerce(table)
     rows = np.arange(table.num_rows)

@@ -113,10 +113,17 @@ def _retrieval_plot(query_images, query_names, retrieved_images, retrieved_names
         raise ValueError("retrieval_grid needs at least one query.")
     same_class = np.asarray(same_class, bool)
     k = same_class.shape[1] if same_class.ndim == 2 else 0
-    if (len(query_names) != rows or len(retrieved_images) != rows or len(retrieved_names) != rows
-            or same_class.shape != (rows, k) or (scores is not None and np.shape(scores) != (rows, k))):
-        raise ValueError(f"{rows} queries: query_names, retrieved_images, retrieved_names need {rows} entries and "
-                         f"same_class (and scores) shape ({rows}, k); got same_class {same_class.shape}.")
+    if (
+        len(query_names) != rows
+        or len(retrieved_images) != rows
+        or len(retrieved_names) != rows
+        or same_class.shape != (rows, k)
+        or (scores is not None and np.shape(scores) != (rows, k))
+    ):
+        raise ValueError(
+            f"{rows} queries: query_names, retrieved_images, retrieved_names need {rows} entries and "
+            f"same_class (and scores) shape ({rows}, k); got same_class {same_class.shape}."
+        )
     width, height = (k + 1) * CELL_WIDTH + QUERY_GAP, rows * CELL_HEIGHT
     canvas = np.full((height, width, 3), 255, np.uint8)
     figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, facecolor="white")
@@ -124,8 +131,10 @@ def _retrieval_plot(query_images, query_names, retrieved_images, retrieved_names
         query_title = short_name(f"query: {query_names[row]}", width=TITLE_WIDTH - 4, lines=2)
         cells = [(query_images[row], QUERY_COLOUR, query_title, "bold")]
         if len(retrieved_images[row]) != k or len(retrieved_names[row]) != k:
-            raise ValueError(f"query {row}: {len(retrieved_images[row])} images and {len(retrieved_names[row])} "
-                             f"names for k = {k} retrievals.")
+            raise ValueError(
+                f"query {row}: {len(retrieved_images[row])} images and {len(retrieved_names[row])} "
+                f"names for k = {k} retrievals."
+            )
         for column in range(k):
             title = short_name(retrieved_names[row][column], lines=2 if scores is None else 1)
             if scores is not None:
@@ -135,9 +144,17 @@ def _retrieval_plot(query_images, query_names, retrieved_images, retrieved_names
         for column, (image, colour, title, weight) in enumerate(cells):
             top, left, bottom, right = grid_cell_box(row, column)
             canvas[top:bottom, left:right] = _framed(image, colour)
-            figure.text((left + right) / 2 / width, 1 - (top - 3) / height, title, ha="center", va="bottom",
-                        fontsize=TITLE_FONT_SIZE, fontweight=weight, linespacing=1.1,
-                        color="black" if column == 0 else tuple(channel / 255 for channel in colour))
+            figure.text(
+                (left + right) / 2 / width,
+                1 - (top - 3) / height,
+                title,
+                ha="center",
+                va="bottom",
+                fontsize=TITLE_FONT_SIZE,
+                fontweight=weight,
+                linespacing=1.1,
+                color="black" if column == 0 else tuple(channel / 255 for channel in colour),
+            )
     figure.figimage(canvas, 0, 0, origin="upper", zorder=0)  # pixel for pixel, no resampling
     rule = (CELL_WIDTH + QUERY_GAP / 2) / width  # a thin rule between the queries and the retrievals
     figure.add_artist(Line2D([rule, rule], [0.005, 0.995], color="0.6", linewidth=1))
@@ -183,8 +200,9 @@ def _similarity_plot(image_similarity, language_similarity, class_names):
     if language_similarity is not None:
         language_similarity = np.asarray(language_similarity, np.float64)
         if language_similarity.shape != image_similarity.shape:
-            raise ValueError(f"language_similarity has shape {language_similarity.shape}, "
-                             f"S_img {image_similarity.shape}.")
+            raise ValueError(
+                f"language_similarity has shape {language_similarity.shape}, S_img {image_similarity.shape}."
+            )
     if class_names is None:
         class_names = [str(index) for index in range(count)]
     if len(class_names) != count:
@@ -193,16 +211,27 @@ def _similarity_plot(image_similarity, language_similarity, class_names):
     ticks = np.arange(0, count, step)
     labels = [short_name(class_names[tick], width=22, lines=1) for tick in ticks]
     font_size = 8 if len(ticks) <= 20 else 6.5
-    figure = Figure(figsize=(SIMILARITY_SIZE[0] / DPI, SIMILARITY_SIZE[1] / DPI), dpi=DPI, facecolor="white",
-                    layout="constrained")
+    figure = Figure(
+        figsize=(SIMILARITY_SIZE[0] / DPI, SIMILARITY_SIZE[1] / DPI), dpi=DPI, facecolor="white", layout="constrained"
+    )
     panels = figure.subplots(1, 2)
     shown = None
-    for axes, matrix, title in ((panels[0], image_similarity, "S_img (image embeddings)"),
-                                (panels[1], language_similarity, "S_lang (language)")):
+    for axes, matrix, title in (
+        (panels[0], image_similarity, "S_img (image embeddings)"),
+        (panels[1], language_similarity, "S_lang (language)"),
+    ):
         if matrix is None:
             axes.set_title("S_lang: no language table", fontsize=11)
-            axes.text(0.5, 0.5, "no language table", ha="center", va="center", fontsize=12, color="0.4",
-                      transform=axes.transAxes)
+            axes.text(
+                0.5,
+                0.5,
+                "no language table",
+                ha="center",
+                va="center",
+                fontsize=12,
+                color="0.4",
+                transform=axes.transAxes,
+            )
             axes.set_xticks([])
             axes.set_yticks([])
             axes.set_aspect("equal")

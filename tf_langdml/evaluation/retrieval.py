@@ -133,7 +133,11 @@ def positive_ranks(
     # Square blocks; the candidate test holds at most block^2 x P_max values.
     block = int(min(count, max(64, np.sqrt(block_elements / max_positives))))
     starts = list(range(0, count, block))
-    embedding_tensor, label_tensor, threshold_tensor = tf.constant(embeddings), tf.constant(labels), tf.constant(thresholds)
+    embedding_tensor, label_tensor, threshold_tensor = (
+        tf.constant(embeddings),
+        tf.constant(labels),
+        tf.constant(thresholds),
+    )
     counts = np.zeros((count, max_positives), np.int64)
     for first, row_start in enumerate(starts):
         row_slice = slice(row_start, min(row_start + block, count))
@@ -200,8 +204,10 @@ def _gallery_labels(query_labels, query_count, gallery_labels, gallery_count):
         raise ValueError(f"{gallery_count} gallery embeddings but {gallery_labels.shape[0]} gallery labels.")
     numeric = [labels.dtype.kind in "biuf" for labels in (query_labels, gallery_labels)]
     if numeric[0] != numeric[1] and "O" not in (query_labels.dtype.kind, gallery_labels.dtype.kind):
-        raise ValueError(f"query labels ({query_labels.dtype}) and gallery labels ({gallery_labels.dtype}) must be "
-                         "of one kind (both numbers or both strings): they are compared as values.")
+        raise ValueError(
+            f"query labels ({query_labels.dtype}) and gallery labels ({gallery_labels.dtype}) must be "
+            "of one kind (both numbers or both strings): they are compared as values."
+        )
     _, labels = np.unique(np.concatenate([query_labels, gallery_labels]), return_inverse=True)
     labels = labels.reshape(-1).astype(np.int64)
     return labels[:query_count], labels[query_count:]
@@ -228,8 +234,9 @@ def gallery_positive_ranks(
     queries = normalized_embeddings(query_embeddings)
     gallery = normalized_embeddings(gallery_embeddings)
     if queries.shape[1] != gallery.shape[1]:
-        raise ValueError(f"query embeddings have dimension {queries.shape[1]} but gallery embeddings "
-                         f"{gallery.shape[1]}.")
+        raise ValueError(
+            f"query embeddings have dimension {queries.shape[1]} but gallery embeddings {gallery.shape[1]}."
+        )
     query_count, gallery_count = queries.shape[0], gallery.shape[0]
     query_labels, gallery_labels = _gallery_labels(query_labels, query_count, gallery_labels, gallery_count)
     num_classes = int(max(query_labels.max(), gallery_labels.max())) + 1
@@ -261,8 +268,9 @@ def gallery_positive_ranks(
         row_labels, row_thresholds = tf.constant(query_labels[rows]), tf.constant(thresholds[rows])
         for column_start in range(0, gallery_count, gallery_block):
             columns = slice(column_start, min(column_start + gallery_block, gallery_count))
-            counts[rows] += _query_gallery_counts(row_tensor, gallery_tensor[columns], row_labels,
-                                                  gallery_label_tensor[columns], row_thresholds).numpy()
+            counts[rows] += _query_gallery_counts(
+                row_tensor, gallery_tensor[columns], row_labels, gallery_label_tensor[columns], row_thresholds
+            ).numpy()
     # A query's i-th most similar positive (1-based) sits in ascending column P_q - i.
     ranks = np.zeros((query_count, max_positives), np.int64)
     for row in np.flatnonzero(num_positives):
@@ -302,8 +310,9 @@ def retrieval_metrics(
     if gallery_embeddings is None:
         ranks, num_positives = positive_ranks(query_embeddings, query_labels, block_elements)
         return metrics_from_ranks(ranks, num_positives, ks)
-    ranks, num_positives = gallery_positive_ranks(query_embeddings, query_labels, gallery_embeddings, gallery_labels,
-                                                  block_elements)
+    ranks, num_positives = gallery_positive_ranks(
+        query_embeddings, query_labels, gallery_embeddings, gallery_labels, block_elements
+    )
     return metrics_from_ranks(ranks, num_positives, ks, map_denominator=num_positives)
 
 
@@ -323,13 +332,23 @@ def split_retrieval_metrics(
     gallery = np.asarray(gallery, dtype=bool).reshape(-1)
     embeddings = np.asarray(embeddings)
     if gallery.shape[0] != labels.shape[0] or embeddings.shape[0] != labels.shape[0]:
-        raise ValueError(f"{embeddings.shape[0]} embeddings, {labels.shape[0]} labels and a gallery mask of "
-                         f"{gallery.shape[0]}: they must be equal.")
+        raise ValueError(
+            f"{embeddings.shape[0]} embeddings, {labels.shape[0]} labels and a gallery mask of "
+            f"{gallery.shape[0]}: they must be equal."
+        )
     if gallery.all():
-        raise ValueError(f"All {gallery.size} images of the split are gallery images: the query / gallery protocol "
-                         "needs query images (the ones not marked as gallery).")
-    return retrieval_metrics(embeddings[~gallery], labels[~gallery], ks, block_elements,
-                             gallery_embeddings=embeddings[gallery], gallery_labels=labels[gallery])
+        raise ValueError(
+            f"All {gallery.size} images of the split are gallery images: the query / gallery protocol "
+            "needs query images (the ones not marked as gallery)."
+        )
+    return retrieval_metrics(
+        embeddings[~gallery],
+        labels[~gallery],
+        ks,
+        block_elements,
+        gallery_embeddings=embeddings[gallery],
+        gallery_labels=labels[gallery],
+    )
 
 
 @tf.function(reduce_retracing=True)

@@ -49,8 +49,9 @@ def semantic_consistency(
         neighbors = nearest_neighbors(embeddings, k=1)[0][:, 0]
     neighbor_labels = labels[neighbors]
     encoder = build_text_encoder(encoder, cache_dir=cache_dir)
-    table = LanguageTable.from_array(text_embeddings(class_names, encoder, template, cache_dir),
-                                     names=class_names, encoder_id=encoder.id)
+    table = LanguageTable.from_array(
+        text_embeddings(class_names, encoder, template, cache_dir), names=class_names, encoder_id=encoder.id
+    )
     language = table.similarities(np.arange(table.num_rows)).numpy()  # (C, C) S_lang, as in the loss
     mistakes = neighbor_labels != labels
     requested, nearest = nearest, min(nearest, len(class_names) - 1)  # keys keep the requested number
@@ -64,7 +65,9 @@ def semantic_consistency(
     if mistakes.any():
         query, found = labels[mistakes], neighbor_labels[mistakes]
         results["mistake_language_similarity"] = float(language[query, found].mean())
-        results[f"mistakes_in_{requested}_nearest_classes"] = float(np.mean(np.any(close[query] == found[:, None], axis=1)))
+        results[f"mistakes_in_{requested}_nearest_classes"] = float(
+            np.mean(np.any(close[query] == found[:, None], axis=1))
+        )
     else:
         results["mistake_language_similarity"] = float("nan")
         results[f"mistakes_in_{requested}_nearest_classes"] = float("nan")

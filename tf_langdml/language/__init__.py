@@ -4,16 +4,16 @@ from tf_langdml._keras import keras  # noqa: F401  (binds tf.keras to tf-keras f
 from tf_langdml.language.encoders import (
     DEFAULT_ENCODER,
     HubTextEncoder,
-    MissingTextsError,
     MiniLMTextEncoder,
+    MissingTextsError,
     PrecomputedTextEncoder,
     TextEncoder,
     build_text_encoder,
 )
 from tf_langdml.language.imagenet import IMAGENET_CLASS_NAMES, first_synonym
+from tf_langdml.language.language_table import LanguageTable
 from tf_langdml.language.minilm import build_minilm_savedmodel, minilm_handle, read_safetensors
 from tf_langdml.language.pseudo_labels import PseudoLabels, pseudo_label_table, top_k_pseudo_labels
-from tf_langdml.language.language_table import LanguageTable
 from tf_langdml.language.text_embeddings import DEFAULT_TEMPLATE, expert_language_table, prime, text_embeddings
 
 __all__ = [

@@ -87,11 +87,11 @@ def _load_hub(handle):
     _check_handle(handle)
     try:
         return hub.load(handle)
-    except Exception as error:  # noqa: BLE001  (network errors come in many types)
+    except Exception as error:
         if _is_remote(handle):
             raise OSError(
                 f"Could not fetch TF-Hub handle {handle!r} ({type(error).__name__}: {error}). Without network access, "
-                "use a local alternative: download the model elsewhere and pass its folder (\"hub:/path/to/folder\"; "
+                'use a local alternative: download the model elsewhere and pass its folder ("hub:/path/to/folder"; '
                 "set TFHUB_CACHE_DIR to reuse a TF-Hub cache), pass vectors you computed elsewhere "
                 '("precomputed:<file.npz>"), or use the offline encoder "minilm".'
             ) from error
@@ -151,8 +151,10 @@ class HubTextEncoder(TextEncoder):
     def _select(self, outputs, inputs):
         if not isinstance(outputs, dict):
             if self.output_key not in (None, "default"):
-                raise ArgumentError(f"{self.handle} returns a single tensor; output_key {self.output_key!r} does not "
-                                    "apply.", argument="output_key")
+                raise ArgumentError(
+                    f"{self.handle} returns a single tensor; output_key {self.output_key!r} does not apply.",
+                    argument="output_key",
+                )
             return outputs
         key = self.output_key or ("pooled_output" if "pooled_output" in outputs else "default")
         if key == "mean":
@@ -203,7 +205,9 @@ class PrecomputedTextEncoder(TextEncoder):
             with np.load(self.path, allow_pickle=False) as data:
                 key = "texts" if "texts" in data else "names" if "names" in data else None
                 if key is None or "embeddings" not in data:
-                    raise ValueError(f"{self.path} must hold arrays 'texts' (or 'names') and 'embeddings'; it has {list(data)}.")
+                    raise ValueError(
+                        f"{self.path} must hold arrays 'texts' (or 'names') and 'embeddings'; it has {list(data)}."
+                    )
                 texts, vectors = [str(text) for text in data[key]], data["embeddings"]
             if len(texts) != len(vectors):
                 raise ValueError(f"{self.path}: {len(texts)} texts but {len(vectors)} embeddings.")
@@ -218,7 +222,7 @@ class PrecomputedTextEncoder(TextEncoder):
             shown = ", ".join(repr(text) for text in missing[:20])
             raise MissingTextsError(
                 f"{len(missing)} texts have no vector in {self.path}: {shown}{' ...' if len(missing) > 20 else ''}. "
-                "Texts are looked up after priming; if the file holds bare class names, use template \"{}\"."
+                'Texts are looked up after priming; if the file holds bare class names, use template "{}".'
             )
         return np.stack([self._table[text] for text in texts])
 
@@ -230,7 +234,9 @@ def build_text_encoder(
     if isinstance(spec, TextEncoder):
         return spec
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"Text encoder spec must be a non-empty string; got {spec!r}. Known forms: {', '.join(SPEC_KINDS)}.")
+        raise ValueError(
+            f"Text encoder spec must be a non-empty string; got {spec!r}. Known forms: {', '.join(SPEC_KINDS)}."
+        )
     spec = spec.strip()
     if spec == "minilm":
         return MiniLMTextEncoder(cache_dir)

@@ -160,8 +160,10 @@ class LanguageTable:
 
     def __repr__(self) -> str:
         names = "None" if self._names is None else f"<{len(self._names)} names>"
-        return (f"LanguageTable(num_rows={self.num_rows}, k={self.k}, dim={self.dim}, "
-                f"encoder_id={self._encoder_id!r}, names={names})")
+        return (
+            f"LanguageTable(num_rows={self.num_rows}, k={self.k}, dim={self.dim}, "
+            f"encoder_id={self._encoder_id!r}, names={names})"
+        )
 
     @property
     def rows(self) -> np.ndarray:

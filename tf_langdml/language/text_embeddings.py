@@ -18,8 +18,10 @@ DEFAULT_TEMPLATE = "a photo of a {}"
 def prime(names: Sequence[str], template: str = DEFAULT_TEMPLATE) -> list[str]:
     """``template`` with ``{}`` replaced by each name ("a photo of a {}" -> "a photo of a sparrow")."""
     if not isinstance(template, str) or "{}" not in template:
-        raise ArgumentError(f"Template {template!r} has no '{{}}' for the name; for example 'a photo of a {{}}' "
-                            "(or '{}').", argument="template")
+        raise ArgumentError(
+            f"Template {template!r} has no '{{}}' for the name; for example 'a photo of a {{}}' (or '{{}}').",
+            argument="template",
+        )
     if isinstance(names, str):
         raise TypeError(f"names must be a list of strings, not one string ({names!r}).")
     names = list(names)
@@ -27,7 +29,9 @@ def prime(names: Sequence[str], template: str = DEFAULT_TEMPLATE) -> list[str]:
         raise ValueError("The list of class names is empty; a language table needs at least one name.")
     blank = [index for index, name in enumerate(names) if not isinstance(name, str) or not name.strip()]
     if blank:
-        raise ValueError(f"Class names at positions {blank[:10]} are empty or not strings: {[names[i] for i in blank[:10]]}.")
+        raise ValueError(
+            f"Class names at positions {blank[:10]} are empty or not strings: {[names[i] for i in blank[:10]]}."
+        )
     return [template.replace("{}", name.strip()) for name in names]
 
 

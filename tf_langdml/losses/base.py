@@ -113,13 +113,15 @@ class BatchLoss(keras.layers.Layer):
         """(B, F) pooled features from (B, h, w, F) maps; only for losses with ``needs_features``."""
         raise NotImplementedError(f"{type(self).__name__} does not read backbone features.")
 
-    def loss_value(self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None,
-                   step: tf.Tensor) -> tf.Tensor:
+    def loss_value(
+        self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None, step: tf.Tensor
+    ) -> tf.Tensor:
         """The batch loss (a float32 scalar) of int32 ``labels`` (B,), float32 ``embeddings`` (B, D)."""
         raise NotImplementedError
 
-    def call(self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None = None,
-             step: tf.Tensor | int = 0) -> tf.Tensor:
+    def call(
+        self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None = None, step: tf.Tensor | int = 0
+    ) -> tf.Tensor:
         if not self.built or self.embed_dim is None:
             raise RuntimeError(
                 f"DML loss {self.name!r} has no variables yet: call loss.setup(num_classes, embed_dim) first "
@@ -129,8 +131,10 @@ class BatchLoss(keras.layers.Layer):
         embeddings = tf.cast(embeddings, tf.float32)
         size = embeddings.shape[-1]
         if size is not None and int(size) != self.embed_dim:
-            raise ValueError(f"DML loss {self.name!r} was set up for {self.embed_dim}-dimensional embeddings, got "
-                             f"{int(size)}; call loss.setup(num_classes, {int(size)}) (compile does it from the embedder).")
+            raise ValueError(
+                f"DML loss {self.name!r} was set up for {self.embed_dim}-dimensional embeddings, got "
+                f"{int(size)}; call loss.setup(num_classes, {int(size)}) (compile does it from the embedder)."
+            )
         if features is not None:
             features = tf.cast(features, tf.float32)
         return self.loss_value(labels, embeddings, features, tf.cast(step, tf.int64))
@@ -177,8 +181,14 @@ def pair_distance(embeddings: tf.Tensor, first: tf.Tensor, second: tf.Tensor, sq
     return tf.sqrt(tf.maximum(squared_distance, 1e-16))
 
 
-def dml_loss_value(loss: Any, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None = None,
-                   step: tf.Tensor | int = 0, training: bool = True) -> tf.Tensor:
+def dml_loss_value(
+    loss: Any,
+    labels: tf.Tensor,
+    embeddings: tf.Tensor,
+    features: tf.Tensor | None = None,
+    step: tf.Tensor | int = 0,
+    training: bool = True,
+) -> tf.Tensor:
     """The batch loss of any DML loss: a :class:`BatchLoss`, or a TF-Similarity loss (mean over the B anchors)."""
     if isinstance(loss, BatchLoss):
         return loss(labels, embeddings, features=features, step=step)

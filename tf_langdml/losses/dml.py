@@ -38,7 +38,7 @@ differ by the factor (valid anchors / B), which is 1 early in training.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from tf_langdml._keras import keras  # binds tf.keras to tf-keras first
@@ -90,32 +90,59 @@ def _soft_nearest_neighbor(temperature=1.0, distance="sql2"):
     return _tfsim_losses().SoftNearestNeighborLoss(distance=distance, temperature=temperature)
 
 
-def _s2sd(target="multisimilarity", target_arguments=None, dims=(1024, 1536, 2048), distill_weight=0.0,
-          temperature=1.0, feature_weight=0.0, feature_delay=0, feature_pooling="avg+max", seed=0):
+def _s2sd(
+    target="multisimilarity",
+    target_arguments=None,
+    dims=(1024, 1536, 2048),
+    distill_weight=0.0,
+    temperature=1.0,
+    feature_weight=0.0,
+    feature_delay=0,
+    feature_pooling="avg+max",
+    seed=0,
+):
     """S2SD around the loss named ``target``: built here once for the embedding and once per head.
 
     A target loss that takes a seed gets ``seed + index`` (index 0: the embedding, i: head i), unless
     ``target_arguments`` sets one; the heads' initial weights come from ``seed``.
     """
     if str(target).lower() == "s2sd":
-        raise ArgumentError("S2SD's target loss cannot be 's2sd' itself; use e.g. target='multisimilarity'.",
-                            argument="target")
+        raise ArgumentError(
+            "S2SD's target loss cannot be 's2sd' itself; use e.g. target='multisimilarity'.", argument="target"
+        )
     if str(target).lower() not in DML_LOSSES:
         raise ArgumentError(_unknown_loss(target), argument="target")
     dims = head_sizes(dims)
     arguments = dict(target_arguments or {})
     seeded = "seed" in dml_loss_arguments(target) and "seed" not in arguments
-    target_losses = [build_dml_loss(target, **arguments, **({"seed": int(seed) + index} if seeded else {}))
-                     for index in range(len(dims) + 1)]
-    return S2SDLoss(target_losses, dims=dims, distill_weight=distill_weight, temperature=temperature,
-                    feature_weight=feature_weight, feature_delay=feature_delay, feature_pooling=feature_pooling,
-                    seed=seed)
+    target_losses = [
+        build_dml_loss(target, **arguments, **({"seed": int(seed) + index} if seeded else {}))
+        for index in range(len(dims) + 1)
+    ]
+    return S2SDLoss(
+        target_losses,
+        dims=dims,
+        distill_weight=distill_weight,
+        temperature=temperature,
+        feature_weight=feature_weight,
+        feature_delay=feature_delay,
+        feature_pooling=feature_pooling,
+        seed=seed,
+    )
 
 
 # The BatchLoss layer each of these names builds.
-_BATCH_LOSS_CLASSES = {"margin": MarginLoss, "triplet": TripletLoss, "contrastive": ContrastiveLoss,
-                       "npair": NPairLoss, "proxy_anchor": ProxyAnchorLoss, "proxy_nca": ProxyNCALoss,
-                       "normalized_softmax": NormalizedSoftmaxLoss, "arcface": ArcFaceLoss, "s2sd": S2SDLoss}
+_BATCH_LOSS_CLASSES = {
+    "margin": MarginLoss,
+    "triplet": TripletLoss,
+    "contrastive": ContrastiveLoss,
+    "npair": NPairLoss,
+    "proxy_anchor": ProxyAnchorLoss,
+    "proxy_nca": ProxyNCALoss,
+    "normalized_softmax": NormalizedSoftmaxLoss,
+    "arcface": ArcFaceLoss,
+    "s2sd": S2SDLoss,
+}
 
 
 def _batch_losses() -> dict[str, type[BatchLoss]]:
@@ -154,8 +181,9 @@ def _lookup(name: str) -> Callable[..., Any]:
     return DML_LOSSES[key]
 
 
-def build_dml_loss(name: str, xbm_memory_size: int | None = None, xbm_warmup_steps: int = 0,
-                   **kwargs: Any) -> keras.losses.Loss | BatchLoss:
+def build_dml_loss(
+    name: str, xbm_memory_size: int | None = None, xbm_warmup_steps: int = 0, **kwargs: Any
+) -> keras.losses.Loss | BatchLoss:
     """Build a TF-Similarity DML loss by name.
 
     Args:
@@ -174,19 +202,25 @@ def build_dml_loss(name: str, xbm_memory_size: int | None = None, xbm_warmup_ste
     accepted = dml_loss_arguments(name)
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
-        raise ArgumentError(f"Unknown argument(s) {unknown} for DML loss {name!r}; it accepts {sorted(accepted)}.",
-                            argument="kwargs")
+        raise ArgumentError(
+            f"Unknown argument(s) {unknown} for DML loss {name!r}; it accepts {sorted(accepted)}.", argument="kwargs"
+        )
     if xbm_memory_size is not None and name.lower() not in TFSIM_LOSSES:
         raise ArgumentError(
             f"xbm_memory_size works with TensorFlow-Similarity's losses ({sorted(TFSIM_LOSSES)}), not with {name!r}; "
-            f"drop xbm_memory_size or pick one of those.", argument="xbm_memory_size")
+            f"drop xbm_memory_size or pick one of those.",
+            argument="xbm_memory_size",
+        )
     loss = factory(**kwargs)
     if xbm_memory_size is not None:
         if int(xbm_memory_size) <= 0:
-            raise ArgumentError(f"xbm_memory_size must be a positive number of embeddings, got {xbm_memory_size!r}.",
-                                argument="xbm_memory_size")
+            raise ArgumentError(
+                f"xbm_memory_size must be a positive number of embeddings, got {xbm_memory_size!r}.",
+                argument="xbm_memory_size",
+            )
         if int(xbm_warmup_steps) < 0:
-            raise ArgumentError(f"xbm_warmup_steps must be >= 0, got {xbm_warmup_steps!r}.",
-                                argument="xbm_warmup_steps")
+            raise ArgumentError(
+                f"xbm_warmup_steps must be >= 0, got {xbm_warmup_steps!r}.", argument="xbm_warmup_steps"
+            )
         loss = _tfsim_losses().XBM(loss, memory_size=int(xbm_memory_size), warmup_steps=int(xbm_warmup_steps))
     return loss

@@ -35,8 +35,9 @@ def validate_shift_and_temperature(shift: float, temperature: float) -> None:
     if not math.isfinite(float(shift)):
         raise ArgumentError(f"shift must be a finite number, got {shift!r}; the paper uses 1.0.", argument="shift")
     if not float(temperature) > 0 or not math.isfinite(float(temperature)):
-        raise ArgumentError(f"temperature must be a positive number, got {temperature!r}; the paper uses 1.0.",
-                            argument="temperature")
+        raise ArgumentError(
+            f"temperature must be a positive number, got {temperature!r}; the paper uses 1.0.", argument="temperature"
+        )
 
 
 def as_language_table(language_table: Any) -> tf.Tensor:
@@ -122,9 +123,7 @@ def language_matching_loss(
     validate_shift_and_temperature(shift, temperature)
     embeddings = tf.cast(tf.convert_to_tensor(embeddings), tf.float32)
     if embeddings.shape.rank != 2:
-        raise ValueError(
-            f"embeddings must be 2-D (batch, embedding_dim); got shape {embeddings.shape}."
-        )
+        raise ValueError(f"embeddings must be 2-D (batch, embedding_dim); got shape {embeddings.shape}.")
     labels = _as_index_vector(labels, "labels")
     rows = labels if table_indices is None else _as_index_vector(table_indices, "table_indices")
     prepared = isinstance(language_table, LanguageTable)

@@ -97,8 +97,9 @@ def _or_fallback(preferred, fallback):
     return tf.where(tf.reduce_any(preferred, axis=1, keepdims=True), preferred, fallback)
 
 
-def inverse_sphere_density_logits(distances: tf.Tensor, dim: int, lower_cutoff: float = 0.5,
-                                  upper_cutoff: float | None = None) -> tf.Tensor:
+def inverse_sphere_density_logits(
+    distances: tf.Tensor, dim: int, lower_cutoff: float = 0.5, upper_cutoff: float | None = None
+) -> tf.Tensor:
     """log(1 / q(d)) of the distance-weighted miner (up to a constant), −1e9 where ``upper_cutoff`` excludes.
 
     q(d) ∝ d^(n−2) (1 − d²/4)^((n−3)/2) is the density of distances between two uniform
@@ -113,10 +114,16 @@ def inverse_sphere_density_logits(distances: tf.Tensor, dim: int, lower_cutoff: 
     return logits
 
 
-def mine_triplets(embeddings: tf.Tensor, labels: tf.Tensor, miner: str = "semihard",
-                  seed: tf.Tensor | tuple[int, int] = (0, 0), margin: float = 0.2, lower_cutoff: float = 0.5,
-                  upper_cutoff: float | None = None,
-                  dim: int | None = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+def mine_triplets(
+    embeddings: tf.Tensor,
+    labels: tf.Tensor,
+    miner: str = "semihard",
+    seed: tf.Tensor | tuple[int, int] = (0, 0),
+    margin: float = 0.2,
+    lower_cutoff: float = 0.5,
+    upper_cutoff: float | None = None,
+    dim: int | None = None,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
     """(anchors, positives, negatives, valid): one triplet per batch element (module docstring).
 
     Args:
@@ -152,8 +159,9 @@ def mine_triplets(embeddings: tf.Tensor, labels: tf.Tensor, miner: str = "semiha
         negatives = _draw(negative_mask, seed, stream=2)
     elif miner == "semihard":
         positive_distance = tf.gather(distances, positives, axis=1, batch_dims=1)[:, None]
-        window = tf.logical_and(negative_mask, tf.logical_and(distances > positive_distance,
-                                                              distances < positive_distance + float(margin)))
+        window = tf.logical_and(
+            negative_mask, tf.logical_and(distances > positive_distance, distances < positive_distance + float(margin))
+        )
         negatives = _draw(_or_fallback(window, negative_mask), seed, stream=2)
     elif miner == "softhard":
         harder = tf.logical_and(negative_mask, distances < farthest_positive)

@@ -44,11 +44,18 @@ class ClassVectorLoss(BatchLoss):
 
     needs_classes = True
 
-    def __init__(self, name: str, learning_rate: float | None = None, multiplier: float = 1.0,
-                 initializer: str = "proxy", seed: int = 0) -> None:
+    def __init__(
+        self,
+        name: str,
+        learning_rate: float | None = None,
+        multiplier: float = 1.0,
+        initializer: str = "proxy",
+        seed: int = 0,
+    ) -> None:
         super().__init__(name=name)
-        self.class_learning_rate = None if learning_rate is None else check_positive(
-            "class_learning_rate", learning_rate, allow_zero=True)
+        self.class_learning_rate = (
+            None if learning_rate is None else check_positive("class_learning_rate", learning_rate, allow_zero=True)
+        )
         self.multiplier = check_positive("proxy_lr_multiplier", multiplier, allow_zero=True)
         self.initializer_kind = initializer
         self.seed = int(seed)
@@ -59,12 +66,18 @@ class ClassVectorLoss(BatchLoss):
         else:  # a Linear layer's default: uniform in ±1/sqrt(d)
             limit = 1.0 / math.sqrt(self.embed_dim)
             initializer = keras.initializers.RandomUniform(-limit, limit, seed=self.seed)
-        self.class_vectors = self.add_weight(name="class_vectors", shape=(self.num_classes, self.embed_dim),
-                                             dtype=tf.float32, initializer=initializer, trainable=True)
+        self.class_vectors = self.add_weight(
+            name="class_vectors",
+            shape=(self.num_classes, self.embed_dim),
+            dtype=tf.float32,
+            initializer=initializer,
+            trainable=True,
+        )
 
     def learning_rate_groups(self) -> list[LearningRateGroup]:
-        return [LearningRateGroup((self.class_vectors,), learning_rate=self.class_learning_rate,
-                                  multiplier=self.multiplier)]
+        return [
+            LearningRateGroup((self.class_vectors,), learning_rate=self.class_learning_rate, multiplier=self.multiplier)
+        ]
 
     def similarities(self, labels: tf.Tensor, embeddings: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """(B, C) cosine similarities, (B, C) one-hot labels and the labels; a clear error for a label outside [0, C).
@@ -72,9 +85,11 @@ class ClassVectorLoss(BatchLoss):
         Everything returned depends on the check, so no op can see a bad label before it fails.
         """
         check = tf.debugging.assert_less(
-            labels, self.num_classes,
+            labels,
+            self.num_classes,
             message=f"{self.name}: a label is >= num_classes ({self.num_classes}); the class vectors were created for "
-                    f"{self.num_classes} training classes (compile(num_classes=...) must be the number of training classes)")
+            f"{self.num_classes} training classes (compile(num_classes=...) must be the number of training classes)",
+        )
         with tf.control_dependencies([check]):
             labels = tf.identity(labels)
             embeddings = tf.identity(embeddings)
@@ -85,15 +100,17 @@ class ClassVectorLoss(BatchLoss):
 class ProxyAnchorLoss(ClassVectorLoss):
     """ProxyAnchor (Kim et al. 2020); see the module docstring."""
 
-    def __init__(self, alpha: float = 32.0, delta: float = 0.1, proxy_lr_multiplier: float = 2000.0,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, alpha: float = 32.0, delta: float = 0.1, proxy_lr_multiplier: float = 2000.0, seed: int = 0
+    ) -> None:
         super().__init__("proxy_anchor_loss", multiplier=proxy_lr_multiplier, seed=seed)
         self.alpha = check_positive("alpha", alpha)
         self.delta = float(delta)
         self._arguments = dict(alpha=self.alpha, delta=self.delta, proxy_lr_multiplier=self.multiplier, seed=self.seed)
 
-    def loss_value(self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None,
-                   step: tf.Tensor) -> tf.Tensor:
+    def loss_value(
+        self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None, step: tf.Tensor
+    ) -> tf.Tensor:
         similarities, positive, labels = self.similarities(labels, embeddings)
         negative = 1.0 - positive
 
@@ -104,8 +121,9 @@ class ProxyAnchorLoss(ClassVectorLoss):
         positive_terms = log1p_sum_exp(-self.alpha * (similarities - self.delta), positive)
         negative_terms = log1p_sum_exp(self.alpha * (similarities + self.delta), negative)
         present = tf.reduce_sum(tf.cast(tf.reduce_sum(positive, axis=0) > 0, tf.float32))
-        return (tf.math.divide_no_nan(tf.reduce_sum(positive_terms), present)
-                + tf.reduce_sum(negative_terms) / float(self.num_classes))
+        return tf.math.divide_no_nan(tf.reduce_sum(positive_terms), present) + tf.reduce_sum(negative_terms) / float(
+            self.num_classes
+        )
 
 
 class ProxyNCALoss(ClassVectorLoss):
@@ -116,11 +134,12 @@ class ProxyNCALoss(ClassVectorLoss):
         self.scale = check_positive("scale", scale)
         self._arguments = dict(scale=self.scale, proxy_lr_multiplier=self.multiplier, seed=self.seed)
 
-    def loss_value(self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None,
-                   step: tf.Tensor) -> tf.Tensor:
+    def loss_value(
+        self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None, step: tf.Tensor
+    ) -> tf.Tensor:
         similarities, positive, labels = self.similarities(labels, embeddings)
         # ‖s x̂ − s p̂‖² = 2 s² (1 − x̂·p̂) for unit vectors
-        distances = 2.0 * self.scale ** 2 * (1.0 - similarities)
+        distances = 2.0 * self.scale**2 * (1.0 - similarities)
         positive_distance = tf.reduce_sum(distances * positive, axis=1)
         negatives = tf.reduce_logsumexp(tf.where(positive > 0, _NEG, -distances), axis=1)
         return tf.reduce_mean(positive_distance + negatives)
@@ -132,11 +151,13 @@ class NormalizedSoftmaxLoss(ClassVectorLoss):
     def __init__(self, temperature: float = 0.05, class_learning_rate: float | None = None, seed: int = 0) -> None:
         super().__init__("normalized_softmax_loss", learning_rate=class_learning_rate, initializer="uniform", seed=seed)
         self.temperature = check_positive("temperature", temperature)
-        self._arguments = dict(temperature=self.temperature, class_learning_rate=self.class_learning_rate,
-                               seed=self.seed)
+        self._arguments = dict(
+            temperature=self.temperature, class_learning_rate=self.class_learning_rate, seed=self.seed
+        )
 
-    def loss_value(self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None,
-                   step: tf.Tensor) -> tf.Tensor:
+    def loss_value(
+        self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None, step: tf.Tensor
+    ) -> tf.Tensor:
         similarities, _, labels = self.similarities(labels, embeddings)
         return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, similarities / self.temperature))
 
@@ -144,16 +165,22 @@ class NormalizedSoftmaxLoss(ClassVectorLoss):
 class ArcFaceLoss(ClassVectorLoss):
     """ArcFace (Deng et al. 2019); see the module docstring."""
 
-    def __init__(self, angular_margin: float = 0.5, scale: float = 16.0, class_learning_rate: float | None = 5e-4,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, angular_margin: float = 0.5, scale: float = 16.0, class_learning_rate: float | None = 5e-4, seed: int = 0
+    ) -> None:
         super().__init__("arcface_loss", learning_rate=class_learning_rate, initializer="uniform", seed=seed)
         self.angular_margin = check_positive("angular_margin", angular_margin, allow_zero=True)
         self.scale = check_positive("scale", scale)
-        self._arguments = dict(angular_margin=self.angular_margin, scale=self.scale,
-                               class_learning_rate=self.class_learning_rate, seed=self.seed)
+        self._arguments = dict(
+            angular_margin=self.angular_margin,
+            scale=self.scale,
+            class_learning_rate=self.class_learning_rate,
+            seed=self.seed,
+        )
 
-    def loss_value(self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None,
-                   step: tf.Tensor) -> tf.Tensor:
+    def loss_value(
+        self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None, step: tf.Tensor
+    ) -> tf.Tensor:
         cosine, positive, labels = self.similarities(labels, embeddings)
         cosine = tf.clip_by_value(cosine, -1.0, 1.0)
         sine = tf.sqrt(tf.maximum(1.0 - tf.square(cosine), 1e-12))

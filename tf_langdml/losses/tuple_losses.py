@@ -35,8 +35,15 @@ from tf_langdml.losses.miners import MINERS, mine_triplets
 class MinedTupleLoss(BatchLoss):
     """Shared part of the losses on mined triplets: the miner and its seed."""
 
-    def __init__(self, miner: str, seed: int, margin: float, lower_cutoff: float = 0.5,
-                 upper_cutoff: float | None = None, name: str | None = None) -> None:
+    def __init__(
+        self,
+        miner: str,
+        seed: int,
+        margin: float,
+        lower_cutoff: float = 0.5,
+        upper_cutoff: float | None = None,
+        name: str | None = None,
+    ) -> None:
         super().__init__(name=name)
         if miner not in MINERS:
             raise ArgumentError(f"Unknown miner {miner!r}; expected one of {list(MINERS)}.", argument="miner")
@@ -46,12 +53,20 @@ class MinedTupleLoss(BatchLoss):
         self.lower_cutoff = check_positive("lower_cutoff", lower_cutoff, allow_zero=True)
         self.upper_cutoff = None if upper_cutoff is None else check_positive("upper_cutoff", upper_cutoff)
 
-    def mine(self, labels: tf.Tensor, embeddings: tf.Tensor,
-             step: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    def mine(
+        self, labels: tf.Tensor, embeddings: tf.Tensor, step: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
         """(anchors, positives, negatives, valid as float32) of this step's triplets."""
         anchors, positives, negatives, valid = mine_triplets(
-            embeddings, labels, self.miner, seed=mining_seed(self.seed, step), margin=self.margin,
-            lower_cutoff=self.lower_cutoff, upper_cutoff=self.upper_cutoff, dim=self.embed_dim)
+            embeddings,
+            labels,
+            self.miner,
+            seed=mining_seed(self.seed, step),
+            margin=self.margin,
+            lower_cutoff=self.lower_cutoff,
+            upper_cutoff=self.upper_cutoff,
+            dim=self.embed_dim,
+        )
         return anchors, positives, negatives, tf.cast(valid, tf.float32)
 
 
@@ -62,36 +77,63 @@ def _masked_mean(values: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
 class MarginLoss(MinedTupleLoss):
     """Margin loss with a learned boundary β (Wu et al. 2017); see the module docstring."""
 
-    needs_classes = True
-
-    def __init__(self, margin: float = 0.2, beta: float = 1.2, beta_constant: bool = False,
-                 beta_learning_rate: float = 5e-4, nu: float = 0.0, miner: str = "distance", lower_cutoff: float = 0.5,
-                 upper_cutoff: float | None = None, seed: int = 0) -> None:
-        super().__init__(miner, seed, check_positive("margin", margin, allow_zero=True), lower_cutoff, upper_cutoff,
-                         name="margin_loss")
+    def __init__(
+        self,
+        margin: float = 0.2,
+        beta: float = 1.2,
+        beta_constant: bool = False,
+        beta_learning_rate: float = 5e-4,
+        nu: float = 0.0,
+        miner: str = "distance",
+        lower_cutoff: float = 0.5,
+        upper_cutoff: float | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            miner,
+            seed,
+            check_positive("margin", margin, allow_zero=True),
+            lower_cutoff,
+            upper_cutoff,
+            name="margin_loss",
+        )
         self.beta_init = float(beta)
         self.beta_constant = bool(beta_constant)
         self.beta_learning_rate = check_positive("beta_learning_rate", beta_learning_rate, allow_zero=True)
         self.nu = check_positive("nu", nu, allow_zero=True)
-        self._arguments = dict(margin=self.margin, beta=self.beta_init, beta_constant=self.beta_constant,
-                               beta_learning_rate=self.beta_learning_rate, nu=self.nu, miner=miner,
-                               lower_cutoff=self.lower_cutoff, upper_cutoff=self.upper_cutoff, seed=self.seed)
+        self._arguments = dict(
+            margin=self.margin,
+            beta=self.beta_init,
+            beta_constant=self.beta_constant,
+            beta_learning_rate=self.beta_learning_rate,
+            nu=self.nu,
+            miner=miner,
+            lower_cutoff=self.lower_cutoff,
+            upper_cutoff=self.upper_cutoff,
+            seed=self.seed,
+        )
 
     @property
-    def needs_classes(self) -> bool:  # noqa: D401  (one β per class unless it is constant)
+    def needs_classes(self) -> bool:
         return not self.beta_constant
 
     def create_variables(self) -> None:
         self.beta = None
         if not self.beta_constant:
-            self.beta = self.add_weight(name="beta", shape=(self.num_classes,), dtype=tf.float32,
-                                        initializer=keras.initializers.Constant(self.beta_init), trainable=True)
+            self.beta = self.add_weight(
+                name="beta",
+                shape=(self.num_classes,),
+                dtype=tf.float32,
+                initializer=keras.initializers.Constant(self.beta_init),
+                trainable=True,
+            )
 
     def learning_rate_groups(self) -> list[LearningRateGroup]:
         return [] if self.beta is None else [LearningRateGroup((self.beta,), learning_rate=self.beta_learning_rate)]
 
-    def loss_value(self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None,
-                   step: tf.Tensor) -> tf.Tensor:
+    def loss_value(
+        self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None, step: tf.Tensor
+    ) -> tf.Tensor:
         anchors, positives, negatives, valid = self.mine(labels, embeddings, step)
         beta = self.beta_init * tf.ones_like(valid) if self.beta is None else tf.gather(self.beta, labels)
         positive_loss = tf.nn.relu(pair_distance(embeddings, anchors, positives) - beta + self.margin) * valid
@@ -107,15 +149,33 @@ class MarginLoss(MinedTupleLoss):
 class TripletLoss(MinedTupleLoss):
     """Triplet loss on squared distances with a batch miner (default semihard); see the module docstring."""
 
-    def __init__(self, margin: float = 0.2, miner: str = "semihard", lower_cutoff: float = 0.5,
-                 upper_cutoff: float | None = None, seed: int = 0) -> None:
-        super().__init__(miner, seed, check_positive("margin", margin, allow_zero=True), lower_cutoff, upper_cutoff,
-                         name="triplet_loss")
-        self._arguments = dict(margin=self.margin, miner=miner, lower_cutoff=self.lower_cutoff,
-                               upper_cutoff=self.upper_cutoff, seed=self.seed)
+    def __init__(
+        self,
+        margin: float = 0.2,
+        miner: str = "semihard",
+        lower_cutoff: float = 0.5,
+        upper_cutoff: float | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            miner,
+            seed,
+            check_positive("margin", margin, allow_zero=True),
+            lower_cutoff,
+            upper_cutoff,
+            name="triplet_loss",
+        )
+        self._arguments = dict(
+            margin=self.margin,
+            miner=miner,
+            lower_cutoff=self.lower_cutoff,
+            upper_cutoff=self.upper_cutoff,
+            seed=self.seed,
+        )
 
-    def loss_value(self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None,
-                   step: tf.Tensor) -> tf.Tensor:
+    def loss_value(
+        self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None, step: tf.Tensor
+    ) -> tf.Tensor:
         anchors, positives, negatives, valid = self.mine(labels, embeddings, step)
         positive = pair_distance(embeddings, anchors, positives, squared=True)
         negative = pair_distance(embeddings, anchors, negatives, squared=True)
@@ -125,17 +185,30 @@ class TripletLoss(MinedTupleLoss):
 class ContrastiveLoss(MinedTupleLoss):
     """Contrastive loss on mined pairs (default miner: distance); see the module docstring."""
 
-    def __init__(self, positive_margin: float = 0.0, negative_margin: float = 1.0, miner: str = "distance",
-                 lower_cutoff: float = 0.5, upper_cutoff: float | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        positive_margin: float = 0.0,
+        negative_margin: float = 1.0,
+        miner: str = "distance",
+        lower_cutoff: float = 0.5,
+        upper_cutoff: float | None = None,
+        seed: int = 0,
+    ) -> None:
         super().__init__(miner, seed, 0.2, lower_cutoff, upper_cutoff, name="contrastive_loss")
         self.positive_margin = check_positive("positive_margin", positive_margin, allow_zero=True)
         self.negative_margin = check_positive("negative_margin", negative_margin, allow_zero=True)
-        self._arguments = dict(positive_margin=self.positive_margin, negative_margin=self.negative_margin,
-                               miner=miner, lower_cutoff=self.lower_cutoff, upper_cutoff=self.upper_cutoff,
-                               seed=self.seed)
+        self._arguments = dict(
+            positive_margin=self.positive_margin,
+            negative_margin=self.negative_margin,
+            miner=miner,
+            lower_cutoff=self.lower_cutoff,
+            upper_cutoff=self.upper_cutoff,
+            seed=self.seed,
+        )
 
-    def loss_value(self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None,
-                   step: tf.Tensor) -> tf.Tensor:
+    def loss_value(
+        self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None, step: tf.Tensor
+    ) -> tf.Tensor:
         anchors, positives, negatives, valid = self.mine(labels, embeddings, step)
         positive = tf.nn.relu(pair_distance(embeddings, anchors, positives) - self.positive_margin)
         negative = tf.nn.relu(self.negative_margin - pair_distance(embeddings, anchors, negatives))
@@ -151,8 +224,9 @@ class NPairLoss(BatchLoss):
         self.seed = int(seed)
         self._arguments = dict(l2_weight=self.l2_weight, seed=self.seed)
 
-    def loss_value(self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None,
-                   step: tf.Tensor) -> tf.Tensor:
+    def loss_value(
+        self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None, step: tf.Tensor
+    ) -> tf.Tensor:
         _, positives, _, _ = mine_triplets(embeddings, labels, "random", seed=mining_seed(self.seed, step))
         negative_mask = tf.not_equal(labels[:, None], labels[None, :])
         # Anchors with a positive (the paper's code keeps them even without a negative: ℓ = log 1 = 0).

@@ -34,7 +34,9 @@ class BackboneSpec:
 
 def _build_resnet50(input_shape, include_top):
     if include_top:  # logits, not probabilities
-        return keras.applications.ResNet50(weights=None, include_top=True, input_shape=input_shape, classifier_activation=None)
+        return keras.applications.ResNet50(
+            weights=None, include_top=True, input_shape=input_shape, classifier_activation=None
+        )
     return keras.applications.ResNet50(weights=None, include_top=False, input_shape=input_shape, pooling=None)
 
 
@@ -52,8 +54,9 @@ def _build_toy_cnn(input_shape, include_top):
 
 
 def _no_imagenet_weights(include_top):
-    raise ArgumentError("Backbone 'toy_cnn' has no ImageNet weights (it is for smoke tests); use weights=None.",
-                        argument="weights")
+    raise ArgumentError(
+        "Backbone 'toy_cnn' has no ImageNet weights (it is for smoke tests); use weights=None.", argument="weights"
+    )
 
 
 BACKBONES = {

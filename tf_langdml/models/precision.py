@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterator
 import tensorflow as tf
 
 from tf_langdml._keras import keras
-
 from tf_langdml.errors import ArgumentError
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
@@ -69,31 +68,42 @@ def probe_devices() -> DeviceCapabilities:
             capability = None
         gpus.append((device.name, tuple(capability) if capability else None))
     flags = read_cpu_flags()
-    return DeviceCapabilities(gpus=tuple(gpus), cpu_flags=flags or frozenset(),
-                              cpu_flags_source="/proc/cpuinfo" if flags is not None else None)
+    return DeviceCapabilities(
+        gpus=tuple(gpus),
+        cpu_flags=flags or frozenset(),
+        cpu_flags_source="/proc/cpuinfo" if flags is not None else None,
+    )
 
 
 def _auto(capabilities):
     if capabilities.gpus:
         # Every GPU, not any: a mirrored step waits for the slowest replica, and a single-device run
         # uses the first GPU, which may be the older one.
-        slow = [(name, capability) for name, capability in capabilities.gpus
-                if capability is None or tuple(capability) < MIN_BFLOAT16_COMPUTE_CAPABILITY]
+        slow = [
+            (name, capability)
+            for name, capability in capabilities.gpus
+            if capability is None or tuple(capability) < MIN_BFLOAT16_COMPUTE_CAPABILITY
+        ]
         if not slow:
-            capabilities_text = ", ".join(f"{name} {capability[0]}.{capability[1]}"
-                                          for name, capability in capabilities.gpus)
+            capabilities_text = ", ".join(
+                f"{name} {capability[0]}.{capability[1]}" for name, capability in capabilities.gpus
+            )
             return "mixed_bfloat16", f"every visible GPU has compute capability >= 8.0 ({capabilities_text})"
         name, capability = slow[0]
         found = "unknown" if capability is None else f"{capability[0]}.{capability[1]}"
-        return "float32", (f"GPU {name} has compute capability {found}, below 8.0: no fast bfloat16 "
-                           "(mixed_float16 may be; set it explicitly)")
+        return "float32", (
+            f"GPU {name} has compute capability {found}, below 8.0: no fast bfloat16 "
+            "(mixed_float16 may be; set it explicitly)"
+        )
     if capabilities.cpu_flags_source is None:
         return "float32", "no GPU, and the CPU's flags could not be read (no /proc/cpuinfo)"
     flags = [flag for flag in CPU_BFLOAT16_FLAGS if flag in capabilities.cpu_flags]
     if flags:
         return "mixed_bfloat16", f"no GPU; the CPU has {' and '.join(flags)} (from {capabilities.cpu_flags_source})"
-    return "float32", (f"no GPU, and the CPU has neither {' nor '.join(CPU_BFLOAT16_FLAGS)} "
-                       f"(from {capabilities.cpu_flags_source}): bfloat16 would be emulated, slower than float32")
+    return "float32", (
+        f"no GPU, and the CPU has neither {' nor '.join(CPU_BFLOAT16_FLAGS)} "
+        f"(from {capabilities.cpu_flags_source}): bfloat16 would be emulated, slower than float32"
+    )
 
 
 def resolve_precision(name: str, probe: Callable[[], DeviceCapabilities] | None = None) -> tuple[str, str]:
@@ -122,8 +132,10 @@ def resolve_precision(name: str, probe: Callable[[], DeviceCapabilities] | None 
 def precision_policy(policy: str) -> Iterator[None]:
     """Set the Keras global dtype policy to ``policy`` (a resolved name) inside the block, then restore the previous."""
     if policy not in POLICIES:
-        raise ArgumentError(f"Unknown dtype policy {policy!r}; expected one of {list(POLICIES)} (resolve 'auto' "
-                            "first).", argument="policy")
+        raise ArgumentError(
+            f"Unknown dtype policy {policy!r}; expected one of {list(POLICIES)} (resolve 'auto' first).",
+            argument="policy",
+        )
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
     try:

@@ -365,7 +365,7 @@ def _load_pickle(stream, path, position, storages=None):
         _scan_opcodes(stream, path, position)
     except TorchPickleRefused:
         raise
-    except Exception as error:  # noqa: BLE001 - genops: unknown opcode, truncated argument, no STOP, bad text
+    except Exception as error:
         raise _bad(path, f"the {position} pickle (from byte {start}) is malformed: {error}") from error
     end = stream.tell()
     stream.seek(start)
@@ -376,7 +376,7 @@ def _load_pickle(stream, path, position, storages=None):
         raise
     except _Malformed as error:
         raise _bad(path, f"the {position} pickle (from byte {start}) {error}") from error
-    except Exception as error:  # noqa: BLE001 - any other failure of a hostile or damaged pickle is a bad file
+    except Exception as error:
         raise _bad(
             path, f"the {position} pickle (from byte {start}) is malformed: {type(error).__name__}: {error}"
         ) from error

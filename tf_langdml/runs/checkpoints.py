@@ -25,8 +25,13 @@ from tf_langdml.runs.run_dir import RunDirectoryError, config_sha256, recorded_c
 from tf_langdml.runs.schema import ExperimentConfig, config_to_dict
 
 # What TensorFlow raises when a checkpoint cannot be written (a folder that is a file, no permission, a full disk).
-_UNWRITABLE = (tf.errors.PermissionDeniedError, tf.errors.FailedPreconditionError, tf.errors.ResourceExhaustedError,
-               tf.errors.NotFoundError, tf.errors.AlreadyExistsError)
+_UNWRITABLE = (
+    tf.errors.PermissionDeniedError,
+    tf.errors.FailedPreconditionError,
+    tf.errors.ResourceExhaustedError,
+    tf.errors.NotFoundError,
+    tf.errors.AlreadyExistsError,
+)
 CONFIG_VARIABLE = "config_sha256/.ATTRIBUTES/VARIABLE_VALUE"
 
 
@@ -45,8 +50,9 @@ class ResumeCheckpoints(keras.callbacks.Callback):
     def _save(self):
         step = int(self.model.optimizer.iterations.numpy())
         if step != self.last_saved:
-            refuse_nonfinite(self.model.variables + list(self.model.optimizer.variables), step,
-                             f"checkpoint ckpt-{step}")
+            refuse_nonfinite(
+                self.model.variables + list(self.model.optimizer.variables), step, f"checkpoint ckpt-{step}"
+            )
             save_checkpoint(self.manager, step)
             self.last_saved = step
 
@@ -65,7 +71,8 @@ def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> None:
     except _UNWRITABLE as error:
         raise RunDirectoryError(
             f"Cannot write checkpoint ckpt-{step} to {manager.directory}: {error.message.splitlines()[0]}; "
-            "make that folder writable (and give its disk free space), then run the same command again.") from error
+            "make that folder writable (and give its disk free space), then run the same command again."
+        ) from error
 
 
 def checkpoint_manager(
@@ -116,16 +123,24 @@ def check_checkpoints(folder: str | os.PathLike, config: ExperimentConfig) -> No
         recorded = checkpoint_config_sha256(path)
         if recorded is not None and recorded != expected:
             refuse_other_config(
-                folder, f"Checkpoint {pathlib.Path(path).name}", recorded, recorded_config(folder, recorded), values,
+                folder,
+                f"Checkpoint {pathlib.Path(path).name}",
+                recorded,
+                recorded_config(folder, recorded),
+                values,
                 "Put config.yaml back as it was (run_log.jsonl's start lines hold it) and run that config to resume, "
-                "or train the new config under another name (--set name=...).")
+                "or train the new config under another name (--set name=...).",
+            )
 
 
 def _nonfinite_tensors(path):
     """Names of a checkpoint's floating-point tensors holding NaN or Inf."""
     reader = tf.train.load_checkpoint(path)
-    return [name for name, dtype in sorted(reader.get_variable_to_dtype_map().items())
-            if dtype.is_floating and not np.isfinite(reader.get_tensor(name)).all()]
+    return [
+        name
+        for name, dtype in sorted(reader.get_variable_to_dtype_map().items())
+        if dtype.is_floating and not np.isfinite(reader.get_tensor(name)).all()
+    ]
 
 
 def latest_finite_checkpoint(manager: tf.train.CheckpointManager) -> str | None:
@@ -134,8 +149,11 @@ def latest_finite_checkpoint(manager: tf.train.CheckpointManager) -> str | None:
         bad = _nonfinite_tensors(path)
         if not bad:
             return path
-        print(f"tf_langdml: checkpoint {path} holds NaN or Inf ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
-              "not resuming from it.", file=sys.stderr)
+        print(
+            f"tf_langdml: checkpoint {path} holds NaN or Inf ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
+            "not resuming from it.",
+            file=sys.stderr,
+        )
     if manager.checkpoints:
         print("tf_langdml: no checkpoint with finite values; starting this run from scratch.", file=sys.stderr)
     return None
@@ -148,4 +166,6 @@ def refuse_nonfinite(variables: Sequence[tf.Variable], step: int, what: str) -> 
         raise NonFiniteLossError(
             f"Not writing {what}: after optimizer step {step} variable(s) {', '.join(bad[:5])}"
             f"{' ...' if len(bad) > 5 else ''} hold NaN or Inf (an update overflowed: lower the learning rate, "
-            "or check mixed precision without loss scaling, the language table and the input images).", step=step)
+            "or check mixed precision without loss scaling, the language table and the input images).",
+            step=step,
+        )

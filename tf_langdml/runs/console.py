@@ -52,8 +52,13 @@ class EpochLines(keras.callbacks.Callback):
     evaluation callback, whose recall@1 it reads from the epoch's logs.
     """
 
-    def __init__(self, epochs: int, language: bool, stream: typing.TextIO | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        epochs: int,
+        language: bool,
+        stream: typing.TextIO | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         super().__init__()
         self.epochs, self.language, self.stream, self.clock = int(epochs), bool(language), stream, clock
         self._started = self._last = None
@@ -71,8 +76,11 @@ class EpochLines(keras.callbacks.Callback):
         if not logs or not self._steps:
             return
         seconds = (self._last - self._started) / self._steps
-        print(f"tf_langdml: {epoch_line(epoch + 1, self.epochs, logs, seconds, self.language)}",
-              file=self.stream or sys.stderr, flush=True)
+        print(
+            f"tf_langdml: {epoch_line(epoch + 1, self.epochs, logs, seconds, self.language)}",
+            file=self.stream or sys.stderr,
+            flush=True,
+        )
 
 
 class LossProgbar(keras.callbacks.ProgbarLogger):
@@ -96,8 +104,9 @@ class LossProgbar(keras.callbacks.ProgbarLogger):
         super().on_epoch_end(epoch, self._shown(logs))
 
 
-def fit_console(verbose: int, epochs: int, language: bool,
-                terminal: bool | None = None) -> tuple[int, list[keras.callbacks.Callback]]:
+def fit_console(
+    verbose: int, epochs: int, language: bool, terminal: bool | None = None
+) -> tuple[int, list[keras.callbacks.Callback]]:
     """``(fit verbose, callbacks to append)``: quiet; a terminal (stdout a TTY): Keras' bar; else :class:`EpochLines`.
 
     ``terminal`` None asks ``sys.stdout.isatty()``.

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from tf_langdml.durations import format_duration  # noqa: F401  (also imported from here: demo, tests)
+from tf_langdml.durations import format_duration
 
 
 class RunProgress:
@@ -23,8 +23,9 @@ class RunProgress:
     ``clock``: a monotonic clock in seconds (tests pass their own).
     """
 
-    def __init__(self, total: int, what: str = "run", stream: TextIO | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, total: int, what: str = "run", stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if total < 1:
             raise ValueError(f"RunProgress needs at least one run; got total = {total}.")
         self.total, self.what, self.clock = int(total), what, clock
@@ -44,8 +45,10 @@ class RunProgress:
         """``run 2/6 (language_weight=2.5 seed=0): 3 min 12 s elapsed, about 6 min 24 s left``."""
         left = self.estimate_left()
         estimate = "no estimate yet" if left is None else f"about {format_duration(left)} left"
-        return (f"{self.what} {self.done + 1}/{self.total} ({label}): "
-                f"{format_duration(self.clock() - self.started)} elapsed, {estimate}")
+        return (
+            f"{self.what} {self.done + 1}/{self.total} ({label}): "
+            f"{format_duration(self.clock() - self.started)} elapsed, {estimate}"
+        )
 
     def start(self, label: str) -> None:
         print(f"tf_langdml: {self.line(label)}", file=self.stream, flush=True)

@@ -66,8 +66,14 @@ import numpy as np
 from tf_langdml._keras import keras
 from tf_langdml.cache import atomic_file, json_safe, write_json
 from tf_langdml.models.nonfinite import NonFiniteLossError
-from tf_langdml.runs.schema import (ConfigError, ExperimentConfig, config_from_dict, config_to_dict, config_to_yaml,
-                                    read_yaml)
+from tf_langdml.runs.schema import (
+    ConfigError,
+    ExperimentConfig,
+    config_from_dict,
+    config_to_dict,
+    config_to_yaml,
+    read_yaml,
+)
 
 if typing.TYPE_CHECKING:
     from tf_langdml.language.language_table import LanguageTable
@@ -75,8 +81,14 @@ if typing.TYPE_CHECKING:
 LOCK_FILE = "run.lock"
 EMBEDDER_CONFIG = "embedder.config.json"
 CLASS_NAMES_FILE = "train_class_names.json"
-RUN_FILES = ("config.yaml", "language_table.npy", CLASS_NAMES_FILE, "history.json", "embedder.weights.h5",
-             "metrics.json")
+RUN_FILES = (
+    "config.yaml",
+    "language_table.npy",
+    CLASS_NAMES_FILE,
+    "history.json",
+    "embedder.weights.h5",
+    "metrics.json",
+)
 PSEUDO_LABELS = "pseudo_labels.json"
 
 
@@ -101,7 +113,9 @@ def naming(path: str | os.PathLike) -> Iterator[None]:
         yield
     except OSError as error:
         if error.filename is None and error.errno is not None:
-            raise OSError(error.errno, error.strerror, str(path)) from error  # (the errno's subclass, e.g. PermissionError)
+            raise OSError(
+                error.errno, error.strerror, str(path)
+            ) from error  # (the errno's subclass, e.g. PermissionError)
         raise
 
 
@@ -159,7 +173,8 @@ def lock_run(folder: str | os.PathLike) -> Iterator[pathlib.Path]:
             holder = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip() or "(PID not yet written)"
             raise RunDirectoryError(
                 f"Run directory {folder} is in use by process {holder} (it holds {path}); wait for it to end or stop "
-                f"it (kill {holder}), then run this command again.") from None
+                f"it (kill {holder}), then run this command again."
+            ) from None
         with naming(path):
             os.ftruncate(descriptor, 0)
             os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
@@ -269,22 +284,34 @@ def recorded_config(folder: str | os.PathLike, sha256: str) -> dict | None:
     return None
 
 
-def refuse_other_config(folder: str | os.PathLike, what: str, recorded_sha256: str, recorded_values: dict | None,
-                        values: dict, fix: str) -> typing.NoReturn:
+def refuse_other_config(
+    folder: str | os.PathLike, what: str, recorded_sha256: str, recorded_values: dict | None, values: dict, fix: str
+) -> typing.NoReturn:
     """Raise ConfigError: ``what`` in ``folder`` was trained with another config (changed keys, else its SHA-256)."""
     changed = changed_keys(recorded_values, values) if recorded_values is not None else None
     keys = ", ".join(changed) if changed else f"not recorded; it had config SHA-256 {recorded_sha256[:12]}"
-    raise ConfigError(f"{what} in {folder} was trained with another config than config.yaml now holds "
-                      f"(changed: {keys}). {fix}")
+    raise ConfigError(
+        f"{what} in {folder} was trained with another config than config.yaml now holds (changed: {keys}). {fix}"
+    )
 
 
 def log_nonfinite(folder: str | os.PathLike, model: keras.Model, error: NonFiniteLossError) -> None:
     """The ``{"event": "nonfinite", "optimizer_step": N, ...}`` line of a NonFiniteLossError."""
     step = error.step if error.step is not None else int(model.optimizer.iterations.numpy())
-    values = {key: value if not isinstance(value, float) or math.isfinite(value) else str(value)
-              for key, value in error.values.items()}
-    log_event(folder, {"event": "nonfinite", "optimizer_step": int(step), **values,
-                       "learning_rate": error.learning_rate, "message": str(error)})
+    values = {
+        key: value if not isinstance(value, float) or math.isfinite(value) else str(value)
+        for key, value in error.values.items()
+    }
+    log_event(
+        folder,
+        {
+            "event": "nonfinite",
+            "optimizer_step": int(step),
+            **values,
+            "learning_rate": error.learning_rate,
+            "message": str(error),
+        },
+    )
 
 
 class HistoryFile(keras.callbacks.Callback):
@@ -300,9 +327,11 @@ class HistoryFile(keras.callbacks.Callback):
         bad = sorted(key for key, value in line.items() if not math.isfinite(value))
         if bad:
             step = int(self.model.optimizer.iterations.numpy())
-            raise NonFiniteLossError(f"Not writing epoch {epoch + 1} to {self.path.name}: {', '.join(bad)} "
-                                     f"{'is' if len(bad) == 1 else 'are'} NaN or Inf (optimizer step {step}).",
-                                     step=step)
+            raise NonFiniteLossError(
+                f"Not writing epoch {epoch + 1} to {self.path.name}: {', '.join(bad)} "
+                f"{'is' if len(bad) == 1 else 'are'} NaN or Inf (optimizer step {step}).",
+                step=step,
+            )
         self.epochs[str(epoch + 1)] = line
         with naming(self.path):
             write_json(self.path, self.epochs)

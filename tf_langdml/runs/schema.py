@@ -38,18 +38,18 @@ BACKGROUNDS = ("white", "black")  # or [r, g, b] (tf_langdml.data.preprocessing.
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")  # tf_langdml.models.precision.PRECISIONS
 
 
-INT64_MAX = 2 ** 63 - 1  # every integer key is handed to TensorFlow as an int64 at most
-SEED_MAX = 2 ** 32 - 1  # keras.utils.set_random_seed (numpy's legacy seeding) takes 0..2**32-1
+INT64_MAX = 2**63 - 1  # every integer key is handed to TensorFlow as an int64 at most
+SEED_MAX = 2**32 - 1  # keras.utils.set_random_seed (numpy's legacy seeding) takes 0..2**32-1
 # Images, batches and layer sizes: bounds far above every benchmark, below what would exhaust memory.
 IMAGE_SIZE_MAX = 4096  # one 4096 x 4096 RGB float32 image is 192 MiB (the paper: 224)
 BATCH_SIZE_MAX = 65536  # above the largest benchmark training split (SOP: 59,551 images)
 # A decoded RGB image of 2**31 - 1 pixels is 6 GiB; the header check multiplies height x width in int64.
-MAX_PIXELS_MAX = 2 ** 31 - 1
+MAX_PIXELS_MAX = 2**31 - 1
 # The Dense layer from the 2048 ResNet-50 features: 2048 x 65536 float32 is 512 MiB, 2 GiB with Adam's moments.
 EMBED_DIM_MAX = 65536
 EPOCHS_MAX = 1_000_000  # with STEPS_MAX, the optimizer step count stays far inside its int64 counter
 STEPS_MAX = 1_000_000_000
-K_MAX = 2 ** 31 - 1  # far above any gallery; builders.check_ks refuses k above the evaluation split's gallery
+K_MAX = 2**31 - 1  # far above any gallery; builders.check_ks refuses k above the evaluation split's gallery
 NAME_MAX = 100  # characters of the run's folder name (sweeps append suffixes; file systems allow 255 bytes)
 
 
@@ -60,8 +60,7 @@ def _positive(default, allow_null=False, maximum=INT64_MAX, why=""):
 
 def _integer(default, minimum=-INT64_MAX - 1, maximum=INT64_MAX, allow_null=False, why=""):
     """An integer field in ``minimum``..``maximum`` (null allowed with ``allow_null``)."""
-    return dataclasses.field(default=default, metadata={"min": minimum, "max": maximum, "null": allow_null,
-                                                        "why": why})
+    return dataclasses.field(default=default, metadata={"min": minimum, "max": maximum, "null": allow_null, "why": why})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +69,9 @@ class DataConfig:
     data_dir: typing.Optional[str] = None  # TFDS data_dir; for "folder" the image folder root
     manual_dir: typing.Optional[str] = None  # TFDS manual downloads (CUB, Cars, SOP archives)
     test_fraction: float = 0.5  # "folder": the last part of the sorted classes is test
-    test_classes: typing.Any = None  # "folder": test class folders, a list or a text file of names (null: test_fraction)
+    test_classes: typing.Any = (
+        None  # "folder": test class folders, a list or a text file of names (null: test_fraction)
+    )
     gallery_list: typing.Optional[str] = None  # "folder": a text file of gallery images, paths relative to data_dir
     validation_fraction: float = 0.0  # training classes held out for model selection (every n-th; 0: none)
     image_size: int = _positive(224, maximum=IMAGE_SIZE_MAX, why="a 4096 x 4096 RGB float32 image is 192 MiB")
@@ -79,15 +80,17 @@ class DataConfig:
     antialias: bool = True
     background: typing.Any = "white"  # transparent pixels composited onto: white | black | [r, g, b]
     max_pixels: typing.Optional[int] = _positive(  # larger images are skipped, never decoded
-        64_000_000, allow_null=True, maximum=MAX_PIXELS_MAX, why="a decoded RGB image that large is 6 GiB")
+        64_000_000, allow_null=True, maximum=MAX_PIXELS_MAX, why="a decoded RGB image that large is 6 GiB"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     backbone: str = "resnet50"
     weights: typing.Optional[str] = "imagenet"  # "imagenet", a weights file, or null
-    embed_dim: int = _positive(128, maximum=EMBED_DIM_MAX,
-                               why="a Dense layer of 2048 x 65536 float32 weights is 512 MiB, 2 GiB with Adam")
+    embed_dim: int = _positive(
+        128, maximum=EMBED_DIM_MAX, why="a Dense layer of 2048 x 65536 float32 weights is 512 MiB, 2 GiB with Adam"
+    )
     pooling: str = "avg"
     freeze_bn_statistics: bool = True
 
@@ -111,8 +114,11 @@ class LanguageConfig:
     template: str = "a photo of a {}"
     classifier: str = "resnet50"  # PLG: the ImageNet classifier
     classifier_weights: typing.Optional[str] = "imagenet"
-    classifier_image_size: int = _positive(224, maximum=IMAGE_SIZE_MAX,  # the classifiers were trained at 224
-                                           why="a 4096 x 4096 RGB float32 image is 192 MiB")
+    classifier_image_size: int = _positive(
+        224,
+        maximum=IMAGE_SIZE_MAX,  # the classifiers were trained at 224
+        why="a 4096 x 4096 RGB float32 image is 192 MiB",
+    )
     top_k: int = _integer(5)  # 1..1000: the library checks
     level: str = "class"  # PLG: class | sample
 
@@ -127,8 +133,12 @@ class OptimizerConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
     epochs: int = _positive(150, maximum=EPOCHS_MAX, why="the optimizer step count must fit its counter")
-    steps_per_epoch: typing.Optional[int] = _positive(None, allow_null=True, maximum=STEPS_MAX,  # default: images // batch
-                                                      why="the optimizer step count must fit its counter")
+    steps_per_epoch: typing.Optional[int] = _positive(
+        None,
+        allow_null=True,
+        maximum=STEPS_MAX,  # default: images // batch
+        why="the optimizer step count must fit its counter",
+    )
     eval_every: int = _integer(5)  # epochs between retrieval evaluations (>= 1: the library checks)
     checkpoint_every: int = _positive(100)  # optimizer steps between resume checkpoints (and at the end)
     seed: int = _integer(0, 0, SEED_MAX, why="what keras.utils.set_random_seed accepts")
@@ -163,9 +173,21 @@ class ExperimentConfig:
 
 # Keys whose value is one of a fixed set of lower-case names (here or in a library registry): the value is read
 # case-insensitively ('language.guidance: PLG' is 'plg'). Not language.encoder or the weights keys (paths, handles).
-CHOICE_KEYS = frozenset({"data.dataset", "model.backbone", "model.pooling", "loss.dml", "loss.direction",
-                         "language.guidance", "language.classifier", "language.level", "optimizer.name",
-                         "training.precision", "evaluation.split"})
+CHOICE_KEYS = frozenset(
+    {
+        "data.dataset",
+        "model.backbone",
+        "model.pooling",
+        "loss.dml",
+        "loss.direction",
+        "language.guidance",
+        "language.classifier",
+        "language.level",
+        "optimizer.name",
+        "training.precision",
+        "evaluation.split",
+    }
+)
 
 
 class ConfigError(ValueError):
@@ -173,7 +195,7 @@ class ConfigError(ValueError):
 
 
 def did_you_mean(value: object, choices: Iterable[str], prefix: str = "", fallback: bool = True) -> str:
-    """"; did you mean 'x'?" for the closest of ``choices``; else "; valid values: [...]" (or "" without ``fallback``)."""
+    """ "; did you mean 'x'?" for the closest of ``choices``; else "; valid values: [...]" (or "" without ``fallback``)."""
     match = difflib.get_close_matches(str(value), [str(choice) for choice in choices], n=1, cutoff=0.5)
     if match:
         return f"; did you mean '{prefix}{match[0]}'?"
@@ -199,8 +221,11 @@ def _coerce(value, annotation, path):
         return value
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            hint = (f" (write it as a whole number, e.g. {int(value)})" if isinstance(value, float)
-                    and value.is_integer() and abs(value) < 2 ** 53 else "")
+            hint = (
+                f" (write it as a whole number, e.g. {int(value)})"
+                if isinstance(value, float) and value.is_integer() and abs(value) < 2**53
+                else ""
+            )
             raise ConfigError(f"'{path}' must be an integer; got {_short(value)}{hint}.")
         return value
     if annotation is float:
@@ -227,10 +252,15 @@ def _coerce(value, annotation, path):
 def _removed_key(full, value):
     """The message for a key that no longer exists, saying what to write instead; None for any other key."""
     if full == "training.mixed_precision":
-        replacement = ({True: "mixed_float16", False: "float32"}[value] if isinstance(value, bool)
-                       else "mixed_float16 (for true) or float32 (for false)")
-        return (f"'training.mixed_precision' was replaced by 'training.precision' (float32 | mixed_float16 | "
-                f"mixed_bfloat16 | auto): write 'training.precision: {replacement}' instead.")
+        replacement = (
+            {True: "mixed_float16", False: "float32"}[value]
+            if isinstance(value, bool)
+            else "mixed_float16 (for true) or float32 (for false)"
+        )
+        return (
+            f"'training.mixed_precision' was replaced by 'training.precision' (float32 | mixed_float16 | "
+            f"mixed_bfloat16 | auto): write 'training.precision: {replacement}' instead."
+        )
     return None
 
 
@@ -243,7 +273,9 @@ def _build(cls, values, path=""):
         if key not in fields and _removed_key(full, value):
             raise ConfigError(_removed_key(full, value))
         if key not in fields:
-            raise ConfigError(f"Unknown config key '{full}'{did_you_mean(key, list(fields), f'{path}.' if path else '')}")
+            raise ConfigError(
+                f"Unknown config key '{full}'{did_you_mean(key, list(fields), f'{path}.' if path else '')}"
+            )
         arguments[key] = _coerce(value, hints[key], full)
         if (full in CHOICE_KEYS or full == "data.background") and isinstance(arguments[key], str):
             arguments[key] = arguments[key].lower()
@@ -268,7 +300,7 @@ def _check_range(metadata, number, value, full):
 
 def _short(value, limit=80):
     """``repr(value)``, cut at ``limit`` characters (a value in an error message, however large)."""
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** limit:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**limit:
         return f"an integer of {len(str(abs(value)))} digits"
     text = repr(value)
     kind = {list: "a list ", dict: "a mapping ", tuple: "a list "}.get(type(value), "")
@@ -331,9 +363,10 @@ class _Refused(yaml.YAMLError):
 
 def _resolvers(float_1_2=True, timestamps=False):
     """A copy of SafeLoader's implicit resolvers (the dict's lists are shared, so copied one by one)."""
-    resolvers = {first: [(tag, pattern) for tag, pattern in entries
-                         if timestamps or tag != "tag:yaml.org,2002:timestamp"]
-                 for first, entries in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    resolvers = {
+        first: [(tag, pattern) for tag, pattern in entries if timestamps or tag != "tag:yaml.org,2002:timestamp"]
+        for first, entries in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
     if float_1_2:
         for first in "-+.0123456789":
             resolvers.setdefault(first, []).append(("tag:yaml.org,2002:float", _FLOAT_1_2))
@@ -375,27 +408,37 @@ class _ConfigLoader(yaml.SafeLoader):
         where = self._where()
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             sign = "*" if isinstance(event, yaml.AliasEvent) else "&"
-            raise _Refused(f"uses a YAML {'alias' if sign == '*' else 'anchor'} ({sign}{event.anchor}); anchors and "
-                           "aliases are refused (they can expand without bound): write the value out", where,
-                           event.start_mark)
+            raise _Refused(
+                f"uses a YAML {'alias' if sign == '*' else 'anchor'} ({sign}{event.anchor}); anchors and "
+                "aliases are refused (they can expand without bound): write the value out",
+                where,
+                event.start_mark,
+            )
         tag = getattr(event, "tag", None)
         if tag not in (None, "!") and tag not in _PLAIN_TAGS:
-            raise _Refused(f"has the YAML tag {tag.replace('tag:yaml.org,2002:', '!!')}; a config takes plain values "
-                           "(strings, numbers, true / false, null, lists, mappings): remove the tag", where,
-                           event.start_mark)
+            raise _Refused(
+                f"has the YAML tag {tag.replace('tag:yaml.org,2002:', '!!')}; a config takes plain values "
+                "(strings, numbers, true / false, null, lists, mappings): remove the tag",
+                where,
+                event.start_mark,
+            )
         if len(self._keys) > MAX_DEPTH:
             raise _Refused(f"is nested more than {MAX_DEPTH} levels deep; no config key is", where, event.start_mark)
         if isinstance(event, yaml.ScalarEvent) and event.style is None:  # a plain scalar: maybe an integer
             digits = sum(character.isdigit() for character in event.value[:10_000])
             if digits > MAX_INTEGER_DIGITS and re.fullmatch(r"[-+]?[0-9_]+", event.value[:10_000] or "x"):
-                raise _Refused(f"is an integer of {digits} digits; no config key takes more than 19", where,
-                               event.start_mark)
+                raise _Refused(
+                    f"is an integer of {digits} digits; no config key takes more than 19", where, event.start_mark
+                )
 
     def construct_yaml_int(self, node):  # for a quoted value tagged !!int, which the plain-scalar check lets by
         digits = re.sub(r"[^0-9a-fA-F]", "", str(node.value))
         if len(digits) > MAX_INTEGER_DIGITS:
-            raise _Refused(f"is an integer of {len(digits)} digits; no config key takes more than 19",
-                           self._keys[0], node.start_mark)
+            raise _Refused(
+                f"is an integer of {len(digits)} digits; no config key takes more than 19",
+                self._keys[0],
+                node.start_mark,
+            )
         return super().construct_yaml_int(node)
 
 
@@ -432,7 +475,9 @@ def load_yaml(text: str | bytes, source: str = "the config", key: str = "") -> A
         problem = " ".join(str(getattr(error, "problem", None) or error).split())
         context = " ".join(str(getattr(error, "context", None) or "").split())
         detail = f"{context}, {problem}" if context else problem
-        raise ConfigError(f"{source} is not valid YAML: {detail}{_line(getattr(error, 'problem_mark', None))}.") from None
+        raise ConfigError(
+            f"{source} is not valid YAML: {detail}{_line(getattr(error, 'problem_mark', None))}."
+        ) from None
     except (ValueError, RecursionError) as error:  # a constructor's own refusal (e.g. an invalid date)
         raise ConfigError(f"{source} is not valid YAML: {' '.join(str(error).split())[:200]}.") from None
     finally:
@@ -501,21 +546,26 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError as error:
         raise ConfigError(f"Config file {path} does not exist; the shipped ones are in configs/.") from error
     except OSError as error:
-        raise ConfigError(f"Config file {path} cannot be read ({error.strerror}); check its path and "
-                          "permissions.") from error
+        raise ConfigError(
+            f"Config file {path} cannot be read ({error.strerror}); check its path and permissions."
+        ) from error
     except ValueError as error:  # a NUL in the path
         raise ConfigError(f"Config file path {path!r} is not a valid path ({error}).") from None
     if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"Config file {path} is larger than {MAX_CONFIG_BYTES} bytes; a config is a few KB: "
-                          "check that this is the right file.")
+        raise ConfigError(
+            f"Config file {path} is larger than {MAX_CONFIG_BYTES} bytes; a config is a few KB: "
+            "check that this is the right file."
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ConfigError(f"Config file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8.") from None
     values = load_yaml(text, f"Config file {path}")
     if values is not None and not isinstance(values, dict):
-        raise ConfigError(f"Config file {path} must be a mapping of sections at the top level (data:, model:, ...); "
-                          f"got {type(values).__name__}.")
+        raise ConfigError(
+            f"Config file {path} must be a mapping of sections at the top level (data:, model:, ...); "
+            f"got {type(values).__name__}."
+        )
     return values if values is not None else {}
 
 
@@ -528,65 +578,94 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
 def _one_of(value, choices, key):
     """The valid values once, then "did you mean" the closest when one is close."""
     if value not in choices:
-        raise ConfigError(f"'{key}' is {value!r}; expected one of {list(choices)}"
-                          f"{did_you_mean(value, choices, fallback=False) or '.'}")
+        raise ConfigError(
+            f"'{key}' is {value!r}; expected one of {list(choices)}"
+            f"{did_you_mean(value, choices, fallback=False) or '.'}"
+        )
 
 
 def _check_background(background):
     """'white', 'black' or [r, g, b] with integers in 0..255 (as parse_background, without TensorFlow)."""
     if isinstance(background, str):
         if background not in BACKGROUNDS:
-            raise ConfigError(f"'data.background' is {background!r}; expected 'white', 'black' or [r, g, b] "
-                              "with integers in 0..255.")
+            raise ConfigError(
+                f"'data.background' is {background!r}; expected 'white', 'black' or [r, g, b] with integers in 0..255."
+            )
         return
-    if (not isinstance(background, (list, tuple)) or len(background) != 3
-            or not all(isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= value <= 255
-                       for value in background)):
-        raise ConfigError(f"'data.background' must be 'white', 'black' or [r, g, b] with integers in 0..255; "
-                          f"got {background!r}.")
+    if (
+        not isinstance(background, (list, tuple))
+        or len(background) != 3
+        or not all(
+            isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= value <= 255
+            for value in background
+        )
+    ):
+        raise ConfigError(
+            f"'data.background' must be 'white', 'black' or [r, g, b] with integers in 0..255; got {background!r}."
+        )
 
 
 def _check_folder_keys(data):
     """data.test_classes (null, a list of folder names or a file path) and data.gallery_list: only for 'folder'."""
     for key in ("test_classes", "gallery_list"):
         if getattr(data, key) is not None and data.dataset != "folder":
-            raise ConfigError(f"'data.{key}' is for data.dataset 'folder' (an image folder); data.dataset is "
-                              f"{data.dataset!r}: remove data.{key} or set it to null.")
+            raise ConfigError(
+                f"'data.{key}' is for data.dataset 'folder' (an image folder); data.dataset is "
+                f"{data.dataset!r}: remove data.{key} or set it to null."
+            )
     test_classes = data.test_classes
     if isinstance(test_classes, str):
         if not test_classes.strip():
-            raise ConfigError("'data.test_classes' is an empty string; give a list of class-folder names, the path "
-                              "of a text file of them, or null (then data.test_fraction).")
+            raise ConfigError(
+                "'data.test_classes' is an empty string; give a list of class-folder names, the path "
+                "of a text file of them, or null (then data.test_fraction)."
+            )
     elif isinstance(test_classes, list):
         if not test_classes:
-            raise ConfigError("'data.test_classes' is an empty list; name at least one class folder, or use null "
-                              "(then data.test_fraction).")
+            raise ConfigError(
+                "'data.test_classes' is an empty list; name at least one class folder, or use null "
+                "(then data.test_fraction)."
+            )
         for index, name in enumerate(test_classes):
             if not isinstance(name, str) or not name:
-                hint = (f" (YAML read it as {type(name).__name__}: quote folder names, e.g. ['001'])"
-                        if isinstance(name, (numbers.Number, bool)) else "")
-                raise ConfigError(f"'data.test_classes[{index}]' must be a class-folder name (a string); got "
-                                  f"{name!r}{hint}.")
+                hint = (
+                    f" (YAML read it as {type(name).__name__}: quote folder names, e.g. ['001'])"
+                    if isinstance(name, (numbers.Number, bool))
+                    else ""
+                )
+                raise ConfigError(
+                    f"'data.test_classes[{index}]' must be a class-folder name (a string); got {name!r}{hint}."
+                )
     elif test_classes is not None:
-        raise ConfigError(f"'data.test_classes' must be null, a list of class-folder names or the path of a text file "
-                          f"of them (one a line); got {test_classes!r}.")
+        raise ConfigError(
+            f"'data.test_classes' must be null, a list of class-folder names or the path of a text file "
+            f"of them (one a line); got {test_classes!r}."
+        )
     if data.gallery_list is not None and not data.gallery_list.strip():
-        raise ConfigError("'data.gallery_list' is an empty string; give the path of a text file of gallery images, "
-                          "or null.")
+        raise ConfigError(
+            "'data.gallery_list' is an empty string; give the path of a text file of gallery images, or null."
+        )
 
 
 def _check_name(name):
     """``name``: one plain folder name inside runs_dir (never '.', '..' or a path), portable and short."""
-    allowed = (f"1 to {NAME_MAX} characters, no '/', '\\', control characters, and not '.' or '..' "
-               "(e.g. cub200_plg_128)")
+    allowed = f"1 to {NAME_MAX} characters, no '/', '\\', control characters, and not '.' or '..' (e.g. cub200_plg_128)"
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
         raise ConfigError(f"'name' is not valid Unicode text ({_short(name)}); use {allowed}.") from None
-    if (not name.strip() or name in (".", "..") or len(name) > NAME_MAX or "/" in name or "\\" in name
-            or any(ord(character) < 32 or ord(character) == 127 for character in name)):
-        raise ConfigError(f"'name' must be one plain folder name: {allowed}; got {_short(name)}"
-                          f"{f' ({len(name)} characters)' if len(name) > NAME_MAX else ''}.")
+    if (
+        not name.strip()
+        or name in (".", "..")
+        or len(name) > NAME_MAX
+        or "/" in name
+        or "\\" in name
+        or any(ord(character) < 32 or ord(character) == 127 for character in name)
+    ):
+        raise ConfigError(
+            f"'name' must be one plain folder name: {allowed}; got {_short(name)}"
+            f"{f' ({len(name)} characters)' if len(name) > NAME_MAX else ''}."
+        )
 
 
 DML_ARGUMENTS_MAX_LIST = 64  # the longest list a loss takes is S2SD's dims (3 in the paper)
@@ -609,8 +688,10 @@ def _check_dml_arguments(arguments, path="loss.dml_arguments", depth=0):
             _check_dml_arguments(value, full, depth + 1)
         elif isinstance(value, (list, tuple)):
             if len(value) > DML_ARGUMENTS_MAX_LIST:
-                raise ConfigError(f"'{full}' is a list of {len(value)} values; no loss argument takes more than "
-                                  f"{DML_ARGUMENTS_MAX_LIST}.")
+                raise ConfigError(
+                    f"'{full}' is a list of {len(value)} values; no loss argument takes more than "
+                    f"{DML_ARGUMENTS_MAX_LIST}."
+                )
             for index, item in enumerate(value):
                 _check_argument_scalar(item, f"{full}[{index}]")
         else:
@@ -633,8 +714,10 @@ def _check_ks(ks):
         raise ConfigError("'evaluation.ks' is empty; give the ranks k of Recall@k, e.g. [1, 2, 4, 8].")
     for index, k in enumerate(ks):
         if not 1 <= k <= K_MAX:
-            raise ConfigError(f"'evaluation.ks[{index}]' must be a positive integer (a rank k of Recall@k) up to "
-                              f"the gallery size; got {_short(k)}.")
+            raise ConfigError(
+                f"'evaluation.ks[{index}]' must be a positive integer (a rank k of Recall@k) up to "
+                f"the gallery size; got {_short(k)}."
+            )
 
 
 def validate(config: ExperimentConfig) -> None:
@@ -648,17 +731,23 @@ def validate(config: ExperimentConfig) -> None:
     if data.dataset == "folder" and not data.data_dir:
         raise ConfigError("data.dataset 'folder' needs data.data_dir: the folder with one sub-folder per class.")
     if data.batch_size < 2 * data.examples_per_class:
-        raise ConfigError(f"A batch must hold at least 2 classes: data.batch_size {data.batch_size} is less than "
-                          f"2 x data.examples_per_class {data.examples_per_class}.")
+        raise ConfigError(
+            f"A batch must hold at least 2 classes: data.batch_size {data.batch_size} is less than "
+            f"2 x data.examples_per_class {data.examples_per_class}."
+        )
     _check_background(data.background)
     _check_folder_keys(data)
     if not 0 <= data.validation_fraction < 1:
-        raise ConfigError(f"'data.validation_fraction' must be in [0, 1) (the share of training classes held out "
-                          f"for model selection); got {data.validation_fraction}.")
+        raise ConfigError(
+            f"'data.validation_fraction' must be in [0, 1) (the share of training classes held out "
+            f"for model selection); got {data.validation_fraction}."
+        )
     _one_of(config.evaluation.split, EVALUATION_SPLITS, "evaluation.split")
     if config.evaluation.split == "validation" and data.validation_fraction == 0:
-        raise ConfigError("evaluation.split is 'validation' but data.validation_fraction is 0: there are no "
-                          "validation classes; set data.validation_fraction (for example 0.3).")
+        raise ConfigError(
+            "evaluation.split is 'validation' but data.validation_fraction is 0: there are no "
+            "validation classes; set data.validation_fraction (for example 0.3)."
+        )
     _one_of(language.guidance, GUIDANCE, "language.guidance")
     if language.guidance != "none" and loss.language_weight == 0:
         raise ConfigError(f"language.guidance is '{language.guidance}' but loss.language_weight (ω) is 0; set ω > 0.")

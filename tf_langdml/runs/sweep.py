@@ -91,6 +91,7 @@ def _write_events_once(target, write):
 
 def _write_hparams(folder, point, metrics, metric):
     """``<run>/logs/hparams/``: the point's values and its metric for TensorBoard's HParams dashboard."""
+
     def write():
         hp.hparams({key: _hparam_value(value) for key, value in point.items()})
         value = metrics.get(metric)
@@ -101,11 +102,14 @@ def _write_hparams(folder, point, metrics, metric):
 
 def _write_hparams_config(sweep_dir, grid, metric):
     """``<sweep>/hparams_config/``: the grid's keys and values and the metric, for the HParams dashboard."""
-    hparams = [hp.HParam(key, hp.Discrete(sorted({_hparam_value(value) for value in values}, key=str)))
-               for key, values in grid.items()]
+    hparams = [
+        hp.HParam(key, hp.Discrete(sorted({_hparam_value(value) for value in values}, key=str)))
+        for key, values in grid.items()
+    ]
     metrics = [hp.Metric(f"sweep/{metric}", display_name=f"validation {metric}")]
-    _write_events_once(pathlib.Path(sweep_dir) / "hparams_config",
-                       lambda: hp.hparams_config(hparams=hparams, metrics=metrics))
+    _write_events_once(
+        pathlib.Path(sweep_dir) / "hparams_config", lambda: hp.hparams_config(hparams=hparams, metrics=metrics)
+    )
 
 
 def run_label(config: ExperimentConfig, effective: dict) -> str:
@@ -153,17 +157,21 @@ def _distinct(base_values, points):
     return distinct
 
 
-def _rows(base_values, points, seeds, sweep_dir, metric, final, validation_fraction, verbose, after_each=None,
-          progress=None):
+def _rows(
+    base_values, points, seeds, sweep_dir, metric, final, validation_fraction, verbose, after_each=None, progress=None
+):
     distinct = _distinct(base_values, points)
     # Seed-major order: every point's first seed before any point's second, so a sweep
     # stopped early still has the whole curve (with fewer seeds).
-    configs = {(index, seed): run_config(base_values, point, seed, sweep_dir, final, validation_fraction)
-               for seed in seeds for index, (point, _) in enumerate(distinct)}
+    configs = {
+        (index, seed): run_config(base_values, point, seed, sweep_dir, final, validation_fraction)
+        for seed in seeds
+        for index, (point, _) in enumerate(distinct)
+    }
     runs = [(config, distinct[index][1]) for (index, _), config in configs.items()]
     results = dict(zip(configs, _train_all(runs, metric, verbose, after_each, progress)))
     rows = []
-    for index, (point, effective) in enumerate(distinct):
+    for index, (_point, effective) in enumerate(distinct):
         point_results = [results[index, seed] for seed in seeds]
         point_configs = [configs[index, seed] for seed in seeds]
         rows.append(_row(effective, point_configs, point_results, seeds, metric))
@@ -173,12 +181,26 @@ def _rows(base_values, points, seeds, sweep_dir, metric, final, validation_fract
 def _row(effective, configs, results, seeds, metric):
     values = [result.get(metric) for result in results]
     mean, std = _mean_std(values)
-    return {"point": effective, "label": point_label(effective), "mean": mean, "std": std,
-            "values": values, "seeds": list(seeds), "runs": [config.name for config in configs]}
+    return {
+        "point": effective,
+        "label": point_label(effective),
+        "mean": mean,
+        "std": std,
+        "values": values,
+        "seeds": list(seeds),
+        "runs": [config.name for config in configs],
+    }
 
 
-def run_sweep(base_values: dict, grid: dict[str, list], seeds: Sequence[int] = (0,), metric: str = "recall@1",
-              final: bool | str = False, validation_fraction: float | None = None, verbose: int = 1) -> SweepResult:
+def run_sweep(
+    base_values: dict,
+    grid: dict[str, list],
+    seeds: Sequence[int] = (0,),
+    metric: str = "recall@1",
+    final: bool | str = False,
+    validation_fraction: float | None = None,
+    verbose: int = 1,
+) -> SweepResult:
     """Run (or resume) the sweep of ``grid`` over ``seeds`` on the config ``base_values`` (nested dicts).
 
     Args:
@@ -211,16 +233,27 @@ def run_sweep(base_values: dict, grid: dict[str, list], seeds: Sequence[int] = (
         final_runs = {False: 0, True: len(seeds), "all": selection_runs}[final]
         progress = RunProgress(selection_runs + final_runs)
     # Written once the first run has passed its data checks and created the folder (idempotent afterwards).
-    rows = _rows(base_values, points, seeds, sweep_dir, metric, False, validation_fraction, verbose,
-                 after_each=lambda: _write_hparams_config(sweep_dir, grid, metric), progress=progress)
+    rows = _rows(
+        base_values,
+        points,
+        seeds,
+        sweep_dir,
+        metric,
+        False,
+        validation_fraction,
+        verbose,
+        after_each=lambda: _write_hparams_config(sweep_dir, grid, metric),
+        progress=progress,
+    )
     for row, difference in zip(rows, paired_differences(rows)):
         row["paired_difference"] = difference
     best = max(rows, key=lambda row: -math.inf if math.isnan(row["mean"]) else row["mean"])
     final_rows = []
     if final:
         chosen = [best["point"]] if final is True else [row["point"] for row in rows]
-        final_rows = _rows(base_values, chosen, seeds, sweep_dir, metric, True, validation_fraction, verbose,
-                           progress=progress)
+        final_rows = _rows(
+            base_values, chosen, seeds, sweep_dir, metric, True, validation_fraction, verbose, progress=progress
+        )
     result = SweepResult(metric, rows, best, final_rows, sweep_dir, time.time() - started)
     _write_results(result, base_values, validation_fraction)
     return result
@@ -230,20 +263,46 @@ def _write_results(result, base_values, validation_fraction):
     fraction = validation_fraction_of(base_values, validation_fraction)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["point", f"validation_{result.metric}_mean", f"validation_{result.metric}_std", "seeds",
-                     f"validation_{result.metric}_per_seed", "paired_difference_vs_baseline_mean",
-                     "paired_difference_vs_baseline_std", f"test_{result.metric}_mean", f"test_{result.metric}_std",
-                     "best"])
+    writer.writerow(
+        [
+            "point",
+            f"validation_{result.metric}_mean",
+            f"validation_{result.metric}_std",
+            "seeds",
+            f"validation_{result.metric}_per_seed",
+            "paired_difference_vs_baseline_mean",
+            "paired_difference_vs_baseline_std",
+            f"test_{result.metric}_mean",
+            f"test_{result.metric}_std",
+            "best",
+        ]
+    )
     for row in result.rows:
         final = result.final_row(row)
         difference = row.get("paired_difference")
-        writer.writerow([row["label"], f"{row['mean']:.6f}", f"{row['std']:.6f}", " ".join(map(str, row["seeds"])),
-                         " ".join(f"{value:.6f}" for value in row["values"]),
-                         *((f"{difference['mean']:.6f}", f"{difference['std']:.6f}") if difference else ("", "")),
-                         f"{final['mean']:.6f}" if final else "", f"{final['std']:.6f}" if final else "",
-                         int(row is result.best)])
+        writer.writerow(
+            [
+                row["label"],
+                f"{row['mean']:.6f}",
+                f"{row['std']:.6f}",
+                " ".join(map(str, row["seeds"])),
+                " ".join(f"{value:.6f}" for value in row["values"]),
+                *((f"{difference['mean']:.6f}", f"{difference['std']:.6f}") if difference else ("", "")),
+                f"{final['mean']:.6f}" if final else "",
+                f"{final['std']:.6f}" if final else "",
+                int(row is result.best),
+            ]
+        )
     with atomic_file(result.folder / "sweep.csv") as temporary:
         temporary.write_text(buffer.getvalue(), encoding="utf-8")
-    write_json(result.folder / "sweep.json", {
-        "metric": result.metric, "validation_fraction": fraction, "rows": result.rows, "best": result.best,
-        "final": result.final_rows, "wall_seconds": result.wall_seconds})
+    write_json(
+        result.folder / "sweep.json",
+        {
+            "metric": result.metric,
+            "validation_fraction": fraction,
+            "rows": result.rows,
+            "best": result.best,
+            "final": result.final_rows,
+            "wall_seconds": result.wall_seconds,
+        },
+    )

@@ -14,8 +14,18 @@ import json
 import os
 from collections.abc import Sequence
 
-from tf_langdml.runs.schema import (NAME_MAX, ConfigError, ExperimentConfig, apply_overrides, config_from_dict,
-                                    config_to_dict, did_you_mean, load_yaml, read_yaml, set_key)
+from tf_langdml.runs.schema import (
+    NAME_MAX,
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    did_you_mean,
+    load_yaml,
+    read_yaml,
+    set_key,
+)
 
 DEFAULT_VALIDATION_FRACTION = 0.3
 _SELECTION_KEYS = ("data.validation_fraction", "evaluation.split", "training.seed", "name", "runs_dir")
@@ -42,7 +52,9 @@ def parse_grid(grid_arguments: Sequence[str] | None, base_values: dict) -> dict[
     grid = {}
     for argument in grid_arguments or ():
         if "=" not in argument:
-            raise ConfigError(f"--grid takes KEY=V1,V2,... (for example loss.language_weight=0,2.5,5); got {argument!r}.")
+            raise ConfigError(
+                f"--grid takes KEY=V1,V2,... (for example loss.language_weight=0,2.5,5); got {argument!r}."
+            )
         key, raw = (part.strip() for part in argument.split("=", 1))
         if key not in known and not key.startswith("loss.dml_arguments."):
             raise ConfigError(f"--grid: unknown config key {key!r}{did_you_mean(key, known)}")
@@ -133,13 +145,19 @@ def run_name(point: dict, seed: int, final: bool = False) -> str:
     name = f"{prefix}__{slug}{suffix}"
     if len(name) > NAME_MAX:
         digest = hashlib.sha256(slug.encode("utf-8")).hexdigest()[:8]
-        slug = f"{slug[:NAME_MAX - len(prefix) - len(suffix) - 2 - 9]}-{digest}"
+        slug = f"{slug[: NAME_MAX - len(prefix) - len(suffix) - 2 - 9]}-{digest}"
         name = f"{prefix}__{slug}{suffix}"
     return name
 
 
-def run_config(base_values: dict, point: dict, seed: int, sweep_dir: str | os.PathLike, final: bool = False,
-               validation_fraction: float | None = None) -> ExperimentConfig:
+def run_config(
+    base_values: dict,
+    point: dict,
+    seed: int,
+    sweep_dir: str | os.PathLike,
+    final: bool = False,
+    validation_fraction: float | None = None,
+) -> ExperimentConfig:
     """The :class:`~tf_langdml.runs.schema.ExperimentConfig` of one run of the sweep.
 
     Selection (``final=False``): trained without the validation classes, scored on them.
@@ -162,8 +180,13 @@ def validation_fraction_of(base_values: dict, validation_fraction: float | None)
 
 
 def sweep_from_arguments(
-    config_path: str | os.PathLike | None, overrides: Sequence[str] | None, grid_arguments: Sequence[str] | None,
-    seeds: str = "0", metric: str = "recall@1", final: bool = False, validation_fraction: float | None = None,
+    config_path: str | os.PathLike | None,
+    overrides: Sequence[str] | None,
+    grid_arguments: Sequence[str] | None,
+    seeds: str = "0",
+    metric: str = "recall@1",
+    final: bool = False,
+    validation_fraction: float | None = None,
 ) -> tuple[dict, dict[str, list], list[int]]:
     """(base_values, grid, seeds): the command line's sweep, checked before TensorFlow is imported."""
     base_values = apply_overrides(read_yaml(config_path) if config_path else {}, overrides)

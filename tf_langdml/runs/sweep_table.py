@@ -33,9 +33,12 @@ class SweepResult:
         """The printed table: point, mean ± std over seeds, the paired difference to ω = 0, per-seed values
         (and the final test metric)."""
         paired = any(row.get("paired_difference") for row in self.rows)
-        lines = [f"{'point':44s} {'validation ' + self.metric:>24s}"
-                 + (f" {'paired Δ vs ω=0':>18s}" if paired else "") + "   seeds"
-                 + (f"   {'test ' + self.metric:>22s}" if self.final_rows else "")]
+        lines = [
+            f"{'point':44s} {'validation ' + self.metric:>24s}"
+            + (f" {'paired Δ vs ω=0':>18s}" if paired else "")
+            + "   seeds"
+            + (f"   {'test ' + self.metric:>22s}" if self.final_rows else "")
+        ]
         for row in self.rows:
             mark = "*" if row is self.best else " "
             cell = f"{row['mean']:.4f} ± {row['std']:.4f}"
@@ -82,8 +85,11 @@ def paired_differences(rows: Sequence[dict]) -> list[dict | None]:
         if row is baselines[0]:
             differences.append(None)
             continue
-        pairs = [(seed, value - reference[seed]) for seed, value in zip(row["seeds"], row["values"])
-                 if seed in reference and _finite(value) and _finite(reference[seed])]
+        pairs = [
+            (seed, value - reference[seed])
+            for seed, value in zip(row["seeds"], row["values"])
+            if seed in reference and _finite(value) and _finite(reference[seed])
+        ]
         if not pairs:
             differences.append(None)
             continue

@@ -36,8 +36,18 @@ from tf_langdml.runs.console import fit_console
 from tf_langdml.runs.schema import ExperimentConfig, config_to_dict
 
 # What metrics.json holds besides the evaluation metrics (which evaluate() recomputes).
-RUN_INFO_KEYS = ("epochs", "optimizer_steps", "steps_per_epoch", "evaluated_on", "evaluated_classes",
-                 "evaluated_images", "training_classes", "table_similarity_mean", "table_similarity_std", "precision")
+RUN_INFO_KEYS = (
+    "epochs",
+    "optimizer_steps",
+    "steps_per_epoch",
+    "evaluated_on",
+    "evaluated_classes",
+    "evaluated_images",
+    "training_classes",
+    "table_similarity_mean",
+    "table_similarity_std",
+    "precision",
+)
 
 
 def preflight(config: ExperimentConfig) -> None:
@@ -58,8 +68,12 @@ def _fit(model, folder, *args, **kwargs):
         raise
 
 
-def run_precision(folder: str | os.PathLike, config: ExperimentConfig, verbose: int = 1,
-                  probe: Callable[[], DeviceCapabilities] | None = None) -> tuple[str, str]:
+def run_precision(
+    folder: str | os.PathLike,
+    config: ExperimentConfig,
+    verbose: int = 1,
+    probe: Callable[[], DeviceCapabilities] | None = None,
+) -> tuple[str, str]:
     """``(policy, reason)`` of the run: what its first start recorded, else ``training.precision`` resolved now.
 
     ``auto`` is resolved once per run: a restart (on another machine too) and
@@ -102,8 +116,9 @@ def train(config: ExperimentConfig, verbose: int = 1) -> dict:
     builders.check_ks(config.evaluation, scored_split)  # no k above what a query of that split can retrieve
     index = builders.table_index(config.language)
     # Built now (not iterated until later) so that the sampler checks the batch against the split first.
-    fixed_batches = builders.train_batches(config.data, split, seed=config.training.seed + 1,
-                                           with_sample_ids=index == "sample_id")
+    fixed_batches = builders.train_batches(
+        config.data, split, seed=config.training.seed + 1, with_sample_ids=index == "sample_id"
+    )
     with run_dir.open_run(config) as folder:  # created now: the config and the data are good
         metrics = _complete(folder, verbose)  # (another process may have finished it meanwhile)
         if metrics is not None:
@@ -131,12 +146,28 @@ def _train_locked(config, folder, split, scored_split, index, fixed_batches, ver
     config_sha256 = run_dir.config_sha256(config_values)
     run_dir.write_class_names(folder, split.class_names)
     encoder = builders.text_encoder(config.language) if config.language.guidance != "none" else None
-    table = builders.language_table(config.language, split, encoder, config.evaluation.batch_size,
-                                    folder / run_dir.PSEUDO_LABELS, verbose, policy=policy)
+    table = builders.language_table(
+        config.language,
+        split,
+        encoder,
+        config.evaluation.batch_size,
+        folder / run_dir.PSEUDO_LABELS,
+        verbose,
+        policy=policy,
+    )
     if table is not None:
         run_dir.write_language_table(folder, table)
-    model = builders.guided_model(config.model, config.data.image_size, config.loss, config.optimizer,
-                                  config.training, table, index, num_classes=split.num_classes, policy=policy)
+    model = builders.guided_model(
+        config.model,
+        config.data.image_size,
+        config.loss,
+        config.optimizer,
+        config.training,
+        table,
+        index,
+        num_classes=split.num_classes,
+        policy=policy,
+    )
     if verbose:  # not before an error of the text encoder, the table or the model: those name their own fix
         print(precision_message(policy, policy_reason, recorded), file=sys.stderr)
     checkpoint, manager = checkpoints.checkpoint_manager(model, folder, config_sha256)
@@ -148,34 +179,75 @@ def _train_locked(config, folder, split, scored_split, index, fixed_batches, ver
     steps_per_epoch = config.training.steps_per_epoch or max(1, len(split.labels) // config.data.batch_size)
     total_steps = steps_per_epoch * config.training.epochs
     step = int(model.optimizer.iterations.numpy())
-    run_dir.log_event(folder, {"event": "start", "optimizer_step": step,  # one line per (re)start
-                               "precision": policy, "precision_reason": policy_reason,
-                               "config_sha256": config_sha256, "config": config_values})
+    run_dir.log_event(
+        folder,
+        {
+            "event": "start",
+            "optimizer_step": step,  # one line per (re)start
+            "precision": policy,
+            "precision_reason": policy_reason,
+            "config_sha256": config_sha256,
+            "config": config_values,
+        },
+    )
     log_dir = str(folder / "logs")
-    callbacks = builders.callbacks(config.training, config.evaluation, config.data.image_size, scored_split, log_dir,
-                                   fixed_batch=next(iter(fixed_batches)), fixed_batch_class_names=split.class_names)
-    callbacks += [run_dir.HistoryFile(folder / "history.json"),
-                  checkpoints.ResumeCheckpoints(manager, config.training.checkpoint_every)]
+    callbacks = builders.callbacks(
+        config.training,
+        config.evaluation,
+        config.data.image_size,
+        scored_split,
+        log_dir,
+        fixed_batch=next(iter(fixed_batches)),
+        fixed_batch_class_names=split.class_names,
+    )
+    callbacks += [
+        run_dir.HistoryFile(folder / "history.json"),
+        checkpoints.ResumeCheckpoints(manager, config.training.checkpoint_every),
+    ]
     # After the evaluation callback, whose recall@1 they show; the full logs still reach history.json and TensorBoard.
     fit_verbose, console = fit_console(verbose, config.training.epochs, language=table is not None)
     callbacks += console
     while step < total_steps:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
-        train_data = builders.train_batches(config.data, split, seed=config.training.seed, start_batch=step,
-                                            with_sample_ids=index == "sample_id")
+        train_data = builders.train_batches(
+            config.data, split, seed=config.training.seed, start_batch=step, with_sample_ids=index == "sample_id"
+        )
         # A partial epoch first (after a resume), then whole epochs.
         last_epoch = epoch + 1 if done_in_epoch else config.training.epochs
-        _fit(model, folder, train_data, initial_epoch=epoch, epochs=last_epoch,
-             steps_per_epoch=steps_per_epoch - done_in_epoch if done_in_epoch else steps_per_epoch,
-             callbacks=callbacks, verbose=fit_verbose)
+        _fit(
+            model,
+            folder,
+            train_data,
+            initial_epoch=epoch,
+            epochs=last_epoch,
+            steps_per_epoch=steps_per_epoch - done_in_epoch if done_in_epoch else steps_per_epoch,
+            callbacks=callbacks,
+            verbose=fit_verbose,
+        )
         step = int(model.optimizer.iterations.numpy())
     trained_embedder.save_embedder(folder, model, step, config_values)
-    metrics = builders.evaluation_metrics(config.evaluation, config.data, config.language, config.training.seed,
-                                          model, scored_split, encoder=encoder, verbose=verbose)
-    metrics.update({"epochs": math.ceil(step / steps_per_epoch), "optimizer_steps": step,
-                    "steps_per_epoch": steps_per_epoch, "evaluated_on": config.evaluation.split,
-                    "evaluated_classes": scored_split.num_classes, "evaluated_images": len(scored_split.labels),
-                    "training_classes": split.num_classes, "precision": policy})
+    metrics = builders.evaluation_metrics(
+        config.evaluation,
+        config.data,
+        config.language,
+        config.training.seed,
+        model,
+        scored_split,
+        encoder=encoder,
+        verbose=verbose,
+    )
+    metrics.update(
+        {
+            "epochs": math.ceil(step / steps_per_epoch),
+            "optimizer_steps": step,
+            "steps_per_epoch": steps_per_epoch,
+            "evaluated_on": config.evaluation.split,
+            "evaluated_classes": scored_split.num_classes,
+            "evaluated_images": len(scored_split.labels),
+            "training_classes": split.num_classes,
+            "precision": policy,
+        }
+    )
     if table is not None:
         metrics.update(language_table_statistics(table))
     metrics = run_dir.write_metrics(folder, metrics)  # what metrics.json holds (NaN -> None), also on a later call
@@ -193,8 +265,9 @@ def evaluate(folder: str | os.PathLike, verbose: int = 1) -> dict:
     config, embedder = trained_embedder.restore_embedder(folder, policy="run")
     scored_split = builders.evaluation_split(config.evaluation, builders.dataset(config.data, config.evaluation.split))
     builders.check_ks(config.evaluation, scored_split)  # the data may have changed since training
-    return builders.evaluation_metrics(config.evaluation, config.data, config.language, config.training.seed,
-                                       embedder, scored_split, verbose=verbose)
+    return builders.evaluation_metrics(
+        config.evaluation, config.data, config.language, config.training.seed, embedder, scored_split, verbose=verbose
+    )
 
 
 def enable_determinism() -> None:

@@ -31,9 +31,7 @@ from tf_langdml.runs.run_dir import (
 from tf_langdml.runs.schema import ExperimentConfig, read_yaml
 
 
-def save_embedder(
-    folder: str | os.PathLike, model: keras.Model, step: int, config_values: dict | None = None
-) -> None:
+def save_embedder(folder: str | os.PathLike, model: keras.Model, step: int, config_values: dict | None = None) -> None:
     """``embedder.weights.h5`` (atomic) and, with ``config_values``, ``embedder.config.json`` beside it.
 
     Refused (NonFiniteLossError, logged to run_log.jsonl) when a weight is not finite.
@@ -48,8 +46,10 @@ def save_embedder(
     folder = pathlib.Path(folder)
     if config_values is not None:
         with naming(folder / EMBEDDER_CONFIG):
-            write_json(folder / EMBEDDER_CONFIG, {"config_sha256": config_sha256(config_values),
-                                                  "optimizer_step": int(step), "config": config_values})
+            write_json(
+                folder / EMBEDDER_CONFIG,
+                {"config_sha256": config_sha256(config_values), "optimizer_step": int(step), "config": config_values},
+            )
     path = folder / "embedder.weights.h5"
     with naming(path), atomic_file(path) as temporary:
         staging = temporary.with_name(temporary.name + ".weights.h5")  # Keras picks the file format by this suffix
@@ -73,24 +73,36 @@ def check_embedder_config(folder: str | os.PathLike) -> None:
     record = json.loads(record_path.read_text(encoding="utf-8"))
     values = read_yaml(folder / "config.yaml")
     if config_sha256(values) != record["config_sha256"]:
-        refuse_other_config(folder, "embedder.weights.h5", record["config_sha256"], record.get("config"), values,
-                             f"Put config.yaml back as it was ({EMBEDDER_CONFIG} holds it); a run trained with "
-                             "other values is a new run (train it under another name).")
+        refuse_other_config(
+            folder,
+            "embedder.weights.h5",
+            record["config_sha256"],
+            record.get("config"),
+            values,
+            f"Put config.yaml back as it was ({EMBEDDER_CONFIG} holds it); a run trained with "
+            "other values is a new run (train it under another name).",
+        )
 
 
 def check_finished_run(folder: str | os.PathLike) -> None:
     """FileNotFoundError telling apart a folder that does not exist, one that is not a run, and an unfinished run."""
     folder = pathlib.Path(folder)
     if not folder.exists():
-        raise FileNotFoundError(f"{folder} does not exist; give a run directory, <runs_dir>/<name> (the folder "
-                                "`tf-langdml train` printed and wrote).")
+        raise FileNotFoundError(
+            f"{folder} does not exist; give a run directory, <runs_dir>/<name> (the folder "
+            "`tf-langdml train` printed and wrote)."
+        )
     if not (folder / "config.yaml").is_file():
-        raise FileNotFoundError(f"{folder} is not a run directory (it has no config.yaml); give the folder "
-                                "`tf-langdml train` wrote, <runs_dir>/<name>.")
+        raise FileNotFoundError(
+            f"{folder} is not a run directory (it has no config.yaml); give the folder "
+            "`tf-langdml train` wrote, <runs_dir>/<name>."
+        )
     if not (folder / "embedder.weights.h5").exists():
-        raise FileNotFoundError(f"{folder} has not finished (no embedder.weights.h5 yet); finish it with "
-                                f"`tf-langdml train --config {folder / 'config.yaml'}` (it resumes from its last "
-                                "checkpoint), then try again.")
+        raise FileNotFoundError(
+            f"{folder} has not finished (no embedder.weights.h5 yet); finish it with "
+            f"`tf-langdml train --config {folder / 'config.yaml'}` (it resumes from its last "
+            "checkpoint), then try again."
+        )
 
 
 def restore_embedder(folder: str | os.PathLike, policy: str = "float32") -> tuple[ExperimentConfig, keras.Model]:

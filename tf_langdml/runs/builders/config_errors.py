@@ -13,8 +13,9 @@ _LIBRARY_ERRORS = (ValueError, TypeError, KeyError)
 
 
 @contextlib.contextmanager
-def config_keys(*keys: str, arguments: Mapping[str, str] | None = None,
-                suggest: tuple[Any, Sequence[str]] | None = None) -> Iterator[None]:
+def config_keys(
+    *keys: str, arguments: Mapping[str, str] | None = None, suggest: tuple[Any, Sequence[str]] | None = None
+) -> Iterator[None]:
     """Re-raise a library error inside the block as ConfigError naming the config key(s).
 
     Args:

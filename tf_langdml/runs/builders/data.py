@@ -23,10 +23,19 @@ from tf_langdml.runs.schema import DataConfig, EvaluationConfig
 
 # {library argument: config key} of the data loaders.
 _DECODING_ARGUMENTS = {"background": "data.background", "max_pixels": "data.max_pixels"}
-_FOLDER_ARGUMENTS = {**_DECODING_ARGUMENTS, "root": "data.data_dir", "test_classes": "data.test_classes",
-                     "test_fraction": "data.test_fraction", "gallery_list": "data.gallery_list"}
-_TFDS_ARGUMENTS = {**_DECODING_ARGUMENTS, "name": "data.dataset", "data_dir": "data.data_dir",
-                   "manual_dir": "data.manual_dir"}
+_FOLDER_ARGUMENTS = {
+    **_DECODING_ARGUMENTS,
+    "root": "data.data_dir",
+    "test_classes": "data.test_classes",
+    "test_fraction": "data.test_fraction",
+    "gallery_list": "data.gallery_list",
+}
+_TFDS_ARGUMENTS = {
+    **_DECODING_ARGUMENTS,
+    "name": "data.dataset",
+    "data_dir": "data.data_dir",
+    "manual_dir": "data.manual_dir",
+}
 
 
 def dataset(data: DataConfig, evaluation_split: str = "test") -> SplitDataset:
@@ -52,10 +61,16 @@ def _load_dataset(data: DataConfig) -> SplitDataset:
             return load_demo(**decoding)
     if data.dataset == "folder":
         with config_keys("data.data_dir", arguments=_FOLDER_ARGUMENTS):
-            return load_image_folder(data.data_dir, test_classes=data.test_classes, test_fraction=data.test_fraction,
-                                     gallery_list=data.gallery_list, **decoding)
-    with config_keys("data.dataset", arguments=_TFDS_ARGUMENTS,
-                     suggest=(data.dataset, ["demo", "folder", *TFDS_DATASETS])):
+            return load_image_folder(
+                data.data_dir,
+                test_classes=data.test_classes,
+                test_fraction=data.test_fraction,
+                gallery_list=data.gallery_list,
+                **decoding,
+            )
+    with config_keys(
+        "data.dataset", arguments=_TFDS_ARGUMENTS, suggest=(data.dataset, ["demo", "folder", *TFDS_DATASETS])
+    ):
         return load_tfds_dataset(data.dataset, data_dir=data.data_dir, manual_dir=data.manual_dir, **decoding)
 
 
@@ -64,13 +79,21 @@ def evaluation_split(evaluation: EvaluationConfig, splits: SplitDataset) -> Spli
     return splits.validation_split if evaluation.split == "validation" else splits.test_split
 
 
-def train_batches(data: DataConfig, split: Split, seed: int, start_batch: int = 0,
-                  with_sample_ids: bool = False) -> tf.data.Dataset:
+def train_batches(
+    data: DataConfig, split: Split, seed: int, start_batch: int = 0, with_sample_ids: bool = False
+) -> tf.data.Dataset:
     """Class-balanced training batches of ``split`` (the sampler checks the batch against the split)."""
     with config_keys("data.batch_size", "data.examples_per_class"):
-        return make_train_dataset(split, data.batch_size, data.examples_per_class, seed=seed,
-                                  image_size=data.image_size, with_sample_ids=with_sample_ids,
-                                  start_batch=start_batch, antialias=data.antialias)
+        return make_train_dataset(
+            split,
+            data.batch_size,
+            data.examples_per_class,
+            seed=seed,
+            image_size=data.image_size,
+            with_sample_ids=with_sample_ids,
+            start_batch=start_batch,
+            antialias=data.antialias,
+        )
 
 
 def check_data(data: DataConfig) -> None:

@@ -28,9 +28,15 @@ from tf_langdml.runs.builders.language import LANGUAGE_ARGUMENTS, text_encoder
 from tf_langdml.runs.schema import ConfigError, DataConfig, EvaluationConfig, LanguageConfig, TrainingConfig
 
 
-def callbacks(training: TrainingConfig, evaluation: EvaluationConfig, image_size: int, split: Split,
-              log_dir: str | os.PathLike, fixed_batch: Any,
-              fixed_batch_class_names: Sequence[str] | None = None) -> list[keras.callbacks.Callback]:
+def callbacks(
+    training: TrainingConfig,
+    evaluation: EvaluationConfig,
+    image_size: int,
+    split: Split,
+    log_dir: str | os.PathLike,
+    fixed_batch: Any,
+    fixed_batch_class_names: Sequence[str] | None = None,
+) -> list[keras.callbacks.Callback]:
     """Retrieval evaluation on ``split`` (the evaluation split) and TensorBoard every ``training.eval_every`` epochs.
 
     TensorBoard: the loss diagnostics every epoch; at every evaluation the top-5 retrievals
@@ -39,14 +45,27 @@ def callbacks(training: TrainingConfig, evaluation: EvaluationConfig, image_size
     numbers); the embedding projector of ``split`` at the end.
     """
     with config_keys("training.eval_every", arguments={"every": "training.eval_every", "ks": "evaluation.ks"}):
-        retrieval = RetrievalEvaluation(split, every=training.eval_every, batch_size=evaluation.batch_size,
-                                        image_size=image_size, ks=evaluation.ks, log_dir=log_dir, verbose=0)
+        retrieval = RetrievalEvaluation(
+            split,
+            every=training.eval_every,
+            batch_size=evaluation.batch_size,
+            image_size=image_size,
+            ks=evaluation.ks,
+            log_dir=log_dir,
+            verbose=0,
+        )
         return [
             retrieval,
             RetrievalPictures(retrieval, log_dir, seed=training.seed),  # after the evaluation it draws
-            LanguageGuidanceTensorBoard(log_dir, fixed_batch=fixed_batch, every=training.eval_every,
-                                        projector_split=split, image_size=image_size, diagnostics_every=1,
-                                        class_names=fixed_batch_class_names),
+            LanguageGuidanceTensorBoard(
+                log_dir,
+                fixed_batch=fixed_batch,
+                every=training.eval_every,
+                projector_split=split,
+                image_size=image_size,
+                diagnostics_every=1,
+                class_names=fixed_batch_class_names,
+            ),
         ]
 
 
@@ -76,16 +95,31 @@ def check_ks(evaluation: EvaluationConfig, split: Split | int, split_name: str |
     available = split if isinstance(split, int) else retrievable_images(split)
     too_large = [k for k in evaluation.ks if k > available]
     if too_large:
-        protocol = "" if isinstance(split, int) else (
-            " (the size of its gallery)" if split.gallery is not None else " (leave-one-out: the split's images - 1)")
+        protocol = (
+            ""
+            if isinstance(split, int)
+            else (
+                " (the size of its gallery)"
+                if split.gallery is not None
+                else " (leave-one-out: the split's images - 1)"
+            )
+        )
         raise ConfigError(
             f"'evaluation.ks' has k = {', '.join(map(str, too_large))}, but a query of the {split_name or evaluation.split} "
-            f"split can retrieve at most {available} images{protocol}; use ks up to {available}.")
+            f"split can retrieve at most {available} images{protocol}; use ks up to {available}."
+        )
 
 
-def evaluation_metrics(evaluation: EvaluationConfig, data: DataConfig, language: LanguageConfig, seed: int,
-                       network: keras.Model, split: Split, encoder: TextEncoder | None = None,
-                       verbose: int = 1) -> dict[str, float]:
+def evaluation_metrics(
+    evaluation: EvaluationConfig,
+    data: DataConfig,
+    language: LanguageConfig,
+    seed: int,
+    network: keras.Model,
+    split: Split,
+    encoder: TextEncoder | None = None,
+    verbose: int = 1,
+) -> dict[str, float]:
     """Retrieval, clustering and semantic-consistency metrics of ``network`` (an embedder or model) on ``split``.
 
     Retrieval follows the split's protocol (query / gallery when it has a gallery mask,
@@ -101,8 +135,11 @@ def evaluation_metrics(evaluation: EvaluationConfig, data: DataConfig, language:
         neighbors = nearest_neighbors(embeddings, k=1)[0][:, 0]
         encoder = text_encoder(language) if encoder is None else encoder
         with config_keys(arguments=LANGUAGE_ARGUMENTS):
-            metrics.update(semantic_consistency(embeddings, split.labels, split.class_names, encoder,
-                                                language.template, neighbors=neighbors))
+            metrics.update(
+                semantic_consistency(
+                    embeddings, split.labels, split.class_names, encoder, language.template, neighbors=neighbors
+                )
+            )
         if data.dataset == "cars196":
             metrics["make_recall@1"] = make_level_recall_at_1(embeddings, split.labels, split.class_names, neighbors)
     return metrics

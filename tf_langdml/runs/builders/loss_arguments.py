@@ -12,8 +12,10 @@ from tf_langdml.runs.schema import SEED_MAX, ConfigError, LossConfig
 # default takes a number, an int an integer, a bool true / false, a str a string. Where the default
 # says nothing (None) or the loss takes more than the default shows, the type is written here.
 _ARGUMENT_TYPES = {
-    "upper_cutoff": "number_or_null", "class_learning_rate": "number_or_null",
-    "target_arguments": "mapping_or_null", "xbm_memory_size": "integer_or_null",
+    "upper_cutoff": "number_or_null",
+    "class_learning_rate": "number_or_null",
+    "target_arguments": "mapping_or_null",
+    "xbm_memory_size": "integer_or_null",
     "dims": "dims",  # S2SD: a head size or a list of them
 }
 BUILD_ARGUMENTS = {"xbm_memory_size": None, "xbm_warmup_steps": 0}  # build_dml_loss's own (XBM)
@@ -32,10 +34,16 @@ def _argument_type(name: str, default: Any) -> str | None:
     return None  # a default of another kind: the loss checks it itself
 
 
-_EXPECTED = {"number": "a number", "number_or_null": "a number or null", "integer": "an integer",
-             "integer_or_null": "an integer or null", "bool": "true or false", "string": "a string",
-             "mapping_or_null": "a mapping of the target loss's arguments, or null",
-             "dims": "a positive head size or a list of them, e.g. [1024, 1536, 2048]"}
+_EXPECTED = {
+    "number": "a number",
+    "number_or_null": "a number or null",
+    "integer": "an integer",
+    "integer_or_null": "an integer or null",
+    "bool": "true or false",
+    "string": "a string",
+    "mapping_or_null": "a mapping of the target loss's arguments, or null",
+    "dims": "a positive head size or a list of them, e.g. [1024, 1536, 2048]",
+}
 
 
 def _kind_of(value: Any) -> str:
@@ -61,14 +69,24 @@ def _is_integer(value: Any) -> bool:
 
 def _type_ok(kind: str, value: Any) -> bool:
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return {"number": is_number, "number_or_null": value is None or is_number, "integer": _is_integer(value),
-            "integer_or_null": value is None or _is_integer(value), "bool": isinstance(value, bool),
-            "string": isinstance(value, str), "mapping_or_null": value is None or isinstance(value, dict),
-            "dims": _is_integer(value) or (isinstance(value, (list, tuple)) and all(map(_is_integer, value)))}[kind]
+    return {
+        "number": is_number,
+        "number_or_null": value is None or is_number,
+        "integer": _is_integer(value),
+        "integer_or_null": value is None or _is_integer(value),
+        "bool": isinstance(value, bool),
+        "string": isinstance(value, str),
+        "mapping_or_null": value is None or isinstance(value, dict),
+        "dims": _is_integer(value) or (isinstance(value, (list, tuple)) and all(map(_is_integer, value))),
+    }[kind]
 
 
-def check_dml_arguments(loss: LossConfig, path: str = "loss.dml_arguments", name: str | None = None,
-                        arguments: Mapping[str, Any] | None = None) -> None:
+def check_dml_arguments(
+    loss: LossConfig,
+    path: str = "loss.dml_arguments",
+    name: str | None = None,
+    arguments: Mapping[str, Any] | None = None,
+) -> None:
     """Each of ``loss.dml_arguments`` has the type its loss takes, before anything is built.
 
     A number where the loss takes a number (never a list), an integer for counts and seeds,
@@ -99,11 +117,15 @@ def check_dml_arguments(loss: LossConfig, path: str = "loss.dml_arguments", name
         if key == "dims":
             dims = value if isinstance(value, (list, tuple)) else [value]
             if not 1 <= len(dims) <= S2SD_HEADS_MAX or not all(1 <= dim <= S2SD_DIM_MAX for dim in dims):
-                raise ConfigError(f"'{full}' must be 1 to {S2SD_HEADS_MAX} head sizes in 1..{S2SD_DIM_MAX} (a head has a "
-                                  f"dim x dim Dense layer: 8192² float32 is 256 MiB); got {_kind_of(value)}.")
+                raise ConfigError(
+                    f"'{full}' must be 1 to {S2SD_HEADS_MAX} head sizes in 1..{S2SD_DIM_MAX} (a head has a "
+                    f"dim x dim Dense layer: 8192² float32 is 256 MiB); got {_kind_of(value)}."
+                )
         if key == "xbm_memory_size" and value is not None and value > XBM_MEMORY_MAX:
-            raise ConfigError(f"'{full}' must be at most {XBM_MEMORY_MAX} embeddings (more than any benchmark's "
-                              f"training images); got {value}.")
+            raise ConfigError(
+                f"'{full}' must be at most {XBM_MEMORY_MAX} embeddings (more than any benchmark's "
+                f"training images); got {value}."
+            )
         if key == "target_arguments" and value:
             target = arguments.get("target", dml_loss_arguments(name).get("target"))
             check_dml_arguments(loss, full, name=target, arguments=value)

@@ -16,9 +16,15 @@ from tf_langdml.runs.builders.loss_arguments import BUILD_ARGUMENTS, check_dml_a
 from tf_langdml.runs.schema import LossConfig, ModelConfig, OptimizerConfig, TrainingConfig
 
 # {library argument: config key} of build_embedder (and build_backbone's ``name`` under it).
-_MODEL_ARGUMENTS = {"backbone": "model.backbone", "name": "model.backbone", "weights": "model.weights",
-                    "pooling": "model.pooling", "embed_dim": "model.embed_dim", "input_shape": "data.image_size",
-                    "freeze_bn_statistics": "model.freeze_bn_statistics"}
+_MODEL_ARGUMENTS = {
+    "backbone": "model.backbone",
+    "name": "model.backbone",
+    "weights": "model.weights",
+    "pooling": "model.pooling",
+    "embed_dim": "model.embed_dim",
+    "input_shape": "data.image_size",
+    "freeze_bn_statistics": "model.freeze_bn_statistics",
+}
 _KEEP = object()
 
 
@@ -26,8 +32,11 @@ def embedder(model: ModelConfig, image_size: int, weights: Any = _KEEP) -> keras
     """The embedder the ``model`` section describes for ``image_size`` images; ``weights`` default: ``model.weights``."""
     with config_keys("model.backbone", arguments=_MODEL_ARGUMENTS, suggest=(model.backbone, BACKBONES)):
         return build_embedder(
-            model.backbone, weights=model.weights if weights is _KEEP else weights, embed_dim=model.embed_dim,
-            pooling=model.pooling, freeze_bn_statistics=model.freeze_bn_statistics,
+            model.backbone,
+            weights=model.weights if weights is _KEEP else weights,
+            embed_dim=model.embed_dim,
+            pooling=model.pooling,
+            freeze_bn_statistics=model.freeze_bn_statistics,
             input_shape=(image_size, image_size, 3),
         )
 
@@ -42,11 +51,17 @@ def _optimizer(optimizer: OptimizerConfig) -> keras.optimizers.Optimizer:
 _DML_LOSS_ARGUMENTS = {"name": "loss.dml", "kwargs": "loss.dml_arguments"}
 # ... and of LanguageGuidedModel.compile: its parameters, and those of the LanguageMatchingLoss it builds from them.
 _COMPILE_ARGUMENTS = {
-    **_DML_LOSS_ARGUMENTS, "dml_loss": "loss.dml",
-    "language_weight": "loss.language_weight", "language_delay": "loss.delay", "language_direction": "loss.direction",
-    "language_shift": "loss.shift", "language_temperature": "loss.temperature",
+    **_DML_LOSS_ARGUMENTS,
+    "dml_loss": "loss.dml",
+    "language_weight": "loss.language_weight",
+    "language_delay": "loss.delay",
+    "language_direction": "loss.direction",
+    "language_shift": "loss.shift",
+    "language_temperature": "loss.temperature",
     "weight_decay": "optimizer.weight_decay",
-    "direction": "loss.direction", "shift": "loss.shift", "temperature": "loss.temperature",
+    "direction": "loss.direction",
+    "shift": "loss.shift",
+    "temperature": "loss.temperature",
 }
 
 
@@ -58,8 +73,14 @@ def dml_loss_spec(loss: LossConfig, training: TrainingConfig) -> dict[str, Any]:
     return spec
 
 
-def _compile(network: LanguageGuidedModel, loss: LossConfig, optimizer: OptimizerConfig, training: TrainingConfig,
-             guided: bool, num_classes: int | None = None) -> LanguageGuidedModel:
+def _compile(
+    network: LanguageGuidedModel,
+    loss: LossConfig,
+    optimizer: OptimizerConfig,
+    training: TrainingConfig,
+    guided: bool,
+    num_classes: int | None = None,
+) -> LanguageGuidedModel:
     """``network.compile`` with the loss, optimizer and training sections (ω = 0 without a table)."""
     check_dml_arguments(loss)
     spec = dml_loss_spec(loss, training)
@@ -96,9 +117,17 @@ def precision(training: TrainingConfig, probe: Any = None) -> tuple[str, str]:
         return resolve_precision(training.precision, probe)
 
 
-def guided_model(model: ModelConfig, image_size: int, loss: LossConfig, optimizer: OptimizerConfig,
-                 training: TrainingConfig, table: np.ndarray | None = None, index: str = "label",
-                 num_classes: int | None = None, policy: str | None = None) -> LanguageGuidedModel:
+def guided_model(
+    model: ModelConfig,
+    image_size: int,
+    loss: LossConfig,
+    optimizer: OptimizerConfig,
+    training: TrainingConfig,
+    table: np.ndarray | None = None,
+    index: str = "label",
+    num_classes: int | None = None,
+    policy: str | None = None,
+) -> LanguageGuidedModel:
     """The compiled :class:`~tf_langdml.models.LanguageGuidedModel`, its layers under the dtype ``policy``.
 
     ``table``: the language table (None: the baseline, ω = 0); ``index``:
@@ -114,8 +143,9 @@ def guided_model(model: ModelConfig, image_size: int, loss: LossConfig, optimize
 
 
 def _stand_in_backbone(image_size: int) -> keras.Model:
-    return keras.Sequential([keras.Input((image_size, image_size, 3)), keras.layers.MaxPooling2D(image_size)],
-                            name="stand_in_backbone")
+    return keras.Sequential(
+        [keras.Input((image_size, image_size, 3)), keras.layers.MaxPooling2D(image_size)], name="stand_in_backbone"
+    )
 
 
 def check_embedder(model: ModelConfig, image_size: int) -> None:
@@ -125,12 +155,19 @@ def check_embedder(model: ModelConfig, image_size: int) -> None:
     if model.weights not in (None, "imagenet"):
         resolve_weights(model.backbone, model.weights)  # FileNotFoundError naming the file
     with config_keys("model.backbone", arguments=_MODEL_ARGUMENTS):
-        build_embedder(_stand_in_backbone(image_size), weights=None, embed_dim=model.embed_dim, pooling=model.pooling,
-                       freeze_bn_statistics=False, input_shape=(image_size, image_size, 3))
+        build_embedder(
+            _stand_in_backbone(image_size),
+            weights=None,
+            embed_dim=model.embed_dim,
+            pooling=model.pooling,
+            freeze_bn_statistics=False,
+            input_shape=(image_size, image_size, 3),
+        )
 
 
 def check_model(loss: LossConfig, optimizer: OptimizerConfig, training: TrainingConfig) -> None:
     """The loss, optimizer and training sections through ``LanguageGuidedModel.compile`` on a stand-in embedder."""
-    stand_in = build_embedder(_stand_in_backbone(2), weights=None, embed_dim=2, freeze_bn_statistics=False,
-                              input_shape=(2, 2, 3))
+    stand_in = build_embedder(
+        _stand_in_backbone(2), weights=None, embed_dim=2, freeze_bn_statistics=False, input_shape=(2, 2, 3)
+    )
     _compile(LanguageGuidedModel(stand_in), loss, optimizer, training, guided=True, num_classes=2)
