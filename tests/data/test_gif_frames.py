@@ -121,8 +121,8 @@ def test_exif_orientation_is_ignored_as_by_the_papers_pil_loader():
 
 
 def test_the_serving_bad_request_message_sees_the_giant_frame():
-    """export.bad_image_rows_message reads header_image_size, so a bad request names the GIF's real size."""
-    from tf_langdml.export import bad_image_rows_message
+    """serving_modules.bad_image_rows_message reads header_image_size, so a bad request names the GIF's real size."""
+    from tf_langdml.serving_modules import bad_image_rows_message
 
     small = gif((2, 2), [frame(0, 0, 2, 2, [0, 1, 2, 3])])
     message = bad_image_rows_message(tf.constant([small, giant_frame_gif()]), tf.constant([True, False]))
