@@ -39,7 +39,9 @@ def test_two_deterministic_runs_are_bit_identical(image_folder, tmp_path):
             "evaluation.semantic=false",
             "evaluation.batch_size=16",
         ]
-        command = [sys.executable, "-m", "tf_langdml", "train", "--quiet", "--yes"] + [f"--set={item}" for item in overrides]
+        command = [sys.executable, "-m", "tf_langdml", "train", "--quiet", "--yes"] + [
+            f"--set={item}" for item in overrides
+        ]
         result = subprocess.run(command, env=quiet_env(), capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         runs.append(tmp_path / attempt / "run")
