@@ -325,3 +325,19 @@ def h5_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
             lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None
         )
     return arrays
+
+
+def tiny_run_overrides(data_dir: str | os.PathLike, runs_dir: str | os.PathLike, name: str = "tiny") -> list[str]:
+    """The ``--set`` items every tiny run shares: the image folder ``data_dir`` at 16 x 16 in batches of 8, on toy_cnn
+    without weights, 8-dimensional embeddings, the run ``runs_dir/name``. Tests add their own items after these."""
+    return [
+        f"name={name}",
+        f"runs_dir={runs_dir}",
+        "data.dataset=folder",
+        f"data.data_dir={data_dir}",
+        "data.image_size=16",
+        "data.batch_size=8",
+        "model.backbone=toy_cnn",
+        "model.weights=null",
+        "model.embed_dim=8",
+    ]

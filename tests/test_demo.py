@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from helpers import h5_arrays, quiet_env, write_colour_folder
+from helpers import h5_arrays, quiet_env, tiny_run_overrides, write_colour_folder
 
 import tf_langdml.runs.train as train_module
 from tf_langdml.cache import json_safe
@@ -427,15 +427,7 @@ def test_deterministic_runs_are_identical_on_one_instruction_set_and_differ_on_a
     weights = {}
     for label, isa in (("first", None), ("second", None), ("sse41", "SSE41")):
         overrides = [
-            "name=run",
-            f"runs_dir={tmp_path / label}",
-            "data.dataset=folder",
-            f"data.data_dir={tmp_path / 'images'}",
-            "data.image_size=16",
-            "data.batch_size=8",
-            "model.backbone=toy_cnn",
-            "model.weights=null",
-            "model.embed_dim=8",
+            *tiny_run_overrides(tmp_path / "images", tmp_path / label, "run"),
             "language.guidance=none",
             "loss.language_weight=0",
             "optimizer.learning_rate=0.05",

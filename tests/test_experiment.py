@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
-from helpers import quiet_env, write_colour_folder
+from helpers import quiet_env, tiny_run_overrides, write_colour_folder
 
 from tf_langdml.cli import main
 from tf_langdml.runs import checkpoints
@@ -49,15 +49,7 @@ def image_folder(tmp_path_factory):
 
 def tiny_overrides(folder, runs, name, guidance="elg", epochs=2, steps=3, every=1):
     return [
-        f"name={name}",
-        f"runs_dir={runs}",
-        "data.dataset=folder",
-        f"data.data_dir={folder}",
-        "data.image_size=16",
-        "data.batch_size=8",
-        "model.backbone=toy_cnn",
-        "model.weights=null",
-        "model.embed_dim=8",
+        *tiny_run_overrides(folder, runs, name),
         f"language.guidance={guidance}",
         f"loss.language_weight={0 if guidance == 'none' else 1.0}",
         "optimizer.learning_rate=0.01",

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import global_policy, run_python, tiny_embedder, tiny_guided_model, write_colour_folder
+from helpers import global_policy, run_python, tiny_embedder, tiny_guided_model, tiny_run_overrides, write_colour_folder
 
 from tf_langdml import keras
 from tf_langdml.models import LanguageGuidedModel, NonFiniteLossError
@@ -166,15 +166,7 @@ def diverging_config(folder, runs):
     return load_config(
         None,
         [
-            "name=diverge",
-            f"runs_dir={runs}",
-            "data.dataset=folder",
-            f"data.data_dir={folder}",
-            "data.image_size=16",
-            "data.batch_size=8",
-            "model.backbone=toy_cnn",
-            "model.weights=null",
-            "model.embed_dim=8",
+            *tiny_run_overrides(folder, runs, "diverge"),
             "language.guidance=none",
             "loss.language_weight=0",
             "optimizer.name=sgd",

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import quiet_env, write_colour_folder
+from helpers import quiet_env, tiny_run_overrides, write_colour_folder
 
 from tf_langdml.inference import ImageProgress, progress_line
 from tf_langdml.runs.console import EpochLines, LossProgbar, epoch_line, fit_console, shown_keys
@@ -28,15 +28,7 @@ TIMEOUT = 300
 
 def train_overrides(folder, runs, name, encoder):
     return [
-        f"name={name}",
-        f"runs_dir={runs}",
-        "data.dataset=folder",
-        f"data.data_dir={folder}",
-        "data.image_size=16",
-        "data.batch_size=8",
-        "model.backbone=toy_cnn",
-        "model.weights=null",
-        "model.embed_dim=8",
+        *tiny_run_overrides(folder, runs, name),
         "language.guidance=elg",
         f"language.encoder=precomputed:{encoder}",
         'language.template="{}"',

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import write_colour_folder
+from helpers import tiny_run_overrides, write_colour_folder
 from PIL import Image
 from tensorboard.compat.proto import event_pb2
 
@@ -92,15 +92,7 @@ def tiny_run(tmp_path_factory, minilm_encoder):
     folder = write_colour_folder(root / "images", num_classes=8, per_class=4)
     os.rename(folder / "class_1", folder / HOSTILE)  # sorted first among the training classes' names
     overrides = [
-        "name=tiny",
-        f"runs_dir={root / 'runs'}",
-        "data.dataset=folder",
-        f"data.data_dir={folder}",
-        "data.image_size=16",
-        "data.batch_size=8",
-        "model.backbone=toy_cnn",
-        "model.weights=null",
-        "model.embed_dim=8",
+        *tiny_run_overrides(folder, root / "runs", "tiny"),
         "language.guidance=elg",
         "loss.language_weight=1.0",
         "optimizer.learning_rate=0.01",

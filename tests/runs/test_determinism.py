@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import h5_arrays, quiet_env, write_colour_folder
+from helpers import h5_arrays, quiet_env, tiny_run_overrides, write_colour_folder
 
 
 @pytest.fixture(scope="module")
@@ -20,15 +20,7 @@ def test_two_deterministic_runs_are_bit_identical(image_folder, tmp_path):
     runs = []
     for attempt in ("first", "second"):
         overrides = [
-            "name=run",
-            f"runs_dir={tmp_path / attempt}",
-            "data.dataset=folder",
-            f"data.data_dir={image_folder}",
-            "data.image_size=16",
-            "data.batch_size=8",
-            "model.backbone=toy_cnn",
-            "model.weights=null",
-            "model.embed_dim=8",
+            *tiny_run_overrides(image_folder, tmp_path / attempt, "run"),
             "language.guidance=none",
             "loss.language_weight=0",
             "optimizer.learning_rate=0.05",

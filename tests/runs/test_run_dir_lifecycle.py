@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
-from helpers import quiet_env, write_colour_folder
+from helpers import quiet_env, tiny_run_overrides, write_colour_folder
 
 from tf_langdml.cli import main
 from tf_langdml.runs import run_dir, trained_embedder
@@ -35,15 +35,7 @@ def overrides(folder, runs_dir="runs", steps=3, *extra):
     """A tiny run: toy CNN on 16 x 16 images, no language, a checkpoint every step. ``runs_dir`` relative by default,
     so that a copied tree of runs is the same run in another working directory."""
     return [
-        f"name={NAME}",
-        f"runs_dir={runs_dir}",
-        "data.dataset=folder",
-        f"data.data_dir={folder}",
-        "data.image_size=16",
-        "data.batch_size=8",
-        "model.backbone=toy_cnn",
-        "model.weights=null",
-        "model.embed_dim=8",
+        *tiny_run_overrides(folder, runs_dir, NAME),
         "language.guidance=none",
         "loss.language_weight=0",
         "optimizer.learning_rate=0.01",
