@@ -341,3 +341,25 @@ def tiny_run_overrides(data_dir: str | os.PathLike, runs_dir: str | os.PathLike,
         "model.weights=null",
         "model.embed_dim=8",
     ]
+
+
+def tiny_sweep_values(data_dir: str | os.PathLike, runs_dir: str | os.PathLike, name: str = "tiny") -> dict:
+    """A tiny ELG config as nested dicts (what ``run_sweep`` takes): the image folder ``data_dir`` at 16 x 16 in
+    batches of 8 with a third of the training classes held out for validation, toy_cnn, 2 epochs of 2 steps."""
+    return {
+        "name": name,
+        "runs_dir": str(runs_dir),
+        "data": {
+            "dataset": "folder",
+            "data_dir": str(data_dir),
+            "image_size": 16,
+            "batch_size": 8,
+            "validation_fraction": 0.34,
+        },
+        "model": {"backbone": "toy_cnn", "weights": None, "embed_dim": 8},
+        "loss": {"language_weight": 1.0},
+        "language": {"guidance": "elg"},
+        "optimizer": {"learning_rate": 0.01},
+        "training": {"epochs": 2, "steps_per_epoch": 2, "eval_every": 2, "checkpoint_every": 2},
+        "evaluation": {"batch_size": 16, "clustering": False, "ks": [1, 2, 4]},  # validation: 8 images, 7 retrievable
+    }

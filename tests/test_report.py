@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import tiny_run_overrides, write_colour_folder
+from helpers import tiny_run_overrides, tiny_sweep_values, write_colour_folder
 from PIL import Image
 from tensorboard.compat.proto import event_pb2
 
@@ -367,23 +367,8 @@ def test_report_of_a_real_tiny_sweep(tmp_path, minilm_encoder):
     from tf_langdml.runs.sweep_grid import parse_grid
 
     folder = write_colour_folder(tmp_path / "images", num_classes=12, per_class=4)
-    values = {
-        "name": "tiny",
-        "runs_dir": str(tmp_path / "runs"),
-        "data": {
-            "dataset": "folder",
-            "data_dir": str(folder),
-            "image_size": 16,
-            "batch_size": 8,
-            "validation_fraction": 0.34,
-        },
-        "model": {"backbone": "toy_cnn", "weights": None, "embed_dim": 8},
-        "loss": {"language_weight": 1.0},
-        "language": {"guidance": "elg"},
-        "optimizer": {"learning_rate": 0.01},
-        "training": {"epochs": 1, "steps_per_epoch": 2, "eval_every": 1, "checkpoint_every": 2},
-        "evaluation": {"batch_size": 16, "clustering": False, "ks": [1, 2, 4]},
-    }
+    values = tiny_sweep_values(folder, tmp_path / "runs")
+    values["training"].update(epochs=1, eval_every=1)
     run_sweep(values, parse_grid(["loss.language_weight=0,1.5"], values), seeds=[0], final=True, verbose=0)
     sweep_folder = tmp_path / "runs" / "tiny_sweep"
     assert main(["report", str(sweep_folder)]) == 0

@@ -19,7 +19,7 @@ import time
 from tf_langdml.cache import write_json
 from tf_langdml.runs.progress import RunProgress, format_duration
 from tf_langdml.runs.schema import apply_overrides, config_from_dict, read_yaml
-from tf_langdml.runs.sweep_table import _mean_std, paired_differences
+from tf_langdml.runs.sweep_table import mean_std, paired_differences
 
 # The demo's base config: package data, the one copy (configs/demo.yaml links to it).
 DEMO_CONFIG = pathlib.Path(__file__).resolve().parent / "runs" / "demo.yaml"
@@ -145,7 +145,7 @@ def seed_rows(results, seeds, metric="recall@1"):
     rows = []
     for variant, per_seed in results.items():
         values = [metrics.get(metric) for metrics in per_seed]
-        mean, std = _mean_std(values)
+        mean, std = mean_std(values)
         weight = 0 if variant == "baseline" else VARIANTS[variant]["loss"]["language_weight"]
         point = {"loss.language_weight": weight, "language.guidance": VARIANTS[variant]["language"]["guidance"]}
         rows.append(

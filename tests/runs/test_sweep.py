@@ -10,13 +10,13 @@ import time
 
 import numpy as np
 import pytest
-from helpers import quiet_env, write_colour_folder
+from helpers import quiet_env, tiny_sweep_values, write_colour_folder
 
 from tf_langdml.runs import sweep as sweep_module
 from tf_langdml.runs.schema import ConfigError
 from tf_langdml.runs.sweep import run_sweep
 from tf_langdml.runs.sweep_grid import effective_point, parse_grid, parse_seeds, run_config, run_name
-from tf_langdml.runs.sweep_table import SweepResult, _mean_std, paired_differences
+from tf_langdml.runs.sweep_table import SweepResult, mean_std, paired_differences
 
 CLASS_NAMES = [
     "red apple",
@@ -44,28 +44,8 @@ def image_folder(tmp_path_factory):
     )
 
 
-def base_values(folder, runs, name="tiny"):
-    return {
-        "name": name,
-        "runs_dir": str(runs),
-        "data": {
-            "dataset": "folder",
-            "data_dir": str(folder),
-            "image_size": 16,
-            "batch_size": 8,
-            "validation_fraction": 0.34,
-        },
-        "model": {"backbone": "toy_cnn", "weights": None, "embed_dim": 8},
-        "loss": {"language_weight": 1.0},
-        "language": {"guidance": "elg"},
-        "optimizer": {"learning_rate": 0.01},
-        "training": {"epochs": 2, "steps_per_epoch": 2, "eval_every": 2, "checkpoint_every": 2},
-        "evaluation": {"batch_size": 16, "clustering": False, "ks": [1, 2, 4]},  # validation: 8 images, 7 retrievable
-    }
-
-
 def test_grid_parsing_names_the_bad_key_and_value(tmp_path):
-    values = base_values(tmp_path, tmp_path)
+    values = tiny_sweep_values(tmp_path, tmp_path)
     grid = parse_grid(["loss.language_weight=0, 2.5,5", "language.guidance=elg,plg"], values)
     assert grid == {"loss.language_weight": [0, 2.5, 5], "language.guidance": ["elg", "plg"]}
     assert parse_seeds("0,1,2") == [0, 1, 2]
@@ -91,7 +71,7 @@ def test_grid_parsing_names_the_bad_key_and_value(tmp_path):
 
 
 def test_grid_values_go_through_the_config_loader(tmp_path):
-    values = base_values(tmp_path, tmp_path)
+    values = tiny_sweep_values(tmp_path, tmp_path)
     # YAML 1.2 floats are numbers (PyYAML alone reads "1e-4" as a string).
     assert parse_grid(["optimizer.learning_rate=1e-4,3E-5"], values) == {"optimizer.learning_rate": [1e-4, 3e-5]}
     for text, message in [
@@ -126,7 +106,7 @@ def test_long_points_give_bounded_distinct_stable_run_names():
 
 
 def test_weight_zero_is_the_baseline_once(tmp_path):
-    values = base_values(tmp_path, tmp_path)
+    values = tiny_sweep_values(tmp_path, tmp_path)
     assert effective_point(values, {"loss.language_weight": 0, "language.guidance": "plg"}) == {
         "loss.language_weight": 0,
         "language.guidance": "none",
@@ -159,7 +139,7 @@ def _row(weight, guidance, seeds, values):
         "label": f"language_weight={weight} guidance={guidance}",
         "seeds": seeds,
         "values": values,
-        **dict(zip(["mean", "std"], _mean_std(values))),
+        **dict(zip(["mean", "std"], mean_std(values))),
     }
 
 
@@ -211,7 +191,7 @@ def test_a_tiny_sweep_writes_the_table_and_hparams_and_selection_never_reads_tes
 
     monkeypatch.setattr(splits_module.Split, "dataset", spy_dataset)
     monkeypatch.setattr("tf_langdml.data.make_train_dataset", spy_train)
-    values = base_values(image_folder, tmp_path)
+    values = tiny_sweep_values(image_folder, tmp_path)
     grid = parse_grid(["loss.language_weight=0,1.5"], values)
     original_rows = sweep_module._rows
 
@@ -280,7 +260,7 @@ def test_a_sweep_killed_between_points_resumes_without_retraining(image_folder, 
     import yaml
 
     config = tmp_path / "base.yaml"
-    config.write_text(yaml.safe_dump(base_values(image_folder, tmp_path, "killed")))
+    config.write_text(yaml.safe_dump(tiny_sweep_values(image_folder, tmp_path, "killed")))
     command = [
         sys.executable,
         "-m",
@@ -333,7 +313,7 @@ def test_cli_sweep_errors_before_tensorflow(capsys, tmp_path):
 
 
 def test_a_sweep_that_fails_on_its_data_leaves_no_folder(tmp_path):
-    values = base_values(tmp_path / "missing", tmp_path / "runs")
+    values = tiny_sweep_values(tmp_path / "missing", tmp_path / "runs")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run_sweep(values, parse_grid(["loss.language_weight=0,1"], values), seeds=[0], verbose=0)
     assert not (tmp_path / "runs").exists()

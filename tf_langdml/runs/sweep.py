@@ -56,7 +56,7 @@ from tf_langdml.runs.progress import RunProgress
 from tf_langdml.runs.run_dir import read_metrics
 from tf_langdml.runs.schema import ConfigError, ExperimentConfig, config_from_dict, did_you_mean
 from tf_langdml.runs.sweep_grid import effective_point, point_label, run_config, validation_fraction_of, with_point
-from tf_langdml.runs.sweep_table import SweepResult, _mean_std, paired_differences, point_key
+from tf_langdml.runs.sweep_table import SweepResult, mean_std, paired_differences, point_key
 from tf_langdml.runs.train import train
 
 SWEEP_FILES = ("sweep.csv", "sweep.json")
@@ -180,7 +180,7 @@ def _rows(
 
 def _row(effective, configs, results, seeds, metric):
     values = [result.get(metric) for result in results]
-    mean, std = _mean_std(values)
+    mean, std = mean_std(values)
     return {
         "point": effective,
         "label": point_label(effective),

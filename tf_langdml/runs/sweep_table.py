@@ -59,7 +59,7 @@ def point_key(point: dict) -> str:
     return json.dumps(point, sort_keys=True)
 
 
-def _mean_std(values: Sequence[float | None]) -> tuple[float, float]:
+def mean_std(values: Sequence[float | None]) -> tuple[float, float]:
     """(mean, sample std) of the finite values; (nan, nan) without any, std 0 with one."""
     values = [value for value in values if _finite(value)]
     if not values:
@@ -93,7 +93,7 @@ def paired_differences(rows: Sequence[dict]) -> list[dict | None]:
         if not pairs:
             differences.append(None)
             continue
-        mean, std = _mean_std([difference for _, difference in pairs])
+        mean, std = mean_std([difference for _, difference in pairs])
         differences.append({"mean": mean, "std": std, "seeds": [seed for seed, _ in pairs]})
     return differences
 
