@@ -46,19 +46,12 @@ from tf_langdml.errors import ArgumentError
 from tf_langdml.losses.base import BatchLoss
 from tf_langdml.losses.proxy_losses import ArcFaceLoss, NormalizedSoftmaxLoss, ProxyAnchorLoss, ProxyNCALoss
 from tf_langdml.losses.s2sd import S2SDLoss, head_sizes
+from tf_langdml.losses.similarity_package import similarity_losses
 from tf_langdml.losses.tuple_losses import ContrastiveLoss, MarginLoss, NPairLoss, TripletLoss
 
 
-def _tfsim_losses() -> Any:
-    # The one lazy import of losses/, of a third-party package: tensorflow_similarity doubles the
-    # start-up time of TensorFlow, and the exported embedder, serving and the CLI never need it.
-    from tensorflow_similarity import losses
-
-    return losses
-
-
 def _multisimilarity(positive_weight=2.0, negative_weight=40.0, margin=0.1, threshold=0.5):
-    return _tfsim_losses().MultiSimilarityLoss(
+    return similarity_losses().MultiSimilarityLoss(
         distance="cosine",
         alpha=float(positive_weight),
         beta=float(negative_weight),
@@ -72,7 +65,7 @@ def _mined_pair_loss(class_name):
     """Factory for TF-Similarity's pair losses with positive / negative mining."""
 
     def build(margin=0.2, positive_mining_strategy="hard", negative_mining_strategy="semi-hard", distance="cosine"):
-        return getattr(_tfsim_losses(), class_name)(
+        return getattr(similarity_losses(), class_name)(
             distance=distance,
             margin=margin,
             positive_mining_strategy=positive_mining_strategy,
@@ -83,11 +76,11 @@ def _mined_pair_loss(class_name):
 
 
 def _circle(gamma=80.0, margin=0.4, distance="cosine"):
-    return _tfsim_losses().CircleLoss(distance=distance, gamma=gamma, margin=margin)
+    return similarity_losses().CircleLoss(distance=distance, gamma=gamma, margin=margin)
 
 
 def _soft_nearest_neighbor(temperature=1.0, distance="sql2"):
-    return _tfsim_losses().SoftNearestNeighborLoss(distance=distance, temperature=temperature)
+    return similarity_losses().SoftNearestNeighborLoss(distance=distance, temperature=temperature)
 
 
 def _s2sd(
@@ -222,5 +215,5 @@ def build_dml_loss(
             raise ArgumentError(
                 f"xbm_warmup_steps must be >= 0, got {xbm_warmup_steps!r}.", argument="xbm_warmup_steps"
             )
-        loss = _tfsim_losses().XBM(loss, memory_size=int(xbm_memory_size), warmup_steps=int(xbm_warmup_steps))
+        loss = similarity_losses().XBM(loss, memory_size=int(xbm_memory_size), warmup_steps=int(xbm_warmup_steps))
     return loss

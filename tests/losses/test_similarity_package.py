@@ -1,0 +1,56 @@
+"""TF-Similarity is imported without its plotting subpackage, and that subpackage still works when read.
+
+Each check runs in a fresh interpreter: what a new process imports is the point, and the test workers
+have imported TF-Similarity already.
+"""
+
+import json
+
+import helpers
+
+DEFERRED_THEN_READ = """
+import json, sys
+from tf_langdml.losses import build_dml_loss
+build_dml_loss("multisimilarity")
+import tensorflow_similarity as tfsim
+after_build = sorted(name for name in ("umap", "bokeh", "pynndescent", "sklearn") if name in sys.modules)
+stand_in = sys.modules["tensorflow_similarity.visualization"]
+same_object = tfsim.visualization is stand_in
+projector = tfsim.visualization.projector
+from tensorflow_similarity.visualization import confusion_matrix
+print(json.dumps({
+    "after_build": after_build,
+    "same_object": same_object,
+    "projector_module": projector.__module__,
+    "confusion_matrix_module": confusion_matrix.__module__,
+    "umap_after_read": "umap" in sys.modules,
+    "stand_in_class": type(stand_in).__name__,
+}))
+"""
+
+
+def test_building_a_loss_imports_no_plotting_package_and_reading_one_loads_the_real_code():
+    result = json.loads(helpers.run_python(DEFERRED_THEN_READ).stdout.strip().splitlines()[-1])
+    assert result["after_build"] == []
+    assert result["same_object"] is True
+    # The real functions, from the real modules, once a name is read.
+    assert result["projector_module"] == "tensorflow_similarity.visualization.projector"
+    assert result["confusion_matrix_module"] == "tensorflow_similarity.visualization.confusion_matrix_viz"
+    assert result["umap_after_read"] is True
+    assert result["stand_in_class"] == "module"
+
+
+IMPORTED_FIRST = """
+import json, sys
+import tensorflow_similarity
+from tf_langdml.losses import build_dml_loss
+from tf_langdml.losses.similarity_package import defer_plotting_subpackage
+build_dml_loss("multisimilarity")
+print(json.dumps({"deferred": defer_plotting_subpackage(), "umap": "umap" in sys.modules,
+                  "class": type(sys.modules["tensorflow_similarity.visualization"]).__name__}))
+"""
+
+
+def test_a_user_who_imported_tf_similarity_first_gets_it_untouched():
+    result = json.loads(helpers.run_python(IMPORTED_FIRST).stdout.strip().splitlines()[-1])
+    assert result == {"deferred": False, "umap": True, "class": "module"}
