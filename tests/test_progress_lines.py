@@ -176,7 +176,7 @@ def test_a_terminal_gets_keras_progress_bars(inputs):
     script = (
         "import sys\n"
         "from tf_langdml.cli import main\n"
-        f"code = main(['train', *{set_arguments(train_overrides(folder, runs, 'terminal', inputs['encoder']))!r}])\n"
+        f"code = main(['train', '--yes', *{set_arguments(train_overrides(folder, runs, 'terminal', inputs['encoder']))!r}])\n"
         "if code == 0:\n"
         "    from tf_langdml.runs.serving import index_run\n"
         f"    index_run({str(runs / 'terminal')!r}, {str(folder)!r}, 'terminal', "

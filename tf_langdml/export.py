@@ -247,23 +247,7 @@ def export_embedder(
                 module = GalleryModule(
                     served, image_size, metadata_path, gallery, background, max_pixels, chunk_elements
                 )
-            signatures = {
-                "serving_default": module.serving_default.get_concrete_function(
-                    tf.TensorSpec([None], tf.string, name="images")
-                ),
-                "embed_images": module.embed_images.get_concrete_function(
-                    tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")
-                ),
-            }
-            if gallery is not None:
-                signatures["search"] = module.search.get_concrete_function(
-                    tf.TensorSpec([None], tf.string, name="images"), tf.TensorSpec([], tf.int32, name="k")
-                )
-                signatures["search_embeddings"] = module.search_embeddings.get_concrete_function(
-                    tf.TensorSpec([None, embed_dim], tf.float32, name="embeddings"),
-                    tf.TensorSpec([], tf.int32, name="k"),
-                )
-            tf.saved_model.save(module, str(temporary), signatures=signatures)
+            tf.saved_model.save(module, str(temporary), signatures=module.signatures())
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return final

@@ -9,8 +9,6 @@ graph and answers L2-normalised float32 embeddings (``serving_default``, ``embed
 
 from __future__ import annotations
 
-import typing
-
 import tensorflow as tf
 
 from tf_langdml.data.preprocessing import (
@@ -23,10 +21,8 @@ from tf_langdml.data.preprocessing import (
     image_format,
     parse_background,
 )
+from tf_langdml.models.untracked import Untracked
 from tf_langdml.top_k import DEFAULT_CHUNK_ELEMENTS, top_k_in_chunks
-
-if typing.TYPE_CHECKING:
-    pass
 
 
 def _surviving(dataset, spec):
@@ -89,12 +85,29 @@ class EmbedderModule(tf.Module):
         self, embedder, image_size, metadata_path, background=DEFAULT_BACKGROUND, max_pixels=DEFAULT_MAX_PIXELS
     ):
         super().__init__()
-        self.embedder = embedder
+        # The Keras model is held untracked and only its variables are saved: a tracked Keras model makes
+        # tf.saved_model.save trace and write every layer's call functions too (about half of an export's
+        # time and of a reload's), which serving never calls. The signatures are the export's interface.
+        self._embedder = Untracked(embedder)
+        self.embedder_variables = list(embedder.variables)
         self.embed_dim = int(embedder.output_shape[-1])
         self.image_size = image_size
         self.background = parse_background(background)
         self.max_pixels = max_pixels
         self.metadata = tf.saved_model.Asset(str(metadata_path))
+        # Every function has its input signature, so tf.saved_model.save traces each once (in its save
+        # context); traced beforehand, each would be traced again there. The embedder and the decoding are
+        # functions of their own, traced once and called by every signature that needs them.
+        pixels = tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")
+        encoded = tf.TensorSpec([None], tf.string, name="images")
+        self._embed_unit = tf.function(self._embed, input_signature=[pixels])
+        self._decode = tf.function(self._decode_batch, input_signature=[encoded])
+        self.serving_default = tf.function(self._serving_default, input_signature=[encoded])
+        self.embed_images = tf.function(self._embed_images, input_signature=[pixels])
+
+    def signatures(self) -> dict[str, tf.types.experimental.GenericFunction]:
+        """The serving signatures by name, for ``tf.saved_model.save(module, path, signatures=...)``."""
+        return {"serving_default": self.serving_default, "embed_images": self.embed_images}
 
     def _embed(self, images):
         """Unit embeddings (B, d); a batch of zero images answers (0, d) without running the embedder.
@@ -104,7 +117,7 @@ class EmbedderModule(tf.Module):
         """
 
         def run():
-            return tf.math.l2_normalize(tf.cast(self.embedder(images, training=False), tf.float32), axis=-1)
+            return tf.math.l2_normalize(tf.cast(self._embedder.value(images, training=False), tf.float32), axis=-1)
 
         return tf.cond(tf.shape(images)[0] > 0, run, lambda: tf.zeros([0, self.embed_dim], tf.float32))
 
@@ -147,9 +160,8 @@ class EmbedderModule(tf.Module):
         with tf.control_dependencies([check_values]):
             return tf.identity(images)
 
-    @tf.function
-    def embed_images(self, images):
-        return {"embeddings": self._embed(self._check_pixels(images))}
+    def _embed_images(self, images):
+        return {"embeddings": self._embed_unit(self._check_pixels(images))}
 
     def _decode_batch(self, images):
         """(B, size, size, 3) float32 of a batch of encoded images; fails naming every bad row.
@@ -179,9 +191,8 @@ class EmbedderModule(tf.Module):
         with tf.control_dependencies([check]):
             return tf.identity(batch)
 
-    @tf.function
-    def serving_default(self, images):
-        return {"embeddings": self._embed(self._decode_batch(images))}
+    def _serving_default(self, images):
+        return {"embeddings": self._embed_unit(self._decode(images))}
 
 
 class GalleryModule(EmbedderModule):
@@ -202,6 +213,18 @@ class GalleryModule(EmbedderModule):
         self.gallery_item_ids = tf.Variable(gallery.item_ids, trainable=False, name="gallery_item_ids")
         self.gallery_class_names = tf.Variable(gallery.class_names, trainable=False, name="gallery_class_names")
         self.chunk_elements = int(chunk_elements)
+        k = tf.TensorSpec([], tf.int32, name="k")
+        self._nearest = tf.function(
+            self._neighbours, input_signature=[tf.TensorSpec([None, self.embed_dim], tf.float32), k]
+        )
+        self.search = tf.function(self._search, input_signature=[tf.TensorSpec([None], tf.string, name="images"), k])
+        self.search_embeddings = tf.function(
+            self._search_embeddings,
+            input_signature=[tf.TensorSpec([None, self.embed_dim], tf.float32, name="embeddings"), k],
+        )
+
+    def signatures(self) -> dict[str, tf.types.experimental.GenericFunction]:
+        return {**super().signatures(), "search": self.search, "search_embeddings": self.search_embeddings}
 
     def _neighbours(self, queries, k):
         scores, indices = top_k_in_chunks(queries, self.gallery_embeddings, k, self.chunk_elements)
@@ -212,9 +235,8 @@ class GalleryModule(EmbedderModule):
             "indices": indices,
         }
 
-    @tf.function
-    def search(self, images, k):
-        return self._neighbours(self._embed(self._decode_batch(images)), k)
+    def _search(self, images, k):
+        return self._nearest(self._embed_unit(self._decode(images)), k)
 
     def _unit_queries(self, embeddings):
         """Each query row scaled to unit length; fails naming every row that has no direction.
@@ -263,6 +285,5 @@ class GalleryModule(EmbedderModule):
         with tf.control_dependencies([check_values]):
             return tf.math.l2_normalize(embeddings / tf.where(good, scale, 1.0)[:, None], axis=-1)
 
-    @tf.function
-    def search_embeddings(self, embeddings, k):
-        return self._neighbours(self._unit_queries(embeddings), k)
+    def _search_embeddings(self, embeddings, k):
+        return self._nearest(self._unit_queries(embeddings), k)
