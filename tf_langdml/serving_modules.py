@@ -56,7 +56,10 @@ def bad_image_rows_message(
     known = tf.boolean_mask(rows, ~(empty | unknown))
     sizes = tf.data.Dataset.from_tensor_slices((tf.gather(images, known), known))
     sizes, read_rows = _surviving(
-        sizes.map(lambda image, row: (header_image_size(image), row)).ignore_errors(), [([2], tf.int64), ([], tf.int32)]
+        sizes.map(
+            tf.autograph.experimental.do_not_convert(lambda image, row: (header_image_size(image), row))
+        ).ignore_errors(),
+        [([2], tf.int64), ([], tf.int32)],
     )
     header_read = tf.reduce_any(tf.equal(rows[:, None], read_rows[None, :]), axis=1)
     too_large_rows = (
@@ -101,9 +104,11 @@ class EmbedderModule(tf.Module):
         pixels = tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")
         encoded = tf.TensorSpec([None], tf.string, name="images")
         self._embed_unit = tf.function(self._embed, input_signature=[pixels])
-        self._decode = tf.function(self._decode_batch, input_signature=[encoded])
-        self.serving_default = tf.function(self._serving_default, input_signature=[encoded])
-        self.embed_images = tf.function(self._embed_images, input_signature=[pixels])
+        # Only the embedder's function is left to autograph (the embedder may be anyone's model); the rest is
+        # written with explicit tf.cond and tf.while_loop, and its source needs no rewriting.
+        self._decode = tf.function(self._decode_batch, input_signature=[encoded], autograph=False)
+        self.serving_default = tf.function(self._serving_default, input_signature=[encoded], autograph=False)
+        self.embed_images = tf.function(self._embed_images, input_signature=[pixels], autograph=False)
 
     def signatures(self) -> dict[str, tf.types.experimental.GenericFunction]:
         """The serving signatures by name, for ``tf.saved_model.save(module, path, signatures=...)``."""
@@ -175,7 +180,9 @@ class EmbedderModule(tf.Module):
         decoded = (
             tf.data.Dataset.from_tensor_slices((images, rows))
             .map(
-                lambda image, row: (eval_preprocess(decode_rgb(image, background, max_pixels), size=size), row),
+                tf.autograph.experimental.do_not_convert(
+                    lambda image, row: (eval_preprocess(decode_rgb(image, background, max_pixels), size=size), row)
+                ),
                 num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True,
             )
@@ -215,12 +222,15 @@ class GalleryModule(EmbedderModule):
         self.chunk_elements = int(chunk_elements)
         k = tf.TensorSpec([], tf.int32, name="k")
         self._nearest = tf.function(
-            self._neighbours, input_signature=[tf.TensorSpec([None, self.embed_dim], tf.float32), k]
+            self._neighbours, input_signature=[tf.TensorSpec([None, self.embed_dim], tf.float32), k], autograph=False
         )
-        self.search = tf.function(self._search, input_signature=[tf.TensorSpec([None], tf.string, name="images"), k])
+        self.search = tf.function(
+            self._search, input_signature=[tf.TensorSpec([None], tf.string, name="images"), k], autograph=False
+        )
         self.search_embeddings = tf.function(
             self._search_embeddings,
             input_signature=[tf.TensorSpec([None, self.embed_dim], tf.float32, name="embeddings"), k],
+            autograph=False,
         )
 
     def signatures(self) -> dict[str, tf.types.experimental.GenericFunction]:

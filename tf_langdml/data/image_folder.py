@@ -94,7 +94,9 @@ def unreadable_images(paths: Sequence[str], max_pixels: int | None = DEFAULT_MAX
     decoded_height = _decoded_height(max_pixels)
     data = tf.data.Dataset.from_tensor_slices((list(paths), np.arange(len(paths))))
     data = data.map(
-        lambda path, index: (decoded_height(path), index), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False
+        tf.autograph.experimental.do_not_convert(lambda path, index: (decoded_height(path), index)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=False,
     )
     data = data.ignore_errors()
     with libjpeg_messages_dropped():  # the unreadable files are returned (and named by the callers' warnings)
@@ -110,7 +112,7 @@ def _decoded_height(max_pixels: int | None) -> tf.types.experimental.GenericFunc
     dataset that calls this traced function reuses it instead of tracing the decoder again.
     """
 
-    @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
     def decoded_height(path):
         return tf.shape(decode_rgb(tf.io.read_file(path), max_pixels=max_pixels))[0]
 

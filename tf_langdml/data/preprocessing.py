@@ -77,6 +77,7 @@ def _starts_with(header, signature):
     return tf.reduce_all(tf.equal(header[..., : len(signature)], list(signature)), axis=-1)
 
 
+@tf.autograph.experimental.do_not_convert
 def image_format(encoded: tf.Tensor) -> tf.Tensor:
     """The format code (JPEG, PNG, GIF, BMP or UNKNOWN) of encoded image bytes, from the magic number."""
     header = _header(encoded)
@@ -252,6 +253,7 @@ def _first_gif_frame(encoded, background, start, end):
     return tf.strings.join([patched, tf.strings.substr(encoded, head, end - head), "\x3b"])
 
 
+@tf.autograph.experimental.do_not_convert
 def header_image_size(encoded: tf.Tensor) -> tf.Tensor:
     """(height, width) int64 of encoded image bytes as their header declares, without decoding.
 
@@ -474,6 +476,7 @@ def _decoder(code, encoded, background, max_pixels):
         return tf.io.decode_bmp(encoded, channels=3)
 
 
+@tf.autograph.experimental.do_not_convert
 def decode_rgb(
     encoded: tf.Tensor,
     background: Background = DEFAULT_BACKGROUND,
@@ -529,6 +532,7 @@ def _sample_crop_window(shape, scale, ratio, seed):
     return begin, size
 
 
+@tf.autograph.experimental.do_not_convert
 def resize_bilinear(image: tf.Tensor, size: int | Sequence[int | tf.Tensor], antialias: bool = True) -> tf.Tensor:
     """Bilinear resize of an (H, W, C) image to ``size`` (int: square, or (height, width)); float32.
 
@@ -552,6 +556,7 @@ def resize_bilinear(image: tf.Tensor, size: int | Sequence[int | tf.Tensor], ant
     return resized
 
 
+@tf.autograph.experimental.do_not_convert
 def random_resized_crop(
     image: tf.Tensor,
     size: int = 224,
@@ -583,6 +588,7 @@ def _flip_and_resize(crop, size, seed, antialias):
     return tf.clip_by_value(resized, 0.0, 255.0)
 
 
+@tf.autograph.experimental.do_not_convert
 def train_preprocess(
     image: tf.Tensor, size: int = 224, seed: tf.Tensor | None = None, antialias: bool = True
 ) -> tf.Tensor:
@@ -595,6 +601,7 @@ def train_preprocess(
     return _flip_and_resize(tf.slice(image, begin, crop_size), size, seed, antialias)
 
 
+@tf.autograph.experimental.do_not_convert
 def train_image_from_bytes(
     encoded: tf.Tensor,
     size: int = 224,
@@ -640,6 +647,7 @@ def eval_resize(size: int) -> int:
     return round(size * 256 / 224)
 
 
+@tf.autograph.experimental.do_not_convert
 def eval_preprocess(image: tf.Tensor, resize: int | None = None, size: int = 224, antialias: bool = True) -> tf.Tensor:
     """Resize the shorter side to ``resize`` (default :func:`eval_resize` of ``size``), take the centre crop."""
     resize = eval_resize(size) if resize is None else resize

@@ -94,4 +94,6 @@ def class_balanced_indices(
         indices = tf.gather(samples_by_class, tf.gather(class_starts, classes)[:, tf.newaxis] + positions)
         return tf.reshape(indices, [batch_size])
 
-    return tf.data.Dataset.range(int(start_batch), _INT64_MAX).map(batch_indices)
+    return tf.data.Dataset.range(int(start_batch), _INT64_MAX).map(
+        tf.autograph.experimental.do_not_convert(batch_indices)
+    )

@@ -112,7 +112,11 @@ class Split:
         """``tf.data`` of (encoded image bytes, label, sample id), in order."""
         ids = np.arange(len(self.labels), dtype=np.int64)
         data = tf.data.Dataset.from_tensor_slices((self.sources, self.labels.astype(np.int64), ids))
-        return data.map(lambda source, label, sample_id: (self.encoded(source), label, sample_id))
+        return data.map(
+            tf.autograph.experimental.do_not_convert(
+                lambda source, label, sample_id: (self.encoded(source), label, sample_id)
+            )
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,7 +225,9 @@ def make_train_dataset(
         return image, tf.gather(labels, index)
 
     data = indices.unbatch().enumerate(start=int(start_batch) * int(batch_size))
-    data = data.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    data = data.map(
+        tf.autograph.experimental.do_not_convert(load), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
     data = data.batch(int(batch_size), drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return data.with_options(_one_thread_per_image())
 
@@ -240,7 +246,7 @@ def _traced_once(make, split, *settings):
 
 @functools.lru_cache(maxsize=32)
 def _train_image_function(background, max_pixels, formats, image_size, antialias):
-    @tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([2], tf.int64)])
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([2], tf.int64)], autograph=False)
     def train_image(encoded, seed):
         return train_image_from_bytes(
             encoded,
@@ -257,7 +263,7 @@ def _train_image_function(background, max_pixels, formats, image_size, antialias
 
 @functools.lru_cache(maxsize=32)
 def _eval_image_function(background, max_pixels, formats, resize, image_size, antialias):
-    @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
     def eval_image(encoded):
         return eval_preprocess(decode_rgb(encoded, background, max_pixels, formats), resize, image_size, antialias)
 
@@ -291,5 +297,7 @@ def make_eval_dataset(
         image = eval_image(encoded)
         return (image, label, sample_id) if with_sample_ids else (image, label)
 
-    data = split.dataset().map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    data = split.dataset().map(
+        tf.autograph.experimental.do_not_convert(load), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
     return data.batch(int(batch_size)).prefetch(tf.data.AUTOTUNE).with_options(_one_thread_per_image())

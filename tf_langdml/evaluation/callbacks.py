@@ -160,6 +160,7 @@ class RetrievalPictures(keras.callbacks.Callback):
                 self._load = tf.function(
                     lambda source: eval_preprocess(split.decode(split.encoded(source)), size=self.image_size),
                     input_signature=[tf.TensorSpec([], tf.string)],
+                    autograph=False,
                 )  # traced once
             image = self._load(tf.constant(split.sources[index])).numpy().round().astype(np.uint8)
             if len(self._thumbnails) >= 4096:

@@ -89,6 +89,7 @@ def _as_index_vector(values: Any, what: str) -> tf.Tensor:
     return tf.cast(values, tf.int32)
 
 
+@tf.autograph.experimental.do_not_convert
 def language_matching_loss(
     embeddings: Any,
     labels: Any,

@@ -114,6 +114,7 @@ def inverse_sphere_density_logits(
     return logits
 
 
+@tf.autograph.experimental.do_not_convert
 def mine_triplets(
     embeddings: tf.Tensor,
     labels: tf.Tensor,

@@ -108,6 +108,7 @@ class ProxyAnchorLoss(ClassVectorLoss):
         self.delta = float(delta)
         self._arguments = dict(alpha=self.alpha, delta=self.delta, proxy_lr_multiplier=self.multiplier, seed=self.seed)
 
+    @tf.autograph.experimental.do_not_convert
     def loss_value(
         self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None, step: tf.Tensor
     ) -> tf.Tensor:
@@ -134,6 +135,7 @@ class ProxyNCALoss(ClassVectorLoss):
         self.scale = check_positive("scale", scale)
         self._arguments = dict(scale=self.scale, proxy_lr_multiplier=self.multiplier, seed=self.seed)
 
+    @tf.autograph.experimental.do_not_convert
     def loss_value(
         self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None, step: tf.Tensor
     ) -> tf.Tensor:
@@ -155,6 +157,7 @@ class NormalizedSoftmaxLoss(ClassVectorLoss):
             temperature=self.temperature, class_learning_rate=self.class_learning_rate, seed=self.seed
         )
 
+    @tf.autograph.experimental.do_not_convert
     def loss_value(
         self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None, step: tf.Tensor
     ) -> tf.Tensor:
@@ -178,6 +181,7 @@ class ArcFaceLoss(ClassVectorLoss):
             seed=self.seed,
         )
 
+    @tf.autograph.experimental.do_not_convert
     def loss_value(
         self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None, step: tf.Tensor
     ) -> tf.Tensor:

@@ -53,6 +53,7 @@ class MinedTupleLoss(BatchLoss):
         self.lower_cutoff = check_positive("lower_cutoff", lower_cutoff, allow_zero=True)
         self.upper_cutoff = None if upper_cutoff is None else check_positive("upper_cutoff", upper_cutoff)
 
+    @tf.autograph.experimental.do_not_convert
     def mine(
         self, labels: tf.Tensor, embeddings: tf.Tensor, step: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -131,6 +132,7 @@ class MarginLoss(MinedTupleLoss):
     def learning_rate_groups(self) -> list[LearningRateGroup]:
         return [] if self.beta is None else [LearningRateGroup((self.beta,), learning_rate=self.beta_learning_rate)]
 
+    @tf.autograph.experimental.do_not_convert
     def loss_value(
         self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None, step: tf.Tensor
     ) -> tf.Tensor:
@@ -173,6 +175,7 @@ class TripletLoss(MinedTupleLoss):
             seed=self.seed,
         )
 
+    @tf.autograph.experimental.do_not_convert
     def loss_value(
         self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None, step: tf.Tensor
     ) -> tf.Tensor:
@@ -206,6 +209,7 @@ class ContrastiveLoss(MinedTupleLoss):
             seed=self.seed,
         )
 
+    @tf.autograph.experimental.do_not_convert
     def loss_value(
         self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None, step: tf.Tensor
     ) -> tf.Tensor:
@@ -224,6 +228,7 @@ class NPairLoss(BatchLoss):
         self.seed = int(seed)
         self._arguments = dict(l2_weight=self.l2_weight, seed=self.seed)
 
+    @tf.autograph.experimental.do_not_convert
     def loss_value(
         self, labels: tf.Tensor, embeddings: tf.Tensor, features: tf.Tensor | None, step: tf.Tensor
     ) -> tf.Tensor:
