@@ -174,3 +174,31 @@ def test_a_failed_export_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         export_embedder(embedder, tmp_path / "m")
     assert list((tmp_path / "m").iterdir()) == []
+
+
+def test_saving_traces_each_served_function_once_and_keeps_no_keras_layers(tmp_path, monkeypatch):
+    from tf_langdml import serving_modules
+    from tf_langdml.gallery import Gallery
+
+    traces = {"_decode_batch": 0, "_embed": 0, "_neighbours": 0}
+
+    def counting(name, original):
+        def counted(self, *args):
+            traces[name] += 1  # Python runs only while a function is traced
+            return original(self, *args)
+
+        return counted
+
+    for name in traces:
+        monkeypatch.setattr(
+            serving_modules.GalleryModule, name, counting(name, getattr(serving_modules.GalleryModule, name))
+        )
+    embedder = build_embedder("toy_cnn", weights=None, embed_dim=4, input_shape=(SIZE, SIZE, 3))
+    gallery = Gallery(np.eye(4, dtype=np.float32)[:3], ["a", "b", "c"], ["x", "y", "x"])
+    path = export_embedder(embedder, tmp_path / "model", gallery=gallery)
+    # Decoding serves serving_default and search, embedding three signatures, the top-k two: one trace each.
+    assert traces == {"_decode_batch": 1, "_embed": 1, "_neighbours": 1}
+    loaded = tf.saved_model.load(str(path))
+    assert sorted(loaded.signatures) == ["embed_images", "search", "search_embeddings", "serving_default"]
+    assert not hasattr(loaded, "embedder") and not hasattr(loaded, "_embedder")
+    assert len(loaded.embedder_variables) == len(embedder.variables)
