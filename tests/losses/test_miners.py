@@ -15,7 +15,7 @@ inside one ``tf.function`` (the same op the loss runs, with the seed as a tensor
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import unit_rows
+from helpers import synthetic_problem, tiny_guided_model, unit_rows
 
 from tf_langdml.losses.base import mining_seed
 from tf_langdml.losses.miners import MINERS, mine_triplets
@@ -26,11 +26,11 @@ LABELS = np.array([0, 0, 0, 1, 1, 2, 3, 3, 3, 3, 4, 4], np.int32)
 
 
 @tf.function
-def _draw_many(embeddings, labels, seeds, miner, margin, lower_cutoff, upper_cutoff):
+def _draw_many(embeddings, labels, seeds, miner, margin, lower_cutoff, upper_cutoff, rho):
     def one(arguments):
         x, y, seed = arguments
         _, positives, negatives, valid = mine_triplets(
-            x, y, miner, seed=seed, margin=margin, lower_cutoff=lower_cutoff, upper_cutoff=upper_cutoff
+            x, y, miner, seed=seed, margin=margin, lower_cutoff=lower_cutoff, upper_cutoff=upper_cutoff, rho=rho
         )
         return positives, negatives, valid
 
@@ -39,7 +39,7 @@ def _draw_many(embeddings, labels, seeds, miner, margin, lower_cutoff, upper_cut
     )
 
 
-def draw_many(embeddings, labels, seeds, miner, margin=0.2, lower_cutoff=0.5, upper_cutoff=None):
+def draw_many(embeddings, labels, seeds, miner, margin=0.2, lower_cutoff=0.5, upper_cutoff=None, rho=0.2):
     """mine_triplets on embeddings[k], labels[k] with seeds[k] for every k: numpy positives, negatives, valid (N, B)."""
     positives, negatives, valid = _draw_many(
         tf.constant(embeddings, tf.float32),
@@ -49,6 +49,7 @@ def draw_many(embeddings, labels, seeds, miner, margin=0.2, lower_cutoff=0.5, up
         margin,
         lower_cutoff,
         upper_cutoff,
+        rho,
     )
     return positives.numpy(), negatives.numpy(), valid.numpy()
 
@@ -92,13 +93,14 @@ def tile_seeds(count, seeds_per_batch, first=0):
 def test_unknown_miner_lists_the_miners():
     with pytest.raises(
         ValueError,
-        match=r"Unknown miner 'hardest'; expected one of \['random', 'semihard', "
-        r"'softhard', 'distance'\]",
+        match=r"^Unknown miner 'hardest'; expected one of \['random', 'semihard', "
+        r"'softhard', 'distance', 'rho_distance'\]\.$",
     ):
         mine_triplets(tf.zeros((4, 3)), tf.constant([0, 0, 1, 1]), "hardest")
 
 
-@pytest.mark.parametrize("miner", MINERS)
+# rho_distance's (a, a, p) triplets break this rule on purpose; its own tests are at the end of this file.
+@pytest.mark.parametrize("miner", [miner for miner in MINERS if miner != "rho_distance"])
 def test_every_miner_returns_a_positive_and_a_negative_for_valid_anchors(miner):
     embeddings, labels = random_batches(30, seed=MINERS.index(miner))
     batch_index, seeds = tile_seeds(30, 20)
@@ -353,3 +355,86 @@ def test_distance_miner_upper_cutoff_excludes_far_negatives():
     statistic, df = chi_square(counts, expected, anchors=range(len(labels)))
     assert df == 60
     assert statistic < CHI2_CRITICAL_0_001[df], statistic
+
+
+# --- rho_distance: the distance miner with (a, a, p) triplets at probability rho --------------------------------
+
+
+def rho_and_distance_draws(rho, count=30, seeds_per_batch=20, upper_cutoff=None):
+    """(labels, rho_distance draws, distance draws) on the same batches and seeds: each a (positives, negatives, valid)."""
+    embeddings, labels = random_batches(count, seed=21)
+    batch_index, seeds = tile_seeds(count, seeds_per_batch)
+    x, y = embeddings[batch_index], labels[batch_index]
+    rho_draws = draw_many(x, y, seeds, "rho_distance", upper_cutoff=upper_cutoff, rho=rho)
+    distance_draws = draw_many(x, y, seeds, "distance", upper_cutoff=upper_cutoff)
+    return y, rho_draws, distance_draws
+
+
+@pytest.mark.parametrize("upper_cutoff", [None, 1.4])
+def test_rho_distance_with_rho_0_is_the_distance_miner(upper_cutoff):
+    _, rho_draws, distance_draws = rho_and_distance_draws(0.0, upper_cutoff=upper_cutoff)
+    for rho_part, distance_part in zip(rho_draws, distance_draws):
+        np.testing.assert_array_equal(rho_part, distance_part)
+
+
+def test_rho_distance_with_rho_1_gives_every_anchor_with_a_positive_the_triplet_anchor_anchor_positive():
+    y, (positives, negatives, valid), (distance_positives, distance_negatives, distance_valid) = rho_and_distance_draws(
+        1.0
+    )
+    positive_mask, negative_mask = label_masks(y)
+    has_positive, has_negative = positive_mask.any(axis=2), negative_mask.any(axis=2)
+    anchors = np.broadcast_to(np.arange(y.shape[1]), y.shape)
+    # (a, a, p): the positive slot is the anchor, the negative slot a positive of it (same label, not a) ...
+    np.testing.assert_array_equal(positives[has_positive], anchors[has_positive])
+    assert np.take_along_axis(positive_mask, negatives[..., None], axis=2)[..., 0][has_positive].all()
+    # ... the positive the distance miner draws with the same seed
+    np.testing.assert_array_equal(negatives[has_positive], distance_positives[has_positive])
+    # valid wherever there is a positive, even without a negative (batch 0 has a single label, as the paper's code)
+    np.testing.assert_array_equal(valid, has_positive)
+    assert (has_positive & ~has_negative).sum() >= 12 * 20
+    # an anchor without a positive keeps the distance miner's (invalid) triplet
+    np.testing.assert_array_equal(positives[~has_positive], distance_positives[~has_positive])
+    np.testing.assert_array_equal(negatives[~has_positive], distance_negatives[~has_positive])
+    np.testing.assert_array_equal(valid[~has_positive], distance_valid[~has_positive])
+
+
+@pytest.mark.parametrize("rho", [0.2, 0.7])
+def test_rho_distance_swaps_a_binomial_share_of_the_distance_triplets(rho):
+    y, (positives, negatives, valid), (distance_positives, distance_negatives, distance_valid) = rho_and_distance_draws(
+        rho
+    )
+    has_positive = label_masks(y)[0].any(axis=2)
+    anchors = np.broadcast_to(np.arange(y.shape[1]), y.shape)
+    # Every triplet is the distance miner's (a, p, n) or (a, a, p) with its p; p != a, so positives == a tells them apart.
+    swapped = has_positive & (positives == anchors)
+    kept = ~swapped
+    np.testing.assert_array_equal(negatives[swapped], distance_positives[swapped])
+    np.testing.assert_array_equal(positives[kept], distance_positives[kept])
+    np.testing.assert_array_equal(negatives[kept], distance_negatives[kept])
+    np.testing.assert_array_equal(valid, distance_valid | swapped)
+    # Each anchor with a positive is swapped independently with probability rho: the count is Binomial(n, rho);
+    # 5 sigma (a false alarm about once in 1.7 million runs). n = 6660 here: rho ± 0.025 (0.2), ± 0.028 (0.7).
+    n = int(has_positive.sum())
+    sigma = np.sqrt(n * rho * (1 - rho))
+    assert abs(int(swapped.sum()) - n * rho) < 5 * sigma, (int(swapped.sum()), n, rho)
+    assert 5 * sigma < 0.05 * n  # the bound tells rho from rho ± 0.05
+
+
+@pytest.mark.parametrize("rho", [-0.1, 1.5, float("nan"), "high"])
+def test_rho_outside_0_1_is_refused_naming_rho(rho):
+    embeddings, labels = random_batches(2, seed=3)
+    with pytest.raises(
+        ValueError, match=r"^rho must be a probability in \[0, 1\] .*got .*; the paper's code uses 0\.2\.$"
+    ):
+        mine_triplets(embeddings[1], labels[1], "rho_distance", rho=rho)
+
+
+def test_a_margin_loss_fit_step_with_rho_distance_is_finite_and_moves_the_weights():
+    images, labels = synthetic_problem(num_classes=3, per_class=4, size=16, seed=1)
+    model = tiny_guided_model(dml_loss={"name": "margin", "miner": "rho_distance", "rho": 0.5}, num_classes=3)
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    history = model.fit(images, labels, batch_size=len(labels), epochs=1, shuffle=False, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    after = [w.numpy() for w in model.trainable_weights]
+    assert all(np.isfinite(w).all() for w in after)
+    assert any((a != b).any() for a, b in zip(after, before))

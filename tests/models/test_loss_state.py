@@ -207,7 +207,7 @@ def test_clear_errors_for_losses_that_cannot_be_set_up():
         build_dml_loss("margin")(np.zeros(4), np.ones((4, 8), "float32"))
 
 
-@pytest.mark.parametrize("miner", ["random", "semihard", "softhard", "distance"])
+@pytest.mark.parametrize("miner", ["random", "semihard", "softhard", "distance", "rho_distance"])
 def test_the_miners_draw_the_same_triplets_under_xla(miner):
     from tf_langdml.losses import mine_triplets
     from tf_langdml.losses.base import mining_seed

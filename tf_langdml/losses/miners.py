@@ -3,8 +3,9 @@
 Every batch element is an anchor (as in the paper's code). A miner returns, for each
 anchor i, the index of one positive (same label, not i) and one negative (other label),
 and ``valid[i]``: whether i has at least one positive and one negative (where i has no
-candidate on a side, that side's index is i itself; the losses mask invalid anchors out). Distances are Euclidean between the
-(L2-normalised) embeddings and carry no gradient: mining only chooses pairs.
+candidate on a side, that side's index is i itself; the losses mask invalid anchors out;
+``rho_distance``'s (i, i, p) triplets are the exception below). Distances are Euclidean
+between the (L2-normalised) embeddings and carry no gradient: mining only chooses pairs.
 
 Choices are categorical draws (the Gumbel-max trick on the counter-based uniforms of
 :func:`counter_uniform`) seeded by ``seed`` (a pair of integers), so a step's triplets are reproducible, the same
@@ -31,15 +32,25 @@ generalization performance in deep metric learning"):
     weight; negatives farther than ``upper_cutoff`` get none (Wu et al. use 1.4; the
     paper's code leaves it off, which is the default here: None). If no negative is left,
     a uniformly random one.
+``rho_distance`` (the paper's code's ρ-regularised ``distance`` miner, ``batchminer/rho_distance.py``)
+    The ``distance`` miner's triplet, except that with probability ``rho`` (0.2, the paper's
+    code's ``--miner_rho_distance_cp``) an anchor a with a positive gets (a, a, p) instead:
+    its negative slot holds its positive p (the same uniformly random positive), so the loss
+    pushes that positive pair apart, which keeps the embedding space from compressing (Roth et
+    al. 2020's ρ-regularisation). Such a triplet needs no negative: it is valid wherever a has
+    a positive, as in the paper's code.
+    The swap is a uniform draw of its own stream, so with ``rho`` = 0 the triplets are the
+    ``distance`` miner's for the same seed.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
+from tf_langdml.errors import ArgumentError
 from tf_langdml.losses.base import euclidean_distances
 
-MINERS = ("random", "semihard", "softhard", "distance")
+MINERS = ("random", "semihard", "softhard", "distance", "rho_distance")
 
 _NEG = -1e9  # the logit of an excluded choice (finite: an all-excluded row stays finite)
 
@@ -114,6 +125,21 @@ def inverse_sphere_density_logits(
     return logits
 
 
+def check_rho(rho: float) -> float:
+    """``rho`` as a float; an :class:`~tf_langdml.errors.ArgumentError` about ``rho`` unless a probability in [0, 1]."""
+    try:
+        number = float(rho)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not 0.0 <= number <= 1.0:  # (NaN fails both comparisons)
+        raise ArgumentError(
+            f"rho must be a probability in [0, 1] (the share of rho_distance's triplets that push a positive away), "
+            f"got {rho!r}; the paper's code uses 0.2.",
+            argument="rho",
+        )
+    return number
+
+
 @tf.autograph.experimental.do_not_convert
 def mine_triplets(
     embeddings: tf.Tensor,
@@ -124,6 +150,7 @@ def mine_triplets(
     lower_cutoff: float = 0.5,
     upper_cutoff: float | None = None,
     dim: int | None = None,
+    rho: float = 0.2,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
     """(anchors, positives, negatives, valid): one triplet per batch element (module docstring).
 
@@ -135,17 +162,20 @@ def mine_triplets(
         margin: the semihard window.
         lower_cutoff, upper_cutoff: the distance-weighted miner's clipping.
         dim: the embedding size n of the sphere density (default: the embeddings' static last dimension).
+        rho: the rho_distance miner's probability of an (a, a, p) triplet.
 
     Returns:
         int32 (B,) anchors (= range(B)), positives, negatives, and bool (B,) valid.
     """
     if miner not in MINERS:
         raise ValueError(f"Unknown miner {miner!r}; expected one of {list(MINERS)}.")
+    rho = check_rho(rho)
     embeddings = tf.stop_gradient(tf.cast(embeddings, tf.float32))
     distances = euclidean_distances(embeddings)
     positive_mask, negative_mask = _masks(labels)
     anchors = tf.range(tf.shape(labels)[0], dtype=tf.int32)
-    valid = tf.logical_and(tf.reduce_any(positive_mask, axis=1), tf.reduce_any(negative_mask, axis=1))
+    has_positive = tf.reduce_any(positive_mask, axis=1)
+    valid = tf.logical_and(has_positive, tf.reduce_any(negative_mask, axis=1))
     big = tf.constant(1e9, tf.float32)
 
     if miner == "softhard":
@@ -167,10 +197,10 @@ def mine_triplets(
     elif miner == "softhard":
         harder = tf.logical_and(negative_mask, distances < farthest_positive)
         negatives = _draw(_or_fallback(harder, negative_mask), seed, stream=2)
-    else:  # distance
+    else:  # distance, rho_distance
         dim = embeddings.shape[-1] if dim is None else dim
         if dim is None:
-            raise ValueError("The distance miner needs the embedding size: pass dim=... (the static shape is unknown).")
+            raise ValueError(f"The {miner} miner needs the embedding size: pass dim=... (the static shape is unknown).")
         logits = inverse_sphere_density_logits(distances, dim, lower_cutoff, upper_cutoff)
         kept = tf.logical_and(negative_mask, logits > _NEG / 2)
         row_logits = tf.where(kept, logits, _NEG)
@@ -178,4 +208,10 @@ def mine_triplets(
         # nothing kept is all _NEG, so all 0 after this: a uniform draw over its negatives (the fallback).
         row_logits = row_logits - tf.reduce_max(row_logits, axis=1, keepdims=True)
         negatives = _draw(_or_fallback(kept, negative_mask), seed, row_logits, stream=2)
+    if miner == "rho_distance":
+        # Stream 3 is drawn by no other choice, so the distance triplets above are those of the distance miner.
+        swap = tf.logical_and(counter_uniform(tf.shape(anchors), seed, stream=3) < rho, has_positive)
+        negatives = tf.where(swap, positives, negatives)
+        positives = tf.where(swap, anchors, positives)
+        valid = tf.logical_or(valid, swap)
     return anchors, positives, negatives, valid
