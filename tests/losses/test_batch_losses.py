@@ -23,7 +23,8 @@ import pytest
 import tensorflow as tf
 from helpers import unit_rows
 
-from tf_langdml.losses import build_dml_loss
+from tf_langdml.errors import argument_of
+from tf_langdml.losses import build_dml_loss, dml_loss_arguments
 from tf_langdml.losses.base import mining_seed
 from tf_langdml.losses.miners import mine_triplets
 
@@ -53,7 +54,7 @@ def batch_case(seed, batch_labels=LABELS, dim=DIM, spread=0.9):
     return embeddings.astype(np.float32), labels
 
 
-def mined(embeddings, labels, miner, seed, step, margin=0.2, lower_cutoff=0.5, upper_cutoff=None):
+def mined(embeddings, labels, miner, seed, step, margin=0.2, lower_cutoff=0.5, upper_cutoff=None, rho=0.2):
     """The triplets the loss uses: the library's miner with the loss's seed. Numpy positives and negatives."""
     _, positives, negatives, _ = mine_triplets(
         embeddings,
@@ -63,8 +64,15 @@ def mined(embeddings, labels, miner, seed, step, margin=0.2, lower_cutoff=0.5, u
         margin=margin,
         lower_cutoff=lower_cutoff,
         upper_cutoff=upper_cutoff,
+        rho=rho,
     )
     return positives.numpy(), negatives.numpy()
+
+
+def pushed_positives(labels, positives):
+    """How many kept anchors got rho_distance's triplet (a, a, p): a positive pushed away as a negative."""
+    anchors = kept_anchors(labels)
+    return int((positives[anchors] == np.array(anchors)).sum())
 
 
 def kept_anchors(labels):
@@ -208,6 +216,7 @@ def loss_value(loss, run_mode, labels, embeddings, step):
         ({"beta_constant": True, "beta": 1.05, "seed": 2}, 3),
         ({"beta_constant": True, "beta": 0.95, "nu": 0.05, "miner": "semihard", "upper_cutoff": 1.4}, 5),
         ({"miner": "distance", "upper_cutoff": 1.3, "lower_cutoff": 0.7, "seed": 9}, 11),
+        ({"miner": "rho_distance", "rho": 0.5, "seed": 6}, 4),
     ],
 )
 def test_margin_loss_matches_reference(arguments, step, run_mode):
@@ -231,7 +240,10 @@ def test_margin_loss_matches_reference(arguments, step, run_mode):
         margin=margin,
         lower_cutoff=arguments.get("lower_cutoff", 0.5),
         upper_cutoff=arguments.get("upper_cutoff"),
+        rho=arguments.get("rho", 0.2),
     )
+    if arguments.get("miner") == "rho_distance":  # the case has both kinds of triplets
+        assert 0 < pushed_positives(labels, positives) < len(kept_anchors(labels))
     expected, hinges, pair_count = reference_margin(
         embeddings, labels, positives, negatives, beta, margin, nu, constant
     )
@@ -262,6 +274,7 @@ def test_margin_loss_without_active_terms_is_the_sum_plus_the_beta_penalty(run_m
         ({"margin": 0.5, "seed": 3}, 5),
         ({"miner": "softhard", "seed": 1}, 2),
         ({"miner": "distance", "margin": 0.3}, 9),
+        ({"miner": "rho_distance", "rho": 0.5, "seed": 2}, 4),
     ],
 )
 def test_triplet_loss_matches_reference(arguments, step, run_mode):
@@ -270,9 +283,10 @@ def test_triplet_loss_matches_reference(arguments, step, run_mode):
     loss.setup(None, DIM)
     value = loss_value(loss, run_mode, labels, embeddings, step)
     margin = arguments.get("margin", 0.2)
-    positives, negatives = mined(
-        embeddings, labels, arguments.get("miner", "semihard"), arguments.get("seed", 0), step, margin=margin
-    )
+    miner, rho = arguments.get("miner", "semihard"), arguments.get("rho", 0.2)
+    positives, negatives = mined(embeddings, labels, miner, arguments.get("seed", 0), step, margin=margin, rho=rho)
+    if miner == "rho_distance":
+        assert 0 < pushed_positives(labels, positives) < len(kept_anchors(labels))
     expected, hinges = reference_triplet(embeddings, labels, positives, negatives, margin)
     assert np.abs(hinges).min() > 1e-4 and expected > 0
     assert value == pytest.approx(expected, rel=1e-5, abs=1e-6)
@@ -284,6 +298,8 @@ def test_triplet_loss_matches_reference(arguments, step, run_mode):
         ({}, 0),  # distance miner, m⁺ = 0, m⁻ = 1
         ({"positive_margin": 0.3, "negative_margin": 1.2, "seed": 5}, 6),
         ({"miner": "semihard", "negative_margin": 1.4}, 1),  # the semihard window of the contrastive loss is 0.2
+        # m⁺ > 0: d(a, a) = 0 of the (a, a, p) triplets would sit on the kink of relu(d − m⁺) with m⁺ = 0
+        ({"miner": "rho_distance", "rho": 0.5, "positive_margin": 0.3, "seed": 2}, 4),
     ],
 )
 def test_contrastive_loss_matches_reference(arguments, step, run_mode):
@@ -291,9 +307,10 @@ def test_contrastive_loss_matches_reference(arguments, step, run_mode):
     loss = build_dml_loss("contrastive", **arguments)
     loss.setup(None, DIM)
     value = loss_value(loss, run_mode, labels, embeddings, step)
-    positives, negatives = mined(
-        embeddings, labels, arguments.get("miner", "distance"), arguments.get("seed", 0), step, margin=0.2
-    )
+    miner, rho = arguments.get("miner", "distance"), arguments.get("rho", 0.2)
+    positives, negatives = mined(embeddings, labels, miner, arguments.get("seed", 0), step, margin=0.2, rho=rho)
+    if miner == "rho_distance":
+        assert 0 < pushed_positives(labels, positives) < len(kept_anchors(labels))
     margins = arguments.get("positive_margin", 0.0), arguments.get("negative_margin", 1.0)
     expected, hinges = reference_contrastive(embeddings, labels, positives, negatives, *margins)
     assert np.abs(hinges).min() > 1e-4 and expected > 0
@@ -490,9 +507,18 @@ def test_unknown_miner_is_a_clear_error(name):
     with pytest.raises(
         ValueError,
         match=r"Unknown miner 'hardest'; expected one of \['random', 'semihard', "
-        r"'softhard', 'distance'\]",
+        r"'softhard', 'distance', 'rho_distance'\]",
     ):
         build_dml_loss(name, miner="hardest")
+
+
+@pytest.mark.parametrize("name", ["margin", "triplet", "contrastive"])
+def test_the_mined_losses_take_rho_0_2_by_default_and_refuse_one_outside_0_1(name):
+    assert dml_loss_arguments(name)["rho"] == 0.2  # the paper's code's --miner_rho_distance_cp
+    assert build_dml_loss(name, miner="rho_distance", rho=0.0).get_config()["rho"] == 0.0
+    with pytest.raises(ValueError, match=r"^rho must be a probability in \[0, 1\] .*got 1\.5; ") as caught:
+        build_dml_loss(name, miner="rho_distance", rho=1.5)
+    assert argument_of(caught.value) == "rho"
 
 
 @pytest.mark.parametrize(

@@ -61,7 +61,16 @@ def test_bad_values_fail_before_any_data_is_read(override, match, monkeypatch, t
     [
         (
             ["loss.dml=margin", "loss.dml_arguments={miner: hardest}"],
-            r"'loss.dml_arguments': Unknown miner 'hardest'; expected one of \['random', 'semihard', 'softhard', 'distance'\]",
+            r"'loss.dml_arguments': Unknown miner 'hardest'; expected one of \['random', 'semihard', 'softhard', "
+            r"'distance', 'rho_distance'\]",
+        ),
+        (
+            ["loss.dml=margin", "loss.dml_arguments={miner: rho_distance, rho: 1.5}"],
+            r"^'loss.dml_arguments': rho must be a probability in \[0, 1\] .*got 1\.5; the paper's code uses 0\.2\.$",
+        ),
+        (
+            ["loss.dml=triplet", "loss.dml_arguments={miner: rho_distance, rho: [0.2]}"],
+            r"^'loss.dml_arguments.rho' must be a number \(triplet's rho\); got a list",
         ),
         (
             ["loss.dml=proxy_anchor", "loss.dml_arguments={alpha: -1}"],

@@ -2,7 +2,9 @@
 
 d(a, b) is the Euclidean distance of L2-normalised embeddings. Each batch element is an
 anchor; the miner (:mod:`~tf_langdml.losses.miners`, argument ``miner``) picks its positive
-p and negative n. Anchors without a positive or a negative are left out. Sums below run
+p and negative n. Anchors without a positive or a negative are left out, except the
+``rho_distance`` miner's triplets (a, a, p), drawn with probability ``rho``, which need only
+a positive (the loss then pushes p away from a as if it were a negative). Sums below run
 over the kept anchors.
 
 ``margin`` (Wu et al. 2017)
@@ -29,7 +31,7 @@ import tensorflow as tf
 from tf_langdml._keras import keras
 from tf_langdml.errors import ArgumentError
 from tf_langdml.losses.base import BatchLoss, LearningRateGroup, check_positive, mining_seed, pair_distance
-from tf_langdml.losses.miners import MINERS, mine_triplets
+from tf_langdml.losses.miners import MINERS, check_rho, mine_triplets
 
 
 class MinedTupleLoss(BatchLoss):
@@ -42,6 +44,7 @@ class MinedTupleLoss(BatchLoss):
         margin: float,
         lower_cutoff: float = 0.5,
         upper_cutoff: float | None = None,
+        rho: float = 0.2,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
@@ -52,6 +55,7 @@ class MinedTupleLoss(BatchLoss):
         self.margin = float(margin)
         self.lower_cutoff = check_positive("lower_cutoff", lower_cutoff, allow_zero=True)
         self.upper_cutoff = None if upper_cutoff is None else check_positive("upper_cutoff", upper_cutoff)
+        self.rho = check_rho(rho)
 
     @tf.autograph.experimental.do_not_convert
     def mine(
@@ -67,6 +71,7 @@ class MinedTupleLoss(BatchLoss):
             lower_cutoff=self.lower_cutoff,
             upper_cutoff=self.upper_cutoff,
             dim=self.embed_dim,
+            rho=self.rho,
         )
         return anchors, positives, negatives, tf.cast(valid, tf.float32)
 
@@ -88,6 +93,7 @@ class MarginLoss(MinedTupleLoss):
         miner: str = "distance",
         lower_cutoff: float = 0.5,
         upper_cutoff: float | None = None,
+        rho: float = 0.2,
         seed: int = 0,
     ) -> None:
         super().__init__(
@@ -96,6 +102,7 @@ class MarginLoss(MinedTupleLoss):
             check_positive("margin", margin, allow_zero=True),
             lower_cutoff,
             upper_cutoff,
+            rho,
             name="margin_loss",
         )
         self.beta_init = float(beta)
@@ -111,6 +118,7 @@ class MarginLoss(MinedTupleLoss):
             miner=miner,
             lower_cutoff=self.lower_cutoff,
             upper_cutoff=self.upper_cutoff,
+            rho=self.rho,
             seed=self.seed,
         )
 
@@ -157,6 +165,7 @@ class TripletLoss(MinedTupleLoss):
         miner: str = "semihard",
         lower_cutoff: float = 0.5,
         upper_cutoff: float | None = None,
+        rho: float = 0.2,
         seed: int = 0,
     ) -> None:
         super().__init__(
@@ -165,6 +174,7 @@ class TripletLoss(MinedTupleLoss):
             check_positive("margin", margin, allow_zero=True),
             lower_cutoff,
             upper_cutoff,
+            rho,
             name="triplet_loss",
         )
         self._arguments = dict(
@@ -172,6 +182,7 @@ class TripletLoss(MinedTupleLoss):
             miner=miner,
             lower_cutoff=self.lower_cutoff,
             upper_cutoff=self.upper_cutoff,
+            rho=self.rho,
             seed=self.seed,
         )
 
@@ -195,9 +206,10 @@ class ContrastiveLoss(MinedTupleLoss):
         miner: str = "distance",
         lower_cutoff: float = 0.5,
         upper_cutoff: float | None = None,
+        rho: float = 0.2,
         seed: int = 0,
     ) -> None:
-        super().__init__(miner, seed, 0.2, lower_cutoff, upper_cutoff, name="contrastive_loss")
+        super().__init__(miner, seed, 0.2, lower_cutoff, upper_cutoff, rho, name="contrastive_loss")
         self.positive_margin = check_positive("positive_margin", positive_margin, allow_zero=True)
         self.negative_margin = check_positive("negative_margin", negative_margin, allow_zero=True)
         self._arguments = dict(
@@ -206,6 +218,7 @@ class ContrastiveLoss(MinedTupleLoss):
             miner=miner,
             lower_cutoff=self.lower_cutoff,
             upper_cutoff=self.upper_cutoff,
+            rho=self.rho,
             seed=self.seed,
         )
 
