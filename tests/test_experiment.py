@@ -25,6 +25,10 @@ METRICS = [
     "recall@8",
     "map@r",
     "map@1000",
+    "intra",
+    "inter",
+    "intra_over_inter",
+    "rho_spectrum",
     "nmi",
     "f1",
     "mistake_language_similarity",
@@ -74,7 +78,10 @@ def test_train_writes_the_whole_run_directory(image_folder, tmp_path, minilm_enc
     assert np.load(folder / "language_table.npy").shape == (4, 1, 384)
     assert json.loads((folder / "train_class_names.json").read_text())[0] == "red apple"
     assert yaml.safe_load((folder / "config.yaml").read_text())["model"]["backbone"] == "toy_cnn"
-    assert sorted(json.loads((folder / "history.json").read_text())) == ["1", "2"]
+    history = json.loads((folder / "history.json").read_text())
+    assert sorted(history) == ["1", "2"]
+    for line in history.values():  # the embedding-space diagnostics of every evaluation (eval_every 1)
+        assert {"val_intra", "val_inter", "val_intra_over_inter", "val_rho_spectrum"} <= set(line)
     assert list((folder / "logs" / "train").glob("events.out.tfevents.*"))
     assert (folder / "logs" / "projector_config.pbtxt").exists()
     assert list((folder / "checkpoints").glob("ckpt-6.index"))

@@ -11,9 +11,11 @@ from helpers import tiny_guided_model
 from tf_langdml import keras
 from tf_langdml.data import make_train_dataset
 from tf_langdml.evaluation import (
+    EMBEDDING_SPACE_METRICS,
     LanguageGuidanceTensorBoard,
     RetrievalEvaluation,
     embed_split,
+    embedding_space_metrics,
     retrieval_metrics,
     similarity_heatmap,
 )
@@ -52,8 +54,15 @@ def test_fit_with_evaluation_checkpoint_and_tensorboard(colour_data, tmp_path):
     assert {"val_recall@1", "val_recall@8", "val_map@r", "val_map@1000"} <= set(history.history)
     # The last evaluation ran on the final weights: recomputing from this model's own test embeddings
     # (same preprocessing, same traced forward pass) gives the very same numbers.
-    recomputed = retrieval_metrics(embed_split(model, test_split, 16, 16, verbose=0), test_split.labels)
+    embeddings = embed_split(model, test_split, 16, 16, verbose=0)
+    recomputed = retrieval_metrics(embeddings, test_split.labels)
+    recomputed.update(embedding_space_metrics(embeddings, test_split.labels))
+    assert set(EMBEDDING_SPACE_METRICS) <= set(recomputed)  # 4 test classes of 4 images: all four defined
     assert evaluation.results[-1] == (2, recomputed)
+    scalars = read_events(str(log_dir / "validation"))
+    for name in EMBEDDING_SPACE_METRICS:  # in the logs (History) and in TensorBoard, at both evaluations
+        assert history.history[f"val_{name}"][-1] == recomputed[name], name
+        assert [step for step, _ in scalars[name]] == [1, 2], name
     for name in ("recall@1", "recall@8", "map@r", "map@1000"):
         assert history.history[f"val_{name}"][-1] == recomputed[name], name
     # 16 test images: recall@1 counts queries, so it is a multiple of 1/16.

@@ -175,7 +175,7 @@ def test_a_folder_with_a_gallery_is_scored_by_the_query_gallery_protocol(tmp_pat
     from PIL import Image
 
     from tf_langdml import keras
-    from tf_langdml.evaluation import RetrievalEvaluation, embed_split, retrieval_metrics
+    from tf_langdml.evaluation import RetrievalEvaluation, embed_split, embedding_space_metrics, retrieval_metrics
 
     rng = np.random.default_rng(0)
     root = tmp_path / "images"
@@ -202,14 +202,18 @@ def test_a_folder_with_a_gallery_is_scored_by_the_query_gallery_protocol(tmp_pat
     network = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D()])  # mean colour
     metrics = builders.evaluation_metrics(config.evaluation, config.data, config.language, 0, network, split, verbose=0)
     embeddings, gallery = embed_split(network, split, 64, 8, verbose=0), split.gallery
-    assert metrics == retrieval_metrics(
-        embeddings[~gallery],
-        split.labels[~gallery],
-        (1, 2),
-        gallery_embeddings=embeddings[gallery],
-        gallery_labels=split.labels[gallery],
-    )
-    assert metrics != retrieval_metrics(embeddings, split.labels, (1, 2))  # not leave-one-out
+    assert metrics == {
+        **retrieval_metrics(
+            embeddings[~gallery],
+            split.labels[~gallery],
+            (1, 2),
+            gallery_embeddings=embeddings[gallery],
+            gallery_labels=split.labels[gallery],
+        ),
+        **embedding_space_metrics(embeddings, split.labels),  # the diagnostics: all 18 images, queries and gallery
+    }
+    leave_one_out = retrieval_metrics(embeddings, split.labels, (1, 2))
+    assert {name: metrics[name] for name in leave_one_out} != leave_one_out  # not leave-one-out
     callback = RetrievalEvaluation(split, batch_size=64, image_size=8, ks=(1, 2), verbose=0)  # during training too
     callback.set_model(network)
     assert callback.evaluate() == metrics

@@ -16,7 +16,13 @@ from tf_langdml.runs import sweep as sweep_module
 from tf_langdml.runs.schema import ConfigError
 from tf_langdml.runs.sweep import run_sweep
 from tf_langdml.runs.sweep_grid import effective_point, parse_grid, parse_seeds, run_config, run_name
-from tf_langdml.runs.sweep_table import SweepResult, mean_std, paired_differences
+from tf_langdml.runs.sweep_table import (
+    DIAGNOSTIC_COLUMNS,
+    SweepResult,
+    diagnostic_summary,
+    mean_std,
+    paired_differences,
+)
 
 CLASS_NAMES = [
     "red apple",
@@ -170,6 +176,29 @@ def test_paired_differences_subtract_the_baseline_of_the_same_seed():
     assert "+0.0433 ± 0.0850" in next(line for line in table.splitlines() if "guidance=plg" in line)
 
 
+def test_the_table_shows_the_embedding_space_diagnostics_mean_over_seeds():
+    from tf_langdml.evaluation import EMBEDDING_SPACE_METRICS
+
+    assert DIAGNOSTIC_COLUMNS == EMBEDDING_SPACE_METRICS  # the TensorFlow-free copy of the names
+    results = [
+        {"recall@1": 0.5, "intra": 0.25, "inter": 0.75, "intra_over_inter": 1 / 3, "rho_spectrum": 0.125},
+        {"recall@1": 0.7, "intra": 0.35, "inter": 0.85, "intra_over_inter": 0.35 / 0.85},  # no rho_spectrum
+    ]
+    summary = diagnostic_summary(results)
+    # Hand-derived: intra (0.25 + 0.35) / 2 = 0.3, sample std |0.35 - 0.25| / sqrt(2).
+    assert summary["intra"]["mean"] == pytest.approx(0.3, abs=1e-15)
+    assert summary["intra"]["std"] == pytest.approx(0.1 / np.sqrt(2), abs=1e-15)
+    # The run without rho_spectrum is left out: one value, std 0.
+    assert summary["rho_spectrum"] == {"mean": 0.125, "std": 0.0, "values": [0.125, None]}
+    row = {**_row(1, "elg", [0, 1], [0.5, 0.7]), "diagnostics": summary}
+    bare = _row(0, "none", [0, 1], [0.6, 0.6])  # a row of a sweep.json written before the diagnostics
+    table = SweepResult("recall@1", [row, bare], row, [], None, 0.0).table()
+    header, first, second = table.splitlines()[:3]
+    assert header.split()[-5:] == ["intra", "inter", "intra/inter", "rho", "seeds"]
+    assert first.split()[-6:-2] == ["0.3000", "0.8000", f"{(1 / 3 + 0.35 / 0.85) / 2:.4f}", "0.1250"]
+    assert second.split()[-6:-2] == ["-", "-", "-", "-"]
+
+
 def test_a_tiny_sweep_writes_the_table_and_hparams_and_selection_never_reads_test(
     image_folder, tmp_path, minilm_encoder, monkeypatch, capsys
 ):
@@ -230,6 +259,11 @@ def test_a_tiny_sweep_writes_the_table_and_hparams_and_selection_never_reads_tes
         table = list(csv.DictReader(handle))
     assert [row["point"] for row in table] == ["language_weight=0", "language_weight=1.5"]
     assert table[0]["paired_difference_vs_baseline_mean"] == ""
+    for name in DIAGNOSTIC_COLUMNS:  # one run per point: its own diagnostic, standard deviation 0
+        assert float(table[1][f"validation_{name}_mean"]) == pytest.approx(
+            result.rows[1]["diagnostics"][name]["values"][0], abs=1e-6
+        )
+        assert float(table[1][f"validation_{name}_std"]) == 0.0
     assert float(table[1]["paired_difference_vs_baseline_mean"]) == pytest.approx(
         float(table[1]["validation_recall@1_mean"]) - float(table[0]["validation_recall@1_mean"]), abs=2e-6
     )

@@ -10,6 +10,7 @@ from tf_langdml.evaluation.callbacks import (
 )
 from tf_langdml.evaluation.clustering import clustering_metrics, pairwise_f1
 from tf_langdml.evaluation.diagnostics import language_table_statistics, loss_diagnostics
+from tf_langdml.evaluation.embedding_space import EMBEDDING_SPACE_METRICS, embedding_space_metrics
 from tf_langdml.evaluation.pictures import retrieval_grid, similarity_figure
 from tf_langdml.evaluation.retrieval import (
     DEFAULT_KS,
@@ -30,11 +31,13 @@ from tf_langdml.inference import embed_split
 
 __all__ = [
     "DEFAULT_KS",
+    "EMBEDDING_SPACE_METRICS",
     "LanguageGuidanceTensorBoard",
     "RetrievalEvaluation",
     "RetrievalPictures",
     "clustering_metrics",
     "embed_split",
+    "embedding_space_metrics",
     "gallery_positive_ranks",
     "group_recall_at_1",
     "language_similarity",

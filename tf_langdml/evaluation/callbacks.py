@@ -13,6 +13,7 @@ from tf_langdml.data.preprocessing import eval_preprocess
 from tf_langdml.errors import ArgumentError
 from tf_langdml.evaluation.clustering import clustering_metrics
 from tf_langdml.evaluation.diagnostics import language_table_statistics, loss_diagnostics
+from tf_langdml.evaluation.embedding_space import embedding_space_metrics
 from tf_langdml.evaluation.pictures import retrieval_grid, similarity_figure
 from tf_langdml.evaluation.retrieval import DEFAULT_KS, normalized_embeddings, split_retrieval_metrics
 from tf_langdml.inference import embed_split
@@ -22,12 +23,15 @@ from tf_langdml.language.language_table import LanguageTable
 class RetrievalEvaluation(keras.callbacks.Callback):
     """Every ``every`` epochs: embed the test split, compute retrieval metrics, put them into ``logs``.
 
-    Keys are ``val_recall@1``, ``val_recall@2``, ..., ``val_map@r``, ``val_map@1000`` (and
-    ``val_nmi``, ``val_f1`` with ``clustering=True``), so ``ModelCheckpoint(monitor=
-    "val_recall@1", mode="max")`` and ``History`` see them; place this callback before
-    those in the list. With ``log_dir`` they also go to TensorBoard (``<log_dir>/validation``).
-    A split with a gallery mask (``split.gallery``) is evaluated with the query / gallery
-    protocol (:func:`~tf_langdml.evaluation.split_retrieval_metrics`), clustering on all its images.
+    Keys are ``val_recall@1``, ``val_recall@2``, ..., ``val_map@r``, ``val_map@1000``, the
+    embedding-space diagnostics ``val_intra``, ``val_inter``, ``val_intra_over_inter``,
+    ``val_rho_spectrum`` (:func:`~tf_langdml.evaluation.embedding_space_metrics`; one that is
+    undefined for the split is left out) (and ``val_nmi``, ``val_f1`` with ``clustering=True``),
+    so ``ModelCheckpoint(monitor="val_recall@1", mode="max")`` and ``History`` see them; place
+    this callback before those in the list. With ``log_dir`` they also go to TensorBoard
+    (``<log_dir>/validation``). A split with a gallery mask (``split.gallery``) is evaluated
+    with the query / gallery protocol (:func:`~tf_langdml.evaluation.split_retrieval_metrics`),
+    the diagnostics and clustering on all its images.
     """
 
     def __init__(
@@ -56,6 +60,7 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         embeddings = embed_split(self.model, self.split, self.batch_size, self.image_size, verbose=self.verbose)
         self.last_embeddings = embeddings  # the split's embeddings of the latest evaluation, for other callbacks
         metrics = split_retrieval_metrics(embeddings, self.split, self.ks)  # query / gallery if marked
+        metrics.update(embedding_space_metrics(embeddings, self.split.labels))
         if self.clustering:
             metrics.update(clustering_metrics(embeddings, self.split.labels))
         return metrics

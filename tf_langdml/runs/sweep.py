@@ -56,7 +56,14 @@ from tf_langdml.runs.progress import RunProgress
 from tf_langdml.runs.run_dir import read_metrics
 from tf_langdml.runs.schema import ConfigError, ExperimentConfig, config_from_dict, did_you_mean
 from tf_langdml.runs.sweep_grid import effective_point, point_label, run_config, validation_fraction_of, with_point
-from tf_langdml.runs.sweep_table import SweepResult, mean_std, paired_differences, point_key
+from tf_langdml.runs.sweep_table import (
+    DIAGNOSTIC_COLUMNS,
+    SweepResult,
+    diagnostic_summary,
+    mean_std,
+    paired_differences,
+    point_key,
+)
 from tf_langdml.runs.train import train
 
 SWEEP_FILES = ("sweep.csv", "sweep.json")
@@ -189,6 +196,7 @@ def _row(effective, configs, results, seeds, metric):
         "values": values,
         "seeds": list(seeds),
         "runs": [config.name for config in configs],
+        "diagnostics": diagnostic_summary(results),
     }
 
 
@@ -259,6 +267,10 @@ def run_sweep(
     return result
 
 
+def _csv_number(value):
+    return "" if value is None or math.isnan(value) else f"{value:.6f}"
+
+
 def _write_results(result, base_values, validation_fraction):
     fraction = validation_fraction_of(base_values, validation_fraction)
     buffer = io.StringIO()
@@ -275,6 +287,7 @@ def _write_results(result, base_values, validation_fraction):
             f"test_{result.metric}_mean",
             f"test_{result.metric}_std",
             "best",
+            *(f"validation_{name}_{part}" for name in DIAGNOSTIC_COLUMNS for part in ("mean", "std")),
         ]
     )
     for row in result.rows:
@@ -291,6 +304,11 @@ def _write_results(result, base_values, validation_fraction):
                 f"{final['mean']:.6f}" if final else "",
                 f"{final['std']:.6f}" if final else "",
                 int(row is result.best),
+                *(
+                    _csv_number(row["diagnostics"][name][part])
+                    for name in DIAGNOSTIC_COLUMNS
+                    for part in ("mean", "std")
+                ),
             ]
         )
     with atomic_file(result.folder / "sweep.csv") as temporary:

@@ -12,6 +12,11 @@ import math
 import pathlib
 from collections.abc import Sequence
 
+# The embedding-space diagnostics of every run (tf_langdml.evaluation.EMBEDDING_SPACE_METRICS, named here
+# because this module stays free of TensorFlow), shown beside the selection metric.
+DIAGNOSTIC_COLUMNS = ("intra", "inter", "intra_over_inter", "rho_spectrum")
+_DIAGNOSTIC_HEADERS = {"intra": "intra", "inter": "inter", "intra_over_inter": "intra/inter", "rho_spectrum": "rho"}
+
 
 @dataclasses.dataclass
 class SweepResult:
@@ -36,6 +41,7 @@ class SweepResult:
         lines = [
             f"{'point':44s} {'validation ' + self.metric:>24s}"
             + (f" {'paired Δ vs ω=0':>18s}" if paired else "")
+            + "".join(f" {_DIAGNOSTIC_HEADERS[name]:>11s}" for name in DIAGNOSTIC_COLUMNS)
             + "   seeds"
             + (f"   {'test ' + self.metric:>22s}" if self.final_rows else "")
         ]
@@ -45,13 +51,37 @@ class SweepResult:
             difference = row.get("paired_difference")
             delta = f"{difference['mean']:+.4f} ± {difference['std']:.4f}" if difference else ""
             seeds = " ".join(f"{value:.4f}" for value in row["values"])
-            line = f"{mark}{row['label']:43s} {cell:>24s}" + (f" {delta:>18s}" if paired else "") + f"   {seeds}"
+            line = f"{mark}{row['label']:43s} {cell:>24s}" + (f" {delta:>18s}" if paired else "")
+            line += "".join(f" {_diagnostic_cell(row, name):>11s}" for name in DIAGNOSTIC_COLUMNS) + f"   {seeds}"
             final = self.final_row(row)
             if final:
                 line += f"   {final['mean']:.4f} ± {final['std']:.4f}"
             lines.append(line)
         lines.append(f"* best on validation: {self.best['label']} ({self.metric} {self.best['mean']:.4f})")
+        lines.append(
+            "intra, inter, intra/inter, rho: the embedding-space diagnostics on validation, mean over seeds "
+            "(docs/metrics.md); - where a run has none"
+        )
         return "\n".join(lines)
+
+
+def _diagnostic_cell(row: dict, name: str) -> str:
+    mean = (row.get("diagnostics") or {}).get(name, {}).get("mean")
+    return f"{mean:.4f}" if _finite(mean) else "-"
+
+
+def diagnostic_summary(results: Sequence[dict]) -> dict[str, dict]:
+    """Per name of :data:`DIAGNOSTIC_COLUMNS`: ``{"mean", "std", "values"}`` over one point's runs (metrics dicts).
+
+    A run without the diagnostic (undefined for its split) has None among the values and
+    is left out of the mean and the sample standard deviation.
+    """
+    summary = {}
+    for name in DIAGNOSTIC_COLUMNS:
+        values = [result.get(name) for result in results]
+        mean, std = mean_std(values)
+        summary[name] = {"mean": mean, "std": std, "values": values}
+    return summary
 
 
 def point_key(point: dict) -> str:

@@ -16,6 +16,7 @@ from tf_langdml.evaluation import (
     RetrievalPictures,
     clustering_metrics,
     embed_split,
+    embedding_space_metrics,
     make_level_recall_at_1,
     nearest_neighbors,
     retrieval_metrics,
@@ -120,15 +121,18 @@ def evaluation_metrics(
     encoder: TextEncoder | None = None,
     verbose: int = 1,
 ) -> dict[str, float]:
-    """Retrieval, clustering and semantic-consistency metrics of ``network`` (an embedder or model) on ``split``.
+    """Retrieval, embedding-space, clustering and semantic-consistency metrics of ``network`` on ``split``.
 
-    Retrieval follows the split's protocol (query / gallery when it has a gallery mask,
-    else leave-one-out); clustering and the semantic metrics use all images of the split.
+    ``network``: an embedder or model. Retrieval follows the split's protocol (query /
+    gallery when it has a gallery mask, else leave-one-out); the embedding-space
+    diagnostics (intra, inter, intra_over_inter, rho_spectrum), clustering and the
+    semantic metrics use all images of the split.
     ``encoder``: the text encoder for the semantic metrics (built from ``language`` when None).
     """
     embeddings = embed_split(network, split, evaluation.batch_size, data.image_size, verbose=verbose)
     with config_keys("evaluation.ks"):
         metrics = split_retrieval_metrics(embeddings, split, evaluation.ks)
+    metrics.update(embedding_space_metrics(embeddings, split.labels))
     if evaluation.clustering:
         metrics.update(clustering_metrics(embeddings, split.labels, seed=seed))
     if evaluation.semantic:
