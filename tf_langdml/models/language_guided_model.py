@@ -21,7 +21,8 @@ from tf_langdml.models.compile_arguments import (
 )
 from tf_langdml.models.embedder import embedder_with_feature_maps
 from tf_langdml.models.global_batch import gather_global_batch, num_replicas
-from tf_langdml.models.loss_optimizers import apply_grouped_gradients, build_all_optimizers, loss_groups
+from tf_langdml.models.learning_rates import backbone_variables, check_head_learning_rate, check_warmup_steps
+from tf_langdml.models.loss_optimizers import apply_grouped_gradients, build_all_optimizers, head_group, loss_groups
 from tf_langdml.models.nonfinite import (
     NonFiniteLossError,
     apply_unless_nonfinite,
@@ -85,6 +86,8 @@ class LanguageGuidedModel(keras.Model):
         self.language_weight = 0.0
         self.language_delay = 0
         self.weight_decay = 0.0
+        self.head_optimizer = None  # the head's own optimizer (compile's head_learning_rate): tracked, checkpointed
+        self.warmup_steps = 0
 
     @property
     def language_table(self) -> LanguageTable | None:
@@ -116,6 +119,8 @@ class LanguageGuidedModel(keras.Model):
         language_direction: str = "image_to_language",
         weight_decay: float = 0.0,
         num_classes: int | None = None,
+        head_learning_rate: float | None = None,
+        warmup_steps: int = 0,
         **kwargs: Any,
     ) -> None:
         """Configure training.
@@ -139,6 +144,13 @@ class LanguageGuidedModel(keras.Model):
                 vector per class (``proxy_anchor``, ``proxy_nca``, ``normalized_softmax``,
                 ``arcface``, ``margin``'s β); default: the language table's rows when it
                 is indexed by label.
+            head_learning_rate: the projection head's own rate (the layers after the global
+                pooling; the paper code's ``--fc_lr``), an optimizer of its own of
+                ``optimizer``'s type; decayed as the base rate when that is a
+                :class:`~tf_langdml.models.learning_rates.StepDecay`. None: the base rate.
+            warmup_steps: optimizer steps during which the backbone (every embedder variable
+                but the head's) gets a zero gradient and no weight decay, so it does not move
+                (the paper code's ``--warmup``, in steps); the head and the loss's variables train.
             **kwargs: passed to ``keras.Model.compile`` (``loss`` is not accepted;
                 use ``dml_loss``).
 
@@ -152,8 +164,16 @@ class LanguageGuidedModel(keras.Model):
         )
         self.language_matching = language_matching_loss(language_shift, language_temperature, language_direction)
         dml_loss = dml_loss_of(dml_loss)
+        head_learning_rate = check_head_learning_rate(head_learning_rate)
+        self.warmup_steps = check_warmup_steps(warmup_steps)
         super().compile(optimizer=optimizer, **kwargs)
         self._setup_loss_state(dml_loss, num_classes)
+        self.head_optimizer = None
+        if head_learning_rate is not None:
+            with self.distribute_strategy.scope():
+                head = head_group(self.optimizer, self.embedder, head_learning_rate)
+            self.head_optimizer = head[0][0]
+            self._loss_groups.value = [*self._loss_groups.value, *head]
         self.language_weight = language_weight
         self.language_delay = language_delay
         self.weight_decay = weight_decay
@@ -192,6 +212,17 @@ class LanguageGuidedModel(keras.Model):
     def _apply_gradients(self, pairs: Sequence[tuple[tf.Tensor, tf.Variable]]) -> None:
         """Apply (gradient, variable) pairs: the loss's groups to their optimizers, the rest to ``optimizer``."""
         apply_grouped_gradients(self.optimizer, self._loss_groups.value, pairs)
+
+    def _warmup_gradients(self, gradients: list, variables: Sequence[tf.Variable], step: tf.Tensor) -> list:
+        """``gradients`` with the backbone's zeroed before optimizer step ``warmup_steps`` (graph-safe)."""
+        frozen = {variable.ref() for variable in backbone_variables(self.embedder)}
+        training = step >= self.warmup_steps
+        return [
+            tf.where(training, gradient, tf.zeros_like(gradient))
+            if gradient is not None and variable.ref() in frozen
+            else gradient
+            for gradient, variable in zip(gradients, variables)
+        ]
 
     def _undecayed(self) -> frozenset:
         """Refs of the variables that get no weight decay: the loss's own (the paper's code decays the network only)."""
@@ -345,6 +376,8 @@ class LanguageGuidedModel(keras.Model):
                 for gradient, variable in zip(gradients, variables)
             ]
         finite, report = finiteness_check(step, total, dml, language, None if scaled_optimizer else gradients, replicas)
+        if self.warmup_steps:
+            gradients = self._warmup_gradients(gradients, variables, step)
         pairs = [(gradient, variable) for gradient, variable in zip(gradients, variables) if gradient is not None]
         record = self._nonfinite.value
         if tf.executing_eagerly():

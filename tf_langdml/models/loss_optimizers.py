@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from tf_langdml._keras import keras
 from tf_langdml.losses.base import LearningRateGroup, collect_learning_rate_groups
+from tf_langdml.models.learning_rates import base_learning_rate, head_variables, rate_like
 
 LossGroups = list[tuple[keras.optimizers.Optimizer, frozenset]]
 
@@ -44,7 +45,7 @@ class ScaledLearningRate(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def group_optimizer(
-    optimizer: keras.optimizers.Optimizer, group: LearningRateGroup, index: int
+    optimizer: keras.optimizers.Optimizer, group: LearningRateGroup, index: int, kind: str = "loss_group"
 ) -> keras.optimizers.Optimizer:
     """A fresh optimizer of ``optimizer``'s type and settings at ``group``'s learning rate.
 
@@ -53,22 +54,22 @@ def group_optimizer(
 
     Args:
         optimizer: the model's optimizer (a LossScaleOptimizer's inner optimizer is copied).
-        group: the variables and their learning rate (absolute, or a multiplier on the base rate).
-        index: the group's position, for the optimizer's name (``<name>_loss_group_<index>``).
+        group: the variables and their learning rate (absolute, or a multiplier on the base rate);
+            an absolute rate follows a :class:`~tf_langdml.models.learning_rates.StepDecay` base rate.
+        index: the group's position, for the optimizer's name (``<name>_<kind>_<index>``).
+        kind: ``"loss_group"`` or ``"head"``.
     """
     inner = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer's optimizer
     config = inner.get_config()
-    base = getattr(inner, "_learning_rate", None)
-    if base is None:
-        base = inner.learning_rate
+    base = base_learning_rate(optimizer)
     if group.learning_rate is not None:
-        rate = float(group.learning_rate)
+        rate = rate_like(base, group.learning_rate)
     elif isinstance(base, keras.optimizers.schedules.LearningRateSchedule):
         rate = ScaledLearningRate(base, group.multiplier)
     else:
         rate = float(keras.backend.get_value(base)) * group.multiplier
     config["learning_rate"] = rate
-    config["name"] = f"{config.get('name', 'optimizer')}_loss_group_{index}"
+    config["name"] = f"{config.get('name', 'optimizer')}_{kind}_{index}"
     return type(inner).from_config(config)
 
 
@@ -83,6 +84,14 @@ def loss_groups(optimizer: keras.optimizers.Optimizer, loss: Any) -> LossGroups:
         (group_optimizer(optimizer, group, index), frozenset(variable.ref() for variable in group.variables))
         for index, group in enumerate(groups)
     ]
+
+
+def head_group(optimizer: keras.optimizers.Optimizer, embedder: keras.Model, rate: float) -> LossGroups:
+    """``[(optimizer, refs)]`` of the embedder's head (:func:`~tf_langdml.models.learning_rates.head_variables`)
+    at the absolute ``rate`` (decayed as the base rate is); call it under the model's distribution strategy."""
+    variables = head_variables(embedder)
+    group = LearningRateGroup(variables=tuple(variables), learning_rate=rate)
+    return [(group_optimizer(optimizer, group, 0, kind="head"), frozenset(variable.ref() for variable in variables))]
 
 
 def build_all_optimizers(

@@ -1,0 +1,172 @@
+"""The head's own learning rate, the backbone warmup and the step decay (tf_langdml.models.learning_rates).
+
+Expected values are computed by hand in float32 with the optimizer's own formula: Keras'
+SGD without momentum does ``w += -g * float32(lr)``, one rounding per element, so numpy
+reproduces it exactly; a decayed rate is ``float32(lr * factor**k)`` (rounded once).
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import synthetic_problem, tiny_guided_model
+
+from tf_langdml import keras
+from tf_langdml.errors import ArgumentError, argument_of
+from tf_langdml.models.learning_rates import backbone_variables, head_variables, step_decay
+
+LR, HEAD_LR = 0.01, 0.25
+
+
+def sgd_step(variable, gradient, rate):
+    """What Keras' SGD (momentum 0) makes of ``variable`` after ``gradient`` at ``rate``: w + (-g * float32(rate))."""
+    return variable + (-gradient * np.float32(rate))
+
+
+def batch():
+    return synthetic_problem(num_classes=4, per_class=2, seed=1)
+
+
+def test_the_head_is_the_projection_after_the_pooling_and_the_backbone_the_rest():
+    model = tiny_guided_model()
+    assert [variable.name for variable in head_variables(model.embedder)] == [
+        "projection/kernel:0",
+        "projection/bias:0",
+    ]
+    head = {variable.ref() for variable in head_variables(model.embedder)}
+    backbone = backbone_variables(model.embedder)
+    assert backbone and not head & {variable.ref() for variable in backbone}
+    assert len(backbone) + len(head) == len(model.embedder.trainable_variables)
+
+
+def test_without_head_learning_rate_the_model_has_no_head_optimizer():
+    model = tiny_guided_model(optimizer=keras.optimizers.SGD(LR))
+    assert model.head_optimizer is None and model.loss_optimizers == []
+
+
+def test_one_sgd_step_moves_the_head_by_head_rate_and_the_backbone_by_the_base_rate():
+    model = tiny_guided_model(optimizer=keras.optimizers.SGD(LR), head_learning_rate=HEAD_LR)
+    model.build_optimizers()
+    rng = np.random.default_rng(0)
+    variables = model.trainable_variables
+    before = [variable.numpy() for variable in variables]
+    gradients = [rng.normal(size=variable.shape).astype("float32") for variable in variables]
+    model._apply_gradients([(tf.constant(g), v) for g, v in zip(gradients, variables)])
+    head = {variable.ref() for variable in head_variables(model.embedder)}
+    for variable, old, gradient in zip(variables, before, gradients):
+        rate = HEAD_LR if variable.ref() in head else LR
+        np.testing.assert_array_equal(variable.numpy(), sgd_step(old, gradient, rate), err_msg=variable.name)
+    assert int(model.optimizer.iterations) == 1 and int(model.head_optimizer.iterations) == 1
+
+
+@pytest.mark.parametrize("run_eagerly", [False, True], ids=["graph", "eager"])
+def test_warmup_keeps_the_backbone_bit_identical_then_trains_it(run_eagerly):
+    images, labels = batch()
+    model = tiny_guided_model(
+        optimizer=keras.optimizers.Adam(1e-3), weight_decay=4e-4, warmup_steps=2, run_eagerly=run_eagerly
+    )
+    backbone, head = backbone_variables(model.embedder), head_variables(model.embedder)
+    start = [variable.numpy() for variable in backbone]
+    head_start = [variable.numpy() for variable in head]
+    for _ in range(2):
+        model.train_on_batch(images, labels)
+        for variable, old in zip(backbone, start):
+            np.testing.assert_array_equal(variable.numpy(), old, err_msg=variable.name)
+    assert all(not np.array_equal(variable.numpy(), old) for variable, old in zip(head, head_start))
+    model.train_on_batch(images, labels)  # optimizer step 2: the warmup is over
+    assert any(not np.array_equal(variable.numpy(), old) for variable, old in zip(backbone, start))
+
+
+def resumed_pair(tmp_path, stop, steps, **compile_arguments):
+    """(unbroken, resumed) models after ``steps`` SGD steps; the resumed one restored from a checkpoint at ``stop``."""
+    images, labels = batch()
+
+    def build():
+        model = tiny_guided_model(seed=5, optimizer=keras.optimizers.SGD(schedule()), **compile_arguments)
+        model.build_optimizers()
+        return model
+
+    unbroken = build()
+    for step in range(steps):
+        if step == stop:
+            path = tf.train.Checkpoint(model=unbroken, optimizer=unbroken.optimizer).save(str(tmp_path / "ckpt"))
+        unbroken.train_on_batch(images, labels)
+    resumed = build()
+    tf.train.Checkpoint(model=resumed, optimizer=resumed.optimizer).restore(path).assert_existing_objects_matched()
+    for _ in range(stop, steps):
+        resumed.train_on_batch(images, labels)
+    return unbroken, resumed
+
+
+def schedule():
+    return step_decay(LR, [1, 2], 0.5, steps_per_epoch=2)  # boundaries at steps 2 and 4
+
+
+def test_a_resume_mid_warmup_is_bit_identical_across_the_warmup_boundary(tmp_path):
+    unbroken, resumed = resumed_pair(tmp_path, stop=1, steps=4, warmup_steps=2, head_learning_rate=HEAD_LR)
+    for a, b in zip(unbroken.variables, resumed.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
+
+
+def test_a_resume_after_a_decay_boundary_continues_at_the_decayed_rate(tmp_path):
+    unbroken, resumed = resumed_pair(tmp_path, stop=3, steps=5, head_learning_rate=HEAD_LR)
+    for a, b in zip(unbroken.variables, resumed.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
+    step = resumed.optimizer.iterations  # 5: after both boundaries
+    assert resumed.optimizer.learning_rate.numpy() == np.float32(LR * 0.25)
+    assert resumed.head_optimizer.learning_rate.numpy() == np.float32(HEAD_LR * 0.25)
+    assert int(step) == 5
+
+
+@pytest.mark.parametrize(
+    ("step", "rate"), [(0, LR), (5, LR), (6, LR * 0.3), (14, LR * 0.3), (15, LR * 0.3**2), (10**6, LR * 0.3**2)]
+)
+def test_step_decay_before_at_and_after_each_boundary(step, rate):
+    schedule = step_decay(LR, [2, 5], 0.3, steps_per_epoch=3)  # epochs 2 and 5: optimizer steps 6 and 15
+    assert schedule.boundaries == [6, 15]
+    assert schedule(tf.constant(step, tf.int64)).numpy() == np.float32(rate)
+
+
+def test_the_head_and_the_losses_groups_decay_alike():
+    model = tiny_guided_model(
+        optimizer=keras.optimizers.SGD(schedule()), dml_loss="margin", num_classes=4, head_learning_rate=HEAD_LR
+    )
+    model.build_optimizers()
+    beta, head = model.loss_optimizers[0], model.head_optimizer  # margin's β: the absolute 5e-4 of the paper's code
+    beta_rate = 5e-4
+    zeros = [(tf.zeros_like(variable), variable) for variable in model.trainable_variables]
+    rates = []
+    for step in (1, 4):  # before the first boundary (step 2), after the second (step 4)
+        for optimizer in (model.optimizer, beta, head):
+            optimizer.iterations.assign(step)
+        model._apply_gradients(zeros)  # the rate an optimizer step at `step` uses
+        rates.append([optimizer.learning_rate.numpy() for optimizer in (model.optimizer, beta, head)])
+    assert rates[0] == [np.float32(LR), np.float32(beta_rate), np.float32(HEAD_LR)]
+    assert rates[1] == [np.float32(LR * 0.25), np.float32(beta_rate * 0.25), np.float32(HEAD_LR * 0.25)]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "argument"),
+    [
+        ({"decay_epochs": []}, "decay_epochs"),
+        ({"decay_epochs": [0, 3]}, "decay_epochs"),
+        ({"decay_epochs": [3, 3]}, "decay_epochs"),
+        ({"decay_epochs": [5, 3]}, "decay_epochs"),
+        ({"decay_factor": 0.0}, "decay_factor"),
+        ({"decay_factor": -0.5}, "decay_factor"),
+    ],
+)
+def test_step_decay_refuses_bad_epochs_and_factors(arguments, argument):
+    values = {"learning_rate": LR, "decay_epochs": [3], "decay_factor": 0.1, "steps_per_epoch": 2, **arguments}
+    with pytest.raises(ArgumentError) as error:
+        step_decay(**values)
+    assert argument_of(error.value) == argument and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "argument"),
+    [({"head_learning_rate": 0.0}, "head_learning_rate"), ({"warmup_steps": -1}, "warmup_steps")],
+)
+def test_compile_refuses_a_bad_head_rate_or_warmup(arguments, argument):
+    with pytest.raises(ArgumentError) as error:
+        tiny_guided_model(**arguments)
+    assert argument_of(error.value) == argument
