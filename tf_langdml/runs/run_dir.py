@@ -65,6 +65,7 @@ import numpy as np
 
 from tf_langdml._keras import keras
 from tf_langdml.cache import atomic_file, json_safe, write_json
+from tf_langdml.models.learning_rates import base_learning_rate
 from tf_langdml.models.nonfinite import NonFiniteLossError
 from tf_langdml.runs.schema import (
     ConfigError,
@@ -315,7 +316,11 @@ def log_nonfinite(folder: str | os.PathLike, model: keras.Model, error: NonFinit
 
 
 class HistoryFile(keras.callbacks.Callback):
-    """``history.json``: the logs of each finished epoch, keyed by epoch (a repeated epoch overwrites)."""
+    """``history.json``: the logs of each finished epoch, keyed by epoch (a repeated epoch overwrites).
+
+    Under a learning-rate schedule (``optimizer.schedule: step``) also ``learning_rate``: the base
+    rate of the epoch's last optimizer step (what TensorBoard's per-step ``learning_rate`` shows for it).
+    """
 
     def __init__(self, path: pathlib.Path) -> None:
         super().__init__()
@@ -324,6 +329,8 @@ class HistoryFile(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         line = {key: float(value) for key, value in (logs or {}).items()}
+        if isinstance(base_learning_rate(self.model.optimizer), keras.optimizers.schedules.LearningRateSchedule):
+            line["learning_rate"] = float(self.model.optimizer.learning_rate)  # the last applied step's
         bad = sorted(key for key, value in line.items() if not math.isfinite(value))
         if bad:
             step = int(self.model.optimizer.iterations.numpy())
