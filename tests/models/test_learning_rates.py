@@ -111,10 +111,10 @@ def test_a_resume_after_a_decay_boundary_continues_at_the_decayed_rate(tmp_path)
     unbroken, resumed = resumed_pair(tmp_path, stop=3, steps=5, head_learning_rate=HEAD_LR)
     for a, b in zip(unbroken.variables, resumed.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
-    step = resumed.optimizer.iterations  # 5: after both boundaries
+    # .learning_rate: the rate the last step (optimizer step 4, after both boundaries) used.
+    assert int(resumed.optimizer.iterations) == 5
     assert resumed.optimizer.learning_rate.numpy() == np.float32(LR * 0.25)
     assert resumed.head_optimizer.learning_rate.numpy() == np.float32(HEAD_LR * 0.25)
-    assert int(step) == 5
 
 
 @pytest.mark.parametrize(
