@@ -35,6 +35,7 @@ PYTHON_ATTRIBUTES = {
         "dml_loss",
         "loss_optimizers",
         "head_optimizer",
+        "backbone_optimizer",
     ),  # LanguageGuidedModel
     "data": ("skipped_files",),  # SplitDataset (what load_image_folder returns)
     "optimizer": ("iterations",),  # a Keras optimizer

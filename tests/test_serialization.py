@@ -316,6 +316,16 @@ def test_step_decay_round_trips_with_its_rates_and_inside_a_scaled_rate():
     assert [restored(step).numpy() for step in steps] == expected
 
 
+def test_scaled_learning_rate_offset_reads_the_schedule_later_and_round_trips():
+    schedule = StepDecay(1e-3, [6, 15], 0.3)
+    shifted = ScaledLearningRate(schedule, 1.0, offset=4)  # a backbone optimizer after a 4-step warmup
+    restored = keras.optimizers.schedules.deserialize(json_round_trip(keras.optimizers.schedules.serialize(shifted)))
+    assert restored.offset == 4
+    for step in (0, 1, 2, 10, 11):  # its step 2 is the base step 6 (the first boundary)
+        assert restored(tf.constant(step, tf.int64)).numpy() == schedule(tf.constant(step + 4, tf.int64)).numpy()
+    assert "offset" not in ScaledLearningRate(schedule, 2.0).get_config()  # without one: the config as before
+
+
 # ---------------------------------------------------------------- losses
 
 

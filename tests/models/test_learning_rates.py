@@ -58,11 +58,25 @@ def test_one_sgd_step_moves_the_head_by_head_rate_and_the_backbone_by_the_base_r
     assert int(model.optimizer.iterations) == 1 and int(model.head_optimizer.iterations) == 1
 
 
-@pytest.mark.parametrize("run_eagerly", [False, True], ids=["graph", "eager"])
-def test_warmup_keeps_the_backbone_bit_identical_then_trains_it(run_eagerly):
+# "xla" takes ~7 s on 2 busy cores: two XLA compilations (the warmup's function and its retrace)
+WARMUP_MODES = {"graph": {}, "eager": {"run_eagerly": True}, "xla": {"jit_compile": True}, "mirrored": {}}
+
+
+def warmup_model(mode, **compile_arguments):
+    """A tiny model with ``compile_arguments`` in ``mode``; "mirrored": built under a one-CPU MirroredStrategy."""
+    arguments = {**WARMUP_MODES[mode], **compile_arguments}
+    if mode != "mirrored":
+        return tiny_guided_model(**arguments)
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        return tiny_guided_model(**arguments)
+
+
+@pytest.mark.parametrize("mode", list(WARMUP_MODES))
+def test_warmup_keeps_the_backbone_bit_identical_then_trains_it(mode):
     images, labels = batch()
-    model = tiny_guided_model(
-        optimizer=keras.optimizers.Adam(1e-3), weight_decay=4e-4, warmup_steps=2, run_eagerly=run_eagerly
+    # the head's own rate leaves the model's optimizer no variable: its step still counts
+    model = warmup_model(
+        mode, optimizer=keras.optimizers.Adam(1e-3), weight_decay=4e-4, warmup_steps=2, head_learning_rate=HEAD_LR
     )
     backbone, head = backbone_variables(model.embedder), head_variables(model.embedder)
     start = [variable.numpy() for variable in backbone]
@@ -71,17 +85,64 @@ def test_warmup_keeps_the_backbone_bit_identical_then_trains_it(run_eagerly):
         model.train_on_batch(images, labels)
         for variable, old in zip(backbone, start):
             np.testing.assert_array_equal(variable.numpy(), old, err_msg=variable.name)
+    assert model.backbone_optimizer.iterations.numpy() == 0  # never applied during the warmup
     assert all(not np.array_equal(variable.numpy(), old) for variable, old in zip(head, head_start))
     model.train_on_batch(images, labels)  # optimizer step 2: the warmup is over
     assert any(not np.array_equal(variable.numpy(), old) for variable, old in zip(backbone, start))
+    assert model.backbone_optimizer.iterations.numpy() == 1 and model.optimizer.iterations.numpy() == 3
 
 
-def resumed_pair(tmp_path, stop, steps, **compile_arguments):
-    """(unbroken, resumed) models after ``steps`` SGD steps; the resumed one restored from a checkpoint at ``stop``."""
+def test_without_warmup_there_is_no_backbone_optimizer():
+    model = tiny_guided_model(optimizer=keras.optimizers.Adam(1e-3), head_learning_rate=HEAD_LR)
+    assert model.backbone_optimizer is None and model._backbone_trains
+    assert [optimizer for optimizer, _ in model._loss_groups.value] == [model.head_optimizer]
+
+
+@pytest.mark.parametrize("mode", ["graph", "eager"])
+def test_the_backbones_first_update_after_the_warmup_is_adams_step_one(mode):
+    """Keras' Adam at step t from moments m, v: w -= lr sqrt(1-b2^t)/(1-b1^t) m/(sqrt(v)+eps). After the
+    warmup the backbone's optimizer is at t=1 with m = (1-b1) g, v = (1-b2) g^2 (zero moments before),
+    so the update is about lr sign(g); a step count run on through the warmup (t=3) would be 3.16x
+    larger. Constants are Keras' float32 ones (1 - float32(b) is exact in float32). Tolerances: the
+    float32 update is <= 8 roundings of a value <= lr and the new weight one rounding of |w|; m^2/v
+    carries m's one rounding twice and v's two (g^2, then the product), so 4 eps relative."""
+    lr, b1, b2, eps = (float(np.float32(x)) for x in (1e-3, 0.9, 0.999, 1e-7))
+    images, labels = batch()
+    optimizer = keras.optimizers.Adam(lr, beta_1=b1, beta_2=b2, epsilon=eps)
+    model = warmup_model(mode, optimizer=optimizer, warmup_steps=2, head_learning_rate=HEAD_LR)
+    for _ in range(2):
+        model.train_on_batch(images, labels)
+    backbone = backbone_variables(model.embedder)
+    before = [variable.numpy().astype(np.float64) for variable in backbone]
+    model.train_on_batch(images, labels)
+    adam, f32 = model.backbone_optimizer, np.finfo(np.float32)
+    assert adam.iterations.numpy() == 1
+    for variable, old in zip(backbone, before):
+        index = adam._index_dict[adam._var_key(variable)]  # Keras' slot lookup (no public one)
+        m, v = (slot[index].numpy().astype(np.float64) for slot in (adam._momentums, adam._velocities))
+        normal = v >= f32.tiny  # g^2 not subnormal
+        ratio = m[normal] ** 2 / v[normal] / ((1 - b1) ** 2 / (1 - b2))
+        assert np.all(np.abs(ratio - 1) <= 4 * f32.eps), variable.name
+        expected = lr * np.sqrt(1 - b2) / (1 - b1) * m / (np.sqrt(v) + eps)
+        error = np.abs(old - variable.numpy().astype(np.float64) - expected)
+        assert np.all(error <= 8 * f32.eps * (lr + np.abs(old))), (variable.name, float(np.max(error)))
+
+
+@pytest.mark.parametrize("mode", ["graph"])  # XLA's retrace is covered by train_on_batch above
+def test_one_fit_starts_the_backbones_optimizer_at_the_first_call_after_the_warmup(mode):
+    images, labels = batch()
+    model = warmup_model(mode, optimizer=keras.optimizers.Adam(1e-3), warmup_steps=2)  # the head: the model's
+    dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    model.fit(dataset, epochs=2, steps_per_epoch=2, verbose=0)  # steps 0, 1: warmup; 2, 3: the backbone trains
+    assert model.optimizer.iterations.numpy() == 4 and model.backbone_optimizer.iterations.numpy() == 2
+
+
+def resumed_pair(tmp_path, stop, steps, optimizer=keras.optimizers.SGD, **compile_arguments):
+    """(unbroken, resumed) models after ``steps`` steps; the resumed one restored from a checkpoint at ``stop``."""
     images, labels = batch()
 
     def build():
-        model = tiny_guided_model(seed=5, optimizer=keras.optimizers.SGD(schedule()), **compile_arguments)
+        model = tiny_guided_model(seed=5, optimizer=optimizer(schedule()), **compile_arguments)
         model.build_optimizers()
         return model
 
@@ -101,8 +162,13 @@ def schedule():
     return step_decay(LR, [1, 2], 0.5, steps_per_epoch=2)  # boundaries at steps 2 and 4
 
 
-def test_a_resume_mid_warmup_is_bit_identical_across_the_warmup_boundary(tmp_path):
-    unbroken, resumed = resumed_pair(tmp_path, stop=1, steps=4, warmup_steps=2, head_learning_rate=HEAD_LR)
+@pytest.mark.parametrize("optimizer", [keras.optimizers.SGD, keras.optimizers.Adam], ids=["sgd", "adam"])
+@pytest.mark.parametrize("stop", [1, 2, 3], ids=["mid_warmup", "at_the_boundary", "after_the_boundary"])
+def test_a_resume_around_the_warmup_boundary_is_bit_identical(tmp_path, optimizer, stop):
+    unbroken, resumed = resumed_pair(
+        tmp_path, stop=stop, steps=5, optimizer=optimizer, warmup_steps=2, head_learning_rate=HEAD_LR
+    )
+    assert int(resumed.backbone_optimizer.iterations) == 3
     for a, b in zip(unbroken.variables, resumed.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
 

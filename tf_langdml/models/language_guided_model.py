@@ -21,8 +21,14 @@ from tf_langdml.models.compile_arguments import (
 )
 from tf_langdml.models.embedder import embedder_with_feature_maps
 from tf_langdml.models.global_batch import gather_global_batch, num_replicas
-from tf_langdml.models.learning_rates import backbone_variables, check_head_learning_rate, check_warmup_steps
-from tf_langdml.models.loss_optimizers import apply_grouped_gradients, build_all_optimizers, head_group, loss_groups
+from tf_langdml.models.learning_rates import check_head_learning_rate, check_warmup_steps
+from tf_langdml.models.loss_optimizers import (
+    apply_grouped_gradients,
+    backbone_group,
+    build_all_optimizers,
+    head_group,
+    loss_groups,
+)
 from tf_langdml.models.nonfinite import (
     NonFiniteLossError,
     apply_unless_nonfinite,
@@ -88,6 +94,8 @@ class LanguageGuidedModel(keras.Model):
         self.weight_decay = 0.0
         self.head_optimizer = None  # the head's own optimizer (compile's head_learning_rate): tracked, checkpointed
         self.warmup_steps = 0
+        self.backbone_optimizer = None  # the backbone's own optimizer during a warmup (compile's warmup_steps)
+        self._backbone_trains = True  # the traced train function applies the backbone's optimizer
 
     @property
     def language_table(self) -> LanguageTable | None:
@@ -148,9 +156,10 @@ class LanguageGuidedModel(keras.Model):
                 pooling; the paper code's ``--fc_lr``), an optimizer of its own of
                 ``optimizer``'s type; decayed as the base rate when that is a
                 :class:`~tf_langdml.models.learning_rates.StepDecay`. None: the base rate.
-            warmup_steps: optimizer steps during which the backbone (every embedder variable
-                but the head's) gets a zero gradient and no weight decay, so it does not move
-                (the paper code's ``--warmup``, in steps); the head and the loss's variables train.
+            warmup_steps: optimizer steps during which the backbone (the embedder but its head)
+                is not updated (the paper code's ``--warmup``): its own ``backbone_optimizer``
+                (checkpointed) is applied from the first train-function call at or after this
+                step (traced again then), so its first update is Adam's step 1.
             **kwargs: passed to ``keras.Model.compile`` (``loss`` is not accepted;
                 use ``dml_loss``).
 
@@ -174,6 +183,12 @@ class LanguageGuidedModel(keras.Model):
                 head = head_group(self.optimizer, self.embedder, head_learning_rate)
             self.head_optimizer = head[0][0]
             self._loss_groups.value = [*self._loss_groups.value, *head]
+        self.backbone_optimizer = None
+        if self.warmup_steps:
+            with self.distribute_strategy.scope():
+                backbone = backbone_group(self.optimizer, self.embedder, self.warmup_steps)
+            self.backbone_optimizer = backbone[0][0]
+            self._loss_groups.value = [*self._loss_groups.value, *backbone]
         self.language_weight = language_weight
         self.language_delay = language_delay
         self.weight_decay = weight_decay
@@ -213,16 +228,9 @@ class LanguageGuidedModel(keras.Model):
         """Apply (gradient, variable) pairs: the loss's groups to their optimizers, the rest to ``optimizer``."""
         apply_grouped_gradients(self.optimizer, self._loss_groups.value, pairs)
 
-    def _warmup_gradients(self, gradients: list, variables: Sequence[tf.Variable], step: tf.Tensor) -> list:
-        """``gradients`` with the backbone's zeroed before optimizer step ``warmup_steps`` (graph-safe)."""
-        frozen = {variable.ref() for variable in backbone_variables(self.embedder)}
-        training = step >= self.warmup_steps
-        return [
-            tf.where(training, gradient, tf.zeros_like(gradient))
-            if gradient is not None and variable.ref() in frozen
-            else gradient
-            for gradient, variable in zip(gradients, variables)
-        ]
+    def _backbone_due(self) -> bool:
+        """Whether the backbone trains at the optimizer's current step (no warmup, or the warmup is over)."""
+        return not self.warmup_steps or int(self.optimizer.iterations.numpy()) >= self.warmup_steps
 
     def _undecayed(self) -> frozenset:
         """Refs of the variables that get no weight decay: the loss's own (the paper's code decays the network only)."""
@@ -376,9 +384,10 @@ class LanguageGuidedModel(keras.Model):
                 for gradient, variable in zip(gradients, variables)
             ]
         finite, report = finiteness_check(step, total, dml, language, None if scaled_optimizer else gradients, replicas)
-        if self.warmup_steps:
-            gradients = self._warmup_gradients(gradients, variables, step)
         pairs = [(gradient, variable) for gradient, variable in zip(gradients, variables) if gradient is not None]
+        if not self._backbone_trains:  # the warmup: the backbone's optimizer is not applied at all
+            frozen = self._loss_groups.value[-1][1]
+            pairs = [pair for pair in pairs if pair[1].ref() not in frozen]
         record = self._nonfinite.value
         if tf.executing_eagerly():
             if not bool(finite):
@@ -401,8 +410,10 @@ class LanguageGuidedModel(keras.Model):
 
     def make_train_function(self, force: bool = False) -> Callable[[Any], dict[str, tf.Tensor]]:
         """Keras' train function, wrapped so that a non-finite step raises :class:`NonFiniteLossError`."""
-        if self.train_function is not None and not force:
+        due = self._backbone_due()
+        if self.train_function is not None and not force and due == self._backbone_trains:
             return self.train_function
+        self._backbone_trains = due
         if (
             self.jit_compile
             and not self.run_eagerly
@@ -410,9 +421,12 @@ class LanguageGuidedModel(keras.Model):
             and self.distribute_strategy.num_replicas_in_sync == 1
         ):
             self._nonfinite.value = create_record()
-        self.train_function = guard_train_function(
-            super().make_train_function(force), self._nonfinite, lambda: self.jit_compile, self.nonfinite_error
+        guarded = guard_train_function(
+            super().make_train_function(True), self._nonfinite, lambda: self.jit_compile, self.nonfinite_error
         )
+        # during the warmup, a call that starts at its end retraces with the backbone's optimizer
+        watched = lambda it: (self.make_train_function() if self._backbone_due() else guarded)(it)
+        self.train_function = guarded if due else watched
         return self.train_function
 
     def nonfinite_error(self, report: Sequence[float] | np.ndarray) -> NonFiniteLossError:

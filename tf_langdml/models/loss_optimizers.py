@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from tf_langdml._keras import keras
 from tf_langdml.losses.base import LearningRateGroup, collect_learning_rate_groups
-from tf_langdml.models.learning_rates import base_learning_rate, head_variables, rate_like
+from tf_langdml.models.learning_rates import backbone_variables, base_learning_rate, head_variables, rate_like
 
 LossGroups = list[tuple[keras.optimizers.Optimizer, frozenset]]
 
@@ -27,21 +27,29 @@ class ScaledLearningRate(keras.optimizers.schedules.LearningRateSchedule):
     Args:
         schedule: the base learning-rate schedule.
         multiplier: the group's factor on it.
+        offset: steps added to the optimizer's step before ``schedule`` reads it (the backbone's
+            optimizer, which starts after a warmup of ``offset`` steps, follows the base step).
     """
 
-    def __init__(self, schedule: keras.optimizers.schedules.LearningRateSchedule, multiplier: float) -> None:
+    def __init__(
+        self, schedule: keras.optimizers.schedules.LearningRateSchedule, multiplier: float, offset: int = 0
+    ) -> None:
         self.schedule = schedule
         self.multiplier = float(multiplier)
+        self.offset = int(offset)
 
     def __call__(self, step: tf.Tensor) -> tf.Tensor:
-        return self.schedule(step) * self.multiplier
+        return self.schedule(step + self.offset if self.offset else step) * self.multiplier
 
     def get_config(self) -> dict[str, Any]:
-        return {"schedule": keras.optimizers.schedules.serialize(self.schedule), "multiplier": self.multiplier}
+        config = {"schedule": keras.optimizers.schedules.serialize(self.schedule), "multiplier": self.multiplier}
+        return {**config, "offset": self.offset} if self.offset else config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ScaledLearningRate:
-        return cls(keras.optimizers.schedules.deserialize(config["schedule"]), config["multiplier"])
+        return cls(
+            keras.optimizers.schedules.deserialize(config["schedule"]), config["multiplier"], config.get("offset", 0)
+        )
 
 
 def group_optimizer(
@@ -94,6 +102,23 @@ def head_group(optimizer: keras.optimizers.Optimizer, embedder: keras.Model, rat
     return [(group_optimizer(optimizer, group, 0, kind="head"), frozenset(variable.ref() for variable in variables))]
 
 
+def backbone_group(optimizer: keras.optimizers.Optimizer, embedder: keras.Model, warmup_steps: int) -> LossGroups:
+    """``[(optimizer, refs)]`` of the embedder's backbone (:func:`~tf_langdml.models.learning_rates.backbone_variables`)
+    at the base rate, for a warmup of ``warmup_steps``: not applied during it, so its step count (Adam's
+    bias correction) starts after it; a scheduled base rate is read at its step + ``warmup_steps`` (the
+    model optimizer's step). Call it under the model's distribution strategy."""
+    variables = backbone_variables(embedder)
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer's optimizer
+    config = inner.get_config()
+    base = base_learning_rate(optimizer)
+    if isinstance(base, keras.optimizers.schedules.LearningRateSchedule):
+        config["learning_rate"] = ScaledLearningRate(base, 1.0, offset=warmup_steps)
+    else:
+        config["learning_rate"] = float(keras.backend.get_value(base))
+    config["name"] = f"{config.get('name', 'optimizer')}_backbone_0"
+    return [(type(inner).from_config(config), frozenset(variable.ref() for variable in variables))]
+
+
 def build_all_optimizers(
     optimizer: keras.optimizers.Optimizer, groups: LossGroups, variables: Sequence[tf.Variable]
 ) -> None:
@@ -119,6 +144,9 @@ def apply_grouped_gradients(
     rest = [pair for pair in pairs if not any(pair[1].ref() in refs for _, refs in groups)]
     if rest:
         optimizer.apply_gradients(rest)
+    else:  # every variable has its own optimizer (a warmup's backbone, the head): the step still counts
+        optimizer.apply_gradients([])  # no update, but a scheduled rate is evaluated at this step (Keras)
+        optimizer.iterations.assign_add(1)
     if isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer):
         finite = tf.reduce_all(
             [tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(gradient))) for gradient, _ in pairs]
