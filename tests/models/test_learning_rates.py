@@ -236,3 +236,12 @@ def test_compile_refuses_a_bad_head_rate_or_warmup(arguments, argument):
     with pytest.raises(ArgumentError) as error:
         tiny_guided_model(**arguments)
     assert argument_of(error.value) == argument
+
+
+def test_a_warmup_under_loss_scaling_needs_a_variable_on_the_models_optimizer():
+    """The head's own rate and the warmup's backbone optimizer leave the LossScaleOptimizer no variable, so no step
+    of its own would update its loss scale: refused at compile."""
+    optimizer = keras.mixed_precision.LossScaleOptimizer(keras.optimizers.Adam(1e-3))
+    with pytest.raises(ArgumentError) as error:
+        tiny_guided_model(optimizer=optimizer, warmup_steps=2, head_learning_rate=HEAD_LR)
+    assert argument_of(error.value) == "warmup_steps" and "\n" not in str(error.value)

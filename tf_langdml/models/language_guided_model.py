@@ -177,18 +177,14 @@ class LanguageGuidedModel(keras.Model):
         self.warmup_steps = check_warmup_steps(warmup_steps)
         super().compile(optimizer=optimizer, **kwargs)
         self._setup_loss_state(dml_loss, num_classes)
-        self.head_optimizer = None
-        if head_learning_rate is not None:
-            with self.distribute_strategy.scope():
-                head = head_group(self.optimizer, self.embedder, head_learning_rate)
-            self.head_optimizer = head[0][0]
-            self._loss_groups.value = [*self._loss_groups.value, *head]
-        self.backbone_optimizer = None
-        if self.warmup_steps:
-            with self.distribute_strategy.scope():
-                backbone = backbone_group(self.optimizer, self.embedder, self.warmup_steps)
-            self.backbone_optimizer = backbone[0][0]
-            self._loss_groups.value = [*self._loss_groups.value, *backbone]
+        with self.distribute_strategy.scope():  # the head's and the backbone's optimizers: groups as the loss's
+            head = [] if head_learning_rate is None else head_group(self.optimizer, self.embedder, head_learning_rate)
+            groups = [*self._loss_groups.value, *head]
+            if self.warmup_steps:
+                groups += backbone_group(self.optimizer, self.embedder, self.warmup_steps, groups, self.variables)
+        self.head_optimizer = head[0][0] if head else None
+        self.backbone_optimizer = groups[-1][0] if self.warmup_steps else None
+        self._loss_groups.value = groups
         self.language_weight = language_weight
         self.language_delay = language_delay
         self.weight_decay = weight_decay

@@ -14,6 +14,7 @@ from typing import Any
 import tensorflow as tf
 
 from tf_langdml._keras import keras
+from tf_langdml.errors import ArgumentError
 from tf_langdml.losses.base import LearningRateGroup, collect_learning_rate_groups
 from tf_langdml.models.learning_rates import backbone_variables, base_learning_rate, head_variables, rate_like
 
@@ -102,12 +103,33 @@ def head_group(optimizer: keras.optimizers.Optimizer, embedder: keras.Model, rat
     return [(group_optimizer(optimizer, group, 0, kind="head"), frozenset(variable.ref() for variable in variables))]
 
 
-def backbone_group(optimizer: keras.optimizers.Optimizer, embedder: keras.Model, warmup_steps: int) -> LossGroups:
+def backbone_group(
+    optimizer: keras.optimizers.Optimizer,
+    embedder: keras.Model,
+    warmup_steps: int,
+    groups: LossGroups,
+    trainable: Sequence[tf.Variable],
+) -> LossGroups:
     """``[(optimizer, refs)]`` of the embedder's backbone (:func:`~tf_langdml.models.learning_rates.backbone_variables`)
     at the base rate, for a warmup of ``warmup_steps``: not applied during it, so its step count (Adam's
     bias correction) starts after it; a scheduled base rate is read at its step + ``warmup_steps`` (the
-    model optimizer's step). Call it under the model's distribution strategy."""
+    model optimizer's step). Call it under the model's distribution strategy.
+
+    Raises:
+        tf_langdml.errors.ArgumentError: about ``warmup_steps`` under loss scaling when ``groups`` and
+            the backbone leave none of the model's ``trainable`` variables to ``optimizer`` (its loss
+            scale is updated only by a step of its own).
+    """
     variables = backbone_variables(embedder)
+    grouped = set().union(*(refs for _, refs in groups), (variable.ref() for variable in variables))
+    rest = [variable for variable in trainable if variable.trainable and variable.ref() not in grouped]
+    if isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer) and not rest:
+        raise ArgumentError(
+            f"warmup_steps={warmup_steps} under loss scaling (mixed_float16) leaves the model's optimizer no variable "
+            "to scale the loss for (the head has its own rate): drop head_learning_rate, or the warmup, or train in "
+            "mixed_bfloat16 or float32.",
+            argument="warmup_steps",
+        )
     inner = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer's optimizer
     config = inner.get_config()
     base = base_learning_rate(optimizer)
