@@ -245,3 +245,18 @@ def test_a_warmup_under_loss_scaling_needs_a_variable_on_the_models_optimizer():
     with pytest.raises(ArgumentError) as error:
         tiny_guided_model(optimizer=optimizer, warmup_steps=2, head_learning_rate=HEAD_LR)
     assert argument_of(error.value) == "warmup_steps" and "\n" not in str(error.value)
+
+
+def test_a_custom_loop_keeps_the_phase_of_compile_time_until_make_train_function():
+    images, labels = batch()
+    data = (tf.constant(images), tf.constant(labels))
+    model = tiny_guided_model(optimizer=keras.optimizers.SGD(LR), warmup_steps=1)
+    backbone = backbone_variables(model.embedder)
+    start = [variable.numpy() for variable in backbone]
+    for _ in range(2):  # steps 0 and 1: the phase set at compile (warmup) holds
+        model.train_step(data)
+    assert all(np.array_equal(variable.numpy(), old) for variable, old in zip(backbone, start))
+    model.make_train_function()  # reads step 2: the warmup is over
+    model.train_step(data)
+    assert model.backbone_optimizer.iterations.numpy() == 1
+    assert any(not np.array_equal(variable.numpy(), old) for variable, old in zip(backbone, start))

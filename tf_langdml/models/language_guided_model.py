@@ -28,6 +28,7 @@ from tf_langdml.models.loss_optimizers import (
     build_all_optimizers,
     head_group,
     loss_groups,
+    pairs_outside,
 )
 from tf_langdml.models.nonfinite import (
     NonFiniteLossError,
@@ -185,6 +186,7 @@ class LanguageGuidedModel(keras.Model):
         self.head_optimizer = head[0][0] if head else None
         self.backbone_optimizer = groups[-1][0] if self.warmup_steps else None
         self._loss_groups.value = groups
+        self._backbone_trains = self._backbone_due()  # the phase; make_train_function keeps it up to date
         self.language_weight = language_weight
         self.language_delay = language_delay
         self.weight_decay = weight_decay
@@ -381,9 +383,8 @@ class LanguageGuidedModel(keras.Model):
             ]
         finite, report = finiteness_check(step, total, dml, language, None if scaled_optimizer else gradients, replicas)
         pairs = [(gradient, variable) for gradient, variable in zip(gradients, variables) if gradient is not None]
-        if not self._backbone_trains:  # the warmup: the backbone's optimizer is not applied at all
-            frozen = self._loss_groups.value[-1][1]
-            pairs = [pair for pair in pairs if pair[1].ref() not in frozen]
+        # the warmup: the backbone's optimizer (the last group) is not applied at all
+        pairs = pairs if self._backbone_trains else pairs_outside(pairs, self._loss_groups.value[-1][1])
         record = self._nonfinite.value
         if tf.executing_eagerly():
             if not bool(finite):

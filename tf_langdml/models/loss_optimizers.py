@@ -141,6 +141,12 @@ def backbone_group(
     return [(type(inner).from_config(config), frozenset(variable.ref() for variable in variables))]
 
 
+@tf.autograph.experimental.do_not_convert
+def pairs_outside(pairs: Sequence[tuple[tf.Tensor, tf.Variable]], refs: frozenset) -> list:
+    """The (gradient, variable) pairs whose variable is not in ``refs`` (a group left out of a step)."""
+    return [pair for pair in pairs if pair[1].ref() not in refs]
+
+
 def build_all_optimizers(
     optimizer: keras.optimizers.Optimizer, groups: LossGroups, variables: Sequence[tf.Variable]
 ) -> None:
