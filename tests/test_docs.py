@@ -28,7 +28,15 @@ SECTIONS = tuple(
 # Python names written like config keys (``model.fit``, ``data.skipped_files``): the docs' Python examples name
 # these objects' attributes, which are not config keys. test_python_attributes_named_like_keys_exist checks each.
 PYTHON_ATTRIBUTES = {
-    "model": ("fit", "embedder", "trainable_variables", "dml_loss", "loss_optimizers"),  # LanguageGuidedModel
+    "model": (
+        "fit",
+        "embedder",
+        "trainable_variables",
+        "dml_loss",
+        "loss_optimizers",
+        "head_optimizer",
+        "backbone_optimizer",
+    ),  # LanguageGuidedModel
     "data": ("skipped_files",),  # SplitDataset (what load_image_folder returns)
     "optimizer": ("iterations",),  # a Keras optimizer
     "evaluation": ("last_embeddings",),  # RetrievalEvaluation

@@ -244,3 +244,28 @@ def test_a_bfloat16_run_resumes_in_the_precision_it_began_with(image_folder, tmp
     # evaluate rebuilds the embedder in the run's bfloat16 (not this machine's auto): training's final metrics.
     recomputed = evaluate(folder, verbose=0)
     assert recomputed["recall@1"] == metrics["recall@1"] and recomputed["map@r"] == pytest.approx(metrics["map@r"])
+
+
+def test_a_step_decayed_run_logs_its_learning_rate_to_history_and_tensorboard(image_folder, tmp_path):
+    """Epochs of 2 steps, decay ×0.5 at epoch 2 (0-based: optimizer step 4 on): history.json has each epoch's rate
+    (its last step's), 0.01, 0.01, float32(0.005); TensorBoard each step's, four of 0.01 then two of 0.005."""
+    overrides = [
+        *tiny_overrides(image_folder, tmp_path, "decayed", guidance="none", epochs=3, steps=2, every=3),
+        "optimizer.schedule=step",
+        "optimizer.decay_epochs=[2]",
+        "optimizer.decay_factor=0.5",
+        "optimizer.head_learning_rate=0.02",
+        "training.warmup_epochs=1",
+    ]
+    train(load_config(None, overrides), verbose=0)
+    history = json.loads((tmp_path / "decayed" / "history.json").read_text())
+    rates = [float(np.float32(rate)) for rate in (0.01, 0.005)]
+    assert [history[epoch]["learning_rate"] for epoch in ("1", "2", "3")] == [rates[0], rates[0], rates[1]]
+    logged = [
+        float(tf.make_ndarray(value.tensor))
+        for path in sorted((tmp_path / "decayed" / "logs" / "train").glob("events.out.tfevents.*"))
+        for event in tf.compat.v1.train.summary_iterator(str(path))
+        for value in event.summary.value
+        if value.tag == "learning_rate"
+    ]
+    assert logged == [rates[0]] * 4 + [rates[1]] * 2

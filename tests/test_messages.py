@@ -189,6 +189,7 @@ CHOICES = {
     "language.classifier": "ResNet50",
     "language.level": "Sample",
     "optimizer.name": "SGD",
+    "optimizer.schedule": "Constant",
     "training.precision": "Float32",
     "evaluation.split": "Test",
 }

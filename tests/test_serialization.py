@@ -16,6 +16,7 @@ import pkgutil
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from helpers import toy_backbone, unit_rows
 
 import tf_langdml
@@ -32,6 +33,7 @@ from tf_langdml.models import (
     LanguageGuidedModel,
     build_embedder,
 )
+from tf_langdml.models.learning_rates import StepDecay
 from tf_langdml.models.loss_optimizers import ScaledLearningRate
 
 # The classes this module checks; test_every_custom_class_is_covered keeps the list complete.
@@ -47,6 +49,7 @@ COVERED = {
     ClassVectorLoss,
     *_batch_losses().values(),
     ScaledLearningRate,
+    StepDecay,
 }
 
 SAVE_FORMATS = ("model.keras", "model.h5", "saved_model")
@@ -297,6 +300,30 @@ def test_scaled_learning_rate_round_trips_and_loads_its_config_from_before_it_wa
         assert isinstance(restored, ScaledLearningRate) and restored.multiplier == 2000.0
         assert float(restored(20)) == float(schedule(20)) == pytest.approx(0.05)
     assert float(ScaledLearningRate(schedule.schedule, 1000.0)(20)) != float(schedule(20))  # the multiplier counts
+
+
+def test_step_decay_round_trips_with_its_rates_and_inside_a_scaled_rate():
+    schedule = StepDecay(1e-3, [6, 15], 0.3)
+    config = json_round_trip(keras.optimizers.schedules.serialize(ScaledLearningRate(schedule, 2000.0)))
+    restored = keras.optimizers.schedules.deserialize(config)
+    assert isinstance(restored.schedule, StepDecay) and restored.schedule.get_config() == schedule.get_config()
+    steps = tf.constant([0, 5, 6, 14, 15, 100], tf.int64)
+    # float32(rate) then x float32(2000): the same two roundings in both
+    expected = [
+        np.float32(np.float32(rate) * np.float32(2000.0))
+        for rate in [1e-3] * 2 + [1e-3 * 0.3] * 2 + [1e-3 * 0.3**2] * 2
+    ]
+    assert [restored(step).numpy() for step in steps] == expected
+
+
+def test_scaled_learning_rate_offset_reads_the_schedule_later_and_round_trips():
+    schedule = StepDecay(1e-3, [6, 15], 0.3)
+    shifted = ScaledLearningRate(schedule, 1.0, offset=4)  # a backbone optimizer after a 4-step warmup
+    restored = keras.optimizers.schedules.deserialize(json_round_trip(keras.optimizers.schedules.serialize(shifted)))
+    assert restored.offset == 4
+    for step in (0, 1, 2, 10, 11):  # its step 2 is the base step 6 (the first boundary)
+        assert restored(tf.constant(step, tf.int64)).numpy() == schedule(tf.constant(step + 4, tf.int64)).numpy()
+    assert "offset" not in ScaledLearningRate(schedule, 2.0).get_config()  # without one: the config as before
 
 
 # ---------------------------------------------------------------- losses

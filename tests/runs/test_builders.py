@@ -46,6 +46,7 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
         ("model.pooling=mean", r"'model.pooling': Unknown pooling 'mean'"),
         ("language.template=a photo", r"'language.template': Template 'a photo' has no '\{\}'"),
         ("training.eval_every=0", r"'training.eval_every': every must be >= 1"),
+        ("optimizer.head_learning_rate=0", r"^'optimizer.head_learning_rate': head_learning_rate must be a finite"),
     ],
 )
 def test_bad_values_fail_before_any_data_is_read(override, match, monkeypatch, tmp_path):
@@ -227,3 +228,38 @@ def test_a_folder_with_a_gallery_is_scored_by_the_query_gallery_protocol(tmp_pat
     )
     with pytest.raises(ConfigError, match=r"'data.gallery_list': .*\['a/9.png'\]"):
         builders.dataset(bad.data)
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("optimizer.decay_factor=0", r"^'optimizer.decay_factor': decay_factor must be a finite number > 0"),
+        ("optimizer.decay_epochs=[0]", r"^'optimizer.decay_epochs': decay_epochs must be a list of whole epochs >= 1"),
+        ("optimizer.decay_epochs=[55, 30]", r"^'optimizer.decay_epochs': decay_epochs must be strictly increasing"),
+    ],
+)
+def test_a_bad_step_decay_is_named_before_any_data(override, match):
+    config = load_config(
+        CONFIGS / "cub200_plg_128.yaml", ["optimizer.schedule=step", "optimizer.decay_epochs=[30]", override]
+    )
+    with pytest.raises(ConfigError, match=match):
+        training.preflight(config)
+
+
+def test_decay_epochs_and_warmup_epochs_become_optimizer_steps_of_the_run_s_epochs():
+    overrides = [
+        "model.backbone=toy_cnn",
+        "model.weights=null",
+        "model.embed_dim=8",
+        "optimizer.schedule=step",
+        "optimizer.decay_epochs=[2, 5]",
+        "optimizer.decay_factor=0.5",
+        "optimizer.head_learning_rate=0.1",
+        "training.warmup_epochs=1",
+    ]
+    config = load_config(None, overrides)
+    model = builders.guided_model(config.model, 16, config.loss, config.optimizer, config.training, steps_per_epoch=7)
+    schedule = model.optimizer._learning_rate  # the schedule as given (.learning_rate is the last step's value)
+    assert (schedule.boundaries, schedule.factor, schedule.initial_learning_rate) == ([14, 35], 0.5, 1e-5)
+    assert model.head_optimizer._learning_rate.initial_learning_rate == 0.1
+    assert model.warmup_steps == 7

@@ -236,6 +236,88 @@ def test_a_finished_run_with_an_edited_config_yaml_is_refused(runs, image_folder
         train(load_config(None, overrides(image_folder, "runs", 3, "optimizer.learning_rate=0.5")), verbose=0)
 
 
+# Keys added with optimizer.head_learning_rate (issue 28 item 1); a run started before has none of them.
+ADDED_KEYS = [
+    "optimizer.head_learning_rate",
+    "optimizer.schedule",
+    "optimizer.decay_epochs",
+    "optimizer.decay_factor",
+    "training.warmup_epochs",
+]
+
+
+def as_if_written_before(folder, keys, yaml_too=True):
+    """Rewrite a run as one written before ``keys`` existed: its config without them in run_log.jsonl's start lines
+    and (``yaml_too``) config.yaml, and that config's SHA-256 in the start lines and in every checkpoint."""
+    values = yaml.safe_load((folder / "config.yaml").read_text())
+    for key in keys:
+        section, name = key.split(".")
+        del values[section][name]
+    sha = sha256_of(values)
+    if yaml_too:
+        (folder / "config.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+    log = folder / "run_log.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    for record in records:
+        if record.get("event") == "start":
+            record.update(config=values, config_sha256=sha)
+    log.write_text("".join(json.dumps(record) + "\n" for record in records))
+    for index in (folder / "checkpoints").glob("ckpt-*.index"):
+        prefix = str(index).removesuffix(".index")
+        reader = tf.train.load_checkpoint(prefix)
+        names = sorted(reader.get_variable_to_shape_map())
+        tensors = [tf.constant(sha) if name == CONFIG_VARIABLE else reader.get_tensor(name) for name in names]
+        tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
+        assert tf.train.load_checkpoint(prefix).get_tensor(CONFIG_VARIABLE).decode() == sha
+
+
+def test_a_run_started_before_keys_were_added_resumes_with_them_at_their_defaults(
+    runs, image_folder, tmp_path, monkeypatch
+):
+    folder = working_copy(runs, "stopped", tmp_path, monkeypatch)
+    as_if_written_before(folder, ADDED_KEYS)
+    train(load_config(None, overrides(image_folder)), verbose=0)
+    assert sorted(path.name for path in (folder / "checkpoints").glob("ckpt-*.index"))[-1] == "ckpt-3.index"
+
+
+@pytest.mark.parametrize("where", ["config.yaml", "checkpoint"])
+def test_a_run_started_before_a_key_now_set_off_its_default_is_refused_naming_it(
+    runs, image_folder, tmp_path, monkeypatch, where
+):
+    """config.yaml without the key: check_config refuses; config.yaml edited to the new value (the start lines
+    and the checkpoints without the key): check_checkpoints refuses. Either names only that key."""
+    folder = working_copy(runs, "stopped", tmp_path, monkeypatch)
+    as_if_written_before(folder, ADDED_KEYS, yaml_too=where == "config.yaml")
+    if where == "checkpoint":
+        edit_config(folder, "optimizer", "head_learning_rate", 0.02)
+    before = snapshot(folder)
+    edited = load_config(None, overrides(image_folder, "runs", 3, "optimizer.head_learning_rate=0.02"))
+    what = "Run directory" if where == "config.yaml" else r"Checkpoint ckpt-\d"
+    with pytest.raises(ConfigError, match=what + r".*\(changed: optimizer.head_learning_rate\)"):
+        train(edited, verbose=0)
+    assert snapshot(folder) == before
+
+
+HEAD = "head_learning_rate"  # the schema's optimizer.head_learning_rate defaults to None
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "blocking"),
+    [
+        ({"lr": 1}, {"lr": 1, HEAD: None}, []),  # added since, at its default
+        ({"lr": 1}, {"lr": 1, "schedule": "constant", "decay_epochs": []}, []),  # more of them
+        ({"lr": 1}, {"lr": 1, "schedule": "step"}, ["schedule"]),  # added since, set
+        ({"lr": 1}, {"lr": 1, HEAD: 0.1}, [HEAD]),  # added since, set
+        ({HEAD: 0.1}, {HEAD: None}, [HEAD]),  # changed
+        ({"lr": 1, "y": 2}, {"lr": 1}, ["y"]),  # removed
+        ({"lr": 1}, {"lr": 1, "unknown": None}, ["unknown"]),  # not a schema key
+    ],
+)
+def test_blocking_keys_leave_out_only_keys_added_at_their_default(old, new, blocking):
+    keys = run_dir.blocking_keys({"optimizer": old}, {"optimizer": new})
+    assert keys == [f"optimizer.{key}" for key in blocking]
+
+
 @pytest.mark.parametrize(
     "command",
     [

@@ -21,7 +21,15 @@ from tf_langdml.models.compile_arguments import (
 )
 from tf_langdml.models.embedder import embedder_with_feature_maps
 from tf_langdml.models.global_batch import gather_global_batch, num_replicas
-from tf_langdml.models.loss_optimizers import apply_grouped_gradients, build_all_optimizers, loss_groups
+from tf_langdml.models.learning_rates import check_head_learning_rate, check_warmup_steps
+from tf_langdml.models.loss_optimizers import (
+    apply_grouped_gradients,
+    backbone_group,
+    build_all_optimizers,
+    head_group,
+    loss_groups,
+    pairs_outside,
+)
 from tf_langdml.models.nonfinite import (
     NonFiniteLossError,
     apply_unless_nonfinite,
@@ -85,6 +93,10 @@ class LanguageGuidedModel(keras.Model):
         self.language_weight = 0.0
         self.language_delay = 0
         self.weight_decay = 0.0
+        self.head_optimizer = None  # the head's own optimizer (compile's head_learning_rate): tracked, checkpointed
+        self.warmup_steps = 0
+        self.backbone_optimizer = None  # the backbone's own optimizer during a warmup (compile's warmup_steps)
+        self._backbone_trains = True  # the traced train function applies the backbone's optimizer
 
     @property
     def language_table(self) -> LanguageTable | None:
@@ -116,6 +128,8 @@ class LanguageGuidedModel(keras.Model):
         language_direction: str = "image_to_language",
         weight_decay: float = 0.0,
         num_classes: int | None = None,
+        head_learning_rate: float | None = None,
+        warmup_steps: int = 0,
         **kwargs: Any,
     ) -> None:
         """Configure training.
@@ -139,6 +153,14 @@ class LanguageGuidedModel(keras.Model):
                 vector per class (``proxy_anchor``, ``proxy_nca``, ``normalized_softmax``,
                 ``arcface``, ``margin``'s β); default: the language table's rows when it
                 is indexed by label.
+            head_learning_rate: the projection head's own rate (the layers after the global
+                pooling; the paper code's ``--fc_lr``), an optimizer of its own of
+                ``optimizer``'s type; decayed as the base rate when that is a
+                :class:`~tf_langdml.models.learning_rates.StepDecay`. None: the base rate.
+            warmup_steps: optimizer steps during which the backbone (the embedder but its head)
+                is not updated (the paper code's ``--warmup``): its own ``backbone_optimizer``
+                (checkpointed) is applied from the first train-function call at or after this
+                step (traced again then), so its first update is Adam's step 1.
             **kwargs: passed to ``keras.Model.compile`` (``loss`` is not accepted;
                 use ``dml_loss``).
 
@@ -152,8 +174,19 @@ class LanguageGuidedModel(keras.Model):
         )
         self.language_matching = language_matching_loss(language_shift, language_temperature, language_direction)
         dml_loss = dml_loss_of(dml_loss)
+        head_learning_rate = check_head_learning_rate(head_learning_rate)
+        self.warmup_steps = check_warmup_steps(warmup_steps)
         super().compile(optimizer=optimizer, **kwargs)
         self._setup_loss_state(dml_loss, num_classes)
+        with self.distribute_strategy.scope():  # the head's and the backbone's optimizers: groups as the loss's
+            head = [] if head_learning_rate is None else head_group(self.optimizer, self.embedder, head_learning_rate)
+            groups = [*self._loss_groups.value, *head]
+            if self.warmup_steps:
+                groups += backbone_group(self.optimizer, self.embedder, self.warmup_steps, groups, self.variables)
+        self.head_optimizer = head[0][0] if head else None
+        self.backbone_optimizer = groups[-1][0] if self.warmup_steps else None
+        self._loss_groups.value = groups
+        self._backbone_trains = self._backbone_due()  # the phase; make_train_function keeps it up to date
         self.language_weight = language_weight
         self.language_delay = language_delay
         self.weight_decay = weight_decay
@@ -192,6 +225,10 @@ class LanguageGuidedModel(keras.Model):
     def _apply_gradients(self, pairs: Sequence[tuple[tf.Tensor, tf.Variable]]) -> None:
         """Apply (gradient, variable) pairs: the loss's groups to their optimizers, the rest to ``optimizer``."""
         apply_grouped_gradients(self.optimizer, self._loss_groups.value, pairs)
+
+    def _backbone_due(self) -> bool:
+        """Whether the backbone trains at the optimizer's current step (no warmup, or the warmup is over)."""
+        return not self.warmup_steps or int(self.optimizer.iterations.numpy()) >= self.warmup_steps
 
     def _undecayed(self) -> frozenset:
         """Refs of the variables that get no weight decay: the loss's own (the paper's code decays the network only)."""
@@ -346,6 +383,8 @@ class LanguageGuidedModel(keras.Model):
             ]
         finite, report = finiteness_check(step, total, dml, language, None if scaled_optimizer else gradients, replicas)
         pairs = [(gradient, variable) for gradient, variable in zip(gradients, variables) if gradient is not None]
+        # the warmup: the backbone's optimizer (the last group) is not applied at all
+        pairs = pairs if self._backbone_trains else pairs_outside(pairs, self._loss_groups.value[-1][1])
         record = self._nonfinite.value
         if tf.executing_eagerly():
             if not bool(finite):
@@ -368,8 +407,10 @@ class LanguageGuidedModel(keras.Model):
 
     def make_train_function(self, force: bool = False) -> Callable[[Any], dict[str, tf.Tensor]]:
         """Keras' train function, wrapped so that a non-finite step raises :class:`NonFiniteLossError`."""
-        if self.train_function is not None and not force:
+        due = self._backbone_due()
+        if self.train_function is not None and not force and due == self._backbone_trains:
             return self.train_function
+        self._backbone_trains = due
         if (
             self.jit_compile
             and not self.run_eagerly
@@ -377,9 +418,12 @@ class LanguageGuidedModel(keras.Model):
             and self.distribute_strategy.num_replicas_in_sync == 1
         ):
             self._nonfinite.value = create_record()
-        self.train_function = guard_train_function(
-            super().make_train_function(force), self._nonfinite, lambda: self.jit_compile, self.nonfinite_error
+        guarded = guard_train_function(
+            super().make_train_function(True), self._nonfinite, lambda: self.jit_compile, self.nonfinite_error
         )
+        # during the warmup, a call that starts at its end retraces with the backbone's optimizer
+        watched = lambda it: (self.make_train_function() if self._backbone_due() else guarded)(it)
+        self.train_function = guarded if due else watched
         return self.train_function
 
     def nonfinite_error(self, report: Sequence[float] | np.ndarray) -> NonFiniteLossError:

@@ -21,7 +21,13 @@ import tensorflow as tf
 
 from tf_langdml._keras import keras
 from tf_langdml.models.nonfinite import NonFiniteLossError, nonfinite_variables
-from tf_langdml.runs.run_dir import RunDirectoryError, config_sha256, recorded_config, refuse_other_config
+from tf_langdml.runs.run_dir import (
+    RunDirectoryError,
+    blocking_keys,
+    config_sha256,
+    recorded_config,
+    refuse_other_config,
+)
 from tf_langdml.runs.schema import ExperimentConfig, config_to_dict
 
 # What TensorFlow raises when a checkpoint cannot be written (a folder that is a file, no permission, a full disk).
@@ -110,7 +116,9 @@ def check_checkpoints(folder: str | os.PathLike, config: ExperimentConfig) -> No
     """Raise ConfigError when a checkpoint of the run was trained with another config than ``config``.
 
     ``config.yaml`` already matches ``config`` (:func:`~tf_langdml.runs.run_dir.check_config`); a
-    difference here means ``config.yaml`` was edited after the checkpoints were written.
+    difference here means ``config.yaml`` was edited after the checkpoints were written. A
+    checkpoint whose config (a start line of ``run_log.jsonl``) lacks only keys added since,
+    now at their default (:func:`~tf_langdml.runs.run_dir.blocking_keys`), is accepted.
     """
     state = tf.train.get_checkpoint_state(str(pathlib.Path(folder) / "checkpoints"))
     if state is None:
@@ -121,12 +129,15 @@ def check_checkpoints(folder: str | os.PathLike, config: ExperimentConfig) -> No
         if not tf.io.gfile.exists(path + ".index"):
             continue
         recorded = checkpoint_config_sha256(path)
-        if recorded is not None and recorded != expected:
+        if recorded is None or recorded == expected:
+            continue
+        recorded_values = recorded_config(folder, recorded)
+        if recorded_values is None or blocking_keys(recorded_values, values):
             refuse_other_config(
                 folder,
                 f"Checkpoint {pathlib.Path(path).name}",
                 recorded,
-                recorded_config(folder, recorded),
+                recorded_values,
                 values,
                 "Put config.yaml back as it was (run_log.jsonl's start lines hold it) and run that config to resume, "
                 "or train the new config under another name (--set name=...).",

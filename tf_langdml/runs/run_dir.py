@@ -65,6 +65,7 @@ import numpy as np
 
 from tf_langdml._keras import keras
 from tf_langdml.cache import atomic_file, json_safe, write_json
+from tf_langdml.models.learning_rates import base_learning_rate
 from tf_langdml.models.nonfinite import NonFiniteLossError
 from tf_langdml.runs.schema import (
     ConfigError,
@@ -131,14 +132,30 @@ def config_sha256(values: dict) -> str:
 
 
 def changed_keys(old: dict | None, new: dict | None) -> list[str]:
-    """The dotted keys whose values differ between two nested config dicts (sorted)."""
-    old, new = _flatten(old), _flatten(new)
-    return sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
+    """The dotted keys whose values differ between two nested config dicts, or that only one has (sorted)."""
+    before, after = _flatten(old), _flatten(new)
+    return [key for key in sorted(set(before) | set(after)) if key not in before or before[key] != after.get(key)]
+
+
+def blocking_keys(old: dict | None, new: dict) -> list[str]:
+    """The changed keys from a run's recorded config ``old`` to ``new`` that refuse a resume (sorted).
+
+    A key absent from ``old`` whose value in ``new`` is the schema's default does not: it was
+    added since the run started and left at its default (the run trained as if it had it).
+    """
+    defaults, before, after = _flatten(config_to_dict(ExperimentConfig())), _flatten(old), _flatten(new)
+    return [
+        key
+        for key in changed_keys(old, new)
+        if key in before or key not in defaults or key not in after or after[key] != defaults[key]
+    ]
 
 
 def check_config(config: ExperimentConfig) -> tuple[pathlib.Path, bool]:
     """Raise ConfigError when ``<runs_dir>/<name>/config.yaml`` holds another config; writes nothing.
 
+    A ``config.yaml`` written before keys were added, which lacks only keys now at their
+    default (:func:`blocking_keys`), is the same config; it stays as written.
     Returns the run folder and whether its ``config.yaml`` exists.
     """
     folder = run_folder(config)
@@ -146,10 +163,10 @@ def check_config(config: ExperimentConfig) -> tuple[pathlib.Path, bool]:
     if not existing.exists():
         return folder, False
     previous = read_yaml(existing)  # the config loader: bounded, no aliases, regular files only
-    if previous != config_to_dict(config):
+    if blocking_keys(previous, config_to_dict(config)):
         raise ConfigError(
             f"Run directory {folder} holds a run with another config "
-            f"(changed: {', '.join(changed_keys(previous, config_to_dict(config)))}). "
+            f"(changed: {', '.join(blocking_keys(previous, config_to_dict(config)))}). "
             "Restart with the same config to resume it, or give this run another name (--set name=...)."
         )
     return folder, True
@@ -287,8 +304,12 @@ def recorded_config(folder: str | os.PathLike, sha256: str) -> dict | None:
 def refuse_other_config(
     folder: str | os.PathLike, what: str, recorded_sha256: str, recorded_values: dict | None, values: dict, fix: str
 ) -> typing.NoReturn:
-    """Raise ConfigError: ``what`` in ``folder`` was trained with another config (changed keys, else its SHA-256)."""
-    changed = changed_keys(recorded_values, values) if recorded_values is not None else None
+    """Raise ConfigError: ``what`` in ``folder`` was trained with another config (changed keys, else its SHA-256).
+
+    The keys named are :func:`blocking_keys` (those added since at their default only if no other)."""
+    changed = None
+    if recorded_values is not None:  # (keys added at their default only if nothing else changed)
+        changed = blocking_keys(recorded_values, values) or changed_keys(recorded_values, values)
     keys = ", ".join(changed) if changed else f"not recorded; it had config SHA-256 {recorded_sha256[:12]}"
     raise ConfigError(
         f"{what} in {folder} was trained with another config than config.yaml now holds (changed: {keys}). {fix}"
@@ -315,7 +336,11 @@ def log_nonfinite(folder: str | os.PathLike, model: keras.Model, error: NonFinit
 
 
 class HistoryFile(keras.callbacks.Callback):
-    """``history.json``: the logs of each finished epoch, keyed by epoch (a repeated epoch overwrites)."""
+    """``history.json``: the logs of each finished epoch, keyed by epoch (a repeated epoch overwrites).
+
+    Under a learning-rate schedule (``optimizer.schedule: step``) also ``learning_rate``: the base
+    rate of the epoch's last optimizer step (what TensorBoard's per-step ``learning_rate`` shows for it).
+    """
 
     def __init__(self, path: pathlib.Path) -> None:
         super().__init__()
@@ -324,6 +349,8 @@ class HistoryFile(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         line = {key: float(value) for key, value in (logs or {}).items()}
+        if isinstance(base_learning_rate(self.model.optimizer), keras.optimizers.schedules.LearningRateSchedule):
+            line["learning_rate"] = float(self.model.optimizer.learning_rate)  # the last applied step's
         bad = sorted(key for key, value in line.items() if not math.isfinite(value))
         if bad:
             step = int(self.model.optimizer.iterations.numpy())

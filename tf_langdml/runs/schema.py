@@ -33,6 +33,7 @@ import yaml
 
 GUIDANCE = ("none", "elg", "plg")
 OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "step")  # step: decay_factor at each of decay_epochs (tf_langdml.models.learning_rates)
 EVALUATION_SPLITS = ("test", "validation")
 BACKGROUNDS = ("white", "black")  # or [r, g, b] (tf_langdml.data.preprocessing.parse_background)
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")  # tf_langdml.models.precision.PRECISIONS
@@ -128,6 +129,11 @@ class OptimizerConfig:
     name: str = "adam"
     learning_rate: float = 1e-5
     weight_decay: float = 4e-4  # coupled L2, as the paper's PyTorch Adam
+    head_learning_rate: typing.Optional[float] = None  # the projection head's rate (the code's --fc_lr); null: base
+    schedule: str = "constant"  # constant | step
+    # schedule step: the rates times decay_factor at each epoch listed (the code's --tau and --gamma; > 0: the library)
+    decay_epochs: typing.Tuple[int, ...] = ()
+    decay_factor: float = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +145,8 @@ class TrainingConfig:
         maximum=STEPS_MAX,  # default: images // batch
         why="the optimizer step count must fit its counter",
     )
+    # epochs at the start whose backbone gets no update (the head and the loss's variables train; the code's --warmup)
+    warmup_epochs: int = _integer(0, 0, EPOCHS_MAX - 1, why="fewer than training.epochs")
     eval_every: int = _integer(5)  # epochs between retrieval evaluations (>= 1: the library checks)
     checkpoint_every: int = _positive(100)  # optimizer steps between resume checkpoints (and at the end)
     seed: int = _integer(0, 0, SEED_MAX, why="what keras.utils.set_random_seed accepts")
@@ -184,6 +192,7 @@ CHOICE_KEYS = frozenset(
         "language.classifier",
         "language.level",
         "optimizer.name",
+        "optimizer.schedule",
         "training.precision",
         "evaluation.split",
     }
@@ -755,3 +764,24 @@ def validate(config: ExperimentConfig) -> None:
     _one_of(config.training.precision, PRECISIONS, "training.precision")
     if not config.optimizer.learning_rate > 0:
         raise ConfigError(f"'optimizer.learning_rate' must be > 0; got {config.optimizer.learning_rate}.")
+    _check_schedule(config.optimizer, config.training)
+
+
+def _check_schedule(optimizer, training):
+    """optimizer.schedule and decay_epochs agree; training.warmup_epochs leaves epochs to train the backbone."""
+    _one_of(optimizer.schedule, SCHEDULES, "optimizer.schedule")
+    if optimizer.schedule == "step" and not optimizer.decay_epochs:
+        raise ConfigError(
+            "'optimizer.decay_epochs' is empty but optimizer.schedule is 'step'; list the epochs at which the "
+            "rate decays (e.g. [30, 55]) or set optimizer.schedule: constant."
+        )
+    if optimizer.schedule == "constant" and optimizer.decay_epochs:
+        raise ConfigError(
+            f"'optimizer.decay_epochs' is {list(optimizer.decay_epochs)} but optimizer.schedule is 'constant' "
+            "(no decay); set optimizer.schedule: step or remove optimizer.decay_epochs."
+        )
+    if training.warmup_epochs >= training.epochs:
+        raise ConfigError(
+            f"'training.warmup_epochs' ({training.warmup_epochs}) must be less than training.epochs "
+            f"({training.epochs}), or the backbone never trains; lower it (0: no warmup)."
+        )

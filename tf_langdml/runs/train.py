@@ -157,6 +157,7 @@ def _train_locked(config, folder, split, scored_split, index, fixed_batches, ver
     )
     if table is not None:
         run_dir.write_language_table(folder, table)
+    steps_per_epoch = config.training.steps_per_epoch or max(1, len(split.labels) // config.data.batch_size)
     model = builders.guided_model(
         config.model,
         config.data.image_size,
@@ -167,6 +168,7 @@ def _train_locked(config, folder, split, scored_split, index, fixed_batches, ver
         index,
         num_classes=split.num_classes,
         policy=policy,
+        steps_per_epoch=steps_per_epoch,
     )
     if verbose:  # not before an error of the text encoder, the table or the model: those name their own fix
         print(precision_message(policy, policy_reason, recorded), file=sys.stderr)
@@ -176,7 +178,6 @@ def _train_locked(config, folder, split, scored_split, index, fixed_batches, ver
         checkpoints.restore_checkpoint(checkpoint, resume_from, model)
         if verbose:
             print(f"tf_langdml: resuming {folder} from optimizer step {int(model.optimizer.iterations.numpy())}.")
-    steps_per_epoch = config.training.steps_per_epoch or max(1, len(split.labels) // config.data.batch_size)
     total_steps = steps_per_epoch * config.training.epochs
     step = int(model.optimizer.iterations.numpy())
     run_dir.log_event(

@@ -10,6 +10,7 @@ from tf_langdml._keras import keras
 from tf_langdml.losses import DML_LOSSES, build_dml_loss, dml_loss_arguments
 from tf_langdml.models import BACKBONES, LanguageGuidedModel, build_embedder
 from tf_langdml.models.backbones import backbone_spec, resolve_weights
+from tf_langdml.models.learning_rates import step_decay
 from tf_langdml.models.precision import precision_policy, resolve_precision
 from tf_langdml.runs.builders.config_errors import config_keys
 from tf_langdml.runs.builders.loss_arguments import BUILD_ARGUMENTS, check_dml_arguments
@@ -41,10 +42,17 @@ def embedder(model: ModelConfig, image_size: int, weights: Any = _KEEP) -> keras
         )
 
 
-def _optimizer(optimizer: OptimizerConfig) -> keras.optimizers.Optimizer:
+_SCHEDULE_ARGUMENTS = {"decay_epochs": "optimizer.decay_epochs", "decay_factor": "optimizer.decay_factor"}
+
+
+def _optimizer(optimizer: OptimizerConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """The optimizer at ``optimizer.learning_rate``, a StepDecay of the step under ``optimizer.schedule: step``."""
     classes = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}
-    with config_keys("optimizer.learning_rate"):
-        return classes[optimizer.name](learning_rate=optimizer.learning_rate)
+    with config_keys("optimizer.learning_rate", arguments=_SCHEDULE_ARGUMENTS):
+        rate = optimizer.learning_rate
+        if optimizer.schedule == "step":
+            rate = step_decay(rate, optimizer.decay_epochs, optimizer.decay_factor, steps_per_epoch)
+        return classes[optimizer.name](learning_rate=rate)
 
 
 # {library argument: config key} of build_dml_loss: its ``name``; ``kwargs``: an argument the loss does not take.
@@ -59,6 +67,8 @@ _COMPILE_ARGUMENTS = {
     "language_shift": "loss.shift",
     "language_temperature": "loss.temperature",
     "weight_decay": "optimizer.weight_decay",
+    "head_learning_rate": "optimizer.head_learning_rate",
+    "warmup_steps": "training.warmup_epochs",
     "direction": "loss.direction",
     "shift": "loss.shift",
     "temperature": "loss.temperature",
@@ -80,8 +90,10 @@ def _compile(
     training: TrainingConfig,
     guided: bool,
     num_classes: int | None = None,
+    steps_per_epoch: int = 1,
 ) -> LanguageGuidedModel:
-    """``network.compile`` with the loss, optimizer and training sections (ω = 0 without a table)."""
+    """``network.compile`` with the loss, optimizer and training sections (ω = 0 without a table); epochs
+    (the decay epochs, the warmup) become optimizer steps by ``steps_per_epoch``."""
     check_dml_arguments(loss)
     spec = dml_loss_spec(loss, training)
     # "did you mean" from the list the error is about: a misspelt argument among the loss's arguments, a
@@ -94,9 +106,10 @@ def _compile(
     # Built here, so that an error in the loss's own arguments names loss.dml_arguments.
     with config_keys("loss.dml_arguments", arguments=_DML_LOSS_ARGUMENTS, suggest=suggest):
         dml_loss = build_dml_loss(spec.pop("name"), **spec)
+    compiled_optimizer = _optimizer(optimizer, steps_per_epoch)
     with config_keys("loss.dml", "loss.dml_arguments", arguments=_COMPILE_ARGUMENTS):
         network.compile(
-            optimizer=_optimizer(optimizer),
+            optimizer=compiled_optimizer,
             dml_loss=dml_loss,
             num_classes=num_classes,
             language_weight=loss.language_weight if guided else 0.0,
@@ -105,6 +118,8 @@ def _compile(
             language_delay=loss.delay,
             language_direction=loss.direction,
             weight_decay=optimizer.weight_decay,
+            head_learning_rate=optimizer.head_learning_rate,
+            warmup_steps=training.warmup_epochs * steps_per_epoch,
             jit_compile=training.jit_compile,
         )
     return network
@@ -127,6 +142,7 @@ def guided_model(
     index: str = "label",
     num_classes: int | None = None,
     policy: str | None = None,
+    steps_per_epoch: int = 1,
 ) -> LanguageGuidedModel:
     """The compiled :class:`~tf_langdml.models.LanguageGuidedModel`, its layers under the dtype ``policy``.
 
@@ -134,10 +150,11 @@ def guided_model(
     :func:`~tf_langdml.runs.builders.language.table_index`; ``num_classes``: the training classes (for losses
     with a vector per class); ``policy``: the resolved ``training.precision`` (None: resolve it here). Keras adds
     loss scaling under ``mixed_float16`` only; the losses stay float32 under both mixed policies.
+    ``steps_per_epoch``: the run's, for ``optimizer.decay_epochs`` and ``training.warmup_epochs``.
     """
     with precision_policy(policy or precision(training)[0]):
         network = LanguageGuidedModel(embedder(model, image_size), language_table=table, table_index=index)
-        _compile(network, loss, optimizer, training, guided=table is not None, num_classes=num_classes)
+        _compile(network, loss, optimizer, training, table is not None, num_classes, steps_per_epoch)
         network.build_optimizers()
     return network
 
