@@ -3,9 +3,10 @@
 Data: :func:`synthetic_problem` (arrays), :func:`write_colour_folder` (an image folder on disk).
 Models: :func:`toy_backbone` (the library's ``toy_cnn``, the one tiny backbone), :func:`tiny_embedder`,
 :func:`tiny_guided_model`, :func:`global_policy`.
-Runs: :func:`write_fake_run` (a finished run directory without training).
+Runs: :func:`write_fake_run` (a finished run directory without training), :func:`tiny_run_overrides`,
+:func:`deterministic_run_overrides`, :func:`tiny_sweep_values`.
 Processes: :func:`quiet_env`, :func:`user_env`, :func:`run_process`, :func:`run_python`, :func:`run_cli` and
-:data:`CLI_PROBE`.
+:data:`CLI_PROBE`; :func:`run_saved_model_cli` and :func:`saved_model_cli_path` (TensorFlow's ``saved_model_cli``).
 Files: :func:`h5_arrays`, :func:`unit_rows`.
 """
 
@@ -300,6 +301,33 @@ def run_cli(args: Sequence[str | os.PathLike], **run_arguments: object) -> subpr
     return run_process([sys.executable, "-m", "tf_langdml", *args], **run_arguments)
 
 
+def run_saved_model_cli(
+    model_dir: str | os.PathLike, signature: str, inputs: str, *extra: str | os.PathLike
+) -> subprocess.CompletedProcess:
+    """TensorFlow's ``saved_model_cli run`` of ``signature`` (tag set ``serve``) on the ``--inputs`` spec ``inputs``
+    (``name=file.npy;...``), with ``extra`` arguments (``--outdir``, ...), through :func:`run_process`."""
+    return run_process(
+        [
+            saved_model_cli_path(),
+            "run",
+            "--dir",
+            model_dir,
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            signature,
+            "--inputs",
+            inputs,
+            *extra,
+        ]
+    )
+
+
+def saved_model_cli_path() -> str:
+    """The ``saved_model_cli`` script installed beside this interpreter (TensorFlow installs it)."""
+    return os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+
+
 # Run in a fresh interpreter (``python -c CLI_PROBE <argv>``): the CLI's exit status and whether it loaded TensorFlow.
 CLI_PROBE = (
     "import sys\n"
@@ -340,6 +368,23 @@ def tiny_run_overrides(data_dir: str | os.PathLike, runs_dir: str | os.PathLike,
         "model.backbone=toy_cnn",
         "model.weights=null",
         "model.embed_dim=8",
+    ]
+
+
+def deterministic_run_overrides(data_dir: str | os.PathLike, runs_dir: str | os.PathLike) -> list[str]:
+    """:func:`tiny_run_overrides` (run ``runs_dir/run``) for a baseline of 2 epochs of 4 steps under
+    ``training.deterministic``: the run the determinism checks train twice and compare bit for bit."""
+    return [
+        *tiny_run_overrides(data_dir, runs_dir, "run"),
+        "language.guidance=none",
+        "loss.language_weight=0",
+        "optimizer.learning_rate=0.05",
+        "training.epochs=2",
+        "training.steps_per_epoch=4",
+        "training.eval_every=2",
+        "training.deterministic=true",
+        "evaluation.semantic=false",
+        "evaluation.batch_size=16",
     ]
 
 

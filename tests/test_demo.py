@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from helpers import h5_arrays, quiet_env, tiny_run_overrides, write_colour_folder
+from helpers import deterministic_run_overrides, h5_arrays, quiet_env, write_colour_folder
 
 import tf_langdml.runs.train as train_module
 from tf_langdml.cache import json_safe
@@ -426,18 +426,7 @@ def test_deterministic_runs_are_identical_on_one_instruction_set_and_differ_on_a
     write_colour_folder(tmp_path / "images", size=20, noise=40)
     weights = {}
     for label, isa in (("first", None), ("second", None), ("sse41", "SSE41")):
-        overrides = [
-            *tiny_run_overrides(tmp_path / "images", tmp_path / label, "run"),
-            "language.guidance=none",
-            "loss.language_weight=0",
-            "optimizer.learning_rate=0.05",
-            "training.epochs=2",
-            "training.steps_per_epoch=4",
-            "training.eval_every=2",
-            "training.deterministic=true",
-            "evaluation.semantic=false",
-            "evaluation.batch_size=16",
-        ]
+        overrides = deterministic_run_overrides(tmp_path / "images", tmp_path / label)
         env = quiet_env(ONEDNN_MAX_CPU_ISA=isa) if isa else quiet_env(drop=["ONEDNN_MAX_CPU_ISA"])
         result = subprocess.run(
             [sys.executable, "-m", "tf_langdml", "train", "--quiet", "--yes"] + [f"--set={item}" for item in overrides],

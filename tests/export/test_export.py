@@ -3,14 +3,13 @@
 import base64
 import io
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import quiet_env
+from helpers import quiet_env, run_process, run_saved_model_cli, saved_model_cli_path
 from PIL import Image
 
 from tf_langdml.data import decode_rgb, eval_preprocess
@@ -96,10 +95,7 @@ def test_metadata_asset(exported):
 
 def test_saved_model_cli_lists_both_signatures_and_embeds_a_jpeg(exported, tmp_path):
     _, _, path = exported
-    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-    environment = quiet_env()
-    shown = subprocess.run([cli, "show", "--dir", str(path), "--all"], capture_output=True, text=True, env=environment)
-    assert shown.returncode == 0, shown.stderr[-2000:]
+    shown = run_process([saved_model_cli_path(), "show", "--dir", path, "--all"])
     for text in (
         "signature_def['serving_default']",
         "signature_def['embed_images']",
@@ -112,24 +108,7 @@ def test_saved_model_cli_lists_both_signatures_and_embeds_a_jpeg(exported, tmp_p
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(jpeg_bytes(3, (20, 24)))
     np.save(tmp_path / "request.npy", np.array([photo.read_bytes()]))  # a batch of one JPEG string (dtype S)
-    run = subprocess.run(
-        [
-            cli,
-            "run",
-            "--dir",
-            str(path),
-            "--tag_set",
-            "serve",
-            "--signature_def",
-            "serving_default",
-            "--inputs",
-            f"images={tmp_path / 'request.npy'}",
-        ],
-        capture_output=True,
-        text=True,
-        env=environment,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
+    run = run_saved_model_cli(path, "serving_default", f"images={tmp_path / 'request.npy'}")
     assert "embeddings" in run.stdout
 
 

@@ -3,14 +3,13 @@
 import base64
 import io
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import quiet_env, write_fake_run
+from helpers import quiet_env, run_saved_model_cli, write_fake_run
 from PIL import Image
 
 from tf_langdml.cli import main
@@ -179,28 +178,9 @@ def test_a_tf_serving_rest_body_through_saved_model_cli(random_export, tmp_path)
         "scores": (tf.float32, [None, None]),
         "indices": (tf.int32, [None, None]),
     }
-    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-    environment = quiet_env()
-    run = subprocess.run(
-        [
-            cli,
-            "run",
-            "--dir",
-            str(path),
-            "--tag_set",
-            "serve",
-            "--signature_def",
-            "search",
-            "--inputs",
-            f"images={tmp_path / 'images.npy'};k={tmp_path / 'k.npy'}",
-            "--outdir",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-        env=environment,
+    run_saved_model_cli(
+        path, "search", f"images={tmp_path / 'images.npy'};k={tmp_path / 'k.npy'}", "--outdir", tmp_path / "out"
     )
-    assert run.returncode == 0, run.stderr[-2000:]
     served_ids = np.load(tmp_path / "out" / "item_ids.npy", allow_pickle=True)
     served_scores = np.load(tmp_path / "out" / "scores.npy")
     expected = signature(images=tf.constant([photo]), k=tf.constant(3))

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import h5_arrays, quiet_env, tiny_run_overrides, write_colour_folder
+from helpers import deterministic_run_overrides, h5_arrays, quiet_env, write_colour_folder
 
 
 @pytest.fixture(scope="module")
@@ -19,18 +19,7 @@ def test_two_deterministic_runs_are_bit_identical(image_folder, tmp_path):
     # A subprocess: op determinism is switched on for the rest of a process.
     runs = []
     for attempt in ("first", "second"):
-        overrides = [
-            *tiny_run_overrides(image_folder, tmp_path / attempt, "run"),
-            "language.guidance=none",
-            "loss.language_weight=0",
-            "optimizer.learning_rate=0.05",
-            "training.epochs=2",
-            "training.steps_per_epoch=4",
-            "training.eval_every=2",
-            "training.deterministic=true",
-            "evaluation.semantic=false",
-            "evaluation.batch_size=16",
-        ]
+        overrides = deterministic_run_overrides(image_folder, tmp_path / attempt)
         command = [sys.executable, "-m", "tf_langdml", "train", "--quiet", "--yes"] + [
             f"--set={item}" for item in overrides
         ]
