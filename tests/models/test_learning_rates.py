@@ -137,8 +137,9 @@ def test_one_fit_starts_the_backbones_optimizer_at_the_first_call_after_the_warm
     assert model.optimizer.iterations.numpy() == 4 and model.backbone_optimizer.iterations.numpy() == 2
 
 
-def resumed_pair(tmp_path, stop, steps, optimizer=keras.optimizers.SGD, **compile_arguments):
-    """(unbroken, resumed) models after ``steps`` steps; the resumed one restored from a checkpoint at ``stop``."""
+def resumed_models(tmp_path, stops, steps, optimizer=keras.optimizers.SGD, **compile_arguments):
+    """(unbroken, {stop: resumed}) after ``steps`` steps; one unbroken run saves a checkpoint at each of ``stops``,
+    and each resumed model is restored from its stop's checkpoint, then trained to ``steps``."""
     images, labels = batch()
 
     def build():
@@ -146,15 +147,19 @@ def resumed_pair(tmp_path, stop, steps, optimizer=keras.optimizers.SGD, **compil
         model.build_optimizers()
         return model
 
-    unbroken = build()
+    unbroken, paths = build(), {}
     for step in range(steps):
-        if step == stop:
-            path = tf.train.Checkpoint(model=unbroken, optimizer=unbroken.optimizer).save(str(tmp_path / "ckpt"))
+        if step in stops:
+            checkpoint = tf.train.Checkpoint(model=unbroken, optimizer=unbroken.optimizer)
+            paths[step] = checkpoint.save(str(tmp_path / f"at-{step}" / "ckpt"))
         unbroken.train_on_batch(images, labels)
-    resumed = build()
-    tf.train.Checkpoint(model=resumed, optimizer=resumed.optimizer).restore(path).assert_existing_objects_matched()
-    for _ in range(stop, steps):
-        resumed.train_on_batch(images, labels)
+    resumed = {}
+    for stop in stops:
+        resumed[stop] = build()
+        checkpoint = tf.train.Checkpoint(model=resumed[stop], optimizer=resumed[stop].optimizer)
+        checkpoint.restore(paths[stop]).assert_existing_objects_matched()
+        for _ in range(stop, steps):
+            resumed[stop].train_on_batch(images, labels)
     return unbroken, resumed
 
 
@@ -163,18 +168,20 @@ def schedule():
 
 
 @pytest.mark.parametrize("optimizer", [keras.optimizers.SGD, keras.optimizers.Adam], ids=["sgd", "adam"])
-@pytest.mark.parametrize("stop", [1, 2, 3], ids=["mid_warmup", "at_the_boundary", "after_the_boundary"])
-def test_a_resume_around_the_warmup_boundary_is_bit_identical(tmp_path, optimizer, stop):
-    unbroken, resumed = resumed_pair(
-        tmp_path, stop=stop, steps=5, optimizer=optimizer, warmup_steps=2, head_learning_rate=HEAD_LR
+def test_a_resume_around_the_warmup_boundary_is_bit_identical(tmp_path, optimizer):
+    stops = {1: "mid warmup", 2: "at the boundary", 3: "after the boundary"}  # one unbroken run for the three
+    unbroken, resumed = resumed_models(
+        tmp_path, stops=list(stops), steps=5, optimizer=optimizer, warmup_steps=2, head_learning_rate=HEAD_LR
     )
-    assert int(resumed.backbone_optimizer.iterations) == 3
-    for a, b in zip(unbroken.variables, resumed.variables):
-        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
+    for stop, when in stops.items():
+        assert int(resumed[stop].backbone_optimizer.iterations) == 3, when
+        for a, b in zip(unbroken.variables, resumed[stop].variables):
+            np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=f"{a.name}, resumed {when}")
 
 
 def test_a_resume_after_a_decay_boundary_continues_at_the_decayed_rate(tmp_path):
-    unbroken, resumed = resumed_pair(tmp_path, stop=3, steps=5, head_learning_rate=HEAD_LR)
+    unbroken, resumed_at = resumed_models(tmp_path, stops=[3], steps=5, head_learning_rate=HEAD_LR)
+    resumed = resumed_at[3]
     for a, b in zip(unbroken.variables, resumed.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
     # .learning_rate: the rate the last step (optimizer step 4, after both boundaries) used.
