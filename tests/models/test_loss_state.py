@@ -98,12 +98,17 @@ def test_loss_variables_are_owned_by_the_model_and_train_at_their_own_rate_witho
 
 
 def test_margin_beta_trains_at_its_absolute_learning_rate():
-    model, images, labels = make_model({"name": "margin", "beta_learning_rate": 5e-4}, learning_rate=1e-5)
+    # The rho_distance miner (rho 0.5: the step has both (a, p, n) and (a, a, p) triplets): its step is finite too.
+    margin = {"name": "margin", "beta_learning_rate": 5e-4, "miner": "rho_distance", "rho": 0.5}
+    model, images, labels = make_model(margin, learning_rate=1e-5)
     beta = model.dml_loss.beta
     assert beta.shape == (6,) and np.allclose(beta.numpy(), 1.2)
-    model.train_on_batch(images, labels)
+    network = [w.numpy() for w in model.embedder.trainable_weights]
+    logs = model.train_on_batch(images, labels, return_dict=True)
     moved = np.abs(beta.numpy() - 1.2)
     assert moved.max() == pytest.approx(5e-4, rel=1e-3)  # Adam's first step: the group's own rate, not 1e-5
+    assert np.isfinite(logs["loss"]) and all(np.isfinite(w.numpy()).all() for w in model.trainable_weights)
+    assert any((w.numpy() != w0).any() for w, w0 in zip(model.embedder.trainable_weights, network))
 
 
 def test_s2sd_heads_train_without_weight_decay_and_beta_constant_is_fixed():
