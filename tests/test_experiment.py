@@ -65,8 +65,19 @@ def tiny_overrides(folder, runs, name, guidance="elg", epochs=2, steps=3, every=
     ]
 
 
+# The whole run's schedule: decay x0.5 at epoch 1 (0-based: optimizer step 3 on, of 2 epochs of 3 steps), the
+# head at its own rate, the backbone warmed up for epoch 0 (these keys set off their defaults, run end to end).
+STEP_DECAY = [
+    "optimizer.schedule=step",
+    "optimizer.decay_epochs=[1]",
+    "optimizer.decay_factor=0.5",
+    "optimizer.head_learning_rate=0.02",
+    "training.warmup_epochs=1",
+]
+
+
 def test_train_writes_the_whole_run_directory(image_folder, tmp_path, minilm_encoder):
-    config = load_config(None, tiny_overrides(image_folder, tmp_path, "tiny"))
+    config = load_config(None, tiny_overrides(image_folder, tmp_path, "tiny") + STEP_DECAY)
     metrics = train(config, verbose=0)
     folder = tmp_path / "tiny"
     for name in RUN_FILES:
@@ -82,7 +93,18 @@ def test_train_writes_the_whole_run_directory(image_folder, tmp_path, minilm_enc
     assert sorted(history) == ["1", "2"]
     for line in history.values():  # the embedding-space diagnostics of every evaluation (eval_every 1)
         assert {"val_intra", "val_inter", "val_intra_over_inter", "val_rho_spectrum"} <= set(line)
-    assert list((folder / "logs" / "train").glob("events.out.tfevents.*"))
+    # Under the step decay history.json has each epoch's rate (its last step's): 0.01, float32(0.005);
+    # TensorBoard each step's: three of 0.01, then three of 0.005.
+    rates = [float(np.float32(rate)) for rate in (0.01, 0.005)]
+    assert [history[epoch]["learning_rate"] for epoch in ("1", "2")] == rates
+    logged = [
+        float(tf.make_ndarray(value.tensor))
+        for path in sorted((folder / "logs" / "train").glob("events.out.tfevents.*"))
+        for event in tf.compat.v1.train.summary_iterator(str(path))
+        for value in event.summary.value
+        if value.tag == "learning_rate"
+    ]
+    assert logged == [rates[0]] * 3 + [rates[1]] * 3
     assert (folder / "logs" / "projector_config.pbtxt").exists()
     assert list((folder / "checkpoints").glob("ckpt-6.index"))
     # The CLI exports it for TF Serving, and evaluates it again.
@@ -92,7 +114,7 @@ def test_train_writes_the_whole_run_directory(image_folder, tmp_path, minilm_enc
     # A finished run is not trained again; another config under the same name is refused.
     assert train(config, verbose=0) == metrics  # read back from metrics.json: exact
     with pytest.raises(ConfigError, match="changed: training.epochs"):
-        train(load_config(None, tiny_overrides(image_folder, tmp_path, "tiny", epochs=3)), verbose=0)
+        train(load_config(None, tiny_overrides(image_folder, tmp_path, "tiny", epochs=3) + STEP_DECAY), verbose=0)
 
 
 def test_plg_run_saves_pseudo_label_names(image_folder, tmp_path, minilm_encoder):
@@ -244,28 +266,3 @@ def test_a_bfloat16_run_resumes_in_the_precision_it_began_with(image_folder, tmp
     # evaluate rebuilds the embedder in the run's bfloat16 (not this machine's auto): training's final metrics.
     recomputed = evaluate(folder, verbose=0)
     assert recomputed["recall@1"] == metrics["recall@1"] and recomputed["map@r"] == pytest.approx(metrics["map@r"])
-
-
-def test_a_step_decayed_run_logs_its_learning_rate_to_history_and_tensorboard(image_folder, tmp_path):
-    """Epochs of 2 steps, decay ×0.5 at epoch 2 (0-based: optimizer step 4 on): history.json has each epoch's rate
-    (its last step's), 0.01, 0.01, float32(0.005); TensorBoard each step's, four of 0.01 then two of 0.005."""
-    overrides = [
-        *tiny_overrides(image_folder, tmp_path, "decayed", guidance="none", epochs=3, steps=2, every=3),
-        "optimizer.schedule=step",
-        "optimizer.decay_epochs=[2]",
-        "optimizer.decay_factor=0.5",
-        "optimizer.head_learning_rate=0.02",
-        "training.warmup_epochs=1",
-    ]
-    train(load_config(None, overrides), verbose=0)
-    history = json.loads((tmp_path / "decayed" / "history.json").read_text())
-    rates = [float(np.float32(rate)) for rate in (0.01, 0.005)]
-    assert [history[epoch]["learning_rate"] for epoch in ("1", "2", "3")] == [rates[0], rates[0], rates[1]]
-    logged = [
-        float(tf.make_ndarray(value.tensor))
-        for path in sorted((tmp_path / "decayed" / "logs" / "train").glob("events.out.tfevents.*"))
-        for event in tf.compat.v1.train.summary_iterator(str(path))
-        for value in event.summary.value
-        if value.tag == "learning_rate"
-    ]
-    assert logged == [rates[0]] * 4 + [rates[1]] * 2
