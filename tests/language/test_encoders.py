@@ -1,5 +1,6 @@
 """build_text_encoder: TF-Hub sentence encoders and encoder + preprocessor pairs, precomputed files, errors."""
 
+import collections
 import urllib.error
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_text as text
 
-from tf_langdml.language import HubTextEncoder, build_text_encoder
+from tf_langdml.language import HubTextEncoder, build_text_encoder, clear_loaded_models, encoders
 
 SEQUENCE_LENGTH = 8
 
@@ -120,6 +121,57 @@ def test_the_id_changes_when_the_local_model_changes(tmp_path):
     module.table.assign(module.table * 2.0)
     tf.saved_model.save(module, str(tmp_path / "model"))
     assert build_text_encoder(f"hub:{tmp_path / 'model'}").id != before
+
+
+@pytest.fixture
+def loaded_models(monkeypatch):
+    """The process's loaded models, empty for this test (the worker's MiniLM stays loaded outside it)."""
+    models = collections.OrderedDict()
+    monkeypatch.setattr(encoders, "_loaded_models", models)
+    return models
+
+
+def test_a_local_model_is_loaded_once_per_process_and_encodes_as_a_fresh_load(hub_folders, loaded_models):
+    folders, _ = hub_folders
+    first, second = (build_text_encoder(f"hub:{folders['sentence']}") for _ in range(2))
+    embeddings = first.encode(SENTENCES)
+    np.testing.assert_array_equal(second.encode(SENTENCES), embeddings)
+    assert second._encoder is first._encoder and len(loaded_models) == 1
+    # The same SavedModel on the same input through the same ops: the bits of a model loaded anew.
+    fresh = encoders._load_hub_uncached(folders["sentence"])
+    assert fresh is not first._encoder
+    np.testing.assert_array_equal(embeddings, encoders._l2_normalize(fresh(tf.constant(SENTENCES)), "fresh"))
+    clear_loaded_models()
+    assert not loaded_models
+    third = build_text_encoder(f"hub:{folders['sentence']}")
+    third.encode(SENTENCES)
+    assert third._encoder is not first._encoder
+
+
+def test_a_folder_changed_on_disk_is_loaded_again(tmp_path, loaded_models):
+    module, folder = TinySentenceEncoder(), tmp_path / "model"
+    tf.saved_model.save(module, str(folder))
+    before = build_text_encoder(f"hub:{folder}")
+    old = before.encode(SENTENCES)
+    module.table.assign(np.random.default_rng(2).normal(size=(64, 8)).astype(np.float32))
+    tf.saved_model.save(module, str(folder))  # the same file names, new contents and times (variables: same sizes)
+    after = build_text_encoder(f"hub:{folder}")
+    embeddings = after.encode(SENTENCES)
+    assert after._encoder is not before._encoder
+    # As in test_hub_sentence_encoder_from_a_local_folder: <= ~3.6e-7 from the float64 normalisation.
+    np.testing.assert_allclose(embeddings, normalized(module(tf.constant(SENTENCES))), atol=1e-6)
+    assert np.abs(embeddings - old).max() > 0.1  # (other table rows: the old vectors would fail the line above)
+
+
+def test_only_the_last_loaded_models_are_kept(hub_folders, loaded_models, monkeypatch):
+    folders, _ = hub_folders
+    monkeypatch.setattr(encoders, "LOADED_MODELS_KEPT", 2)
+    sentence = encoders._load_hub(folders["sentence"])
+    bert = encoders._load_hub(folders["bert"])
+    assert encoders._load_hub(folders["sentence"]) is sentence  # now the most recently used
+    encoders._load_hub(folders["preprocessor"])  # a third: the least recently used (bert) goes
+    assert len(loaded_models) == 2
+    assert encoders._load_hub(folders["sentence"]) is sentence and encoders._load_hub(folders["bert"]) is not bert
 
 
 def test_https_handle_without_network_names_the_local_alternatives(monkeypatch):

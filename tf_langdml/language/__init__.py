@@ -9,6 +9,7 @@ from tf_langdml.language.encoders import (
     PrecomputedTextEncoder,
     TextEncoder,
     build_text_encoder,
+    clear_loaded_models,
 )
 from tf_langdml.language.imagenet import IMAGENET_CLASS_NAMES, first_synonym
 from tf_langdml.language.language_table import LanguageTable
@@ -29,6 +30,7 @@ __all__ = [
     "TextEncoder",
     "build_minilm_savedmodel",
     "build_text_encoder",
+    "clear_loaded_models",
     "expert_language_table",
     "first_synonym",
     "minilm_handle",

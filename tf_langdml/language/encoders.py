@@ -16,12 +16,18 @@ Specs (:func:`build_text_encoder`):
   are the full prompts.
 
 Encoders load lazily: building one and reading its ``id`` touches no model, so a
-cache hit never loads the encoder.
+cache hit never loads the encoder. A local SavedModel is loaded once per process: the
+loaded model is kept (the last :data:`LOADED_MODELS_KEPT`), keyed by the folder's resolved
+path and every file's size and modification time, so a demo or a sweep that trains several
+runs in one process loads MiniLM once, and a changed folder is loaded again
+(:func:`clear_loaded_models` drops them). The encoders never train the loaded model.
 """
 
+import collections
 import hashlib
 import os
 import pathlib
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,6 +39,9 @@ from tf_langdml.language import minilm
 DEFAULT_ENCODER = "minilm"
 SPEC_KINDS = ("minilm", "hub:<handle>", "hub:<encoder>|<preprocessor>", "precomputed:<file.npz>")
 _BATCH_SIZE = 256
+LOADED_MODELS_KEPT = 4  # loaded local SavedModels kept per process (MiniLM: ~90 MB of weights)
+_loaded_models = collections.OrderedDict()  # _folder_key -> the loaded model, least recently used first
+_loaded_models_lock = threading.Lock()
 
 
 def _check_texts(texts):
@@ -80,11 +89,38 @@ def _check_handle(handle):
         )
 
 
+def _folder_key(folder):
+    """What identifies a local SavedModel's files: the folder's resolved path, each file's path, size and mtime."""
+    root = pathlib.Path(folder).resolve()
+    files = sorted(path for path in root.rglob("*") if path.is_file())
+    stats = [(path.relative_to(root).as_posix(), path.stat()) for path in files]
+    return str(root), tuple((name, stat.st_size, stat.st_mtime_ns) for name, stat in stats)
+
+
+def clear_loaded_models() -> None:
+    """Drop the local SavedModels this process keeps loaded (the next encode loads its model again)."""
+    with _loaded_models_lock:
+        _loaded_models.clear()
+
+
 def _load_hub(handle):
+    _check_handle(handle)
+    if _is_remote(handle):
+        return _load_hub_uncached(handle)  # loaded each time (TF-Hub keeps the download on disk)
+    key = _folder_key(handle)
+    with _loaded_models_lock:
+        if key not in _loaded_models:
+            _loaded_models[key] = _load_hub_uncached(handle)
+            while len(_loaded_models) > LOADED_MODELS_KEPT:
+                _loaded_models.popitem(last=False)
+        _loaded_models.move_to_end(key)
+        return _loaded_models[key]
+
+
+def _load_hub_uncached(handle):
     import tensorflow_hub as hub
     import tensorflow_text  # noqa: F401  (registers the ops BERT preprocessors and tokenizers use)
 
-    _check_handle(handle)
     try:
         return hub.load(handle)
     except Exception as error:
@@ -139,7 +175,7 @@ class HubTextEncoder(TextEncoder):
             parts.append(part if _is_remote(part) else f"{os.path.abspath(part)}#{_local_fingerprint(part)}")
         self.id = f"{id_prefix}:" + "|".join(parts) + (f"@{output_key}" if output_key else "")
         self._encoder = self._preprocessor = None
-        self.loads = 0  # how many times the model was loaded (the cache tests read it)
+        self.loads = 0  # how many times this encoder fetched its model (the cache tests read it)
 
     def _load(self):
         if self._encoder is None:
