@@ -71,12 +71,43 @@ def warmup_model(mode, **compile_arguments):
         return tiny_guided_model(**arguments)
 
 
+# Adam's rate, beta_1, beta_2 and epsilon as Keras holds them (float32): 1 - float32(b) is exact in float32.
+ADAM = tuple(float(np.float32(x)) for x in (1e-3, 0.9, 0.999, 1e-7))
+
+
+def assert_adams_step_one(adam, variables, before):
+    """Keras' Adam at step t from moments m, v: w -= lr sqrt(1-b2^t)/(1-b1^t) m/(sqrt(v)+eps). After the
+    warmup the backbone's optimizer is at t=1 with m = (1-b1) g, v = (1-b2) g^2 (zero moments before;
+    g includes the coupled weight decay), so the update is about lr sign(g); a step count run on through
+    the warmup (t=3) would be 3.16x larger. Tolerances: the float32 update is <= 8 roundings of a value
+    <= lr and the new weight one rounding of |w|; m^2/v carries m's one rounding twice and v's two (g^2,
+    then the product), so 4 eps relative."""
+    lr, b1, b2, eps = ADAM
+    f32 = np.finfo(np.float32)
+    assert adam.iterations.numpy() == 1
+    for variable, old in zip(variables, before):
+        old = np.asarray(old, np.float64)
+        index = adam._index_dict[adam._var_key(variable)]  # Keras' slot lookup (no public one)
+        m, v = (slot[index].numpy().astype(np.float64) for slot in (adam._momentums, adam._velocities))
+        normal = v >= f32.tiny  # g^2 not subnormal
+        ratio = m[normal] ** 2 / v[normal] / ((1 - b1) ** 2 / (1 - b2))
+        assert np.all(np.abs(ratio - 1) <= 4 * f32.eps), variable.name
+        expected = lr * np.sqrt(1 - b2) / (1 - b1) * m / (np.sqrt(v) + eps)
+        error = np.abs(old - variable.numpy().astype(np.float64) - expected)
+        assert np.all(error <= 8 * f32.eps * (lr + np.abs(old))), (variable.name, float(np.max(error)))
+
+
 @pytest.mark.parametrize("mode", list(WARMUP_MODES))
-def test_warmup_keeps_the_backbone_bit_identical_then_trains_it(mode):
+def test_warmup_keeps_the_backbone_bit_identical_then_trains_it_from_adams_step_one(mode):
     images, labels = batch()
+    lr, b1, b2, eps = ADAM
     # the head's own rate leaves the model's optimizer no variable: its step still counts
     model = warmup_model(
-        mode, optimizer=keras.optimizers.Adam(1e-3), weight_decay=4e-4, warmup_steps=2, head_learning_rate=HEAD_LR
+        mode,
+        optimizer=keras.optimizers.Adam(lr, beta_1=b1, beta_2=b2, epsilon=eps),
+        weight_decay=4e-4,
+        warmup_steps=2,
+        head_learning_rate=HEAD_LR,
     )
     backbone, head = backbone_variables(model.embedder), head_variables(model.embedder)
     start = [variable.numpy() for variable in backbone]
@@ -90,42 +121,13 @@ def test_warmup_keeps_the_backbone_bit_identical_then_trains_it(mode):
     model.train_on_batch(images, labels)  # optimizer step 2: the warmup is over
     assert any(not np.array_equal(variable.numpy(), old) for variable, old in zip(backbone, start))
     assert model.backbone_optimizer.iterations.numpy() == 1 and model.optimizer.iterations.numpy() == 3
+    assert_adams_step_one(model.backbone_optimizer, backbone, start)  # (start: the backbone before this step)
 
 
 def test_without_warmup_there_is_no_backbone_optimizer():
     model = tiny_guided_model(optimizer=keras.optimizers.Adam(1e-3), head_learning_rate=HEAD_LR)
     assert model.backbone_optimizer is None and model._backbone_trains
     assert [optimizer for optimizer, _ in model._loss_groups.value] == [model.head_optimizer]
-
-
-@pytest.mark.parametrize("mode", ["graph", "eager"])
-def test_the_backbones_first_update_after_the_warmup_is_adams_step_one(mode):
-    """Keras' Adam at step t from moments m, v: w -= lr sqrt(1-b2^t)/(1-b1^t) m/(sqrt(v)+eps). After the
-    warmup the backbone's optimizer is at t=1 with m = (1-b1) g, v = (1-b2) g^2 (zero moments before),
-    so the update is about lr sign(g); a step count run on through the warmup (t=3) would be 3.16x
-    larger. Constants are Keras' float32 ones (1 - float32(b) is exact in float32). Tolerances: the
-    float32 update is <= 8 roundings of a value <= lr and the new weight one rounding of |w|; m^2/v
-    carries m's one rounding twice and v's two (g^2, then the product), so 4 eps relative."""
-    lr, b1, b2, eps = (float(np.float32(x)) for x in (1e-3, 0.9, 0.999, 1e-7))
-    images, labels = batch()
-    optimizer = keras.optimizers.Adam(lr, beta_1=b1, beta_2=b2, epsilon=eps)
-    model = warmup_model(mode, optimizer=optimizer, warmup_steps=2, head_learning_rate=HEAD_LR)
-    for _ in range(2):
-        model.train_on_batch(images, labels)
-    backbone = backbone_variables(model.embedder)
-    before = [variable.numpy().astype(np.float64) for variable in backbone]
-    model.train_on_batch(images, labels)
-    adam, f32 = model.backbone_optimizer, np.finfo(np.float32)
-    assert adam.iterations.numpy() == 1
-    for variable, old in zip(backbone, before):
-        index = adam._index_dict[adam._var_key(variable)]  # Keras' slot lookup (no public one)
-        m, v = (slot[index].numpy().astype(np.float64) for slot in (adam._momentums, adam._velocities))
-        normal = v >= f32.tiny  # g^2 not subnormal
-        ratio = m[normal] ** 2 / v[normal] / ((1 - b1) ** 2 / (1 - b2))
-        assert np.all(np.abs(ratio - 1) <= 4 * f32.eps), variable.name
-        expected = lr * np.sqrt(1 - b2) / (1 - b1) * m / (np.sqrt(v) + eps)
-        error = np.abs(old - variable.numpy().astype(np.float64) - expected)
-        assert np.all(error <= 8 * f32.eps * (lr + np.abs(old))), (variable.name, float(np.max(error)))
 
 
 @pytest.mark.parametrize("mode", ["graph"])  # XLA's retrace is covered by train_on_batch above
