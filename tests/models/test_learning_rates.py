@@ -124,6 +124,25 @@ def test_warmup_keeps_the_backbone_bit_identical_then_trains_it_from_adams_step_
     assert_adams_step_one(model.backbone_optimizer, backbone, start)  # (start: the backbone before this step)
 
 
+def traced_op_types(model, images, labels):
+    """The op types of one traced ``train_step``, the bodies of its nested functions included."""
+    graph = tf.function(model.train_step).get_concrete_function((images, labels)).graph.as_graph_def()
+    return {node.op for node in graph.node} | {node.op for f in graph.library.function for node in f.node_def}
+
+
+def test_during_the_warmup_no_gradient_is_taken_for_the_backbone():
+    # the backbone's convolutions are the tiny model's only Conv2D: their weight gradient is
+    # Conv2DBackpropFilter, which the step must not even build while the backbone waits
+    # (benchmarks/warmup_step.py: a warmup step of the demo's model costs about a quarter of a full one)
+    images, labels = batch()
+    model = tiny_guided_model(optimizer=keras.optimizers.SGD(LR), warmup_steps=1)
+    assert "Conv2D" in traced_op_types(model, images, labels)
+    assert "Conv2DBackpropFilter" not in traced_op_types(model, images, labels)
+    model.train_on_batch(images, labels)
+    model.make_train_function()  # the warmup is over: the phase flag turns (fit does this per call)
+    assert "Conv2DBackpropFilter" in traced_op_types(model, images, labels)
+
+
 def test_without_warmup_there_is_no_backbone_optimizer():
     model = tiny_guided_model(optimizer=keras.optimizers.Adam(1e-3), head_learning_rate=HEAD_LR)
     assert model.backbone_optimizer is None and model._backbone_trains

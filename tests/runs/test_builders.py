@@ -263,3 +263,12 @@ def test_decay_epochs_and_warmup_epochs_become_optimizer_steps_of_the_run_s_epoc
     assert (schedule.boundaries, schedule.factor, schedule.initial_learning_rate) == ([14, 35], 0.5, 1e-5)
     assert model.head_optimizer._learning_rate.initial_learning_rate == 0.1
     assert model.warmup_steps == 7
+
+
+def test_a_warmup_as_long_as_the_training_freezes_the_backbone_for_the_whole_run():
+    overrides = ["model.backbone=toy_cnn", "model.weights=null", "training.epochs=2", "training.warmup_epochs=2"]
+    config = load_config(None, overrides)
+    model = builders.guided_model(config.model, 16, config.loss, config.optimizer, config.training, steps_per_epoch=7)
+    assert model.warmup_steps == 14  # every step of the run: the backbone's optimizer is never applied
+    with pytest.raises(ConfigError, match=r"'training.warmup_epochs' \(3\) must be at most training.epochs \(2\)"):
+        load_config(None, [*overrides[:-1], "training.warmup_epochs=3"])

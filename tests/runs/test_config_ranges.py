@@ -82,9 +82,9 @@ def test_floats_are_refused_for_every_integer_key(key):
 @pytest.mark.parametrize("key, metadata", BOUNDED_KEYS, ids=[key for key, _ in BOUNDED_KEYS])
 def test_every_bounded_integer_takes_its_bound_and_refuses_one_more(key, metadata):
     maximum = metadata["max"]
-    others = {  # a batch of >= 2 classes; a warmup shorter than the training
+    others = {  # a batch of >= 2 classes; a warmup no longer than the training
         "data.examples_per_class": ["data.batch_size=65536"],
-        "training.warmup_epochs": [f"training.epochs={maximum + 1}"],
+        "training.warmup_epochs": [f"training.epochs={maximum}"],
     }.get(key, [])
     config = load_config(None, others + [f"{key}={maximum}"])
     section, name = key.split(".")

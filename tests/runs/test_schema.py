@@ -120,7 +120,7 @@ def test_the_demo_yaml_is_the_demo_config():
         ("optimizer.schedule=step", "'optimizer.decay_epochs' is empty but optimizer.schedule is 'step'"),
         ("optimizer.decay_epochs=[30]", "'optimizer.decay_epochs' is \\[30\\] but optimizer.schedule is 'constant'"),
         ("training.warmup_epochs=-1", "'training.warmup_epochs' must be at least 0; got -1"),
-        ("training.warmup_epochs=150", r"'training.warmup_epochs' \(150\) must be less than training.epochs \(150\)"),
+        ("training.warmup_epochs=151", r"'training.warmup_epochs' \(151\) must be at most training.epochs \(150\)"),
         ("name=a/b", "'name' must be one plain folder name: .*no '/'"),
         ("data.validation_fraction=1", r"'data.validation_fraction' must be in \[0, 1\)"),
         ("evaluation.split=valid", "'evaluation.split' is 'valid'.*did you mean 'validation'"),

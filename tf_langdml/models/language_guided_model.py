@@ -28,7 +28,7 @@ from tf_langdml.models.loss_optimizers import (
     build_all_optimizers,
     head_group,
     loss_groups,
-    pairs_outside,
+    variables_outside,
 )
 from tf_langdml.models.nonfinite import (
     NonFiniteLossError,
@@ -364,12 +364,17 @@ class LanguageGuidedModel(keras.Model):
         # BatchNorm statistics before the forward pass, to put back after a non-finite step
         # (reading a variable copies it only because the forward pass then writes it).
         saved = forward_state(self.non_trainable_variables)
-        with tf.GradientTape() as tape:
+        # the warmup: the backbone (its optimizer is the last group) is not even recorded, so
+        # the backward pass stops at the head, as under the paper code's no_grad
+        variables = self.trainable_variables
+        trains = self._backbone_trains
+        variables = variables if trains else variables_outside(variables, self._loss_groups.value[-1][1])
+        with tf.GradientTape(watch_accessed_variables=trains) as tape:
+            tape.watch([] if trains else variables)
             total, dml, language = self.compute_losses(data, training=True)
             objective = total / replicas
             if scaled_optimizer:
                 objective = self.optimizer.get_scaled_loss(objective)
-        variables = self.trainable_variables
         gradients = tape.gradient(objective, variables)
         if scaled_optimizer:
             gradients = self.optimizer.get_unscaled_gradients(gradients)
@@ -383,8 +388,6 @@ class LanguageGuidedModel(keras.Model):
             ]
         finite, report = finiteness_check(step, total, dml, language, None if scaled_optimizer else gradients, replicas)
         pairs = [(gradient, variable) for gradient, variable in zip(gradients, variables) if gradient is not None]
-        # the warmup: the backbone's optimizer (the last group) is not applied at all
-        pairs = pairs if self._backbone_trains else pairs_outside(pairs, self._loss_groups.value[-1][1])
         record = self._nonfinite.value
         if tf.executing_eagerly():
             if not bool(finite):

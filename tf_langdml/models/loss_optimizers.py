@@ -142,9 +142,9 @@ def backbone_group(
 
 
 @tf.autograph.experimental.do_not_convert
-def pairs_outside(pairs: Sequence[tuple[tf.Tensor, tf.Variable]], refs: frozenset) -> list:
-    """The (gradient, variable) pairs whose variable is not in ``refs`` (a group left out of a step)."""
-    return [pair for pair in pairs if pair[1].ref() not in refs]
+def variables_outside(variables: Sequence[tf.Variable], refs: frozenset) -> list:
+    """The ``variables`` that are not in ``refs`` (a group left out of a step: no gradient is taken for it)."""
+    return [variable for variable in variables if variable.ref() not in refs]
 
 
 def build_all_optimizers(

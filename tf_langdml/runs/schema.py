@@ -145,8 +145,9 @@ class TrainingConfig:
         maximum=STEPS_MAX,  # default: images // batch
         why="the optimizer step count must fit its counter",
     )
-    # epochs at the start whose backbone gets no update (the head and the loss's variables train; the code's --warmup)
-    warmup_epochs: int = _integer(0, 0, EPOCHS_MAX - 1, why="fewer than training.epochs")
+    # epochs at the start whose backbone gets no update (the head and the loss's variables train; the code's --warmup);
+    # equal to training.epochs: the backbone is frozen for the whole run
+    warmup_epochs: int = _integer(0, 0, EPOCHS_MAX, why="at most training.epochs")
     eval_every: int = _integer(5)  # epochs between retrieval evaluations (>= 1: the library checks)
     checkpoint_every: int = _positive(100)  # optimizer steps between resume checkpoints (and at the end)
     seed: int = _integer(0, 0, SEED_MAX, why="what keras.utils.set_random_seed accepts")
@@ -768,7 +769,7 @@ def validate(config: ExperimentConfig) -> None:
 
 
 def _check_schedule(optimizer, training):
-    """optimizer.schedule and decay_epochs agree; training.warmup_epochs leaves epochs to train the backbone."""
+    """optimizer.schedule and decay_epochs agree; training.warmup_epochs is at most training.epochs."""
     _one_of(optimizer.schedule, SCHEDULES, "optimizer.schedule")
     if optimizer.schedule == "step" and not optimizer.decay_epochs:
         raise ConfigError(
@@ -780,8 +781,8 @@ def _check_schedule(optimizer, training):
             f"'optimizer.decay_epochs' is {list(optimizer.decay_epochs)} but optimizer.schedule is 'constant' "
             "(no decay); set optimizer.schedule: step or remove optimizer.decay_epochs."
         )
-    if training.warmup_epochs >= training.epochs:
+    if training.warmup_epochs > training.epochs:
         raise ConfigError(
-            f"'training.warmup_epochs' ({training.warmup_epochs}) must be less than training.epochs "
-            f"({training.epochs}), or the backbone never trains; lower it (0: no warmup)."
+            f"'training.warmup_epochs' ({training.warmup_epochs}) must be at most training.epochs "
+            f"({training.epochs}); lower it (0: no warmup; {training.epochs}: the backbone frozen for the whole run)."
         )
