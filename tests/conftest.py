@@ -35,6 +35,7 @@ LONGEST_FIRST = [
     "test_progress_lines.py",
     "data/test_image_folder.py",
     "test_nonfinite_training.py",
+    "models/test_learning_rates.py",
     "models/test_loss_state.py",
     "export/test_bad_requests.py",
     "models/test_embedder.py",
