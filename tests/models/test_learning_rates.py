@@ -275,6 +275,25 @@ def test_a_warmup_under_loss_scaling_needs_a_variable_on_the_models_optimizer():
     assert argument_of(error.value) == "warmup_steps" and "\n" not in str(error.value)
 
 
+def test_a_warmup_under_mixed_float16_watches_the_cast_variables_of_the_head_only():
+    # the warmup's tape watches the head's variables itself; under a mixed policy they are AutoCastVariables
+    images, labels = batch()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = tiny_guided_model(optimizer=keras.optimizers.Adam(1e-3), warmup_steps=2)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    backbone, head = backbone_variables(model.embedder), head_variables(model.embedder)
+    start, head_start = [v.numpy() for v in backbone], [v.numpy() for v in head]
+    for _ in range(2):
+        model.train_on_batch(images, labels)
+    for variable, old in zip(backbone, start):
+        np.testing.assert_array_equal(variable.numpy(), old, err_msg=variable.name)
+    assert all(not np.array_equal(variable.numpy(), old) for variable, old in zip(head, head_start))
+    model.train_on_batch(images, labels)
+    assert any(not np.array_equal(variable.numpy(), old) for variable, old in zip(backbone, start))
+
+
 def test_a_custom_loop_keeps_the_phase_of_compile_time_until_make_train_function():
     images, labels = batch()
     data = (tf.constant(images), tf.constant(labels))
