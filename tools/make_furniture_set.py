@@ -65,6 +65,15 @@ What it does:
    then averaged down. Transparent materials (opacity under ``MIN_OPACITY``: glass) are
    left out. A piece whose model cannot be read or whose render covers less than
    ``MIN_COVERAGE`` of the picture is skipped and listed in the manifest.
+5. ``--varied-views`` (off by default; the build above is unchanged by it) makes the renders
+   vary like photographs of one product: for each render, drawn from a generator seeded by
+   the class folder (so deterministic), the yaw (integer gaps of at least 40 degrees around
+   the circle from a random start), the elevation (-5 to 50 degrees), the model's size (its
+   larger side 55 to 100 % of the picture's) and its offset from the centre (up to 15 % of the
+   side per axis, so a large model may be cropped), the light's direction, a brightness
+   (0.85 to 1.15) and colour temperature (red and blue scaled by 1 +- 0.08), and the
+   background (white, or a plain light colour with each channel in 0.88..1). The ranges are
+   ``VARIED``; the manifest records them and each class's views. The catalogue picture stays.
 
 Writes ``<out>/<class>/<picture>.png``, ``<out>/classes.json`` (per class: name,
 folder, catalogue, category, creator, source files; the package, its version, the
@@ -104,6 +113,18 @@ MIN_OPACITY = 0.35  # materials more transparent than this (glass) are not drawn
 MIN_COVERAGE = 0.02  # a render covering less of the picture is a failed render
 AMBIENT = 0.45  # shade = AMBIENT + (1 - AMBIENT) * |normal . light|
 LIGHT = (-0.4, 0.6, 0.7)  # towards the light, in view space (x right, y up, z to the viewer)
+# --varied-views: each render's view drawn per class (seeded by the class folder), like photographs.
+VARIED = {
+    "elevation_degrees": (-5.0, 50.0),  # uniform
+    "min_yaw_gap_degrees": 40,  # yaws: integer gaps of at least this (360 / views if smaller), summing to 360
+    "fill": (0.55, 1.0),  # the model's larger side over the picture's side, uniform
+    "offset": (-0.15, 0.15),  # the model's centre off the picture's centre, fraction of the side, per axis
+    "light_xy": (-0.8, 0.8),  # light direction (x, y, 0.7) before normalising, x and y uniform
+    "brightness": (0.85, 1.15),  # factor on the lit colours, uniform
+    "warmth": (-0.08, 0.08),  # red times 1 + warmth, blue times 1 - warmth, uniform
+    "background_white_probability": 0.5,  # else a plain light colour, each channel uniform in:
+    "background_channel": (0.88, 1.0),
+}
 
 
 class BuildError(Exception):
@@ -351,18 +372,59 @@ def nearest_per_pixel(pixels, point_of, depths, pixel_count):
     return np.where(best < len(order), order[np.minimum(best, len(order) - 1)], -1)
 
 
-def render(positions, colours, normals, yaw, elevation=ELEVATION, size=SIZE, supersample=SUPERSAMPLE):
-    """(size, size, 3) uint8 picture of the points seen from ``yaw``, on white."""
-    rotation = view_rotation(yaw, elevation)
+class View(NamedTuple):
+    """How one render is drawn (the defaults are the documented fixed views but the yaw)."""
+
+    yaw: int
+    elevation: float = ELEVATION
+    fill: float = FILL
+    offset: tuple = (0.0, 0.0)  # (right, down), fraction of the picture's side
+    light: tuple = LIGHT
+    gain: tuple = (1.0, 1.0, 1.0)  # RGB factor on the lit colours (brightness and colour temperature)
+    background: tuple = (1.0, 1.0, 1.0)  # RGB in 0..1
+
+
+def varied_views(folder, count):
+    """``count`` Views of a class drawn in the ``VARIED`` ranges, seeded by its folder name (deterministic)."""
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(f"views:{folder}".encode()).digest()[:8], "little"))
+    gap = min(VARIED["min_yaw_gap_degrees"], 360 // count)
+    gaps = gap + rng.multinomial(360 - gap * count, rng.dirichlet(np.ones(count)))
+    start = int(rng.integers(360))
+    yaws = [(start + int(total)) % 360 for total in np.concatenate([[0], np.cumsum(gaps)[:-1]])]
+    views = []
+    for yaw in yaws:
+        warmth = rng.uniform(*VARIED["warmth"])
+        brightness = rng.uniform(*VARIED["brightness"])
+        white = rng.random() < VARIED["background_white_probability"]
+        background = rng.uniform(*VARIED["background_channel"], size=3)
+        views.append(
+            View(
+                yaw=yaw,
+                elevation=float(rng.uniform(*VARIED["elevation_degrees"])),
+                fill=float(rng.uniform(*VARIED["fill"])),
+                offset=tuple(float(value) for value in rng.uniform(*VARIED["offset"], size=2)),
+                light=(*(float(value) for value in rng.uniform(*VARIED["light_xy"], size=2)), 0.7),
+                gain=(brightness * (1 + warmth), brightness, brightness * (1 - warmth)),
+                background=(1.0, 1.0, 1.0) if white else tuple(float(value) for value in background),
+            )
+        )
+    return views
+
+
+def render(positions, colours, normals, yaw, elevation=ELEVATION, size=SIZE, supersample=SUPERSAMPLE, view=None):
+    """(size, size, 3) uint8 picture of the points seen from ``yaw``, on white; or as ``view`` (a View) says."""
+    view_of = view if view is not None else View(yaw=yaw, elevation=elevation)
+    rotation = view_rotation(view_of.yaw, view_of.elevation)
     view = positions @ rotation.T
-    shade = AMBIENT + (1 - AMBIENT) * np.abs((normals @ rotation.T) @ (np.asarray(LIGHT) / np.linalg.norm(LIGHT)))
-    lit = np.clip(colours * shade[:, None], 0, 1)
+    light = np.asarray(view_of.light, dtype=np.float64)
+    shade = AMBIENT + (1 - AMBIENT) * np.abs((normals @ rotation.T) @ (light / np.linalg.norm(light)))
+    lit = np.clip(colours * shade[:, None] * np.asarray(view_of.gain), 0, 1)
     side = size * supersample
     low, high = view[:, :2].min(axis=0), view[:, :2].max(axis=0)
-    scale = FILL * side / max(float((high - low).max()), 1e-12)
+    scale = view_of.fill * side / max(float((high - low).max()), 1e-12)
     centre = (low + high) / 2
-    column = np.floor((view[:, 0] - centre[0]) * scale + side / 2).astype(np.int64)
-    row = np.floor((centre[1] - view[:, 1]) * scale + side / 2).astype(np.int64)
+    column = np.floor((view[:, 0] - centre[0]) * scale + side / 2 + view_of.offset[0] * side).astype(np.int64)
+    row = np.floor((centre[1] - view[:, 1]) * scale + side / 2 + view_of.offset[1] * side).astype(np.int64)
     # Each point covers supersample x supersample pixels: one pixel of the final picture.
     pixels, point_of = [], []
     for dy in range(supersample):
@@ -371,16 +433,17 @@ def render(positions, colours, normals, yaw, elevation=ELEVATION, size=SIZE, sup
             pixels.append((row[inside] + dy) * side + column[inside] + dx)
             point_of.append(np.flatnonzero(inside))
     nearest = nearest_per_pixel(np.concatenate(pixels), np.concatenate(point_of), view[:, 2], side * side)
-    canvas = np.ones((side * side, 3))
+    canvas = np.ones((side * side, 3)) * np.asarray(view_of.background)
     drawn = nearest >= 0
     canvas[drawn] = lit[nearest[drawn]]
     canvas = canvas.reshape(size, supersample, size, supersample, 3).mean(axis=(1, 3))
     return np.round(canvas * 255).astype(np.uint8)
 
 
-def coverage(picture):
-    """Fraction of a picture's pixels that are not white."""
-    return float((picture < 250).any(axis=2).mean())
+def coverage(picture, background=(1.0, 1.0, 1.0)):
+    """Fraction of a picture's pixels more than 5 levels off the background (white unless given)."""
+    plain = np.round(np.asarray(background) * 255)
+    return float((np.abs(picture.astype(np.float64) - plain) > 5).any(axis=2).mean())
 
 
 def on_white(png_bytes, size=SIZE):
@@ -405,8 +468,8 @@ def read_texture(archive, member):
     return np.asarray(image, dtype=np.float64) / 255
 
 
-def render_piece(archive, piece, yaws):
-    """[(file name, picture)] of one piece: the catalogue's picture, then one render per yaw."""
+def render_piece(archive, piece, views):
+    """[(file name, picture)] of one piece: the catalogue's picture, then one render per View."""
     pictures = [("catalogue.png", on_white(archive.read(piece.icon)))]
     folder = posixpath.dirname(piece.model)
     mesh = parse_obj(archive.read(piece.model).decode("latin-1"))
@@ -422,11 +485,12 @@ def render_piece(archive, piece, yaws):
     mesh = mesh._replace(corners=mesh.corners @ rotation.T)
     seed = int.from_bytes(hashlib.sha256(piece.id.encode()).digest()[:8], "little")
     positions, colours, normals = sample_surface(mesh, materials, textures, POINTS, np.random.default_rng(seed))
-    for yaw in yaws:
-        picture = render(positions, colours, normals, yaw)
-        if coverage(picture) < MIN_COVERAGE:
-            raise BuildError(f"the render from yaw {yaw} covers {coverage(picture):.1%} of the picture")
-        pictures.append((f"view_{yaw:03d}.png", picture))
+    for view in views:
+        picture = render(positions, colours, normals, view.yaw, view=view)
+        if coverage(picture, view.background) < MIN_COVERAGE:
+            covered = coverage(picture, view.background)
+            raise BuildError(f"the render from yaw {view.yaw} covers {covered:.1%} of the picture")
+        pictures.append((f"view_{view.yaw:03d}.png", picture))
     return pictures
 
 
@@ -457,6 +521,11 @@ def main():
     parser.add_argument("--out", required=True, help="the collection folder (replaced)")
     parser.add_argument("--classes", type=int, default=300)
     parser.add_argument("--views", type=int, default=4)
+    parser.add_argument(
+        "--varied-views",
+        action="store_true",
+        help="draw each render's yaw, elevation, crop, light and background per class (ranges in VARIED)",
+    )
     arguments = parser.parse_args()
     debs = sorted(
         name for name in os.listdir(arguments.debs) if name.startswith(PACKAGE + "_") and name.endswith(".deb")
@@ -489,8 +558,12 @@ def main():
         os.makedirs(arguments.out)
         classes, skipped = [], []
         for number, (folder, piece) in enumerate(chosen, 1):
+            if arguments.varied_views:
+                views = varied_views(folder, arguments.views)
+            else:
+                views = [View(yaw=yaw) for yaw in yaws]
             try:
-                pictures = render_piece(archives[piece.catalogue], piece, yaws)
+                pictures = render_piece(archives[piece.catalogue], piece, views)
             except (BuildError, KeyError, ValueError, IndexError) as error:
                 skipped.append({"id": piece.id, "name": piece.name, "reason": str(error)})
                 print(f"[{number}/{len(chosen)}] {folder}: skipped ({error})", file=sys.stderr)
@@ -509,6 +582,7 @@ def main():
                     "icon": piece.icon,
                     "model": piece.model,
                     "pictures": [file_name for file_name, _ in pictures],
+                    **({"views": [view._asdict() for view in views]} if arguments.varied_views else {}),
                 }
             )
             print(f"[{number}/{len(chosen)}] {folder}", file=sys.stderr)
@@ -521,10 +595,11 @@ def main():
         "catalogue_licences": licences,
         "settings": {
             "size": SIZE,
-            "views_yaw_degrees": yaws,
-            "elevation_degrees": ELEVATION,
+            "views_yaw_degrees": "per class (classes[].views)" if arguments.varied_views else yaws,
+            "elevation_degrees": "per class (classes[].views)" if arguments.varied_views else ELEVATION,
             "points": POINTS,
             "supersample": SUPERSAMPLE,
+            "varied_views": VARIED if arguments.varied_views else None,
             "numpy": np.__version__,
             "pillow": Image.__version__,
         },

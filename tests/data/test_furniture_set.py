@@ -147,3 +147,70 @@ def test_render_draws_a_square_facing_the_viewer_lit_by_the_documented_shade_on_
     assert furniture.FILL == 0.9
     assert np.flatnonzero(picture[16, :, 1] == 0).tolist() == list(range(2, 31))
     assert np.flatnonzero(picture[:, 16, 1] == 0).tolist() == list(range(2, 31))
+
+
+def _in(value, bounds):
+    return bounds[0] <= value <= bounds[1]
+
+
+@pytest.mark.parametrize("count", [4, 12])
+def test_varied_views_are_seeded_by_the_class_and_drawn_within_the_documented_ranges(count):
+    ranges = furniture.VARIED
+    folders = [f"piece_{index}" for index in range(100)]
+    views = {folder: furniture.varied_views(folder, count) for folder in folders}
+    assert furniture.varied_views("piece_3", count) == views["piece_3"]  # same class, same views
+    assert len({tuple(class_views) for class_views in views.values()}) == len(folders)  # other classes, other views
+    gap = min(ranges["min_yaw_gap_degrees"], 360 // count)  # 40 for 4 views, 30 for 12
+    for class_views in views.values():
+        assert len(class_views) == count
+        yaws = sorted(view.yaw for view in class_views)
+        assert all(isinstance(yaw, int) and 0 <= yaw < 360 for yaw in yaws)
+        gaps = np.diff(yaws + [yaws[0] + 360])  # around the circle
+        assert gaps.min() >= gap and gaps.sum() == 360
+        for view in class_views:
+            assert _in(view.elevation, ranges["elevation_degrees"]) and _in(view.fill, ranges["fill"])
+            assert all(_in(offset, ranges["offset"]) for offset in view.offset)
+            assert all(_in(value, ranges["light_xy"]) for value in view.light[:2]) and view.light[2] == 0.7
+            red, green, blue = view.gain  # brightness * (1 + warmth), brightness, brightness * (1 - warmth)
+            assert _in(green, ranges["brightness"]) and _in(red / green - 1, ranges["warmth"])
+            assert blue / green - 1 == pytest.approx(1 - red / green, abs=1e-12)
+            assert view.background == (1.0, 1.0, 1.0) or all(
+                _in(channel, ranges["background_channel"]) for channel in view.background
+            )
+    backgrounds = [view.background == (1.0, 1.0, 1.0) for class_views in views.values() for view in class_views]
+    assert 0 < sum(backgrounds) < len(backgrounds)  # some white, some coloured
+
+
+def test_render_with_a_view_fills_the_stated_fraction_off_centre_on_its_background():
+    # The red square of the test above, drawn with fill 0.6, offset (0.1, -0.06), light along the view, gain 0.8.
+    grid = (np.arange(200) + 0.5) / 200
+    x, y = np.meshgrid(grid, grid)
+    positions = np.stack([x.ravel(), y.ravel(), np.zeros(x.size)], axis=1)
+    colours = np.tile([1.0, 0.0, 0.0], (len(positions), 1))
+    normals = np.tile([0.0, 0.0, 1.0], (len(positions), 1))
+    view = furniture.View(
+        yaw=0,
+        elevation=0,
+        fill=0.6,
+        offset=(0.1, -0.06),
+        light=(0, 0, 1),
+        gain=(0.8, 1, 1),
+        background=(0.9, 0.95, 0.92),
+    )
+    picture = furniture.render(positions, colours, normals, yaw=None, size=32, supersample=2, view=view)
+    # 64 supersampled pixels: the extent maps to 0.6 * 64 = 38.4 pixels around 32 + 64 * offset. Columns
+    # floor(32 - 19.2 + 6.4) = 19 to floor(32 + 19.2 + 6.4) = 57 plus the splat's 58; final column j averages
+    # 2j and 2j + 1, so columns 10..28 are wholly red. Rows floor(32 - 19.2 - 3.84) = 8 to 47 + 1: rows 4..23.
+    assert picture[14, 19].tolist() == [204, 0, 0]  # shade 1 (light along the normal) times gain 0.8
+    assert np.flatnonzero(picture[14, :, 1] == 0).tolist() == list(range(10, 29))
+    assert np.flatnonzero(picture[:, 19, 1] == 0).tolist() == list(range(4, 24))
+    assert picture[0, 0].tolist() == [round(255 * 0.9), round(255 * 0.95), round(255 * 0.92)]
+    assert furniture.coverage(picture, view.background) == pytest.approx(21 * 21 / 32**2)  # with partial edges
+
+
+def test_coverage_counts_pixels_off_the_background():
+    picture = np.full((4, 5, 3), 230, dtype=np.uint8)
+    picture[0, 0, 2] = 224  # 6 levels off: drawn
+    picture[1, 1, 0] = 235  # 5 levels off: background
+    assert furniture.coverage(picture, (230 / 255,) * 3) == 1 / 20
+    assert furniture.coverage(np.full((2, 2, 3), 250, dtype=np.uint8)) == 0.0  # white by default; 5 off is not drawn
