@@ -128,13 +128,17 @@ def test_sample_surface_leaves_out_glass_and_colours_points_from_their_texture()
     np.testing.assert_array_equal(colours[~green], np.zeros((int((~green).sum()), 3)))
 
 
-def test_render_draws_a_square_facing_the_viewer_lit_by_the_documented_shade_on_white():
-    # A dense grid of red points on the square [0, 1]^2, z = 0, normal +z, seen from the front.
+def red_square():
+    """A dense grid of red points on the square [0, 1]^2, z = 0, normal +z: (positions, colours, normals)."""
     grid = (np.arange(200) + 0.5) / 200
     x, y = np.meshgrid(grid, grid)
     positions = np.stack([x.ravel(), y.ravel(), np.zeros(x.size)], axis=1)
-    colours = np.tile([1.0, 0.0, 0.0], (len(positions), 1))
-    normals = np.tile([0.0, 0.0, 1.0], (len(positions), 1))
+    return positions, np.tile([1.0, 0.0, 0.0], (len(positions), 1)), np.tile([0.0, 0.0, 1.0], (len(positions), 1))
+
+
+def test_render_draws_a_square_facing_the_viewer_lit_by_the_documented_shade_on_white():
+    # A dense grid of red points on the square [0, 1]^2, z = 0, normal +z, seen from the front.
+    positions, colours, normals = red_square()
     picture = furniture.render(positions, colours, normals, yaw=0, elevation=0, size=32, supersample=2)
     light = np.asarray(furniture.LIGHT) / np.linalg.norm(furniture.LIGHT)
     shade = furniture.AMBIENT + (1 - furniture.AMBIENT) * abs(light[2])
@@ -183,11 +187,7 @@ def test_varied_views_are_seeded_by_the_class_and_drawn_within_the_documented_ra
 
 def test_render_with_a_view_fills_the_stated_fraction_off_centre_on_its_background():
     # The red square of the test above, drawn with fill 0.6, offset (0.1, -0.06), light along the view, gain 0.8.
-    grid = (np.arange(200) + 0.5) / 200
-    x, y = np.meshgrid(grid, grid)
-    positions = np.stack([x.ravel(), y.ravel(), np.zeros(x.size)], axis=1)
-    colours = np.tile([1.0, 0.0, 0.0], (len(positions), 1))
-    normals = np.tile([0.0, 0.0, 1.0], (len(positions), 1))
+    positions, colours, normals = red_square()
     view = furniture.View(
         yaw=0,
         elevation=0,
