@@ -1,15 +1,26 @@
-"""Gallery search: the exported ``search_embeddings`` signature against faiss-cpu ``IndexFlatIP``, side by side.
+"""Gallery search: the exported ``search_embeddings`` signature against its matmul floor and faiss-cpu, side by side.
 
 For each gallery size (default 100,000 and 1,000,000 random 128-d unit vectors, seeded),
 one export holds the gallery (``export_embedder(..., gallery=...)``, toy embedder: only
 the gallery part is timed) and is loaded back with ``tf.saved_model.load``, as TF Serving
-would load it; faiss gets the same vectors in an ``IndexFlatIP`` (exact inner product).
-Then, round after round, one batch of random unit queries is searched by both (the order
-alternating each round so that drift hits both alike); the first call of each is not
+would load it. Beside it, in the same rounds:
+
+- ``floor``: one bare ``tf.matmul`` of the same shapes (the batch against the whole
+  gallery, a float32 variable) and a max over each row, so that nothing but the matmul
+  is measured (the max reads the scores once; without it the matmul's result is unused).
+  This is what an exact search cannot go below: every score has to be computed.
+- ``plain top_k``: the same chunked scan with each chunk's top-k taken by one
+  ``tf.math.top_k`` over the chunk's scores (the selection before the group maxima of
+  :func:`tf_langdml.top_k._top_k_by_groups`), traced here as a ``tf.function``.
+- ``faiss``: the same vectors in a faiss ``IndexFlatIP`` (exact inner product).
+
+Round after round, one batch of random unit queries is searched by each (the order
+rotating each round so that drift hits all alike); the first call of each is not
 timed (tracing, allocation). Printed per gallery: median and best milliseconds per
-batch, queries per second, the ratio signature / faiss, the process's peak RSS, and
-agreement: the top-k ids must be the same wherever the scores are not tied (a rank
-whose score differs from its neighbours' by more than 1e-5), and the scores within 1e-5.
+batch, queries per second, the ratios signature / floor, plain top_k / floor and
+signature / faiss, the process's peak RSS, and agreement with faiss: the top-k ids
+must be the same wherever the scores are not tied (a rank whose score differs from its
+neighbours' by more than 1e-5), and the scores within 1e-5.
 
 The ``search`` signature (image bytes in) is the same top-k graph after the embedder;
 its time is the embedding pass (see language_overhead.py / precision figures) plus this.
@@ -17,10 +28,12 @@ its time is the embedding pass (see language_overhead.py / precision figures) pl
 Needs faiss-cpu (``pip install -e ".[benchmark]"``). Writes nothing but a temporary
 folder, removed at the end.
 
-    .venv/bin/python benchmarks/search.py [--sizes 100000,1000000] [--batch 64] [--k 10] [--rounds 7] [--quick]
+    .venv/bin/python benchmarks/search.py [--sizes 100000,1000000] [--batch 64] [--k 10] [--rounds 8] [--quick]
 """
 
 import argparse
+import contextlib
+import os
 import resource
 import shutil
 import statistics
@@ -33,10 +46,12 @@ import tf_langdml  # noqa: F401  (first: binds tf.keras to tf-keras before Tenso
 import numpy as np
 import tensorflow as tf
 
+from tf_langdml import top_k
 from tf_langdml.export import export_embedder
 from tf_langdml.gallery import Gallery
 from tf_langdml.models import build_embedder
-from tf_langdml.top_k import DEFAULT_CHUNK_ELEMENTS
+from tf_langdml.models.precision import read_cpu_flags
+from tf_langdml.top_k import DEFAULT_CHUNK_ELEMENTS, top_k_in_chunks
 
 
 def unit_rows(rng, count, dim):
@@ -50,6 +65,17 @@ def agreement(ids, scores, reference_ids, reference_scores, tolerance=1e-5):
     gaps = np.minimum(np.abs(padded[:, 1:-1] - padded[:, :-2]), np.abs(padded[:, 1:-1] - padded[:, 2:]))
     untied = gaps > tolerance
     return int(np.sum((ids != reference_ids) & untied)), float(np.max(np.abs(scores - reference_scores)))
+
+
+@contextlib.contextmanager
+def plain_top_k_per_chunk():
+    """Inside the block, top_k_in_chunks traces the one-top_k-per-chunk selection (no group maxima)."""
+    factor = top_k.GROUPED_SELECTION_FACTOR
+    top_k.GROUPED_SELECTION_FACTOR = 2**30  # no k passes the test for the grouped selection
+    try:
+        yield
+    finally:
+        top_k.GROUPED_SELECTION_FACTOR = factor
 
 
 def run(size, args, folder):
@@ -70,40 +96,67 @@ def run(size, args, folder):
     index = faiss.IndexFlatIP(args.dim)
     index.add(vectors)
     k = tf.constant(args.k, tf.int32)
+    variable = tf.Variable(vectors, trainable=False)
+    spec = tf.TensorSpec([None, args.dim], tf.float32)
 
-    def ours(queries):
+    @tf.function(input_signature=[spec])
+    def bare_matmul(queries):
+        return tf.reduce_max(tf.matmul(queries, variable, transpose_b=True), axis=1)
+
+    with plain_top_k_per_chunk():
+        plain = tf.function(
+            lambda queries: top_k_in_chunks(queries, variable, k, args.chunk_elements), input_signature=[spec]
+        ).get_concrete_function()
+
+    def signature(queries):
         outputs = search(embeddings=tf.constant(queries), k=k)
         return outputs["indices"].numpy(), outputs["scores"].numpy()
 
-    def theirs(queries):
+    def faiss_search(queries):
         scores, ids = index.search(queries, args.k)
         return ids, scores
 
+    sides = {
+        "signature": signature,
+        "floor": lambda queries: bare_matmul(tf.constant(queries)).numpy(),
+        "plain top_k": lambda queries: [tensor.numpy() for tensor in plain(tf.constant(queries))],
+        "faiss": faiss_search,
+    }
     warm = unit_rows(rng, args.batch, args.dim)
-    ours(warm), theirs(warm)
-    times = {"signature": [], "faiss": []}
+    for side in sides.values():
+        side(warm)
+    times = {name: [] for name in sides}
     wrong, largest = 0, 0.0
+    names = list(sides)
     for round_index in range(args.rounds):
         queries = unit_rows(rng, args.batch, args.dim)
         results = {}
-        for name in ("signature", "faiss") if round_index % 2 == 0 else ("faiss", "signature"):
+        for name in names[round_index % len(names) :] + names[: round_index % len(names)]:
             started = time.perf_counter()
-            results[name] = (ours if name == "signature" else theirs)(queries)
+            results[name] = sides[name](queries)
             times[name].append(time.perf_counter() - started)
         round_wrong, round_largest = agreement(*results["signature"], *results["faiss"])
         wrong, largest = wrong + round_wrong, max(largest, round_largest)
     median = {name: statistics.median(values) for name, values in times.items()}
+
+    def timing(name):
+        return (
+            f"{name} {median[name] * 1e3:7.1f} ms/batch (best {min(times[name]) * 1e3:.1f}, "
+            f"{args.batch / median[name]:.0f} q/s)"
+        )
+
     print(
-        f"gallery {size:>9,} x {args.dim}  export {export_seconds:6.1f} s   "
-        f"signature {median['signature'] * 1e3:8.1f} ms/batch (best {min(times['signature']) * 1e3:.1f}, "
-        f"{args.batch / median['signature']:8.0f} q/s)   faiss {median['faiss'] * 1e3:8.1f} ms/batch "
-        f"(best {min(times['faiss']) * 1e3:.1f}, {args.batch / median['faiss']:8.0f} q/s)   "
-        f"ratio {median['signature'] / median['faiss']:.2f}   "
-        f"untied ids differing {wrong}/{args.rounds * args.batch * args.k}, max |score diff| {largest:.1e}   "
+        f"gallery {size:>9,} x {args.dim}  export {export_seconds:5.1f} s   "
+        + "   ".join(timing(name) for name in sides)
+        + f"   ratios: signature / floor {median['signature'] / median['floor']:.2f}, "
+        f"plain top_k / floor {median['plain top_k'] / median['floor']:.2f}, "
+        f"signature / faiss {median['signature'] / median['faiss']:.2f}   "
+        f"untied ids differing from faiss {wrong}/{args.rounds * args.batch * args.k}, "
+        f"max |score diff| {largest:.1e}   "
         f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB",
         flush=True,
     )
-    return median["signature"] / median["faiss"], wrong
+    return median["signature"] / median["floor"], wrong
 
 
 def main():
@@ -112,7 +165,7 @@ def main():
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--batch", type=int, default=64, help="queries per request")
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=7, help="timed batches per side")
+    parser.add_argument("--rounds", type=int, default=8, help="timed batches per side")
     parser.add_argument(
         "--chunk-elements",
         type=int,
@@ -131,6 +184,9 @@ def main():
         f"threads; faiss {faiss.__version__}, {faiss.omp_get_max_threads()} OpenMP threads; batch {args.batch}, "
         f"k {args.k}, {args.rounds} rounds; median (best) of the timed batches"
     )
+    flags = read_cpu_flags() or frozenset()
+    shown = [flag for flag in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags]
+    print(f"CPU flags (of those that matter here): {' '.join(shown) or 'unread'}; {os.cpu_count()} logical CPUs")
     folder = tempfile.mkdtemp(prefix="tf_langdml_search_benchmark_")
     try:
         for size in sizes:

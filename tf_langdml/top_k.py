@@ -10,6 +10,9 @@ import numpy as np
 import tensorflow as tf
 
 DEFAULT_CHUNK_ELEMENTS = 4 * 1024 * 1024  # scores held per gallery chunk by the search signatures (16 MB float32)
+GROUP_ROWS = 64  # gallery rows per group whose best score is compared first (docs/benchmarks.md, "Gallery search")
+# Group selection while k groups hold at most 1/GROUPED_SELECTION_FACTOR of a chunk's rows; else a plain top_k.
+GROUPED_SELECTION_FACTOR = 4
 
 
 def top_k_in_chunks(
@@ -22,7 +25,11 @@ def top_k_in_chunks(
 
     The gallery is scanned in chunks of rows sized so that one chunk's score matrix
     holds about ``chunk_elements`` values (at least 1024 rows); after each chunk the
-    running top-k and the chunk's own top-k are merged. Nothing larger than one
+    running top-k and the chunk's own top-k are merged. A chunk's top-k is read
+    through the best score of each group of :data:`GROUP_ROWS` rows (one ``reduce_max``
+    pass, then a selection among the ``k`` best groups' rows only) while those groups
+    are a small part of the chunk, else by one ``top_k`` over the chunk's scores: the
+    same values and rows either way. Nothing larger than one
     chunk's (B, chunk) scores exists at a time (the loop runs its iterations one after
     another). Equal scores rank the lower gallery index first, as one stable
     descending sort of all N scores would. ``k`` must be in 1..N (a graph assertion
@@ -53,14 +60,22 @@ def _scan_in_chunks(queries, gallery, k, chunk_elements):
     """:func:`top_k_in_chunks` for a batch of at least one query, ``k`` already checked."""
     count = tf.shape(gallery)[0]
     batch = tf.shape(queries)[0]
-    chunk = tf.maximum(tf.cast(chunk_elements, tf.int32) // tf.maximum(batch, 1), 1024)
+    # A whole number of groups per chunk (at least 1024 rows), so only the last chunk can end in a partial group.
+    chunk = tf.maximum(tf.cast(chunk_elements, tf.int32) // tf.maximum(batch, 1) // GROUP_ROWS, 1024 // GROUP_ROWS)
+    chunk *= GROUP_ROWS
     num_chunks = (count + chunk - 1) // chunk
+    # Few candidates against the chunk: select through the group maxima; else one top_k over the chunk's scores.
+    by_groups = k * GROUP_ROWS * GROUPED_SELECTION_FACTOR <= chunk
 
     def scan(index, values, indices):
         start = index * chunk
         rows = gallery[start : start + chunk]
-        chunk_values, chunk_indices = tf.math.top_k(
-            tf.matmul(queries, rows, transpose_b=True), tf.minimum(k, tf.shape(rows)[0])
+        scores = tf.matmul(queries, rows, transpose_b=True)
+        chunk_k = tf.minimum(k, tf.shape(rows)[0])
+        chunk_values, chunk_indices = tf.cond(
+            by_groups,
+            lambda: _top_k_by_groups(scores, chunk_k),
+            lambda: tuple(tf.math.top_k(scores, chunk_k)),
         )
         # Earlier chunks first: top_k puts the lower position first among equal values.
         values = tf.concat([values, chunk_values], axis=1)
@@ -76,3 +91,33 @@ def _scan_in_chunks(queries, gallery, k, chunk_elements):
         parallel_iterations=1,
     )
     return values, indices
+
+
+def _top_k_by_groups(scores, k):
+    """``tf.math.top_k(scores, k)`` (the same values and positions, ties included) read through group maxima.
+
+    The columns are cut into groups of :data:`GROUP_ROWS`. Order the entries by
+    (score descending, position ascending), as ``top_k`` does: then every entry of the
+    top ``k`` lies in one of the ``k`` groups whose best entries rank highest (were it
+    in another group, that group's best would rank at or above it, and below ``k``
+    better bests of other groups: ``k`` entries ranked above it). Those groups, taken
+    in column order, hold the top ``k`` in their original relative order, so one
+    ``top_k`` over them breaks ties as one over all columns would. Costs one pass of
+    ``reduce_max`` over the scores instead of a selection over every column.
+    """
+    batch, columns = tf.shape(scores)[0], tf.shape(scores)[1]
+    padding = (-columns) % GROUP_ROWS
+    # -inf after the last column: a partial group's padding never outranks a real score.
+    scores = tf.cond(
+        padding > 0,
+        lambda: tf.pad(scores, [[0, 0], [0, padding]], constant_values=-np.inf),
+        lambda: scores,
+    )
+    groups = tf.reshape(scores, [batch, -1, GROUP_ROWS])
+    # top_k ranks equal maxima by group position, the same order as the maxima's own columns.
+    _, best_groups = tf.math.top_k(tf.reduce_max(groups, axis=2), tf.minimum(k, tf.shape(groups)[1]))
+    best_groups = tf.sort(best_groups, axis=1)
+    candidates = tf.reshape(tf.gather(groups, best_groups, batch_dims=1), [batch, -1])
+    values, positions = tf.math.top_k(candidates, k)
+    columns_found = tf.gather(best_groups, positions // GROUP_ROWS, batch_dims=1) * GROUP_ROWS
+    return values, columns_found + positions % GROUP_ROWS

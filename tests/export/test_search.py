@@ -19,7 +19,7 @@ from tf_langdml.inference import embed_split
 from tf_langdml.models import build_embedder
 from tf_langdml.runs.serving import gallery_split
 from tf_langdml.runs.trained_embedder import restore_embedder
-from tf_langdml.top_k import top_k_in_chunks
+from tf_langdml.top_k import GROUP_ROWS, GROUPED_SELECTION_FACTOR, _top_k_by_groups, top_k_in_chunks
 
 SIZE = 16
 
@@ -81,6 +81,63 @@ def test_exact_ties_rank_the_lower_row_first_across_chunks():
     scores, indices = top_k_in_chunks(vector[None], tf.constant(gallery), 4, 1)
     assert list(indices.numpy()[0]) == [3, 1100, 2400, 0]
     assert list(scores.numpy()[0]) == [1.0, 1.0, 1.0, 0.0]
+
+
+def tied_score_matrices():
+    """(name, scores) that stress the group selection: few distinct values (ties everywhere), all equal, every
+    best entry in one group, and widths that end in a partial group."""
+    rng = np.random.default_rng(3)
+    few_levels = rng.integers(0, 4, (6, 10 * GROUP_ROWS + 17)).astype(np.float32)
+    # Ties under unequal maxima: the best groups do not come in column order, and the k-th value is tied
+    # across them (a selection that kept the groups in order of their maxima would break ties wrongly).
+    unequal_maxima = rng.integers(0, 3, (6, 12 * GROUP_ROWS + 9)).astype(np.float32)
+    for row in unequal_maxima:
+        lifted = rng.choice(12, 6, replace=False) * GROUP_ROWS + rng.integers(0, GROUP_ROWS, 6)
+        row[lifted] = rng.integers(3, 6, 6)
+    one_group = rng.uniform(-1, 0, (3, 8 * GROUP_ROWS)).astype(np.float32)
+    one_group[:, 3 * GROUP_ROWS : 3 * GROUP_ROWS + 20] = rng.uniform(0.5, 1, (3, 20))
+    return [
+        ("few levels", few_levels),
+        ("ties under unequal maxima", unequal_maxima),
+        ("all equal", np.full((2, 5 * GROUP_ROWS + 1), 0.25, np.float32)),
+        ("best in one group", one_group),
+        ("uniform, partial group", rng.uniform(-1, 1, (4, 3 * GROUP_ROWS + 5)).astype(np.float32)),
+    ]
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
+def test_group_selection_returns_top_k_s_values_and_positions_ties_included(graph):
+    """The claim in _top_k_by_groups' docstring, against tf.math.top_k itself: bit-equal values, equal positions,
+    for every k from 1 to the number of groups + 1 (past it the groups hold every column)."""
+    select = tf.function(_top_k_by_groups) if graph else _top_k_by_groups
+    for name, scores in tied_score_matrices():
+        groups = -(-scores.shape[1] // GROUP_ROWS)
+        for k in sorted({1, 2, 5, 10, 21, groups, groups + 1} & set(range(1, groups + 2))):
+            values, positions = select(tf.constant(scores), tf.constant(k))
+            expected_values, expected_positions = tf.math.top_k(scores, k)
+            np.testing.assert_array_equal(values.numpy(), expected_values.numpy(), err_msg=f"{name}, k {k}")
+            np.testing.assert_array_equal(positions.numpy(), expected_positions.numpy(), err_msg=f"{name}, k {k}")
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
+def test_grouped_chunks_equal_a_stable_sort_of_a_gallery_full_of_exact_ties(graph):
+    """Chunks of 2,048 rows (32 groups) over 5,000 rows drawn from 12 sign vectors: every score is tied with
+    hundreds of others across groups and chunks, and the last chunk ends in a partial group. Coordinates are
+    +-1/4 in 16 dimensions (unit length), so every inner product is a multiple of 1/16 and exact in float32
+    whatever the matmul's summation order; the rows must come out exactly as a stable descending sort ranks
+    them, for k that select by groups and k that do not."""
+    rng = np.random.default_rng(5)
+    distinct = rng.choice(np.float32([-0.25, 0.25]), (12, 16))
+    gallery = distinct[rng.integers(0, 12, 5000)]
+    queries = np.concatenate([distinct[:3], rng.choice(np.float32([-0.25, 0.25]), (5, 16))])
+    chunk_elements = len(queries) * 2048
+    search = tf.function(top_k_in_chunks) if graph else top_k_in_chunks
+    grouped_k = 2048 // (GROUP_ROWS * GROUPED_SELECTION_FACTOR)  # the largest k that selects by groups
+    for k in (1, grouped_k, grouped_k + 1, 700):
+        scores, indices = search(queries, tf.constant(gallery), tf.constant(k), chunk_elements)
+        _, expected_indices, _ = brute_force(queries, gallery, k)
+        np.testing.assert_array_equal(indices.numpy(), expected_indices, err_msg=f"k {k}")
+        assert_same_neighbours(scores.numpy(), indices.numpy(), queries, gallery)
 
 
 def test_k_outside_one_to_gallery_size_is_refused_by_value():
