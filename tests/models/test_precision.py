@@ -107,6 +107,8 @@ def test_builders_probe_the_runs_own_model_image_size_and_batch(tmp_path, monkey
         ProbedModel("toy_cnn", 24, 6, embed_dim=16, pooling="max", freeze_bn_statistics=False, jit_compile=True)
     ]
     assert list((tmp_path / "precision").iterdir())  # under $TF_LANGDML_CACHE
+    with pytest.raises(ValueError, match=r"pass policy=builders.precision\(training, model, data\)"):
+        builders.guided_model(model, 24, schema.LossConfig(), schema.OptimizerConfig(), training)
 
 
 def test_explicit_values_are_kept_and_unknown_ones_refused():

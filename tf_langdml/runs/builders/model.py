@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from tf_langdml._keras import keras
+from tf_langdml.errors import ArgumentError
 from tf_langdml.losses import DML_LOSSES, build_dml_loss, dml_loss_arguments
 from tf_langdml.models import BACKBONES, LanguageGuidedModel, build_embedder
 from tf_langdml.models.backbones import backbone_spec, resolve_weights
@@ -158,18 +159,26 @@ def guided_model(
     table: np.ndarray | None = None,
     index: str = "label",
     num_classes: int | None = None,
-    *,
-    policy: str,
+    policy: str | None = None,
     steps_per_epoch: int = 1,
 ) -> LanguageGuidedModel:
     """The compiled :class:`~tf_langdml.models.LanguageGuidedModel`, its layers under the dtype ``policy``.
 
     ``table``: the language table (None: the baseline, ω = 0); ``index``:
     :func:`~tf_langdml.runs.builders.language.table_index`; ``num_classes``: the training classes (for losses
-    with a vector per class); ``policy``: the resolved ``training.precision`` (:func:`precision`). Keras adds
-    loss scaling under ``mixed_float16`` only; the losses stay float32 under both mixed policies.
+    with a vector per class); ``policy``: the resolved ``training.precision`` (:func:`precision`; None:
+    ``training.precision`` itself, refused for ``auto``, which needs the data section). Keras adds loss scaling
+    under ``mixed_float16`` only; the losses stay float32 under both mixed policies.
     ``steps_per_epoch``: the run's, for ``optimizer.decay_epochs`` and ``training.warmup_epochs``.
     """
+    if policy is None:
+        if training.precision == "auto":
+            raise ArgumentError(
+                "training.precision 'auto' is resolved for the run's model and data: pass "
+                "policy=builders.precision(training, model, data)[0] to guided_model.",
+                argument="policy",
+            )
+        policy = training.precision
     with precision_policy(policy):
         network = LanguageGuidedModel(embedder(model, image_size), language_table=table, table_index=index)
         _compile(network, loss, optimizer, training, table is not None, num_classes, steps_per_epoch)
