@@ -65,9 +65,10 @@ def test_the_cache_key_separates_backbone_image_size_batch_and_machine(tmp_path)
         b"{not json",
         b"\xff\xfe",
         json.dumps({"policy": "mixed_bfloat16"}).encode(),  # no key: not a decision for this machine
+        json.dumps({"key": cache_key(MACHINE, MODEL), "policy": "float32", "seconds_per_step": [1, 2]}).encode(),
         b" " * (precision_probe.MAX_CACHE_BYTES + 1),
     ],
-    ids=["not-json", "not-utf8", "no-key", "oversized"],
+    ids=["not-json", "not-utf8", "no-key", "times-not-a-mapping", "oversized"],
 )
 def test_a_damaged_cache_file_is_one_warning_and_a_new_probe(tmp_path, damage):
     path = cache_file(cache_key(MACHINE, MODEL), tmp_path)

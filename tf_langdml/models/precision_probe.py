@@ -161,9 +161,12 @@ def _check_record(record: object, key: dict) -> None:
         raise ValueError("not a decision for this machine and model")
     if record.get("policy") not in PROBED_POLICIES:
         raise ValueError(f"policy {record.get('policy')!r} is not one of {list(PROBED_POLICIES)}")
+    times = record.get("seconds_per_step")
+    if not isinstance(times, dict):
+        raise ValueError("no seconds_per_step")
     for policy in PROBED_POLICIES:
-        seconds = record.get("seconds_per_step", {}).get(policy)
-        if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
+        seconds = times.get(policy)
+        if type(seconds) not in (int, float) or not math.isfinite(seconds) or seconds <= 0:
             raise ValueError(f"{policy} seconds per step {seconds!r} is not a positive number")
     if not isinstance(record.get("measured_at"), str):
         raise ValueError("no measured_at time")
