@@ -67,6 +67,7 @@ class ProbedModel:
 
 @contextlib.contextmanager
 def _global_policy(policy: str) -> Iterator[None]:
+    # precision.precision_policy without its check: precision imports this module, so this one cannot import it.
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
     try:
