@@ -14,8 +14,10 @@ of 64 images at 224) is timed once per block and reported as images per second.
 Printed per backbone and policy: median and best wall seconds per step, median CPU
 seconds, the ratio to float32, the first step's loss (the two policies start from the
 same weights and batch, so it shows what bfloat16 rounding does to the loss), and the
-embedding pass's images / s. The header says which CPU features the machine reports and
-what ``training.precision: auto`` resolves to here.
+embedding pass's images / s. The header says which CPU features the machine reports; after each
+backbone's lines, what ``training.precision: auto`` resolves to for that backbone, image size and
+batch (the library's own resolution: on a device without fast bfloat16 float32 by the rule, without
+measuring; past that gate its own short probe, or its cached decision, with the times it measured).
 
     .venv/bin/python benchmarks/precision.py [--backbones resnet50,efficientnet_lite0] [--steps 2] [--rounds 3]
         [--quick]
@@ -102,6 +104,16 @@ def cpu_features():
     return [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags]
 
 
+def auto_choice(backbone, image_size, batch_size):
+    """``auto -> policy (reason)`` as a run of this backbone (128-d, average pooling, frozen BN statistics) resolves it."""
+    try:
+        from tf_langdml.models import ProbedModel, resolve_precision
+    except ImportError:
+        return "auto: not available in this version"
+    model = ProbedModel(backbone, image_size=image_size, batch_size=batch_size, embed_dim=128)
+    return "auto -> {} ({})".format(*resolve_precision("auto", model=model))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbones", default="resnet50,efficientnet_lite0")
@@ -120,19 +132,14 @@ def main():
     images = tf.constant(rng.uniform(0, 255, (labels.shape[0], args.image_size, args.image_size, 3)).astype("float32"))
     eval_images = tf.constant(rng.uniform(0, 255, (64, args.image_size, args.image_size, 3)).astype("float32"))
     table = rng.normal(size=(NUM_CLASSES, 1, 384)).astype("float32")
-    try:
-        from tf_langdml.models.precision import resolve_precision
-
-        auto = "auto -> {} ({})".format(*resolve_precision("auto"))
-    except ImportError:
-        auto = "auto: not available in this version"
-    print(f"CPU features reported: {', '.join(cpu_features()) or 'none of avx2/avx512f/avx512_bf16/amx_bf16'}; {auto}")
+    print(f"CPU features reported: {', '.join(cpu_features()) or 'none of avx2/avx512f/avx512_bf16/amx_bf16'}")
     print(
         f"batch {labels.shape[0]} at {args.image_size}, {args.rounds} rounds x {args.steps} timed steps per policy, "
         "alternating; embedding pass: 64 images, eval mode"
     )
     for backbone in backbones:
         measure(backbone, args, images, labels, eval_images, table)
+        print(f"{backbone:18s} {auto_choice(backbone, args.image_size, labels.shape[0])}", flush=True)
 
 
 if __name__ == "__main__":

@@ -217,10 +217,14 @@ class _Interrupted(Exception):
 
 
 def test_a_bfloat16_run_resumes_in_the_precision_it_began_with(image_folder, tmp_path, monkeypatch):
-    # training.precision=auto, resolved to bfloat16 at the first start (a probe reporting AVX-512 BF16); the
-    # restart sees a machine without it, yet keeps bfloat16, as does evaluate. The run is stopped after step 3
-    # (the last checkpoint: step 2, mid-epoch) and restarted; an unbroken run of the same config ends alike.
-    from tf_langdml.models import precision
+    # training.precision=auto, resolved to bfloat16 at the first start (a probe reporting AVX-512 BF16, timings
+    # where bfloat16 is faster); the restart sees a machine without it, yet keeps bfloat16, as does evaluate. The
+    # run is stopped after step 3 (the last checkpoint: step 2, mid-epoch) and restarted; an unbroken run of the
+    # same config ends alike (its decision read from the cache the first start wrote). The fake probe draws from
+    # the global random state as the real one's model builds do: the run must seed after it, else the probed
+    # start would begin from other weights than the one that read the cache.
+    from tf_langdml import keras
+    from tf_langdml.models import precision, precision_probe
     from tf_langdml.runs.train import evaluate
 
     fast = precision.DeviceCapabilities(cpu_flags=frozenset({"avx512_bf16"}))
@@ -232,6 +236,13 @@ def test_a_bfloat16_run_resumes_in_the_precision_it_began_with(image_folder, tmp
     ]
     config = load_config(None, overrides)
     monkeypatch.setattr(precision, "probe_devices", lambda: fast)
+
+    def bfloat16_faster(model):
+        keras.layers.Dense(2).build((None, 2))  # an unseeded initializer: the draw the probe's model builds make
+        return {"float32": 2.0, "mixed_bfloat16": 1.0}
+
+    monkeypatch.setattr(precision_probe, "measure_step_times", bfloat16_faster)
+    monkeypatch.setenv("TF_LANGDML_CACHE", str(tmp_path / "cache"))  # a decision of its own, not the session's
     unbroken = train(load_config(None, overrides + [f"runs_dir={tmp_path / 'unbroken'}"]), verbose=0)
     assert unbroken["precision"] == "mixed_bfloat16"
 

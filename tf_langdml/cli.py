@@ -656,7 +656,7 @@ def _pseudolabel(config, out):
         builders.text_encoder(config.language),
         config.evaluation.batch_size,
         output_path=out,
-        policy=builders.precision(config.training)[0],
+        policy=builders.precision(config.training, config.model, config.data)[0],
     )  # as a training run
     np.save(pathlib.Path(out).with_suffix(".npy"), table)
     for row_name, names in list(zip(labels.row_names, labels.names))[:10]:

@@ -8,6 +8,7 @@ from tf_langdml.models.language_guided_model import LanguageGuidedModel
 from tf_langdml.models.layers import FrozenStatisticsBatchNormalization, ImageNormalization, L2Normalize
 from tf_langdml.models.nonfinite import NonFiniteLossError
 from tf_langdml.models.precision import PRECISIONS, DeviceCapabilities, precision_policy, resolve_precision
+from tf_langdml.models.precision_probe import ProbedModel
 
 __all__ = [
     "BACKBONES",
@@ -20,6 +21,7 @@ __all__ = [
     "NonFiniteLossError",
     "POOLINGS",
     "PRECISIONS",
+    "ProbedModel",
     "build_backbone",
     "build_efficientnet_lite0",
     "build_imagenet_classifier",

@@ -31,6 +31,7 @@ from tf_langdml._keras import keras
 from tf_langdml.evaluation import language_table_statistics
 from tf_langdml.models import NonFiniteLossError
 from tf_langdml.models.precision import DeviceCapabilities
+from tf_langdml.models.precision_probe import ProbedModel
 from tf_langdml.runs import builders, checkpoints, run_dir, trained_embedder
 from tf_langdml.runs.console import fit_console
 from tf_langdml.runs.schema import ExperimentConfig, config_to_dict
@@ -73,16 +74,22 @@ def run_precision(
     config: ExperimentConfig,
     verbose: int = 1,
     probe: Callable[[], DeviceCapabilities] | None = None,
+    measure: Callable[[ProbedModel], dict[str, float]] | None = None,
 ) -> tuple[str, str]:
     """``(policy, reason)`` of the run: what its first start recorded, else ``training.precision`` resolved now.
 
     ``auto`` is resolved once per run: a restart (on another machine too) and
-    :func:`evaluate` keep the policy the run began with. ``verbose``: print
+    :func:`evaluate` keep the policy the run began with. Resolving it may time the run's
+    model under both policies (:mod:`~tf_langdml.models.precision_probe`), which draws from
+    the global random state: :func:`train` resolves before it seeds. ``verbose``: print
     :func:`precision_message` (training prints it once per start, after the checks
-    that can fail on the data).
+    that can fail on the data). ``probe``, ``measure``: for tests (see
+    :func:`~tf_langdml.models.precision.resolve_precision`).
     """
     recorded = run_dir.recorded_precision(folder)
-    policy, reason = recorded if recorded else builders.precision(config.training, probe)
+    policy, reason = (
+        recorded if recorded else builders.precision(config.training, config.model, config.data, probe, measure)
+    )
     if verbose:
         print(precision_message(policy, reason, bool(recorded)), file=sys.stderr)
     return policy, reason
@@ -107,6 +114,9 @@ def train(config: ExperimentConfig, verbose: int = 1) -> dict:
     metrics = _complete(folder, verbose)
     if metrics is not None:
         return metrics
+    # Before seeding: auto's probe builds models, which draw from the global random state; so a run
+    # starts from the same weights whether its decision was probed now or read from the cache.
+    resolved = run_precision(folder, config, verbose=0)
     keras.utils.set_random_seed(config.training.seed)
     if config.training.deterministic:
         enable_determinism()
@@ -124,7 +134,7 @@ def train(config: ExperimentConfig, verbose: int = 1) -> dict:
         if metrics is not None:
             return metrics
         checkpoints.check_checkpoints(folder, config)
-        return _train_locked(config, folder, split, scored_split, index, fixed_batches, verbose)
+        return _train_locked(config, folder, split, scored_split, index, fixed_batches, resolved, verbose)
 
 
 def _complete(folder, verbose):
@@ -138,10 +148,11 @@ def _complete(folder, verbose):
     return metrics
 
 
-def _train_locked(config, folder, split, scored_split, index, fixed_batches, verbose):
-    """The body of :func:`train` once ``folder`` exists, is locked and matches ``config``."""
-    recorded = run_dir.recorded_precision(folder) is not None
-    policy, policy_reason = run_precision(folder, config, verbose=0)  # printed once the table and model are built
+def _train_locked(config, folder, split, scored_split, index, fixed_batches, resolved, verbose):
+    """The body of :func:`train` once ``folder`` exists, is locked and matches ``config``; ``resolved``: the
+    ``(policy, reason)`` :func:`run_precision` gave before the lock (another process may have recorded one since)."""
+    recorded = run_dir.recorded_precision(folder)
+    policy, policy_reason = recorded or resolved  # printed once the table and model are built
     config_values = config_to_dict(config)
     config_sha256 = run_dir.config_sha256(config_values)
     run_dir.write_class_names(folder, split.class_names)
@@ -171,7 +182,7 @@ def _train_locked(config, folder, split, scored_split, index, fixed_batches, ver
         steps_per_epoch=steps_per_epoch,
     )
     if verbose:  # not before an error of the text encoder, the table or the model: those name their own fix
-        print(precision_message(policy, policy_reason, recorded), file=sys.stderr)
+        print(precision_message(policy, policy_reason, recorded is not None), file=sys.stderr)
     checkpoint, manager = checkpoints.checkpoint_manager(model, folder, config_sha256)
     resume_from = checkpoints.latest_finite_checkpoint(manager)
     if resume_from:

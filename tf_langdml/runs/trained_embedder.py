@@ -121,7 +121,7 @@ def restore_embedder(folder: str | os.PathLike, policy: str = "float32") -> tupl
     check_embedder_config(folder)
     config = read_config(folder)
     if policy == "run":
-        policy = (recorded_precision(folder) or builders.precision(config.training))[0]
+        policy = (recorded_precision(folder) or builders.precision(config.training, config.model, config.data))[0]
     with precision_policy(policy):
         embedder = builders.embedder(config.model, config.data.image_size, weights=None)
     embedder.load_weights(str(weights))

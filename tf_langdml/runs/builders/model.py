@@ -7,14 +7,16 @@ from typing import Any
 import numpy as np
 
 from tf_langdml._keras import keras
+from tf_langdml.errors import ArgumentError
 from tf_langdml.losses import DML_LOSSES, build_dml_loss, dml_loss_arguments
 from tf_langdml.models import BACKBONES, LanguageGuidedModel, build_embedder
 from tf_langdml.models.backbones import backbone_spec, resolve_weights
 from tf_langdml.models.learning_rates import step_decay
 from tf_langdml.models.precision import precision_policy, resolve_precision
+from tf_langdml.models.precision_probe import ProbedModel
 from tf_langdml.runs.builders.config_errors import config_keys
 from tf_langdml.runs.builders.loss_arguments import BUILD_ARGUMENTS, check_dml_arguments
-from tf_langdml.runs.schema import LossConfig, ModelConfig, OptimizerConfig, TrainingConfig
+from tf_langdml.runs.schema import DataConfig, LossConfig, ModelConfig, OptimizerConfig, TrainingConfig
 
 # {library argument: config key} of build_embedder (and build_backbone's ``name`` under it).
 _MODEL_ARGUMENTS = {
@@ -125,11 +127,27 @@ def _compile(
     return network
 
 
-def precision(training: TrainingConfig, probe: Any = None) -> tuple[str, str]:
-    """``(dtype policy, reason)`` of ``training.precision`` (``auto`` resolved on this machine; see
-    :func:`~tf_langdml.models.precision.resolve_precision`, ``probe`` for tests)."""
+def probed_model(model: ModelConfig, data: DataConfig, training: TrainingConfig) -> ProbedModel:
+    """What ``training.precision: auto`` times: the embedder of ``model`` on ``data``'s images and batches."""
+    return ProbedModel(
+        backbone=model.backbone,
+        image_size=data.image_size,
+        batch_size=data.batch_size,
+        embed_dim=model.embed_dim,
+        pooling=model.pooling,
+        freeze_bn_statistics=model.freeze_bn_statistics,
+        jit_compile=training.jit_compile,
+    )
+
+
+def precision(
+    training: TrainingConfig, model: ModelConfig, data: DataConfig, probe: Any = None, measure: Any = None
+) -> tuple[str, str]:
+    """``(dtype policy, reason)`` of ``training.precision``: ``auto`` resolved on this machine for this run's model,
+    image size and batch size (see :func:`~tf_langdml.models.precision.resolve_precision`; ``probe`` and
+    ``measure`` for tests)."""
     with config_keys("training.precision"):
-        return resolve_precision(training.precision, probe)
+        return resolve_precision(training.precision, probe, probed_model(model, data, training), measure)
 
 
 def guided_model(
@@ -148,11 +166,20 @@ def guided_model(
 
     ``table``: the language table (None: the baseline, ω = 0); ``index``:
     :func:`~tf_langdml.runs.builders.language.table_index`; ``num_classes``: the training classes (for losses
-    with a vector per class); ``policy``: the resolved ``training.precision`` (None: resolve it here). Keras adds
-    loss scaling under ``mixed_float16`` only; the losses stay float32 under both mixed policies.
+    with a vector per class); ``policy``: the resolved ``training.precision`` (:func:`precision`; None:
+    ``training.precision`` itself, refused for ``auto``, which needs the data section). Keras adds loss scaling
+    under ``mixed_float16`` only; the losses stay float32 under both mixed policies.
     ``steps_per_epoch``: the run's, for ``optimizer.decay_epochs`` and ``training.warmup_epochs``.
     """
-    with precision_policy(policy or precision(training)[0]):
+    if policy is None:
+        if training.precision == "auto":
+            raise ArgumentError(
+                "training.precision 'auto' is resolved for the run's model and data: pass "
+                "policy=builders.precision(training, model, data)[0] to guided_model.",
+                argument="policy",
+            )
+        policy = training.precision
+    with precision_policy(policy):
         network = LanguageGuidedModel(embedder(model, image_size), language_table=table, table_index=index)
         _compile(network, loss, optimizer, training, table is not None, num_classes, steps_per_epoch)
         network.build_optimizers()
