@@ -227,10 +227,13 @@ def test_index_prints_progress_over_the_gallery_when_piped(piped_run, inputs, ca
         == 0
     )
     err = capsys.readouterr().err.splitlines()
-    assert err[0].startswith("tf_langdml: indexing gallery ")
+    assert err[0].startswith("tf_langdml: indexing gallery ") and err[0].endswith(
+        ", computing in float32 (the run's, from run_log.jsonl)."
+    )
+    assert err[1] == "tf_langdml: embedding 48 images in batches of 8 (--batch-size)."
     # 48 images in batches of 8: 16.7 %, 33.3 %, ... cross a new tenth at every batch, so one line each.
     shown = [
-        re.fullmatch(r"tf_langdml: embedded (\d+) / 48 images \((\d+) %\), \d+ s elapsed", line) for line in err[1:]
+        re.fullmatch(r"tf_langdml: embedded (\d+) / 48 images \((\d+) %\), \d+ s elapsed", line) for line in err[2:]
     ]
     assert all(shown), err
     assert [(int(match[1]), int(match[2])) for match in shown] == [

@@ -222,13 +222,19 @@ def _parser():
     )
     index.add_argument("--version", type=int, default=None, help="default: the next integer")
     index.add_argument("--saved-models", default="saved_models", help="base folder (default: saved_models)")
-    index.add_argument("--batch-size", type=int, default=None, help="embedding batch (default: evaluation.batch_size)")
+    index.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per forward pass (default: 2^17 input pixels per CPU core, within a quarter of the free "
+        "memory; evaluation.batch_size on a GPU)",
+    )
     index.add_argument(
         "--precision",
-        choices=("float32", "mixed_bfloat16"),
-        default="float32",
+        default=None,
         type=str.lower,
-        help="what the exported embedder computes in (the gallery is embedded in float32; default: float32)",
+        help="float32 | mixed_bfloat16: the policy the gallery is embedded in and the exported embedder computes "
+        "in, so queries and gallery are embedded alike (default: the run's; a mixed_float16 run: float32)",
     )
     index.add_argument("--quiet", action="store_true", help="no progress lines while the gallery is embedded")
 
@@ -490,10 +496,11 @@ def _main(arguments, verbose):
             verbose=0 if arguments.quiet else 1,
             precision=arguments.precision,
         )
-        items = json.loads((path / "assets" / "tf_langdml_export.json").read_text())["gallery"]["items"]
+        gallery = json.loads((path / "assets" / "tf_langdml_export.json").read_text())["gallery"]
+        added = gallery["source"][-1]
         print(
-            f"exported {path} with {items} gallery items "
-            "(signatures serving_default, embed_images, search, search_embeddings)"
+            f"exported {path} with {gallery['items']} gallery items, embedded and served in {added['precision']} "
+            f"({added['precision_from']}) (signatures serving_default, embed_images, search, search_embeddings)"
         )
     elif arguments.command == "search":
         return _search(arguments, verbose)

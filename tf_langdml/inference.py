@@ -8,6 +8,7 @@ however large the split.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import typing
@@ -53,6 +54,39 @@ def inference_outputs(model: keras.Model, images: tf.Tensor | np.ndarray) -> tf.
         function = tf.function(forward, reduce_retracing=True)
         _TRACED[model] = function
     return function(images)
+
+
+# The gallery pass's batch on a CPU (docs/benchmarks.md, "Gallery indexing"; benchmarks/gallery_index.py): the CPU
+# time per image was lowest at about 2^18 input pixels per batch on 2 cores (EfficientNet-Lite0: batch 16-32 at 96,
+# 4-8 at 224) and grew past it (the activations leave the caches), so the batch is sized in pixels per core.
+PIXELS_PER_CORE = 2**17
+# Peak memory one forward pass adds per input pixel: twice the largest measured (ResNet50 at 224: 255 bytes, 12.2 MiB
+# per image; EfficientNet-Lite0: 123 at 224, 224 at 96); a batch may take at most 1 / MEMORY_SHARE of the free memory.
+BYTES_PER_PIXEL = 512
+MEMORY_SHARE = 4
+
+
+def gallery_batch_size(image_size: int, items: int, cores: int, available_bytes: int) -> int:
+    """Images per forward pass of a gallery on a CPU: ``PIXELS_PER_CORE`` input pixels per core, capped by memory
+    and the gallery.
+
+    ``min(cores x PIXELS_PER_CORE / image_size^2, available_bytes / MEMORY_SHARE /
+    (BYTES_PER_PIXEL x image_size^2), items)``, rounded down, at least 1.
+    """
+    pixels = int(image_size) ** 2
+    by_cores = max(1, int(cores)) * PIXELS_PER_CORE // pixels
+    by_memory = int(available_bytes) // MEMORY_SHARE // (BYTES_PER_PIXEL * pixels)
+    return max(1, min(by_cores, by_memory, int(items)))
+
+
+def available_memory() -> int:
+    """Bytes of free physical memory (``os.sysconf``: available pages x page size)."""
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def visible_gpus() -> list:
+    """The GPUs TensorFlow sees (``tf.config.list_physical_devices("GPU")``)."""
+    return tf.config.list_physical_devices("GPU")
 
 
 def progress_line(done: int, total: int, seconds: float, action: str = "embedded") -> str:

@@ -1,4 +1,5 @@
-"""Exports computing in bfloat16 (precision="mixed_bfloat16"): fresh-process round trip, dtypes, assets, CLI."""
+"""Exports computing in bfloat16 (precision="mixed_bfloat16"): fresh-process round trip, dtypes, assets, CLI;
+`index`: the run's policy for the gallery and the export, --precision, the batch-size rule."""
 
 import io
 import json
@@ -13,12 +14,19 @@ from PIL import Image
 
 import tf_langdml.export
 import tf_langdml.inference
+import tf_langdml.runs.serving
 from tf_langdml._keras import keras
 from tf_langdml.cli import main
 from tf_langdml.data import decode_rgb, eval_preprocess
+from tf_langdml.data.splits import Split
 from tf_langdml.export import ASSET_NAME, export_embedder, with_precision
 from tf_langdml.gallery import Gallery
+from tf_langdml.inference import gallery_batch_size
 from tf_langdml.models import build_embedder
+from tf_langdml.models.layers import L2Normalize
+from tf_langdml.runs.run_dir import log_event
+from tf_langdml.runs.schema import load_config
+from tf_langdml.runs.serving import index_batch_size
 
 SIZE = 32
 DIM = 16
@@ -173,30 +181,120 @@ def fake_run(base):
     return run, folder
 
 
-def test_cli_export_and_index_pass_the_precision_on(tmp_path, monkeypatch):
-    # What export_embedder does with it is tested above; here only that it gets there (no SavedModel is written).
-    run, folder = fake_run(tmp_path)
-    received = []
+@pytest.fixture
+def recorded_calls(tmp_path, monkeypatch):
+    """export_embedder and embed_split replaced by recorders (no SavedModel is written, nothing is embedded),
+    and the gallery folder read as 4 items without decoding them (the real reading: tests/export/test_search.py)."""
+    calls = {"export": [], "embed": []}
 
-    def recording_export(embedder, model_dir, *args, precision="float32", gallery=None, **kwargs):
-        received.append(precision)
-        path = tmp_path / "saved" / str(len(received))
+    def four_items(gallery, config):
+        split = Split(
+            sources=np.array(["a", "b", "c", "d"]),
+            labels=np.array([0, 0, 1, 1]),
+            class_names=("x", "y"),
+            raw_class_names=("x", "y"),
+        )
+        return split, ["a", "b", "c", "d"], {"folder": gallery}
+
+    def recording_export(embedder, model_dir, *args, precision="float32", gallery=None, gallery_source=None, **kwargs):
+        calls["export"].append((embedder, precision, gallery_source))
+        path = tmp_path / "saved" / str(len(calls["export"]))
         (path / "assets").mkdir(parents=True)
-        (path / "assets" / ASSET_NAME).write_text(json.dumps({"gallery": {"items": len(gallery or [])}}))
+        metadata = {"gallery": {"items": len(gallery or []), "source": gallery_source}}
+        (path / "assets" / ASSET_NAME).write_text(json.dumps(metadata))
         return path
 
+    def recording_embed(embedder, split, batch_size, *args, **kwargs):
+        calls["embed"].append((embedder, batch_size))
+        return np.ones((len(split.labels), 8), np.float32)
+
     monkeypatch.setattr(tf_langdml.export, "export_embedder", recording_export)
-    monkeypatch.setattr(
-        tf_langdml.inference,
-        "embed_split",
-        lambda embedder, split, *args, **kwargs: np.ones((len(split.labels), 8), np.float32),
-    )
+    monkeypatch.setattr(tf_langdml.inference, "embed_split", recording_embed)
+    monkeypatch.setattr(tf_langdml.runs.serving, "gallery_split", four_items)
+    return calls
+
+
+def computing(embedder):
+    """The compute dtypes of the embedder's layers other than its float32 input and L2 normalisation layers."""
+    kept_float32 = (keras.Model, keras.layers.InputLayer, L2Normalize)
+    return {layer.compute_dtype for layer in tf_langdml.export._layers(embedder) if not isinstance(layer, kept_float32)}
+
+
+def test_cli_export_and_index_pass_the_precision_on(tmp_path, recorded_calls):
+    # What export_embedder does with it is tested above; here only that it gets there.
+    run, folder = fake_run(tmp_path)
     common = ["--run", str(run), "--name", "m", "--saved-models", str(tmp_path / "saved")]
     assert main(["export", *common]) == 0
     assert main(["export", *common, "--precision", "mixed_bfloat16"]) == 0
-    assert main(["index", *common, "--gallery", str(folder)]) == 0
-    assert main(["index", *common, "--gallery", str(folder), "--precision", "mixed_bfloat16"]) == 0
-    assert received == ["float32", "mixed_bfloat16", "float32", "mixed_bfloat16"]
+    assert [precision for _, precision, _ in recorded_calls["export"]] == ["float32", "mixed_bfloat16"]
+
+
+def test_index_embeds_the_gallery_in_the_runs_recorded_policy_unless_told(tmp_path, recorded_calls, capsys):
+    run, folder = fake_run(tmp_path)
+    log_event(run, {"event": "start", "precision": "mixed_bfloat16", "precision_reason": "set explicitly"})
+    common = ["--run", str(run), "--name", "m", "--saved-models", str(tmp_path / "saved"), "--gallery", str(folder)]
+    assert main(["index", *common]) == 0
+    assert "embedded and served in mixed_bfloat16 (the run's, from run_log.jsonl)" in capsys.readouterr().out
+    assert main(["index", *common, "--precision", "float32"]) == 0
+    assert "embedded and served in float32 (--precision)" in capsys.readouterr().out
+    # The gallery is embedded by the very model that is exported (queries and gallery alike), in that policy.
+    (run_embedded, _), (told_embedded, _) = recorded_calls["embed"]
+    (run_exported, run_precision, run_source), (told_exported, told_precision, told_source) = recorded_calls["export"]
+    assert run_embedded is run_exported and told_embedded is told_exported
+    assert computing(run_embedded) == {"bfloat16"} and computing(told_embedded) == {"float32"}
+    assert (run_precision, told_precision) == ("mixed_bfloat16", "float32")
+    assert (run_source[-1]["precision"], told_source[-1]["precision"]) == ("mixed_bfloat16", "float32")
+    assert run_source[-1]["precision_from"] == "the run's, from run_log.jsonl"
+
+
+def test_a_mixed_float16_run_is_indexed_in_float32_saying_so(tmp_path, recorded_calls, capsys):
+    run, folder = fake_run(tmp_path)
+    log_event(run, {"event": "start", "precision": "mixed_float16", "precision_reason": "a GPU"})
+    common = ["--run", str(run), "--name", "m", "--saved-models", str(tmp_path / "saved"), "--gallery", str(folder)]
+    assert main(["index", *common]) == 0
+    assert (
+        "embedded and served in float32 (the run's mixed_float16 is not offered for exports;" in capsys.readouterr().out
+    )
+    ((embedded, _),) = recorded_calls["embed"]
+    assert computing(embedded) == {"float32"} and recorded_calls["export"][0][1] == "float32"
+
+
+@pytest.mark.parametrize(
+    "flags,line",
+    [
+        (
+            ["--precision", "float16"],
+            "tf-langdml index: Unknown precision 'float16'; expected one of ['float32', 'mixed_bfloat16'].",
+        ),
+        (["--precision", "mixed_float16"], "tf-langdml index: precision='mixed_float16' is not offered for exports"),
+        (["--batch-size", "0"], "tf-langdml index: --batch-size must be a positive number of images; got 0."),
+    ],
+)
+def test_index_refuses_a_bad_precision_or_batch_in_one_line_before_any_work(
+    flags, line, tmp_path, recorded_calls, capsys
+):
+    # Before any work: the run directory is not even looked at (it does not exist), nothing is embedded.
+    argv = ["index", "--run", str(tmp_path / "no_run"), "--name", "m", "--saved-models", str(tmp_path / "saved")]
+    assert main([*argv, "--gallery", str(tmp_path), *flags]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(line) and error.count("\n") == 1, error
+    assert recorded_calls == {"export": [], "embed": []}
+
+
+def test_the_gallery_batch_follows_the_cores_the_memory_and_the_gallery(monkeypatch):
+    # PIXELS_PER_CORE 2^17, BYTES_PER_PIXEL 512, MEMORY_SHARE 4. By cores: 2 x 2^17 / 224^2 = 262,144 / 50,176 =
+    # 5.2 -> 5; / 96^2 = 9,216 -> 28.4 -> 28; 8 cores at 224: 20.9 -> 20. By memory: an image at 224 may take
+    # 512 x 50,176 = 25,690,112 bytes, so 16 GiB / 4 allows 167 images and 512 MiB / 4 allows 5.2 -> 5.
+    assert gallery_batch_size(224, 10_000, cores=2, available_bytes=16 * 2**30) == 5
+    assert gallery_batch_size(96, 10_000, cores=2, available_bytes=16 * 2**30) == 28
+    assert gallery_batch_size(224, 10_000, cores=8, available_bytes=16 * 2**30) == 20
+    assert gallery_batch_size(224, 10_000, cores=64, available_bytes=2**29) == 5  # 167 by cores, 5 by memory
+    assert gallery_batch_size(224, 3, cores=2, available_bytes=16 * 2**30) == 3  # no larger than the gallery
+    assert gallery_batch_size(224, 0, cores=2, available_bytes=0) == 1  # never below 1
+    config = load_config(None, ["evaluation.batch_size=48"])
+    assert index_batch_size(config, 100, 7) == (7, "--batch-size")
+    monkeypatch.setattr(tf_langdml.inference, "visible_gpus", lambda: ["GPU:0"])
+    assert index_batch_size(config, 100)[0] == 48 and index_batch_size(config, 20)[0] == 20
 
 
 def test_other_precisions_are_refused_before_anything_is_written(tmp_path, capsys):

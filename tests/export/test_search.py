@@ -321,6 +321,11 @@ def test_index_writes_versions_and_add_appends_in_a_new_one(indexed):
     ]
     assert [source["items"] for source in metadata_2["gallery"]["source"]] == [10, 4]
     assert metadata["gallery"]["source"][0]["folder"] == str(gallery_a.resolve())
+    # The policy the gallery was embedded in and the export computes in: the run's (no run_log.jsonl here).
+    assert metadata_2["precision"] == "float32"
+    assert [(source["precision"], source["precision_from"]) for source in metadata_2["gallery"]["source"]] == [
+        ("float32", "the run's training.precision, resolved here")
+    ] * 2
     # The gallery embeddings are the run's embedder's, as the evaluation pipeline computes them.
     run_config, embedder = restore_embedder(run)
     split, ids, _ = gallery_split(str(gallery_b), run_config)

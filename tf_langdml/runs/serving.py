@@ -30,9 +30,9 @@ from tf_langdml.data.preprocessing import source_formats
 from tf_langdml.data.splits import Split
 from tf_langdml.gallery import Gallery, folder_items, latest_version, read_gallery
 from tf_langdml.runs import builders
-from tf_langdml.runs.run_dir import train_class_names
+from tf_langdml.runs.run_dir import read_config, recorded_precision, train_class_names
 from tf_langdml.runs.schema import ExperimentConfig, config_to_dict
-from tf_langdml.runs.trained_embedder import restore_embedder
+from tf_langdml.runs.trained_embedder import check_finished_run, restore_embedder
 
 SPLIT_NAMES = ("train", "test", "validation")
 
@@ -60,6 +60,44 @@ def export_run(
         config.data.max_pixels,
         precision=precision,
     )
+
+
+def index_precision(
+    run_dir: str | os.PathLike, config: ExperimentConfig, precision: str | None = None
+) -> tuple[str, str]:
+    """``(policy, where it came from)``: what ``index`` embeds the gallery in and the export computes in.
+
+    ``precision`` when given (checked: ``"float32"`` or ``"mixed_bfloat16"``); else the
+    policy the run trained in (``run_log.jsonl``;
+    :func:`~tf_langdml.runs.run_dir.recorded_precision`), else its ``training.precision``
+    resolved on this machine (a run written before the record). A run trained in
+    ``mixed_float16`` is indexed in **float32**: exports offer no float16
+    (:func:`tf_langdml.export.check_precision`), and float32 holds every float16 value, so
+    it computes what the run learned without rounding, where bfloat16's 8-bit significand
+    would round more than float16's 11 bits did.
+    """
+    if precision is not None:
+        export.check_precision(precision)
+        return precision, "--precision"
+    recorded = recorded_precision(run_dir)
+    policy = recorded[0] if recorded else builders.precision(config.training)[0]
+    source = "the run's, from run_log.jsonl" if recorded else "the run's training.precision, resolved here"
+    if policy == "mixed_float16":
+        return "float32", "the run's mixed_float16 is not offered for exports; float32 holds every float16 value"
+    return policy, source
+
+
+def index_batch_size(config: ExperimentConfig, items: int, batch_size: int | None = None) -> tuple[int, str]:
+    """``(images per forward pass, why)`` for ``index``: ``batch_size`` when given; else
+    ``evaluation.batch_size`` when a GPU is visible; else
+    :func:`~tf_langdml.inference.gallery_batch_size` for this machine's cores and free memory."""
+    if batch_size is not None:
+        return int(batch_size), "--batch-size"
+    if inference.visible_gpus():
+        return max(1, min(config.evaluation.batch_size, items)), "evaluation.batch_size: a GPU is visible"
+    cores, free = os.cpu_count() or 1, inference.available_memory()
+    batch = inference.gallery_batch_size(config.data.image_size, items, cores, free)
+    return batch, f"{cores} cores, {free / 2**30:.1f} GiB free, {items:,} items: inference.gallery_batch_size"
 
 
 def gallery_split(gallery: str, config: ExperimentConfig) -> tuple[Split, list[str], dict]:
@@ -120,7 +158,7 @@ def index_run(
     add: bool = False,
     batch_size: int | None = None,
     verbose: int = 1,
-    precision: str = "float32",
+    precision: str | None = None,
 ) -> pathlib.Path:
     """Embed ``gallery`` with the run's embedder and export ``<saved_models_dir>/<name>/<version>/`` with search.
 
@@ -129,16 +167,26 @@ def index_run(
     dataset. With ``add``, the latest version's gallery comes first and the new items
     are appended; that version must have been indexed from the same run's config, and
     an item id present in both is an error. Nothing is written until every item is
-    embedded; the new version appears whole or not at all. ``precision``
-    (``"float32"`` or ``"mixed_bfloat16"``) is what the exported embedder computes in
-    (:func:`tf_langdml.export.export_embedder`); the gallery is embedded in float32
-    either way. ``verbose``: a line naming the gallery before its images are checked,
-    then progress over the images as they are embedded (a Keras bar on a terminal, a
-    line per tenth on stderr otherwise; :class:`tf_langdml.inference.ImageProgress`).
+    embedded; the new version appears whole or not at all.
+
+    ``precision``: the Keras policy the gallery is embedded in and the exported
+    embedder computes in, so that queries and gallery are embedded alike
+    (``"float32"`` or ``"mixed_bfloat16"``; None: the run's, :func:`index_precision`).
+    The assets record it, with where it came from, in the gallery's ``source`` entry.
+    ``batch_size``: images per forward pass (None: :func:`index_batch_size`).
+    ``verbose``: a line naming the gallery and the policy before its images are checked,
+    one with the batch size, then progress over the images as they are embedded (a Keras
+    bar on a terminal, a line per tenth on stderr otherwise;
+    :class:`tf_langdml.inference.ImageProgress`).
     """
-    export.check_precision(precision)  # before any embedding work
+    if precision is not None:  # both before any work
+        export.check_precision(precision)
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"--batch-size must be a positive number of images; got {batch_size}.")
     run_dir = pathlib.Path(run_dir)
-    config, embedder = restore_embedder(run_dir)
+    check_finished_run(run_dir)
+    policy, policy_from = index_precision(run_dir, read_config(run_dir), precision)
+    config, embedder = restore_embedder(run_dir, policy)
     config_values = config_to_dict(config)
     model_dir = pathlib.Path(saved_models_dir) / name
     previous, sources = None, []
@@ -153,7 +201,8 @@ def index_run(
         sources = list(metadata["gallery"].get("source") or [])
     if verbose:  # folder images are all decoded once (to skip broken ones) before they are embedded
         print(
-            f"tf_langdml: indexing gallery {str(gallery)!r} with the embedder of {str(run_dir)!r}.",
+            f"tf_langdml: indexing gallery {str(gallery)!r} with the embedder of {str(run_dir)!r}, computing in "
+            f"{policy} ({policy_from}).",
             file=sys.stderr,
             flush=True,
         )
@@ -165,9 +214,14 @@ def index_run(
                 f"{len(repeated)} item id(s) of {gallery!r} are already in {previous_dir}, e.g. "
                 f"{repeated[:5]}; add only new items (or index everything into a new --name)."
             )
-    embeddings = inference.embed_split(
-        embedder, split, batch_size or config.evaluation.batch_size, config.data.image_size, verbose=verbose
-    )
+    batch_size, batch_from = index_batch_size(config, len(ids), batch_size)
+    if verbose:
+        print(
+            f"tf_langdml: embedding {len(ids):,} images in batches of {batch_size} ({batch_from}).",
+            file=sys.stderr,
+            flush=True,
+        )
+    embeddings = inference.embed_split(embedder, split, batch_size, config.data.image_size, verbose=verbose)
     items = Gallery(embeddings, ids, [split.class_names[label] for label in split.labels])
     if previous is not None:
         items = previous.concatenate(items)
@@ -182,6 +236,15 @@ def index_run(
         config.data.background,
         config.data.max_pixels,
         gallery=items,
-        gallery_source=sources + [{**description, "items": len(ids), "run": str(run_dir.resolve())}],
-        precision=precision,
+        gallery_source=sources
+        + [
+            {
+                **description,
+                "items": len(ids),
+                "run": str(run_dir.resolve()),
+                "precision": policy,
+                "precision_from": policy_from,
+            }
+        ],
+        precision=policy,
     )
