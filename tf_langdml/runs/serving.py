@@ -80,7 +80,7 @@ def index_precision(
         export.check_precision(precision)
         return precision, "--precision"
     recorded = recorded_precision(run_dir)
-    policy = recorded[0] if recorded else builders.precision(config.training)[0]
+    policy = recorded[0] if recorded else builders.precision(config.training, config.model, config.data)[0]
     source = "the run's, from run_log.jsonl" if recorded else "the run's training.precision, resolved here"
     if policy == "mixed_float16":
         return "float32", "the run's mixed_float16 is not offered for exports; float32 holds every float16 value"
