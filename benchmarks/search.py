@@ -9,10 +9,23 @@ would load it. Beside it, in the same rounds:
   gallery, a float32 variable) and a max over each row, so that nothing but the matmul
   is measured (the max reads the scores once; without it the matmul's result is unused).
   This is what an exact search cannot go below: every score has to be computed.
-- ``plain top_k``: the same chunked scan with each chunk's top-k taken by one
-  ``tf.math.top_k`` over the chunk's scores (the selection before the group maxima of
-  :func:`tf_langdml.top_k._top_k_by_groups`), traced here as a ``tf.function``.
+- ``floor, bfloat16``: the same bare matmul with the queries and a bfloat16 copy of the
+  gallery (scores rounded to bfloat16: no CPU kernel gives float32 output for bfloat16
+  inputs), to show what a bfloat16 gallery could gain on this CPU.
+- ``chunked matmul``: the signature's scan of the gallery in chunks (the same rows per
+  chunk) with only a running max of the scores: the scan's own floor, no selection.
+- ``grouped``: :func:`tf_langdml.top_k.top_k_in_chunks` as the signature runs it (each
+  chunk's top-k read through the best score of each group of rows), traced here as a
+  ``tf.function`` on the gallery variable: the signature minus its request handling
+  (the queries' finiteness check and normalisation, the item ids and class names).
+- ``plain top_k``: the same scan with each chunk's top-k taken by one ``tf.math.top_k``
+  over the chunk's scores (the selection before the group maxima).
 - ``faiss``: the same vectors in a faiss ``IndexFlatIP`` (exact inner product).
+
+Before the galleries, where a chunk's time goes once its scores exist: the selection alone
+on one chunk's worth of random scores (the batch x the signature's rows per chunk), by one
+``top_k``, by the group maxima, and a bare ``reduce_max`` over the same scores (one read:
+what any selection costs at least), median of 30 calls each.
 
 Round after round, one batch of random unit queries is searched by each (the order
 rotating each round so that drift hits all alike); the first call of each is not
@@ -78,6 +91,33 @@ def plain_top_k_per_chunk():
         top_k.GROUPED_SELECTION_FACTOR = factor
 
 
+def time_selection(args):
+    """Median ms of selecting the top k from one chunk of scores: plain top_k, group maxima, a bare max."""
+    rows = int(top_k.chunk_rows(args.batch, args.chunk_elements))
+    scores = tf.constant(np.random.default_rng(0).standard_normal((args.batch, rows), dtype=np.float32))
+    k = tf.constant(args.k)
+    functions = {
+        "one top_k": tf.function(lambda scores: tf.math.top_k(scores, k)),
+        "group maxima": tf.function(lambda scores: top_k._top_k_by_groups(scores, k)),
+        "reduce_max only": tf.function(lambda scores: tf.reduce_max(scores, axis=1)),
+    }
+    medians = {}
+    for name, function in functions.items():
+        function(scores)
+        times = []
+        for _ in range(30):
+            started = time.perf_counter()
+            tf.nest.map_structure(lambda tensor: tensor.numpy(), function(scores))
+            times.append(time.perf_counter() - started)
+        medians[name] = statistics.median(times) * 1e3
+    print(
+        f"selection of the top {args.k} from one chunk of {args.batch} x {rows:,} scores: "
+        + ", ".join(f"{name} {value:.2f} ms" for name, value in medians.items())
+        + f"  (one top_k / group maxima {medians['one top_k'] / medians['group maxima']:.1f})",
+        flush=True,
+    )
+
+
 def run(size, args, folder):
     import faiss
 
@@ -103,10 +143,32 @@ def run(size, args, folder):
     def bare_matmul(queries):
         return tf.reduce_max(tf.matmul(queries, variable, transpose_b=True), axis=1)
 
-    with plain_top_k_per_chunk():
-        plain = tf.function(
+    variable_bfloat16 = tf.Variable(tf.cast(vectors, tf.bfloat16), trainable=False)
+
+    @tf.function(input_signature=[spec])
+    def bare_matmul_bfloat16(queries):
+        scores = tf.matmul(tf.cast(queries, tf.bfloat16), variable_bfloat16, transpose_b=True)
+        return tf.cast(tf.reduce_max(scores, axis=1), tf.float32)
+
+    @tf.function(input_signature=[spec])
+    def chunked_matmul(queries):
+        rows = top_k.chunk_rows(tf.shape(queries)[0], args.chunk_elements)
+
+        def scan(start, best):
+            scores = tf.matmul(queries, variable[start : start + rows], transpose_b=True)
+            return start + rows, tf.maximum(best, tf.reduce_max(scores, axis=1))
+
+        best = tf.fill([tf.shape(queries)[0]], -np.inf)
+        return tf.while_loop(lambda start, best: start < size, scan, (0, best), parallel_iterations=1)[1]
+
+    def top_k_function():
+        return tf.function(
             lambda queries: top_k_in_chunks(queries, variable, k, args.chunk_elements), input_signature=[spec]
         ).get_concrete_function()
+
+    grouped = top_k_function()
+    with plain_top_k_per_chunk():
+        plain = top_k_function()
 
     def signature(queries):
         outputs = search(embeddings=tf.constant(queries), k=k)
@@ -119,6 +181,9 @@ def run(size, args, folder):
     sides = {
         "signature": signature,
         "floor": lambda queries: bare_matmul(tf.constant(queries)).numpy(),
+        "floor, bfloat16": lambda queries: bare_matmul_bfloat16(tf.constant(queries)).numpy(),
+        "chunked matmul": lambda queries: chunked_matmul(tf.constant(queries)).numpy(),
+        "grouped": lambda queries: [tensor.numpy() for tensor in grouped(tf.constant(queries))],
         "plain top_k": lambda queries: [tensor.numpy() for tensor in plain(tf.constant(queries))],
         "faiss": faiss_search,
     }
@@ -148,9 +213,9 @@ def run(size, args, folder):
     print(
         f"gallery {size:>9,} x {args.dim}  export {export_seconds:5.1f} s   "
         + "   ".join(timing(name) for name in sides)
-        + f"   ratios: signature / floor {median['signature'] / median['floor']:.2f}, "
-        f"plain top_k / floor {median['plain top_k'] / median['floor']:.2f}, "
-        f"signature / faiss {median['signature'] / median['faiss']:.2f}   "
+        + "   ratios to the floor: "
+        + ", ".join(f"{name} {median[name] / median['floor']:.2f}" for name in sides if name != "floor")
+        + f";  signature / faiss {median['signature'] / median['faiss']:.2f}   "
         f"untied ids differing from faiss {wrong}/{args.rounds * args.batch * args.k}, "
         f"max |score diff| {largest:.1e}   "
         f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB",
@@ -187,6 +252,7 @@ def main():
     flags = read_cpu_flags() or frozenset()
     shown = [flag for flag in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags]
     print(f"CPU flags (of those that matter here): {' '.join(shown) or 'unread'}; {os.cpu_count()} logical CPUs")
+    time_selection(args)
     folder = tempfile.mkdtemp(prefix="tf_langdml_search_benchmark_")
     try:
         for size in sizes:

@@ -60,9 +60,7 @@ def _scan_in_chunks(queries, gallery, k, chunk_elements):
     """:func:`top_k_in_chunks` for a batch of at least one query, ``k`` already checked."""
     count = tf.shape(gallery)[0]
     batch = tf.shape(queries)[0]
-    # A whole number of groups per chunk (at least 1024 rows), so only the last chunk can end in a partial group.
-    chunk = tf.maximum(tf.cast(chunk_elements, tf.int32) // tf.maximum(batch, 1) // GROUP_ROWS, 1024 // GROUP_ROWS)
-    chunk *= GROUP_ROWS
+    chunk = chunk_rows(batch, chunk_elements)
     num_chunks = (count + chunk - 1) // chunk
     # Few candidates against the chunk: select through the group maxima; else one top_k over the chunk's scores.
     by_groups = k * GROUP_ROWS * GROUPED_SELECTION_FACTOR <= chunk
@@ -91,6 +89,13 @@ def _scan_in_chunks(queries, gallery, k, chunk_elements):
         parallel_iterations=1,
     )
     return values, indices
+
+
+def chunk_rows(batch: int | tf.Tensor, chunk_elements: int | tf.Tensor) -> tf.Tensor:
+    """Gallery rows per chunk for ``batch`` queries: about ``chunk_elements`` scores, at least 1024 rows, and a
+    whole number of :data:`GROUP_ROWS` groups (so only the last chunk can end in a partial group)."""
+    groups = tf.cast(chunk_elements, tf.int32) // tf.maximum(tf.cast(batch, tf.int32), 1) // GROUP_ROWS
+    return tf.maximum(groups, 1024 // GROUP_ROWS) * GROUP_ROWS
 
 
 def _top_k_by_groups(scores, k):
