@@ -53,6 +53,7 @@ from PIL import Image
 from tf_langdml import export, inference
 from tf_langdml.data.splits import make_eval_dataset
 from tf_langdml.models import build_embedder
+from tf_langdml.models.precision import reported_cpu_flags
 from tf_langdml.runs.schema import load_config
 from tf_langdml.runs.serving import gallery_split
 
@@ -216,15 +217,6 @@ def stages(name, size, split, args):
         )
 
 
-def cpu_features():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
-    except OSError:
-        flags = []
-    return [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags]
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="efficientnet_lite0:96,efficientnet_lite0:224,resnet50:224")
@@ -242,7 +234,7 @@ def main():
     args.batch_sizes = [int(batch) for batch in args.batch_sizes.split(",")]
     args.policies = args.policies.split(",")
     print(
-        f"CPU features reported: {', '.join(cpu_features()) or 'none of avx2/avx512f/avx512_bf16/amx_bf16'}; "
+        f"CPU features reported: {', '.join(reported_cpu_flags()) or 'none of avx2/fma/avx512f/avx512_bf16/amx_bf16'}; "
         f"{os.cpu_count()} cores; TensorFlow {tf.__version__}; {args.images} images of 500 x 375 (JPEG), "
         f"{args.rounds} timed passes per pair, alternating; median (best)"
     )

@@ -36,6 +36,7 @@ import tensorflow as tf
 from tf_langdml import keras
 from tf_langdml.inference import inference_outputs
 from tf_langdml.models import LanguageGuidedModel, build_embedder
+from tf_langdml.models.precision import reported_cpu_flags
 
 POLICIES = ("float32", "mixed_bfloat16")
 NUM_CLASSES = 100
@@ -95,15 +96,6 @@ def measure(backbone, args, images, labels, eval_images, table):
         )
 
 
-def cpu_features():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
-    except OSError:
-        flags = []
-    return [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags]
-
-
 def auto_choice(backbone, image_size, batch_size):
     """``auto -> policy (reason)`` as a run of this backbone (128-d, average pooling, frozen BN statistics) resolves it."""
     try:
@@ -132,7 +124,9 @@ def main():
     images = tf.constant(rng.uniform(0, 255, (labels.shape[0], args.image_size, args.image_size, 3)).astype("float32"))
     eval_images = tf.constant(rng.uniform(0, 255, (64, args.image_size, args.image_size, 3)).astype("float32"))
     table = rng.normal(size=(NUM_CLASSES, 1, 384)).astype("float32")
-    print(f"CPU features reported: {', '.join(cpu_features()) or 'none of avx2/avx512f/avx512_bf16/amx_bf16'}")
+    print(
+        f"CPU features reported: {', '.join(reported_cpu_flags()) or 'none of avx2/fma/avx512f/avx512_bf16/amx_bf16'}"
+    )
     print(
         f"batch {labels.shape[0]} at {args.image_size}, {args.rounds} rounds x {args.steps} timed steps per policy, "
         "alternating; embedding pass: 64 images, eval mode"

@@ -63,7 +63,7 @@ from tf_langdml import top_k
 from tf_langdml.export import export_embedder
 from tf_langdml.gallery import Gallery
 from tf_langdml.models import build_embedder
-from tf_langdml.models.precision import read_cpu_flags
+from tf_langdml.models.precision import reported_cpu_flags
 from tf_langdml.top_k import DEFAULT_CHUNK_ELEMENTS, top_k_in_chunks
 
 
@@ -249,9 +249,8 @@ def main():
         f"threads; faiss {faiss.__version__}, {faiss.omp_get_max_threads()} OpenMP threads; batch {args.batch}, "
         f"k {args.k}, {args.rounds} rounds; median (best) of the timed batches"
     )
-    flags = read_cpu_flags() or frozenset()
-    shown = [flag for flag in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags]
-    print(f"CPU flags (of those that matter here): {' '.join(shown) or 'unread'}; {os.cpu_count()} logical CPUs")
+    shown = reported_cpu_flags()
+    print(f"CPU flags (of those that matter here): {' '.join(shown) or 'none'}; {os.cpu_count()} logical CPUs")
     time_selection(args)
     folder = tempfile.mkdtemp(prefix="tf_langdml_search_benchmark_")
     try:

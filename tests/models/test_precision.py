@@ -10,6 +10,7 @@ from tf_langdml.models.precision import (
     DeviceCapabilities,
     precision_policy,
     read_cpu_flags,
+    reported_cpu_flags,
     read_cpu_model,
     resolve_precision,
 )
@@ -136,3 +137,5 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     assert read_cpu_flags(cpuinfo) == {"fpu", "avx512_bf16", "amx_bf16"}
     assert read_cpu_flags(tmp_path / "absent") is None
     assert read_cpu_model(cpuinfo) == "X" and read_cpu_model(tmp_path / "absent") is None
+    assert reported_cpu_flags(("avx2", "amx_bf16", "avx512_bf16"), cpuinfo) == ["amx_bf16", "avx512_bf16"]
+    assert reported_cpu_flags(path=tmp_path / "absent") == []

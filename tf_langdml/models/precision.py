@@ -21,14 +21,13 @@ import dataclasses
 import os
 import pathlib
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import tensorflow as tf
 
-from tf_langdml._keras import keras
 from tf_langdml.errors import ArgumentError
 from tf_langdml.models import precision_probe
-from tf_langdml.models.precision_probe import ProbedModel
+from tf_langdml.models.precision_probe import ProbedModel, global_policy
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 POLICIES = PRECISIONS[:3]
@@ -75,6 +74,15 @@ def read_cpu_flags(path: str | os.PathLike = "/proc/cpuinfo") -> frozenset[str] 
 def read_cpu_model(path: str | os.PathLike = "/proc/cpuinfo") -> str | None:
     """The ``model name`` of the first processor in ``path`` (Linux); None when the file is absent or has none."""
     return _cpuinfo_value(path, ("model name", "Model", "CPU part"))  # x86 | ARM boards | ARM cores
+
+
+def reported_cpu_flags(
+    names: tuple[str, ...] = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"),
+    path: str | os.PathLike = "/proc/cpuinfo",
+) -> list[str]:
+    """Those of ``names`` that the CPU's flags list, in the order given (for benchmark headers; [] when unread)."""
+    flags = read_cpu_flags(path) or frozenset()
+    return [name for name in names if name in flags]
 
 
 def probe_devices() -> DeviceCapabilities:
@@ -201,17 +209,11 @@ def _probed(capabilities, gate_reason, model, measure, cache_folder):
     )
 
 
-@contextlib.contextmanager
-def precision_policy(policy: str) -> Iterator[None]:
+def precision_policy(policy: str) -> contextlib.AbstractContextManager[None]:
     """Set the Keras global dtype policy to ``policy`` (a resolved name) inside the block, then restore the previous."""
     if policy not in POLICIES:
         raise ArgumentError(
             f"Unknown dtype policy {policy!r}; expected one of {list(POLICIES)} (resolve 'auto' first).",
             argument="policy",
         )
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
+    return global_policy(policy)

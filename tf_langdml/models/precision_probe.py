@@ -66,8 +66,9 @@ class ProbedModel:
 
 
 @contextlib.contextmanager
-def _global_policy(policy: str) -> Iterator[None]:
-    # precision.precision_policy without its check: precision imports this module, so this one cannot import it.
+def global_policy(policy: str) -> Iterator[None]:
+    """The Keras global dtype policy set to ``policy`` inside the block, the previous one restored after it
+    (unchecked: :func:`tf_langdml.models.precision.precision_policy` checks the name, then calls this)."""
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
     try:
@@ -77,7 +78,7 @@ def _global_policy(policy: str) -> Iterator[None]:
 
 
 def _step_function(model: ProbedModel, policy: str, initial_weights: list | None):
-    with _global_policy(policy):
+    with global_policy(policy):
         embedder = build_embedder(
             model.backbone,
             weights=None,  # speed does not depend on the values; no download
