@@ -10,8 +10,8 @@ from tf_langdml.models.precision import (
     DeviceCapabilities,
     precision_policy,
     read_cpu_flags,
-    reported_cpu_flags,
     read_cpu_model,
+    reported_cpu_flags,
     resolve_precision,
 )
 from tf_langdml.models.precision_probe import BFLOAT16_MAX_TIME_RATIO, ProbedModel, choose_policy
