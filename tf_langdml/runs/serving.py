@@ -30,9 +30,9 @@ from tf_langdml.data.preprocessing import source_formats
 from tf_langdml.data.splits import Split
 from tf_langdml.gallery import Gallery, folder_items, latest_version, read_gallery
 from tf_langdml.runs import builders
-from tf_langdml.runs.run_dir import read_config, recorded_precision, train_class_names
+from tf_langdml.runs.run_dir import read_config, train_class_names
 from tf_langdml.runs.schema import ExperimentConfig, config_to_dict
-from tf_langdml.runs.trained_embedder import check_finished_run, restore_embedder
+from tf_langdml.runs.trained_embedder import check_finished_run, restore_embedder, run_policy
 
 SPLIT_NAMES = ("train", "test", "validation")
 
@@ -68,9 +68,8 @@ def index_precision(
     """``(policy, where it came from)``: what ``index`` embeds the gallery in and the export computes in.
 
     ``precision`` when given (checked: ``"float32"`` or ``"mixed_bfloat16"``); else the
-    policy the run trained in (``run_log.jsonl``;
-    :func:`~tf_langdml.runs.run_dir.recorded_precision`), else its ``training.precision``
-    resolved on this machine (a run written before the record). A run trained in
+    policy the run trained in (``run_log.jsonl``), else its ``training.precision`` resolved
+    on this machine (a run written before the record): :func:`~tf_langdml.runs.trained_embedder.run_policy`. A run trained in
     ``mixed_float16`` is indexed in **float32**: exports offer no float16
     (:func:`tf_langdml.export.check_precision`), and float32 holds every float16 value, so
     it computes what the run learned without rounding, where bfloat16's 8-bit significand
@@ -79,8 +78,7 @@ def index_precision(
     if precision is not None:
         export.check_precision(precision)
         return precision, "--precision"
-    recorded = recorded_precision(run_dir)
-    policy = recorded[0] if recorded else builders.precision(config.training, config.model, config.data)[0]
+    policy, _, recorded = run_policy(run_dir, config)
     source = "the run's, from run_log.jsonl" if recorded else "the run's training.precision, resolved here"
     if policy == "mixed_float16":
         return "float32", "the run's mixed_float16 is not offered for exports; float32 holds every float16 value"

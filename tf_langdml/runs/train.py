@@ -86,12 +86,9 @@ def run_precision(
     that can fail on the data). ``probe``, ``measure``: for tests (see
     :func:`~tf_langdml.models.precision.resolve_precision`).
     """
-    recorded = run_dir.recorded_precision(folder)
-    policy, reason = (
-        recorded if recorded else builders.precision(config.training, config.model, config.data, probe, measure)
-    )
+    policy, reason, recorded = trained_embedder.run_policy(folder, config, probe, measure)
     if verbose:
-        print(precision_message(policy, reason, bool(recorded)), file=sys.stderr)
+        print(precision_message(policy, reason, recorded), file=sys.stderr)
     return policy, reason
 
 

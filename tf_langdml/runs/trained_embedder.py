@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+from typing import Any
 
 from tf_langdml._keras import keras
 from tf_langdml.cache import atomic_file, write_json
@@ -105,6 +106,22 @@ def check_finished_run(folder: str | os.PathLike) -> None:
         )
 
 
+def run_policy(
+    folder: str | os.PathLike, config: ExperimentConfig, probe: Any = None, measure: Any = None
+) -> tuple[str, str, bool]:
+    """``(policy, reason, recorded)``: the Keras dtype policy run ``folder`` computes in.
+
+    What its first start recorded (:func:`~tf_langdml.runs.run_dir.recorded_precision`;
+    ``recorded`` True), else ``config``'s ``training.precision`` resolved on this machine for
+    its model and data (:func:`~tf_langdml.runs.builders.precision`; ``probe`` and ``measure``
+    for tests).
+    """
+    recorded = recorded_precision(folder)
+    if recorded:
+        return recorded[0], recorded[1], True
+    return (*builders.precision(config.training, config.model, config.data, probe, measure), False)
+
+
 def restore_embedder(folder: str | os.PathLike, policy: str = "float32") -> tuple[ExperimentConfig, keras.Model]:
     """(config, embedder) of a finished run directory (config.yaml + embedder.weights.h5).
 
@@ -113,7 +130,7 @@ def restore_embedder(folder: str | os.PathLike, policy: str = "float32") -> tupl
 
     ``policy``: the Keras dtype policy the rebuilt embedder's layers compute in (its
     variables are float32 either way); ``"run"``: the one the run trained in
-    (:func:`~tf_langdml.runs.run_dir.recorded_precision`, else ``training.precision`` resolved here).
+    (:func:`run_policy`).
     """
     folder = pathlib.Path(folder)
     weights = folder / "embedder.weights.h5"
@@ -121,7 +138,7 @@ def restore_embedder(folder: str | os.PathLike, policy: str = "float32") -> tupl
     check_embedder_config(folder)
     config = read_config(folder)
     if policy == "run":
-        policy = (recorded_precision(folder) or builders.precision(config.training, config.model, config.data))[0]
+        policy = run_policy(folder, config)[0]
     with precision_policy(policy):
         embedder = builders.embedder(config.model, config.data.image_size, weights=None)
     embedder.load_weights(str(weights))
